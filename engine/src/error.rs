@@ -1,0 +1,153 @@
+//! The engine's one error type: structured fields, never a message to parse.
+
+use std::sync::Arc;
+
+use crate::budget::Level;
+use crate::money::Nanos;
+use crate::time::{Period, UnixMs};
+
+/// `Result` with the engine's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the engine can refuse, each with the fields a caller needs to answer well.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config file (rate card, directory) was refused; names the file, line, column and field.
+    #[error("{origin}:{line}:{column}: `{field}`: {reason}")]
+    Config {
+        /// The file name or other origin of the text.
+        origin: String,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column of the offending value.
+        column: usize,
+        /// Dotted path of the field (`version[0].model[2].input_per_mtok`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config file could not be read at all.
+    #[error("cannot read {origin}: {source}")]
+    ConfigRead {
+        /// The file name.
+        origin: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A config file is larger than [`crate::limits::CONFIG_BYTES_MAX`].
+    #[error("{origin} is larger than the {limit_bytes}-byte limit for config files")]
+    ConfigTooLarge {
+        /// The file name.
+        origin: String,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// A budget level has no room for the reservation; nothing was reserved anywhere.
+    #[error("{0}")]
+    BudgetExhausted(Box<BudgetExhausted>),
+    /// A presented API key is not usable.
+    #[error("invalid API key: {0}")]
+    KeyRejected(KeyRejection),
+    /// The key or its allocation may not use this model.
+    #[error("model `{model}` is not on the allow-list of {scope} `{name}`")]
+    ModelNotAllowed {
+        /// The model asked for.
+        model: Arc<str>,
+        /// `key` or `allocation`.
+        scope: &'static str,
+        /// The key id or allocation name whose list refused it.
+        name: Arc<str>,
+    },
+    /// The model has no price in force; it is refused rather than metered as free.
+    #[error("model `{model}` has no price on the rate card in force at {at}")]
+    ModelNotPriced {
+        /// The model asked for.
+        model: Arc<str>,
+        /// When the price was looked up.
+        at: UnixMs,
+    },
+    /// A resource unit has no price in force.
+    #[error(
+        "no price for `{unit}` (cluster {cluster:?}, partition {partition:?}) on the rate card in force at {at}"
+    )]
+    ResourceNotPriced {
+        /// The unit (`gpu_hour`, ...).
+        unit: &'static str,
+        /// The cluster asked for.
+        cluster: Option<Arc<str>>,
+        /// The partition asked for.
+        partition: Option<Arc<str>>,
+        /// When the price was looked up.
+        at: UnixMs,
+    },
+    /// A model name is not of the form `provider/model`.
+    #[error("`{0}` is not a model name of the form `provider/model`")]
+    BadModelRef(String),
+    /// A name refers to nothing known.
+    #[error("unknown {kind} `{name}`")]
+    Unknown {
+        /// What kind of thing (`team`, `project`, `allocation`, `key`).
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A name is already taken.
+    #[error("{kind} `{name}` already exists")]
+    Duplicate {
+        /// What kind of thing.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// A newly generated key's hash collides with a stored one; generate another secret.
+    #[error("key id collision; generate a new secret")]
+    KeyCollision,
+    /// Too little randomness was supplied for a key secret.
+    #[error("a key secret needs {needed} random bytes, got {got}")]
+    NotEnoughEntropy {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
+}
+
+/// Why a budget refused a reservation: which level, how much was asked, how much is left.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "budget exceeded at {level} `{name}`: requested {requested}, remaining {remaining} of {limit} this {period}",
+    level = level.as_str(), period = period.as_str()
+)]
+pub struct BudgetExhausted {
+    /// The level that refused.
+    pub level: Level,
+    /// That level's name.
+    pub name: Arc<str>,
+    /// The budget period of that level.
+    pub period: Period,
+    /// The limit of that level for the period.
+    pub limit: Nanos,
+    /// What was asked for.
+    pub requested: Nanos,
+    /// What was left (limit minus spent minus in-flight reservations).
+    pub remaining: Nanos,
+    /// When the level's period ends and its budget starts afresh; `None` for `total`.
+    pub resets_at: Option<UnixMs>,
+}
+
+/// Why a presented key was refused. All answer 401; the reason is for logs and events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejection {
+    /// No key was presented.
+    #[error("no key presented")]
+    Missing,
+    /// The key is not of tollgate's form or not known.
+    #[error("unknown key")]
+    Unknown,
+    /// The key's expiry has passed.
+    #[error("key expired")]
+    Expired,
+    /// The key was revoked.
+    #[error("key revoked")]
+    Revoked,
+}

@@ -1,0 +1,336 @@
+//! The usage event: one versioned record for every metered thing, and its JSON form.
+//!
+//! A token call, a rejected call, a GPU-hour or a GB-month all become a [`UsageEvent`]. This
+//! type and its serde derive are the one definition of the event and of its JSON (the log and
+//! Kafka payload); the Arrow schema is derived from it in one place in `sink`, with a test that
+//! keeps the two in step. The contract is written out in `engine/docs/usage-event.md`.
+//!
+//! **Invariant:** `cost_nanos` is what the budget table was charged for this event, to the unit;
+//! summing it over the events of a period gives the table's spend for that period.
+//! Readers tolerate fields they do not know (a newer minor writer may add some); a breaking
+//! change bumps [`USAGE_EVENT_VERSION`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::KeyId;
+use crate::money::{Micros, Nanos};
+use crate::ratecard::ResourceUnit;
+use crate::time::UnixMs;
+use crate::tokens::Tokens;
+
+/// The schema version written in every event's `v` field.
+pub const USAGE_EVENT_VERSION: u16 = 1;
+
+/// A UUIDv7: time-ordered, so events sort by creation, and unique, so every later stage can
+/// drop duplicates by it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    /// A v7 id for `now` from ten random bytes (the caller's CSPRNG; the engine does no I/O).
+    #[must_use]
+    pub fn v7(now: UnixMs, random: &[u8; 10]) -> EventId {
+        let ms = u64::try_from(now.0).unwrap_or(0);
+        EventId(uuid::Builder::from_unix_timestamp_millis(ms, random).into_uuid())
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({})", self.0)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// What was metered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A model call (or an attempt at one), metered in tokens.
+    Tokens,
+    /// GPU-, core- or node-hours.
+    Compute,
+    /// GB-months of storage.
+    Storage,
+}
+
+/// How a call ended. Every rejection is an event too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Completed.
+    Ok,
+    /// Refused: a budget level had no room (402).
+    BudgetExceeded,
+    /// Refused: no usable key (401).
+    InvalidApiKey,
+    /// Refused: the model is not on an allow-list (403).
+    ModelNotAllowed,
+    /// Refused: the model has no price on the rate card.
+    ModelNotPriced,
+    /// Refused: a requests- or tokens-per-minute limit (429).
+    RateLimited,
+    /// Refused: the request was malformed (400, 413, 404).
+    BadRequest,
+    /// The upstream answered with an error.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The client hung up before the answer was complete.
+    ClientClosed,
+    /// Tollgate itself failed.
+    InternalError,
+}
+
+/// Where the token counts came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// Reported by the provider.
+    Provider,
+    /// Counted by tollgate with the model's own encoding.
+    Counted,
+    /// Counted with a stand-in encoding: close, not exact.
+    Estimated,
+    /// Could not be known; flagged, never recorded as zero usage.
+    Unknown,
+    /// Nothing reached a model (a rejection), or not a token event.
+    None,
+}
+
+/// One metered thing. Field names are the JSON keys; units are in the names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Schema version ([`USAGE_EVENT_VERSION`]).
+    pub v: u16,
+    /// Unique, time-ordered id.
+    pub event_id: EventId,
+    /// What was metered.
+    pub kind: EventKind,
+    /// When it started (a call's arrival, a job's start); the period it is billed in.
+    pub ts_ms: UnixMs,
+    /// The request id shared by every attempt of one call, or the record id of an import.
+    pub request_id: Arc<str>,
+    /// Attempt number within the request, from 1.
+    pub attempt: u16,
+    /// Organisation.
+    pub org: Option<Arc<str>>,
+    /// Team.
+    pub team: Option<Arc<str>>,
+    /// Project.
+    pub project: Option<Arc<str>>,
+    /// Allocation charged.
+    pub allocation: Option<Arc<str>>,
+    /// Cost center charged.
+    pub cost_center: Option<Arc<str>>,
+    /// User who owns the key, or the job's user.
+    pub user: Option<Arc<str>>,
+    /// Agent, if the key names one.
+    pub agent: Option<Arc<str>>,
+    /// The virtual key's public id.
+    pub key_id: Option<KeyId>,
+    /// Provider name (`openai`, `anthropic`, ...).
+    pub provider: Option<Arc<str>>,
+    /// Model as the provider names it.
+    pub model: Option<Arc<str>>,
+    /// Deployment or upstream that served it (Azure deployment, vLLM host, ...).
+    pub deployment: Option<Arc<str>>,
+    /// All prompt tokens.
+    pub tokens_in: Tokens,
+    /// All completion tokens.
+    pub tokens_out: Tokens,
+    /// Prompt tokens read from cache.
+    pub tokens_cached: Tokens,
+    /// Prompt tokens written to cache.
+    pub tokens_cache_write: Tokens,
+    /// Reasoning tokens (within `tokens_out`).
+    pub tokens_reasoning: Tokens,
+    /// Where the token counts came from.
+    pub usage_source: UsageSource,
+    /// Quantity of a resource in millionths of `unit`.
+    pub quantity_micros: Option<Micros>,
+    /// Unit of a resource.
+    pub unit: Option<ResourceUnit>,
+    /// Cluster of a compute or storage record.
+    pub cluster: Option<Arc<str>>,
+    /// Partition of a compute record.
+    pub partition: Option<Arc<str>>,
+    /// Cost at list price.
+    pub list_cost_nanos: Nanos,
+    /// Cost charged to budgets, after markup or discount.
+    pub cost_nanos: Nanos,
+    /// ISO 4217 currency of both costs.
+    pub currency: Arc<str>,
+    /// Rate card version that priced it.
+    pub rate_card_version: Option<Arc<str>>,
+    /// Time to first token of a streamed answer.
+    pub ttft_ms: Option<u32>,
+    /// Total time from arrival to the last byte.
+    pub latency_ms: Option<u32>,
+    /// How it ended.
+    pub status: Status,
+    /// HTTP status returned to the client.
+    pub http_status: Option<u16>,
+}
+
+impl UsageEvent {
+    /// The JSON form, as written to the log and to Kafka.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(768);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the JSON form to `out` (no allocation when `out` has room).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Serializing plain data into a Vec cannot fail: no map with non-string keys, no I/O.
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.clear();
+        }
+    }
+
+    /// Parses the JSON form, refusing an unknown major version.
+    pub fn from_json(bytes: &[u8]) -> Result<UsageEvent, EventDecodeError> {
+        let event: UsageEvent =
+            serde_json::from_slice(bytes).map_err(|e| EventDecodeError::Json {
+                line: e.line(),
+                column: e.column(),
+                reason: e.to_string(),
+            })?;
+        if event.v != USAGE_EVENT_VERSION {
+            return Err(EventDecodeError::Version { found: event.v });
+        }
+        Ok(event)
+    }
+
+    /// An event with every field set, for schema tests and benches.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn sample() -> UsageEvent {
+        let s = |t: &str| Some(Arc::<str>::from(t));
+        UsageEvent {
+            v: USAGE_EVENT_VERSION,
+            event_id: EventId::v7(UnixMs(1_764_000_000_000), &[7; 10]),
+            kind: EventKind::Tokens,
+            ts_ms: UnixMs(1_764_000_000_000),
+            request_id: Arc::from("req_01jz8k3m2x"),
+            attempt: 1,
+            org: s("acme"),
+            team: s("research"),
+            project: s("chatbot"),
+            allocation: s("chatbot-prod"),
+            cost_center: s("cc-4410"),
+            user: s("ada@acme.example"),
+            agent: s("coder-7"),
+            key_id: Some(KeyId(0x0123_4567_89ab_cdef)),
+            provider: s("anthropic"),
+            model: s("claude-sonnet-4-5"),
+            deployment: s("anthropic-us"),
+            tokens_in: Tokens(12_000),
+            tokens_out: Tokens(800),
+            tokens_cached: Tokens(9_000),
+            tokens_cache_write: Tokens(1_000),
+            tokens_reasoning: Tokens(200),
+            usage_source: UsageSource::Provider,
+            quantity_micros: Some(Micros(1_500_000)),
+            unit: Some(ResourceUnit::GpuHour),
+            cluster: s("hpc1"),
+            partition: s("a100"),
+            list_cost_nanos: Nanos(24_450_000),
+            cost_nanos: Nanos(26_895_000),
+            currency: Arc::from("USD"),
+            rate_card_version: s("2026-01"),
+            ttft_ms: Some(412),
+            latency_ms: Some(3_120),
+            status: Status::Ok,
+            http_status: Some(200),
+        }
+    }
+}
+
+/// Why bytes were not a usage event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventDecodeError {
+    /// Not valid event JSON.
+    #[error("usage event JSON at line {line}, column {column}: {reason}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde said.
+        reason: String,
+    },
+    /// Written by an incompatible schema version.
+    #[error("usage event schema version {found} is not {USAGE_EVENT_VERSION}")]
+    Version {
+        /// The version found.
+        found: u16,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_and_reads_as_documented() {
+        let event = UsageEvent::sample();
+        let json = event.to_json();
+        assert_eq!(UsageEvent::from_json(&json).unwrap(), event);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["v"], 1);
+        assert_eq!(value["kind"], "tokens");
+        assert_eq!(value["ts_ms"], 1_764_000_000_000i64);
+        assert_eq!(value["key_id"], "key_0123456789abcdef");
+        assert_eq!(value["cost_nanos"], 26_895_000);
+        assert_eq!(value["unit"], "gpu_hour");
+        assert_eq!(value["status"], "ok");
+        assert_eq!(value["usage_source"], "provider");
+        assert_eq!(value["event_id"].as_str().unwrap().len(), 36);
+        assert_eq!(
+            &value["event_id"].as_str().unwrap()[14..15],
+            "7",
+            "a v7 uuid"
+        );
+    }
+
+    #[test]
+    fn readers_tolerate_new_fields_and_refuse_other_versions() {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&UsageEvent::sample().to_json()).unwrap();
+        value["added_in_a_minor_version"] = serde_json::json!(true);
+        assert!(UsageEvent::from_json(value.to_string().as_bytes()).is_ok());
+        value["v"] = serde_json::json!(2);
+        assert_eq!(
+            UsageEvent::from_json(value.to_string().as_bytes()),
+            Err(EventDecodeError::Version { found: 2 })
+        );
+        assert!(matches!(
+            UsageEvent::from_json(b"{\"v\":1"),
+            Err(EventDecodeError::Json { .. })
+        ));
+        assert!(matches!(
+            UsageEvent::from_json(b"\xff\xfe"),
+            Err(EventDecodeError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_are_time_ordered() {
+        let a = EventId::v7(UnixMs(1_000), &[0xff; 10]);
+        let b = EventId::v7(UnixMs(1_001), &[0; 10]);
+        assert!(a < b);
+        assert_eq!(a.0.get_version_num(), 7);
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything that happens to a usage event after the gateway creates it: the durable log,
+//! the Kafka shipper, the Parquet writer, reconciliation into the budget table and rollups.
+//!
+//! Today it holds the one derivation of the event's columnar schema ([`schema`]); the log,
+//! shipper and writer build on it.
+#![warn(missing_docs)]
+
+pub mod schema;
