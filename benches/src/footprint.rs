@@ -2,7 +2,7 @@
 //! 500 MB). Run with `cargo run --release -p tollgate-benches --bin engine-footprint`.
 //! Linux only: it reads `/proc/self/statm`.
 
-use std::sync::Arc;
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use tollgate_engine::{
@@ -46,18 +46,16 @@ fn main() {
         )
         .unwrap();
     }
-    let allocations: Vec<_> = (0..ALLOCATIONS)
-        .map(|a| {
-            dir.add_allocation(AllocationSpec {
-                name: format!("alloc-{a:07}"),
-                project: format!("project-{:05}", a % 10_000),
-                cost_center: format!("cc-{:04}", a % 1_000),
-                models: AllowList::Any,
-                budget: limited(1 << 40),
-            })
-            .unwrap()
+    for a in 0..ALLOCATIONS {
+        dir.add_allocation(AllocationSpec {
+            name: format!("alloc-{a:07}"),
+            project: format!("project-{:05}", a % 10_000),
+            cost_center: format!("cc-{:04}", a % 1_000),
+            models: AllowList::Any,
+            budget: limited(1 << 40),
         })
-        .collect();
+        .unwrap();
+    }
     let after_allocations = resident_bytes();
     let store = KeyStore::new();
     let records = (0..KEYS).map(|k| {
@@ -67,12 +65,14 @@ fn main() {
             expires_at: Some(UnixMs(1_800_000_000_000)),
             models: AllowList::Any,
             limits: KeyLimits {
-                requests_per_minute: Some(600),
-                tokens_per_minute: Some(1_000_000),
+                requests_per_minute: NonZeroU32::new(600),
+                tokens_per_minute: NonZeroU32::new(1_000_000),
             },
             created_at: UnixMs(1_768_435_200_000),
         };
-        let alloc = Arc::clone(&allocations[k % ALLOCATIONS]);
+        let alloc = dir
+            .allocation(&format!("alloc-{:07}", k % ALLOCATIONS))
+            .unwrap();
         (
             alloc,
             KeyHash::of(&format!("tg_{k:040x}")),

@@ -383,25 +383,6 @@ impl BudgetCell {
     }
 }
 
-/// The three cells a request of one allocation must fit under, most specific first.
-#[derive(Debug)]
-pub struct BudgetPath {
-    /// The allocation's own budget.
-    pub allocation: BudgetCell,
-    /// The project's, shared by its allocations.
-    pub project: Arc<BudgetCell>,
-    /// The team's, shared by its projects.
-    pub team: Arc<BudgetCell>,
-}
-
-impl BudgetPath {
-    /// The cells in [`Level::ALL`] order.
-    #[must_use]
-    pub fn cells(&self) -> [&BudgetCell; 3] {
-        [&self.allocation, &self.project, &self.team]
-    }
-}
-
 /// A hold on an allocation's budget at every level. Settle it, or drop it to give it back.
 #[derive(Debug)]
 #[must_use = "dropping a reservation releases it; settle it with the actual cost"]
@@ -436,7 +417,7 @@ pub fn reserve(
     now: UnixMs,
     amount: Nanos,
 ) -> Result<Reservation, Box<BudgetExhausted>> {
-    let cells = allocation.budget.cells();
+    let cells = allocation.budget_cells();
     let mut at = now;
     let mut holds = [Hold::default(); 3];
     let mut retries = 0;
@@ -531,7 +512,7 @@ impl Reservation {
     pub fn settle(mut self, actual: Nanos) -> Settlement {
         self.armed = false;
         let mut settlement = Settlement::default();
-        let cells = self.allocation.budget.cells();
+        let cells = self.allocation.budget_cells();
         for (i, (hold, cell)) in self.holds.iter().zip(cells).enumerate() {
             let Some((before, after)) = cell.settle(*hold, actual.0) else {
                 continue;
@@ -561,7 +542,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
-            for (hold, cell) in self.holds.iter().zip(self.allocation.budget.cells()) {
+            for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
                 cell.release(*hold);
             }
         }
@@ -591,7 +572,7 @@ mod tests {
     }
 
     fn snap(a: &Allocation, level: Level, now: UnixMs) -> BudgetSnapshot {
-        a.budget.cells()[Level::ALL.iter().position(|l| *l == level).unwrap()].snapshot(now)
+        a.budget_cells()[Level::ALL.iter().position(|l| *l == level).unwrap()].snapshot(now)
     }
 
     #[test]
@@ -692,8 +673,8 @@ mod tests {
             vec![]
         );
         // Lowering then raising the limit does not fire twice in one period.
-        a.budget.allocation.set_limit(Some(Nanos(5_000)));
-        a.budget.allocation.set_limit(Some(Nanos(1_000)));
+        a.budget.set_limit(Some(Nanos(5_000)));
+        a.budget.set_limit(Some(Nanos(1_000)));
         assert_eq!(
             crossed(reserve(&a, JAN_15, Nanos(50)).unwrap().settle(Nanos(50))),
             vec![]
@@ -714,12 +695,12 @@ mod tests {
     fn restore_spent_only_raises() {
         let (_dir, a) = setup(1_000, None, None);
         let p = Period::Month.index(JAN_15);
-        a.budget.allocation.restore_spent(p, Nanos(700));
-        a.budget.allocation.restore_spent(p, Nanos(600));
+        a.budget.restore_spent(p, Nanos(700));
+        a.budget.restore_spent(p, Nanos(600));
         assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(700));
         assert!(reserve(&a, JAN_15, Nanos(301)).is_err());
         // A restore for a past period never overwrites the present.
-        a.budget.allocation.restore_spent(p - 1, Nanos(999));
+        a.budget.restore_spent(p - 1, Nanos(999));
         assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(700));
     }
 
@@ -837,7 +818,7 @@ mod loom_tests {
             };
             let mine = reserve(&a, T, Nanos(6)).map(|r| r.settle(Nanos(5))).is_ok();
             let theirs = other.join().unwrap();
-            let s = a.budget.allocation.snapshot(T);
+            let s = a.budget.snapshot(T);
             assert!(s.spent.0 <= 10, "spent {}", s.spent.0);
             assert_eq!(s.in_flight, Nanos(0));
             // At least one fits; both fit only one after the other (5 + 6 > 10 never both held).
@@ -862,7 +843,7 @@ mod loom_tests {
             };
             let mine = reserve(&a, T, Nanos(8)).map(|r| r.settle(Nanos(8))).is_ok();
             other.join().unwrap();
-            let s = a.budget.allocation.snapshot(T);
+            let s = a.budget.snapshot(T);
             assert_eq!(s.in_flight, Nanos(0));
             assert_eq!(s.spent.0, if mine { 8 } else { 0 });
         });
@@ -888,7 +869,7 @@ mod loom_tests {
             });
             old.settle(Nanos(5));
             let fresh_ok = h.join().unwrap();
-            let s = a.budget.allocation.snapshot(next_day);
+            let s = a.budget.snapshot(next_day);
             // Whatever the interleaving, the new day holds only the new day's spend.
             assert_eq!(s.spent.0, if fresh_ok { 10 } else { 0 });
             assert_eq!(s.in_flight, Nanos(0));

@@ -3,8 +3,8 @@
 //! The hierarchy is org > team > project > allocation; a virtual key belongs to one user (and
 //! optionally one agent) and is bound to one allocation, whose cost center it is charged to.
 //! Names of teams, projects and allocations are unique across the directory, as Slurm accounts
-//! are. Every allocation carries its [`BudgetPath`], so a resolved key reaches its counters with
-//! no further lookup.
+//! are. Every allocation reaches its three budget cells ([`Allocation::budget_cells`]) through
+//! pointers it holds, so a resolved key reaches its counters with no lookup.
 //!
 //! **Invariant:** a key's secret is never stored: only its SHA-256 hash and an 8-character
 //! display prefix. Resolving a presented key takes no lock: the store is 256 shards, each an
@@ -13,9 +13,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::budget::{BudgetCell, BudgetPath, BudgetSpec, Level};
+use crate::budget::{BudgetCell, BudgetSpec, Level};
 use crate::error::{Error, KeyRejection, Result};
 use crate::ids::{KeyId, ModelRef};
 use crate::limits::{ALLOW_LIST_ENTRIES_MAX, KEY_SECRET_BYTES, PRESENTED_KEY_BYTES_MAX};
@@ -62,8 +63,8 @@ pub struct Allocation {
     pub cost_center: Arc<str>,
     /// Models it may use.
     pub models: AllowList,
-    /// Its budget counters at every level.
-    pub budget: BudgetPath,
+    /// Its own budget counters (the project's and team's are reached through `project`).
+    pub budget: BudgetCell,
 }
 
 impl Allocation {
@@ -71,6 +72,16 @@ impl Allocation {
     #[must_use]
     pub fn team(&self) -> &Arc<Team> {
         &self.project.team
+    }
+
+    /// The cells a request must fit under, in [`Level::ALL`] order: allocation, project, team.
+    #[must_use]
+    pub fn budget_cells(&self) -> [&BudgetCell; 3] {
+        [
+            &self.budget,
+            &self.project.budget,
+            &self.project.team.budget,
+        ]
     }
 
     /// The name of the allocation, its project or its team.
@@ -90,8 +101,8 @@ pub enum AllowList {
     /// Any model the rate card prices.
     #[default]
     Any,
-    /// Only these.
-    Only(Arc<[ModelPattern]>),
+    /// Only these (a thin pointer: keys are many, so the list costs one word on each).
+    Only(Arc<Vec<ModelPattern>>),
 }
 
 /// One allow-list entry: a model, or every model of a provider (`openai/*`).
@@ -123,7 +134,7 @@ impl AllowList {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AllowList::Only(patterns.into()))
+        Ok(AllowList::Only(Arc::new(patterns)))
     }
 
     /// Whether `model` is allowed.
@@ -176,6 +187,7 @@ pub struct Directory {
     teams: DashMap<Arc<str>, Arc<Team>>,
     projects: DashMap<Arc<str>, Arc<Project>>,
     allocations: DashMap<Arc<str>, Arc<Allocation>>,
+    cost_centers: DashMap<Arc<str>, ()>,
 }
 
 impl Directory {
@@ -214,17 +226,12 @@ impl Directory {
     pub fn add_allocation(&self, spec: AllocationSpec) -> Result<Arc<Allocation>> {
         check_name("allocation", &spec.name)?;
         let project = self.project(&spec.project)?;
-        let budget = BudgetPath {
-            allocation: BudgetCell::new(spec.budget),
-            project: Arc::clone(&project.budget),
-            team: Arc::clone(&project.team.budget),
-        };
         let allocation = Arc::new(Allocation {
             name: Arc::from(spec.name.as_str()),
             project,
-            cost_center: Arc::from(spec.cost_center.as_str()),
+            cost_center: self.intern_cost_center(&spec.cost_center),
             models: spec.models,
-            budget,
+            budget: BudgetCell::new(spec.budget),
         });
         insert_new(
             &self.allocations,
@@ -233,6 +240,15 @@ impl Directory {
             &allocation,
         )?;
         Ok(allocation)
+    }
+
+    /// One shared copy of each cost center name: there are few, and allocations are many.
+    fn intern_cost_center(&self, name: &str) -> Arc<str> {
+        if let Some(existing) = self.cost_centers.get(name) {
+            return Arc::clone(existing.key());
+        }
+        let name: Arc<str> = Arc::from(name);
+        Arc::clone(self.cost_centers.entry(name).or_insert(()).key())
     }
 
     /// A team by name.
@@ -417,9 +433,9 @@ impl fmt::Debug for KeyHash {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLimits {
     /// Requests per minute.
-    pub requests_per_minute: Option<u32>,
+    pub requests_per_minute: Option<NonZeroU32>,
     /// Tokens per minute.
-    pub tokens_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<NonZeroU32>,
 }
 
 /// How a key is described when it is created or restored.
@@ -450,16 +466,21 @@ pub struct VirtualKey {
     pub agent: Option<Arc<str>>,
     /// The allocation it is bound to.
     pub allocation: Arc<Allocation>,
-    /// When it stops working; `None` never.
-    pub expires_at: Option<UnixMs>,
+    /// Expiry in ms since the epoch, [`NEVER`] for none, or [`REVOKED`]: one word, so that
+    /// revocation is one store and a key costs 128 bytes resident.
+    expiry: AtomicI64,
     /// When it was made.
     pub created_at: UnixMs,
     /// Models it may use (its allocation's list applies too).
     pub models: AllowList,
     /// Its rate limits.
     pub limits: KeyLimits,
-    revoked: AtomicBool,
 }
+
+/// `expiry` of a key that never expires.
+const NEVER: i64 = i64::MAX;
+/// `expiry` of a revoked key.
+const REVOKED: i64 = i64::MIN;
 
 impl VirtualKey {
     /// The public id.
@@ -484,7 +505,25 @@ impl VirtualKey {
     /// Whether the key has been revoked.
     #[must_use]
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.expiry.load(Ordering::Acquire) == REVOKED
+    }
+
+    /// When the key stops working; `None` if never (or if revoked, which is sooner).
+    #[must_use]
+    pub fn expires_at(&self) -> Option<UnixMs> {
+        match self.expiry.load(Ordering::Acquire) {
+            NEVER | REVOKED => None,
+            ms => Some(UnixMs(ms)),
+        }
+    }
+
+    /// Whether the key is usable at `now`, and if not, why.
+    pub fn check_usable(&self, now: UnixMs) -> Result<(), KeyRejection> {
+        match self.expiry.load(Ordering::Acquire) {
+            REVOKED => Err(KeyRejection::Revoked),
+            ms if now.0 >= ms => Err(KeyRejection::Expired),
+            _ => Ok(()),
+        }
     }
 
     /// Whether this key (and its allocation) may use `model`; the refusing list is named.
@@ -536,11 +575,11 @@ impl VirtualKey {
             user: Arc::from(spec.user.as_str()),
             agent: spec.agent.as_deref().map(Arc::from),
             allocation: Arc::clone(allocation),
-            expires_at: spec.expires_at,
+            // An expiry at the very start of time is still an expiry, not a revocation.
+            expiry: AtomicI64::new(spec.expires_at.map_or(NEVER, |at| at.0.max(REVOKED + 1))),
             created_at: spec.created_at,
             models: spec.models,
             limits: spec.limits,
-            revoked: AtomicBool::new(false),
         }
     }
 }
@@ -745,12 +784,7 @@ impl KeyStore {
         if !bool::from(key.hash.0.ct_eq(&hash.0)) {
             return Err(KeyRejection::Unknown);
         }
-        if key.is_revoked() {
-            return Err(KeyRejection::Revoked);
-        }
-        if key.expires_at.is_some_and(|at| now >= at) {
-            return Err(KeyRejection::Expired);
-        }
+        key.check_usable(now)?;
         Ok(Arc::clone(key))
     }
 
@@ -766,13 +800,13 @@ impl KeyStore {
             kind: "key",
             name: id.to_string(),
         })?;
-        key.revoked.store(true, Ordering::Release);
+        key.expiry.store(REVOKED, Ordering::Release);
         Ok(key)
     }
 
     /// Marks a restored key revoked (persisted state).
     pub fn mark_revoked(&self, key: &VirtualKey) {
-        key.revoked.store(true, Ordering::Release);
+        key.expiry.store(REVOKED, Ordering::Release);
     }
 
     /// Every key, in id order.
@@ -957,6 +991,22 @@ mod tests {
             store.create(&alloc, spec(None), &[1u8; 19]),
             Err(Error::NotEnoughEntropy { .. })
         ));
+    }
+
+    #[test]
+    fn records_stay_small() {
+        // A million of each must fit in well under a gigabyte: keep them at 128 bytes with Arc's
+        // two counters (one allocator size class).
+        assert!(
+            std::mem::size_of::<VirtualKey>() <= 112,
+            "{}",
+            std::mem::size_of::<VirtualKey>()
+        );
+        assert!(
+            std::mem::size_of::<Allocation>() <= 112,
+            "{}",
+            std::mem::size_of::<Allocation>()
+        );
     }
 
     #[test]

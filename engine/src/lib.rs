@@ -25,8 +25,8 @@ pub mod time;
 pub mod tokens;
 
 pub use budget::{
-    BudgetCell, BudgetPath, BudgetSnapshot, BudgetSpec, Level, Reservation, Settlement,
-    SoftLimitCrossed, reserve,
+    BudgetCell, BudgetSnapshot, BudgetSpec, Level, Reservation, Settlement, SoftLimitCrossed,
+    reserve,
 };
 pub use error::{BudgetExhausted, Error, KeyRejection, Result};
 pub use event::{EventId, EventKind, Status, UsageEvent, UsageSource};

@@ -23,11 +23,20 @@ fn build_tollgate() -> Result<PathBuf, String> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "tollgate-gateway", "--bin", "tollgate"]);
+    build.args([
+        "build",
+        "--quiet",
+        "-p",
+        "tollgate-gateway",
+        "--bin",
+        "tollgate",
+    ]);
     if release {
         build.arg("--release");
     }
-    let status = build.status().map_err(|e| format!("running cargo build: {e}"))?;
+    let status = build
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
     if !status.success() {
         return Err(format!("cargo build of tollgate failed: {status}"));
     }

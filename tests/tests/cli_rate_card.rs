@@ -11,7 +11,10 @@ fn example_card() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(tollgate_bin().unwrap()).args(args).output().unwrap()
+    Command::new(tollgate_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -24,11 +27,26 @@ fn the_example_card_is_valid_and_versions_apply_forward() {
     let out = run(&["rate-card", "check", card.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("valid, 2 version(s), currency USD"), "{stdout}");
+    assert!(
+        stdout.contains("valid, 2 version(s), currency USD"),
+        "{stdout}"
+    );
     assert!(stdout.contains("2026-03-01T00:00:00.000Z"), "{stdout}");
 
-    let feb = run(&["rate-card", "check", card.to_str().unwrap(), "--at", "2026-02-15T00:00:00Z"]);
-    let mar = run(&["rate-card", "check", card.to_str().unwrap(), "--at", "2026-03-01T00:00:00Z"]);
+    let feb = run(&[
+        "rate-card",
+        "check",
+        card.to_str().unwrap(),
+        "--at",
+        "2026-02-15T00:00:00Z",
+    ]);
+    let mar = run(&[
+        "rate-card",
+        "check",
+        card.to_str().unwrap(),
+        "--at",
+        "2026-03-01T00:00:00Z",
+    ]);
     let line = |out: &Output| {
         text(&out.stdout)
             .lines()
@@ -39,9 +57,19 @@ fn the_example_card_is_valid_and_versions_apply_forward() {
     assert!(line(&feb).contains("0.15"), "{}", line(&feb));
     assert!(line(&mar).contains("0.12"), "{}", line(&mar));
 
-    let before = run(&["rate-card", "check", card.to_str().unwrap(), "--at", "2025-12-31T23:59:59Z"]);
+    let before = run(&[
+        "rate-card",
+        "check",
+        card.to_str().unwrap(),
+        "--at",
+        "2025-12-31T23:59:59Z",
+    ]);
     assert!(!before.status.success());
-    assert!(text(&before.stderr).contains("no version is in force"), "{}", text(&before.stderr));
+    assert!(
+        text(&before.stderr).contains("no version is in force"),
+        "{}",
+        text(&before.stderr)
+    );
 }
 
 #[test]
@@ -53,8 +81,16 @@ fn bad_cards_name_file_line_and_field() {
             "default_max_output_tokens = 1\n[[version]]\nid = \"v\"\neffective_from = 2026-01-01T00:00:00Z\n[[version.model]]\nname = \"openai/gpt-4o\"\ninput_per_mtok = 2.5\noutput_per_mtok = \"1\"\n",
             ":7:18: `version[0].model[0].input_per_mtok`",
         ),
-        ("syntax.toml", "default_max_output_tokens = 1\n[[version]\n", ":2:"),
-        ("model.toml", "default_max_output_tokens = 1\n[[version]]\nid = \"v\"\neffective_from = 2026-01-01T00:00:00Z\n[[version.model]]\nname = \"gpt-4o\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"1\"\n", "`version[0].model[0].name`"),
+        (
+            "syntax.toml",
+            "default_max_output_tokens = 1\n[[version]\n",
+            ":2:",
+        ),
+        (
+            "model.toml",
+            "default_max_output_tokens = 1\n[[version]]\nid = \"v\"\neffective_from = 2026-01-01T00:00:00Z\n[[version.model]]\nname = \"gpt-4o\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"1\"\n",
+            "`version[0].model[0].name`",
+        ),
         ("binary.toml", "\u{0}\u{1}\u{2}garbage", ":1:"),
     ];
     for (name, body, expect) in cases {
@@ -63,13 +99,24 @@ fn bad_cards_name_file_line_and_field() {
         let out = run(&["rate-card", "check", path.to_str().unwrap()]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
-        assert!(stderr.contains(&format!("{name}{expect}")) || stderr.contains(expect), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}{expect}")) || stderr.contains(expect),
+            "{name}: {stderr}"
+        );
         assert!(stderr.contains(name), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
-    let missing = run(&["rate-card", "check", dir.path().join("absent.toml").to_str().unwrap()]);
+    let missing = run(&[
+        "rate-card",
+        "check",
+        dir.path().join("absent.toml").to_str().unwrap(),
+    ]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(text(&missing.stderr).contains("absent.toml"), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("absent.toml"),
+        "{}",
+        text(&missing.stderr)
+    );
 }
 
 #[test]
@@ -83,5 +130,9 @@ fn an_oversized_card_is_refused_before_parsing() {
     std::fs::write(&path, body).unwrap();
     let out = run(&["rate-card", "check", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("larger than"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("larger than"),
+        "{}",
+        text(&out.stderr)
+    );
 }
