@@ -655,12 +655,10 @@ impl KeyStore {
         let secret = KeySecret::from_random(random)?;
         let hash = KeyHash::of(secret.expose());
         let mut display_prefix = [b'0'; 8];
-        let tail = secret
-            .expose()
-            .as_bytes()
-            .get(KEY_PREFIX.len()..KEY_PREFIX.len() + 8)
-            .unwrap_or_default();
-        display_prefix.copy_from_slice(tail);
+        let tail = secret.expose().as_bytes().iter().skip(KEY_PREFIX.len());
+        for (slot, byte) in display_prefix.iter_mut().zip(tail) {
+            *slot = *byte;
+        }
         let key = self.insert(allocation, hash, display_prefix, spec)?;
         Ok((key, secret))
     }

@@ -51,7 +51,7 @@ impl UnixMs {
         if c.millisecond > 999 {
             return None;
         }
-        let days = days_from_civil(c.year, c.month, c.day);
+        let days = days_from_civil(c.year, c.month, c.day)?;
         let ms = days
             .checked_mul(MS_PER_DAY)?
             .checked_add(i64::from(c.hour) * 3_600_000)?
@@ -145,22 +145,31 @@ pub fn days_in_month(year: i64, month: u8) -> Option<u8> {
     })
 }
 
-/// Days since 1970-01-01 of a civil date (Hinnant's `days_from_civil`).
+/// Largest absolute year the calendar functions accept; far beyond any timestamp in `i64` ms
+/// (about 292 million years), and small enough that no intermediate can overflow.
+pub const YEAR_ABS_MAX: i64 = 1_000_000_000;
+
+/// Days since 1970-01-01 of a civil date (Hinnant's `days_from_civil`); `None` for a year
+/// beyond [`YEAR_ABS_MAX`].
 #[must_use]
-pub fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
+pub fn days_from_civil(year: i64, month: u8, day: u8) -> Option<i64> {
+    if !(-YEAR_ABS_MAX..=YEAR_ABS_MAX).contains(&year) {
+        return None;
+    }
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
     let m = i64::from(month);
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(era * 146_097 + doe - 719_468)
 }
 
-/// The civil date of a day number (Hinnant's `civil_from_days`).
+/// The civil date of a day number (Hinnant's `civil_from_days`). Exact for every day an `i64`
+/// of milliseconds can name; beyond that it saturates rather than overflow.
 #[must_use]
 pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
+    let z = days.clamp(-(1 << 40), 1 << 40) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -213,7 +222,7 @@ impl Period {
             Period::Month => {
                 let year = index.div_euclid(12);
                 let month = (index.rem_euclid(12) + 1) as u8;
-                days_from_civil(year, month, 1)
+                days_from_civil(year, month, 1)?
             }
             Period::Total => return None,
         };
@@ -302,6 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn extremes_give_none_not_overflow() {
+        assert_eq!(days_from_civil(i64::MAX, 1, 1), None);
+        assert_eq!(Period::Month.start(i64::MAX), None);
+        assert_eq!(Period::Month.end(i64::MAX), None);
+        assert_eq!(Period::Day.start(i64::MIN), None);
+        assert_eq!(Period::Week.start(i64::MAX / 2), None);
+        let _ = UnixMs(i64::MAX).to_string();
+        let _ = UnixMs(i64::MIN).to_string();
+        for t in [i64::MIN, -1, 0, i64::MAX] {
+            for p in [Period::Day, Period::Week, Period::Month, Period::Total] {
+                let _ = p.end(p.index(UnixMs(t)));
+            }
+        }
+        let far = CivilTime {
+            year: i64::MAX,
+            month: 1,
+            day: 1,
+            hour: 0,
+            minute: 0,
+            second: 0,
+            millisecond: 0,
+        };
+        assert_eq!(UnixMs::from_civil(far), None);
+    }
+
+    #[test]
     fn rfc3339_needs_an_offset() {
         assert_eq!(
             parse_rfc3339("2026-01-01T02:00:00+02:00"),
@@ -362,7 +397,7 @@ mod tests {
         #[test]
         fn civil_round_trips_and_matches_naive_count(days in -200_000i64..200_000) {
             let (y, m, d) = civil_from_days(days);
-            prop_assert_eq!(days_from_civil(y, m, d), days);
+            prop_assert_eq!(days_from_civil(y, m, d), Some(days));
             if (1800..2300).contains(&y) {
                 prop_assert_eq!(naive_days(y, m, d), days);
             }
