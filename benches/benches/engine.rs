@@ -28,6 +28,7 @@ fn key_spec() -> KeySpec {
         models: AllowList::Any,
         limits: KeyLimits::default(),
         created_at: NOW,
+        revoked: false,
     }
 }
 

@@ -69,6 +69,7 @@ fn main() {
                 tokens_per_minute: NonZeroU32::new(1_000_000),
             },
             created_at: UnixMs(1_768_435_200_000),
+            revoked: false,
         };
         let alloc = dir
             .allocation(&format!("alloc-{:07}", k % ALLOCATIONS))

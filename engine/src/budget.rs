@@ -206,7 +206,9 @@ impl BudgetCell {
         self.period
     }
 
-    /// Changes the limit; takes effect for the next admission check.
+    /// Changes the limit; takes effect for the next admission check. Holds are only taken
+    /// while a cell has a limit, so requests admitted while it had none are not counted against
+    /// a limit set while they are in flight: their spend is posted when they settle.
     pub fn set_limit(&self, limit: Option<Nanos>) {
         self.limit_nanos
             .store(limit.map_or(NO_LIMIT, |l| l.0.min(NO_LIMIT - 1)), ORDER);
@@ -338,14 +340,18 @@ impl BudgetCell {
         posted
     }
 
-    /// Reports the soft limit if `before -> after` crossed it, at most once per period.
+    /// Reports the soft limit if spend is at or past it, at most once per period. A late settle
+    /// for a period already over reports nothing: its period's warning moment has passed.
     fn crossed(&self, period: i64, before: u64, after: u64) -> Option<(u64, u8)> {
         let limit = self.limit_nanos.load(ORDER);
         if limit == NO_LIMIT {
             return None;
         }
-        let threshold = u128::from(limit) * u128::from(self.soft_limit_percent) / 100;
-        if !(u128::from(before) < threshold && u128::from(after) >= threshold) {
+        // Rounded up, so a threshold is never crossed early. The first settle of the period at
+        // or above it reports, even if the limit was lowered below the spend or spend was
+        // restored past it; the swap on `warned_period` makes that exactly once.
+        let threshold = (u128::from(limit) * u128::from(self.soft_limit_percent)).div_ceil(100);
+        if u128::from(after) < threshold || (after == before && before == 0) {
             return None;
         }
         let mut warned = self.warned_period.load(ORDER);
@@ -688,6 +694,34 @@ mod tests {
                 (Level::Allocation, Nanos(1_700)),
                 (Level::Project, Nanos(1_700))
             ]
+        );
+    }
+
+    #[test]
+    fn soft_limit_fires_when_the_limit_drops_below_spend_or_is_tiny() {
+        let (_dir, a) = setup(1_000, None, None);
+        let fired = |s: Settlement| s.soft_limits_crossed().count();
+        assert_eq!(
+            fired(reserve(&a, JAN_15, Nanos(700)).unwrap().settle(Nanos(700))),
+            0
+        );
+        a.budget.set_limit(Some(Nanos(750)));
+        assert_eq!(
+            fired(reserve(&a, JAN_15, Nanos(10)).unwrap().settle(Nanos(1))),
+            1
+        );
+        assert_eq!(
+            fired(reserve(&a, JAN_15, Nanos(10)).unwrap().settle(Nanos(1))),
+            0
+        );
+        let (_dir, tiny) = setup(1, None, None);
+        assert_eq!(
+            fired(reserve(&tiny, JAN_15, Nanos(1)).unwrap().settle(Nanos(0))),
+            0
+        );
+        assert_eq!(
+            fired(reserve(&tiny, JAN_15, Nanos(1)).unwrap().settle(Nanos(1))),
+            1
         );
     }
 

@@ -453,6 +453,8 @@ pub struct KeySpec {
     pub limits: KeyLimits,
     /// When it was made.
     pub created_at: UnixMs,
+    /// Restored already revoked: published unusable, never usable for an instant.
+    pub revoked: bool,
 }
 
 /// A virtual key as stored: hash, display prefix, owner, allocation and limits.
@@ -576,7 +578,11 @@ impl VirtualKey {
             agent: spec.agent.as_deref().map(Arc::from),
             allocation: Arc::clone(allocation),
             // An expiry at the very start of time is still an expiry, not a revocation.
-            expiry: AtomicI64::new(spec.expires_at.map_or(NEVER, |at| at.0.max(REVOKED + 1))),
+            expiry: AtomicI64::new(if spec.revoked {
+                REVOKED
+            } else {
+                spec.expires_at.map_or(NEVER, |at| at.0.max(REVOKED + 1))
+            }),
             created_at: spec.created_at,
             models: spec.models,
             limits: spec.limits,
@@ -628,8 +634,9 @@ impl Default for KeyStore {
 }
 
 fn shard_of(id: KeyId) -> usize {
-    // The id's low byte: uniformly random, independent of the in-shard hash's high bits.
-    (id.0 as usize) % KEY_SHARDS
+    // The id's top byte picks the shard; the in-shard table buckets by the low bits, so the two
+    // never overlap and keys of one shard spread over its whole table.
+    (id.0 >> 56) as usize % KEY_SHARDS
 }
 
 impl KeyStore {
@@ -802,11 +809,6 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// Marks a restored key revoked (persisted state).
-    pub fn mark_revoked(&self, key: &VirtualKey) {
-        key.expiry.store(REVOKED, Ordering::Release);
-    }
-
     /// Every key, in id order.
     #[must_use]
     pub fn list(&self) -> Vec<Arc<VirtualKey>> {
@@ -877,6 +879,7 @@ mod tests {
             models: AllowList::Any,
             limits: KeyLimits::default(),
             created_at: UnixMs(0),
+            revoked: false,
         }
     }
 

@@ -89,12 +89,15 @@ decimal_price!(PricePerUnit);
 
 /// A markup (positive) or discount (negative) on list price, in parts per million:
 /// `"+12.5"` percent is `125_000`, `"-20"` percent is `-200_000`. Never below -100 %.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Adjustment {
     /// Parts per million of list price added (negative: taken off).
     pub ppm: i64,
 }
+
+/// Largest markup accepted, in percent: ten thousand percent (a factor of 101).
+pub const MARKUP_PERCENT_MAX: i64 = 10_000;
+const MARKUP_PPM_MAX: i128 = MARKUP_PERCENT_MAX as i128 * 10_000;
 
 /// One million, the denominator of [`Adjustment::ppm`] and of per-million-token prices.
 pub const MILLION: u128 = 1_000_000;
@@ -116,14 +119,33 @@ impl Adjustment {
         if ppm < -(MILLION as i64) {
             return Err(DecimalError::DiscountOverHundredPercent);
         }
+        if i128::from(ppm) > MARKUP_PPM_MAX {
+            return Err(DecimalError::MarkupTooLarge);
+        }
         Ok(Adjustment { ppm })
     }
 
-    /// The factor's numerator over [`MILLION`]; never negative.
+    /// The factor's numerator over [`MILLION`]. Parsing keeps `ppm` within
+    /// [-100 %, +[`MARKUP_PERCENT_MAX`] %]; a hand-built value outside is clamped to that range.
     #[must_use]
     pub fn numerator(self) -> u128 {
-        // ppm >= -MILLION is checked at parse time; the clamp keeps a hand-built value sane.
-        u128::try_from(MILLION as i64 + self.ppm).unwrap_or(0)
+        let ppm = i128::from(self.ppm).clamp(-(MILLION as i128), MARKUP_PPM_MAX);
+        u128::try_from(MILLION as i128 + ppm).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Adjustment {
+    /// Signed percent with four decimals, as config writes it: `+12.5000`, `-20.0000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.ppm < 0 { '-' } else { '+' };
+        let abs = self.ppm.unsigned_abs();
+        write!(f, "{sign}{}.{:04}", abs / 10_000, abs % 10_000)
+    }
+}
+
+impl Serialize for Adjustment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -166,6 +188,9 @@ pub enum DecimalError {
         "write amounts as strings (\"2.50\") or integers: a float literal cannot hold money exactly"
     )]
     Float,
+    /// A markup beyond [`MARKUP_PERCENT_MAX`].
+    #[error("a markup cannot exceed {MARKUP_PERCENT_MAX} percent")]
+    MarkupTooLarge,
     /// A discount of more than one hundred percent.
     #[error("a discount cannot exceed 100 percent")]
     DiscountOverHundredPercent,
@@ -324,6 +349,31 @@ mod tests {
         assert_eq!(
             Adjustment::from_percent("1.00001"),
             Err(DecimalError::TooPrecise { max: 4 })
+        );
+        assert_eq!(
+            Adjustment::from_percent("922337203685477.5807"),
+            Err(DecimalError::MarkupTooLarge)
+        );
+        assert_eq!(
+            Adjustment::from_percent("10000").map(|a| a.numerator()),
+            Ok(101_000_000)
+        );
+        // A hand-built value out of range is clamped, never wrapped into a free request.
+        assert_eq!(Adjustment { ppm: i64::MAX }.numerator(), 101_000_000);
+        assert_eq!(Adjustment { ppm: i64::MIN }.numerator(), 0);
+        // Serialized as config writes it, and read back the same.
+        for text in ["+12.5", "-20", "0", "+0.0001"] {
+            let a = Adjustment::from_percent(text).unwrap();
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Adjustment>(&json).unwrap(),
+                a,
+                "{json}"
+            );
+        }
+        assert_eq!(
+            Adjustment::from_percent("-12.5").unwrap().to_string(),
+            "-12.5000"
         );
     }
 
