@@ -13,8 +13,8 @@
 //! completion token at the highest completion price, and cost is monotone in tokens.
 
 use crate::money::{Adjustment, Nanos};
-use crate::ratecard::ModelPrice;
-use crate::tokens::{TokenUsage, Tokens};
+use crate::ratecard::{Cost, ModelPrice};
+use crate::tokens::Tokens;
 
 /// What the gateway knows of a request before sending it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,16 +49,14 @@ pub fn estimate(price: &ModelPrice, adjustment: Adjustment, shape: RequestShape)
         });
     // Priced as if every prompt token carried the dearest prompt price and every completion
     // token the dearest completion price.
-    let worst = ModelPrice {
-        input_per_mtok: crate::money::PricePerMTok(price.input_bound_per_mtok()),
-        output_per_mtok: crate::money::PricePerMTok(price.output_bound_per_mtok()),
-        ..price.clone()
-    };
-    let usage = TokenUsage::new(input, 0, 0, output, 0);
+    let terms = [
+        (input, price.input_bound_per_mtok()),
+        (output, price.output_bound_per_mtok()),
+    ];
     Estimate {
         input_tokens_max: Tokens(input),
         output_tokens_max: Tokens(output),
-        cost_max: worst.cost(&usage, adjustment).billed,
+        cost_max: Cost::of_terms(&terms, adjustment).billed,
     }
 }
 
@@ -67,6 +65,7 @@ mod tests {
     use super::*;
     use crate::ids::ModelRef;
     use crate::money::PricePerMTok;
+    use crate::tokens::TokenUsage;
     use proptest::prelude::*;
 
     fn claude() -> ModelPrice {

@@ -106,6 +106,14 @@ impl Cost {
         billed: Nanos::ZERO,
     };
 
+    /// The cost of `(tokens, price per million)` terms: summed exactly, adjusted, rounded once.
+    pub(crate) fn of_terms(terms: &[(u64, u64)], adjustment: Adjustment) -> Cost {
+        let sum = terms.iter().try_fold(0u128, |acc, &(tokens, price)| {
+            acc.checked_add(u128::from(tokens).checked_mul(u128::from(price))?)
+        });
+        Cost::from_exact_micro_nanos(sum, adjustment)
+    }
+
     /// Rounds an exact sum in nanos times [`MILLION`] to whole nanos, once, upward.
     fn from_exact_micro_nanos(sum: Option<u128>, adjustment: Adjustment) -> Cost {
         let Some(sum) = sum else {
@@ -136,10 +144,7 @@ impl ModelPrice {
             (usage.visible_output(), self.output_per_mtok.0),
             (usage.reasoning.0, self.reasoning_per_mtok.0),
         ];
-        let sum = terms.iter().try_fold(0u128, |acc, &(tokens, price)| {
-            acc.checked_add(u128::from(tokens).checked_mul(u128::from(price))?)
-        });
-        Cost::from_exact_micro_nanos(sum, adjustment)
+        Cost::of_terms(&terms, adjustment)
     }
 
     /// The highest price any prompt token can carry (uncached or cache write).

@@ -33,20 +33,17 @@ fn the_example_card_is_valid_and_versions_apply_forward() {
     );
     assert!(stdout.contains("2026-03-01T00:00:00.000Z"), "{stdout}");
 
-    let feb = run(&[
-        "rate-card",
-        "check",
-        card.to_str().unwrap(),
-        "--at",
-        "2026-02-15T00:00:00Z",
-    ]);
-    let mar = run(&[
-        "rate-card",
-        "check",
-        card.to_str().unwrap(),
-        "--at",
-        "2026-03-01T00:00:00Z",
-    ]);
+    let at = |instant: &str| {
+        run(&[
+            "rate-card",
+            "check",
+            card.to_str().unwrap(),
+            "--at",
+            instant,
+        ])
+    };
+    let feb = at("2026-02-15T00:00:00Z");
+    let mar = at("2026-03-01T00:00:00Z");
     let line = |out: &Output| {
         text(&out.stdout)
             .lines()
@@ -57,13 +54,7 @@ fn the_example_card_is_valid_and_versions_apply_forward() {
     assert!(line(&feb).contains("0.15"), "{}", line(&feb));
     assert!(line(&mar).contains("0.12"), "{}", line(&mar));
 
-    let before = run(&[
-        "rate-card",
-        "check",
-        card.to_str().unwrap(),
-        "--at",
-        "2025-12-31T23:59:59Z",
-    ]);
+    let before = at("2025-12-31T23:59:59Z");
     assert!(!before.status.success());
     assert!(
         text(&before.stderr).contains("no version is in force"),
