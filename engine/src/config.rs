@@ -54,7 +54,7 @@ fn toml_error(text: &str, origin: &str, field: &str, e: &toml::de::Error) -> Err
 }
 
 /// Builds an [`Error::Config`] pointing at `span` of `text`.
-pub(crate) fn config_error(
+pub fn config_error(
     text: &str,
     origin: &str,
     field: &str,

@@ -399,6 +399,12 @@ impl KeyHash {
         KeyId(u64::from_be_bytes(first))
     }
 
+    /// Whether two hashes are equal, compared in constant time.
+    #[must_use]
+    pub fn matches(&self, other: &KeyHash) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+
     /// Lower-case hex, for persistence.
     #[must_use]
     pub fn to_hex(&self) -> String {

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod limits;
 pub mod money;
 pub mod ratecard;
+pub mod ratelimit;
 mod sync;
 pub mod time;
 pub mod tokens;
@@ -37,6 +38,7 @@ pub use identity::{
 pub use ids::{KeyId, ModelRef};
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit};
+pub use ratelimit::{Gcra, RetryAfter};
 pub use sync::wide_atomics_lock_free;
 pub use time::{Period, UnixMs};
 pub use tokens::{TokenUsage, Tokens};

@@ -235,6 +235,12 @@ pub fn parse_decimal(text: &str, scale: u32) -> Result<u128, DecimalError> {
 }
 
 /// Serde visitor accepting a decimal string or an integer, refusing floats by name.
+/// Reads an amount of money written as a decimal string (`"12.50"`) or a whole number, for
+/// `#[serde(deserialize_with)]` on config fields; floats are refused.
+pub fn deserialize_amount<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Nanos, D::Error> {
+    de.deserialize_any(DecimalVisitor)
+}
+
 struct DecimalVisitor;
 
 impl serde::de::Visitor<'_> for DecimalVisitor {

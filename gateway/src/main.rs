@@ -1,5 +1,5 @@
-//! The `tollgate` binary: today its rate-card tooling; the gateway server, admin API and the
-//! rest of the CLI land here next.
+//! The `tollgate` binary: the gateway server (`serve`), the admin CLI (`keys`, `providers`,
+//! `models`, `spend`) that speaks to a running gateway's admin API, and rate-card tooling.
 //!
 //! Binaries own their I/O: this is the one place that reads arguments, prints, and exits with
 //! a status, and it reports errors with `anyhow` context, never a panic.
@@ -8,10 +8,17 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
 use tollgate_engine::RateCard;
 use tollgate_engine::time::parse_rfc3339;
+use tollgate_gateway::client;
+use tollgate_gateway::config::Config;
+use tollgate_gateway::gateway::Gateway;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,9 +33,98 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, short, default_value = "tollgate.toml")]
+        config: PathBuf,
+    },
+    /// Virtual keys (admin API).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Configured providers (admin API).
+    #[command(subcommand)]
+    Providers(ListCommand),
+    /// Priced models and aliases (admin API).
+    #[command(subcommand)]
+    Models(ListCommand),
+    /// Live spend per allocation, project and team (admin API).
+    Spend {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Work with rate cards.
     #[command(subcommand)]
     RateCard(RateCardCommand),
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum ListCommand {
+    /// List them.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is shown once.
+    Create {
+        /// The allocation it charges.
+        #[arg(long)]
+        allocation: String,
+        /// The person or service that owns it.
+        #[arg(long, default_value = "cli")]
+        user: String,
+        /// The agent using it.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Lifetime: `30d`, `12h`, `90m`.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Models it may use (`provider/model` or `provider/*`); default: the allocation's.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The key's id (`key_...`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Replace a key by a new secret with the same bindings; the old one is revoked.
+    Rotate {
+        /// The key's id (`key_...`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,10 +153,297 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Keys(command) => keys(command),
+        Command::Providers(ListCommand::List { admin }) => {
+            let answer = admin_call(&admin, Method::GET, "/admin/v1/providers", None)?;
+            print_list(
+                &admin,
+                &answer,
+                "providers",
+                &["name", "kind", "base_url", "credential"],
+            )
+        }
+        Command::Models(ListCommand::List { admin }) => {
+            let answer = admin_call(&admin, Method::GET, "/admin/v1/models", None)?;
+            print_list(
+                &admin,
+                &answer,
+                "models",
+                &[
+                    "model",
+                    "served",
+                    "input_per_mtok",
+                    "output_per_mtok",
+                    "max_output_tokens",
+                ],
+            )
+        }
+        Command::Spend { admin } => {
+            let answer = admin_call(&admin, Method::GET, "/admin/v1/allocations", None)?;
+            spend(&admin, &answer)
+        }
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())
         }
     }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tollgate")
+        .build()
+        .context("starting the async runtime")?;
+    let writer = runtime.block_on(async {
+        let drain = config.server.drain_timeout;
+        let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
+        let listen = gateway.config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let address = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "tollgate listening on http://{address}")?;
+            out.flush()?;
+        }
+        tollgate_gateway::server::serve(Arc::clone(&gateway), listener, shutdown_signal()).await?;
+        gateway.emitter.stop(drain);
+        anyhow::Ok(writer)
+    })?;
+    drop(runtime);
+    writer.join().context("writing the last usage events")?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn admin_call(
+    admin: &AdminArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let token = std::env::var("TOLLGATE_ADMIN_TOKEN")
+        .context("set TOLLGATE_ADMIN_TOKEN to the gateway's admin token")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(client::call(&admin.url, &token, method, path, body))?)
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create {
+            allocation,
+            user,
+            agent,
+            expires,
+            models,
+            rpm,
+            tpm,
+            admin,
+        } => {
+            let body = json!({
+                "allocation": allocation,
+                "user": user,
+                "agent": agent,
+                "expires_in": expires,
+                "models": models,
+                "requests_per_minute": rpm,
+                "tokens_per_minute": tpm,
+            });
+            let answer = admin_call(&admin, Method::POST, "/admin/v1/keys", Some(body))?;
+            print_key(&admin, &answer)
+        }
+        KeysCommand::List { admin } => {
+            let answer = admin_call(&admin, Method::GET, "/admin/v1/keys", None)?;
+            print_list(
+                &admin,
+                &answer,
+                "keys",
+                &[
+                    "id",
+                    "prefix",
+                    "allocation",
+                    "user",
+                    "agent",
+                    "expires_at",
+                    "revoked",
+                ],
+            )
+        }
+        KeysCommand::Revoke { id, admin } => {
+            let path = format!("/admin/v1/keys/{id}/revoke");
+            let answer = admin_call(&admin, Method::POST, &path, None)?;
+            if admin.json {
+                return print_json(&answer);
+            }
+            writeln!(std::io::stdout().lock(), "revoked {}", field(&answer, "id"))?;
+            Ok(())
+        }
+        KeysCommand::Rotate { id, admin } => {
+            let path = format!("/admin/v1/keys/{id}/rotate");
+            let answer = admin_call(&admin, Method::POST, &path, None)?;
+            print_key(&admin, &answer)
+        }
+    }
+}
+
+fn field(value: &Value, name: &str) -> String {
+    match value.get(name) {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        serde_json::to_string_pretty(value)?
+    )?;
+    Ok(())
+}
+
+fn print_key(admin: &AdminArgs, answer: &Value) -> anyhow::Result<()> {
+    if admin.json {
+        return print_json(answer);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "key        {}", field(answer, "key"))?;
+    writeln!(out, "id         {}", field(answer, "id"))?;
+    writeln!(out, "allocation {}", field(answer, "allocation"))?;
+    writeln!(out, "user       {}", field(answer, "user"))?;
+    writeln!(out, "expires_at {}", field(answer, "expires_at"))?;
+    writeln!(
+        out,
+        "The key is shown only now; store it in a secret manager."
+    )?;
+    Ok(())
+}
+
+fn print_list(
+    admin: &AdminArgs,
+    answer: &Value,
+    list: &str,
+    columns: &[&str],
+) -> anyhow::Result<()> {
+    if admin.json {
+        return print_json(answer);
+    }
+    let rows: Vec<Vec<String>> = answer
+        .get(list)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| columns.iter().map(|c| field(item, c)).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    print_table(columns, &rows)
+}
+
+fn print_table(columns: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(String::len)
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(columns.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn spend(admin: &AdminArgs, answer: &Value) -> anyhow::Result<()> {
+    if admin.json {
+        return print_json(answer);
+    }
+    let columns = [
+        "allocation",
+        "project",
+        "team",
+        "period",
+        "spent",
+        "limit",
+        "remaining",
+        "resets_at",
+    ];
+    let rows: Vec<Vec<String>> = answer
+        .get("allocations")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|a| {
+                    let budget = a.get("budget").cloned().unwrap_or(Value::Null);
+                    vec![
+                        field(a, "name"),
+                        field(a, "project"),
+                        field(a, "team"),
+                        field(&budget, "period"),
+                        field(&budget, "spent"),
+                        field(&budget, "limit"),
+                        field(&budget, "remaining"),
+                        field(&budget, "resets_at"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    writeln!(
+        std::io::stdout().lock(),
+        "currency {}",
+        field(answer, "currency")
+    )?;
+    print_table(&columns, &rows)
 }
 
 fn rate_card_check(file: &std::path::Path, at: Option<&str>) -> anyhow::Result<()> {

@@ -1,2 +1,5 @@
-//! The mock provider and the load generator. They talk to the gateway only over HTTP, as a
-//! user does, and never link against its code; both land with the load-harness work.
+//! Load testing for tollgate: a mock provider speaking each provider's wire format, and (next)
+//! the load generator. It talks to the gateway only over HTTP, as a user does.
+#![warn(missing_docs)]
+
+pub mod mock;

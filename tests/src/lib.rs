@@ -1,18 +1,39 @@
-//! Shared helpers of the end-to-end tests: finding (and building) the real `tollgate` binary.
-//!
-//! The tests drive the binary as a user does, through its arguments, files and exit codes.
+//! Shared helpers of the end-to-end tests: the real binaries, started as a user starts them,
+//! spoken to over real HTTP, with their files in a temporary directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+pub mod http;
+pub mod stack;
+
+/// The repository's root (read at run time, so a moved checkout still finds its files).
+pub fn repo_root() -> PathBuf {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    Path::new(&manifest)
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
 
 /// Path of the `tollgate` binary of this workspace, built (once per test process) if needed.
 pub fn tollgate_bin() -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT.get_or_init(build_tollgate).clone()
+    BUILT
+        .get_or_init(|| build("tollgate-gateway", "tollgate"))
+        .clone()
 }
 
-fn build_tollgate() -> Result<PathBuf, String> {
+/// Path of the `tollgate-loadtest` binary (mock provider), built if needed.
+pub fn loadtest_bin() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build("tollgate-loadtest", "tollgate-loadtest"))
+        .clone()
+}
+
+fn build(package: &str, binary: &str) -> Result<PathBuf, String> {
     // Test executables live in <target>/<profile>/deps/; the binary one level up.
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let profile_dir = exe
@@ -23,14 +44,7 @@ fn build_tollgate() -> Result<PathBuf, String> {
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "--quiet",
-        "-p",
-        "tollgate-gateway",
-        "--bin",
-        "tollgate",
-    ]);
+    build.args(["build", "--quiet", "-p", package, "--bin", binary]);
     if release {
         build.arg("--release");
     }
@@ -38,9 +52,9 @@ fn build_tollgate() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
     if !status.success() {
-        return Err(format!("cargo build of tollgate failed: {status}"));
+        return Err(format!("cargo build of {binary} failed: {status}"));
     }
-    let bin = profile_dir.join(format!("tollgate{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{binary}{}", std::env::consts::EXE_SUFFIX));
     if bin.is_file() {
         Ok(bin)
     } else {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use tollgate_tests::{TempDir, tollgate_bin};
 
 fn example_card() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../gateway/config/rates.example.toml")
+    tollgate_tests::repo_root().join("gateway/config/rates.example.toml")
 }
 
 fn run(args: &[&str]) -> Output {

@@ -1,0 +1,434 @@
+//! The admin API under `/admin/v1`, on its own token: keys, allocations and live spend,
+//! providers, models and rate-card versions. The `tollgate` CLI speaks to it.
+//!
+//! A key's secret appears once, in the answer that creates it; only its hash is stored. Every
+//! change is journaled and synced (see [`crate::state`]) and written to the audit log before
+//! the answer is sent.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate_engine::{KeyId, KeyLimits, KeySpec, UnixMs, VirtualKey};
+
+use crate::config::allow_list;
+use crate::error::{Failure, Protocol, rfc3339};
+use crate::gateway::{Gateway, now_ms};
+use crate::limits::ADMIN_BODY_BYTES_MAX;
+use crate::meter::ResponseBody;
+use crate::pipeline::error_response;
+use crate::state::{KeyRecord, create_record};
+
+/// Serves one admin request.
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let now = now_ms();
+    let request_id = gateway.request_id(now);
+    match serve(&gateway, request, now).await {
+        Ok((status, body)) => {
+            let mut response = Response::new(ResponseBody::full(body.to_string()));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
+    }
+}
+
+async fn serve(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !gateway.admin_enabled() || !gateway.is_admin(token.trim()) {
+        return Err(Failure::AdminUnauthorized);
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/admin/v1")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let body = read(request).await?;
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(gateway))),
+        (&Method::POST, ["keys"]) => create_key(gateway, &body, now, None),
+        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(gateway, id, now),
+        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(gateway, id, now),
+        (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(gateway, now))),
+        (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(gateway))),
+        (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(gateway, now))),
+        (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(gateway))),
+        _ => Err(Failure::NotFound {
+            method: method.to_string(),
+            path: path.chars().take(256).collect(),
+        }),
+    }
+}
+
+async fn read(request: Request<Incoming>) -> Result<Bytes, Failure> {
+    match Limited::new(request.into_body(), ADMIN_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::BodyTooLarge {
+            limit_bytes: ADMIN_BODY_BYTES_MAX,
+        }),
+        Err(e) => Err(Failure::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+/// `POST /admin/v1/keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    allocation: String,
+    user: String,
+    agent: Option<String>,
+    /// `30d`, `12h`, `90m`.
+    expires_in: Option<String>,
+    /// RFC 3339.
+    expires_at: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    requests_per_minute: Option<std::num::NonZeroU32>,
+    tokens_per_minute: Option<std::num::NonZeroU32>,
+}
+
+fn create_key(
+    gateway: &Gateway,
+    body: &[u8],
+    now: UnixMs,
+    replaces: Option<&VirtualKey>,
+) -> Result<(StatusCode, Value), Failure> {
+    let spec = match replaces {
+        Some(old) => KeySpec {
+            user: old.user.to_string(),
+            agent: old.agent.as_deref().map(str::to_owned),
+            expires_at: old.expires_at(),
+            models: old.models.clone(),
+            limits: old.limits,
+            created_at: now,
+            revoked: false,
+        },
+        None => {
+            let request: CreateKey = serde_json::from_slice(body)
+                .map_err(|e| Failure::BadRequest(format!("key request: {e}")))?;
+            if request.user.trim().is_empty() {
+                return Err(Failure::BadRequest("`user` must not be empty".into()));
+            }
+            let expires_at = match (&request.expires_in, &request.expires_at) {
+                (Some(_), Some(_)) => {
+                    return Err(Failure::BadRequest(
+                        "give `expires_in` or `expires_at`, not both".into(),
+                    ));
+                }
+                (Some(text), None) => {
+                    let ms = parse_duration_ms(text).map_err(Failure::BadRequest)?;
+                    Some(now.plus_ms(ms))
+                }
+                (None, Some(text)) => Some(
+                    tollgate_engine::time::parse_rfc3339(text)
+                        .map_err(|e| Failure::BadRequest(format!("`expires_at`: {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            let allocation = gateway
+                .directory
+                .allocation(&request.allocation)
+                .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+            let spec = KeySpec {
+                user: request.user,
+                agent: request.agent,
+                expires_at,
+                models: allow_list(&request.models)
+                    .map_err(|e| Failure::BadRequest(e.to_string()))?,
+                limits: KeyLimits {
+                    requests_per_minute: request.requests_per_minute,
+                    tokens_per_minute: request.tokens_per_minute,
+                },
+                created_at: now,
+                revoked: false,
+            };
+            return insert_key(gateway, &allocation, spec, now, None);
+        }
+    };
+    let allocation = replaces.map(|k| Arc::clone(&k.allocation));
+    match allocation {
+        Some(allocation) => insert_key(gateway, &allocation, spec, now, replaces),
+        None => Err(Failure::Internal("rotation without a key".into())),
+    }
+}
+
+fn insert_key(
+    gateway: &Gateway,
+    allocation: &Arc<tollgate_engine::Allocation>,
+    spec: KeySpec,
+    now: UnixMs,
+    replaces: Option<&VirtualKey>,
+) -> Result<(StatusCode, Value), Failure> {
+    // A 64-bit id collision is astronomically rare; try a few fresh secrets, then give up.
+    let mut created = None;
+    for _ in 0..4 {
+        let random: [u8; 20] = gateway.random();
+        match gateway.keys.create(allocation, spec.clone(), &random) {
+            Ok(pair) => {
+                created = Some(pair);
+                break;
+            }
+            Err(tollgate_engine::Error::KeyCollision) => {}
+            Err(e) => return Err(Failure::BadRequest(e.to_string())),
+        }
+    }
+    let Some((key, secret)) = created else {
+        return Err(Failure::Internal("could not draw an unused key id".into()));
+    };
+    let record = create_record(&key, &spec);
+    let audit = json!({
+        "at": rfc3339(now),
+        "actor": "admin",
+        "action": if replaces.is_some() { "key.rotate" } else { "key.create" },
+        "key_id": key.id().to_string(),
+        "replaces": replaces.map(|k| k.id().to_string()),
+        "allocation": &*allocation.name,
+        "user": &*key.user,
+    });
+    if let Err(e) = gateway.journal.append(&record, &audit) {
+        // Not durable, so not created: take it back out of service.
+        let _ = gateway.keys.revoke(key.id());
+        return Err(Failure::Internal(e.to_string()));
+    }
+    if let Some(old) = replaces {
+        revoke(gateway, old.id(), now, "key.revoke")?;
+    }
+    let mut answer = describe(&key);
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("key".into(), json!(secret.expose()));
+        if let Some(old) = replaces {
+            fields.insert("replaces".into(), json!(old.id().to_string()));
+        }
+    }
+    Ok((StatusCode::CREATED, answer))
+}
+
+fn find_key(gateway: &Gateway, id: &str) -> Result<Arc<VirtualKey>, Failure> {
+    let id = KeyId::parse(id).map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+    gateway
+        .keys
+        .get(id)
+        .ok_or_else(|| Failure::AdminNotFound(format!("unknown key `{id}`")))
+}
+
+fn revoke(gateway: &Gateway, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
+    let record = KeyRecord::Revoke { id, at_ms: now.0 };
+    let audit = json!({
+        "at": rfc3339(now),
+        "actor": "admin",
+        "action": action,
+        "key_id": id.to_string(),
+    });
+    gateway
+        .journal
+        .append(&record, &audit)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    gateway
+        .keys
+        .revoke(id)
+        .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+    Ok(())
+}
+
+fn revoke_key(gateway: &Gateway, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let key = find_key(gateway, id)?;
+    revoke(gateway, key.id(), now, "key.revoke")?;
+    Ok((StatusCode::OK, describe(&key)))
+}
+
+fn rotate_key(gateway: &Gateway, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let key = find_key(gateway, id)?;
+    if key.is_revoked() {
+        return Err(Failure::BadRequest(format!(
+            "key `{}` is revoked",
+            key.id()
+        )));
+    }
+    create_key(gateway, &[], now, Some(&key))
+}
+
+fn describe(key: &VirtualKey) -> Value {
+    let allocation = &key.allocation;
+    json!({
+        "id": key.id().to_string(),
+        "prefix": key.display_prefix(),
+        "allocation": &*allocation.name,
+        "project": &*allocation.project.name,
+        "team": &*allocation.project.team.name,
+        "user": &*key.user,
+        "agent": key.agent.as_deref(),
+        "models": match key.models { tollgate_engine::AllowList::Any => Vec::new(), _ => key.models.entries() },
+        "requests_per_minute": key.limits.requests_per_minute,
+        "tokens_per_minute": key.limits.tokens_per_minute,
+        "created_at": rfc3339(key.created_at),
+        "expires_at": key.expires_at().map(rfc3339),
+        "revoked": key.is_revoked(),
+    })
+}
+
+fn list_keys(gateway: &Gateway) -> Value {
+    let mut keys = gateway.keys.list();
+    keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id().cmp(&b.id())));
+    json!({ "keys": keys.iter().map(|k| describe(k)).collect::<Vec<_>>() })
+}
+
+fn budget(cell: &tollgate_engine::BudgetCell, now: UnixMs) -> Value {
+    let snapshot = cell.snapshot(now);
+    json!({
+        "period": snapshot.period.as_str(),
+        "limit": snapshot.limit.map(|n| n.to_string()),
+        "spent": snapshot.spent.to_string(),
+        "in_flight": snapshot.in_flight.to_string(),
+        "remaining": snapshot.remaining.map(|n| n.to_string()),
+        "resets_at": snapshot.resets_at.map(rfc3339),
+        "spent_nanos": snapshot.spent.0,
+    })
+}
+
+fn allocations(gateway: &Gateway, now: UnixMs) -> Value {
+    let mut all = gateway.directory.allocations();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let list: Vec<Value> = all
+        .iter()
+        .map(|a| {
+            json!({
+                "name": &*a.name,
+                "project": &*a.project.name,
+                "team": &*a.project.team.name,
+                "org": &*a.project.team.org,
+                "cost_center": &*a.cost_center,
+                "models": match a.models { tollgate_engine::AllowList::Any => Vec::new(), _ => a.models.entries() },
+                "budget": budget(&a.budget, now),
+                "project_budget": budget(&a.project.budget, now),
+                "team_budget": budget(&a.project.team.budget, now),
+            })
+        })
+        .collect();
+    json!({ "currency": &*gateway.card.load().currency, "allocations": list })
+}
+
+fn providers(gateway: &Gateway) -> Value {
+    let list: Vec<Value> = gateway
+        .config
+        .providers
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "kind": match p.kind {
+                    crate::config::ProviderKind::Openai => "openai",
+                    crate::config::ProviderKind::Anthropic => "anthropic",
+                },
+                "base_url": p.base_url,
+                "credential": p.api_key_env.as_ref().map(|v| format!("from ${v}")),
+            })
+        })
+        .collect();
+    json!({ "providers": list })
+}
+
+fn models(gateway: &Gateway, now: UnixMs) -> Value {
+    let card = gateway.card.load();
+    let Some(version) = card.at(now) else {
+        return json!({ "rate_card_version": null, "models": [] });
+    };
+    let list: Vec<Value> = version
+        .models()
+        .map(|p| {
+            json!({
+                "model": p.model.as_str(),
+                "served": gateway.upstreams.contains_key(p.model.provider()),
+                "input_per_mtok": tollgate_engine::Nanos(p.input_per_mtok.0).to_string(),
+                "output_per_mtok": tollgate_engine::Nanos(p.output_per_mtok.0).to_string(),
+                "max_output_tokens": p.max_output_tokens,
+            })
+        })
+        .collect();
+    let aliases: Vec<Value> = gateway
+        .config
+        .aliases
+        .iter()
+        .map(|(name, target)| json!({ "alias": name, "model": target.as_str() }))
+        .collect();
+    json!({ "rate_card_version": &*version.id, "models": list, "aliases": aliases })
+}
+
+fn rate_card(gateway: &Gateway) -> Value {
+    let card = gateway.card.load();
+    let versions: Vec<Value> = card
+        .versions()
+        .iter()
+        .map(|v| {
+            json!({
+                "id": &*v.id,
+                "effective_from": rfc3339(v.effective_from),
+                "models": v.model_count(),
+                "resources": v.resource_count(),
+            })
+        })
+        .collect();
+    json!({ "currency": &*card.currency, "versions": versions })
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30d, 12h or 90m"))?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return Err(format!("`{text}` is not a duration like 30d, 12h or 90m")),
+    };
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms > 0 && *ms <= 100 * 365 * 86_400_000)
+        .ok_or_else(|| format!("`{text}` must be between 1 s and 100 years"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
+        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
+        assert!(parse_duration_ms("0d").is_err());
+        assert!(parse_duration_ms("d").is_err());
+        assert!(parse_duration_ms("3w").is_err());
+        assert!(parse_duration_ms("99999999999999d").is_err());
+    }
+}

@@ -1,0 +1,805 @@
+//! `tollgate.toml`: the gateway's config, parsed into typed values before anything starts.
+//!
+//! A bad file stops start-up with `file:line:column: `field.path`: reason`. Secrets never live
+//! in the file: a provider names the environment variable holding its key, and so does the admin
+//! token. Relative paths are taken from the config file's folder, so a config and its rate card
+//! travel together.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_engine::config::{config_error, parse_toml, read_config_file};
+use tollgate_engine::money::deserialize_amount;
+use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period};
+use toml::Spanned;
+
+use crate::limits;
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The whole config, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the file was read from (for messages).
+    pub origin: String,
+    /// The rate card file.
+    pub rate_card: PathBuf,
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Where keys, allocations created at run time and the audit log live.
+    pub state_dir: PathBuf,
+    /// Where usage events go.
+    pub events: EventsConfig,
+    /// Upstreams by name.
+    pub providers: Vec<ProviderConfig>,
+    /// Fixed model aliases.
+    pub aliases: Vec<(String, ModelRef)>,
+    /// The organisation tree and its budgets.
+    pub teams: Vec<TeamConfig>,
+    /// Projects.
+    pub projects: Vec<ProjectConfig>,
+    /// Allocations.
+    pub allocations: Vec<AllocationConfig>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Largest request head.
+    pub header_bytes_max: usize,
+    /// Time for a client to send its head.
+    pub header_timeout: Duration,
+    /// Time for a client to send its body.
+    pub body_timeout: Duration,
+    /// Requests in flight at once.
+    pub requests_in_flight_max: usize,
+    /// Graceful shutdown's wait for in-flight streams.
+    pub drain_timeout: Duration,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// The environment variable holding the admin token.
+    pub token_env: String,
+}
+
+/// `[events]`.
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    /// Folder of the local event log.
+    pub dir: PathBuf,
+    /// Events waiting for the writer before new requests are refused.
+    pub queued_max: usize,
+}
+
+/// What an upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The OpenAI API: OpenAI itself, vLLM, Ollama, TGI, NIM, llama.cpp.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// One `[[provider]]`.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// The name models are prefixed with (`openai` in `openai/gpt-4o`).
+    pub name: String,
+    /// Its wire format.
+    pub kind: ProviderKind,
+    /// Base URL, including any path prefix (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// Environment variable with the credential; `None` for an upstream without one.
+    pub api_key_env: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to the response head.
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a response body.
+    pub idle_timeout: Duration,
+}
+
+/// One `[[team]]`.
+#[derive(Clone, Debug)]
+pub struct TeamConfig {
+    /// Name.
+    pub name: String,
+    /// Organisation.
+    pub org: String,
+    /// Budget.
+    pub budget: BudgetSpec,
+    /// Team-wide limits, shared by all its keys.
+    pub rate: RateConfig,
+}
+
+/// Requests and tokens per minute; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateConfig {
+    /// Requests per minute.
+    pub requests_per_minute: Option<NonZeroU32>,
+    /// Tokens (in and out) per minute.
+    pub tokens_per_minute: Option<NonZeroU32>,
+}
+
+/// One `[[project]]`.
+#[derive(Clone, Debug)]
+pub struct ProjectConfig {
+    /// Name.
+    pub name: String,
+    /// Owning team.
+    pub team: String,
+    /// Budget.
+    pub budget: BudgetSpec,
+}
+
+/// One `[[allocation]]`.
+#[derive(Clone, Debug)]
+pub struct AllocationConfig {
+    /// Name.
+    pub name: String,
+    /// Owning project.
+    pub project: String,
+    /// Cost center charged.
+    pub cost_center: String,
+    /// Allow-list (`provider/model` or `provider/*`); empty allows every priced model.
+    pub models: Vec<String>,
+    /// Budget.
+    pub budget: BudgetSpec,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = read_config_file(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Config> {
+        let raw: RawConfig = parse_toml(text, origin)?;
+        raw.validate(text, origin, base)
+    }
+
+    /// The provider named `name`.
+    #[must_use]
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    rate_card: Spanned<String>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    provider: Vec<Spanned<RawProvider>>,
+    #[serde(default)]
+    alias: Vec<Spanned<RawAlias>>,
+    #[serde(default)]
+    team: Vec<Spanned<RawTeam>>,
+    #[serde(default)]
+    project: Vec<Spanned<RawProject>>,
+    #[serde(default)]
+    allocation: Vec<Spanned<RawAllocation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: Spanned<String>,
+    body_bytes_max: Option<usize>,
+    header_bytes_max: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
+    requests_in_flight_max: Option<usize>,
+    drain_timeout_ms: Option<u64>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            body_bytes_max: None,
+            header_bytes_max: None,
+            header_timeout_ms: None,
+            body_timeout_ms: None,
+            requests_in_flight_max: None,
+            drain_timeout_ms: None,
+        }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:8080".to_owned())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_token_env")]
+    token_env: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            token_env: default_admin_token_env(),
+        }
+    }
+}
+
+fn default_admin_token_env() -> String {
+    "TOLLGATE_ADMIN_TOKEN".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: String,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> String {
+    "state".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    #[serde(default = "default_events_dir")]
+    dir: String,
+    queued_max: Option<usize>,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            dir: default_events_dir(),
+            queued_max: None,
+        }
+    }
+}
+
+fn default_events_dir() -> String {
+    "events".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Spanned<String>,
+    kind: ProviderKind,
+    base_url: Spanned<String>,
+    api_key_env: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlias {
+    name: Spanned<String>,
+    model: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    #[serde(default, deserialize_with = "some_amount")]
+    limit: Option<Nanos>,
+    #[serde(default = "default_period")]
+    period: Period,
+    #[serde(default = "default_soft_limit")]
+    soft_limit_percent: u8,
+}
+
+fn some_amount<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Nanos>, D::Error> {
+    deserialize_amount(de).map(Some)
+}
+
+fn default_period() -> Period {
+    Period::Month
+}
+
+fn default_soft_limit() -> u8 {
+    80
+}
+
+impl RawBudget {
+    fn spec(&self) -> BudgetSpec {
+        BudgetSpec {
+            limit: self.limit,
+            period: self.period,
+            soft_limit_percent: self.soft_limit_percent,
+        }
+    }
+}
+
+fn unlimited() -> Spanned<RawBudget> {
+    Spanned::new(
+        0..0,
+        RawBudget {
+            limit: None,
+            period: Period::Month,
+            soft_limit_percent: 80,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: Spanned<String>,
+    #[serde(default)]
+    org: String,
+    #[serde(default = "unlimited")]
+    budget: Spanned<RawBudget>,
+    requests_per_minute: Option<NonZeroU32>,
+    tokens_per_minute: Option<NonZeroU32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    name: Spanned<String>,
+    team: Spanned<String>,
+    #[serde(default = "unlimited")]
+    budget: Spanned<RawBudget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllocation {
+    name: Spanned<String>,
+    project: Spanned<String>,
+    #[serde(default)]
+    cost_center: String,
+    #[serde(default)]
+    models: Vec<Spanned<String>>,
+    #[serde(default = "unlimited")]
+    budget: Spanned<RawBudget>,
+}
+
+fn ms(value: Option<u64>, default: Duration) -> Duration {
+    value.map_or(default, Duration::from_millis)
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawConfig {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass over the file's sections, in order"
+    )]
+    fn validate(self, text: &str, origin: &str, base: &Path) -> Result<Config> {
+        let err = |field: String, span: std::ops::Range<usize>, reason: String| {
+            config_error(text, origin, &field, Some(span), reason)
+        };
+        let listen = self
+            .server
+            .listen
+            .get_ref()
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                err(
+                    "server.listen".into(),
+                    self.server.listen.span(),
+                    format!("not an address like \"127.0.0.1:8080\": {e}"),
+                )
+            })?;
+        let server = ServerConfig {
+            listen,
+            body_bytes_max: self.server.body_bytes_max.unwrap_or(limits::BODY_BYTES_MAX),
+            header_bytes_max: self
+                .server
+                .header_bytes_max
+                .unwrap_or(limits::HEADER_BYTES_MAX),
+            header_timeout: ms(self.server.header_timeout_ms, limits::HEADER_TIMEOUT),
+            body_timeout: ms(self.server.body_timeout_ms, limits::BODY_TIMEOUT),
+            requests_in_flight_max: self
+                .server
+                .requests_in_flight_max
+                .unwrap_or(limits::REQUESTS_IN_FLIGHT_MAX)
+                .max(1),
+            drain_timeout: ms(self.server.drain_timeout_ms, limits::DRAIN_TIMEOUT),
+        };
+        if server.header_bytes_max < 8192 {
+            return Err(err(
+                "server.header_bytes_max".into(),
+                0..0,
+                "must be at least 8192".into(),
+            ));
+        }
+
+        let mut providers: Vec<ProviderConfig> = Vec::new();
+        for (i, raw) in self.provider.into_iter().enumerate() {
+            let span = raw.span();
+            let raw = raw.into_inner();
+            let name = raw.name.get_ref().clone();
+            if !is_name(&name) || name.contains('/') {
+                return Err(err(
+                    format!("provider[{i}].name"),
+                    raw.name.span(),
+                    "must be a non-empty name of letters, digits, `-`, `_` or `.`".into(),
+                ));
+            }
+            if providers.iter().any(|p| p.name == name) {
+                return Err(err(
+                    format!("provider[{i}].name"),
+                    raw.name.span(),
+                    format!("provider `{name}` is defined twice"),
+                ));
+            }
+            let base_url = raw.base_url.get_ref().trim_end_matches('/').to_owned();
+            if let Err(reason) = crate::upstream::check_base_url(&base_url) {
+                return Err(err(
+                    format!("provider[{i}].base_url"),
+                    raw.base_url.span(),
+                    reason,
+                ));
+            }
+            if let Some(var) = &raw.api_key_env
+                && var.is_empty()
+            {
+                return Err(err(
+                    format!("provider[{i}].api_key_env"),
+                    span,
+                    "must name an environment variable".into(),
+                ));
+            }
+            providers.push(ProviderConfig {
+                name,
+                kind: raw.kind,
+                base_url,
+                api_key_env: raw.api_key_env,
+                connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
+                first_byte_timeout: ms(
+                    raw.first_byte_timeout_ms,
+                    limits::UPSTREAM_FIRST_BYTE_TIMEOUT,
+                ),
+                idle_timeout: ms(raw.idle_timeout_ms, limits::UPSTREAM_IDLE_TIMEOUT),
+            });
+        }
+
+        let mut aliases: Vec<(String, ModelRef)> = Vec::new();
+        for (i, raw) in self.alias.into_iter().enumerate() {
+            let raw = raw.into_inner();
+            let name = raw.name.get_ref().clone();
+            if name.is_empty() || aliases.iter().any(|(n, _)| *n == name) {
+                return Err(err(
+                    format!("alias[{i}].name"),
+                    raw.name.span(),
+                    "must be a non-empty name used once".into(),
+                ));
+            }
+            let target = ModelRef::parse(raw.model.get_ref())
+                .map_err(|e| err(format!("alias[{i}].model"), raw.model.span(), e.to_string()))?;
+            if !providers.iter().any(|p| p.name == target.provider()) {
+                return Err(err(
+                    format!("alias[{i}].model"),
+                    raw.model.span(),
+                    format!("no provider named `{}`", target.provider()),
+                ));
+            }
+            aliases.push((name, target));
+        }
+
+        let mut names = HashSet::new();
+        let mut teams = Vec::new();
+        for (i, raw) in self.team.into_iter().enumerate() {
+            let raw = raw.into_inner();
+            let name = checked_name(&raw.name, &mut names, "team", i, &err)?;
+            teams.push(TeamConfig {
+                name,
+                org: raw.org,
+                budget: budget(&raw.budget, &format!("team[{i}].budget"), &err)?,
+                rate: RateConfig {
+                    requests_per_minute: raw.requests_per_minute,
+                    tokens_per_minute: raw.tokens_per_minute,
+                },
+            });
+        }
+        names.clear();
+        let mut projects = Vec::new();
+        for (i, raw) in self.project.into_iter().enumerate() {
+            let raw = raw.into_inner();
+            let name = checked_name(&raw.name, &mut names, "project", i, &err)?;
+            if !teams.iter().any(|t| t.name == *raw.team.get_ref()) {
+                return Err(err(
+                    format!("project[{i}].team"),
+                    raw.team.span(),
+                    format!("no team named `{}`", raw.team.get_ref()),
+                ));
+            }
+            projects.push(ProjectConfig {
+                name,
+                team: raw.team.into_inner(),
+                budget: budget(&raw.budget, &format!("project[{i}].budget"), &err)?,
+            });
+        }
+        names.clear();
+        let mut allocations = Vec::new();
+        for (i, raw) in self.allocation.into_iter().enumerate() {
+            let raw = raw.into_inner();
+            let name = checked_name(&raw.name, &mut names, "allocation", i, &err)?;
+            if !projects.iter().any(|p| p.name == *raw.project.get_ref()) {
+                return Err(err(
+                    format!("allocation[{i}].project"),
+                    raw.project.span(),
+                    format!("no project named `{}`", raw.project.get_ref()),
+                ));
+            }
+            for (j, model) in raw.models.iter().enumerate() {
+                if model.get_ref() == "*" {
+                    continue;
+                }
+                if let Err(e) = tollgate_engine::AllowList::parse(&[model.get_ref()]) {
+                    return Err(err(
+                        format!("allocation[{i}].models[{j}]"),
+                        model.span(),
+                        e.to_string(),
+                    ));
+                }
+            }
+            allocations.push(AllocationConfig {
+                name,
+                project: raw.project.into_inner(),
+                cost_center: raw.cost_center,
+                models: raw.models.into_iter().map(Spanned::into_inner).collect(),
+                budget: budget(&raw.budget, &format!("allocation[{i}].budget"), &err)?,
+            });
+        }
+
+        Ok(Config {
+            origin: origin.to_owned(),
+            rate_card: resolve(base, self.rate_card.get_ref()),
+            server,
+            admin: AdminConfig {
+                token_env: self.admin.token_env,
+            },
+            state_dir: resolve(base, &self.state.dir),
+            events: EventsConfig {
+                dir: resolve(base, &self.events.dir),
+                queued_max: self
+                    .events
+                    .queued_max
+                    .unwrap_or(limits::EVENTS_QUEUED_MAX)
+                    .max(1),
+            },
+            providers,
+            aliases,
+            teams,
+            projects,
+            allocations,
+        })
+    }
+}
+
+/// An allow-list from config or API entries: none (or `["*"]`) allows every priced model.
+pub fn allow_list<S: AsRef<str>>(entries: &[S]) -> Result<tollgate_engine::AllowList> {
+    match entries {
+        [] => Ok(tollgate_engine::AllowList::Any),
+        [only] if only.as_ref() == "*" => Ok(tollgate_engine::AllowList::Any),
+        _ => tollgate_engine::AllowList::parse(entries),
+    }
+}
+
+/// Names of teams, projects, allocations and providers: what fits in a metric label, a path
+/// segment and a Parquet partition without quoting.
+#[must_use]
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
+fn checked_name(
+    raw: &Spanned<String>,
+    seen: &mut HashSet<String>,
+    section: &str,
+    index: usize,
+    err: &impl Fn(String, std::ops::Range<usize>, String) -> Error,
+) -> Result<String> {
+    let name = raw.get_ref();
+    if !is_name(name) {
+        return Err(err(
+            format!("{section}[{index}].name"),
+            raw.span(),
+            "must be 1 to 128 letters, digits, `-`, `_`, `.` or `@`".into(),
+        ));
+    }
+    if !seen.insert(name.clone()) {
+        return Err(err(
+            format!("{section}[{index}].name"),
+            raw.span(),
+            format!("{section} `{name}` is defined twice"),
+        ));
+    }
+    Ok(name.clone())
+}
+
+fn budget(
+    raw: &Spanned<RawBudget>,
+    field: &str,
+    err: &impl Fn(String, std::ops::Range<usize>, String) -> Error,
+) -> Result<BudgetSpec> {
+    let spec = raw.get_ref().spec();
+    if spec.soft_limit_percent == 0 || spec.soft_limit_percent > 100 {
+        return Err(err(
+            format!("{field}.soft_limit_percent"),
+            raw.span(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+rate_card = "rates.toml"
+
+[server]
+listen = "127.0.0.1:0"
+
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1/"
+api_key_env = "OPENAI_API_KEY"
+
+[[alias]]
+name = "fast"
+model = "openai/gpt-4o-mini"
+
+[[team]]
+name = "research"
+org = "acme"
+budget = { limit = "500.00", period = "month" }
+requests_per_minute = 600
+
+[[project]]
+name = "chatbot"
+team = "research"
+
+[[allocation]]
+name = "chatbot-prod"
+project = "chatbot"
+cost_center = "cc-4410"
+models = ["openai/*"]
+budget = { limit = 100, period = "day", soft_limit_percent = 90 }
+"#;
+
+    #[test]
+    fn reads_a_good_config() {
+        let config = Config::from_toml(GOOD, "tollgate.toml", Path::new("/etc/tollgate")).unwrap();
+        assert_eq!(config.rate_card, Path::new("/etc/tollgate/rates.toml"));
+        assert_eq!(config.providers[0].base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(config.aliases[0].1.as_str(), "openai/gpt-4o-mini");
+        assert_eq!(config.teams[0].budget.limit, Some(Nanos(500_000_000_000)));
+        assert_eq!(
+            config.teams[0].rate.requests_per_minute,
+            NonZeroU32::new(600)
+        );
+        let alloc = &config.allocations[0];
+        assert_eq!(alloc.budget.limit, Some(Nanos(100_000_000_000)));
+        assert_eq!(alloc.budget.period, Period::Day);
+        assert_eq!(alloc.budget.soft_limit_percent, 90);
+        assert_eq!(config.projects[0].budget.limit, None);
+        assert_eq!(config.events.queued_max, limits::EVENTS_QUEUED_MAX);
+    }
+
+    fn error_of(edit: (&str, &str)) -> String {
+        let text = GOOD.replacen(edit.0, edit.1, 1);
+        assert_ne!(text, GOOD, "edit {edit:?} did not apply");
+        Config::from_toml(&text, "tollgate.toml", Path::new("."))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_configs_name_the_field_and_line() {
+        let cases = [
+            (
+                ("limit = 100,", "limit = 100.5,"),
+                "tollgate.toml:32:",
+                "allocation[0].budget.limit",
+            ),
+            (
+                ("\"127.0.0.1:0\"", "\"localhost\""),
+                "tollgate.toml:5:",
+                "server.listen",
+            ),
+            (
+                ("kind = \"openai\"", "kind = \"grpc\""),
+                "tollgate.toml:9:",
+                "provider[0].kind",
+            ),
+            (
+                ("http://127.0.0.1:9/v1/", "ftp://x"),
+                "tollgate.toml:10:",
+                "provider[0].base_url",
+            ),
+            (
+                ("openai/gpt-4o-mini", "nobody/x"),
+                "tollgate.toml:15:",
+                "alias[0].model",
+            ),
+            (
+                ("team = \"research\"", "team = \"ghost\""),
+                "tollgate.toml:25:",
+                "project[0].team",
+            ),
+            (
+                ("[\"openai/*\"]", "[\"gpt\"]"),
+                "tollgate.toml:31:",
+                "allocation[0].models[0]",
+            ),
+            (
+                ("soft_limit_percent = 90", "soft_limit_percent = 0"),
+                "tollgate.toml:32:",
+                "allocation[0].budget.soft_limit_percent",
+            ),
+            (
+                ("org = \"acme\"", "org = \"acme\"\nbogus = 1"),
+                "tollgate.toml:20:",
+                "team[0]",
+            ),
+            (
+                ("name = \"chatbot-prod\"", "name = \"chat bot\""),
+                "tollgate.toml:28:",
+                "allocation[0].name",
+            ),
+        ];
+        for (edit, position, field) in cases {
+            let message = error_of(edit);
+            assert!(
+                message.starts_with(position) && message.contains(field),
+                "{edit:?} gave {message}"
+            );
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Every way a request can fail, classified once at the HTTP edge.
+//!
+//! [`Failure`] is what the request path returns; [`Failure::class`] is the one exhaustive
+//! `match` that gives the status code, the error type a client sees, and the usage event's
+//! status. The body is OpenAI's error envelope on OpenAI routes and Anthropic's on
+//! `/v1/messages`; a spent budget has the same fields on every route.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tollgate_engine::{BudgetExhausted, KeyRejection, Status};
+
+/// Which API's error envelope a route answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+/// Where a budget refusal was, for its body.
+#[derive(Clone, Debug)]
+pub struct BudgetScope {
+    /// Team.
+    pub team: Arc<str>,
+    /// Project.
+    pub project: Arc<str>,
+    /// Allocation.
+    pub allocation: Arc<str>,
+}
+
+/// A request that could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No usable key.
+    #[error("{0}")]
+    InvalidApiKey(KeyRejection),
+    /// The model is not on the key's or the allocation's allow-list.
+    #[error("model `{model}` is not allowed for this key")]
+    ModelNotAllowed {
+        /// The model.
+        model: String,
+    },
+    /// The model has no price on the rate card in force.
+    #[error(
+        "model `{model}` has no price on the rate card; it is refused rather than metered as free"
+    )]
+    ModelNotPriced {
+        /// The model.
+        model: String,
+    },
+    /// No provider or alias by that name.
+    #[error("model `{model}` does not exist here; models are named provider/model")]
+    ModelNotFound {
+        /// The name asked for.
+        model: String,
+    },
+    /// A requests- or tokens-per-minute limit.
+    #[error("{scope} {what}-per-minute limit reached; retry after {retry_after_s} s")]
+    RateLimited {
+        /// `key` or `team`.
+        scope: &'static str,
+        /// `requests` or `tokens`.
+        what: &'static str,
+        /// Seconds until a request would be admitted.
+        retry_after_s: u64,
+    },
+    /// A budget level has no room.
+    #[error("{0}")]
+    BudgetExceeded(Box<BudgetExhausted>, BudgetScope),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the limit.
+    #[error("request body is larger than the {limit_bytes}-byte limit")]
+    BodyTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// No such route.
+    #[error("no route for {method} {path}")]
+    NotFound {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// The route exists with other methods.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// Method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// The gateway sheds load (in-flight cap, event backlog) or is shutting down.
+    #[error("tollgate is overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The upstream could not be reached or broke off.
+    #[error("provider `{provider}` is unavailable: {reason}")]
+    UpstreamUnavailable {
+        /// Provider.
+        provider: Arc<str>,
+        /// What happened.
+        reason: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("provider `{provider}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout {
+        /// Provider.
+        provider: Arc<str>,
+        /// The limit.
+        timeout_ms: u128,
+    },
+    /// The admin token is missing or wrong.
+    #[error("admin token missing or wrong")]
+    AdminUnauthorized,
+    /// An admin request names something that does not exist.
+    #[error("{0}")]
+    AdminNotFound(String),
+    /// Tollgate failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a failure shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The error type in OpenAI's envelope (also its `code`).
+    pub openai_type: &'static str,
+    /// The error type in Anthropic's envelope.
+    pub anthropic_type: &'static str,
+    /// The usage event's status.
+    pub event_status: Status,
+}
+
+const fn class(
+    status: StatusCode,
+    openai_type: &'static str,
+    anthropic_type: &'static str,
+    event_status: Status,
+) -> Class {
+    Class {
+        status,
+        openai_type,
+        anthropic_type,
+        event_status,
+    }
+}
+
+impl Failure {
+    /// The one classification: status, error types, event status.
+    #[must_use]
+    pub fn class(&self) -> Class {
+        use StatusCode as S;
+        match self {
+            Failure::InvalidApiKey(_) => class(
+                S::UNAUTHORIZED,
+                "invalid_api_key",
+                "authentication_error",
+                Status::InvalidApiKey,
+            ),
+            Failure::ModelNotAllowed { .. } => class(
+                S::FORBIDDEN,
+                "model_not_allowed",
+                "permission_error",
+                Status::ModelNotAllowed,
+            ),
+            Failure::ModelNotPriced { .. } => class(
+                S::FORBIDDEN,
+                "model_not_priced",
+                "permission_error",
+                Status::ModelNotPriced,
+            ),
+            Failure::ModelNotFound { .. } => class(
+                S::NOT_FOUND,
+                "model_not_found",
+                "not_found_error",
+                Status::BadRequest,
+            ),
+            Failure::RateLimited { .. } => class(
+                S::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "rate_limit_error",
+                Status::RateLimited,
+            ),
+            Failure::BudgetExceeded(..) => class(
+                S::PAYMENT_REQUIRED,
+                "budget_exceeded",
+                "budget_exceeded",
+                Status::BudgetExceeded,
+            ),
+            Failure::BadRequest(_) => class(
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request_error",
+                Status::BadRequest,
+            ),
+            Failure::BodyTooLarge { .. } => class(
+                S::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "request_too_large",
+                Status::BadRequest,
+            ),
+            Failure::NotFound { .. } => class(
+                S::NOT_FOUND,
+                "not_found",
+                "not_found_error",
+                Status::BadRequest,
+            ),
+            Failure::MethodNotAllowed { .. } => class(
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "invalid_request_error",
+                Status::BadRequest,
+            ),
+            Failure::Overloaded(_) => class(
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "overloaded_error",
+                Status::InternalError,
+            ),
+            Failure::UpstreamUnavailable { .. } => class(
+                S::BAD_GATEWAY,
+                "upstream_error",
+                "api_error",
+                Status::UpstreamError,
+            ),
+            Failure::UpstreamTimeout { .. } => class(
+                S::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "api_error",
+                Status::UpstreamTimeout,
+            ),
+            Failure::AdminUnauthorized => class(
+                S::UNAUTHORIZED,
+                "invalid_admin_token",
+                "authentication_error",
+                Status::InvalidApiKey,
+            ),
+            Failure::AdminNotFound(_) => class(
+                S::NOT_FOUND,
+                "not_found",
+                "not_found_error",
+                Status::BadRequest,
+            ),
+            Failure::Internal(_) => class(
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "api_error",
+                Status::InternalError,
+            ),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where that is known.
+    #[must_use]
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Failure::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            Failure::Overloaded(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The error body in `protocol`'s envelope.
+    #[must_use]
+    pub fn body(&self, protocol: Protocol) -> Bytes {
+        let class = self.class();
+        let message = self.to_string();
+        let mut inner = match protocol {
+            Protocol::OpenAi => json!({
+                "message": message,
+                "type": class.openai_type,
+                "param": Value::Null,
+                "code": class.openai_type,
+            }),
+            Protocol::Anthropic => json!({
+                "type": class.anthropic_type,
+                "message": message,
+            }),
+        };
+        if let (Failure::BudgetExceeded(exhausted, scope), Some(fields)) =
+            (self, inner.as_object_mut())
+        {
+            fields.insert("team".into(), json!(&*scope.team));
+            fields.insert("project".into(), json!(&*scope.project));
+            fields.insert("allocation".into(), json!(&*scope.allocation));
+            fields.insert("level".into(), json!(exhausted.level.as_str()));
+            fields.insert("period".into(), json!(exhausted.period.as_str()));
+            fields.insert("limit".into(), json!(exhausted.limit.to_string()));
+            fields.insert("remaining".into(), json!(exhausted.remaining.to_string()));
+            fields.insert("requested".into(), json!(exhausted.requested.to_string()));
+            fields.insert(
+                "resets_at".into(),
+                exhausted
+                    .resets_at
+                    .map_or(Value::Null, |t| json!(rfc3339(t))),
+            );
+        }
+        let envelope = match protocol {
+            Protocol::OpenAi => json!({ "error": inner }),
+            Protocol::Anthropic => json!({ "type": "error", "error": inner }),
+        };
+        Bytes::from(envelope.to_string())
+    }
+}
+
+/// `2026-12-01T00:00:00Z` (whole seconds; budget periods start on them).
+#[must_use]
+pub fn rfc3339(t: tollgate_engine::UnixMs) -> String {
+    let c = t.to_civil();
+    let mut out = String::with_capacity(20);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_engine::{Level, Nanos, Period, UnixMs};
+
+    #[test]
+    fn budget_refusals_have_one_shape_in_both_envelopes() {
+        let failure = Failure::BudgetExceeded(
+            Box::new(BudgetExhausted {
+                level: Level::Project,
+                name: Arc::from("chatbot"),
+                period: Period::Month,
+                limit: Nanos(5_000_000_000),
+                requested: Nanos(30_000),
+                remaining: Nanos(12_000),
+                resets_at: Some(UnixMs(1_764_547_200_000)),
+            }),
+            BudgetScope {
+                team: Arc::from("research"),
+                project: Arc::from("chatbot"),
+                allocation: Arc::from("chatbot-prod"),
+            },
+        );
+        assert_eq!(failure.class().status, StatusCode::PAYMENT_REQUIRED);
+        let openai: Value = serde_json::from_slice(&failure.body(Protocol::OpenAi)).unwrap();
+        let anthropic: Value = serde_json::from_slice(&failure.body(Protocol::Anthropic)).unwrap();
+        assert_eq!(anthropic["type"], "error");
+        for inner in [&openai["error"], &anthropic["error"]] {
+            assert_eq!(inner["type"], "budget_exceeded");
+            assert_eq!(inner["team"], "research");
+            assert_eq!(inner["project"], "chatbot");
+            assert_eq!(inner["allocation"], "chatbot-prod");
+            assert_eq!(inner["level"], "project");
+            assert_eq!(inner["period"], "month");
+            assert_eq!(inner["remaining"], "0.000012");
+            assert_eq!(inner["resets_at"], "2025-12-01T00:00:00Z");
+            assert!(inner["message"].as_str().unwrap().contains("chatbot"));
+        }
+        assert_eq!(openai["error"]["code"], "budget_exceeded");
+    }
+
+    #[test]
+    fn each_rejection_has_its_own_status_and_type() {
+        let cases = [
+            (
+                Failure::InvalidApiKey(KeyRejection::Expired),
+                401,
+                "invalid_api_key",
+            ),
+            (
+                Failure::ModelNotAllowed {
+                    model: "a/b".into(),
+                },
+                403,
+                "model_not_allowed",
+            ),
+            (
+                Failure::ModelNotPriced {
+                    model: "a/b".into(),
+                },
+                403,
+                "model_not_priced",
+            ),
+            (
+                Failure::RateLimited {
+                    scope: "key",
+                    what: "requests",
+                    retry_after_s: 3,
+                },
+                429,
+                "rate_limit_exceeded",
+            ),
+            (
+                Failure::BodyTooLarge { limit_bytes: 10 },
+                413,
+                "request_too_large",
+            ),
+            (
+                Failure::BadRequest("x".into()),
+                400,
+                "invalid_request_error",
+            ),
+        ];
+        for (failure, status, kind) in cases {
+            assert_eq!(failure.class().status.as_u16(), status, "{failure}");
+            let body: Value = serde_json::from_slice(&failure.body(Protocol::OpenAi)).unwrap();
+            assert_eq!(body["error"]["type"], kind);
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Every bound the gateway enforces, with its default, in one place (TIGER_STYLE).
+//!
+//! Each of these is a default for a field of `[server]` or `[provider]` in the config; the
+//! config documents them again for operators. A limit that fills shows on `/metrics`.
+
+use std::time::Duration;
+
+/// Largest request body read (`server.body_bytes_max`). Agents send 400 KB; a 1M-token context
+/// is about 4 MB of text, images included in base64 can be more.
+pub const BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Largest request head (`server.header_bytes_max`).
+pub const HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Time allowed for a client to send its request head (`server.header_timeout_ms`).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time allowed for a client to send its whole body (`server.body_timeout_ms`).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Requests in flight at once (`server.requests_in_flight_max`); past it, 503.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 16_384;
+
+/// Connecting to an upstream (`provider.connect_timeout_ms`).
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// From sending the request to the upstream's response head (`provider.first_byte_timeout_ms`).
+/// Reasoning models think before they answer, so this is long.
+pub const UPSTREAM_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Longest silence between two pieces of an upstream body (`provider.idle_timeout_ms`).
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Idle pooled connections kept per upstream host.
+pub const UPSTREAM_IDLE_CONNECTIONS_MAX: usize = 256;
+
+/// A non-streaming upstream answer is kept (as shared slices, no copy) to read its usage; past
+/// this size it is still forwarded, and its usage is counted instead.
+pub const RESPONSE_METER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Streamed text kept to count tokens when the provider reports no usage.
+pub const STREAM_TEXT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// One server-sent event line kept while it is incomplete.
+pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Nesting accepted in a request body.
+pub const JSON_DEPTH_MAX: usize = 128;
+
+/// Usage events waiting for the writer (`events.queued_max`); past it new requests get 503,
+/// so events of requests already admitted always have room.
+pub const EVENTS_QUEUED_MAX: usize = 65_536;
+
+/// Events written per batch between two syncs.
+pub const EVENTS_BATCH_MAX: usize = 4_096;
+
+/// How long graceful shutdown waits for in-flight streams (`server.drain_timeout_ms`).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest admin request body.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;

@@ -1,0 +1,603 @@
+//! Metering an answer as it streams back, and the one place a call is settled and recorded.
+//!
+//! [`Metered`] wraps the upstream body: it forwards each piece as it arrives (no buffering
+//! beyond an incomplete server-sent event), reads usage on the way, hides the usage-only chunk
+//! the gateway asked for when the client did not, and watches the upstream's silence. However
+//! the body ends (the last byte, an upstream error or timeout, or the client hanging up and
+//! hyper dropping it) its [`Ticket`] is finished exactly once: the reservation is settled with
+//! the actual cost, and one usage event is queued.
+//!
+//! **Invariant:** the cost settled into the budget table and the `cost_nanos` of the event are
+//! the same number, computed once in [`Ticket::finish`].
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+use tollgate_engine::event::USAGE_EVENT_VERSION;
+use tollgate_engine::tokens::{Exactness, count_tokens};
+use tollgate_engine::{
+    Cost, EventKind, ModelRef, RateCard, Reservation, Status, TokenUsage, Tokens, UnixMs,
+    UsageEvent, UsageSource, VirtualKey,
+};
+
+use crate::gateway::Gateway;
+use crate::limits::{RESPONSE_METER_BYTES_MAX, STREAM_TEXT_BYTES_MAX};
+use crate::metrics::Counter;
+use crate::sse::{self, Framer};
+use crate::wire::{self, Api, StreamTally};
+
+/// An admitted call: everything needed to settle it and record it.
+pub struct Ticket {
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    /// The caller's key.
+    pub key: Arc<VirtualKey>,
+    /// The budget held for the call.
+    pub reservation: Reservation,
+    /// The rate card the call is priced with (the one in force when it was admitted).
+    pub card: Arc<RateCard>,
+    /// The model, as the client named it (`provider/model`).
+    pub model: ModelRef,
+    /// The route.
+    pub api: Api,
+    /// The request id.
+    pub request_id: Arc<str>,
+    /// Attempt number.
+    pub attempt: u16,
+    /// When the call reached the gateway.
+    pub arrived: Instant,
+    /// When it was sent upstream.
+    pub sent: Instant,
+    /// The client's body, for counting the prompt if the provider reports no usage.
+    pub request_body: Bytes,
+    /// The upstream's status.
+    pub http_status: u16,
+    /// The in-flight slot, given back when the ticket is finished.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// How a call's tokens were known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measured {
+    /// Reported by the provider.
+    Provider(TokenUsage),
+    /// Counted by the gateway.
+    Counted(TokenUsage, Exactness),
+    /// Not known: billed at the reservation and flagged.
+    Unknown,
+    /// Nothing was generated (an upstream error answer).
+    Nothing,
+}
+
+impl Ticket {
+    /// Settles the call and queues its event.
+    pub fn finish(self, status: Status, measured: Measured, ttft: Option<Duration>) {
+        let Ticket {
+            gateway,
+            key,
+            reservation,
+            card,
+            model,
+            api,
+            request_id,
+            attempt,
+            arrived,
+            sent,
+            request_body: _,
+            http_status,
+            permit,
+        } = self;
+        let at = reservation.at();
+        let allocation = Arc::clone(&key.allocation);
+        let project = &allocation.project;
+        let team = &project.team;
+        let (usage, source) = match measured {
+            Measured::Provider(u) => (u, UsageSource::Provider),
+            Measured::Counted(u, Exactness::Exact) => (u, UsageSource::Counted),
+            Measured::Counted(u, Exactness::Estimate) => (u, UsageSource::Estimated),
+            Measured::Unknown => (TokenUsage::default(), UsageSource::Unknown),
+            Measured::Nothing => (TokenUsage::default(), UsageSource::None),
+        };
+        let priced = card.price_tokens(&model, &usage, &team.name, &project.name, at);
+        let (version, cost) = match (&priced, measured) {
+            // Unknown usage is billed at what was held, never at zero.
+            (Ok((version, _)), Measured::Unknown) => (
+                Some(Arc::clone(&version.id)),
+                Cost {
+                    list: reservation.held(),
+                    billed: reservation.held(),
+                },
+            ),
+            (Ok((version, cost)), _) => (Some(Arc::clone(&version.id)), *cost),
+            // Admission checked the price in this very card at this instant, so this is
+            // unreachable; bill what was held rather than nothing.
+            (Err(_), _) => (
+                None,
+                Cost {
+                    list: reservation.held(),
+                    billed: reservation.held(),
+                },
+            ),
+        };
+        let settlement = reservation.settle(cost.billed);
+        for crossed in settlement.soft_limits_crossed() {
+            gateway.emitter.alert(crossed, at);
+        }
+        let now_us = gateway.monotonic_us();
+        let total_tokens = usage.input.0.saturating_add(usage.output.0);
+        if let Some(rates) = gateway.key_rates(&key)
+            && let Some(tokens) = &rates.tokens
+        {
+            tokens.charge(now_us, total_tokens);
+        }
+        if let Some(rates) = gateway.team_rates(&team.name)
+            && let Some(tokens) = &rates.tokens
+        {
+            tokens.charge(now_us, total_tokens);
+        }
+        let metrics = &gateway.metrics;
+        metrics.request(Some(api), status);
+        metrics.tokens(&usage);
+        metrics.add(Counter::SpendNanos, cost.billed.0);
+        match source {
+            UsageSource::Unknown => metrics.add(Counter::UsageUnknown, 1),
+            UsageSource::Counted | UsageSource::Estimated => metrics.add(Counter::UsageCounted, 1),
+            UsageSource::Provider | UsageSource::None => {}
+        }
+        let latency = sent.elapsed();
+        metrics.upstream(millis(latency), ttft.map(millis));
+        let now = crate::gateway::now_ms();
+        let event = UsageEvent {
+            v: USAGE_EVENT_VERSION,
+            event_id: gateway.event_id(now),
+            kind: EventKind::Tokens,
+            ts_ms: at,
+            request_id,
+            attempt,
+            org: Some(Arc::clone(&team.org)),
+            team: Some(Arc::clone(&team.name)),
+            project: Some(Arc::clone(&project.name)),
+            allocation: Some(Arc::clone(&allocation.name)),
+            cost_center: Some(Arc::clone(&allocation.cost_center)),
+            user: Some(Arc::clone(&key.user)),
+            agent: key.agent.clone(),
+            key_id: Some(key.id()),
+            provider: Some(Arc::from(model.provider())),
+            model: Some(Arc::from(model.model())),
+            deployment: Some(Arc::from(model.provider())),
+            tokens_in: usage.input,
+            tokens_out: usage.output,
+            tokens_cached: usage.cached,
+            tokens_cache_write: usage.cache_write,
+            tokens_reasoning: usage.reasoning,
+            usage_source: source,
+            quantity_micros: None,
+            unit: None,
+            cluster: None,
+            partition: None,
+            list_cost_nanos: cost.list,
+            cost_nanos: cost.billed,
+            currency: Arc::clone(&card.currency),
+            rate_card_version: version,
+            ttft_ms: ttft.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
+            latency_ms: Some(u32::try_from(arrived.elapsed().as_millis()).unwrap_or(u32::MAX)),
+            status,
+            http_status: Some(http_status),
+        };
+        gateway.emitter.usage(event);
+        drop(permit);
+    }
+
+    /// Counts what was sent and received (the provider reported no usage, or the client
+    /// left before it did), off the async threads, then finishes.
+    fn finish_counting(
+        self,
+        status: Status,
+        output_text: String,
+        reported_input: Option<TokenUsage>,
+        ttft: Option<Duration>,
+    ) {
+        let count = move |ticket: Ticket| {
+            let model = ticket.model.model();
+            let (input, input_exactness) = match reported_input {
+                Some(usage) => (usage, Exactness::Exact),
+                None => {
+                    let (text, messages) = wire::prompt_text(&ticket.request_body);
+                    let (tokens, exactness) = count_tokens(model, &text);
+                    // Chat framing: a few tokens per message and for the reply's priming.
+                    let framing = messages.saturating_mul(4).saturating_add(3);
+                    let total = tokens.0.saturating_add(framing);
+                    (TokenUsage::new(total, 0, 0, 0, 0), exactness)
+                }
+            };
+            let (output, output_exactness) = count_tokens(model, &output_text);
+            let exactness =
+                if input_exactness == Exactness::Exact && output_exactness == Exactness::Exact {
+                    Exactness::Exact
+                } else {
+                    Exactness::Estimate
+                };
+            let usage = TokenUsage {
+                output: Tokens(output.0),
+                ..input
+            };
+            ticket.finish(status, Measured::Counted(usage, exactness), ttft);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                drop(handle.spawn_blocking(move || count(self)));
+            }
+            Err(_) => count(self),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why a metered body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream broke off.
+    #[error("upstream body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// The upstream went silent for longer than the idle timeout.
+    #[error("upstream silent for {0:?}")]
+    Idle(Duration),
+    /// A server-sent event grew past its limit.
+    #[error(transparent)]
+    Oversized(#[from] sse::Oversized),
+}
+
+enum Mode {
+    /// One JSON answer: forwarded as it comes, a shared copy kept to read its usage.
+    Json {
+        kept: Vec<Bytes>,
+        kept_bytes: usize,
+        overflow: bool,
+    },
+    /// Server-sent events.
+    Sse {
+        framer: Framer,
+        tally: StreamTally,
+        hide_usage: bool,
+        events: Vec<Bytes>,
+    },
+}
+
+/// The upstream's body on its way to the client.
+pub struct Metered {
+    upstream: Incoming,
+    error_answer: bool,
+    mode: Mode,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    ticket: Option<Ticket>,
+    ttft: Option<Duration>,
+}
+
+impl Metered {
+    /// Meters `upstream` for `ticket`; `stream` says whether it is server-sent events, and
+    /// `hide_usage` whether the usage-only chunk is the gateway's own to drop.
+    #[must_use]
+    pub fn new(
+        upstream: Incoming,
+        ticket: Ticket,
+        stream: bool,
+        hide_usage: bool,
+        idle_timeout: Duration,
+    ) -> Metered {
+        let mode = if stream {
+            Mode::Sse {
+                framer: Framer::default(),
+                tally: StreamTally::new(STREAM_TEXT_BYTES_MAX),
+                hide_usage,
+                events: Vec::new(),
+            }
+        } else {
+            Mode::Json {
+                kept: Vec::new(),
+                kept_bytes: 0,
+                overflow: false,
+            }
+        };
+        Metered {
+            upstream,
+            error_answer: false,
+            mode,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            ticket: Some(ticket),
+            ttft: None,
+        }
+    }
+
+    /// Forwards an upstream's error answer as it wrote it; nothing was generated, nothing is
+    /// billed, and the event says the upstream failed.
+    #[must_use]
+    pub fn error_answer(upstream: Incoming, ticket: Ticket, idle_timeout: Duration) -> Metered {
+        let mut metered = Metered::new(upstream, ticket, false, false, idle_timeout);
+        metered.error_answer = true;
+        metered
+    }
+
+    /// Handles one piece of upstream body; returns what to send on (possibly nothing).
+    fn take(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
+        let api = self.ticket.as_ref().map_or(Api::ChatCompletions, |t| t.api);
+        let since_sent = self.ticket.as_ref().map(|t| t.sent.elapsed());
+        match &mut self.mode {
+            Mode::Json {
+                kept,
+                kept_bytes,
+                overflow,
+            } => {
+                if self.ttft.is_none() {
+                    self.ttft = since_sent;
+                }
+                if !*overflow {
+                    *kept_bytes += data.len();
+                    if *kept_bytes > RESPONSE_METER_BYTES_MAX {
+                        *overflow = true;
+                        kept.clear();
+                    } else {
+                        kept.push(data.clone());
+                    }
+                }
+                Ok(Some(data))
+            }
+            Mode::Sse {
+                framer,
+                tally,
+                hide_usage,
+                events,
+            } => {
+                events.clear();
+                framer.push(data, events)?;
+                let mut out: Option<BytesMut> = None;
+                let mut single: Option<Bytes> = None;
+                for event in events.drain(..) {
+                    let parsed = sse::parse(&event);
+                    let observed = tally.observe(api, &parsed.data);
+                    if observed.text && self.ttft.is_none() {
+                        self.ttft = since_sent;
+                    }
+                    if observed.usage_only && *hide_usage {
+                        continue;
+                    }
+                    match (&mut out, single.take()) {
+                        (None, None) => single = Some(event),
+                        (None, Some(first)) => {
+                            let mut joined = BytesMut::with_capacity(first.len() + event.len());
+                            joined.extend_from_slice(&first);
+                            joined.extend_from_slice(&event);
+                            out = Some(joined);
+                        }
+                        (Some(joined), _) => joined.extend_from_slice(&event),
+                    }
+                }
+                Ok(out.map(BytesMut::freeze).or(single))
+            }
+        }
+    }
+
+    /// Finishes the ticket with how the body ended.
+    fn end(&mut self, status: Status) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let ttft = self.ttft;
+        if self.error_answer {
+            ticket.finish(Status::UpstreamError, Measured::Nothing, None);
+            return;
+        }
+        match &mut self.mode {
+            Mode::Json { kept, overflow, .. } => {
+                let body: Vec<u8> = if *overflow {
+                    Vec::new()
+                } else {
+                    kept.iter().flat_map(|b| b.iter().copied()).collect()
+                };
+                if let Some(usage) = wire::usage_of_body(ticket.api, &body) {
+                    ticket.finish(status, Measured::Provider(usage), ttft);
+                } else if let Some(text) = wire::text_of_body(&body) {
+                    ticket.finish_counting(status, text, None, ttft);
+                } else if status == Status::Ok {
+                    ticket.finish(status, Measured::Unknown, ttft);
+                } else {
+                    // Cut off before a whole answer arrived: bill the prompt as sent.
+                    ticket.finish_counting(status, String::new(), None, ttft);
+                }
+            }
+            Mode::Sse { tally, .. } => match tally.usage() {
+                Some(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
+                None => {
+                    let text = std::mem::take(&mut tally.text);
+                    ticket.finish_counting(status, text, tally.reported_input(), ttft);
+                }
+            },
+        }
+    }
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers: not forwarded over HTTP/1.1
+                    };
+                    match this.take(data) {
+                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(None) => {}
+                        Err(e) => {
+                            this.end(Status::UpstreamError);
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.end(Status::UpstreamError);
+                    return Poll::Ready(Some(Err(BodyError::Upstream(e))));
+                }
+                Poll::Ready(None) => {
+                    let tail = match &mut this.mode {
+                        Mode::Sse { framer, .. } => framer.finish(),
+                        Mode::Json { .. } => None,
+                    };
+                    this.end(Status::Ok);
+                    return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        this.end(Status::UpstreamTimeout);
+                        return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ticket.is_none() && self.upstream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.mode {
+            Mode::Json { .. } => self.upstream.size_hint(),
+            Mode::Sse { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The client hung up (or the connection broke) before the end: bill what was streamed.
+        self.end(Status::ClientClosed);
+    }
+}
+
+/// A response body: a whole buffer (errors, listings) or a metered upstream stream.
+pub enum ResponseBody {
+    /// A complete body.
+    Full(Option<Bytes>),
+    /// An upstream answer being metered.
+    Metered(Box<Metered>),
+}
+
+impl ResponseBody {
+    /// A complete body.
+    #[must_use]
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Metered(metered) => Pin::new(metered.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.is_none(),
+            ResponseBody::Metered(metered) => metered.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Metered(metered) => metered.size_hint(),
+        }
+    }
+}
+
+/// An event for a call that never reached a model (or failed before an answer): identity as
+/// far as it is known, no cost.
+#[must_use]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one field per known fact about a refused call"
+)]
+pub fn refusal_event(
+    gateway: &Gateway,
+    now: UnixMs,
+    request_id: Arc<str>,
+    key: Option<&VirtualKey>,
+    model: Option<&ModelRef>,
+    status: Status,
+    http_status: u16,
+    latency: Duration,
+) -> UsageEvent {
+    let allocation = key.map(|k| &k.allocation);
+    let project = allocation.map(|a| &a.project);
+    let team = project.map(|p| &p.team);
+    let card = gateway.card.load();
+    UsageEvent {
+        v: USAGE_EVENT_VERSION,
+        event_id: gateway.event_id(now),
+        kind: EventKind::Tokens,
+        ts_ms: now,
+        request_id,
+        attempt: 1,
+        org: team.map(|t| Arc::clone(&t.org)),
+        team: team.map(|t| Arc::clone(&t.name)),
+        project: project.map(|p| Arc::clone(&p.name)),
+        allocation: allocation.map(|a| Arc::clone(&a.name)),
+        cost_center: allocation.map(|a| Arc::clone(&a.cost_center)),
+        user: key.map(|k| Arc::clone(&k.user)),
+        agent: key.and_then(|k| k.agent.clone()),
+        key_id: key.map(VirtualKey::id),
+        provider: model.map(|m| Arc::from(m.provider())),
+        model: model.map(|m| Arc::from(m.model())),
+        deployment: None,
+        tokens_in: Tokens(0),
+        tokens_out: Tokens(0),
+        tokens_cached: Tokens(0),
+        tokens_cache_write: Tokens(0),
+        tokens_reasoning: Tokens(0),
+        usage_source: UsageSource::None,
+        quantity_micros: None,
+        unit: None,
+        cluster: None,
+        partition: None,
+        list_cost_nanos: tollgate_engine::Nanos::ZERO,
+        cost_nanos: tollgate_engine::Nanos::ZERO,
+        currency: Arc::clone(&card.currency),
+        rate_card_version: None,
+        ttft_ms: None,
+        latency_ms: Some(u32::try_from(latency.as_millis()).unwrap_or(u32::MAX)),
+        status,
+        http_status: Some(http_status),
+    }
+}

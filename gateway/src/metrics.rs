@@ -1,0 +1,354 @@
+//! Prometheus metrics: fixed arrays of atomics, named by enums, rendered as text on `/metrics`.
+//!
+//! Every series is known at start (route × status, token kind, histogram bucket), so recording
+//! is one relaxed `fetch_add` with no lock and no map lookup. Per-model and per-team figures
+//! live in the usage events, where cardinality costs nothing.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tollgate_engine::{Status, TokenUsage};
+
+use crate::wire::Api;
+
+const STATUSES: [Status; 11] = [
+    Status::Ok,
+    Status::BudgetExceeded,
+    Status::InvalidApiKey,
+    Status::ModelNotAllowed,
+    Status::ModelNotPriced,
+    Status::RateLimited,
+    Status::BadRequest,
+    Status::UpstreamError,
+    Status::UpstreamTimeout,
+    Status::ClientClosed,
+    Status::InternalError,
+];
+
+fn status_index(status: Status) -> usize {
+    match status {
+        Status::Ok => 0,
+        Status::BudgetExceeded => 1,
+        Status::InvalidApiKey => 2,
+        Status::ModelNotAllowed => 3,
+        Status::ModelNotPriced => 4,
+        Status::RateLimited => 5,
+        Status::BadRequest => 6,
+        Status::UpstreamError => 7,
+        Status::UpstreamTimeout => 8,
+        Status::ClientClosed => 9,
+        Status::InternalError => 10,
+    }
+}
+
+fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::BudgetExceeded => "budget_exceeded",
+        Status::InvalidApiKey => "invalid_api_key",
+        Status::ModelNotAllowed => "model_not_allowed",
+        Status::ModelNotPriced => "model_not_priced",
+        Status::RateLimited => "rate_limited",
+        Status::BadRequest => "bad_request",
+        Status::UpstreamError => "upstream_error",
+        Status::UpstreamTimeout => "upstream_timeout",
+        Status::ClientClosed => "client_closed",
+        Status::InternalError => "internal_error",
+    }
+}
+
+/// Routes as a metric label: the five model APIs and everything else.
+const ROUTES: usize = Api::ALL.len() + 1;
+
+fn route_index(api: Option<Api>) -> usize {
+    match api {
+        Some(Api::ChatCompletions) => 0,
+        Some(Api::Completions) => 1,
+        Some(Api::Embeddings) => 2,
+        Some(Api::Responses) => 3,
+        Some(Api::Messages) => 4,
+        None => 5,
+    }
+}
+
+/// Single counters and gauges.
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    /// Money settled into budgets, in nanos.
+    SpendNanos,
+    /// Usage events written to the log.
+    EventsWritten,
+    /// Usage events that could not be queued or written (each is also reported on stderr).
+    EventsLost,
+    /// Requests refused before admission because the gateway was full.
+    Shed,
+    /// Soft-limit (80 %) warnings fired.
+    SoftLimitWarnings,
+    /// Calls whose usage could not be known (billed at their reservation, flagged).
+    UsageUnknown,
+    /// Calls whose usage was counted by tollgate because the provider gave none.
+    UsageCounted,
+}
+
+const COUNTERS: [(Counter, &str, &str); 7] = [
+    (
+        Counter::SpendNanos,
+        "tollgate_spend_nanos_total",
+        "Money settled into budgets, in nano-units of the rate card's currency.",
+    ),
+    (
+        Counter::EventsWritten,
+        "tollgate_events_written_total",
+        "Usage events written to the event log.",
+    ),
+    (
+        Counter::EventsLost,
+        "tollgate_events_lost_total",
+        "Usage events that could not be queued or written.",
+    ),
+    (
+        Counter::Shed,
+        "tollgate_requests_shed_total",
+        "Requests refused with 503 before admission (in-flight limit, event backlog, shutdown).",
+    ),
+    (
+        Counter::SoftLimitWarnings,
+        "tollgate_soft_limit_warnings_total",
+        "Budget soft-limit warnings fired.",
+    ),
+    (
+        Counter::UsageUnknown,
+        "tollgate_usage_unknown_total",
+        "Calls whose usage could not be known; billed at their reservation.",
+    ),
+    (
+        Counter::UsageCounted,
+        "tollgate_usage_counted_total",
+        "Calls whose tokens tollgate counted because the provider reported none.",
+    ),
+];
+
+/// Histogram bucket upper bounds in milliseconds.
+const BUCKETS_MS: [u64; 14] = [
+    1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
+];
+
+#[derive(Debug)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MS.len() + 1],
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, ms: u64) {
+        let i = BUCKETS_MS.partition_point(|&b| b < ms);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            match BUCKETS_MS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ms.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// All of the gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES],
+    tokens: [AtomicU64; 5],
+    counters: [AtomicU64; COUNTERS.len()],
+    upstream_latency: Histogram,
+    ttft: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            tokens: std::array::from_fn(|_| AtomicU64::new(0)),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_latency: Histogram::new(),
+            ttft: Histogram::new(),
+        }
+    }
+}
+
+/// Gauges read at render time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Usage events waiting for the writer.
+    pub events_queued: u64,
+}
+
+impl Metrics {
+    /// Counts one finished request by route and status.
+    pub fn request(&self, api: Option<Api>, status: Status) {
+        if let Some(cell) = self
+            .requests
+            .get(route_index(api))
+            .and_then(|row| row.get(status_index(status)))
+        {
+            cell.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a call's tokens.
+    pub fn tokens(&self, usage: &TokenUsage) {
+        let values = [
+            usage.input.0,
+            usage.output.0,
+            usage.cached.0,
+            usage.cache_write.0,
+            usage.reasoning.0,
+        ];
+        for (cell, value) in self.tokens.iter().zip(values) {
+            cell.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds to a counter.
+    pub fn add(&self, counter: Counter, value: u64) {
+        if let Some(cell) = self.counters.get(counter as usize) {
+            cell.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads a counter.
+    #[must_use]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters
+            .get(counter as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Records an upstream call's total time and time to first token.
+    pub fn upstream(&self, latency_ms: u64, ttft_ms: Option<u64>) {
+        self.upstream_latency.observe(latency_ms);
+        if let Some(ttft) = ttft_ms {
+            self.ttft.observe(ttft);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP tollgate_requests_total Requests by route and outcome.\n# TYPE tollgate_requests_total counter\n");
+        for (r, row) in self.requests.iter().enumerate() {
+            let route = Api::ALL.get(r).map_or("other", |a| a.as_str());
+            for (status, cell) in STATUSES.iter().zip(row) {
+                let n = cell.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_requests_total{{route=\"{route}\",status=\"{}\"}} {n}",
+                        status_label(*status)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tollgate_tokens_total Tokens metered, by kind (cached and cache_write are part of input, reasoning part of output).\n# TYPE tollgate_tokens_total counter\n");
+        for (kind, cell) in ["input", "output", "cached", "cache_write", "reasoning"]
+            .iter()
+            .zip(&self.tokens)
+        {
+            let _ = writeln!(
+                out,
+                "tollgate_tokens_total{{kind=\"{kind}\"}} {}",
+                cell.load(Ordering::Relaxed)
+            );
+        }
+        for ((_, name, help), cell) in COUNTERS.iter().zip(&self.counters) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                cell.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_requests_in_flight Requests being served.\n# TYPE tollgate_requests_in_flight gauge\ntollgate_requests_in_flight {}",
+            gauges.in_flight
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_events_queued Usage events waiting to be written (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
+            gauges.events_queued
+        );
+        self.upstream_latency.render(
+            &mut out,
+            "tollgate_upstream_latency_ms",
+            "Time from sending a call upstream to its last byte.",
+        );
+        self.ttft.render(
+            &mut out,
+            "tollgate_time_to_first_token_ms",
+            "Time from sending a call upstream to its first generated token.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_by_route_and_status() {
+        let metrics = Metrics::default();
+        metrics.request(Some(Api::ChatCompletions), Status::Ok);
+        metrics.request(Some(Api::ChatCompletions), Status::Ok);
+        metrics.request(Some(Api::Messages), Status::BudgetExceeded);
+        metrics.tokens(&TokenUsage::new(10, 4, 0, 3, 1));
+        metrics.add(Counter::SpendNanos, 1234);
+        metrics.upstream(7, Some(3));
+        let text = metrics.render(Gauges {
+            in_flight: 2,
+            events_queued: 5,
+        });
+        for line in [
+            "tollgate_requests_total{route=\"chat_completions\",status=\"ok\"} 2",
+            "tollgate_requests_total{route=\"messages\",status=\"budget_exceeded\"} 1",
+            "tollgate_tokens_total{kind=\"input\"} 10",
+            "tollgate_tokens_total{kind=\"reasoning\"} 1",
+            "tollgate_spend_nanos_total 1234",
+            "tollgate_requests_in_flight 2",
+            "tollgate_events_queued 5",
+            "tollgate_upstream_latency_ms_bucket{le=\"5\"} 0",
+            "tollgate_upstream_latency_ms_bucket{le=\"10\"} 1",
+            "tollgate_upstream_latency_ms_bucket{le=\"+Inf\"} 1",
+            "tollgate_time_to_first_token_ms_bucket{le=\"5\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        // The counter table and the enum agree.
+        for (i, (counter, _, _)) in COUNTERS.iter().enumerate() {
+            assert_eq!(*counter as usize, i);
+        }
+    }
+}

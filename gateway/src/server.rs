@@ -1,0 +1,85 @@
+//! The HTTP/1.1 server: accept loop, per-connection limits, graceful shutdown.
+//!
+//! Each connection gets a bounded head (size and time) and keep-alive. On shutdown the
+//! listener closes, idle connections are told to close, in-flight streams are given
+//! `drain_timeout` to finish, and then the event writer drains and syncs its queue.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::emit::report;
+use crate::gateway::Gateway;
+use crate::pipeline;
+
+/// Pause after an accept error (out of file descriptors, say) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(gateway.config.server.header_timeout)
+        .max_buf_size(gateway.config.server.header_bytes_max)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        report(&format!("accepting a connection: {e}"));
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = Arc::clone(&gateway);
+                let service = service_fn(move |request| {
+                    let gateway = Arc::clone(&gateway);
+                    async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gateway, request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    // A client that breaks off mid-request is normal; its call is metered by
+                    // the body's drop, so the error needs no report here.
+                    let _ = connection.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let drain = gateway.config.server.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        report(&format!(
+            "shutdown: connections still open after {drain:?}; closing them"
+        ));
+    }
+    // Calls whose bodies were cut still finish their tickets (counting off-thread); wait for
+    // every in-flight slot to come back so their events are queued before the writer stops.
+    let all = u32::try_from(gateway.config.server.requests_in_flight_max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(drain, gateway.in_flight.acquire_many(all)).await {
+        Ok(Ok(permits)) => drop(permits),
+        Ok(Err(_)) | Err(_) => report("shutdown: some calls were still being settled"),
+    }
+    Ok(())
+}

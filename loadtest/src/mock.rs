@@ -1,0 +1,512 @@
+//! A mock provider that speaks OpenAI's and Anthropic's wire formats over real HTTP.
+//!
+//! It stands in for the paid providers, which cannot be reached here. Answers are
+//! deterministic: the completion is `max_tokens` (default 16) words of one token each, the
+//! prompt is counted at one token per four bytes of message text, and usage is reported the
+//! way each provider reports it (OpenAI's usage chunk only when `stream_options.include_usage`
+//! asks for it). A request may steer the mock with a top-level `"mock"` object:
+//! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
+//! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
+//! `"cached_tokens"` and `"reasoning_tokens"` add those counts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Largest request the mock reads.
+const REQUEST_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most completion tokens the mock generates.
+const TOKENS_MAX: u64 = 100_000;
+/// Default completion length.
+const TOKENS_DEFAULT: u64 = 16;
+/// The word generated for each completion token (one token in every OpenAI encoding).
+pub const WORD: &str = " hello";
+
+/// How the mock checks callers.
+#[derive(Clone, Debug, Default)]
+pub struct MockConfig {
+    /// When set, requests must carry this key (`Authorization: Bearer` or `x-api-key`).
+    pub api_key: Option<String>,
+}
+
+/// Counts of what the mock served (read by tests through `/mock/stats`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    completion_tokens: AtomicU64,
+}
+
+/// Serves the mock on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let stats = Arc::new(Stats::default());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let config = Arc::clone(&config);
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let config = Arc::clone(&config);
+                let stats = Arc::clone(&stats);
+                async move { Ok::<_, Infallible>(answer(request, &config, &stats).await) }
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds `address` and serves on it; returns the bound address once listening.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// A response body fed by a bounded channel, so a stream is written as it is generated.
+pub struct ChannelBody {
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+fn full(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ChannelBody> {
+    let (sender, receiver) = mpsc::channel(1);
+    let _ = sender.try_send(body.into());
+    let mut response = Response::new(ChannelBody { receiver });
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ChannelBody> {
+    full(status, "application/json", value.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    config: &MockConfig,
+    stats: &Stats,
+) -> Response<ChannelBody> {
+    let path = request.uri().path().to_owned();
+    if request.method() == Method::GET && path.ends_with("/mock/stats") {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "requests": stats.requests.load(Ordering::Relaxed),
+                "completion_tokens": stats.completion_tokens.load(Ordering::Relaxed),
+            }),
+        );
+    }
+    let api = if path.ends_with("/chat/completions") {
+        Api::Chat
+    } else if path.ends_with("/completions") {
+        Api::Completions
+    } else if path.ends_with("/embeddings") {
+        Api::Embeddings
+    } else if path.ends_with("/responses") {
+        Api::Responses
+    } else if path.ends_with("/messages") {
+        Api::Messages
+    } else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"message": format!("no route {path}"), "type": "not_found"}}),
+        );
+    };
+    if let Some(expected) = &config.api_key {
+        let headers = request.headers();
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        if bearer != Some(expected.as_str()) && x_api_key != Some(expected.as_str()) {
+            return error(
+                api,
+                StatusCode::UNAUTHORIZED,
+                "mock: wrong or missing provider key",
+            );
+        }
+    }
+    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error(
+                api,
+                StatusCode::BAD_REQUEST,
+                &format!("mock: reading body: {e}"),
+            );
+        }
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(api, StatusCode::BAD_REQUEST, "mock: body is not JSON");
+    };
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
+    let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+    if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if let Some(ms) = knob("first_byte_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(status) = knob("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        return error(api, status, "mock: the error this request asked for");
+    }
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
+    let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| request.get(*k).and_then(Value::as_u64))
+        .unwrap_or(TOKENS_DEFAULT)
+        .min(TOKENS_MAX);
+    let tokens_out = if api == Api::Embeddings {
+        0
+    } else {
+        tokens_out
+    };
+    stats
+        .completion_tokens
+        .fetch_add(tokens_out, Ordering::Relaxed);
+    let usage = Usage {
+        input: prompt_tokens(&request),
+        output: tokens_out,
+        cached: knob("cached_tokens").unwrap_or(0),
+        reasoning: knob("reasoning_tokens").unwrap_or(0).min(tokens_out),
+        omit: knobs.get("omit_usage").and_then(Value::as_bool) == Some(true),
+    };
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let token_ms = knob("token_ms").unwrap_or(0);
+    match (api, stream) {
+        (Api::Embeddings, _) => json_response(
+            StatusCode::OK,
+            &json!({
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.25, 0.5, 0.75]}],
+                "model": model,
+                "usage": usage.openai_embeddings(),
+            }),
+        ),
+        (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => {
+            json_response(StatusCode::OK, &whole(api, &model, &usage))
+        }
+        (_, true) => streamed(api, model, usage, include_usage, token_ms),
+    }
+}
+
+fn error(api: Api, status: StatusCode, message: &str) -> Response<ChannelBody> {
+    let body = if api == Api::Messages {
+        json!({"type": "error", "error": {"type": "api_error", "message": message}})
+    } else {
+        json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})
+    };
+    json_response(status, &body)
+}
+
+/// One token per four bytes of message text, at least one.
+fn prompt_tokens(request: &Value) -> u64 {
+    let mut bytes = 0u64;
+    for field in ["messages", "prompt", "input", "system"] {
+        if let Some(v) = request.get(field) {
+            bytes += text_bytes(v);
+        }
+    }
+    bytes.div_ceil(4).max(1)
+}
+
+fn text_bytes(value: &Value) -> u64 {
+    match value {
+        Value::String(s) => s.len() as u64,
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| *k != "role" && *k != "type")
+            .map(|(_, v)| text_bytes(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+struct Usage {
+    input: u64,
+    output: u64,
+    cached: u64,
+    reasoning: u64,
+    omit: bool,
+}
+
+impl Usage {
+    fn openai(&self) -> Value {
+        if self.omit {
+            return Value::Null;
+        }
+        json!({
+            "prompt_tokens": self.input,
+            "completion_tokens": self.output,
+            "total_tokens": self.input + self.output,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning},
+        })
+    }
+
+    fn openai_embeddings(&self) -> Value {
+        if self.omit {
+            return Value::Null;
+        }
+        json!({"prompt_tokens": self.input, "total_tokens": self.input})
+    }
+
+    fn responses(&self) -> Value {
+        if self.omit {
+            return Value::Null;
+        }
+        json!({
+            "input_tokens": self.input,
+            "output_tokens": self.output,
+            "total_tokens": self.input + self.output,
+            "input_tokens_details": {"cached_tokens": self.cached},
+            "output_tokens_details": {"reasoning_tokens": self.reasoning},
+        })
+    }
+
+    fn anthropic(&self, output: u64) -> Value {
+        if self.omit {
+            return json!({});
+        }
+        json!({
+            "input_tokens": self.input.saturating_sub(self.cached),
+            "cache_read_input_tokens": self.cached,
+            "cache_creation_input_tokens": 0,
+            "output_tokens": output,
+        })
+    }
+}
+
+fn text(tokens: u64) -> String {
+    WORD.repeat(usize::try_from(tokens).unwrap_or(0))
+}
+
+fn whole(api: Api, model: &str, usage: &Usage) -> Value {
+    let content = text(usage.output);
+    match api {
+        Api::Messages => json!({
+            "id": "msg_mock",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": content}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": usage.anthropic(usage.output),
+        }),
+        Api::Responses => json!({
+            "id": "resp_mock",
+            "object": "response",
+            "created_at": 0,
+            "status": "completed",
+            "model": model,
+            "output": [{
+                "type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": content, "annotations": []}],
+            }],
+            "usage": usage.responses(),
+        }),
+        Api::Completions => json!({
+            "id": "cmpl-mock",
+            "object": "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "text": content, "finish_reason": "length", "logprobs": null}],
+            "usage": usage.openai(),
+        }),
+        Api::Chat | Api::Embeddings => json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "length",
+            }],
+            "usage": usage.openai(),
+        }),
+    }
+}
+
+fn sse(event: Option<&str>, data: &Value) -> Bytes {
+    match event {
+        Some(name) => Bytes::from(format!("event: {name}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
+    }
+}
+
+fn streamed(
+    api: Api,
+    model: String,
+    usage: Usage,
+    include_usage: bool,
+    token_ms: u64,
+) -> Response<ChannelBody> {
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let pause = || async {
+            if token_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(token_ms)).await;
+            }
+        };
+        let mut events: Vec<Bytes> = Vec::new();
+        match api {
+            Api::Messages => {
+                events.push(sse(Some("message_start"), &json!({"type": "message_start", "message": {
+                    "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                    "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage.anthropic(1)}})));
+                events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+                events.push(sse(Some("ping"), &json!({"type": "ping"})));
+            }
+            Api::Responses => {
+                events.push(sse(Some("response.created"), &json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress", "model": model}})));
+            }
+            Api::Chat | Api::Completions | Api::Embeddings => {}
+        }
+        for chunk in events.drain(..) {
+            if sender.send(chunk).await.is_err() {
+                return;
+            }
+        }
+        for _ in 0..usage.output {
+            pause().await;
+            let event = match api {
+                Api::Messages => sse(
+                    Some("content_block_delta"),
+                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORD}}),
+                ),
+                Api::Responses => sse(
+                    Some("response.output_text.delta"),
+                    &json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": WORD}),
+                ),
+                Api::Completions => sse(
+                    None,
+                    &json!({"id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model, "choices": [{"index": 0, "text": WORD, "finish_reason": null}]}),
+                ),
+                Api::Chat | Api::Embeddings => sse(
+                    None,
+                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [{"index": 0, "delta": {"content": WORD}, "finish_reason": null}], "usage": null}),
+                ),
+            };
+            if sender.send(event).await.is_err() {
+                return; // the client hung up: stop generating, as a provider does
+            }
+        }
+        match api {
+            Api::Messages => {
+                events.push(sse(
+                    Some("content_block_stop"),
+                    &json!({"type": "content_block_stop", "index": 0}),
+                ));
+                let delta_usage = if usage.omit {
+                    json!({})
+                } else {
+                    json!({"output_tokens": usage.output})
+                };
+                events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": delta_usage})));
+                events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
+            }
+            Api::Responses => {
+                events.push(sse(Some("response.completed"), &json!({"type": "response.completed", "response": {
+                    "id": "resp_mock", "object": "response", "status": "completed", "model": model,
+                    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text(usage.output)}]}],
+                    "usage": usage.responses()}})));
+            }
+            Api::Chat | Api::Completions | Api::Embeddings => {
+                let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]});
+                events.push(sse(None, &last));
+                if include_usage && !usage.omit {
+                    events.push(sse(None, &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage.openai()})));
+                }
+                events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+        }
+        for chunk in events {
+            if sender.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody { receiver });
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}

@@ -1,0 +1,258 @@
+//! A running stack for end-to-end tests: the mock provider and the real gateway, each its own
+//! process on a free loopback port, with config, keys and events in a temporary directory.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::http::{self, Answer};
+use crate::{TempDir, loadtest_bin, repo_root, tollgate_bin};
+
+/// The admin token of test stacks.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The provider key the mock demands, handed to the gateway through the environment.
+pub const PROVIDER_KEY: &str = "sk-provider-secret-42";
+
+/// A child process killed when dropped.
+pub struct Process {
+    child: Child,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+impl Process {
+    /// Starts `command` and waits (up to a minute) for it to print `... listening on http://ADDR`.
+    pub fn spawn(mut command: Command) -> Process {
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some((_, address)) = line.trim().split_once("listening on http://") {
+                    let _ = sender.send(address.to_owned());
+                    break;
+                }
+                line.clear();
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let address = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                panic!("{command:?} did not start listening ({status})");
+            }
+        };
+        Process { child, address }
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The mock provider, alone.
+pub fn start_mock() -> Process {
+    let mut command = Command::new(loadtest_bin().unwrap());
+    command
+        .args(["mock", "--listen", "127.0.0.1:0"])
+        .env("MOCK_PROVIDER_KEY", PROVIDER_KEY);
+    Process::spawn(command)
+}
+
+/// Mock provider plus gateway.
+pub struct Stack {
+    /// Files of this stack (config, state, events).
+    pub dir: TempDir,
+    /// The mock provider.
+    pub mock: Process,
+    gateway: Option<Process>,
+}
+
+/// The organisation every stack starts with: one team, project and allocation per test need.
+pub const ORG: &str = r#"
+[[team]]
+name = "research"
+org = "acme"
+
+[[project]]
+name = "chatbot"
+team = "research"
+
+[[allocation]]
+name = "open"
+project = "chatbot"
+cost_center = "cc-1"
+
+[[allocation]]
+name = "openai-only"
+project = "chatbot"
+cost_center = "cc-2"
+models = ["openai/*"]
+"#;
+
+impl Stack {
+    /// Starts a stack whose config is the standard providers plus `org` (teams, projects,
+    /// allocations) and `server` lines for `[server]`.
+    pub fn start(name: &str, org: &str, server: &str) -> Stack {
+        let dir = TempDir::new(name).unwrap();
+        let mock = start_mock();
+        std::fs::copy(
+            repo_root().join("gateway/config/rates.example.toml"),
+            dir.path().join("rates.toml"),
+        )
+        .unwrap();
+        let config = format!(
+            r#"rate_card = "rates.toml"
+
+[server]
+listen = "127.0.0.1:0"
+{server}
+
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "http://{mock}/v1"
+api_key_env = "TEST_OPENAI_KEY"
+
+[[provider]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://{mock}"
+api_key_env = "TEST_ANTHROPIC_KEY"
+
+[[alias]]
+name = "fast"
+model = "openai/gpt-4o-mini"
+{org}"#,
+            mock = mock.address
+        );
+        std::fs::write(dir.path().join("tollgate.toml"), config).unwrap();
+        let mut stack = Stack {
+            dir,
+            mock,
+            gateway: None,
+        };
+        stack.launch();
+        stack
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(tollgate_bin().unwrap());
+        command
+            .args(["serve", "--config"])
+            .arg(self.dir.path().join("tollgate.toml"))
+            .env("TEST_OPENAI_KEY", PROVIDER_KEY)
+            .env("TEST_ANTHROPIC_KEY", PROVIDER_KEY)
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+        self.gateway = Some(Process::spawn(command));
+    }
+
+    /// The gateway's address.
+    pub fn address(&self) -> SocketAddr {
+        self.gateway.as_ref().expect("gateway running").address
+    }
+
+    /// Stops the gateway gracefully (SIGTERM): in-flight calls drain, events are synced.
+    pub fn stop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            assert!(gateway.terminate(), "gateway did not exit cleanly");
+        }
+    }
+
+    /// Stops and starts the gateway on the same files.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Calls the admin API.
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        http::request(
+            self.address(),
+            method,
+            path,
+            &[("authorization", &auth)],
+            body.as_bytes(),
+        )
+    }
+
+    /// Creates a key on `allocation` with extra fields; returns (secret, id).
+    pub fn create_key(&self, allocation: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"allocation": allocation, "user": "ada@acme.example"});
+        if let (Some(fields), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            fields.extend(extra.clone());
+        }
+        let answer = self.admin("POST", "/admin/v1/keys", Some(body));
+        assert_eq!(answer.status, 201, "{}", answer.text());
+        let value = answer.json();
+        (
+            value["key"].as_str().unwrap().to_owned(),
+            value["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The allocation's spend this period, in nanos, from the live budget table.
+    pub fn spent_nanos(&self, allocation: &str) -> u64 {
+        let answer = self.admin("GET", "/admin/v1/allocations", None);
+        let all = answer.json();
+        all["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == allocation)
+            .map(|a| a["budget"]["spent_nanos"].as_u64().unwrap())
+            .unwrap()
+    }
+
+    /// Every usage event written so far (call [`Stack::stop`] first to have them all).
+    pub fn events(&self) -> Vec<Value> {
+        read_lines(&self.dir.path().join("events/events.jsonl"))
+    }
+
+    /// Requests the mock provider has served (each one reached a "model").
+    pub fn mock_requests(&self) -> u64 {
+        let answer = http::request(self.mock.address, "GET", "/mock/stats", &[], b"");
+        answer.json()["requests"].as_u64().unwrap()
+    }
+
+    /// The gateway's folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Parses a JSON-lines file.
+pub fn read_lines(path: &PathBuf) -> Vec<Value> {
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        file.take(256 << 20).read_to_string(&mut text).unwrap();
+    }
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
