@@ -73,6 +73,15 @@ async fn serve(
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(gateway))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(gateway, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(gateway))),
+        (&Method::POST, ["events", "flush"]) => {
+            if gateway.emitter.flush().await {
+                Ok((StatusCode::OK, json!({ "flushed": true })))
+            } else {
+                Err(Failure::Overloaded(
+                    "the event writer is not accepting work",
+                ))
+            }
+        }
         _ => Err(Failure::NotFound {
             method: method.to_string(),
             path: path.chars().take(256).collect(),

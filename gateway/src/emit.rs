@@ -31,6 +31,8 @@ enum Record {
     Alert(String),
     /// Shutdown: everything queued before this is written, then the writer stops.
     Stop,
+    /// Everything queued before this is written and synced, then the sender is told.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The sending side, shared by every request.
@@ -115,6 +117,16 @@ impl Emitter {
         }
     }
 
+    /// Waits until every event queued before the call is written and synced (admin API:
+    /// `POST /admin/v1/events/flush`, before reading the log). `false` if the writer is gone.
+    pub async fn flush(&self) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        match self.sender.try_send(Record::Flush(done)) {
+            Ok(()) => wait.await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     fn send(&self, record: Record) {
         match self.sender.try_send(record) {
             Ok(()) => {}
@@ -153,6 +165,7 @@ fn write_loop(
         let Ok(first) = receiver.recv() else {
             break;
         };
+        let mut flushed = Vec::new();
         let mut written = 0u64;
         let mut record = Some(first);
         let mut taken = 0;
@@ -168,6 +181,7 @@ fn write_loop(
                     alert_buf.push(b'\n');
                 }
                 Record::Stop => stopping = true,
+                Record::Flush(done) => flushed.push(done),
             }
             taken += 1;
             if taken < EVENTS_BATCH_MAX && !stopping {
@@ -177,7 +191,12 @@ fn write_loop(
         let result =
             flush(&mut events, &mut usage_buf).and_then(|()| flush(&mut alerts, &mut alert_buf));
         match result {
-            Ok(()) => metrics.add(Counter::EventsWritten, written),
+            Ok(()) => {
+                metrics.add(Counter::EventsWritten, written);
+                for done in flushed {
+                    let _ = done.send(());
+                }
+            }
             Err(e) => {
                 metrics.add(Counter::EventsLost, written);
                 report(&format!("writing usage events: {e}"));

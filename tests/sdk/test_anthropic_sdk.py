@@ -1,0 +1,40 @@
+"""The official Anthropic Python SDK on tollgate's native /v1/messages, by base URL alone."""
+
+import anthropic
+import pytest
+
+MODEL = "anthropic/claude-sonnet-4-5"
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return anthropic.Anthropic(base_url=stack.url, api_key=stack.key("open"), max_retries=0)
+
+
+def test_message(client):
+    message = client.messages.create(model=MODEL, max_tokens=6, messages=MESSAGES)
+    assert message.content[0].text == " hello" * 6
+    assert message.usage.output_tokens == 6
+    assert message.usage.input_tokens > 0
+
+
+def test_streamed_message(client):
+    with client.messages.stream(model=MODEL, max_tokens=4, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == " hello" * 4
+    assert final.usage.output_tokens == 4
+
+
+def test_refusals(stack):
+    bad = anthropic.Anthropic(base_url=stack.url, api_key="tg_not_a_key", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        bad.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+    broke = anthropic.Anthropic(base_url=stack.url, api_key=stack.key("tiny"), max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        broke.messages.create(model=MODEL, max_tokens=50, messages=MESSAGES)
+    assert refused.value.status_code == 402
+    error = refused.value.body["error"]
+    assert error["type"] == "budget_exceeded"
+    assert error["allocation"] == "tiny"
