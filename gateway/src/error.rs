@@ -81,6 +81,12 @@ pub enum Failure {
         /// The limit.
         limit_bytes: usize,
     },
+    /// The request head is larger than the limit.
+    #[error("request head is larger than the {limit_bytes}-byte limit")]
+    HeadTooLarge {
+        /// The limit.
+        limit_bytes: usize,
+    },
     /// No such route.
     #[error("no route for {method} {path}")]
     NotFound {
@@ -206,6 +212,12 @@ impl Failure {
                 S::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 "request_too_large",
+                Status::BadRequest,
+            ),
+            Failure::HeadTooLarge { .. } => class(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_too_large",
+                "invalid_request_error",
                 Status::BadRequest,
             ),
             Failure::NotFound { .. } => class(

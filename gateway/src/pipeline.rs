@@ -80,6 +80,23 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     } else {
         Protocol::OpenAi
     };
+    // hyper bounds its read buffer; this is the exact, configured bound on the head.
+    let limit = gateway.config.server.header_bytes_max;
+    if head_bytes(&request) > limit {
+        let now = now_ms();
+        let request_id = gateway.request_id(now);
+        let failure = Failure::HeadTooLarge { limit_bytes: limit };
+        return reject(
+            &gateway,
+            protocol,
+            &request_id,
+            now,
+            Instant::now(),
+            None,
+            None,
+            &failure,
+        );
+    }
     match route(request.method(), request.uri().path()) {
         Route::Model(api) => model_call(gateway, api, request).await,
         Route::Admin => crate::admin::handle(gateway, request).await,
@@ -119,6 +136,21 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             )
         }
     }
+}
+
+/// The size of a request's head as it came on the wire, near enough (name, value, separators).
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + target
+        + 16
 }
 
 fn plain(

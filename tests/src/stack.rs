@@ -119,11 +119,25 @@ impl Stack {
     pub fn start(name: &str, org: &str, server: &str) -> Stack {
         let dir = TempDir::new(name).unwrap();
         let mock = start_mock();
-        std::fs::copy(
-            repo_root().join("gateway/config/rates.example.toml"),
-            dir.path().join("rates.toml"),
-        )
-        .unwrap();
+        // The example card, plus prices for the test-only providers (appended to the version in
+        // force, the last one).
+        let mut card = String::new();
+        std::fs::File::open(repo_root().join("gateway/config/rates.example.toml"))
+            .unwrap()
+            .take(1 << 20)
+            .read_to_string(&mut card)
+            .unwrap();
+        for provider in ["slow", "dead"] {
+            card.push_str(&format!(
+                "\n[[version.model]]\nname = \"{provider}/m\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n"
+            ));
+        }
+        std::fs::write(dir.path().join("rates.toml"), card).unwrap();
+        // A port nothing listens on: bound, then released.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let config = format!(
             r#"rate_card = "rates.toml"
 
@@ -142,6 +156,21 @@ name = "anthropic"
 kind = "anthropic"
 base_url = "http://{mock}"
 api_key_env = "TEST_ANTHROPIC_KEY"
+
+# Same mock, short patience: for timeout tests.
+[[provider]]
+name = "slow"
+kind = "openai"
+base_url = "http://{mock}/v1"
+api_key_env = "TEST_OPENAI_KEY"
+first_byte_timeout_ms = 300
+idle_timeout_ms = 300
+
+[[provider]]
+name = "dead"
+kind = "openai"
+base_url = "http://{dead}/v1"
+connect_timeout_ms = 1000
 
 [[alias]]
 name = "fast"

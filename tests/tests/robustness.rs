@@ -1,0 +1,151 @@
+//! Bad input and bad upstreams each get a clear answer and an event; shutdown drains streams.
+
+use serde_json::json;
+use tollgate_tests::http::{self, post_json};
+use tollgate_tests::stack::{ORG, Stack};
+
+fn chat(model: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut body =
+        json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    if let (Some(fields), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        fields.extend(extra.clone());
+    }
+    body
+}
+
+#[test]
+fn slow_dead_and_silent_upstreams_get_their_own_errors() {
+    let mut stack = Stack::start("upstreams", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+
+    let late = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("slow/m", json!({"mock": {"first_byte_ms": 3000}})),
+    );
+    assert_eq!(late.status, 504, "{}", late.text());
+    assert_eq!(late.json()["error"]["type"], "upstream_timeout");
+
+    let dead = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("dead/m", json!({})),
+    );
+    assert_eq!(dead.status, 502, "{}", dead.text());
+    assert_eq!(dead.json()["error"]["type"], "upstream_error");
+
+    // Silent mid-stream for longer than the idle timeout: the stream is cut, what came is billed.
+    let silent = chat(
+        "slow/m",
+        json!({"stream": true, "max_tokens": 3, "mock": {"token_ms": 1000}}),
+    );
+    let answer = post_json(address, "/v1/chat/completions", &key, &silent);
+    assert_eq!(answer.status, 200);
+    assert!(
+        !answer.text().contains("[DONE]"),
+        "a cut stream must not look complete"
+    );
+
+    stack.stop();
+    let events = stack.events();
+    let status: Vec<&str> = events
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        status,
+        ["upstream_timeout", "upstream_error", "upstream_timeout"],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["http_status"], 504);
+    assert_eq!(events[1]["http_status"], 502);
+    // `slow/m` has no known tokenizer: counted with a stand-in encoding, flagged as estimated.
+    assert_eq!(events[2]["usage_source"], "estimated");
+    assert!(events[2]["tokens_in"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn malformed_requests_are_refused_clearly() {
+    let mut stack = Stack::start("malformed", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"{\"model\":\"openai/gpt-4o\",\"messages\":[\"\xff\"]}",
+            "not valid UTF-8",
+        ),
+        (b"[1,2,3]", "not a JSON object"),
+        (b"{\"messages\":[]}", "no `model`"),
+        (b"{\"model\":42}", "must be a string"),
+        (
+            b"{\"model\":\"openai/gpt-4o\",\"model\":\"openai/gpt-4o-mini\"}",
+            "more than once",
+        ),
+        (b"", "not a JSON object"),
+    ];
+    for (body, expected) in cases {
+        let answer = http::request(address, "POST", "/v1/chat/completions", &headers, body);
+        assert_eq!(answer.status, 400, "{}", answer.text());
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+    // A head larger than the cap (64 KiB by default) is refused, with an event.
+    let big = "x".repeat(100_000);
+    let answer = http::request(address, "GET", "/healthz", &[("x-filler", &big)], b"");
+    assert_eq!(answer.status, 431);
+    assert_eq!(answer.json()["error"]["type"], "request_header_too_large");
+    // The gateway is still healthy after all of it.
+    assert_eq!(
+        http::request(address, "GET", "/healthz", &[], b"").text(),
+        "ok\n"
+    );
+    let metrics = http::request(address, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("tollgate_requests_total{route=\"other\",status=\"bad_request\"} 7"),
+        "{metrics}"
+    );
+    stack.stop();
+    assert_eq!(stack.events().len(), 7);
+}
+
+#[test]
+fn shutdown_drains_a_stream_in_flight() {
+    let mut stack = Stack::start("drain", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let request = chat(
+        "openai/gpt-4o-mini",
+        json!({"stream": true, "max_tokens": 100, "mock": {"token_ms": 10}}),
+    );
+    let auth = format!("Bearer {key}");
+    let stream = http::send(
+        stack.address(),
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        request.to_string().as_bytes(),
+    );
+    let (first, stream) = http::read_answer(stream, 100);
+    assert_eq!(first.status, 200);
+    // SIGTERM while the answer is streaming; the rest must still arrive.
+    let stopper = std::thread::spawn(move || {
+        stack.stop();
+        stack
+    });
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut { stream }, &mut rest);
+    let stack = stopper.join().unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("[DONE]"), "stream cut by shutdown: {text}");
+    let events = stack.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["status"], "ok");
+    assert_eq!(events[0]["tokens_out"], 100);
+}
