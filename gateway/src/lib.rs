@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod translate;
 pub mod upstream;
 pub mod wire;

@@ -32,6 +32,7 @@ use crate::gateway::Gateway;
 use crate::limits::{RESPONSE_METER_BYTES_MAX, STREAM_TEXT_BYTES_MAX};
 use crate::metrics::Counter;
 use crate::sse::{self, Framer};
+use crate::translate::{self, StreamTranslator};
 use crate::wire::{self, Api, StreamTally};
 
 /// An admitted call: everything needed to settle it and record it.
@@ -256,6 +257,9 @@ pub enum BodyError {
     /// A server-sent event grew past its limit.
     #[error(transparent)]
     Oversized(#[from] sse::Oversized),
+    /// A whole answer to translate grew past its limit.
+    #[error("upstream answer larger than {0} bytes cannot be translated")]
+    TooLarge(usize),
 }
 
 enum Mode {
@@ -274,10 +278,24 @@ enum Mode {
     },
 }
 
+/// How an answer is rewritten for a client that speaks another API than the provider.
+pub enum Translate {
+    /// Anthropic events to OpenAI chunks.
+    Stream(Box<StreamTranslator>),
+    /// A whole Anthropic message (or error) to a chat completion, for `model`.
+    Whole {
+        /// The model name the client used.
+        model: String,
+    },
+}
+
 /// The upstream's body on its way to the client.
 pub struct Metered {
     upstream: Incoming,
     error_answer: bool,
+    /// The API the provider speaks (what metering parses).
+    wire_api: Api,
+    translate: Option<Translate>,
     mode: Mode,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
@@ -310,9 +328,12 @@ impl Metered {
                 overflow: false,
             }
         };
+        let wire_api = ticket.api;
         Metered {
             upstream,
             error_answer: false,
+            wire_api,
+            translate: None,
             mode,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
@@ -330,9 +351,17 @@ impl Metered {
         metered
     }
 
+    /// Translates the answer of a provider speaking `wire_api` with `translate`.
+    #[must_use]
+    pub fn translated(mut self, wire_api: Api, translate: Translate) -> Metered {
+        self.wire_api = wire_api;
+        self.translate = Some(translate);
+        self
+    }
+
     /// Handles one piece of upstream body; returns what to send on (possibly nothing).
     fn take(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
-        let api = self.ticket.as_ref().map_or(Api::ChatCompletions, |t| t.api);
+        let api = self.wire_api;
         let since_sent = self.ticket.as_ref().map(|t| t.sent.elapsed());
         match &mut self.mode {
             Mode::Json {
@@ -352,7 +381,12 @@ impl Metered {
                         kept.push(data.clone());
                     }
                 }
-                Ok(Some(data))
+                match (&self.translate, *overflow) {
+                    (None, _) => Ok(Some(data)),
+                    // Translated whole: sent at the end, once the answer is complete.
+                    (Some(_), false) => Ok(None),
+                    (Some(_), true) => Err(BodyError::TooLarge(RESPONSE_METER_BYTES_MAX)),
+                }
             }
             Mode::Sse {
                 framer,
@@ -364,11 +398,16 @@ impl Metered {
                 framer.push(data, events)?;
                 let mut out: Option<BytesMut> = None;
                 let mut single: Option<Bytes> = None;
+                let mut translated = String::new();
                 for event in events.drain(..) {
                     let parsed = sse::parse(&event);
                     let observed = tally.observe(api, &parsed.data);
                     if observed.text && self.ttft.is_none() {
                         self.ttft = since_sent;
+                    }
+                    if let Some(Translate::Stream(translator)) = &mut self.translate {
+                        translator.event(&parsed.data, &mut translated);
+                        continue;
                     }
                     if observed.usage_only && *hide_usage {
                         continue;
@@ -384,7 +423,32 @@ impl Metered {
                         (Some(joined), _) => joined.extend_from_slice(&event),
                     }
                 }
+                if self.translate.is_some() {
+                    return Ok((!translated.is_empty()).then(|| Bytes::from(translated)));
+                }
                 Ok(out.map(BytesMut::freeze).or(single))
+            }
+        }
+    }
+
+    /// The last piece to send once the upstream has ended: an incomplete trailing event, or
+    /// the translated whole answer.
+    fn last(&mut self) -> Option<Bytes> {
+        match (&mut self.mode, &self.translate) {
+            (Mode::Sse { framer, .. }, None) => framer.finish(),
+            (Mode::Sse { .. }, Some(_)) | (Mode::Json { .. }, None) => None,
+            (Mode::Json { kept, .. }, Some(translate)) => {
+                let body: Vec<u8> = kept.iter().flat_map(|b| b.iter().copied()).collect();
+                let translated = match translate {
+                    Translate::Whole { .. } if self.error_answer => {
+                        translate::error_to_openai(&body)
+                    }
+                    Translate::Whole { model } => {
+                        translate::message_to_chat(&body, model, crate::gateway::now_ms().0 / 1000)
+                    }
+                    Translate::Stream(_) => None,
+                };
+                Some(translated.map_or_else(|| Bytes::from(body), Bytes::from))
             }
         }
     }
@@ -406,7 +470,7 @@ impl Metered {
                 } else {
                     kept.iter().flat_map(|b| b.iter().copied()).collect()
                 };
-                if let Some(usage) = wire::usage_of_body(ticket.api, &body) {
+                if let Some(usage) = wire::usage_of_body(self.wire_api, &body) {
                     ticket.finish(status, Measured::Provider(usage), ttft);
                 } else if let Some(text) = wire::text_of_body(&body) {
                     ticket.finish_counting(status, text, None, ttft);
@@ -459,9 +523,10 @@ impl Body for Metered {
                     return Poll::Ready(Some(Err(BodyError::Upstream(e))));
                 }
                 Poll::Ready(None) => {
-                    let tail = match &mut this.mode {
-                        Mode::Sse { framer, .. } => framer.finish(),
-                        Mode::Json { .. } => None,
+                    let tail = if this.ticket.is_some() {
+                        this.last()
+                    } else {
+                        None
                     };
                     this.end(Status::Ok);
                     return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));

@@ -21,8 +21,9 @@ use crate::config::ProviderKind;
 use crate::error::{BudgetScope, Failure, Protocol};
 use crate::gateway::{Gateway, now_ms};
 use crate::json_scan::{self, Member};
-use crate::meter::{Measured, Metered, ResponseBody, Ticket, refusal_event};
+use crate::meter::{Measured, Metered, ResponseBody, Ticket, Translate, refusal_event};
 use crate::metrics::{Counter, Gauges};
+use crate::translate::StreamTranslator;
 use crate::upstream::SliceBody;
 use crate::wire::Api;
 
@@ -304,6 +305,8 @@ struct Call<'g> {
 /// A call that passed every check and holds its budget.
 struct Admitted {
     api: Api,
+    /// Set when the client's API is translated to the provider's (OpenAI chat to Anthropic).
+    translation: Option<Translation>,
     key: Arc<VirtualKey>,
     model: ModelRef,
     reservation: tollgate_engine::Reservation,
@@ -314,6 +317,13 @@ struct Admitted {
     request_body: Bytes,
     stream: bool,
     hide_usage: bool,
+}
+
+/// A call translated from OpenAI chat completions to Anthropic's Messages API.
+#[derive(Clone, Copy, Debug)]
+struct Translation {
+    /// The client asked for the usage chunk at the end of a stream.
+    include_usage: bool,
 }
 
 /// Members of a request body the gateway reads.
@@ -381,16 +391,18 @@ impl Call<'_> {
                 model: model.to_string(),
             })?;
 
-        // The provider must speak the route's API (translation between them comes later).
-        match (upstream.config.kind, self.api) {
+        // The provider must speak the route's API, or be translated to (OpenAI chat
+        // completions in front of Anthropic).
+        let translate = match (upstream.config.kind, self.api) {
+            (ProviderKind::Anthropic, Api::ChatCompletions) => true,
             (ProviderKind::Anthropic, Api::Messages)
             | (
                 ProviderKind::Openai,
                 Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses,
-            ) => {}
+            ) => false,
             (ProviderKind::Anthropic, _) => {
                 return Err(Failure::BadRequest(format!(
-                    "provider `{}` speaks Anthropic's Messages API: call it on /v1/messages",
+                    "provider `{}` speaks Anthropic's Messages API: call it on /v1/messages or /v1/chat/completions",
                     model.provider()
                 )));
             }
@@ -400,7 +412,7 @@ impl Call<'_> {
                     model.provider()
                 )));
             }
-        }
+        };
 
         // 5. Price: a model without a price is refused, never metered as free.
         let card = gateway.card.load_full();
@@ -458,29 +470,41 @@ impl Call<'_> {
             .and_then(|m| json_scan::read::<serde_json::Value>(&body, m))
             .and_then(|v| v.get("include_usage")?.as_bool())
             .unwrap_or(false);
-        let needs_usage_option =
-            stream && !asks_usage && matches!(self.api, Api::ChatCompletions | Api::Completions);
-        let model_value = Bytes::from(
-            serde_json::to_vec(model.model()).map_err(|e| Failure::Internal(e.to_string()))?,
-        );
-        let mut edits = vec![(model_member.value.clone(), model_value)];
-        if needs_usage_option {
-            let usage_option = match stream_options {
-                // Replace the client's options with ones that ask for usage.
-                Some(options) => (
-                    options.value.clone(),
-                    Bytes::from_static(br#"{"include_usage":true}"#),
-                ),
-                None => (
-                    scanned.close..scanned.close,
-                    Bytes::from_static(br#","stream_options":{"include_usage":true}"#),
-                ),
-            };
-            edits.push(usage_option);
-        }
-        let chunks = splice(&body, &mut edits);
+        let needs_usage_option = stream
+            && !asks_usage
+            && !translate
+            && matches!(self.api, Api::ChatCompletions | Api::Completions);
+        let chunks = if translate {
+            let translated =
+                crate::translate::chat_to_messages(&body, model.model(), price.max_output_tokens)
+                    .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            vec![Bytes::from(translated)]
+        } else {
+            let model_value = Bytes::from(
+                serde_json::to_vec(model.model()).map_err(|e| Failure::Internal(e.to_string()))?,
+            );
+            let mut edits = vec![(model_member.value.clone(), model_value)];
+            if needs_usage_option {
+                let usage_option = match stream_options {
+                    // Replace the client's options with ones that ask for usage.
+                    Some(options) => (
+                        options.value.clone(),
+                        Bytes::from_static(br#"{"include_usage":true}"#),
+                    ),
+                    None => (
+                        scanned.close..scanned.close,
+                        Bytes::from_static(br#","stream_options":{"include_usage":true}"#),
+                    ),
+                };
+                edits.push(usage_option);
+            }
+            splice(&body, &mut edits)
+        };
         Ok(Admitted {
             api: self.api,
+            translation: translate.then_some(Translation {
+                include_usage: asks_usage,
+            }),
             key,
             model,
             reservation,
@@ -575,6 +599,7 @@ async fn forward(
 ) -> Response<ResponseBody> {
     let Admitted {
         api,
+        translation,
         key,
         model,
         reservation,
@@ -601,7 +626,12 @@ async fn forward(
         http_status: 0,
         permit,
     };
-    let path = api.upstream_path();
+    let wire_api = if translation.is_some() {
+        Api::Messages
+    } else {
+        api
+    };
+    let path = wire_api.upstream_path();
     let request = match upstream.request(path, upstream_body, &forwarded_headers) {
         Ok(r) => r,
         Err(e) => {
@@ -650,6 +680,7 @@ async fn forward(
         }
         if success
             && !stream
+            && translation.is_none()
             && let Some(length) = parts.headers.get(header::CONTENT_LENGTH)
         {
             headers.insert(header::CONTENT_LENGTH, length.clone());
@@ -661,12 +692,35 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let idle = upstream.config.idle_timeout;
-    let body = if success {
+    let client_model = ticket.model.to_string();
+    let mut body = if success {
         Metered::new(body, ticket, is_sse, hide_usage && is_sse, idle)
     } else {
         // An error answer: forwarded as the provider wrote it; nothing was generated.
         Metered::error_answer(body, ticket, idle)
     };
+    if let Some(translation) = translation {
+        let translate = if success && is_sse {
+            Translate::Stream(Box::new(StreamTranslator::new(
+                &client_model,
+                now_ms().0 / 1000,
+                translation.include_usage,
+            )))
+        } else {
+            Translate::Whole {
+                model: client_model,
+            }
+        };
+        body = body.translated(Api::Messages, translate);
+        if let Some(headers) = out.headers_mut() {
+            let content_type = if success && is_sse {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+    }
     out.body(ResponseBody::Metered(Box::new(body)))
         .unwrap_or_else(|e| {
             error_response(protocol, &request_id, &Failure::Internal(e.to_string()))

@@ -7,7 +7,8 @@
 //! asks for it). A request may steer the mock with a top-level `"mock"` object:
 //! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
-//! `"cached_tokens"` and `"reasoning_tokens"` add those counts.
+//! `"cached_tokens"` and `"reasoning_tokens"` add those counts, and (Anthropic) `"tool_use":
+//! {"name": ..., "input": {...}}` ends the answer with that tool call.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -252,10 +253,18 @@ async fn answer(
                 "usage": usage.openai_embeddings(),
             }),
         ),
-        (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => {
-            json_response(StatusCode::OK, &whole(api, &model, &usage))
-        }
-        (_, true) => streamed(api, model, usage, include_usage, token_ms),
+        (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => json_response(
+            StatusCode::OK,
+            &whole(api, &model, &usage, knobs.get("tool_use")),
+        ),
+        (_, true) => streamed(
+            api,
+            model,
+            usage,
+            include_usage,
+            token_ms,
+            knobs.get("tool_use").cloned(),
+        ),
     }
 }
 
@@ -351,19 +360,25 @@ fn text(tokens: u64) -> String {
     WORD.repeat(usize::try_from(tokens).unwrap_or(0))
 }
 
-fn whole(api: Api, model: &str, usage: &Usage) -> Value {
+fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>) -> Value {
     let content = text(usage.output);
     match api {
-        Api::Messages => json!({
-            "id": "msg_mock",
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": content}],
-            "stop_reason": "end_turn",
-            "stop_sequence": null,
-            "usage": usage.anthropic(usage.output),
-        }),
+        Api::Messages => {
+            let mut blocks = vec![json!({"type": "text", "text": content})];
+            if let Some(tool) = tool {
+                blocks.push(json!({"type": "tool_use", "id": "toolu_mock", "name": tool["name"], "input": tool["input"]}));
+            }
+            json!({
+                "id": "msg_mock",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": blocks,
+                "stop_reason": if tool.is_some() { "tool_use" } else { "end_turn" },
+                "stop_sequence": null,
+                "usage": usage.anthropic(usage.output),
+            })
+        }
         Api::Responses => json!({
             "id": "resp_mock",
             "object": "response",
@@ -412,6 +427,7 @@ fn streamed(
     usage: Usage,
     include_usage: bool,
     token_ms: u64,
+    tool: Option<Value>,
 ) -> Response<ChannelBody> {
     let (sender, receiver) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -469,12 +485,38 @@ fn streamed(
                     Some("content_block_stop"),
                     &json!({"type": "content_block_stop", "index": 0}),
                 ));
+                if let Some(tool) = &tool {
+                    events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 1,
+                        "content_block": {"type": "tool_use", "id": "toolu_mock", "name": tool["name"], "input": {}}})));
+                    // The input JSON in two fragments, cut mid-token, as the provider streams it.
+                    let input = tool["input"].to_string();
+                    let cut = input.len() / 2;
+                    for part in [
+                        input.get(..cut).unwrap_or(""),
+                        input.get(cut..).unwrap_or(""),
+                    ] {
+                        events.push(sse(
+                            Some("content_block_delta"),
+                            &json!({"type": "content_block_delta", "index": 1,
+                            "delta": {"type": "input_json_delta", "partial_json": part}}),
+                        ));
+                    }
+                    events.push(sse(
+                        Some("content_block_stop"),
+                        &json!({"type": "content_block_stop", "index": 1}),
+                    ));
+                }
+                let stop_reason = if tool.is_some() {
+                    "tool_use"
+                } else {
+                    "end_turn"
+                };
                 let delta_usage = if usage.omit {
                     json!({})
                 } else {
                     json!({"output_tokens": usage.output})
                 };
-                events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": delta_usage})));
+                events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": delta_usage})));
                 events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
             }
             Api::Responses => {
