@@ -349,10 +349,8 @@ fn providers(gateway: &Gateway) -> Value {
         .map(|p| {
             json!({
                 "name": p.name,
-                "kind": match p.kind {
-                    crate::config::ProviderKind::Openai => "openai",
-                    crate::config::ProviderKind::Anthropic => "anthropic",
-                },
+                "kind": p.kind.as_str(),
+                "api_version": p.api_version,
                 "base_url": p.base_url,
                 "credential": p.api_key_env.as_ref().map(|v| format!("from ${v}")),
             })

@@ -91,6 +91,20 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Azure OpenAI: the OpenAI API on deployments, `api-key` header, `api-version` query.
+    Azure,
+}
+
+impl ProviderKind {
+    /// The name used in config and listings.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+        }
+    }
 }
 
 /// One `[[provider]]`.
@@ -104,6 +118,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Environment variable with the credential; `None` for an upstream without one.
     pub api_key_env: Option<String>,
+    /// Azure's `api-version` query parameter (required for `azure`).
+    pub api_version: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Time to the response head.
@@ -302,6 +318,7 @@ struct RawProvider {
     kind: ProviderKind,
     base_url: Spanned<String>,
     api_key_env: Option<String>,
+    api_version: Option<String>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -486,11 +503,29 @@ impl RawConfig {
                     "must name an environment variable".into(),
                 ));
             }
+            match (raw.kind, &raw.api_version) {
+                (ProviderKind::Azure, None) => {
+                    return Err(err(
+                        format!("provider[{i}].api_version"),
+                        span,
+                        "an azure provider needs `api_version` (like \"2024-10-21\")".into(),
+                    ));
+                }
+                (ProviderKind::Openai | ProviderKind::Anthropic, Some(_)) => {
+                    return Err(err(
+                        format!("provider[{i}].api_version"),
+                        span,
+                        "`api_version` is for azure providers only".into(),
+                    ));
+                }
+                _ => {}
+            }
             providers.push(ProviderConfig {
                 name,
                 kind: raw.kind,
                 base_url,
                 api_key_env: raw.api_key_env,
+                api_version: raw.api_version,
                 connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
                 first_byte_timeout: ms(
                     raw.first_byte_timeout_ms,
@@ -730,6 +765,20 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         assert_eq!(alloc.budget.soft_limit_percent, 90);
         assert_eq!(config.projects[0].budget.limit, None);
         assert_eq!(config.events.queued_max, limits::EVENTS_QUEUED_MAX);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let manifest = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let config =
+            Config::load(&Path::new(&manifest).join("config/tollgate.example.toml")).unwrap();
+        assert_eq!(config.providers.len(), 3);
+        assert_eq!(
+            config.provider("azure").unwrap().api_version.as_deref(),
+            Some("2024-10-21")
+        );
+        assert_eq!(config.allocations[0].name, "chatbot-prod");
     }
 
     fn error_of(edit: (&str, &str)) -> String {

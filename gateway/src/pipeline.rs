@@ -397,7 +397,7 @@ impl Call<'_> {
             (ProviderKind::Anthropic, Api::ChatCompletions) => true,
             (ProviderKind::Anthropic, Api::Messages)
             | (
-                ProviderKind::Openai,
+                ProviderKind::Openai | ProviderKind::Azure,
                 Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses,
             ) => false,
             (ProviderKind::Anthropic, _) => {
@@ -406,7 +406,7 @@ impl Call<'_> {
                     model.provider()
                 )));
             }
-            (ProviderKind::Openai, Api::Messages) => {
+            (ProviderKind::Openai | ProviderKind::Azure, Api::Messages) => {
                 return Err(Failure::BadRequest(format!(
                     "provider `{}` speaks the OpenAI API: call it on /v1/chat/completions",
                     model.provider()
@@ -631,8 +631,8 @@ async fn forward(
     } else {
         api
     };
-    let path = wire_api.upstream_path();
-    let request = match upstream.request(path, upstream_body, &forwarded_headers) {
+    let path = upstream.path(wire_api, ticket.model.model());
+    let request = match upstream.request(&path, upstream_body, &forwarded_headers) {
         Ok(r) => r,
         Err(e) => {
             let failure = Failure::Internal(format!("building the upstream request: {e}"));

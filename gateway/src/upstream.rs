@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::limits::UPSTREAM_IDLE_CONNECTIONS_MAX;
+use crate::wire::Api;
 
 /// A request body made of slices of the client's body (shared, not copied) and the few bytes
 /// the gateway rewrote.
@@ -154,7 +155,9 @@ impl Upstream {
                 let value = env(var).filter(|v| !v.is_empty());
                 let header = value.and_then(|secret| match config.kind {
                     ProviderKind::Openai => HeaderValue::try_from(format!("Bearer {secret}")).ok(),
-                    ProviderKind::Anthropic => HeaderValue::try_from(secret).ok(),
+                    ProviderKind::Anthropic | ProviderKind::Azure => {
+                        HeaderValue::try_from(secret).ok()
+                    }
                 });
                 let Some(mut header) = header else {
                     return Err(SetupError::Credential {
@@ -198,6 +201,27 @@ impl Upstream {
         &self.name
     }
 
+    /// The path and query (under the base URL) of `api` for `model` (the model's name at the
+    /// provider: an Azure deployment's name).
+    #[must_use]
+    pub fn path(&self, api: Api, model: &str) -> String {
+        match (self.config.kind, &self.config.api_version) {
+            (ProviderKind::Azure, version) => {
+                let version = version.as_deref().unwrap_or_default();
+                match api {
+                    // The Responses API lives on Azure's v1 surface, not on a deployment.
+                    Api::Responses => format!("/openai/v1/responses?api-version={version}"),
+                    _ => format!(
+                        "/openai/deployments/{}{}?api-version={version}",
+                        percent_encode_segment(model),
+                        api.upstream_path()
+                    ),
+                }
+            }
+            (ProviderKind::Openai | ProviderKind::Anthropic, _) => api.upstream_path().to_owned(),
+        }
+    }
+
     /// Builds a POST of `body` to `path` (appended to the base URL's path), with the
     /// provider's credential and the client headers in `forwarded`.
     pub fn request(
@@ -232,6 +256,11 @@ impl Upstream {
                     headers.insert(header::AUTHORIZATION, credential.clone());
                 }
             }
+            ProviderKind::Azure => {
+                if let Some(credential) = &self.credential {
+                    headers.insert(AZURE_API_KEY, credential.clone());
+                }
+            }
             ProviderKind::Anthropic => {
                 if let Some(credential) = &self.credential {
                     headers.insert(X_API_KEY, credential.clone());
@@ -254,7 +283,22 @@ impl Upstream {
 }
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const AZURE_API_KEY: HeaderName = HeaderName::from_static("api-key");
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
+/// A path segment with everything but unreserved characters percent-encoded (RFC 3986).
+#[must_use]
+pub fn percent_encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
 
 /// Client headers passed to the upstream: the API version and feature flags a provider reads.
 /// Everything else (the client's key above all) stays at the gateway.
@@ -279,6 +323,33 @@ mod tests {
         assert!(check_base_url("http://x/v1?a=b").is_err());
     }
 
+    #[test]
+    fn azure_paths_name_the_deployment_and_the_api_version() {
+        let config = ProviderConfig {
+            name: "azure".into(),
+            kind: ProviderKind::Azure,
+            base_url: "https://acme.openai.azure.com".into(),
+            api_key_env: None,
+            api_version: Some("2024-10-21".into()),
+            connect_timeout: std::time::Duration::from_secs(1),
+            first_byte_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+        };
+        let upstream = Upstream::new(config, |_| None).unwrap();
+        assert_eq!(
+            upstream.path(Api::ChatCompletions, "gpt-4o prod"),
+            "/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            upstream.path(Api::Embeddings, "emb"),
+            "/openai/deployments/emb/embeddings?api-version=2024-10-21"
+        );
+        assert_eq!(
+            upstream.path(Api::Responses, "x"),
+            "/openai/v1/responses?api-version=2024-10-21"
+        );
+    }
+
     #[tokio::test]
     async fn slice_bodies_send_their_chunks_in_order() {
         let body = SliceBody::new([
@@ -299,6 +370,7 @@ mod tests {
             kind: ProviderKind::Anthropic,
             base_url: "http://127.0.0.1:9".into(),
             api_key_env: Some(var.into()),
+            api_version: None,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),

@@ -173,7 +173,8 @@ async fn answer(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        if bearer != Some(expected.as_str()) && x_api_key != Some(expected.as_str()) {
+        let azure_key = headers.get("api-key").and_then(|v| v.to_str().ok());
+        if ![bearer, x_api_key, azure_key].contains(&Some(expected.as_str())) {
             return error(
                 api,
                 StatusCode::UNAUTHORIZED,
@@ -181,6 +182,21 @@ async fn answer(
             );
         }
     }
+    // Azure OpenAI: /openai/deployments/{deployment}/...?api-version=..., the deployment is
+    // the model; a missing api-version is Azure's 404.
+    let azure = path.starts_with("/openai/");
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    if azure && !query.split('&').any(|p| p.starts_with("api-version=")) {
+        return error(
+            api,
+            StatusCode::NOT_FOUND,
+            "mock: Resource not found (no api-version)",
+        );
+    }
+    let deployment = path
+        .strip_prefix("/openai/deployments/")
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_owned);
     let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
         .collect()
         .await
@@ -212,11 +228,13 @@ async fn answer(
     {
         return error(api, status, "mock: the error this request asked for");
     }
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("mock")
-        .to_owned();
+    let model = deployment.unwrap_or_else(|| {
+        request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock")
+            .to_owned()
+    });
     let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| request.get(*k).and_then(Value::as_u64))

@@ -127,9 +127,9 @@ impl Stack {
             .take(1 << 20)
             .read_to_string(&mut card)
             .unwrap();
-        for provider in ["slow", "dead"] {
+        for model in ["slow/m", "dead/m", "azure/prod-4o"] {
             card.push_str(&format!(
-                "\n[[version.model]]\nname = \"{provider}/m\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n"
+                "\n[[version.model]]\nname = \"{model}\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n"
             ));
         }
         std::fs::write(dir.path().join("rates.toml"), card).unwrap();
@@ -156,6 +156,14 @@ name = "anthropic"
 kind = "anthropic"
 base_url = "http://{mock}"
 api_key_env = "TEST_ANTHROPIC_KEY"
+
+# The mock answering as Azure OpenAI: deployments, api-key header, api-version query.
+[[provider]]
+name = "azure"
+kind = "azure"
+base_url = "http://{mock}"
+api_key_env = "TEST_OPENAI_KEY"
+api_version = "2024-10-21"
 
 # Same mock, short patience: for timeout tests.
 [[provider]]

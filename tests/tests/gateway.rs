@@ -428,3 +428,23 @@ fn keys_survive_a_restart_and_revocation_sticks() {
     );
     assert_eq!(wrong.status, 401);
 }
+
+#[test]
+fn azure_deployments_are_called_with_their_api_version_and_key_header() {
+    let mut stack = Stack::start("azure", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let answer = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("azure/prod-4o", 3),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["model"], "prod-4o", "the deployment answered");
+    assert_eq!(answer.json()["usage"]["completion_tokens"], 3);
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(events[0]["provider"], "azure");
+    assert_eq!(events[0]["model"], "prod-4o");
+    assert_eq!(events[0]["status"], "ok");
+}
