@@ -81,6 +81,8 @@ pub struct EventsConfig {
     pub dir: PathBuf,
     /// Events waiting for the writer before new requests are refused.
     pub queued_max: usize,
+    /// Longest an event waits before it is synced (group commit).
+    pub sync_interval: Duration,
 }
 
 /// What an upstream speaks.
@@ -296,6 +298,7 @@ struct RawEvents {
     #[serde(default = "default_events_dir")]
     dir: String,
     queued_max: Option<usize>,
+    sync_interval_ms: Option<u64>,
 }
 
 impl Default for RawEvents {
@@ -303,6 +306,7 @@ impl Default for RawEvents {
         RawEvents {
             dir: default_events_dir(),
             queued_max: None,
+            sync_interval_ms: None,
         }
     }
 }
@@ -639,6 +643,7 @@ impl RawConfig {
                     .queued_max
                     .unwrap_or(limits::EVENTS_QUEUED_MAX)
                     .max(1),
+                sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
             },
             providers,
             aliases,

@@ -1,7 +1,8 @@
 //! Usage events leave the request path through one bounded queue to a writer thread.
 //!
 //! The request path never waits on a disk: it pushes the event and goes on. The writer appends
-//! JSON lines to the local event log in batches and syncs each batch before taking the next.
+//! JSON lines to the local event log and syncs once per window (`events.sync_interval_ms`,
+//! group commit), or at once when asked to flush or stop.
 //! Budget warnings (soft limits crossed) go to an alerts file the same way.
 //!
 //! **Invariant:** an admitted request always finds room for its event. The queue holds
@@ -13,6 +14,7 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tollgate_engine::{SoftLimitCrossed, UsageEvent};
@@ -54,6 +56,7 @@ impl Emitter {
         dir: &Path,
         queued_max: usize,
         in_flight_max: usize,
+        sync_interval: Duration,
         metrics: Arc<Metrics>,
     ) -> io::Result<(Emitter, Writer)> {
         std::fs::create_dir_all(dir)?;
@@ -64,7 +67,7 @@ impl Emitter {
         let writer_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name("tollgate-events".into())
-            .spawn(move || write_loop(&receiver, events, alerts, &writer_metrics))?;
+            .spawn(move || write_loop(&receiver, events, alerts, &writer_metrics, sync_interval))?;
         Ok((
             Emitter {
                 sender,
@@ -157,6 +160,7 @@ fn write_loop(
     mut events: File,
     mut alerts: File,
     metrics: &Metrics,
+    sync_interval: Duration,
 ) -> io::Result<()> {
     let mut usage_buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut alert_buf: Vec<u8> = Vec::new();
@@ -167,6 +171,7 @@ fn write_loop(
         };
         let mut flushed = Vec::new();
         let mut written = 0u64;
+        let deadline = Instant::now() + sync_interval;
         let mut record = Some(first);
         let mut taken = 0;
         while let Some(r) = record.take() {
@@ -184,8 +189,10 @@ fn write_loop(
                 Record::Flush(done) => flushed.push(done),
             }
             taken += 1;
-            if taken < EVENTS_BATCH_MAX && !stopping {
-                record = receiver.try_recv().ok();
+            // Group commit: gather what arrives within the sync interval, then write and sync
+            // once. A flush or a stop ends the window at once.
+            if taken < EVENTS_BATCH_MAX && !stopping && flushed.is_empty() {
+                record = receiver.recv_deadline(deadline).ok();
             }
         }
         let result =
@@ -231,7 +238,8 @@ mod tests {
     fn events_are_written_as_json_lines_and_flushed_on_join() {
         let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
         let metrics = Arc::new(Metrics::default());
-        let (emitter, writer) = Emitter::start(&dir, 4, 4, Arc::clone(&metrics)).unwrap();
+        let (emitter, writer) =
+            Emitter::start(&dir, 4, 4, Duration::from_millis(10), Arc::clone(&metrics)).unwrap();
         assert!(emitter.has_room());
         for i in 0..5 {
             let mut event = UsageEvent::sample();

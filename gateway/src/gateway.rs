@@ -145,6 +145,7 @@ impl Gateway {
             &config.events.dir,
             config.events.queued_max,
             config.server.requests_in_flight_max,
+            config.events.sync_interval,
             Arc::clone(&metrics),
         )
         .map_err(|source| StartError::Events {

@@ -51,6 +51,9 @@ pub const JSON_DEPTH_MAX: usize = 128;
 /// so events of requests already admitted always have room.
 pub const EVENTS_QUEUED_MAX: usize = 65_536;
 
+/// Longest an event waits in the writer before it is synced (`events.sync_interval_ms`).
+pub const EVENTS_SYNC_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Events written per batch between two syncs.
 pub const EVENTS_BATCH_MAX: usize = 4_096;
 

@@ -1,13 +1,17 @@
-//! `tollgate-loadtest`: the mock provider (and, next, the load generator).
+//! `tollgate-loadtest`: the mock provider and the load generator.
 //!
 //! `tollgate-loadtest mock --listen 127.0.0.1:0` prints `mock provider listening on http://ADDR`
-//! once it accepts connections, then serves until killed.
+//! once it accepts connections, then serves until killed. `tollgate-loadtest run --url ...`
+//! drives an endpoint and prints one JSON line of figures.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use tollgate_loadtest::load::{self, LoadConfig};
 use tollgate_loadtest::mock::{self, MockConfig};
 
 #[global_allocator]
@@ -32,12 +36,68 @@ enum Command {
         #[arg(long, env = "MOCK_PROVIDER_KEY")]
         api_key: Option<String>,
     },
+    /// Drive an endpoint with N keep-alive connections and report throughput and latency.
+    Run {
+        /// Full URL of the endpoint.
+        #[arg(long)]
+        url: String,
+        /// Bearer key (a tollgate virtual key, or a provider key when going direct).
+        #[arg(long, env = "TOLLGATE_KEY")]
+        key: Option<String>,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Seconds to record.
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        /// Seconds of warm-up first (not recorded).
+        #[arg(long, default_value_t = 1)]
+        warmup_s: u64,
+        /// Most requests recorded.
+        #[arg(long, default_value_t = 10_000_000)]
+        requests_max: u64,
+        /// Model.
+        #[arg(long, default_value = "openai/gpt-4o-mini")]
+        model: String,
+        /// Completion tokens per answer.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u64,
+        /// Stream answers.
+        #[arg(long)]
+        stream: bool,
+        /// Prompt size in bytes.
+        #[arg(long, default_value_t = 1_000)]
+        prompt_bytes: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mock { listen, api_key } => run_mock(listen, api_key),
+        Command::Run {
+            url,
+            key,
+            connections,
+            duration_s,
+            warmup_s,
+            requests_max,
+            model,
+            max_tokens,
+            stream,
+            prompt_bytes,
+        } => run_load(&LoadConfig {
+            url,
+            key,
+            connections,
+            duration: Duration::from_secs(duration_s),
+            warmup: Duration::from_secs(warmup_s),
+            requests_max,
+            model,
+            max_tokens,
+            stream,
+            prompt_bytes,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,4 +122,16 @@ fn run_mock(listen: SocketAddr, api_key: Option<String>) -> std::io::Result<()> 
         }
         mock::serve(listener, MockConfig { api_key }).await
     })
+}
+
+fn run_load(config: &LoadConfig) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(load::run(config))
+        .map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", report.to_json(config))?;
+    Ok(())
 }

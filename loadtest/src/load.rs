@@ -1,0 +1,326 @@
+//! The load generator: N keep-alive connections, each sending one request after another for a
+//! bounded time and count, recording every latency.
+//!
+//! It talks plain HTTP/1.1 to whatever URL it is given (the gateway, the mock provider direct,
+//! or a pass-through proxy), so the three are measured the same way in one run. Latency is from
+//! the first byte sent to the last byte of the answer read.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+
+/// What to send and for how long.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// Full URL of the endpoint (`http://127.0.0.1:8080/v1/chat/completions`).
+    pub url: String,
+    /// Bearer key, if any.
+    pub key: Option<String>,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// How long to run after warm-up.
+    pub duration: Duration,
+    /// Warm-up, not recorded.
+    pub warmup: Duration,
+    /// Most requests in all (recorded ones), as a second bound.
+    pub requests_max: u64,
+    /// Model to ask for.
+    pub model: String,
+    /// Completion length.
+    pub max_tokens: u64,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Approximate prompt size in bytes (agents send 200-400 KB).
+    pub prompt_bytes: usize,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Requests answered 2xx in the recorded window.
+    pub ok: u64,
+    /// Requests answered otherwise, or failed.
+    pub errors: u64,
+    /// The first error seen, for the report.
+    pub first_error: Option<String>,
+    /// Recorded window.
+    pub elapsed: Duration,
+    /// Latencies of 2xx answers, in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadReport {
+    /// Requests per second.
+    #[must_use]
+    pub fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.ok as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q`-quantile latency in microseconds (`q` in 0..=1).
+    #[must_use]
+    pub fn quantile_us(&self, q: f64) -> u32 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        let last = self.latencies_us.len() - 1;
+        let index = ((last as f64) * q).round() as usize;
+        self.latencies_us.get(index.min(last)).copied().unwrap_or(0)
+    }
+
+    /// One JSON line with every figure.
+    #[must_use]
+    pub fn to_json(&self, config: &LoadConfig) -> serde_json::Value {
+        json!({
+            "url": config.url,
+            "connections": config.connections,
+            "stream": config.stream,
+            "prompt_bytes": config.prompt_bytes,
+            "max_tokens": config.max_tokens,
+            "ok": self.ok,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "requests_per_s": (self.rate() * 10.0).round() / 10.0,
+            "p50_us": self.quantile_us(0.50),
+            "p90_us": self.quantile_us(0.90),
+            "p99_us": self.quantile_us(0.99),
+            "max_us": self.latencies_us.last().copied().unwrap_or(0),
+        })
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The URL.
+    #[error("`{0}` is not an http:// URL with a host and port")]
+    Url(String),
+}
+
+/// The request body for `config`: a chat completion with a prompt of about `prompt_bytes`.
+#[must_use]
+pub fn body(config: &LoadConfig) -> Bytes {
+    // Words of ordinary text, so a tokenizer sees what it sees in real prompts.
+    const TEXT: &str = "The quick brown fox jumps over the lazy dog near the riverbank. ";
+    let repeats = config.prompt_bytes.div_ceil(TEXT.len()).max(1);
+    let prompt = TEXT.repeat(repeats);
+    let mut request = json!({
+        "model": config.model,
+        "max_tokens": config.max_tokens,
+        "messages": [
+            {"role": "system", "content": "You are a load test."},
+            {"role": "user", "content": prompt},
+        ],
+    });
+    if config.stream {
+        request["stream"] = json!(true);
+    }
+    Bytes::from(request.to_string())
+}
+
+/// Runs the load and reports.
+pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
+    let uri: Uri = config
+        .url
+        .parse()
+        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| LoadError::Url(config.url.clone()))?
+        .clone();
+    let address: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let body = body(config);
+    let start = Instant::now() + config.warmup;
+    let end = start + config.duration;
+    let per_connection_max = config
+        .requests_max
+        .div_ceil(config.connections.max(1) as u64);
+    let mut tasks = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections.max(1) {
+        let uri = uri.clone();
+        let authority = authority.clone();
+        let body = body.clone();
+        let key = config.key.clone();
+        tasks.push(tokio::spawn(async move {
+            connection(
+                address,
+                uri,
+                authority,
+                body,
+                key,
+                start,
+                end,
+                per_connection_max,
+            )
+            .await
+        }));
+    }
+    let mut report = LoadReport::default();
+    for task in tasks {
+        if let Ok(part) = task.await {
+            report.ok += part.ok;
+            report.errors += part.errors;
+            if report.first_error.is_none() {
+                report.first_error = part.first_error;
+            }
+            report.latencies_us.extend(part.latencies_us);
+        }
+    }
+    report.elapsed = Instant::now().min(end).saturating_duration_since(start);
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+#[expect(clippy::too_many_arguments, reason = "one connection's whole brief")]
+async fn connection(
+    address: SocketAddr,
+    uri: Uri,
+    authority: http::uri::Authority,
+    body: Bytes,
+    key: Option<String>,
+    start: Instant,
+    end: Instant,
+    requests_max: u64,
+) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut sender = None;
+    let mut recorded = 0u64;
+    while Instant::now() < end && recorded < requests_max {
+        if sender.is_none() {
+            match open(address).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    note(&mut report, e);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let mut request = Request::post(uri.clone())
+            .header(header::HOST, authority.as_str())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let Ok(request) = request.body(Full::new(body.clone())) else {
+            note(&mut report, "building the request".into());
+            break;
+        };
+        let sent = Instant::now();
+        let outcome = async {
+            let response = s.send_request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let collected = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, collected.to_bytes()))
+        }
+        .await;
+        let latency = sent.elapsed();
+        let recording = sent >= start;
+        match outcome {
+            Ok((status, _)) if status.is_success() => {
+                if recording {
+                    report.ok += 1;
+                    recorded += 1;
+                    report
+                        .latencies_us
+                        .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+                }
+            }
+            Ok((status, answer)) => {
+                if recording {
+                    recorded += 1;
+                    note(
+                        &mut report,
+                        format!("{status}: {}", String::from_utf8_lossy(&answer)),
+                    );
+                }
+            }
+            Err(e) => {
+                sender = None;
+                if recording {
+                    note(&mut report, e);
+                }
+            }
+        }
+    }
+    report
+}
+
+fn note(report: &mut LoadReport, error: String) {
+    report.errors += 1;
+    if report.first_error.is_none() {
+        report.first_error = Some(error.chars().take(300).collect());
+    }
+}
+
+async fn open(address: SocketAddr) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect {address}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_the_asked_prompt_size() {
+        let config = LoadConfig {
+            url: "http://127.0.0.1:1/v1/chat/completions".into(),
+            key: None,
+            connections: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            requests_max: 1,
+            model: "openai/gpt-4o-mini".into(),
+            max_tokens: 16,
+            stream: true,
+            prompt_bytes: 400_000,
+        };
+        let body = body(&config);
+        assert!((400_000..401_000).contains(&body.len()), "{}", body.len());
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["stream"], true);
+    }
+
+    #[test]
+    fn quantiles_come_from_the_sorted_latencies() {
+        let report = LoadReport {
+            ok: 5,
+            latencies_us: vec![10, 20, 30, 40, 50],
+            elapsed: Duration::from_secs(1),
+            ..LoadReport::default()
+        };
+        assert_eq!(report.quantile_us(0.5), 30);
+        assert_eq!(report.quantile_us(0.99), 50);
+        assert!((report.rate() - 5.0).abs() < 1e-9);
+    }
+}
