@@ -1,0 +1,87 @@
+//! Criterion benches of the gateway's per-request work that does not touch a socket: reading a
+//! large body's routing fields, splicing the upstream body, metering a streamed chunk.
+//!
+//! `cargo bench -p tollgate-benches --bench gateway`
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+use tollgate_gateway::json_scan;
+use tollgate_gateway::sse::{self, Framer};
+use tollgate_gateway::wire::{Api, StreamTally};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An agent's request: a long conversation of ordinary text, about `bytes` in all.
+fn agent_body(bytes: usize) -> Vec<u8> {
+    let turn = "The quick brown fox jumps over the lazy dog; \"quoted\" and escaped \\ text. ";
+    let mut messages = Vec::new();
+    let mut size = 0;
+    while size < bytes {
+        let content = turn.repeat(60);
+        size += content.len() + 40;
+        messages.push(json!({"role": if messages.len() % 2 == 0 { "user" } else { "assistant" }, "content": content}));
+    }
+    serde_json::to_vec(&json!({
+        "messages": messages,
+        "tools": [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}],
+        "model": "anthropic/claude-sonnet-4-5",
+        "max_tokens": 4096,
+        "stream": true,
+    }))
+    .unwrap()
+}
+
+const WANTED: [&str; 7] = [
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "n",
+];
+
+fn scan(c: &mut Criterion) {
+    let mut group = c.benchmark_group("body");
+    for size in [4_000, 400_000] {
+        let body = agent_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("scan {} KB", size / 1000), |b| {
+            b.iter(|| json_scan::scan(black_box(&body), WANTED).unwrap())
+        });
+        group.bench_function(
+            format!("serde_json tree {} KB (for comparison)", size / 1000),
+            |b| b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap()),
+        );
+    }
+    group.finish();
+}
+
+fn stream(c: &mut Criterion) {
+    let chunk = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    );
+    c.bench_function("stream chunk frame+meter", |b| {
+        let mut framer = Framer::default();
+        let mut tally = StreamTally::new(1 << 20);
+        let mut events = Vec::new();
+        b.iter(|| {
+            events.clear();
+            framer.push(chunk.clone(), &mut events).unwrap();
+            for event in &events {
+                let parsed = sse::parse(event);
+                black_box(tally.observe(Api::ChatCompletions, &parsed.data));
+            }
+            if tally.text.len() > 1 << 19 {
+                tally.text.clear();
+            }
+        })
+    });
+}
+
+criterion_group!(benches, scan, stream);
+criterion_main!(benches);
