@@ -278,6 +278,9 @@ enum Mode {
     },
 }
 
+/// Most bytes gathered from pieces the upstream has ready before they are sent on.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
 /// How an answer is rewritten for a client that speaks another API than the provider.
 pub enum Translate {
     /// Anthropic events to OpenAI chunks.
@@ -501,6 +504,9 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
+        let mut ready: Option<BytesMut> = None;
+        let emit = |ready: Option<BytesMut>| ready.map(|r| Ok(Frame::data(r.freeze())));
         loop {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -510,7 +516,13 @@ impl Body for Metered {
                         continue; // trailers: not forwarded over HTTP/1.1
                     };
                     match this.take(data) {
-                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(Some(out)) => {
+                            let buffer = ready.get_or_insert_with(BytesMut::new);
+                            buffer.extend_from_slice(&out);
+                            if buffer.len() >= COALESCE_BYTES_MAX {
+                                return Poll::Ready(emit(ready));
+                            }
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             this.end(Status::UpstreamError);
@@ -523,15 +535,20 @@ impl Body for Metered {
                     return Poll::Ready(Some(Err(BodyError::Upstream(e))));
                 }
                 Poll::Ready(None) => {
-                    let tail = if this.ticket.is_some() {
-                        this.last()
-                    } else {
-                        None
-                    };
+                    if this.ticket.is_some()
+                        && let Some(tail) = this.last()
+                    {
+                        ready
+                            .get_or_insert_with(BytesMut::new)
+                            .extend_from_slice(&tail);
+                    }
                     this.end(Status::Ok);
-                    return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
+                    return Poll::Ready(emit(ready));
                 }
                 Poll::Pending => {
+                    if ready.is_some() {
+                        return Poll::Ready(emit(ready));
+                    }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         this.end(Status::UpstreamTimeout);
                         return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));

@@ -212,6 +212,11 @@ async fn connection(
             }
         }
         let Some(s) = sender.as_mut() else { continue };
+        // The connection takes the next request only once it has finished with the last one.
+        if s.ready().await.is_err() {
+            sender = None;
+            continue;
+        }
         let mut request = Request::post(uri.clone())
             .header(header::HOST, authority.as_str())
             .header(header::CONTENT_TYPE, "application/json");

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Measures what the gateway adds, in one run beside two baselines: the mock provider called
+# direct, and stock nginx as a bare keep-alive pass-through proxy in front of the same mock.
+# Prints one JSON line per measurement. Needs nginx on PATH (Debian: apt-get install nginx-light).
+#
+#   loadtest/scripts/overhead.sh [seconds-per-run]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${1:-10}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release --locked --bins -q
+bin="$target/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; nginx -p "$work/nginx" -c nginx.conf -s stop 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mock_port=$(port); gateway_port=$(port); nginx_port=$(port)
+
+"$bin/tollgate-loadtest" mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" &
+pids+=($!)
+
+cp gateway/config/rates.example.toml "$work/rates.toml"
+cat > "$work/tollgate.toml" <<TOML
+rate_card = "rates.toml"
+[server]
+listen = "127.0.0.1:$gateway_port"
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:$mock_port/v1"
+[[team]]
+name = "bench"
+[[project]]
+name = "bench"
+team = "bench"
+[[allocation]]
+name = "bench"
+project = "bench"
+TOML
+TOLLGATE_ADMIN_TOKEN=bench-admin "$bin/tollgate" serve --config "$work/tollgate.toml" > "$work/gateway.log" &
+pids+=($!)
+
+mkdir -p "$work/nginx/logs"
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+error_log logs/error.log warn;
+pid nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_buffer_size 1m;
+  client_max_body_size 64m;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  keepalive_requests 10000000;
+  upstream mock { server 127.0.0.1:$mock_port; keepalive 256; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -p "$work/nginx" -c nginx.conf
+
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$gateway_port/healthz" > /dev/null && break
+  sleep 0.05
+done
+key=$(curl -sf -X POST "http://127.0.0.1:$gateway_port/admin/v1/keys" \
+  -H "authorization: Bearer bench-admin" -d '{"allocation":"bench","user":"bench"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+
+run() {
+  local name=$1 url=$2; shift 2
+  printf '{"target":"%s",' "$name"
+  "$bin/tollgate-loadtest" run --url "$url" --key "$key" --duration-s "$seconds" --warmup-s 1 "$@" | cut -c2-
+}
+for args in "--connections 1" "--connections 32" "--connections 1 --prompt-bytes 400000" "--connections 32 --stream"; do
+  # shellcheck disable=SC2086
+  run direct "http://127.0.0.1:$mock_port/v1/chat/completions" $args
+  # shellcheck disable=SC2086
+  run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" $args
+  # shellcheck disable=SC2086
+  run tollgate "http://127.0.0.1:$gateway_port/v1/chat/completions" $args
+done
