@@ -38,8 +38,9 @@ pub const UPSTREAM_IDLE_CONNECTIONS_MAX: usize = 256;
 /// this size it is still forwarded, and its usage is counted instead.
 pub const RESPONSE_METER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// Streamed text kept to count tokens when the provider reports no usage.
-pub const STREAM_TEXT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Streamed text kept per stream to count tokens when the provider reports no usage; text past
+/// it is counted by extrapolation from what was kept (and flagged estimated).
+pub const STREAM_TEXT_BYTES_MAX: usize = 16 * 1024;
 
 /// One server-sent event line kept while it is incomplete.
 pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;

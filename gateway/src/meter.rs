@@ -203,6 +203,7 @@ impl Ticket {
         self,
         status: Status,
         output_text: String,
+        beyond_bytes: u64,
         reported_input: Option<TokenUsage>,
         ttft: Option<Duration>,
     ) {
@@ -219,15 +220,25 @@ impl Ticket {
                     (TokenUsage::new(total, 0, 0, 0, 0), exactness)
                 }
             };
-            let (output, output_exactness) = count_tokens(model, &output_text);
-            let exactness =
-                if input_exactness == Exactness::Exact && output_exactness == Exactness::Exact {
-                    Exactness::Exact
-                } else {
-                    Exactness::Estimate
-                };
+            let (kept, output_exactness) = count_tokens(model, &output_text);
+            // Text past the kept part: at the density of the kept part (4 bytes a token if
+            // nothing was kept).
+            let beyond = if output_text.is_empty() {
+                beyond_bytes.div_ceil(4)
+            } else {
+                let scaled = u128::from(beyond_bytes) * u128::from(kept.0);
+                u64::try_from(scaled.div_ceil(output_text.len() as u128)).unwrap_or(u64::MAX)
+            };
+            let exact = input_exactness == Exactness::Exact
+                && output_exactness == Exactness::Exact
+                && beyond_bytes == 0;
+            let exactness = if exact {
+                Exactness::Exact
+            } else {
+                Exactness::Estimate
+            };
             let usage = TokenUsage {
-                output: Tokens(output.0),
+                output: Tokens(kept.0.saturating_add(beyond)),
                 ..input
             };
             ticket.finish(status, Measured::Counted(usage, exactness), ttft);
@@ -476,19 +487,20 @@ impl Metered {
                 if let Some(usage) = wire::usage_of_body(self.wire_api, &body) {
                     ticket.finish(status, Measured::Provider(usage), ttft);
                 } else if let Some(text) = wire::text_of_body(&body) {
-                    ticket.finish_counting(status, text, None, ttft);
+                    ticket.finish_counting(status, text, 0, None, ttft);
                 } else if status == Status::Ok {
                     ticket.finish(status, Measured::Unknown, ttft);
                 } else {
                     // Cut off before a whole answer arrived: bill the prompt as sent.
-                    ticket.finish_counting(status, String::new(), None, ttft);
+                    ticket.finish_counting(status, String::new(), 0, None, ttft);
                 }
             }
             Mode::Sse { tally, .. } => match tally.usage() {
                 Some(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
                 None => {
                     let text = std::mem::take(&mut tally.text);
-                    ticket.finish_counting(status, text, tally.reported_input(), ttft);
+                    let beyond = tally.beyond_bytes;
+                    ticket.finish_counting(status, text, beyond, tally.reported_input(), ttft);
                 }
             },
         }

@@ -198,6 +198,9 @@ pub struct StreamTally {
     pub text: String,
     /// Most text kept.
     pub text_bytes_max: usize,
+    /// Bytes of text seen past `text_bytes_max`: counted by extrapolation, not kept, so a long
+    /// stream costs no more memory than a short one.
+    pub beyond_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,7 +295,7 @@ impl StreamTally {
         let Ok(chunk) = serde_json::from_slice::<OpenAiChunk>(data) else {
             return observed;
         };
-        let text_before = self.text.len();
+        let text_before = self.seen_bytes();
         for choice in &chunk.choices {
             if let Some(delta) = &choice.delta {
                 self.keep_strings(delta);
@@ -306,7 +309,7 @@ impl StreamTally {
         {
             self.keep_strings(delta);
         }
-        observed.text = self.text.len() > text_before;
+        observed.text = self.seen_bytes() > text_before;
         let usage = chunk
             .usage
             .as_ref()
@@ -336,9 +339,9 @@ impl StreamTally {
         if let Some(delta) = &event.delta
             && event.kind.as_deref() == Some("content_block_delta")
         {
-            let before = self.text.len();
+            let before = self.seen_bytes();
             self.keep_strings(delta);
-            observed.text = self.text.len() > before;
+            observed.text = self.seen_bytes() > before;
         }
         observed
     }
@@ -350,13 +353,23 @@ impl StreamTally {
             end -= 1;
         }
         self.text.push_str(text.get(..end).unwrap_or_default());
+        self.beyond_bytes += (text.len() - end) as u64;
     }
 
     fn keep_strings(&mut self, value: &serde_json::Value) {
         let room = self.text_bytes_max.saturating_sub(self.text.len());
         let mut text = std::mem::take(&mut self.text);
+        let before = text.len();
         collect_strings(value, &mut text, room);
+        let kept = (text.len() - before) as u64;
+        self.beyond_bytes += string_bytes(value).saturating_sub(kept);
         self.text = text;
+    }
+
+    /// All text seen, kept or not.
+    #[must_use]
+    pub fn seen_bytes(&self) -> u64 {
+        self.text.len() as u64 + self.beyond_bytes
     }
 
     /// The usage the provider reported, if it did; for Anthropic, only once both the prompt and
@@ -379,6 +392,25 @@ impl StreamTally {
             ..state
         })
         .normalise()
+    }
+}
+
+/// Bytes of the strings `collect` would take from `value`.
+fn string_bytes(value: &serde_json::Value) -> u64 {
+    match value {
+        serde_json::Value::String(s) => s.len() as u64,
+        serde_json::Value::Array(items) => items.iter().map(string_bytes).sum(),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(key, _)| {
+                !matches!(
+                    key.as_str(),
+                    "role" | "type" | "id" | "finish_reason" | "stop_reason"
+                )
+            })
+            .map(|(_, item)| string_bytes(item))
+            .sum(),
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => 0,
     }
 }
 

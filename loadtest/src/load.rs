@@ -39,6 +39,8 @@ pub struct LoadConfig {
     pub stream: bool,
     /// Approximate prompt size in bytes (agents send 200-400 KB).
     pub prompt_bytes: usize,
+    /// A `"mock"` object for the mock provider (delays per token, errors), sent as is.
+    pub mock: Option<serde_json::Value>,
 }
 
 /// What a run measured.
@@ -126,6 +128,9 @@ pub fn body(config: &LoadConfig) -> Bytes {
     });
     if config.stream {
         request["stream"] = json!(true);
+    }
+    if let Some(mock) = &config.mock {
+        request["mock"] = mock.clone();
     }
     Bytes::from(request.to_string())
 }
@@ -271,6 +276,117 @@ async fn connection(
     report
 }
 
+/// What holding many streams open measured.
+#[derive(Clone, Debug, Default)]
+pub struct HoldReport {
+    /// Streams that received their first bytes.
+    pub opened: u64,
+    /// Streams that failed to open.
+    pub failed: u64,
+    /// The first failure.
+    pub first_error: Option<String>,
+    /// Time until every stream had its first bytes (or gave up).
+    pub ramp: Duration,
+}
+
+/// Opens `config.connections` streaming requests at once, waits until each has its first bytes,
+/// calls `holding` with the report while all are open, then drops them.
+pub async fn hold<F: std::future::Future<Output = ()>>(
+    config: &LoadConfig,
+    holding: impl FnOnce(&HoldReport) -> F,
+) -> Result<HoldReport, LoadError> {
+    let uri: Uri = config
+        .url
+        .parse()
+        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| LoadError::Url(config.url.clone()))?
+        .clone();
+    let address: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let body = body(config);
+    let started = Instant::now();
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections {
+        let (uri, authority, body, key) = (
+            uri.clone(),
+            authority.clone(),
+            body.clone(),
+            config.key.clone(),
+        );
+        let opened = opened_tx.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let first = async {
+                let mut sender = open(address).await?;
+                let mut request = Request::post(uri)
+                    .header(header::HOST, authority.as_str())
+                    .header(header::CONTENT_TYPE, "application/json");
+                if let Some(key) = &key {
+                    request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+                }
+                let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("status {}", response.status()));
+                }
+                let mut body = response.into_body();
+                match body.frame().await {
+                    Some(Ok(_)) => Ok((sender, body)),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("stream ended before its first bytes".into()),
+                }
+            }
+            .await;
+            match first {
+                Ok(open_stream) => {
+                    let _ = opened.send(Ok(())).await;
+                    // Hold the stream (reading as it comes) until told to let go.
+                    let (_sender, mut body) = open_stream;
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            frame = body.frame() => if frame.is_none() { break },
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = opened.send(Err(e)).await;
+                }
+            }
+        }));
+    }
+    drop(opened_tx);
+    let mut report = HoldReport::default();
+    while let Some(outcome) = opened_rx.recv().await {
+        match outcome {
+            Ok(()) => report.opened += 1,
+            Err(e) => {
+                report.failed += 1;
+                report.first_error.get_or_insert(e);
+            }
+        }
+        if report.opened + report.failed == config.connections as u64 {
+            break;
+        }
+    }
+    report.ramp = started.elapsed();
+    holding(&report).await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(report)
+}
+
 fn note(report: &mut LoadReport, error: String) {
     report.errors += 1;
     if report.first_error.is_none() {
@@ -309,6 +425,7 @@ mod tests {
             max_tokens: 16,
             stream: true,
             prompt_bytes: 400_000,
+            mock: None,
         };
         let body = body(&config);
         assert!((400_000..401_000).contains(&body.len()), "{}", body.len());

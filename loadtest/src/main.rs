@@ -68,6 +68,30 @@ enum Command {
         /// Prompt size in bytes.
         #[arg(long, default_value_t = 1_000)]
         prompt_bytes: usize,
+        /// Milliseconds the mock provider waits before each token.
+        #[arg(long)]
+        token_ms: Option<u64>,
+    },
+    /// Open N streaming requests at once and hold them while `--hold-s` passes.
+    Hold {
+        /// Full URL of the endpoint.
+        #[arg(long)]
+        url: String,
+        /// Bearer key.
+        #[arg(long, env = "TOLLGATE_KEY")]
+        key: Option<String>,
+        /// Streams to hold.
+        #[arg(long, default_value_t = 1_000)]
+        streams: usize,
+        /// Seconds to hold them once all are open.
+        #[arg(long, default_value_t = 10)]
+        hold_s: u64,
+        /// Milliseconds the mock provider waits before each token (long: streams stay open).
+        #[arg(long, default_value_t = 1_000)]
+        token_ms: u64,
+        /// Model.
+        #[arg(long, default_value = "openai/gpt-4o-mini")]
+        model: String,
     },
 }
 
@@ -86,6 +110,7 @@ fn main() -> ExitCode {
             max_tokens,
             stream,
             prompt_bytes,
+            token_ms,
         } => run_load(&LoadConfig {
             url,
             key,
@@ -97,7 +122,31 @@ fn main() -> ExitCode {
             max_tokens,
             stream,
             prompt_bytes,
+            mock: token_ms.map(|ms| serde_json::json!({ "token_ms": ms })),
         }),
+        Command::Hold {
+            url,
+            key,
+            streams,
+            hold_s,
+            token_ms,
+            model,
+        } => run_hold(
+            &LoadConfig {
+                url,
+                key,
+                connections: streams,
+                duration: Duration::from_secs(hold_s),
+                warmup: Duration::ZERO,
+                requests_max: streams as u64,
+                model,
+                max_tokens: 100_000,
+                stream: true,
+                prompt_bytes: 100,
+                mock: Some(serde_json::json!({ "token_ms": token_ms })),
+            },
+            hold_s,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,5 +182,29 @@ fn run_load(config: &LoadConfig) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", report.to_json(config))?;
+    Ok(())
+}
+
+fn run_hold(config: &LoadConfig, hold_s: u64) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(load::hold(config, |report| {
+            let line = serde_json::json!({
+                "holding": report.opened,
+                "failed": report.failed,
+                "first_error": report.first_error,
+                "ramp_s": report.ramp.as_secs_f64(),
+            });
+            // Printed while the streams are open, so a script can measure the gateway now.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            tokio::time::sleep(Duration::from_secs(hold_s))
+        }))
+        .map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::json!({ "released": report.opened }))?;
     Ok(())
 }

@@ -149,3 +149,40 @@ fn shutdown_drains_a_stream_in_flight() {
     assert_eq!(events[0]["status"], "ok");
     assert_eq!(events[0]["tokens_out"], 100);
 }
+
+#[test]
+fn a_long_stream_without_usage_is_counted_in_bounded_memory() {
+    let mut stack = Stack::start("no-usage", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    // 5,000 tokens (30 KB of text) and no usage from the provider: the first 16 KB are kept
+    // and counted, the rest is extrapolated, and the event says it was estimated.
+    let request = chat(
+        "openai/gpt-4o-mini",
+        json!({"stream": true, "max_tokens": 5000, "mock": {"omit_usage": true}}),
+    );
+    let answer = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text().matches(" hello").count(), 5000);
+    // Short and whole: counted exactly.
+    let short = chat(
+        "openai/gpt-4o-mini",
+        json!({"stream": true, "max_tokens": 7, "mock": {"omit_usage": true}}),
+    );
+    assert_eq!(
+        post_json(stack.address(), "/v1/chat/completions", &key, &short).status,
+        200
+    );
+    stack.stop();
+    // Counting runs off the async threads, so the two events may be written in either order.
+    let mut events = stack.events();
+    events.sort_by_key(|e| e["tokens_out"].as_u64());
+    assert_eq!(events[0]["usage_source"], "counted");
+    assert_eq!(events[0]["tokens_out"], 7);
+    assert!(events[0]["tokens_in"].as_u64().unwrap() > 0);
+    assert_eq!(events[1]["usage_source"], "estimated", "{events:#?}");
+    let out = events[1]["tokens_out"].as_u64().unwrap();
+    assert!(
+        (4_950..=5_050).contains(&out),
+        "counted {out} of 5000 tokens"
+    );
+}
