@@ -194,6 +194,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tollgate")
+        // Blocking work is token counting for calls without usage: a few threads suffice, and a
+        // mass hang-up must not spawn hundreds.
+        .max_blocking_threads(tollgate_gateway::limits::BLOCKING_THREADS_MAX)
         .build()
         .context("starting the async runtime")?;
     let writer = runtime.block_on(async {
