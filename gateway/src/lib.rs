@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bedrock;
 pub mod client;
 pub mod config;
 pub mod emit;
