@@ -95,6 +95,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: the OpenAI API on deployments, `api-key` header, `api-version` query.
     Azure,
+    /// AWS Bedrock's Converse API, SigV4-signed with the standard AWS environment variables.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -105,6 +107,7 @@ impl ProviderKind {
             ProviderKind::Openai => "openai",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }
@@ -122,6 +125,8 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// Azure's `api-version` query parameter (required for `azure`).
     pub api_version: Option<String>,
+    /// The AWS region (required for `bedrock`).
+    pub region: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Time to the response head.
@@ -320,9 +325,10 @@ fn default_events_dir() -> String {
 struct RawProvider {
     name: Spanned<String>,
     kind: ProviderKind,
-    base_url: Spanned<String>,
+    base_url: Option<Spanned<String>>,
     api_key_env: Option<String>,
     api_version: Option<String>,
+    region: Option<String>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -476,11 +482,17 @@ impl RawConfig {
             let span = raw.span();
             let raw = raw.into_inner();
             let name = raw.name.get_ref().clone();
-            if !is_name(&name) || name.contains('/') {
+            // The provider is the first part of `provider/model`: the same rule as model names.
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !name_ok {
                 return Err(err(
                     format!("provider[{i}].name"),
                     raw.name.span(),
-                    "must be a non-empty name of letters, digits, `-`, `_` or `.`".into(),
+                    "must be 1 to 64 lower-case letters, digits, `-` or `_`".into(),
                 ));
             }
             if providers.iter().any(|p| p.name == name) {
@@ -490,13 +502,42 @@ impl RawConfig {
                     format!("provider `{name}` is defined twice"),
                 ));
             }
-            let base_url = raw.base_url.get_ref().trim_end_matches('/').to_owned();
+            let region_ok = raw.region.as_deref().is_some_and(|r| {
+                !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            match (raw.kind, &raw.region) {
+                (ProviderKind::Bedrock, _) if !region_ok => {
+                    return Err(err(
+                        format!("provider[{i}].region"),
+                        span,
+                        "a bedrock provider needs `region` (like \"us-east-1\")".into(),
+                    ));
+                }
+                (ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure, Some(_)) => {
+                    return Err(err(
+                        format!("provider[{i}].region"),
+                        span,
+                        "`region` is for bedrock providers only".into(),
+                    ));
+                }
+                _ => {}
+            }
+            let (base_url, base_span) = match (&raw.base_url, raw.kind, &raw.region) {
+                (Some(url), _, _) => (url.get_ref().trim_end_matches('/').to_owned(), url.span()),
+                (None, ProviderKind::Bedrock, Some(region)) => (
+                    format!("https://bedrock-runtime.{region}.amazonaws.com"),
+                    span.clone(),
+                ),
+                (None, _, _) => {
+                    return Err(err(
+                        format!("provider[{i}].base_url"),
+                        span,
+                        "missing field `base_url`".into(),
+                    ));
+                }
+            };
             if let Err(reason) = crate::upstream::check_base_url(&base_url) {
-                return Err(err(
-                    format!("provider[{i}].base_url"),
-                    raw.base_url.span(),
-                    reason,
-                ));
+                return Err(err(format!("provider[{i}].base_url"), base_span, reason));
             }
             if let Some(var) = &raw.api_key_env
                 && var.is_empty()
@@ -515,7 +556,10 @@ impl RawConfig {
                         "an azure provider needs `api_version` (like \"2024-10-21\")".into(),
                     ));
                 }
-                (ProviderKind::Openai | ProviderKind::Anthropic, Some(_)) => {
+                (
+                    ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Bedrock,
+                    Some(_),
+                ) => {
                     return Err(err(
                         format!("provider[{i}].api_version"),
                         span,
@@ -530,6 +574,7 @@ impl RawConfig {
                 base_url,
                 api_key_env: raw.api_key_env,
                 api_version: raw.api_version,
+                region: raw.region,
                 connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
                 first_byte_timeout: ms(
                     raw.first_byte_timeout_ms,
@@ -778,7 +823,11 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
         let config =
             Config::load(&Path::new(&manifest).join("config/tollgate.example.toml")).unwrap();
-        assert_eq!(config.providers.len(), 3);
+        assert_eq!(config.providers.len(), 4);
+        assert_eq!(
+            config.provider("bedrock").unwrap().base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
         assert_eq!(
             config.provider("azure").unwrap().api_version.as_deref(),
             Some("2024-10-21")

@@ -28,6 +28,7 @@ use tollgate_engine::{
     UsageEvent, UsageSource, VirtualKey,
 };
 
+use crate::bedrock;
 use crate::gateway::Gateway;
 use crate::limits::{RESPONSE_METER_BYTES_MAX, STREAM_TEXT_BYTES_MAX};
 use crate::metrics::Counter;
@@ -268,6 +269,9 @@ pub enum BodyError {
     /// A server-sent event grew past its limit.
     #[error(transparent)]
     Oversized(#[from] sse::Oversized),
+    /// A Bedrock event-stream frame was corrupt.
+    #[error(transparent)]
+    Frame(#[from] bedrock::FrameError),
     /// A whole answer to translate grew past its limit.
     #[error("upstream answer larger than {0} bytes cannot be translated")]
     TooLarge(usize),
@@ -279,6 +283,11 @@ enum Mode {
         kept: Vec<Bytes>,
         kept_bytes: usize,
         overflow: bool,
+    },
+    /// AWS event-stream frames (Bedrock), always translated.
+    Frames {
+        decoder: bedrock::Decoder,
+        frames: Vec<bedrock::Frame>,
     },
     /// Server-sent events.
     Sse {
@@ -296,10 +305,16 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 pub enum Translate {
     /// Anthropic events to OpenAI chunks.
     Stream(Box<StreamTranslator>),
-    /// A whole Anthropic message (or error) to a chat completion, for `model`.
+    /// Bedrock ConverseStream frames to OpenAI chunks.
+    BedrockStream(Box<bedrock::StreamTranslator>),
+    /// A whole answer (or error) of the provider's API `target` to a chat completion.
     Whole {
         /// The model name the client used.
         model: String,
+        /// The provider's API.
+        target: Api,
+        /// Bedrock's `x-amzn-ErrorType`, for an error answer.
+        error_type: Option<String>,
     },
 }
 
@@ -369,6 +384,12 @@ impl Metered {
     #[must_use]
     pub fn translated(mut self, wire_api: Api, translate: Translate) -> Metered {
         self.wire_api = wire_api;
+        if matches!(translate, Translate::BedrockStream(_)) {
+            self.mode = Mode::Frames {
+                decoder: bedrock::Decoder::default(),
+                frames: Vec::new(),
+            };
+        }
         self.translate = Some(translate);
         self
     }
@@ -401,6 +422,20 @@ impl Metered {
                     (Some(_), false) => Ok(None),
                     (Some(_), true) => Err(BodyError::TooLarge(RESPONSE_METER_BYTES_MAX)),
                 }
+            }
+            Mode::Frames { decoder, frames } => {
+                frames.clear();
+                decoder.push(&data, frames)?;
+                let Some(Translate::BedrockStream(translator)) = &mut self.translate else {
+                    return Ok(None);
+                };
+                let mut out = String::new();
+                for frame in frames.drain(..) {
+                    if translator.frame(&frame, &mut out) && self.ttft.is_none() {
+                        self.ttft = since_sent;
+                    }
+                }
+                Ok((!out.is_empty()).then(|| Bytes::from(out)))
             }
             Mode::Sse {
                 framer,
@@ -448,19 +483,38 @@ impl Metered {
     /// The last piece to send once the upstream has ended: an incomplete trailing event, or
     /// the translated whole answer.
     fn last(&mut self) -> Option<Bytes> {
-        match (&mut self.mode, &self.translate) {
+        match (&mut self.mode, &mut self.translate) {
             (Mode::Sse { framer, .. }, None) => framer.finish(),
-            (Mode::Sse { .. }, Some(_)) | (Mode::Json { .. }, None) => None,
+            (Mode::Frames { .. }, Some(Translate::BedrockStream(translator))) => {
+                // A stream cut before its `metadata` event still ends as OpenAI streams end.
+                let mut out = String::new();
+                translator.finish(&mut out);
+                Some(Bytes::from(out))
+            }
+            (Mode::Sse { .. } | Mode::Frames { .. }, _) | (Mode::Json { .. }, None) => None,
             (Mode::Json { kept, .. }, Some(translate)) => {
                 let body: Vec<u8> = kept.iter().flat_map(|b| b.iter().copied()).collect();
+                let created_s = crate::gateway::now_ms().0 / 1000;
                 let translated = match translate {
+                    Translate::Whole {
+                        target: Api::Converse,
+                        error_type,
+                        ..
+                    } if self.error_answer => {
+                        Some(bedrock::error_to_openai(&body, error_type.as_deref()))
+                    }
                     Translate::Whole { .. } if self.error_answer => {
                         translate::error_to_openai(&body)
                     }
-                    Translate::Whole { model } => {
-                        translate::message_to_chat(&body, model, crate::gateway::now_ms().0 / 1000)
+                    Translate::Whole {
+                        model,
+                        target: Api::Converse,
+                        ..
+                    } => bedrock::converse_to_chat(&body, model, created_s),
+                    Translate::Whole { model, .. } => {
+                        translate::message_to_chat(&body, model, created_s)
                     }
-                    Translate::Stream(_) => None,
+                    Translate::Stream(_) | Translate::BedrockStream(_) => None,
                 };
                 Some(translated.map_or_else(|| Bytes::from(body), Bytes::from))
             }
@@ -493,6 +547,20 @@ impl Metered {
                 } else {
                     // Cut off before a whole answer arrived: bill the prompt as sent.
                     ticket.finish_counting(status, String::new(), 0, None, ttft);
+                }
+            }
+            Mode::Frames { .. } => {
+                let Some(Translate::BedrockStream(translator)) = &mut self.translate else {
+                    ticket.finish(status, Measured::Unknown, ttft);
+                    return;
+                };
+                match translator.usage {
+                    Some(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
+                    None => {
+                        let text = std::mem::take(&mut translator.text);
+                        let beyond = translator.beyond_bytes;
+                        ticket.finish_counting(status, text, beyond, None, ttft);
+                    }
                 }
             }
             Mode::Sse { tally, .. } => match tally.usage() {
@@ -578,7 +646,7 @@ impl Body for Metered {
     fn size_hint(&self) -> SizeHint {
         match self.mode {
             Mode::Json { .. } => self.upstream.size_hint(),
-            Mode::Sse { .. } => SizeHint::default(),
+            Mode::Sse { .. } | Mode::Frames { .. } => SizeHint::default(),
         }
     }
 }

@@ -67,7 +67,7 @@ fn route_index(api: Option<Api>) -> usize {
         Some(Api::Embeddings) => 2,
         Some(Api::Responses) => 3,
         Some(Api::Messages) => 4,
-        None => 5,
+        Some(Api::Converse) | None => 5,
     }
 }
 

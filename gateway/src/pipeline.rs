@@ -319,9 +319,11 @@ struct Admitted {
     hide_usage: bool,
 }
 
-/// A call translated from OpenAI chat completions to Anthropic's Messages API.
+/// A call translated from OpenAI chat completions to the provider's own API.
 #[derive(Clone, Copy, Debug)]
 struct Translation {
+    /// The provider's API.
+    target: Api,
     /// The client asked for the usage chunk at the end of a stream.
     include_usage: bool,
 }
@@ -392,14 +394,24 @@ impl Call<'_> {
             })?;
 
         // The provider must speak the route's API, or be translated to (OpenAI chat
-        // completions in front of Anthropic).
-        let translate = match (upstream.config.kind, self.api) {
-            (ProviderKind::Anthropic, Api::ChatCompletions) => true,
+        // completions in front of Anthropic and Bedrock).
+        let translate_to = match (upstream.config.kind, self.api) {
+            (ProviderKind::Anthropic, Api::ChatCompletions) => Some(Api::Messages),
+            (ProviderKind::Bedrock, Api::ChatCompletions) => Some(Api::Converse),
             (ProviderKind::Anthropic, Api::Messages)
             | (
                 ProviderKind::Openai | ProviderKind::Azure,
                 Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses,
-            ) => false,
+            ) => None,
+            (ProviderKind::Bedrock, _) => {
+                return Err(Failure::BadRequest(format!(
+                    "provider `{}` is Bedrock's Converse API: call it on /v1/chat/completions",
+                    model.provider()
+                )));
+            }
+            (_, Api::Converse) => {
+                return Err(Failure::Internal("Converse is not a route".into()));
+            }
             (ProviderKind::Anthropic, _) => {
                 return Err(Failure::BadRequest(format!(
                     "provider `{}` speaks Anthropic's Messages API: call it on /v1/messages or /v1/chat/completions",
@@ -472,12 +484,18 @@ impl Call<'_> {
             .unwrap_or(false);
         let needs_usage_option = stream
             && !asks_usage
-            && !translate
+            && translate_to.is_none()
             && matches!(self.api, Api::ChatCompletions | Api::Completions);
-        let chunks = if translate {
-            let translated =
-                crate::translate::chat_to_messages(&body, model.model(), price.max_output_tokens)
-                    .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let chunks = if let Some(target) = translate_to {
+            let translated = match target {
+                Api::Converse => crate::bedrock::chat_to_converse(&body, price.max_output_tokens),
+                _ => crate::translate::chat_to_messages(
+                    &body,
+                    model.model(),
+                    price.max_output_tokens,
+                ),
+            }
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
             vec![Bytes::from(translated)]
         } else {
             let model_value = Bytes::from(
@@ -502,7 +520,8 @@ impl Call<'_> {
         };
         Ok(Admitted {
             api: self.api,
-            translation: translate.then_some(Translation {
+            translation: translate_to.map(|target| Translation {
+                target,
                 include_usage: asks_usage,
             }),
             key,
@@ -626,13 +645,9 @@ async fn forward(
         http_status: 0,
         permit,
     };
-    let wire_api = if translation.is_some() {
-        Api::Messages
-    } else {
-        api
-    };
-    let path = upstream.path(wire_api, ticket.model.model());
-    let request = match upstream.request(&path, upstream_body, &forwarded_headers) {
+    let wire_api = translation.map_or(api, |t| t.target);
+    let path = upstream.path(wire_api, ticket.model.model(), stream);
+    let request = match upstream.request(&path, upstream_body, &forwarded_headers, now_ms()) {
         Ok(r) => r,
         Err(e) => {
             let failure = Failure::Internal(format!("building the upstream request: {e}"));
@@ -700,20 +715,35 @@ async fn forward(
         Metered::error_answer(body, ticket, idle)
     };
     if let Some(translation) = translation {
-        let translate = if success && is_sse {
-            Translate::Stream(Box::new(StreamTranslator::new(
-                &client_model,
-                now_ms().0 / 1000,
-                translation.include_usage,
-            )))
-        } else {
-            Translate::Whole {
-                model: client_model,
+        let created_s = now_ms().0 / 1000;
+        let streamed = success && stream;
+        let translate = match (translation.target, streamed) {
+            (Api::Converse, true) => {
+                Translate::BedrockStream(Box::new(crate::bedrock::StreamTranslator::new(
+                    &client_model,
+                    created_s,
+                    translation.include_usage,
+                    crate::limits::STREAM_TEXT_BYTES_MAX,
+                )))
             }
+            (_, true) => Translate::Stream(Box::new(StreamTranslator::new(
+                &client_model,
+                created_s,
+                translation.include_usage,
+            ))),
+            (target, false) => Translate::Whole {
+                model: client_model,
+                target,
+                error_type: parts
+                    .headers
+                    .get("x-amzn-errortype")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            },
         };
-        body = body.translated(Api::Messages, translate);
+        body = body.translated(translation.target, translate);
         if let Some(headers) = out.headers_mut() {
-            let content_type = if success && is_sse {
+            let content_type = if streamed {
                 "text/event-stream"
             } else {
                 "application/json"

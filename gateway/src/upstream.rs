@@ -19,6 +19,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use tollgate_engine::UnixMs;
+
+use crate::bedrock::{self, Credentials};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::limits::UPSTREAM_IDLE_CONNECTIONS_MAX;
 use crate::wire::Api;
@@ -44,6 +47,11 @@ impl SliceBody {
     #[must_use]
     pub fn len(&self) -> u64 {
         self.remaining
+    }
+
+    /// The chunks, in order (for hashing a body before it is sent).
+    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.chunks.iter()
     }
 
     /// Whether the body is empty.
@@ -88,6 +96,7 @@ pub struct Upstream {
     name: Arc<str>,
     base: Uri,
     credential: Option<HeaderValue>,
+    aws: Option<Credentials>,
     client: HttpClient,
 }
 
@@ -154,7 +163,10 @@ impl Upstream {
             Some(var) => {
                 let value = env(var).filter(|v| !v.is_empty());
                 let header = value.and_then(|secret| match config.kind {
-                    ProviderKind::Openai => HeaderValue::try_from(format!("Bearer {secret}")).ok(),
+                    // Bedrock API keys are bearer tokens too.
+                    ProviderKind::Openai | ProviderKind::Bedrock => {
+                        HeaderValue::try_from(format!("Bearer {secret}")).ok()
+                    }
                     ProviderKind::Anthropic | ProviderKind::Azure => {
                         HeaderValue::try_from(secret).ok()
                     }
@@ -168,6 +180,24 @@ impl Upstream {
                 header.set_sensitive(true);
                 Some(header)
             }
+        };
+        // Bedrock without an API key signs with the standard AWS variables.
+        let aws = match (config.kind, &credential) {
+            (ProviderKind::Bedrock, None) => {
+                let get = |var: &str| env(var).filter(|v| !v.is_empty());
+                let missing = |var: &str| SetupError::Credential {
+                    provider: config.name.clone(),
+                    var: var.to_owned(),
+                };
+                Some(Credentials {
+                    access_key_id: get("AWS_ACCESS_KEY_ID")
+                        .ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
+                    secret_access_key: get("AWS_SECRET_ACCESS_KEY")
+                        .ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
+                    session_token: get("AWS_SESSION_TOKEN"),
+                })
+            }
+            _ => None,
         };
         let base: Uri = config.base_url.parse().map_err(|e| SetupError::BaseUrl {
             provider: config.name.clone(),
@@ -191,6 +221,7 @@ impl Upstream {
             config,
             base,
             credential,
+            aws,
             client,
         })
     }
@@ -202,9 +233,10 @@ impl Upstream {
     }
 
     /// The path and query (under the base URL) of `api` for `model` (the model's name at the
-    /// provider: an Azure deployment's name).
+    /// provider: an Azure deployment's name, a Bedrock model id); `stream` picks Bedrock's
+    /// ConverseStream.
     #[must_use]
-    pub fn path(&self, api: Api, model: &str) -> String {
+    pub fn path(&self, api: Api, model: &str, stream: bool) -> String {
         match (self.config.kind, &self.config.api_version) {
             (ProviderKind::Azure, version) => {
                 let version = version.as_deref().unwrap_or_default();
@@ -219,6 +251,15 @@ impl Upstream {
                 }
             }
             (ProviderKind::Openai | ProviderKind::Anthropic, _) => api.upstream_path().to_owned(),
+            (ProviderKind::Bedrock, _) => format!(
+                "/model/{}/{}",
+                percent_encode_segment(model),
+                if stream {
+                    "converse-stream"
+                } else {
+                    "converse"
+                }
+            ),
         }
     }
 
@@ -229,6 +270,7 @@ impl Upstream {
         path: &str,
         body: SliceBody,
         forwarded: &HeaderMap,
+        now: UnixMs,
     ) -> Result<Request<SliceBody>, http::Error> {
         let base_path = self.base.path().trim_end_matches('/');
         let mut uri = Uri::builder().path_and_query(format!("{base_path}{path}"));
@@ -269,8 +311,69 @@ impl Upstream {
                     headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
                 }
             }
+            ProviderKind::Bedrock => {
+                headers.remove(ANTHROPIC_VERSION);
+                headers.remove(HeaderName::from_static("anthropic-beta"));
+                match (&self.credential, &self.aws) {
+                    (Some(credential), _) => {
+                        headers.insert(header::AUTHORIZATION, credential.clone());
+                    }
+                    (None, Some(aws)) => self.sign(&mut request, aws, now)?,
+                    (None, None) => {}
+                }
+            }
         }
         Ok(request)
+    }
+
+    /// Signs `request` with SigV4 for Bedrock: host, date, content type and session token.
+    fn sign(
+        &self,
+        request: &mut Request<SliceBody>,
+        aws: &Credentials,
+        now: UnixMs,
+    ) -> Result<(), http::Error> {
+        let date = bedrock::amz_date(now);
+        let payload = bedrock::payload_hash(request.body().chunks().map(|c| &c[..]));
+        let host = self.base.authority().map_or("", |a| a.as_str()).to_owned();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let mut signed = vec![
+            ("content-type", "application/json"),
+            ("host", host.as_str()),
+            ("x-amz-date", date.as_str()),
+        ];
+        if let Some(token) = &aws.session_token {
+            signed.push(("x-amz-security-token", token.as_str()));
+        }
+        let region = self.config.region.as_deref().unwrap_or_default();
+        let authorization = bedrock::authorization(
+            &bedrock::Signable {
+                method: "POST",
+                path: &path,
+                query: &query,
+                headers: &signed,
+                payload_sha256: &payload,
+            },
+            aws,
+            region,
+            bedrock::SIGNING_SERVICE,
+            &date,
+        );
+        let headers = request.headers_mut();
+        headers.insert(
+            HeaderName::from_static("x-amz-date"),
+            HeaderValue::try_from(date)?,
+        );
+        if let Some(token) = &aws.session_token {
+            let mut value = HeaderValue::try_from(token.as_str())?;
+            value.set_sensitive(true);
+            headers.insert(HeaderName::from_static("x-amz-security-token"), value);
+        }
+        let mut value = HeaderValue::try_from(authorization)?;
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+        Ok(())
     }
 
     /// Sends `request` (no timeout here: the caller bounds the wait for the head).
@@ -331,21 +434,22 @@ mod tests {
             base_url: "https://acme.openai.azure.com".into(),
             api_key_env: None,
             api_version: Some("2024-10-21".into()),
+            region: None,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
         };
         let upstream = Upstream::new(config, |_| None).unwrap();
         assert_eq!(
-            upstream.path(Api::ChatCompletions, "gpt-4o prod"),
+            upstream.path(Api::ChatCompletions, "gpt-4o prod", false),
             "/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            upstream.path(Api::Embeddings, "emb"),
+            upstream.path(Api::Embeddings, "emb", false),
             "/openai/deployments/emb/embeddings?api-version=2024-10-21"
         );
         assert_eq!(
-            upstream.path(Api::Responses, "x"),
+            upstream.path(Api::Responses, "x", true),
             "/openai/v1/responses?api-version=2024-10-21"
         );
     }
@@ -371,6 +475,7 @@ mod tests {
             base_url: "http://127.0.0.1:9".into(),
             api_key_env: Some(var.into()),
             api_version: None,
+            region: None,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
@@ -393,6 +498,7 @@ mod tests {
                 "/v1/messages",
                 SliceBody::new([Bytes::from_static(b"{}")]),
                 &client_headers,
+                UnixMs(0),
             )
             .unwrap();
         assert_eq!(request.uri(), "http://127.0.0.1:9/v1/messages");

@@ -23,6 +23,8 @@ pub enum Api {
     Responses,
     /// `POST /v1/messages` (Anthropic).
     Messages,
+    /// Bedrock's Converse API: a provider's format only, never a route of the gateway.
+    Converse,
 }
 
 impl Api {
@@ -35,6 +37,8 @@ impl Api {
             Api::Embeddings => "/embeddings",
             Api::Responses => "/responses",
             Api::Messages => "/v1/messages",
+            // Built per model by `Upstream::bedrock_path`.
+            Api::Converse => "",
         }
     }
 
@@ -47,6 +51,7 @@ impl Api {
             Api::Embeddings => "embeddings",
             Api::Responses => "responses",
             Api::Messages => "messages",
+            Api::Converse => "converse",
         }
     }
 
@@ -143,6 +148,10 @@ impl AnthropicUsage {
 #[must_use]
 pub fn usage_of_body(api: Api, body: &[u8]) -> Option<TokenUsage> {
     match api {
+        Api::Converse => {
+            let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+            crate::bedrock::usage_of(value.get("usage")?)
+        }
         Api::Messages => {
             #[derive(Deserialize)]
             struct Message {
@@ -284,6 +293,8 @@ impl StreamTally {
     pub fn observe(&mut self, api: Api, data: &[u8]) -> Observed {
         match api {
             Api::Messages => self.observe_anthropic(data),
+            // Bedrock streams are binary frames, metered by `bedrock::StreamTranslator`.
+            Api::Converse => Observed::default(),
             Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses => {
                 self.observe_openai(data)
             }

@@ -150,6 +150,9 @@ async fn answer(
             }),
         );
     }
+    if let Some(rest) = path.strip_prefix("/model/") {
+        return bedrock(rest, request, config, stats).await;
+    }
     let api = if path.ends_with("/chat/completions") {
         Api::Chat
     } else if path.ends_with("/completions") {
@@ -567,6 +570,259 @@ fn streamed(
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+// ---- AWS Bedrock Converse and ConverseStream ----
+
+/// An AWS event-stream frame with string headers: prelude (total and headers length, CRC32),
+/// headers, payload, CRC32 of all before it.
+fn event_frame(headers: &[(&str, &str)], payload: &[u8]) -> Bytes {
+    let mut encoded = Vec::new();
+    for (name, value) in headers {
+        encoded.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+        encoded.extend_from_slice(name.as_bytes());
+        encoded.push(7); // string
+        encoded.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
+        encoded.extend_from_slice(value.as_bytes());
+    }
+    let total = 16 + encoded.len() + payload.len();
+    let mut frame = Vec::with_capacity(total);
+    frame.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(
+        &u32::try_from(encoded.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    let prelude_crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&prelude_crc.to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.extend_from_slice(payload);
+    let crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&crc.to_be_bytes());
+    Bytes::from(frame)
+}
+
+fn bedrock_event(kind: &str, payload: &Value) -> Bytes {
+    event_frame(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        payload.to_string().as_bytes(),
+    )
+}
+
+fn bedrock_error(status: StatusCode, kind: &str, message: &str) -> Response<ChannelBody> {
+    let mut response = json_response(status, &json!({ "message": message }));
+    if let Ok(value) = header::HeaderValue::from_str(&format!(
+        "{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    )) {
+        response.headers_mut().insert("x-amzn-errortype", value);
+    }
+    response
+}
+
+async fn bedrock(
+    rest: &str,
+    request: Request<Incoming>,
+    config: &MockConfig,
+    stats: &Stats,
+) -> Response<ChannelBody> {
+    let (model, operation) = rest.rsplit_once('/').unwrap_or((rest, ""));
+    let stream = match operation {
+        "converse" => false,
+        "converse-stream" => true,
+        _ => {
+            return bedrock_error(
+                StatusCode::NOT_FOUND,
+                "UnknownOperationException",
+                "mock: no such operation",
+            );
+        }
+    };
+    let headers = request.headers();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // SigV4's shape (the signature itself is checked against AWS's vectors in the gateway's
+    // tests), or a Bedrock API key as a bearer token.
+    let signed = authorization.starts_with("AWS4-HMAC-SHA256 Credential=")
+        && authorization.contains("/bedrock/aws4_request, SignedHeaders=")
+        && authorization.contains("host;x-amz-date")
+        && headers.contains_key("x-amz-date");
+    let bearer = config
+        .api_key
+        .as_ref()
+        .is_some_and(|k| authorization == format!("Bearer {k}"));
+    if !signed && !bearer {
+        return bedrock_error(
+            StatusCode::FORBIDDEN,
+            "MissingAuthenticationTokenException",
+            "mock: request is not signed",
+        );
+    }
+    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return bedrock_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                &format!("mock: reading body: {e}"),
+            );
+        }
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return bedrock_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "mock: body is not JSON",
+        );
+    };
+    if request.get("messages").and_then(Value::as_array).is_none() {
+        return bedrock_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "mock: messages is required",
+        );
+    }
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let knobs = request
+        .pointer("/additionalModelRequestFields/mock")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if let Some(status) = knobs
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        return bedrock_error(
+            status,
+            "ThrottlingException",
+            "mock: the error this request asked for",
+        );
+    }
+    let tokens_out = request
+        .pointer("/inferenceConfig/maxTokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(TOKENS_DEFAULT)
+        .min(TOKENS_MAX);
+    stats
+        .completion_tokens
+        .fetch_add(tokens_out, Ordering::Relaxed);
+    let input = {
+        let mut bytes = text_bytes(request.get("messages").unwrap_or(&Value::Null));
+        bytes += text_bytes(request.get("system").unwrap_or(&Value::Null));
+        bytes.div_ceil(4).max(1)
+    };
+    let cached = knobs
+        .get("cached_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let usage = json!({
+        "inputTokens": input.saturating_sub(cached),
+        "outputTokens": tokens_out,
+        "totalTokens": input + tokens_out,
+        "cacheReadInputTokens": cached,
+        "cacheWriteInputTokens": 0,
+    });
+    let tool = knobs.get("tool_use").cloned();
+    let stop_reason = if tool.is_some() {
+        "tool_use"
+    } else {
+        "max_tokens"
+    };
+    if !stream {
+        let mut content = vec![json!({"text": text(tokens_out)})];
+        if let Some(tool) = &tool {
+            content.push(json!({"toolUse": {"toolUseId": "tooluse_mock", "name": tool["name"], "input": tool["input"]}}));
+        }
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "output": {"message": {"role": "assistant", "content": content}},
+                "stopReason": stop_reason,
+                "usage": usage,
+                "metrics": {"latencyMs": 1},
+                "modelId": model,
+            }),
+        );
+    }
+    let token_ms = knobs.get("token_ms").and_then(Value::as_u64).unwrap_or(0);
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut frames = vec![bedrock_event("messageStart", &json!({"role": "assistant"}))];
+        for frame in frames.drain(..) {
+            if sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+        for _ in 0..tokens_out {
+            if token_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(token_ms)).await;
+            }
+            // Bedrock pads events with an undeclared "p" field.
+            let delta = json!({"contentBlockIndex": 0, "delta": {"text": WORD}, "p": "abcdefgh"});
+            if sender
+                .send(bedrock_event("contentBlockDelta", &delta))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        frames.push(bedrock_event(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": 0}),
+        ));
+        if let Some(tool) = &tool {
+            frames.push(bedrock_event(
+                "contentBlockStart",
+                &json!({"contentBlockIndex": 1,
+                "start": {"toolUse": {"toolUseId": "tooluse_mock", "name": tool["name"]}}}),
+            ));
+            let input = tool["input"].to_string();
+            let cut = input.len() / 2;
+            for part in [
+                input.get(..cut).unwrap_or(""),
+                input.get(cut..).unwrap_or(""),
+            ] {
+                frames.push(bedrock_event(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 1,
+                    "delta": {"toolUse": {"input": part}}}),
+                ));
+            }
+            frames.push(bedrock_event(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": 1}),
+            ));
+        }
+        frames.push(bedrock_event(
+            "messageStop",
+            &json!({"stopReason": stop_reason}),
+        ));
+        frames.push(bedrock_event(
+            "metadata",
+            &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+        ));
+        for frame in frames {
+            if sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody { receiver });
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
     );
     response
 }

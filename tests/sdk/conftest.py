@@ -99,8 +99,20 @@ name = "anthropic"
 kind = "anthropic"
 base_url = "http://{mock_address}"
 api_key_env = "SDK_PROVIDER_KEY"
+
+[[provider]]
+name = "bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{mock_address}"
 {ORG}""")
-        env = dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY, TOLLGATE_ADMIN_TOKEN=ADMIN_TOKEN)
+        # The test-only Bedrock model, appended to the version in force (the card's last).
+        with open(self.directory / "rates.toml", "a") as card:
+            card.write('\n[[version.model]]\nname = "bedrock/anthropic.claude-3-haiku-20240307-v1:0"\n'
+                       'input_per_mtok = "0.25"\noutput_per_mtok = "1.25"\n')
+        env = dict(os.environ, SDK_PROVIDER_KEY=PROVIDER_KEY, TOLLGATE_ADMIN_TOKEN=ADMIN_TOKEN,
+                   AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="sdk-test-secret")
+        env.pop("AWS_SESSION_TOKEN", None)
         self.gateway, address = spawn(
             [binary("TOLLGATE_BIN"), "serve", "--config", str(self.directory / "tollgate.toml")], env
         )

@@ -79,3 +79,42 @@ def test_anthropic_errors_come_back_in_openais_envelope(client):
             extra_body={"mock": {"status": 529}})
     assert failed.value.status_code == 529
     assert "mock: the error this request asked for" in failed.value.message
+
+
+BEDROCK = "bedrock/anthropic.claude-3-haiku-20240307-v1:0"
+
+
+def test_bedrock_converse_through_the_openai_sdk(client):
+    answer = client.chat.completions.create(
+        model=BEDROCK, max_tokens=5, messages=[{"role": "system", "content": "Brief."}, {"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content == " hello" * 5
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 5
+
+
+def test_bedrock_converse_stream_through_the_openai_sdk(client):
+    chunks = list(client.chat.completions.create(
+        model=BEDROCK, max_tokens=4, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Hi"}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " hello" * 4
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_bedrock_tool_calls_stream_in_fragments(client):
+    chunks = list(client.chat.completions.create(
+        model=BEDROCK, max_tokens=1, tools=TOOLS, stream=True,
+        messages=[{"role": "user", "content": "Weather in Oslo?"}], extra_body={"mock": {"tool_use": CALL}}))
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].id == "tooluse_mock"
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Oslo"}
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["tool_calls"]
+
+
+def test_bedrock_errors_come_back_in_openais_envelope(client):
+    with pytest.raises(openai.RateLimitError) as failed:
+        client.chat.completions.create(
+            model=BEDROCK, max_tokens=2, messages=[{"role": "user", "content": "Hi"}],
+            extra_body={"mock": {"status": 429}})
+    assert failed.value.type == "ThrottlingException"

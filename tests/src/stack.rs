@@ -127,7 +127,12 @@ impl Stack {
             .take(1 << 20)
             .read_to_string(&mut card)
             .unwrap();
-        for model in ["slow/m", "dead/m", "azure/prod-4o"] {
+        for model in [
+            "slow/m",
+            "dead/m",
+            "azure/prod-4o",
+            "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
+        ] {
             card.push_str(&format!(
                 "\n[[version.model]]\nname = \"{model}\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n"
             ));
@@ -164,6 +169,13 @@ kind = "azure"
 base_url = "http://{mock}"
 api_key_env = "TEST_OPENAI_KEY"
 api_version = "2024-10-21"
+
+# The mock answering as AWS Bedrock (Converse), SigV4-signed with the AWS_* variables.
+[[provider]]
+name = "bedrock"
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{mock}"
 
 # Same mock, short patience: for timeout tests.
 [[provider]]
@@ -203,7 +215,13 @@ model = "openai/gpt-4o-mini"
             .arg(self.dir.path().join("tollgate.toml"))
             .env("TEST_OPENAI_KEY", PROVIDER_KEY)
             .env("TEST_ANTHROPIC_KEY", PROVIDER_KEY)
-            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            )
+            .env_remove("AWS_SESSION_TOKEN");
         self.gateway = Some(Process::spawn(command));
     }
 

@@ -448,3 +448,37 @@ fn azure_deployments_are_called_with_their_api_version_and_key_header() {
     assert_eq!(events[0]["model"], "prod-4o");
     assert_eq!(events[0]["status"], "ok");
 }
+
+#[test]
+fn bedrock_is_called_signed_and_metered_from_its_own_usage() {
+    let mut stack = Stack::start("bedrock", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let model = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
+    let answer = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat(model, 3),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json()["choices"][0]["message"]["content"],
+        " hello".repeat(3)
+    );
+    let mut streamed = chat(model, 2);
+    streamed["stream"] = json!(true);
+    streamed["mock"] = json!({"cached_tokens": 2});
+    let text = post_json(stack.address(), "/v1/chat/completions", &key, &streamed).text();
+    assert_eq!(text.matches(" hello").count(), 2, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(e["provider"], "bedrock");
+        assert_eq!(e["model"], "anthropic.claude-3-haiku-20240307-v1:0");
+        assert_eq!(e["usage_source"], "provider");
+    }
+    assert_eq!(events[0]["tokens_out"], 3);
+    assert_eq!(events[1]["tokens_cached"], 2);
+}
