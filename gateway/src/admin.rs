@@ -22,7 +22,7 @@ use crate::gateway::{Gateway, now_ms};
 use crate::limits::ADMIN_BODY_BYTES_MAX;
 use crate::meter::ResponseBody;
 use crate::pipeline::error_response;
-use crate::state::{KeyRecord, create_record};
+use crate::state::{Record, create_record};
 
 /// Serves one admin request.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
@@ -70,6 +70,8 @@ async fn serve(
         (&Method::POST, ["keys", id, "revoke"]) => revoke_key(gateway, id, now),
         (&Method::POST, ["keys", id, "rotate"]) => rotate_key(gateway, id, now),
         (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(gateway, now))),
+        (&Method::POST, ["allocations"]) => create_allocation(gateway, &body, now),
+        (&Method::PUT, ["budgets", level, name]) => set_limit(gateway, level, name, &body, now),
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(gateway))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(gateway, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(gateway))),
@@ -237,6 +239,147 @@ fn insert_key(
     Ok((StatusCode::CREATED, answer))
 }
 
+/// `POST /admin/v1/allocations`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAllocation {
+    name: String,
+    project: String,
+    #[serde(default)]
+    cost_center: String,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    budget: Option<BudgetRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetRequest {
+    #[serde(default, deserialize_with = "some_amount")]
+    limit: Option<tollgate_engine::Nanos>,
+    #[serde(default)]
+    period: Option<tollgate_engine::Period>,
+    #[serde(default)]
+    soft_limit_percent: Option<u8>,
+}
+
+fn some_amount<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<Option<tollgate_engine::Nanos>, D::Error> {
+    tollgate_engine::money::deserialize_amount(de).map(Some)
+}
+
+fn create_allocation(
+    gateway: &Gateway,
+    body: &[u8],
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let request: CreateAllocation = serde_json::from_slice(body)
+        .map_err(|e| Failure::BadRequest(format!("allocation request: {e}")))?;
+    if !crate::config::is_name(&request.name) {
+        return Err(Failure::BadRequest(format!(
+            "`{}` is not a valid allocation name",
+            request.name
+        )));
+    }
+    let budget = request.budget.unwrap_or(BudgetRequest {
+        limit: None,
+        period: None,
+        soft_limit_percent: None,
+    });
+    let soft = budget.soft_limit_percent.unwrap_or(80);
+    if soft == 0 || soft > 100 {
+        return Err(Failure::BadRequest(
+            "`soft_limit_percent` must be between 1 and 100".into(),
+        ));
+    }
+    let record = Record::CreateAllocation {
+        name: request.name.clone(),
+        project: request.project.clone(),
+        cost_center: request.cost_center,
+        models: request.models,
+        budget: tollgate_engine::BudgetSpec {
+            limit: budget.limit,
+            period: budget.period.unwrap_or(tollgate_engine::Period::Month),
+            soft_limit_percent: soft,
+        },
+    };
+    // Applied first (it checks names and the project), journaled once it holds.
+    crate::state::apply(&record, &gateway.directory).map_err(|e| match e {
+        tollgate_engine::Error::Unknown { .. } => Failure::AdminNotFound(e.to_string()),
+        _ => Failure::BadRequest(e.to_string()),
+    })?;
+    let audit = json!({
+        "at": rfc3339(now), "actor": "admin", "action": "allocation.create",
+        "allocation": request.name, "project": request.project,
+    });
+    gateway
+        .journal
+        .append(&record, &audit)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    let allocation = gateway
+        .directory
+        .allocation(&request.name)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    Ok((StatusCode::CREATED, describe_allocation(&allocation, now)))
+}
+
+/// `PUT /admin/v1/budgets/{team|project|allocation}/{name}` with `{"limit": "50.00"}` or
+/// `{"limit": null}`.
+fn set_limit(
+    gateway: &Gateway,
+    level: &str,
+    name: &str,
+    body: &[u8],
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let level = match level {
+        "team" => tollgate_engine::Level::Team,
+        "project" => tollgate_engine::Level::Project,
+        "allocation" => tollgate_engine::Level::Allocation,
+        other => {
+            return Err(Failure::BadRequest(format!(
+                "`{other}` is not team, project or allocation"
+            )));
+        }
+    };
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SetLimit {
+        #[serde(deserialize_with = "some_amount")]
+        limit: Option<tollgate_engine::Nanos>,
+    }
+    let request: SetLimit = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields))
+            if fields.get("limit") == Some(&Value::Null) && fields.len() == 1 =>
+        {
+            SetLimit { limit: None }
+        }
+        _ => serde_json::from_slice(body)
+            .map_err(|e| Failure::BadRequest(format!("budget request: {e}")))?,
+    };
+    let record = Record::SetLimit {
+        level,
+        name: name.to_owned(),
+        limit: request.limit,
+    };
+    crate::state::apply(&record, &gateway.directory)
+        .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+    let audit = json!({
+        "at": rfc3339(now), "actor": "admin", "action": "budget.set",
+        "level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string()),
+    });
+    gateway
+        .journal
+        .append(&record, &audit)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        json!({"level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string())}),
+    ))
+}
+
 fn find_key(gateway: &Gateway, id: &str) -> Result<Arc<VirtualKey>, Failure> {
     let id = KeyId::parse(id).map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     gateway
@@ -246,7 +389,7 @@ fn find_key(gateway: &Gateway, id: &str) -> Result<Arc<VirtualKey>, Failure> {
 }
 
 fn revoke(gateway: &Gateway, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
-    let record = KeyRecord::Revoke { id, at_ms: now.0 };
+    let record = Record::Revoke { id, at_ms: now.0 };
     let audit = json!({
         "at": rfc3339(now),
         "actor": "admin",
@@ -322,10 +465,12 @@ fn budget(cell: &tollgate_engine::BudgetCell, now: UnixMs) -> Value {
 fn allocations(gateway: &Gateway, now: UnixMs) -> Value {
     let mut all = gateway.directory.allocations();
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    let list: Vec<Value> = all
-        .iter()
-        .map(|a| {
-            json!({
+    let list: Vec<Value> = all.iter().map(|a| describe_allocation(a, now)).collect();
+    json!({ "currency": &*gateway.card.load().currency, "allocations": list })
+}
+
+fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
+    json!({
                 "name": &*a.name,
                 "project": &*a.project.name,
                 "team": &*a.project.team.name,
@@ -335,10 +480,7 @@ fn allocations(gateway: &Gateway, now: UnixMs) -> Value {
                 "budget": budget(&a.budget, now),
                 "project_budget": budget(&a.project.budget, now),
                 "team_budget": budget(&a.project.team.budget, now),
-            })
-        })
-        .collect();
-    json!({ "currency": &*gateway.card.load().currency, "allocations": list })
+    })
 }
 
 fn providers(gateway: &Gateway) -> Value {

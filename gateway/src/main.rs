@@ -48,6 +48,12 @@ enum Command {
     /// Priced models and aliases (admin API).
     #[command(subcommand)]
     Models(ListCommand),
+    /// Allocations (admin API).
+    #[command(subcommand)]
+    Allocations(AllocationsCommand),
+    /// Budget limits (admin API).
+    #[command(subcommand)]
+    Budgets(BudgetsCommand),
     /// Live spend per allocation, project and team (admin API).
     Spend {
         #[command(flatten)]
@@ -73,6 +79,56 @@ struct AdminArgs {
 enum ListCommand {
     /// List them.
     List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllocationsCommand {
+    /// Create an allocation under an existing project.
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// The project it belongs to.
+        #[arg(long)]
+        project: String,
+        /// Cost center charged.
+        #[arg(long, default_value = "")]
+        cost_center: String,
+        /// Models it may use (`provider/model` or `provider/*`); default: any priced model.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Budget limit per period, a decimal amount (`250.00`); default: no limit.
+        #[arg(long)]
+        limit: Option<String>,
+        /// `day`, `week`, `month` or `total`.
+        #[arg(long, default_value = "month")]
+        period: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List allocations with their budgets and live spend.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetsCommand {
+    /// Set (or with `none`, remove) the limit of a team, project or allocation.
+    Set {
+        /// `team`, `project` or `allocation`.
+        #[arg(long)]
+        level: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// A decimal amount (`250.00`), or `none`.
+        #[arg(long)]
+        limit: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -179,9 +235,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ],
             )
         }
-        Command::Spend { admin } => {
+        Command::Allocations(AllocationsCommand::Create {
+            name,
+            project,
+            cost_center,
+            models,
+            limit,
+            period,
+            admin,
+        }) => {
+            let body = json!({
+                "name": name,
+                "project": project,
+                "cost_center": cost_center,
+                "models": models,
+                "budget": {"limit": limit, "period": period},
+            });
+            let answer = admin_call(&admin, Method::POST, "/admin/v1/allocations", Some(body))?;
+            if admin.json {
+                return print_json(&answer);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "created allocation {} in project {}",
+                field(&answer, "name"),
+                field(&answer, "project")
+            )?;
+            Ok(())
+        }
+        Command::Allocations(AllocationsCommand::List { admin }) | Command::Spend { admin } => {
             let answer = admin_call(&admin, Method::GET, "/admin/v1/allocations", None)?;
             spend(&admin, &answer)
+        }
+        Command::Budgets(BudgetsCommand::Set {
+            level,
+            name,
+            limit,
+            admin,
+        }) => {
+            let limit = if limit == "none" {
+                Value::Null
+            } else {
+                json!(limit)
+            };
+            let path = format!("/admin/v1/budgets/{level}/{name}");
+            let answer = admin_call(&admin, Method::PUT, &path, Some(json!({ "limit": limit })))?;
+            if admin.json {
+                return print_json(&answer);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "{} {}: limit {}",
+                field(&answer, "level"),
+                field(&answer, "name"),
+                field(&answer, "limit")
+            )?;
+            Ok(())
         }
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())

@@ -1,7 +1,7 @@
 //! What the admin API changes, kept across restarts: an append-only journal and an audit log.
 //!
-//! `keys.jsonl` holds one record per key created and one per key revoked; at start the gateway
-//! replays it into the key store. Each record is written and synced before the admin API
+//! `journal.jsonl` holds one record per change: a key created or revoked, an allocation
+//! created, a budget limit set. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
 //! answers, so an acknowledged key survives a crash. Only key hashes are stored, never a key.
 //! `audit.jsonl` records who did what and when, for every admin action.
 //!
@@ -16,18 +16,19 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tollgate_engine::{
-    AllowList, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore, UnixMs, VirtualKey,
+    AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore,
+    Level, Nanos, UnixMs, VirtualKey,
 };
 
-/// The journal of keys.
-pub const KEYS_FILE: &str = "keys.jsonl";
+/// The journal of admin changes.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// The audit log.
 pub const AUDIT_FILE: &str = "audit.jsonl";
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum KeyRecord {
+pub enum Record {
     /// A key was created.
     Create {
         /// Public id.
@@ -65,6 +66,30 @@ pub enum KeyRecord {
         /// When.
         at_ms: i64,
     },
+    /// An allocation was created.
+    CreateAllocation {
+        /// Name.
+        name: String,
+        /// Owning project.
+        project: String,
+        /// Cost center.
+        #[serde(default)]
+        cost_center: String,
+        /// Allow-list; empty allows every priced model.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
+        /// Budget.
+        budget: BudgetSpec,
+    },
+    /// A budget limit was changed.
+    SetLimit {
+        /// `team`, `project` or `allocation`.
+        level: Level,
+        /// Which one.
+        name: String,
+        /// The new limit; `None` counts without limiting.
+        limit: Option<Nanos>,
+    },
 }
 
 /// Why the journal could not be read or written.
@@ -92,14 +117,14 @@ pub enum StateError {
 
 /// The open journal and audit log.
 pub struct Journal {
-    keys_path: PathBuf,
+    journal_path: PathBuf,
     files: Mutex<(File, File)>,
 }
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
-            .field("keys_path", &self.keys_path)
+            .field("journal_path", &self.journal_path)
             .finish_non_exhaustive()
     }
 }
@@ -120,9 +145,9 @@ impl Journal {
         keys: &KeyStore,
     ) -> Result<(Journal, usize), StateError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let keys_path = dir.join(KEYS_FILE);
+        let journal_path = dir.join(JOURNAL_FILE);
         let audit_path = dir.join(AUDIT_FILE);
-        let restored = replay(&keys_path, directory, keys)?;
+        let restored = replay(&journal_path, directory, keys)?;
         let open = |path: &Path| {
             OpenOptions::new()
                 .create(true)
@@ -130,10 +155,10 @@ impl Journal {
                 .open(path)
                 .map_err(io_error(path))
         };
-        let files = (open(&keys_path)?, open(&audit_path)?);
+        let files = (open(&journal_path)?, open(&audit_path)?);
         Ok((
             Journal {
-                keys_path,
+                journal_path,
                 files: Mutex::new(files),
             },
             restored,
@@ -141,9 +166,9 @@ impl Journal {
     }
 
     /// Appends `record` and an audit line, syncing both before returning.
-    pub fn append(&self, record: &KeyRecord, audit: &serde_json::Value) -> Result<(), StateError> {
+    pub fn append(&self, record: &Record, audit: &serde_json::Value) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(record).map_err(|e| StateError::Io {
-            path: self.keys_path.clone(),
+            path: self.journal_path.clone(),
             source: io::Error::other(e),
         })?;
         line.push(b'\n');
@@ -156,19 +181,19 @@ impl Journal {
         let (keys, audit_file) = &mut *files;
         keys.write_all(&line)
             .and_then(|()| keys.sync_data())
-            .map_err(io_error(&self.keys_path))?;
+            .map_err(io_error(&self.journal_path))?;
         audit_file
             .write_all(&audit_line)
             .and_then(|()| audit_file.sync_data())
-            .map_err(io_error(&self.keys_path))?;
+            .map_err(io_error(&self.journal_path))?;
         Ok(())
     }
 }
 
 /// The record that creates `key`.
 #[must_use]
-pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> KeyRecord {
-    KeyRecord::Create {
+pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
+    Record::Create {
         id: key.id(),
         hash: key.hash().to_hex(),
         prefix: key.display_prefix(),
@@ -217,18 +242,22 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
             ));
             break;
         }
-        let record: KeyRecord =
+        let record: Record =
             serde_json::from_slice(&buf).map_err(|e| corrupt(number, e.to_string()))?;
         match record {
-            KeyRecord::Create { .. } => creates.push((number, record)),
-            KeyRecord::Revoke { id, .. } => {
+            Record::Create { .. } => creates.push((number, record)),
+            Record::Revoke { id, .. } => {
                 revoked.insert(id);
+            }
+            // Allocations and limits apply in order, so keys (restored last) find them.
+            Record::CreateAllocation { .. } | Record::SetLimit { .. } => {
+                apply(&record, directory).map_err(|e| corrupt(number, e.to_string()))?;
             }
         }
     }
     let mut restored = Vec::with_capacity(creates.len());
     for (line, record) in creates {
-        let KeyRecord::Create {
+        let Record::Create {
             id,
             hash,
             prefix,
@@ -272,6 +301,42 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
     }
     keys.restore_many(restored)
         .map_err(|e| corrupt(number, e.to_string()))
+}
+
+/// Applies an allocation or budget record to the directory (at replay, and when the admin API
+/// makes the change). Key records are the key store's.
+pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engine::Error> {
+    match record {
+        Record::CreateAllocation {
+            name,
+            project,
+            cost_center,
+            models,
+            budget,
+        } => {
+            directory.add_allocation(AllocationSpec {
+                name: name.clone(),
+                project: project.clone(),
+                cost_center: cost_center.clone(),
+                models: crate::config::allow_list(models)?,
+                budget: *budget,
+            })?;
+        }
+        Record::SetLimit { level, name, limit } => {
+            let cell = match level {
+                Level::Allocation => {
+                    let allocation = directory.allocation(name)?;
+                    allocation.budget.set_limit(*limit);
+                    return Ok(());
+                }
+                Level::Project => directory.project(name)?.budget.clone(),
+                Level::Team => directory.team(name)?.budget.clone(),
+            };
+            cell.set_limit(*limit);
+        }
+        Record::Create { .. } | Record::Revoke { .. } => {}
+    }
+    Ok(())
 }
 
 /// Shared handle.

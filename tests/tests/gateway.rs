@@ -407,7 +407,7 @@ fn keys_survive_a_restart_and_revocation_sticks() {
     );
     // No secret is stored or listed anywhere.
     let mut journal = String::new();
-    std::fs::File::open(stack.path().join("state/keys.jsonl"))
+    std::fs::File::open(stack.path().join("state/journal.jsonl"))
         .unwrap()
         .read_to_string(&mut journal)
         .unwrap();
