@@ -75,6 +75,7 @@ async fn serve(
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(gateway))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(gateway, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(gateway))),
+        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(gateway, now),
         (&Method::POST, ["events", "flush"]) => {
             if gateway.emitter.flush().await {
                 Ok((StatusCode::OK, json!({ "flushed": true })))
@@ -542,6 +543,54 @@ fn rate_card(gateway: &Gateway) -> Value {
         })
         .collect();
     json!({ "currency": &*card.currency, "versions": versions })
+}
+
+/// `POST /admin/v1/rate-card/reload`: reads the card file again. Versions already in force must
+/// be unchanged (a price change is a new version, never a rewrite of history); new versions,
+/// future ones above all, are added.
+fn reload_rate_card(gateway: &Gateway, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let card = tollgate_engine::RateCard::load(&gateway.config.rate_card)
+        .map_err(|e| Failure::BadRequest(e.to_string()))?;
+    let current = gateway.card.load();
+    if card.currency != current.currency {
+        return Err(Failure::BadRequest(format!(
+            "the card's currency changed from {} to {}; start a new ledger instead",
+            current.currency, card.currency
+        )));
+    }
+    for old in current
+        .versions()
+        .iter()
+        .filter(|v| v.effective_from <= now)
+    {
+        let same = card
+            .version(&old.id)
+            .is_some_and(|new| serde_json::to_value(new).ok() == serde_json::to_value(old).ok());
+        if !same {
+            return Err(Failure::BadRequest(format!(
+                "version `{}` is in force since {} and cannot change or go away; add a new version instead",
+                old.id,
+                rfc3339(old.effective_from)
+            )));
+        }
+    }
+    let added: Vec<String> = card
+        .versions()
+        .iter()
+        .filter(|v| current.version(&v.id).is_none())
+        .map(|v| v.id.to_string())
+        .collect();
+    let audit =
+        json!({"at": rfc3339(now), "actor": "admin", "action": "rate_card.reload", "added": added});
+    gateway
+        .journal
+        .audit(&audit)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    gateway.card.store(std::sync::Arc::new(card));
+    Ok((
+        StatusCode::OK,
+        json!({"added": added, "rate_card": rate_card(gateway)}),
+    ))
 }
 
 /// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.

@@ -193,6 +193,11 @@ enum RateCardCommand {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Make a running gateway read its rate card again (new versions only; history is fixed).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -294,6 +299,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())
+        }
+        Command::RateCard(RateCardCommand::Reload { admin }) => {
+            let answer = admin_call(&admin, Method::POST, "/admin/v1/rate-card/reload", None)?;
+            if admin.json {
+                return print_json(&answer);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "rate card reloaded; new versions: {}",
+                field(&answer, "added")
+            )?;
+            Ok(())
         }
     }
 }

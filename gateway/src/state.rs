@@ -165,6 +165,21 @@ impl Journal {
         ))
     }
 
+    /// Appends an audit line alone (an action with nothing to replay), synced.
+    pub fn audit(&self, audit: &serde_json::Value) -> Result<(), StateError> {
+        let mut line = audit.to_string().into_bytes();
+        line.push(b'\n');
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let audit_file = &mut files.1;
+        audit_file
+            .write_all(&line)
+            .and_then(|()| audit_file.sync_data())
+            .map_err(io_error(&self.journal_path))
+    }
+
     /// Appends `record` and an audit line, syncing both before returning.
     pub fn append(&self, record: &Record, audit: &serde_json::Value) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(record).map_err(|e| StateError::Io {

@@ -222,3 +222,56 @@ fn the_cli_manages_keys_allocations_and_budgets_and_they_persist() {
         .sum();
     assert!(nightly_cost > 0);
 }
+
+#[test]
+fn a_rate_card_reload_adds_versions_and_never_rewrites_history() {
+    let stack = Stack::start("reload", ORG, "");
+    let card_path = stack.path().join("rates.toml");
+    let mut card = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::open(&card_path).unwrap(), &mut card)
+        .unwrap();
+    let future = "\n[[version]]\nid = \"2099-01\"\neffective_from = 2099-01-01T00:00:00Z\n\n[[version.model]]\nname = \"openai/gpt-4o-mini\"\ninput_per_mtok = \"0.10\"\noutput_per_mtok = \"0.40\"\n";
+    std::fs::write(&card_path, format!("{card}{future}")).unwrap();
+    let out = cli(&stack, &["rate-card", "reload"]);
+    assert!(out.contains("2099-01"), "{out}");
+    let versions = stack.admin("GET", "/admin/v1/rate-card", None).json();
+    assert!(
+        versions["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "2099-01")
+    );
+
+    // Changing a price of the version in force is refused; the card in use stays.
+    let rewritten = card.replacen("input_per_mtok = \"0.12\"", "input_per_mtok = \"0.01\"", 1);
+    assert_ne!(rewritten, card);
+    std::fs::write(&card_path, format!("{rewritten}{future}")).unwrap();
+    let refused = stack.admin("POST", "/admin/v1/rate-card/reload", None);
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change")
+    );
+    // A broken file is refused with its line and field.
+    std::fs::write(
+        &card_path,
+        "currency = \"USD\"\ndefault_max_output_tokens = 1.5\n",
+    )
+    .unwrap();
+    let broken = stack.admin("POST", "/admin/v1/rate-card/reload", None);
+    assert_eq!(broken.status, 400);
+    assert!(
+        broken.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(":2:"),
+        "{}",
+        broken.text()
+    );
+    let audit = read_lines(&stack.path().join("state/audit.jsonl"));
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["added"], json!(["2099-01"]));
+}
