@@ -44,6 +44,9 @@ pub struct Ticket {
     pub key: Arc<VirtualKey>,
     /// The budget held for the call.
     pub reservation: Reservation,
+    /// The most the call can cost (what was reserved where a level has a limit): what a call
+    /// whose usage cannot be known is billed.
+    pub bound: tollgate_engine::Nanos,
     /// The rate card the call is priced with (the one in force when it was admitted).
     pub card: Arc<RateCard>,
     /// The model, as the client named it (`provider/model`).
@@ -73,7 +76,7 @@ pub enum Measured {
     Provider(TokenUsage),
     /// Counted by the gateway.
     Counted(TokenUsage, Exactness),
-    /// Not known: billed at the reservation and flagged.
+    /// Not known: billed at the call's bound and flagged.
     Unknown,
     /// Nothing was generated (an upstream error answer).
     Nothing,
@@ -86,6 +89,7 @@ impl Ticket {
             gateway,
             key,
             reservation,
+            bound,
             card,
             model,
             api,
@@ -110,12 +114,12 @@ impl Ticket {
         };
         let priced = card.price_tokens(&model, &usage, &team.name, &project.name, at);
         let (version, cost) = match (&priced, measured) {
-            // Unknown usage is billed at what was held, never at zero.
+            // Unknown usage is billed at the call's bound, never at zero.
             (Ok((version, _)), Measured::Unknown) => (
                 Some(Arc::clone(&version.id)),
                 Cost {
-                    list: reservation.held(),
-                    billed: reservation.held(),
+                    list: bound,
+                    billed: bound,
                 },
             ),
             (Ok((version, cost)), _) => (Some(Arc::clone(&version.id)), *cost),
@@ -124,8 +128,8 @@ impl Ticket {
             (Err(_), _) => (
                 None,
                 Cost {
-                    list: reservation.held(),
-                    billed: reservation.held(),
+                    list: bound,
+                    billed: bound,
                 },
             ),
         };

@@ -84,7 +84,7 @@ pub enum Counter {
     Shed,
     /// Soft-limit (80 %) warnings fired.
     SoftLimitWarnings,
-    /// Calls whose usage could not be known (billed at their reservation, flagged).
+    /// Calls whose usage could not be known (billed at their bound, flagged).
     UsageUnknown,
     /// Calls whose usage was counted by tollgate because the provider gave none.
     UsageCounted,
@@ -119,7 +119,7 @@ const COUNTERS: [(Counter, &str, &str); 7] = [
     (
         Counter::UsageUnknown,
         "tollgate_usage_unknown_total",
-        "Calls whose usage could not be known; billed at their reservation.",
+        "Calls whose usage could not be known; billed at their bound.",
     ),
     (
         Counter::UsageCounted,

@@ -305,6 +305,7 @@ struct Call<'g> {
 /// A call that passed every check and holds its budget.
 struct Admitted {
     api: Api,
+    bound: tollgate_engine::Nanos,
     /// Set when the client's API is translated to the provider's (OpenAI chat to Anthropic).
     translation: Option<Translation>,
     key: Arc<VirtualKey>,
@@ -520,6 +521,7 @@ impl Call<'_> {
         };
         Ok(Admitted {
             api: self.api,
+            bound: bound.cost_max,
             translation: translate_to.map(|target| Translation {
                 target,
                 include_usage: asks_usage,
@@ -618,6 +620,7 @@ async fn forward(
 ) -> Response<ResponseBody> {
     let Admitted {
         api,
+        bound,
         translation,
         key,
         model,
@@ -634,6 +637,7 @@ async fn forward(
         gateway: Arc::clone(&gateway),
         key,
         reservation,
+        bound,
         card,
         model,
         api,

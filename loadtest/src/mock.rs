@@ -7,6 +7,7 @@
 //! asks for it). A request may steer the mock with a top-level `"mock"` object:
 //! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
+//! `"garbage": true` answers 200 with a body that is not JSON,
 //! `"cached_tokens"` and `"reasoning_tokens"` add those counts, and (Anthropic) `"tool_use":
 //! {"name": ..., "input": {...}}` ends the answer with that tool call.
 
@@ -219,6 +220,13 @@ async fn answer(
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
     let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+    if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "<html>upstream proxy page</html>",
+        );
+    }
     if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }

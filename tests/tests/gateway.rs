@@ -482,3 +482,66 @@ fn bedrock_is_called_signed_and_metered_from_its_own_usage() {
     assert_eq!(events[0]["tokens_out"], 3);
     assert_eq!(events[1]["tokens_cached"], 2);
 }
+
+#[test]
+fn unknowable_usage_is_billed_at_its_bound_and_flagged_and_tokens_per_minute_limit() {
+    let mut stack = Stack::start("unknown-usage", ORG, "");
+    let (key, _) = stack.create_key("open", json!({"tokens_per_minute": 20}));
+    let address = stack.address();
+    // A 200 whose body is no answer at all: the usage cannot be known, so the call is billed
+    // what was held for it, never zero.
+    let mut garbage = chat("openai/gpt-4o-mini", 5);
+    garbage["mock"] = json!({"garbage": true});
+    assert_eq!(
+        post_json(address, "/v1/chat/completions", &key, &garbage).status,
+        200
+    );
+    // Tokens per minute are charged after each call: the key is now in debt.
+    assert_eq!(
+        post_json(
+            address,
+            "/v1/chat/completions",
+            &key,
+            &chat("openai/gpt-4o-mini", 30)
+        )
+        .status,
+        200
+    );
+    let limited = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("openai/gpt-4o-mini", 5),
+    );
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert!(
+        limited.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens-per-minute")
+    );
+    let spent = stack.spent_nanos("open");
+    stack.stop();
+    let events = stack.events();
+    let unknown = events
+        .iter()
+        .find(|e| e["usage_source"] == "unknown")
+        .expect("an unknown-usage event");
+    assert_eq!(unknown["tokens_out"], 0);
+    assert!(
+        unknown["cost_nanos"].as_u64().unwrap() > 0,
+        "unknown usage is never free"
+    );
+    let sum: u64 = events
+        .iter()
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, spent);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["status"] == "rate_limited")
+            .count(),
+        1
+    );
+}
