@@ -127,6 +127,9 @@ pub struct ProviderConfig {
     pub api_version: Option<String>,
     /// The AWS region (required for `bedrock`).
     pub region: Option<String>,
+    /// An `openai` upstream that also serves Anthropic's Messages API under its base URL
+    /// (`{base_url}/messages`: llama.cpp's server, recent vLLM), so `/v1/messages` reaches it.
+    pub anthropic_messages: bool,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Time to the response head.
@@ -329,6 +332,8 @@ struct RawProvider {
     api_key_env: Option<String>,
     api_version: Option<String>,
     region: Option<String>,
+    #[serde(default)]
+    anthropic_messages: bool,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -522,6 +527,13 @@ impl RawConfig {
                 }
                 _ => {}
             }
+            if raw.anthropic_messages && raw.kind != ProviderKind::Openai {
+                return Err(err(
+                    format!("provider[{i}].anthropic_messages"),
+                    span,
+                    "only an `openai` provider can also serve Anthropic's Messages API".into(),
+                ));
+            }
             let (base_url, base_span) = match (&raw.base_url, raw.kind, &raw.region) {
                 (Some(url), _, _) => (url.get_ref().trim_end_matches('/').to_owned(), url.span()),
                 (None, ProviderKind::Bedrock, Some(region)) => (
@@ -575,6 +587,7 @@ impl RawConfig {
                 api_key_env: raw.api_key_env,
                 api_version: raw.api_version,
                 region: raw.region,
+                anthropic_messages: raw.anthropic_messages,
                 connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
                 first_byte_timeout: ms(
                     raw.first_byte_timeout_ms,

@@ -399,6 +399,7 @@ impl Call<'_> {
         let translate_to = match (upstream.config.kind, self.api) {
             (ProviderKind::Anthropic, Api::ChatCompletions) => Some(Api::Messages),
             (ProviderKind::Bedrock, Api::ChatCompletions) => Some(Api::Converse),
+            (ProviderKind::Openai, Api::Messages) if upstream.config.anthropic_messages => None,
             (ProviderKind::Anthropic, Api::Messages)
             | (
                 ProviderKind::Openai | ProviderKind::Azure,

@@ -250,6 +250,8 @@ impl Upstream {
                     ),
                 }
             }
+            // An OpenAI-compatible server's Messages API sits beside its other routes.
+            (ProviderKind::Openai, _) if api == Api::Messages => "/messages".to_owned(),
             (ProviderKind::Openai | ProviderKind::Anthropic, _) => api.upstream_path().to_owned(),
             (ProviderKind::Bedrock, _) => format!(
                 "/model/{}/{}",
@@ -435,6 +437,7 @@ mod tests {
             api_key_env: None,
             api_version: Some("2024-10-21".into()),
             region: None,
+            anthropic_messages: false,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
@@ -476,6 +479,7 @@ mod tests {
             api_key_env: Some(var.into()),
             api_version: None,
             region: None,
+            anthropic_messages: false,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),

@@ -113,10 +113,86 @@ cost_center = "cc-2"
 models = ["openai/*"]
 "#;
 
+/// llama.cpp's server with the tiny test model, when `TOLLGATE_LLAMA_SERVER` and
+/// `TOLLGATE_LLAMA_MODEL` name them (`tests/run-all` builds both). Without them the test is
+/// skipped with a loud message, except under `CI=true`, where that is a failure.
+pub fn start_llama() -> Option<Process> {
+    let (Ok(server), Ok(model)) = (
+        std::env::var("TOLLGATE_LLAMA_SERVER"),
+        std::env::var("TOLLGATE_LLAMA_MODEL"),
+    ) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: TOLLGATE_LLAMA_SERVER and TOLLGATE_LLAMA_MODEL must name the llama.cpp server and model (tests/run-all builds them)"
+        );
+        eprintln!(
+            "\n*** SKIPPED: no llama.cpp server (set TOLLGATE_LLAMA_SERVER and TOLLGATE_LLAMA_MODEL, or run tests/run-all) ***\n"
+        );
+        return None;
+    };
+    // llama-server takes a fixed port: borrow a free one from the kernel.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(server)
+        .args([
+            "-m",
+            &model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        // One thread (spinning workers starve a 2-core machine), embeddings on, no prompt
+        // cache (so usage is exact and repeatable), a fixed model name.
+        .args([
+            "-t",
+            "1",
+            "--embeddings",
+            "--pooling",
+            "mean",
+            "--no-cache-prompt",
+        ])
+        .args(["--alias", "tiny-random-llama", "--no-webui"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let process = Process { child, address };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(address).is_ok()
+            && http::request(address, "GET", "/health", &[], b"").status == 200
+        {
+            return Some(process);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "llama-server did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Stack {
     /// Starts a stack whose config is the standard providers plus `org` (teams, projects,
     /// allocations) and `server` lines for `[server]`.
     pub fn start(name: &str, org: &str, server: &str) -> Stack {
+        Stack::start_with(name, org, server, "", &[])
+    }
+
+    /// As [`Stack::start`], with `providers` (more `[[provider]]` tables) and `models` priced
+    /// on the card in force.
+    pub fn start_with(
+        name: &str,
+        org: &str,
+        server: &str,
+        providers: &str,
+        models: &[&str],
+    ) -> Stack {
         let dir = TempDir::new(name).unwrap();
         let mock = start_mock();
         // The example card, plus prices for the test-only providers (appended to the version in
@@ -132,7 +208,10 @@ impl Stack {
             "dead/m",
             "azure/prod-4o",
             "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
-        ] {
+        ]
+        .iter()
+        .chain(models)
+        {
             card.push_str(&format!(
                 "\n[[version.model]]\nname = \"{model}\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n"
             ));
@@ -191,6 +270,8 @@ name = "dead"
 kind = "openai"
 base_url = "http://{dead}/v1"
 connect_timeout_ms = 1000
+
+{providers}
 
 [[alias]]
 name = "fast"
