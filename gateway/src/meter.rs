@@ -325,6 +325,10 @@ pub enum Translate {
 /// The upstream's body on its way to the client.
 pub struct Metered {
     upstream: Incoming,
+    /// An upstream failure seen while pieces were gathered: sent after them, once hyper has
+    /// had a chance to flush them (an error aborts the connection with what is unwritten).
+    failed: Option<BodyError>,
+    flushed_before_failing: bool,
     error_answer: bool,
     /// The API the provider speaks (what metering parses).
     wire_api: Api,
@@ -364,6 +368,8 @@ impl Metered {
         let wire_api = ticket.api;
         Metered {
             upstream,
+            failed: None,
+            flushed_before_failing: false,
             error_answer: false,
             wire_api,
             translate: None,
@@ -588,9 +594,29 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if this.failed.is_some() {
+            if !this.flushed_before_failing {
+                // Pending makes hyper flush what it holds; the wake brings it straight back.
+                this.flushed_before_failing = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(failure) = this.failed.take() {
+                return Poll::Ready(Some(Err(failure)));
+            }
+        }
         // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
         let mut ready: Option<BytesMut> = None;
         let emit = |ready: Option<BytesMut>| ready.map(|r| Ok(Frame::data(r.freeze())));
+        // What came before a failure still reaches the client; the failure follows it.
+        let fail = |this: &mut Metered, ready: Option<BytesMut>, failure: BodyError| {
+            if ready.is_some() {
+                this.failed = Some(failure);
+                Poll::Ready(emit(ready))
+            } else {
+                Poll::Ready(Some(Err(failure)))
+            }
+        };
         loop {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -610,13 +636,13 @@ impl Body for Metered {
                         Ok(None) => {}
                         Err(e) => {
                             this.end(Status::UpstreamError);
-                            return Poll::Ready(Some(Err(e)));
+                            return fail(this, ready, e);
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.end(Status::UpstreamError);
-                    return Poll::Ready(Some(Err(BodyError::Upstream(e))));
+                    return fail(this, ready, BodyError::Upstream(e));
                 }
                 Poll::Ready(None) => {
                     if this.ticket.is_some()

@@ -7,7 +7,8 @@
 //! asks for it). A request may steer the mock with a top-level `"mock"` object:
 //! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
-//! `"garbage": true` answers 200 with a body that is not JSON,
+//! `"garbage": true` answers 200 with a body that is not JSON, `"reset_after": n` breaks the
+//! connection after n streamed tokens,
 //! `"cached_tokens"` and `"reasoning_tokens"` add those counts, and (Anthropic) `"tool_use":
 //! {"name": ..., "input": {...}}` ends the answer with that tool call.
 
@@ -95,15 +96,23 @@ pub struct ChannelBody {
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
+    /// An empty chunk is the mock's signal to break the connection mid-answer, as a provider's
+    /// crash or a network reset does: hyper then closes it without ending the body.
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.receiver
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.receiver.poll_recv(cx).map(|chunk| {
+            chunk.map(|c| {
+                if c.is_empty() {
+                    Err(std::io::Error::other("mock: connection reset"))
+                } else {
+                    Ok(Frame::data(c))
+                }
+            })
+        })
     }
 }
 
@@ -293,6 +302,7 @@ async fn answer(
             include_usage,
             token_ms,
             knobs.get("tool_use").cloned(),
+            knob("reset_after"),
         ),
     }
 }
@@ -457,6 +467,7 @@ fn streamed(
     include_usage: bool,
     token_ms: u64,
     tool: Option<Value>,
+    reset_after: Option<u64>,
 ) -> Response<ChannelBody> {
     let (sender, receiver) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -484,7 +495,13 @@ fn streamed(
                 return;
             }
         }
-        for _ in 0..usage.output {
+        for sent in 0..usage.output {
+            if reset_after == Some(sent) {
+                // What was sent goes out first (an error aborts with what is unwritten).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = sender.send(Bytes::new()).await;
+                return;
+            }
             pause().await;
             let event = match api {
                 Api::Messages => sse(

@@ -14,6 +14,9 @@ pub struct Answer {
     pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
+    /// Whether the body ended as HTTP says a body ends (the last chunk, or the whole length),
+    /// rather than by the connection breaking.
+    pub complete: bool,
 }
 
 impl Answer {
@@ -121,6 +124,7 @@ pub fn read_answer(stream: TcpStream, body_bytes_max: usize) -> (Answer, TcpStre
         .find(|(n, _)| n == "content-length")
         .and_then(|(_, v)| v.parse().ok());
     let mut body = Vec::new();
+    let mut complete = false;
     if chunked {
         loop {
             line.clear();
@@ -129,10 +133,13 @@ pub fn read_answer(stream: TcpStream, body_bytes_max: usize) -> (Answer, TcpStre
             }
             let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
             if size == 0 {
+                complete = line.trim() == "0";
                 break;
             }
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
+            if reader.read_exact(&mut chunk).is_err() {
+                break;
+            }
             chunk.truncate(size);
             body.extend_from_slice(&chunk);
             if body.len() >= body_bytes_max {
@@ -142,6 +149,7 @@ pub fn read_answer(stream: TcpStream, body_bytes_max: usize) -> (Answer, TcpStre
     } else if let Some(length) = length {
         body.resize(length.min(body_bytes_max), 0);
         reader.read_exact(&mut body).unwrap();
+        complete = body.len() == length;
     } else {
         let _ = reader.read_to_end(&mut body);
     }
@@ -150,6 +158,7 @@ pub fn read_answer(stream: TcpStream, body_bytes_max: usize) -> (Answer, TcpStre
             status,
             headers,
             body,
+            complete,
         },
         reader.into_inner(),
     )

@@ -186,3 +186,28 @@ fn a_long_stream_without_usage_is_counted_in_bounded_memory() {
         "counted {out} of 5000 tokens"
     );
 }
+
+#[test]
+fn an_upstream_that_breaks_off_mid_stream_cuts_the_client_and_bills_what_was_streamed() {
+    let mut stack = Stack::start("reset", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let request = chat(
+        "openai/gpt-4o-mini",
+        json!({"stream": true, "max_tokens": 50, "mock": {"reset_after": 10}}),
+    );
+    let answer = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    assert_eq!(answer.status, 200);
+    let text = answer.text();
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(text.matches(" hello").count(), 10, "{text}");
+    assert!(
+        !answer.complete,
+        "a broken stream must not end as a whole one"
+    );
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["status"], "upstream_error");
+    assert_eq!(events[0]["tokens_out"], 10);
+    assert_eq!(events[0]["usage_source"], "counted");
+}
