@@ -35,23 +35,15 @@ fn agent_body(bytes: usize) -> Vec<u8> {
     .unwrap()
 }
 
-const WANTED: [&str; 7] = [
-    "model",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "n",
-];
-
 fn scan(c: &mut Criterion) {
     let mut group = c.benchmark_group("body");
     for size in [4_000, 400_000] {
         let body = agent_body(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("scan {} KB", size / 1000), |b| {
-            b.iter(|| json_scan::scan(black_box(&body), WANTED).unwrap())
+            b.iter(|| {
+                json_scan::scan(black_box(&body), tollgate_gateway::pipeline::WANTED).unwrap()
+            })
         });
         group.bench_function(
             format!("serde_json tree {} KB (for comparison)", size / 1000),

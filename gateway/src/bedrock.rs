@@ -16,7 +16,17 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use tollgate_engine::{TokenUsage, UnixMs};
 
-use crate::translate::TranslateError;
+use crate::translate::{
+    Conversation, Dialect, OPENAI_CHAT_FIELDS, TranslateError, conversation, max_tokens,
+    stop_sequences,
+};
+
+/// Converse's way of writing a conversation.
+const BEDROCK: Dialect = Dialect {
+    content: blocks_of,
+    tool_use: |id, name, input| json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}),
+    tool_result: |id, content| json!({"toolResult": {"toolUseId": id, "content": content}}),
+};
 
 /// SigV4's name for the service.
 pub const SIGNING_SERVICE: &str = "bedrock";
@@ -337,49 +347,10 @@ fn bad(message: impl Into<String>) -> TranslateError {
     TranslateError(message.into())
 }
 
-/// Fields of OpenAI's chat request translated below or without a Converse counterpart; any
-/// other top-level field goes to `additionalModelRequestFields` (model-specific parameters).
-const OPENAI_CHAT_FIELDS: [&str; 30] = [
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "stream",
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "user",
-    "n",
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "response_format",
-    "seed",
-    "store",
-    "metadata",
-    "modalities",
-    "audio",
-    "prediction",
-    "reasoning_effort",
-    "service_tier",
-    "web_search_options",
-    "functions",
-];
-
 /// Rewrites an OpenAI chat-completions body into a Converse body.
 pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>, TranslateError> {
     let request: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))?;
-    let messages = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("`messages` must be an array"))?;
     if request
         .get("n")
         .and_then(Value::as_u64)
@@ -389,74 +360,7 @@ pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>,
             "`n` greater than 1 is not supported for Bedrock models",
         ));
     }
-    let mut system = Vec::new();
-    let mut turns: Vec<(String, Vec<Value>)> = Vec::new();
-    for (i, message) in messages.iter().enumerate() {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("messages[{i}].role is missing")))?;
-        let (role, blocks) = match role {
-            "system" | "developer" => {
-                system.extend(blocks_of(message.get("content"), i)?);
-                continue;
-            }
-            "user" => ("user", blocks_of(message.get("content"), i)?),
-            "assistant" => {
-                let mut blocks = blocks_of(message.get("content"), i)?;
-                for call in message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let arguments = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("{}");
-                    let input: Value = serde_json::from_str(if arguments.trim().is_empty() {
-                        "{}"
-                    } else {
-                        arguments
-                    })
-                    .map_err(|e| {
-                        bad(format!(
-                            "messages[{i}]: tool call arguments are not JSON: {e}"
-                        ))
-                    })?;
-                    blocks.push(json!({"toolUse": {
-                        "toolUseId": call.get("id").cloned().unwrap_or(json!("")),
-                        "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
-                        "input": input,
-                    }}));
-                }
-                ("assistant", blocks)
-            }
-            "tool" => {
-                let id = message
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(format!("messages[{i}].tool_call_id is missing")))?;
-                let content = blocks_of(message.get("content"), i)?;
-                (
-                    "user",
-                    vec![json!({"toolResult": {"toolUseId": id, "content": content}})],
-                )
-            }
-            other => {
-                return Err(bad(format!(
-                    "messages[{i}].role `{other}` is not supported"
-                )));
-            }
-        };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if last == role => existing.extend(blocks),
-            _ => turns.push((role.to_owned(), blocks)),
-        }
-    }
+    let Conversation { system, turns } = conversation(&request, &BEDROCK)?;
     let mut out = Map::new();
     out.insert(
         "messages".into(),
@@ -471,10 +375,7 @@ pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>,
         out.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|k| request.get(*k).and_then(Value::as_u64))
-        .unwrap_or(max_tokens_default);
+    let max_tokens = max_tokens(&request, max_tokens_default);
     inference.insert("maxTokens".into(), json!(max_tokens));
     if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
         inference.insert("temperature".into(), t.clone());
@@ -482,14 +383,8 @@ pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>,
     if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
         inference.insert("topP".into(), p.clone());
     }
-    match request.get("stop") {
-        Some(Value::String(s)) => {
-            inference.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Value::Array(list)) => {
-            inference.insert("stopSequences".into(), Value::Array(list.clone()));
-        }
-        _ => {}
+    if let Some(stop) = stop_sequences(&request) {
+        inference.insert("stopSequences".into(), stop);
     }
     out.insert("inferenceConfig".into(), Value::Object(inference));
     let choice = request.get("tool_choice");
@@ -741,13 +636,12 @@ impl StreamTranslator {
     }
 
     fn keep(&mut self, text: &str) {
-        let room = self.text_bytes_max.saturating_sub(self.text.len());
-        let mut end = text.len().min(room);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.text.push_str(text.get(..end).unwrap_or_default());
-        self.beyond_bytes += (text.len() - end) as u64;
+        crate::wire::keep_capped(
+            &mut self.text,
+            self.text_bytes_max,
+            &mut self.beyond_bytes,
+            text,
+        );
     }
 
     /// Translates one frame; returns whether it carried generated text.

@@ -330,7 +330,7 @@ struct Translation {
 }
 
 /// Members of a request body the gateway reads.
-const WANTED: [&str; 7] = [
+pub const WANTED: [&str; 7] = [
     "model",
     "stream",
     "stream_options",

@@ -20,15 +20,30 @@ fn bad(message: impl Into<String>) -> TranslateError {
     TranslateError(message.into())
 }
 
-/// Rewrites an OpenAI chat-completions body into an Anthropic Messages body for
-/// `upstream_model`, with `max_tokens_default` when the client set none.
-pub fn chat_to_messages(
-    body: &[u8],
-    upstream_model: &str,
-    max_tokens_default: u64,
-) -> Result<Vec<u8>, TranslateError> {
-    let request: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))?;
+/// How a provider's API writes the pieces of a conversation.
+pub(crate) struct Dialect {
+    /// OpenAI message content (a string or parts) as the provider's content blocks.
+    pub content: fn(Option<&Value>, usize) -> Result<Vec<Value>, TranslateError>,
+    /// A tool call the assistant made: id, name, parsed arguments.
+    pub tool_use: fn(&Value, &Value, Value) -> Value,
+    /// A tool's result for the call `id`, with its content blocks.
+    pub tool_result: fn(&str, Vec<Value>) -> Value,
+}
+
+/// An OpenAI chat request's messages, as a provider with a separate system prompt and
+/// strictly alternating user and assistant turns wants them.
+pub(crate) struct Conversation {
+    /// System and developer messages, lifted out.
+    pub system: Vec<Value>,
+    /// `(role, blocks)`, consecutive turns of one role merged; tool results are user turns.
+    pub turns: Vec<(String, Vec<Value>)>,
+}
+
+/// Splits `request`'s messages into a [`Conversation`] written in `dialect`.
+pub(crate) fn conversation(
+    request: &Value,
+    dialect: &Dialect,
+) -> Result<Conversation, TranslateError> {
     let messages = request
         .get("messages")
         .and_then(Value::as_array)
@@ -42,21 +57,38 @@ pub fn chat_to_messages(
             .ok_or_else(|| bad(format!("messages[{i}].role is missing")))?;
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.extend(content_blocks(message.get("content"), i)?);
+                system.extend((dialect.content)(message.get("content"), i)?);
                 continue;
             }
-            "user" => ("user", content_blocks(message.get("content"), i)?),
-            "assistant" => ("assistant", assistant_blocks(message, i)?),
+            "user" => ("user", (dialect.content)(message.get("content"), i)?),
+            "assistant" => {
+                let mut blocks = (dialect.content)(message.get("content"), i)?;
+                let calls = message.get("tool_calls").and_then(Value::as_array);
+                for call in calls.into_iter().flatten() {
+                    let function = call.get("function").unwrap_or(&Value::Null);
+                    let arguments = function
+                        .get("arguments")
+                        .and_then(Value::as_str)
+                        .filter(|a| !a.trim().is_empty())
+                        .unwrap_or("{}");
+                    let input: Value = serde_json::from_str(arguments).map_err(|e| {
+                        bad(format!(
+                            "messages[{i}]: tool call arguments are not JSON: {e}"
+                        ))
+                    })?;
+                    let id = call.get("id").unwrap_or(&Value::Null);
+                    let name = function.get("name").unwrap_or(&Value::Null);
+                    blocks.push((dialect.tool_use)(id, name, input));
+                }
+                ("assistant", blocks)
+            }
             "tool" => {
                 let id = message
                     .get("tool_call_id")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(format!("messages[{i}].tool_call_id is missing")))?;
-                let content = content_blocks(message.get("content"), i)?;
-                (
-                    "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": content})],
-                )
+                let content = (dialect.content)(message.get("content"), i)?;
+                ("user", vec![(dialect.tool_result)(id, content)])
             }
             other => {
                 return Err(bad(format!(
@@ -67,19 +99,55 @@ pub fn chat_to_messages(
         if blocks.is_empty() {
             continue;
         }
-        // Anthropic wants turns to alternate: merge consecutive turns of one role.
+        // Turns must alternate: merge consecutive turns of one role.
         match turns.last_mut() {
             Some((last, existing)) if last == role => existing.extend(blocks),
             _ => turns.push((role.to_owned(), blocks)),
         }
     }
-    let mut out = Map::new();
-    out.insert("model".into(), json!(upstream_model));
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
+    Ok(Conversation { system, turns })
+}
+
+/// The completion cap a request sets, or `default`.
+pub(crate) fn max_tokens(request: &Value, default: u64) -> u64 {
+    ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| request.get(*k).and_then(Value::as_u64))
-        .unwrap_or(max_tokens_default);
-    out.insert("max_tokens".into(), json!(max_tokens));
+        .unwrap_or(default)
+}
+
+/// OpenAI's `stop` (a string or a list) as a list.
+pub(crate) fn stop_sequences(request: &Value) -> Option<Value> {
+    match request.get("stop") {
+        Some(Value::String(s)) => Some(json!([s])),
+        Some(Value::Array(list)) => Some(Value::Array(list.clone())),
+        _ => None,
+    }
+}
+
+/// Anthropic's way of writing a conversation.
+const ANTHROPIC: Dialect = Dialect {
+    content: content_blocks,
+    tool_use: |id, name, input| json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+    tool_result: |id, content| json!({"type": "tool_result", "tool_use_id": id, "content": content}),
+};
+
+/// Rewrites an OpenAI chat-completions body into an Anthropic Messages body for
+/// `upstream_model`, with `max_tokens_default` when the client set none.
+pub fn chat_to_messages(
+    body: &[u8],
+    upstream_model: &str,
+    max_tokens_default: u64,
+) -> Result<Vec<u8>, TranslateError> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))?;
+    let Conversation { system, turns } = conversation(&request, &ANTHROPIC)?;
+    let mut out = Map::new();
+    out.insert("model".into(), json!(upstream_model));
+    out.insert(
+        "max_tokens".into(),
+        json!(max_tokens(&request, max_tokens_default)),
+    );
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
@@ -101,14 +169,8 @@ pub fn chat_to_messages(
             out.insert(to.into(), v.clone());
         }
     }
-    match request.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(list)) => {
-            out.insert("stop_sequences".into(), Value::Array(list.clone()));
-        }
-        _ => {}
+    if let Some(stop) = stop_sequences(&request) {
+        out.insert("stop_sequences".into(), stop);
     }
     if request
         .get("n")
@@ -181,7 +243,7 @@ pub fn chat_to_messages(
 
 /// Top-level fields of OpenAI's chat-completions request: translated above or, having no
 /// Anthropic counterpart, dropped. Anything else is the client's provider-specific extra.
-const OPENAI_CHAT_FIELDS: [&str; 30] = [
+pub(crate) const OPENAI_CHAT_FIELDS: [&str; 30] = [
     "model",
     "messages",
     "max_tokens",
@@ -246,36 +308,6 @@ fn image_block(url: &str) -> Value {
         return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
     }
     json!({"type": "image", "source": {"type": "url", "url": url}})
-}
-
-fn assistant_blocks(message: &Value, index: usize) -> Result<Vec<Value>, TranslateError> {
-    let mut blocks = content_blocks(message.get("content"), index)?;
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for call in calls {
-            let function = call.get("function").cloned().unwrap_or(Value::Null);
-            let arguments = function
-                .get("arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            let input: Value = serde_json::from_str(if arguments.trim().is_empty() {
-                "{}"
-            } else {
-                arguments
-            })
-            .map_err(|e| {
-                bad(format!(
-                    "messages[{index}]: tool call arguments are not JSON: {e}"
-                ))
-            })?;
-            blocks.push(json!({
-                "type": "tool_use",
-                "id": call.get("id").cloned().unwrap_or(json!("")),
-                "name": function.get("name").cloned().unwrap_or(json!("")),
-                "input": input,
-            }));
-        }
-    }
-    Ok(blocks)
 }
 
 /// OpenAI's finish reason for an Anthropic stop reason.

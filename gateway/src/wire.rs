@@ -358,13 +358,12 @@ impl StreamTally {
     }
 
     fn keep(&mut self, text: &str) {
-        let room = self.text_bytes_max.saturating_sub(self.text.len());
-        let mut end = text.len().min(room);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.text.push_str(text.get(..end).unwrap_or_default());
-        self.beyond_bytes += (text.len() - end) as u64;
+        keep_capped(
+            &mut self.text,
+            self.text_bytes_max,
+            &mut self.beyond_bytes,
+            text,
+        );
     }
 
     fn keep_strings(&mut self, value: &serde_json::Value) {
@@ -404,6 +403,18 @@ impl StreamTally {
         })
         .normalise()
     }
+}
+
+/// Appends `text` to `kept` up to `cap` bytes (cut on a char boundary), counting what does
+/// not fit in `beyond`.
+pub(crate) fn keep_capped(kept: &mut String, cap: usize, beyond: &mut u64, text: &str) {
+    let room = cap.saturating_sub(kept.len());
+    let mut end = text.len().min(room);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    kept.push_str(text.get(..end).unwrap_or_default());
+    *beyond += (text.len() - end) as u64;
 }
 
 /// Bytes of the strings `collect` would take from `value`.

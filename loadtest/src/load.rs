@@ -135,20 +135,18 @@ pub fn body(config: &LoadConfig) -> Bytes {
     Bytes::from(request.to_string())
 }
 
+/// The URL, its authority (for `Host`) and the address to connect to.
+fn target(url: &str) -> Result<(Uri, http::uri::Authority, SocketAddr), LoadError> {
+    let bad = || LoadError::Url(url.to_owned());
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    let authority = uri.authority().ok_or_else(bad)?.clone();
+    let address: SocketAddr = authority.as_str().parse().map_err(|_| bad())?;
+    Ok((uri, authority, address))
+}
+
 /// Runs the load and reports.
 pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
-    let uri: Uri = config
-        .url
-        .parse()
-        .map_err(|_| LoadError::Url(config.url.clone()))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| LoadError::Url(config.url.clone()))?
-        .clone();
-    let address: SocketAddr = authority
-        .as_str()
-        .parse()
-        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let (uri, authority, address) = target(&config.url)?;
     let body = body(config);
     let start = Instant::now() + config.warmup;
     let end = start + config.duration;
@@ -295,18 +293,7 @@ pub async fn hold<F: std::future::Future<Output = ()>>(
     config: &LoadConfig,
     holding: impl FnOnce(&HoldReport) -> F,
 ) -> Result<HoldReport, LoadError> {
-    let uri: Uri = config
-        .url
-        .parse()
-        .map_err(|_| LoadError::Url(config.url.clone()))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| LoadError::Url(config.url.clone()))?
-        .clone();
-    let address: SocketAddr = authority
-        .as_str()
-        .parse()
-        .map_err(|_| LoadError::Url(config.url.clone()))?;
+    let (uri, authority, address) = target(&config.url)?;
     let body = body(config);
     let started = Instant::now();
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
