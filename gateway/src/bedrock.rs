@@ -542,26 +542,14 @@ pub fn converse_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
             }));
         }
     }
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !tool_calls.is_empty() {
-            Value::Null
-        } else {
-            json!(text)
-        },
-    );
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let message = crate::translate::assistant_message(&text, tool_calls);
     let usage = answer.get("usage").and_then(usage_of).unwrap_or_default();
     let chat = json!({
         "id": "chatcmpl-bedrock",
         "object": "chat.completion",
         "created": created_s,
         "model": model,
-        "choices": [{"index": 0, "message": Value::Object(message),
+        "choices": [{"index": 0, "message": message,
                      "finish_reason": finish_reason(answer.get("stopReason").and_then(Value::as_str))}],
         "usage": openai_usage(&usage),
     });

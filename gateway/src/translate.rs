@@ -335,6 +335,22 @@ fn openai_usage(usage: &Value) -> Value {
     })
 }
 
+/// OpenAI's assistant message: the text (null when there are only tool calls) and the calls.
+pub(crate) fn assistant_message(text: &str, tool_calls: Vec<Value>) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), json!("assistant"));
+    let content = if text.is_empty() && !tool_calls.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
+    message.insert("content".into(), content);
+    if !tool_calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    Value::Object(message)
+}
+
 /// A whole Anthropic message as a `chat.completion` answering for `model`.
 pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u8>> {
     let message: Value = serde_json::from_slice(body).ok()?;
@@ -359,19 +375,7 @@ pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u
             _ => {}
         }
     }
-    let mut reply = Map::new();
-    reply.insert("role".into(), json!("assistant"));
-    reply.insert(
-        "content".into(),
-        if text.is_empty() && !tool_calls.is_empty() {
-            Value::Null
-        } else {
-            json!(text)
-        },
-    );
-    if !tool_calls.is_empty() {
-        reply.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let reply = assistant_message(&text, tool_calls);
     let answer = json!({
         "id": format!("chatcmpl-{}", message.get("id").and_then(Value::as_str).unwrap_or("")),
         "object": "chat.completion",
@@ -379,7 +383,7 @@ pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u
         "model": model,
         "choices": [{
             "index": 0,
-            "message": Value::Object(reply),
+            "message": reply,
             "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
         }],
         "usage": openai_usage(message.get("usage").unwrap_or(&Value::Null)),
