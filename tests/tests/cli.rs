@@ -1,5 +1,5 @@
-//! The real `tollgate` binary validates rate cards: good ones list their versions, bad ones stop
-//! with the file, line and field, and a non-zero exit.
+//! The real `tollgate` binary's own checks: rate cards and configs are validated with the file,
+//! line and field of any fault, and a non-zero exit.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -123,6 +123,42 @@ fn an_oversized_card_is_refused_before_parsing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("larger than"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_refuses_a_broken_config_naming_the_field() {
+    let dir = TempDir::new("bad-config").unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        "rate_card = \"rates.toml\"\n\n[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"not a url\"\n",
+    )
+    .unwrap();
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tollgate.toml:6:") && stderr.contains("provider[0].base_url"),
+        "{stderr}"
+    );
+    // A provider whose key variable is unset stops start-up too, naming the variable only.
+    std::fs::write(
+        &config,
+        "rate_card = \"rates.toml\"\n\n[[provider]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"TOLLGATE_TEST_UNSET_KEY\"\n",
+    )
+    .unwrap();
+    std::fs::copy(example_card(), dir.path().join("rates.toml")).unwrap();
+    let out = Command::new(tollgate_bin().unwrap())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("TOLLGATE_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("TOLLGATE_TEST_UNSET_KEY"),
         "{}",
         text(&out.stderr)
     );
