@@ -140,6 +140,14 @@ impl Gateway {
             .collect();
         let keys = KeyStore::new();
         let (journal, _restored) = Journal::open(&config.state_dir, &directory, &keys)?;
+        // Budgets carry the spend of their current periods across a restart.
+        let log = config.events.dir.join(crate::emit::EVENTS_FILE);
+        crate::restore::restore_spend(&directory, &log, now_ms()).map_err(|source| {
+            StartError::Events {
+                dir: config.events.dir.display().to_string(),
+                source,
+            }
+        })?;
         let metrics = Arc::new(Metrics::default());
         let (emitter, writer) = Emitter::start(
             &config.events.dir,

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod meter;
 pub mod metrics;
 pub mod pipeline;
+pub mod restore;
 pub mod server;
 pub mod sse;
 pub mod state;

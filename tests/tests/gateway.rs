@@ -545,3 +545,56 @@ fn unknowable_usage_is_billed_at_its_bound_and_flagged_and_tokens_per_minute_lim
         1
     );
 }
+
+#[test]
+fn a_restart_never_gives_a_budget_back() {
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"small\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.0001\", period = \"day\" }}\n"
+    );
+    let mut stack = Stack::start("restart-spend", &org, "");
+    let (key, _) = stack.create_key("small", json!({}));
+    let mut admitted = 0;
+    while post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("openai/gpt-4o-mini", 5),
+    )
+    .status
+        == 200
+    {
+        admitted += 1;
+        assert!(admitted < 1_000, "the budget never ran out");
+    }
+    let allocations = |stack: &Stack| stack.admin("GET", "/admin/v1/allocations", None).json();
+    let spent = |all: &Value, name: &str, budget: &str| {
+        all["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()[budget]["spent_nanos"]
+            .clone()
+    };
+    let before = allocations(&stack);
+    assert!(spent(&before, "small", "budget").as_u64().unwrap() > 0);
+    stack.restart();
+    let after = allocations(&stack);
+    for budget in ["budget", "project_budget", "team_budget"] {
+        assert_eq!(
+            spent(&after, "small", budget),
+            spent(&before, "small", budget),
+            "{budget}"
+        );
+    }
+    let refused = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("openai/gpt-4o-mini", 5),
+    );
+    assert_eq!(
+        refused.status, 402,
+        "the spent budget is still spent after a restart"
+    );
+}
