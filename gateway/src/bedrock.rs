@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tollgate_engine::{TokenUsage, UnixMs};
 
 use crate::translate::{
-    Conversation, Dialect, OPENAI_CHAT_FIELDS, TranslateError, conversation, max_tokens,
+    Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, conversation, max_tokens,
     stop_sequences,
 };
 
@@ -579,7 +579,7 @@ pub struct StreamTranslator {
     model: String,
     created_s: i64,
     include_usage: bool,
-    tool_index: Vec<(u64, usize)>,
+    tool_calls: ToolCalls,
     done: bool,
     /// Usage from the `metadata` event.
     pub usage: Option<TokenUsage>,
@@ -603,7 +603,7 @@ impl StreamTranslator {
             model: model.to_owned(),
             created_s,
             include_usage,
-            tool_index: Vec::new(),
+            tool_calls: ToolCalls::default(),
             done: false,
             usage: None,
             text: String::new(),
@@ -664,14 +664,11 @@ impl StreamTranslator {
                         .get("contentBlockIndex")
                         .and_then(Value::as_u64)
                         .unwrap_or(0);
-                    let call = self.tool_index.len();
-                    self.tool_index.push((index, call));
-                    let delta = json!({"tool_calls": [{
-                        "index": call,
-                        "id": tool.get("toolUseId").cloned().unwrap_or(json!("")),
-                        "type": "function",
-                        "function": {"name": tool.get("name").cloned().unwrap_or(json!("")), "arguments": ""},
-                    }]});
+                    let delta = self.tool_calls.start(
+                        index,
+                        tool.get("toolUseId").unwrap_or(&Value::Null),
+                        tool.get("name").unwrap_or(&Value::Null),
+                    );
                     out.push_str(&self.chunk(delta, Value::Null));
                 }
             }
@@ -690,8 +687,7 @@ impl StreamTranslator {
                     .and_then(Value::as_str)
                 {
                     self.keep(input);
-                    if let Some((_, call)) = self.tool_index.iter().find(|(i, _)| *i == index) {
-                        let delta = json!({"tool_calls": [{"index": call, "function": {"arguments": input}}]});
+                    if let Some(delta) = self.tool_calls.arguments(index, &json!(input)) {
                         out.push_str(&self.chunk(delta, Value::Null));
                     }
                     return true;

@@ -404,6 +404,38 @@ pub fn error_to_openai(body: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&answer).ok()
 }
 
+/// OpenAI's tool-call indexes (dense, from 0) for a provider's content-block indexes; the id
+/// and name go in a call's first fragment only (OpenAI's SDKs append repeated fields).
+#[derive(Debug, Default)]
+pub(crate) struct ToolCalls {
+    by_block: Vec<(u64, usize)>,
+}
+
+impl ToolCalls {
+    /// The delta that opens a tool call in content block `block`.
+    pub(crate) fn start(&mut self, block: u64, id: &Value, name: &Value) -> Value {
+        let call = self.by_block.len();
+        self.by_block.push((block, call));
+        json!({"tool_calls": [{
+            "index": call,
+            "id": if id.is_null() { json!("") } else { id.clone() },
+            "type": "function",
+            "function": {"name": if name.is_null() { json!("") } else { name.clone() }, "arguments": ""},
+        }]})
+    }
+
+    /// The delta that adds `fragment` to the arguments of the call in `block`, if one is open.
+    pub(crate) fn arguments(&self, block: u64, fragment: &Value) -> Option<Value> {
+        let (_, call) = self.by_block.iter().find(|(b, _)| *b == block)?;
+        let fragment = if fragment.is_null() {
+            json!("")
+        } else {
+            fragment.clone()
+        };
+        Some(json!({"tool_calls": [{"index": call, "function": {"arguments": fragment}}]}))
+    }
+}
+
 /// Turns Anthropic stream events into `chat.completion.chunk` events, one event at a time.
 #[derive(Debug)]
 pub struct StreamTranslator {
@@ -413,7 +445,7 @@ pub struct StreamTranslator {
     id: String,
     usage: Map<String, Value>,
     /// Anthropic content-block index -> OpenAI tool-call index.
-    tool_index: Vec<(u64, usize)>,
+    tool_calls: ToolCalls,
     finish: Value,
 }
 
@@ -427,7 +459,7 @@ impl StreamTranslator {
             include_usage,
             id: String::from("chatcmpl-tollgate"),
             usage: Map::new(),
-            tool_index: Vec::new(),
+            tool_calls: ToolCalls::default(),
             finish: Value::Null,
         }
     }
@@ -462,14 +494,11 @@ impl StreamTranslator {
                 let block = event.get("content_block").unwrap_or(&Value::Null);
                 if block.get("type").and_then(Value::as_str) == Some("tool_use") {
                     let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let tool = self.tool_index.len();
-                    self.tool_index.push((index, tool));
-                    let delta = json!({"tool_calls": [{
-                        "index": tool,
-                        "id": block.get("id").cloned().unwrap_or(json!("")),
-                        "type": "function",
-                        "function": {"name": block.get("name").cloned().unwrap_or(json!("")), "arguments": ""},
-                    }]});
+                    let delta = self.tool_calls.start(
+                        index,
+                        block.get("id").unwrap_or(&Value::Null),
+                        block.get("name").unwrap_or(&Value::Null),
+                    );
                     out.push_str(&self.chunk(delta, Value::Null));
                 }
             }
@@ -482,9 +511,8 @@ impl StreamTranslator {
                     }
                     Some("input_json_delta") => {
                         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        if let Some((_, tool)) = self.tool_index.iter().find(|(i, _)| *i == index) {
-                            let partial = delta.get("partial_json").cloned().unwrap_or(json!(""));
-                            let chunk = json!({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]});
+                        let partial = delta.get("partial_json").unwrap_or(&Value::Null);
+                        if let Some(chunk) = self.tool_calls.arguments(index, partial) {
                             out.push_str(&self.chunk(chunk, Value::Null));
                         }
                     }
