@@ -1,0 +1,494 @@
+//! The durable local log: segment files of length-prefixed, CRC32C-checked records.
+//!
+//! A record is `[len: u32 LE][crc32c(payload): u32 LE][payload]`. Records are numbered from 0
+//! across the whole log (their *offset*); a segment file is named by the offset of its first
+//! record (`00000000000000000000.log`) and is closed for appends once it passes
+//! `segment_bytes_max`. Appends go to the operating system at once (a `kill -9` loses nothing
+//! written); [`Log::sync`] makes them survive a machine crash, and the caller decides how often
+//! (group commit).
+//!
+//! **Invariant:** after [`Log::open`], the log holds exactly the records that were whole and
+//! intact at the end of the last segment; a torn or corrupt tail (a crash mid-write) is cut back
+//! to the last good record and reported, never fatal. A corrupt record in a sealed segment is an
+//! error naming the segment and offset when it is read, never a silent skip.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Bytes before each payload.
+const HEADER_BYTES: u64 = 8;
+
+/// Largest record accepted: a usage event is under a kilobyte; anything near this is damage.
+pub const RECORD_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Default size at which a segment is sealed and a new one begun.
+pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Why the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The file system.
+    #[error("{path}: {source}")]
+    Io {
+        /// File or folder.
+        path: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A sealed segment holds a record that fails its check.
+    #[error("{path}: record {offset} is corrupt ({reason})")]
+    Corrupt {
+        /// Segment.
+        path: String,
+        /// The record's offset.
+        offset: u64,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// A record larger than [`RECORD_BYTES_MAX`] was offered.
+    #[error("a {0}-byte record is larger than the log's record limit")]
+    TooLarge(usize),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What opening the log found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records in the log.
+    pub records: u64,
+    /// Bytes cut from the end of the last segment (a torn or corrupt tail).
+    pub cut_bytes: u64,
+    /// Why the tail was cut, if it was.
+    pub cut_reason: Option<&'static str>,
+}
+
+/// The log, open for appends.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    /// First offset of each segment, ascending.
+    segments: Vec<u64>,
+    active: File,
+    active_bytes: u64,
+    next_offset: u64,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Reads one record at the reader's position: `Ok(None)` at a clean end, `Err(reason)` for a
+/// torn or corrupt record.
+fn read_record(reader: &mut impl Read) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut header = [0u8; HEADER_BYTES as usize];
+    let mut filled = 0;
+    while filled < header.len() {
+        match reader.read(&mut header[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err("torn record header"),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err("unreadable record header"),
+        }
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > RECORD_BYTES_MAX {
+        return Err("record length out of range");
+    }
+    let mut payload = vec![0u8; len as usize];
+    if reader.read_exact(&mut payload).is_err() {
+        return Err("torn record payload");
+    }
+    if crc32c::crc32c(&payload) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(Some(payload))
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, cutting a torn or corrupt tail of the last segment.
+    pub fn open(dir: &Path, segment_bytes_max: u64) -> Result<(Log, Recovery), LogError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let mut segments: Vec<u64> = fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name();
+                let name = name.to_str()?;
+                name.strip_suffix(".log")?.parse::<u64>().ok()
+            })
+            .collect();
+        segments.sort_unstable();
+        if segments.is_empty() {
+            segments.push(0);
+        }
+        let last_base = segments.last().copied().unwrap_or(0);
+        let last_path = segment_path(dir, last_base);
+        let active = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&last_path)
+            .map_err(io_at(&last_path))?;
+        // Walk the last segment to its last good record.
+        let mut reader = BufReader::new(&active);
+        let mut good_bytes = 0u64;
+        let mut count = 0u64;
+        let mut cut_reason = None;
+        loop {
+            match read_record(&mut reader) {
+                Ok(Some(payload)) => {
+                    good_bytes += HEADER_BYTES + payload.len() as u64;
+                    count += 1;
+                }
+                Ok(None) => break,
+                Err(reason) => {
+                    cut_reason = Some(reason);
+                    break;
+                }
+            }
+        }
+        let total = active.metadata().map_err(io_at(&last_path))?.len();
+        if total > good_bytes {
+            active.set_len(good_bytes).map_err(io_at(&last_path))?;
+            active.sync_all().map_err(io_at(&last_path))?;
+        }
+        let recovery = Recovery {
+            records: last_base + count,
+            cut_bytes: total - good_bytes,
+            cut_reason: cut_reason.or((total > good_bytes).then_some("torn record")),
+        };
+        let log = Log {
+            dir: dir.to_owned(),
+            segment_bytes_max: segment_bytes_max.max(HEADER_BYTES + 1),
+            segments,
+            active,
+            active_bytes: good_bytes,
+            next_offset: last_base + count,
+        };
+        Ok((log, recovery))
+    }
+
+    /// The offset the next record will get (the number of records ever appended).
+    #[must_use]
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Appends `payloads` as consecutive records in one write; returns the offset of the first.
+    /// The bytes are with the operating system when this returns (a process kill loses nothing);
+    /// call [`Log::sync`] to survive a machine crash.
+    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<u64, LogError> {
+        let first = self.next_offset;
+        let mut buffer = Vec::with_capacity(
+            payloads
+                .iter()
+                .map(|p| p.as_ref().len() + HEADER_BYTES as usize)
+                .sum(),
+        );
+        for payload in payloads {
+            let payload = payload.as_ref();
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|len| *len <= RECORD_BYTES_MAX)
+                .ok_or(LogError::TooLarge(payload.len()))?;
+            if self.active_bytes + buffer.len() as u64 >= self.segment_bytes_max {
+                self.write(&buffer)?;
+                buffer.clear();
+                self.roll()?;
+            }
+            buffer.extend_from_slice(&len.to_le_bytes());
+            buffer.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+            buffer.extend_from_slice(payload);
+            self.next_offset += 1;
+        }
+        self.write(&buffer)?;
+        Ok(first)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let path = self.active_path();
+        self.active.write_all(bytes).map_err(io_at(&path))?;
+        self.active_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Seals the active segment (synced) and starts the next at the next offset.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let path = self.active_path();
+        self.active.sync_data().map_err(io_at(&path))?;
+        let base = self.next_offset;
+        let next = segment_path(&self.dir, base);
+        self.active = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&next)
+            .map_err(io_at(&next))?;
+        self.segments.push(base);
+        self.active_bytes = 0;
+        // The new file's name must survive a crash too.
+        if let Ok(dir) = File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    fn active_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.segments.last().copied().unwrap_or(0))
+    }
+
+    /// Makes every appended record survive a machine crash.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        let path = self.active_path();
+        self.active.sync_data().map_err(io_at(&path))
+    }
+
+    /// Reads records from `offset` on, in order.
+    pub fn read_from(&self, offset: u64) -> LogReader {
+        LogReader {
+            dir: self.dir.clone(),
+            segments: self.segments.clone(),
+            end: self.next_offset,
+            next: offset,
+            current: None,
+        }
+    }
+}
+
+/// Records from an offset to the end the log had when the reader was made.
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    segments: Vec<u64>,
+    end: u64,
+    next: u64,
+    current: Option<(PathBuf, BufReader<File>)>,
+}
+
+impl LogReader {
+    fn open_at(&mut self, offset: u64) -> Result<(), LogError> {
+        let index = self.segments.partition_point(|base| *base <= offset);
+        let base = index
+            .checked_sub(1)
+            .and_then(|i| self.segments.get(i))
+            .copied()
+            .unwrap_or(0);
+        let path = segment_path(&self.dir, base);
+        let file = File::open(&path).map_err(io_at(&path))?;
+        let mut reader = BufReader::new(file);
+        // Skip to the record wanted, checking each one passed.
+        for skipped in base..offset {
+            match read_record(&mut reader) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(LogError::Corrupt {
+                        path: path.display().to_string(),
+                        offset: skipped,
+                        reason: "segment ends early",
+                    });
+                }
+                Err(reason) => {
+                    return Err(LogError::Corrupt {
+                        path: path.display().to_string(),
+                        offset: skipped,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.current = Some((path, reader));
+        Ok(())
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<(u64, Vec<u8>), LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        let starts_segment = self.segments.binary_search(&self.next).is_ok();
+        if (self.current.is_none() || starts_segment)
+            && let Err(e) = self.open_at(self.next)
+        {
+            self.next = self.end;
+            return Some(Err(e));
+        }
+        let (path, reader) = self.current.as_mut()?;
+        let offset = self.next;
+        let item = match read_record(reader) {
+            Ok(Some(payload)) => Ok((offset, payload)),
+            Ok(None) => Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason: "segment ends early",
+            }),
+            Err(reason) => Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                offset,
+                reason,
+            }),
+        };
+        self.next = if item.is_ok() { offset + 1 } else { self.end };
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct Dir(PathBuf);
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("tollgate-log-{name}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            Dir(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn all(log: &Log) -> Vec<Vec<u8>> {
+        log.read_from(0).map(|r| r.unwrap().1).collect()
+    }
+
+    #[test]
+    fn appends_survive_reopening_across_segments() {
+        let dir = Dir::new("reopen");
+        let (mut log, recovery) = Log::open(&dir.0, 100).unwrap();
+        assert_eq!(recovery, Recovery::default());
+        let records: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; usize::from(i % 7) * 5]).collect();
+        for chunk in records.chunks(3) {
+            log.append(chunk).unwrap();
+        }
+        log.sync().unwrap();
+        assert_eq!(log.next_offset(), 50);
+        assert!(log.segments.len() > 5, "small segments roll");
+        drop(log);
+        let (log, recovery) = Log::open(&dir.0, 100).unwrap();
+        assert_eq!(recovery.records, 50);
+        assert_eq!(recovery.cut_bytes, 0);
+        assert_eq!(all(&log), records);
+        let from_17: Vec<u64> = log.read_from(17).map(|r| r.unwrap().0).collect();
+        assert_eq!(from_17, (17..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_back_and_reported() {
+        let dir = Dir::new("torn");
+        let (mut log, _) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+        log.append(&[b"first".as_slice(), b"second", b"third"])
+            .unwrap();
+        drop(log);
+        let path = segment_path(&dir.0, 0);
+        let length = fs::metadata(&path).unwrap().len();
+        // A crash mid-write: the last record half there.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(length - 2)
+            .unwrap();
+        let (mut log, recovery) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+        assert_eq!(recovery.records, 2);
+        assert_eq!(recovery.cut_bytes, HEADER_BYTES + 5 - 2);
+        assert_eq!(recovery.cut_reason, Some("torn record payload"));
+        assert_eq!(all(&log), vec![b"first".to_vec(), b"second".to_vec()]);
+        // Appends go on after the cut.
+        log.append(&[b"fourth"]).unwrap();
+        drop(log);
+        // A flipped bit in the last record: cut as corrupt.
+        let mut bytes = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let (log, recovery) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+        assert_eq!(recovery.cut_reason, Some("checksum mismatch"));
+        assert_eq!(all(&log), vec![b"first".to_vec(), b"second".to_vec()]);
+    }
+
+    #[test]
+    fn corruption_in_a_sealed_segment_is_an_error_when_read() {
+        let dir = Dir::new("sealed");
+        let (mut log, _) = Log::open(&dir.0, 40).unwrap();
+        for i in 0..10u8 {
+            log.append(&[vec![i; 20]]).unwrap();
+        }
+        let first = segment_path(&dir.0, 0);
+        let mut bytes = Vec::new();
+        File::open(&first).unwrap().read_to_end(&mut bytes).unwrap();
+        bytes[HEADER_BYTES as usize] ^= 1;
+        fs::write(&first, &bytes).unwrap();
+        let results: Vec<_> = log.read_from(0).collect();
+        assert!(matches!(
+            results[0],
+            Err(LogError::Corrupt {
+                offset: 0,
+                reason: "checksum mismatch",
+                ..
+            })
+        ));
+        assert_eq!(results.len(), 1, "reading stops at the damage");
+        // Records after the damaged segment are still readable from their own offset.
+        assert_eq!(log.read_from(5).next().unwrap().unwrap().1, vec![5u8; 20]);
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let dir = Dir::new("big");
+        let (mut log, _) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+        let big = vec![0u8; RECORD_BYTES_MAX as usize + 1];
+        assert!(matches!(log.append(&[big]), Err(LogError::TooLarge(_))));
+        assert_eq!(log.next_offset(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Whatever byte a crash cuts the last segment at, reopening keeps exactly a prefix of
+        /// what was appended: every whole record before the cut, nothing after it.
+        #[test]
+        fn any_cut_recovers_a_prefix(
+            records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..30),
+            cut in 0usize..2_000,
+        ) {
+            let dir = Dir::new("prop");
+            let (mut log, _) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+            log.append(&records).unwrap();
+            drop(log);
+            let path = segment_path(&dir.0, 0);
+            let length = fs::metadata(&path).unwrap().len() as usize;
+            let keep = cut % (length + 1);
+            OpenOptions::new().write(true).open(&path).unwrap().set_len(keep as u64).unwrap();
+            let (log, recovery) = Log::open(&dir.0, SEGMENT_BYTES_MAX).unwrap();
+            let recovered = all(&log);
+            prop_assert!(recovered.len() <= records.len());
+            prop_assert_eq!(&recovered[..], &records[..recovered.len()]);
+            let whole: usize = records[..recovered.len()].iter().map(|r| r.len() + 8).sum();
+            prop_assert_eq!(recovery.cut_bytes as usize, keep - whole);
+            prop_assert!(keep - whole < records.get(recovered.len()).map_or(1, |r| r.len() + 8));
+        }
+    }
+}
