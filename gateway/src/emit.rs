@@ -1,101 +1,130 @@
-//! Usage events leave the request path through one bounded queue to a writer thread.
+//! Usage events go into the durable local log before the request's answer is complete.
 //!
-//! The request path never waits on a disk: it pushes the event and goes on. The writer appends
-//! JSON lines to the local event log and syncs once per window (`events.sync_interval_ms`,
-//! group commit), or at once when asked to flush or stop.
-//! Budget warnings (soft limits crossed) go to an alerts file the same way.
+//! The request path encodes its event and appends it to `sink::log` (one `write` under a short
+//! lock: the bytes are then with the operating system, so killing the process loses nothing).
+//! A syncer thread makes them survive a machine crash once per `events.sync_interval_ms` (group
+//! commit), without holding the lock while the disk works. Budget warnings (soft limits
+//! crossed) go to `alerts.jsonl` the same way.
 //!
-//! **Invariant:** an admitted request always finds room for its event. The queue holds
-//! `queued_max` events plus one per request that may be in flight; a new request is refused
-//! with 503 once `queued_max` events wait, before it is admitted.
+//! **Invariant:** an event is in the log before the call that produced it is answered: refusals
+//! append before the error response is returned, and a metered answer appends before its last
+//! byte is sent. New requests are refused (503) while more than `events.queued_max` appended
+//! events wait for their sync: a disk that cannot keep up slows admission, never loses events.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tollgate_engine::{SoftLimitCrossed, UsageEvent};
+use tollgate_sink::log::{Log, LogReader, Recovery, SEGMENT_BYTES_MAX};
 
 use crate::error::rfc3339;
-use crate::limits::EVENTS_BATCH_MAX;
 use crate::metrics::{Counter, Metrics};
 
-/// The file usage events are appended to, one JSON object per line.
-pub const EVENTS_FILE: &str = "events.jsonl";
+/// The log's folder under `events.dir`.
+pub const LOG_DIR: &str = "log";
 /// The file budget warnings are appended to.
 pub const ALERTS_FILE: &str = "alerts.jsonl";
 
-enum Record {
-    Usage(Box<UsageEvent>),
-    Alert(String),
-    /// Shutdown: everything queued before this is written, then the writer stops.
-    Stop,
-    /// Everything queued before this is written and synced, then the sender is told.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The sending side, shared by every request.
-#[derive(Clone)]
-pub struct Emitter {
-    sender: Sender<Record>,
-    queued_max: usize,
+struct Shared {
+    log: Mutex<Log>,
+    alerts: Mutex<File>,
+    /// Events appended since the last sync.
+    unsynced: AtomicU64,
+    stopping: AtomicBool,
+    wake: Condvar,
+    wake_lock: Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
-/// The writer thread; joining it flushes everything queued.
+/// The appending side, shared by every request.
+#[derive(Clone)]
+pub struct Emitter {
+    shared: Arc<Shared>,
+    queued_max: usize,
+}
+
+/// The syncer thread; joining it syncs what is left.
 pub struct Writer {
-    thread: JoinHandle<io::Result<()>>,
+    thread: JoinHandle<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Emitter {
-    /// Opens the log in `dir` and starts the writer thread.
+    /// Opens the log under `dir` (cutting a torn tail, which is reported) and starts the syncer.
     pub fn start(
         dir: &Path,
         queued_max: usize,
-        in_flight_max: usize,
         sync_interval: Duration,
         metrics: Arc<Metrics>,
-    ) -> io::Result<(Emitter, Writer)> {
+    ) -> io::Result<(Emitter, Writer, Recovery)> {
         std::fs::create_dir_all(dir)?;
-        let events = open_append(&dir.join(EVENTS_FILE))?;
-        let alerts = open_append(&dir.join(ALERTS_FILE))?;
-        let (sender, receiver) =
-            crossbeam_channel::bounded(queued_max.saturating_add(in_flight_max));
-        let writer_metrics = Arc::clone(&metrics);
+        let (log, recovery) =
+            Log::open(&dir.join(LOG_DIR), SEGMENT_BYTES_MAX).map_err(io::Error::other)?;
+        if recovery.cut_bytes > 0 {
+            report(&format!(
+                "event log: cut {} bytes of a damaged tail ({}); {} events kept",
+                recovery.cut_bytes,
+                recovery.cut_reason.unwrap_or("torn record"),
+                recovery.records
+            ));
+        }
+        let alerts = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(ALERTS_FILE))?;
+        let shared = Arc::new(Shared {
+            log: Mutex::new(log),
+            alerts: Mutex::new(alerts),
+            unsynced: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+            metrics,
+        });
+        let syncer = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
-            .name("tollgate-events".into())
-            .spawn(move || write_loop(&receiver, events, alerts, &writer_metrics, sync_interval))?;
-        Ok((
-            Emitter {
-                sender,
-                queued_max,
-                metrics,
-            },
-            Writer { thread },
-        ))
+            .name("tollgate-events-sync".into())
+            .spawn(move || sync_loop(&syncer, sync_interval))?;
+        Ok((Emitter { shared, queued_max }, Writer { thread }, recovery))
     }
 
-    /// Whether a new request may be admitted (the backlog is under `queued_max`).
+    /// Whether a new request may be admitted (the syncer is keeping up).
     #[must_use]
     pub fn has_room(&self) -> bool {
-        self.sender.len() < self.queued_max
+        self.queued() < self.queued_max
     }
 
-    /// Events waiting.
+    /// Appended events not yet synced.
     #[must_use]
     pub fn queued(&self) -> usize {
-        self.sender.len()
+        usize::try_from(self.shared.unsynced.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
-    /// Queues a usage event.
-    pub fn usage(&self, event: UsageEvent) {
-        self.send(Record::Usage(Box::new(event)));
+    /// Appends a usage event. On return it is with the operating system.
+    pub fn usage(&self, event: &UsageEvent) {
+        let payload = event.to_json();
+        let appended = lock(&self.shared.log).append(&[payload]);
+        match appended {
+            Ok(_) => {
+                self.shared.unsynced.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.add(Counter::EventsWritten, 1);
+            }
+            Err(e) => {
+                self.shared.metrics.add(Counter::EventsLost, 1);
+                report(&format!("appending a usage event: {e}"));
+            }
+        }
     }
 
-    /// Queues a soft-limit warning.
+    /// Records a soft-limit warning.
     pub fn alert(&self, crossed: &SoftLimitCrossed, at: tollgate_engine::UnixMs) {
         let line = serde_json::json!({
             "kind": "soft_limit_crossed",
@@ -108,121 +137,79 @@ impl Emitter {
             "limit_nanos": crossed.limit.0,
             "percent": crossed.percent,
         });
-        self.metrics.add(Counter::SoftLimitWarnings, 1);
-        self.send(Record::Alert(line.to_string()));
-    }
-
-    /// Asks the writer to finish: what was queued before is written and synced; events sent
-    /// after are counted as lost. Waits up to `wait` for room in the queue.
-    pub fn stop(&self, wait: std::time::Duration) {
-        if self.sender.send_timeout(Record::Stop, wait).is_err() {
-            report("shutdown: the event writer did not take the stop signal");
+        self.shared.metrics.add(Counter::SoftLimitWarnings, 1);
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        if let Err(e) = lock(&self.shared.alerts).write_all(&bytes) {
+            report(&format!("writing a budget warning: {e}"));
         }
     }
 
-    /// Waits until every event queued before the call is written and synced (admin API:
-    /// `POST /admin/v1/events/flush`, before reading the log). `false` if the writer is gone.
+    /// Syncs everything appended so far (admin API: `POST /admin/v1/events/flush`).
     pub async fn flush(&self) -> bool {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        match self.sender.try_send(Record::Flush(done)) {
-            Ok(()) => wait.await.is_ok(),
-            Err(_) => false,
-        }
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || sync_now(&shared).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
-    fn send(&self, record: Record) {
-        match self.sender.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                // Unreachable while the admission invariant holds; counted and reported if not.
-                self.metrics.add(Counter::EventsLost, 1);
-                report("usage event queue full or closed; an event was lost");
-            }
-        }
+    /// Reads the log from `offset` (restore at start; the records as appended).
+    pub fn read_from(&self, offset: u64) -> LogReader {
+        lock(&self.shared.log).read_from(offset)
+    }
+
+    /// Asks the syncer to sync what is left and stop.
+    pub fn stop(&self, _wait: Duration) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let _guard = lock(&self.shared.wake_lock);
+        self.shared.wake.notify_all();
     }
 }
 
 impl Writer {
-    /// Waits for the writer to drain the queue (every `Emitter` must be dropped first).
+    /// Waits for the syncer's last sync (call [`Emitter::stop`] first).
     pub fn join(self) -> io::Result<()> {
         self.thread
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("event writer thread panicked")))
+            .map_err(|_| io::Error::other("event syncer thread panicked"))
     }
 }
 
-fn open_append(path: &PathBuf) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// Syncs the active segment and the alerts without holding the log while the disk works.
+fn sync_now(shared: &Shared) -> io::Result<()> {
+    let pending = shared.unsynced.swap(0, Ordering::AcqRel);
+    let file = lock(&shared.log).active_file().map_err(io::Error::other);
+    let result = file.and_then(|f| f.sync_data()).and_then(|()| {
+        let alerts = lock(&shared.alerts).try_clone()?;
+        alerts.sync_data()
+    });
+    if let Err(e) = &result {
+        // Not synced: count them again so the backlog shows it, and say so.
+        shared.unsynced.fetch_add(pending, Ordering::AcqRel);
+        report(&format!("syncing the event log: {e}"));
+    }
+    result
 }
 
-fn write_loop(
-    receiver: &Receiver<Record>,
-    mut events: File,
-    mut alerts: File,
-    metrics: &Metrics,
-    sync_interval: Duration,
-) -> io::Result<()> {
-    let mut usage_buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut alert_buf: Vec<u8> = Vec::new();
-    let mut stopping = false;
-    while !stopping {
-        let Ok(first) = receiver.recv() else {
-            break;
-        };
-        let mut flushed = Vec::new();
-        let mut written = 0u64;
-        let deadline = Instant::now() + sync_interval;
-        let mut record = Some(first);
-        let mut taken = 0;
-        while let Some(r) = record.take() {
-            match r {
-                Record::Usage(event) => {
-                    event.write_json(&mut usage_buf);
-                    usage_buf.push(b'\n');
-                    written += 1;
-                }
-                Record::Alert(line) => {
-                    alert_buf.extend_from_slice(line.as_bytes());
-                    alert_buf.push(b'\n');
-                }
-                Record::Stop => stopping = true,
-                Record::Flush(done) => flushed.push(done),
-            }
-            taken += 1;
-            // Group commit: gather what arrives within the sync interval, then write and sync
-            // once. A flush or a stop ends the window at once.
-            if taken < EVENTS_BATCH_MAX && !stopping && flushed.is_empty() {
-                record = receiver.recv_deadline(deadline).ok();
+fn sync_loop(shared: &Shared, interval: Duration) {
+    loop {
+        {
+            let guard = lock(&shared.wake_lock);
+            if !shared.stopping.load(Ordering::Acquire) {
+                let _ = shared
+                    .wake
+                    .wait_timeout(guard, interval)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
         }
-        let result =
-            flush(&mut events, &mut usage_buf).and_then(|()| flush(&mut alerts, &mut alert_buf));
-        match result {
-            Ok(()) => {
-                metrics.add(Counter::EventsWritten, written);
-                for done in flushed {
-                    let _ = done.send(());
-                }
-            }
-            Err(e) => {
-                metrics.add(Counter::EventsLost, written);
-                report(&format!("writing usage events: {e}"));
-                usage_buf.clear();
-                alert_buf.clear();
-            }
+        if shared.unsynced.load(Ordering::Acquire) > 0 {
+            let _ = sync_now(shared);
+        }
+        if shared.stopping.load(Ordering::Acquire) {
+            let _ = sync_now(shared);
+            return;
         }
     }
-    Ok(())
-}
-
-fn flush(file: &mut File, buf: &mut Vec<u8>) -> io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    file.write_all(buf)?;
-    file.sync_data()?;
-    buf.clear();
-    Ok(())
 }
 
 /// Reports an operational problem on stderr (no key or credential is ever part of one).
@@ -235,31 +222,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_written_as_json_lines_and_flushed_on_join() {
+    fn events_are_in_the_log_once_appended_and_synced_on_stop() {
         let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let metrics = Arc::new(Metrics::default());
-        let (emitter, writer) =
-            Emitter::start(&dir, 4, 4, Duration::from_millis(10), Arc::clone(&metrics)).unwrap();
-        assert!(emitter.has_room());
+        let (emitter, writer, recovery) =
+            Emitter::start(&dir, 4, Duration::from_millis(10), Arc::clone(&metrics)).unwrap();
+        assert_eq!(recovery.records, 0);
         for i in 0..5 {
             let mut event = UsageEvent::sample();
             event.attempt = i;
-            emitter.usage(event);
+            emitter.usage(&event);
         }
-        drop(emitter);
-        writer.join().unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut std::io::Read::take(File::open(dir.join(EVENTS_FILE)).unwrap(), 1 << 20),
-            &mut text,
-        )
-        .unwrap();
-        let attempts: Vec<u16> = text
-            .lines()
-            .map(|l| UsageEvent::from_json(l.as_bytes()).unwrap().attempt)
+        // Readable at once, before any sync: a process kill would not lose them.
+        let attempts: Vec<u16> = emitter
+            .read_from(0)
+            .map(|r| UsageEvent::from_json(&r.unwrap().1).unwrap().attempt)
             .collect();
         assert_eq!(attempts, vec![0, 1, 2, 3, 4]);
+        emitter.stop(Duration::from_secs(1));
+        writer.join().unwrap();
+        assert_eq!(emitter.queued(), 0, "the last sync ran");
         assert_eq!(metrics.get(Counter::EventsWritten), 5);
+        drop(emitter);
+        let (_, _, recovery) = Emitter::start(
+            &dir,
+            4,
+            Duration::from_millis(10),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        assert_eq!(recovery.records, 5);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -140,26 +140,22 @@ impl Gateway {
             .collect();
         let keys = KeyStore::new();
         let (journal, _restored) = Journal::open(&config.state_dir, &directory, &keys)?;
-        // Budgets carry the spend of their current periods across a restart.
-        let log = config.events.dir.join(crate::emit::EVENTS_FILE);
-        crate::restore::restore_spend(&directory, &log, now_ms()).map_err(|source| {
-            StartError::Events {
-                dir: config.events.dir.display().to_string(),
-                source,
-            }
-        })?;
+
         let metrics = Arc::new(Metrics::default());
-        let (emitter, writer) = Emitter::start(
+        let events_error = |source| StartError::Events {
+            dir: config.events.dir.display().to_string(),
+            source,
+        };
+        let (emitter, writer, _recovery) = Emitter::start(
             &config.events.dir,
             config.events.queued_max,
-            config.server.requests_in_flight_max,
             config.events.sync_interval,
             Arc::clone(&metrics),
         )
-        .map_err(|source| StartError::Events {
-            dir: config.events.dir.display().to_string(),
-            source,
-        })?;
+        .map_err(events_error)?;
+        // Budgets carry the spend of their current periods across a restart.
+        crate::restore::restore_spend(&directory, emitter.read_from(0), now_ms())
+            .map_err(|e| events_error(std::io::Error::other(e)))?;
         let admin_token = env(&config.admin.token_env)
             .filter(|t| !t.is_empty())
             .map(|t| KeyHash::of(&t));

@@ -48,15 +48,12 @@ pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;
 /// Nesting accepted in a request body.
 pub const JSON_DEPTH_MAX: usize = 128;
 
-/// Usage events waiting for the writer (`events.queued_max`); past it new requests get 503,
-/// so events of requests already admitted always have room.
+/// Appended usage events waiting for their sync (`events.queued_max`); past it new requests
+/// get 503 until the disk catches up.
 pub const EVENTS_QUEUED_MAX: usize = 65_536;
 
 /// Longest an event waits in the writer before it is synced (`events.sync_interval_ms`).
 pub const EVENTS_SYNC_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Events written per batch between two syncs.
-pub const EVENTS_BATCH_MAX: usize = 4_096;
 
 /// How long graceful shutdown waits for in-flight streams (`server.drain_timeout_ms`).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

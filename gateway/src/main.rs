@@ -62,6 +62,22 @@ enum Command {
     /// Work with rate cards.
     #[command(subcommand)]
     RateCard(RateCardCommand),
+    /// Read the durable usage-event log.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print the events of a log (a running gateway's too) as JSON lines, in order.
+    Dump {
+        /// The log's folder (`<events.dir>/log`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The offset to start from.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
 }
 
 /// Where the admin API is and how to authenticate to it.
@@ -299,6 +315,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())
+        }
+        Command::Events(EventsCommand::Dump { dir, from }) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for record in tollgate_sink::log::read(&dir, from)? {
+                let (_, payload) = record?;
+                out.write_all(&payload)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(())
         }
         Command::RateCard(RateCardCommand::Reload { admin }) => {
             let answer = admin_call(&admin, Method::POST, "/admin/v1/rate-card/reload", None)?;

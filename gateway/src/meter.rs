@@ -198,7 +198,7 @@ impl Ticket {
             status,
             http_status: Some(http_status),
         };
-        gateway.emitter.usage(event);
+        gateway.emitter.usage(&event);
         drop(permit);
     }
 

@@ -297,7 +297,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP tollgate_events_queued Usage events waiting to be written (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
+            "# HELP tollgate_events_queued Usage events appended to the log and not yet synced (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
             gauges.events_queued
         );
         self.upstream_latency.render(

@@ -184,7 +184,7 @@ fn reject(
 ) -> Response<ResponseBody> {
     let class = failure.class();
     gateway.metrics.request(None, class.event_status);
-    gateway.emitter.usage(refusal_event(
+    gateway.emitter.usage(&refusal_event(
         gateway,
         now,
         Arc::clone(request_id),

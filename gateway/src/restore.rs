@@ -1,16 +1,15 @@
-//! At start, the spend of the current periods is read back from the local event log, so a
+//! At start, the spend of the current periods is read back from the durable event log, so a
 //! restart never gives a budget back.
 //!
 //! Every settled call's event carries the instant it was booked at and its cost; summing the
 //! events of each level's current period gives exactly what the budget table held before the
-//! restart (the table and the events agree to the nano). The log is read line by line; a line
-//! that is not an event (a write cut by a crash) is skipped and counted.
+//! restart (the table and the events agree to the nano). A record that is not an event is
+//! skipped and counted; a damaged record stops start-up with its segment and offset.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, BufRead as _, BufReader};
-use std::path::Path;
 use std::sync::Arc;
+
+use tollgate_sink::log::{LogError, LogReader};
 
 use tollgate_engine::{Allocation, BudgetCell, Directory, Level, Nanos, UnixMs, UsageEvent};
 
@@ -32,26 +31,20 @@ pub struct Restored {
     pub cells: u64,
 }
 
-/// Reads `log` and raises every cell's spend in its current period (at `now`) to the sum of
-/// the period's events.
-pub fn restore_spend(directory: &Directory, log: &Path, now: UnixMs) -> io::Result<Restored> {
-    let file = match File::open(log) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored::default()),
-        Err(e) => return Err(e),
-    };
+/// Reads `records` (the log from its start) and raises every cell's spend in its current period
+/// (at `now`) to the sum of the period's events.
+pub fn restore_spend(
+    directory: &Directory,
+    records: LogReader,
+    now: UnixMs,
+) -> Result<Restored, LogError> {
     let mut restored = Restored::default();
     // Sums by level and name (one cell each) for the cell's current period, with an
     // allocation that reaches the cell.
     let mut sums: HashMap<(Level, Arc<str>), (Arc<Allocation>, u64)> = HashMap::new();
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        let Ok(event) = UsageEvent::from_json(&line) else {
+    for record in records {
+        let (_, payload) = record?;
+        let Ok(event) = UsageEvent::from_json(&payload) else {
             restored.skipped += 1;
             continue;
         };

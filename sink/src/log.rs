@@ -249,6 +249,13 @@ impl Log {
         segment_path(&self.dir, self.segments.last().copied().unwrap_or(0))
     }
 
+    /// A handle on the active segment, to sync it without holding the log (group commit from
+    /// another thread while appends go on).
+    pub fn active_file(&self) -> Result<File, LogError> {
+        let path = self.active_path();
+        self.active.try_clone().map_err(io_at(&path))
+    }
+
     /// Makes every appended record survive a machine crash.
     pub fn sync(&mut self) -> Result<(), LogError> {
         let path = self.active_path();
@@ -265,6 +272,27 @@ impl Log {
             current: None,
         }
     }
+}
+
+/// Reads a log another process may be appending to, from `offset` on, without changing it:
+/// the end is wherever the last segment's last whole record is (an incomplete one at the very
+/// end is a write in progress, not damage).
+pub fn read(dir: &Path, offset: u64) -> Result<LogReader, LogError> {
+    let mut segments: Vec<u64> = fs::read_dir(dir)
+        .map_err(io_at(dir))?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .collect();
+    segments.sort_unstable();
+    Ok(LogReader {
+        dir: dir.to_owned(),
+        segments,
+        end: u64::MAX,
+        next: offset,
+        current: None,
+    })
 }
 
 /// Records from an offset to the end the log had when the reader was made.
@@ -324,12 +352,21 @@ impl Iterator for LogReader {
         if (self.current.is_none() || starts_segment)
             && let Err(e) = self.open_at(self.next)
         {
+            let live_end =
+                self.end == u64::MAX && self.segments.last().is_none_or(|last| *last <= self.next);
             self.next = self.end;
-            return Some(Err(e));
+            // A live log's last segment may simply not reach the offset yet.
+            return if live_end { None } else { Some(Err(e)) };
         }
+        let in_last_segment = self.segments.last().is_none_or(|last| *last <= self.next);
         let (path, reader) = self.current.as_mut()?;
         let offset = self.next;
-        let item = match read_record(reader) {
+        let record = read_record(reader);
+        // Reading a live log: the last segment ends where its writer has got to.
+        if self.end == u64::MAX && in_last_segment && !matches!(record, Ok(Some(_))) {
+            return None;
+        }
+        let item = match record {
             Ok(Some(payload)) => Ok((offset, payload)),
             Ok(None) => Err(LogError::Corrupt {
                 path: path.display().to_string(),
@@ -454,6 +491,26 @@ mod tests {
         assert_eq!(results.len(), 1, "reading stops at the damage");
         // Records after the damaged segment are still readable from their own offset.
         assert_eq!(log.read_from(5).next().unwrap().unwrap().1, vec![5u8; 20]);
+    }
+
+    #[test]
+    fn a_live_log_reads_to_its_last_whole_record() {
+        let dir = Dir::new("live");
+        let (mut log, _) = Log::open(&dir.0, 30).unwrap();
+        for i in 0..6u8 {
+            log.append(&[vec![i; 9]]).unwrap();
+        }
+        // A write in progress at the end: half a header.
+        let last = segment_path(&dir.0, *log.segments.last().unwrap());
+        OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap()
+            .write_all(&[5, 0])
+            .unwrap();
+        let seen: Vec<u64> = read(&dir.0, 2).unwrap().map(|r| r.unwrap().0).collect();
+        assert_eq!(seen, vec![2, 3, 4, 5]);
+        assert_eq!(read(&dir.0, 9).unwrap().count(), 0);
     }
 
     #[test]

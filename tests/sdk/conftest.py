@@ -139,8 +139,12 @@ base_url = "http://{mock_address}"
         assert self.admin("POST", "/admin/v1/events/flush") == {"flushed": True}
 
     def events(self):
-        path = self.directory / "events" / "events.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        """Every usage event in the gateway's durable log, read with `tollgate events dump`."""
+        dump = subprocess.run(
+            [binary("TOLLGATE_BIN"), "events", "dump", "--dir", str(self.directory / "events" / "log")],
+            check=True, capture_output=True, text=True,
+        )
+        return [json.loads(line) for line in dump.stdout.splitlines()]
 
     def stop(self):
         if self.gateway.poll() is None:

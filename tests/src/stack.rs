@@ -318,6 +318,12 @@ model = "openai/gpt-4o-mini"
         }
     }
 
+    /// Kills the gateway with SIGKILL (no shutdown, no last sync) and starts it again.
+    pub fn kill_and_restart(&mut self) {
+        drop(self.gateway.take());
+        self.launch();
+    }
+
     /// Stops and starts the gateway on the same files.
     pub fn restart(&mut self) {
         self.stop();
@@ -365,9 +371,15 @@ model = "openai/gpt-4o-mini"
             .unwrap()
     }
 
-    /// Every usage event written so far (call [`Stack::stop`] first to have them all).
+    /// Every usage event in the gateway's durable log, in order.
     pub fn events(&self) -> Vec<Value> {
-        read_lines(&self.dir.path().join("events/events.jsonl"))
+        let dir = self.dir.path().join("events/log");
+        match tollgate_sink::log::read(&dir, 0) {
+            Ok(records) => records
+                .map(|r| serde_json::from_slice(&r.unwrap().1).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Requests the mock provider has served (each one reached a "model").

@@ -211,3 +211,99 @@ fn an_upstream_that_breaks_off_mid_stream_cuts_the_client_and_bills_what_was_str
     assert_eq!(events[0]["tokens_out"], 10);
     assert_eq!(events[0]["usage_source"], "counted");
 }
+
+#[test]
+fn kill_dash_nine_loses_no_event_and_no_spend() {
+    let mut stack = Stack::start("kill-9", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let mut refused_key = key.clone();
+    refused_key.push('x');
+    for i in 0..20 {
+        let answer = post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &key,
+            &chat(
+                "openai/gpt-4o-mini",
+                json!({"max_tokens": 3, "stream": i % 2 == 0}),
+            ),
+        );
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(
+        post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &refused_key,
+            &chat("openai/gpt-4o-mini", json!({}))
+        )
+        .status,
+        401
+    );
+    let spent = stack.spent_nanos("open");
+    // Every answered call's event was appended before its answer completed: a SIGKILL now,
+    // with no shutdown and no last sync, loses none of them.
+    stack.kill_and_restart();
+    let events = stack.events();
+    assert_eq!(events.len(), 21);
+    assert_eq!(events.iter().filter(|e| e["status"] == "ok").count(), 20);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["status"] == "invalid_api_key")
+            .count(),
+        1
+    );
+    assert_eq!(
+        stack.spent_nanos("open"),
+        spent,
+        "spend rebuilt from the log"
+    );
+}
+
+#[test]
+fn a_damaged_log_tail_is_cut_at_start_and_never_stops_it() {
+    let mut stack = Stack::start("log-tail", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    for _ in 0..3 {
+        assert_eq!(
+            post_json(
+                stack.address(),
+                "/v1/chat/completions",
+                &key,
+                &chat("openai/gpt-4o-mini", json!({}))
+            )
+            .status,
+            200
+        );
+    }
+    stack.stop();
+    // A crash mid-write leaves half a record at the end of the last segment.
+    let segment = std::fs::read_dir(stack.path().join("events/log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap(),
+        &[200, 0, 0, 0, 1, 2],
+    )
+    .unwrap();
+    stack.restart();
+    assert_eq!(stack.events().len(), 3);
+    assert_eq!(
+        post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &key,
+            &chat("openai/gpt-4o-mini", json!({}))
+        )
+        .status,
+        200
+    );
+    stack.stop();
+    assert_eq!(stack.events().len(), 4, "appends go on after the cut");
+}
