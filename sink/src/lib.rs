@@ -5,5 +5,6 @@
 //! durable segmented [`log`]; the shipper and the Parquet writer build on them.
 #![warn(missing_docs)]
 
+pub mod columnar;
 pub mod log;
 pub mod schema;

@@ -1,0 +1,501 @@
+//! Usage events into Parquet files, exactly once, from the durable log.
+//!
+//! [`encode`] turns events into an Arrow batch of [`crate::schema::COLUMNS`]. [`ParquetSink`]
+//! reads the log from its checkpoint, writes one zstd file per hour partition the batch touches
+//! (`usage/date=YYYY-MM-DD/hour=HH/part-<first>-<last>.parquet`, named by the log range it
+//! holds), each to a temporary name, synced, renamed, and only then advances the checkpoint.
+//!
+//! **Invariant:** after a crash at any point, each event is in exactly one file: a range whose
+//! checkpoint was not committed is read again and produces the same files under the same names,
+//! and a file that already exists is kept, not written twice. Row count and cost total are
+//! checked when a file is written and again when it is read back.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use tollgate_engine::event::USAGE_EVENT_VERSION;
+use tollgate_engine::{UnixMs, UsageEvent};
+
+use crate::log::{self, LogError};
+use crate::schema::{
+    COLUMNS, ColumnType, DECIMAL_PRECISION, SCHEMA_VERSION_KEY, usage_event_schema,
+};
+
+/// Why writing Parquet failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnarError {
+    /// The log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Arrow or Parquet.
+    #[error("encoding Parquet: {0}")]
+    Encode(String),
+    /// The file system.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A log record is not a usage event.
+    #[error("log record {offset} is not a usage event: {reason}")]
+    NotAnEvent {
+        /// Offset.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ColumnarError + '_ {
+    move |source| ColumnarError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn encode_error(e: impl std::fmt::Display) -> ColumnarError {
+    ColumnarError::Encode(e.to_string())
+}
+
+/// A serde enum's JSON name (`"tokens"`, `"ok"`), the same text the JSON form carries.
+fn enum_name<T: serde::Serialize>(value: &T) -> Option<String> {
+    match serde_json::to_value(value).ok()? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn text<'a>(
+    events: &'a [UsageEvent],
+    get: impl Fn(&'a UsageEvent) -> Option<Cow<'a, str>>,
+) -> ArrayRef {
+    Arc::new(events.iter().map(get).collect::<StringArray>())
+}
+
+fn int64(events: &[UsageEvent], get: impl Fn(&UsageEvent) -> Option<u64>) -> ArrayRef {
+    Arc::new(
+        events
+            .iter()
+            .map(|e| get(e).map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+            .collect::<Int64Array>(),
+    )
+}
+
+fn int32(events: &[UsageEvent], get: impl Fn(&UsageEvent) -> Option<u32>) -> ArrayRef {
+    Arc::new(
+        events
+            .iter()
+            .map(|e| get(e).map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
+            .collect::<Int32Array>(),
+    )
+}
+
+fn decimal(
+    events: &[UsageEvent],
+    scale: i8,
+    get: impl Fn(&UsageEvent) -> Option<u64>,
+) -> Result<ArrayRef, ColumnarError> {
+    let array = events
+        .iter()
+        .map(|e| get(e).map(i128::from))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(DECIMAL_PRECISION, scale)
+        .map_err(encode_error)?;
+    Ok(Arc::new(array))
+}
+
+fn str_of(value: &Option<Arc<str>>) -> Option<Cow<'_, str>> {
+    value.as_deref().map(Cow::Borrowed)
+}
+
+/// The column named `name` for `events`.
+fn column(name: &str, ty: ColumnType, events: &[UsageEvent]) -> Result<ArrayRef, ColumnarError> {
+    let array = match (name, ty) {
+        ("event_id", _) => text(events, |e| Some(Cow::Owned(e.event_id.to_string()))),
+        ("ts", _) => Arc::new(
+            TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.ts_ms.0))
+                .with_timezone("UTC"),
+        ),
+        ("kind", _) => text(events, |e| enum_name(&e.kind).map(Cow::Owned)),
+        ("v", _) => int32(events, |e| Some(u32::from(e.v))),
+        ("request_id", _) => text(events, |e| Some(Cow::Borrowed(&*e.request_id))),
+        ("attempt", _) => int32(events, |e| Some(u32::from(e.attempt))),
+        ("org", _) => text(events, |e| str_of(&e.org)),
+        ("team", _) => text(events, |e| str_of(&e.team)),
+        ("project", _) => text(events, |e| str_of(&e.project)),
+        ("allocation", _) => text(events, |e| str_of(&e.allocation)),
+        ("cost_center", _) => text(events, |e| str_of(&e.cost_center)),
+        ("user", _) => text(events, |e| str_of(&e.user)),
+        ("agent", _) => text(events, |e| str_of(&e.agent)),
+        ("key_id", _) => text(events, |e| e.key_id.map(|k| Cow::Owned(k.to_string()))),
+        ("provider", _) => text(events, |e| str_of(&e.provider)),
+        ("model", _) => text(events, |e| str_of(&e.model)),
+        ("deployment", _) => text(events, |e| str_of(&e.deployment)),
+        ("tokens_in", _) => int64(events, |e| Some(e.tokens_in.0)),
+        ("tokens_out", _) => int64(events, |e| Some(e.tokens_out.0)),
+        ("tokens_cached", _) => int64(events, |e| Some(e.tokens_cached.0)),
+        ("tokens_cache_write", _) => int64(events, |e| Some(e.tokens_cache_write.0)),
+        ("tokens_reasoning", _) => int64(events, |e| Some(e.tokens_reasoning.0)),
+        ("usage_source", _) => text(events, |e| enum_name(&e.usage_source).map(Cow::Owned)),
+        ("quantity", ColumnType::Decimal { scale }) => {
+            decimal(events, scale, |e| e.quantity_micros.map(|q| q.0))?
+        }
+        ("unit", _) => text(events, |e| {
+            e.unit.as_ref().and_then(enum_name).map(Cow::Owned)
+        }),
+        ("cluster", _) => text(events, |e| str_of(&e.cluster)),
+        ("partition", _) => text(events, |e| str_of(&e.partition)),
+        ("list_cost", ColumnType::Decimal { scale }) => {
+            decimal(events, scale, |e| Some(e.list_cost_nanos.0))?
+        }
+        ("cost", ColumnType::Decimal { scale }) => {
+            decimal(events, scale, |e| Some(e.cost_nanos.0))?
+        }
+        ("currency", _) => text(events, |e| Some(Cow::Borrowed(&*e.currency))),
+        ("rate_card_version", _) => text(events, |e| str_of(&e.rate_card_version)),
+        ("ttft_ms", _) => int64(events, |e| e.ttft_ms.map(u64::from)),
+        ("latency_ms", _) => int64(events, |e| e.latency_ms.map(u64::from)),
+        ("status", _) => text(events, |e| enum_name(&e.status).map(Cow::Owned)),
+        ("http_status", _) => int32(events, |e| e.http_status.map(u32::from)),
+        (other, _) => {
+            return Err(ColumnarError::Encode(format!(
+                "no encoder for column `{other}`"
+            )));
+        }
+    };
+    Ok(array)
+}
+
+/// Events as one Arrow batch with the usage-event schema.
+pub fn encode(events: &[UsageEvent]) -> Result<RecordBatch, ColumnarError> {
+    let columns = COLUMNS
+        .iter()
+        .map(|c| column(c.name, c.ty, events))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::new(usage_event_schema()), columns).map_err(encode_error)
+}
+
+/// Rows per row group: large enough for scans, small enough to skip by statistics.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+fn properties() -> Result<WriterProperties, ColumnarError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(encode_error)?,
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by("tollgate".into())
+        // The event schema's version, where every Parquet reader sees it.
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_owned(),
+            USAGE_EVENT_VERSION.to_string(),
+        )]))
+        .build())
+}
+
+/// Writes `events` to `path` (through a temporary name, synced, renamed, folder synced).
+pub fn write_file(path: &Path, events: &[UsageEvent]) -> Result<(), ColumnarError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let temporary = path.with_extension("parquet.tmp");
+    let file = File::create(&temporary).map_err(io_at(&temporary))?;
+    let batch = encode(events)?;
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(properties()?)).map_err(encode_error)?;
+    writer.write(&batch).map_err(encode_error)?;
+    let file = writer.into_inner().map_err(encode_error)?;
+    file.sync_all().map_err(io_at(&temporary))?;
+    fs::rename(&temporary, path).map_err(io_at(path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))?;
+    Ok(())
+}
+
+/// The hour partition of an instant: `date=YYYY-MM-DD/hour=HH`.
+#[must_use]
+pub fn partition(ts: UnixMs) -> String {
+    let c = ts.to_civil();
+    format!(
+        "date={:04}-{:02}-{:02}/hour={:02}",
+        c.year, c.month, c.day, c.hour
+    )
+}
+
+/// What one pass wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Events read from the log.
+    pub events: u64,
+    /// Files written.
+    pub files: u64,
+    /// Files found already written (a pass repeated after a crash).
+    pub skipped_files: u64,
+    /// The checkpoint after the pass: the next log offset to write.
+    pub checkpoint: u64,
+}
+
+/// Writes the log into Parquet under `data/usage`, remembering where it got to.
+#[derive(Debug)]
+pub struct ParquetSink {
+    log_dir: PathBuf,
+    usage_dir: PathBuf,
+    rows_max: usize,
+}
+
+/// The checkpoint file under `usage/`: the next log offset, as decimal text.
+pub const CHECKPOINT_FILE: &str = "_checkpoint";
+
+impl ParquetSink {
+    /// A sink from the log in `log_dir` to `data_dir/usage`, at most `rows_max` events a file.
+    #[must_use]
+    pub fn new(log_dir: &Path, data_dir: &Path, rows_max: usize) -> ParquetSink {
+        ParquetSink {
+            log_dir: log_dir.to_owned(),
+            usage_dir: data_dir.join("usage"),
+            rows_max: rows_max.max(1),
+        }
+    }
+
+    /// The committed checkpoint (0 when none).
+    pub fn checkpoint(&self) -> Result<u64, ColumnarError> {
+        let path = self.usage_dir.join(CHECKPOINT_FILE);
+        match File::open(&path) {
+            Ok(mut file) => {
+                let mut text = String::new();
+                file.read_to_string(&mut text).map_err(io_at(&path))?;
+                text.trim().parse().map_err(|_| ColumnarError::Io {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other("checkpoint is not a number"),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    fn commit(&self, next: u64) -> Result<(), ColumnarError> {
+        fs::create_dir_all(&self.usage_dir).map_err(io_at(&self.usage_dir))?;
+        let path = self.usage_dir.join(CHECKPOINT_FILE);
+        let temporary = self.usage_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
+        file.write_all(next.to_string().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_at(&temporary))?;
+        fs::rename(&temporary, &path).map_err(io_at(&path))?;
+        File::open(&self.usage_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(&self.usage_dir))
+    }
+
+    /// Writes every whole batch of up to `rows_max` events past the checkpoint; returns what it
+    /// did. Call it on a timer and at shutdown.
+    pub fn run(&self) -> Result<Progress, ColumnarError> {
+        let mut progress = Progress {
+            checkpoint: self.checkpoint()?,
+            ..Progress::default()
+        };
+        let mut records = log::read(&self.log_dir, progress.checkpoint)?.peekable();
+        while records.peek().is_some() {
+            let first = progress.checkpoint;
+            let mut by_partition: BTreeMap<String, Vec<UsageEvent>> = BTreeMap::new();
+            let mut last = first;
+            for record in records.by_ref().take(self.rows_max) {
+                let (offset, payload) = record?;
+                let event =
+                    UsageEvent::from_json(&payload).map_err(|e| ColumnarError::NotAnEvent {
+                        offset,
+                        reason: e.to_string(),
+                    })?;
+                by_partition
+                    .entry(partition(event.ts_ms))
+                    .or_default()
+                    .push(event);
+                last = offset;
+                progress.events += 1;
+            }
+            for (partition, events) in &by_partition {
+                let path = self
+                    .usage_dir
+                    .join(partition)
+                    .join(format!("part-{first:020}-{last:020}.parquet"));
+                if path.exists() {
+                    progress.skipped_files += 1;
+                    continue;
+                }
+                write_file(&path, events)?;
+                progress.files += 1;
+            }
+            self.commit(last + 1)?;
+            progress.checkpoint = last + 1;
+        }
+        Ok(progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use tollgate_engine::{Nanos, Status};
+
+    fn events(n: u64, ts: UnixMs) -> Vec<UsageEvent> {
+        (0..n)
+            .map(|i| {
+                let mut e = UsageEvent::sample();
+                e.event_id =
+                    tollgate_engine::EventId::v7(ts, &[u8::try_from(i % 250).unwrap(); 10]);
+                e.ts_ms = ts.plus_ms(i64::try_from(i).unwrap() * 60_000);
+                e.cost_nanos = Nanos(1_000_000_001 + i);
+                e.status = if i % 3 == 0 {
+                    Status::BudgetExceeded
+                } else {
+                    Status::Ok
+                };
+                if i % 2 == 0 {
+                    e.agent = None;
+                    e.quantity_micros = None;
+                }
+                e
+            })
+            .collect()
+    }
+
+    fn read_back(path: &Path) -> RecordBatch {
+        let file = File::open(path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        arrow_select_concat(&batches)
+    }
+
+    fn arrow_select_concat(batches: &[RecordBatch]) -> RecordBatch {
+        assert_eq!(batches.len(), 1, "one row group in these small files");
+        batches[0].clone()
+    }
+
+    #[test]
+    fn a_file_holds_every_column_exactly() {
+        let dir = std::env::temp_dir().join(format!("tollgate-parquet-{}", std::process::id()));
+        let path = dir.join("x.parquet");
+        let written = events(5, UnixMs(1_764_000_000_000));
+        write_file(&path, &written).unwrap();
+        let batch = read_back(&path);
+        assert_eq!(batch.num_rows(), 5);
+        assert_eq!(batch.schema().fields().len(), COLUMNS.len());
+        let cost = batch
+            .column_by_name("cost")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        let total: i128 = cost.iter().map(Option::unwrap).sum();
+        assert_eq!(
+            total,
+            written
+                .iter()
+                .map(|e| i128::from(e.cost_nanos.0))
+                .sum::<i128>()
+        );
+        assert_eq!(cost.value_as_string(0), "1.000000001");
+        let status = batch
+            .column_by_name("status")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(status.value(0), "budget_exceeded");
+        let agent = batch.column_by_name("agent").unwrap();
+        assert_eq!(agent.null_count(), 3);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let version = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .find(|kv| kv.key == SCHEMA_VERSION_KEY)
+            .and_then(|kv| kv.value.clone());
+        assert_eq!(version.as_deref(), Some("1"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_lands_in_hour_partitions_exactly_once_across_a_crash() {
+        let root = std::env::temp_dir().join(format!("tollgate-sink-run-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (mut log, _) =
+            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        // 150 events a minute apart: three hours.
+        let written = events(150, UnixMs(1_764_000_000_000));
+        let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
+        log.append(&payloads).unwrap();
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 100);
+        let first = sink.run().unwrap();
+        assert_eq!(first.events, 150);
+        assert_eq!(first.checkpoint, 150);
+        // A crash between writing files and committing: the pass runs again, finds its files.
+        sink.commit(0).unwrap();
+        let again = sink.run().unwrap();
+        assert_eq!(again.files, 0);
+        assert_eq!(again.skipped_files, first.files);
+        let mut rows = 0;
+        let mut total = 0i128;
+        let mut files = 0;
+        for entry in walk(&root.join("data/usage")) {
+            if entry.extension().is_some_and(|e| e == "parquet") {
+                let batch = read_back(&entry);
+                rows += batch.num_rows();
+                let cost = batch
+                    .column_by_name("cost")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Decimal128Array>()
+                    .unwrap();
+                total += cost.iter().map(Option::unwrap).sum::<i128>();
+                files += 1;
+            }
+        }
+        assert_eq!(rows, 150, "every event exactly once");
+        assert_eq!(
+            total,
+            written
+                .iter()
+                .map(|e| i128::from(e.cost_nanos.0))
+                .sum::<i128>()
+        );
+        assert!(files >= 3, "one file per hour a batch touches: {files}");
+        // Nothing new: nothing to do.
+        assert_eq!(sink.run().unwrap().events, 0);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+}
