@@ -36,6 +36,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where usage events go.
     pub events: EventsConfig,
+    /// Parquet output of the event log (`None`: off).
+    pub parquet: Option<ParquetConfig>,
     /// Upstreams by name.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases.
@@ -83,6 +85,17 @@ pub struct EventsConfig {
     pub queued_max: usize,
     /// Longest an event waits before it is synced (group commit).
     pub sync_interval: Duration,
+}
+
+/// `[parquet]`: the event log written as Parquet files for DuckDB, Spark, pandas.
+#[derive(Clone, Debug)]
+pub struct ParquetConfig {
+    /// Data folder; files go under `usage/date=.../hour=.../`.
+    pub dir: PathBuf,
+    /// How often the synced log is written out.
+    pub roll_interval: Duration,
+    /// Most events in one file.
+    pub rows_max: usize,
 }
 
 /// What an upstream speaks.
@@ -220,6 +233,8 @@ struct RawConfig {
     #[serde(default)]
     events: RawEvents,
     #[serde(default)]
+    parquet: RawParquet,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -321,6 +336,36 @@ impl Default for RawEvents {
 
 fn default_events_dir() -> String {
     "events".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParquet {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_data_dir")]
+    dir: String,
+    roll_interval_ms: Option<u64>,
+    rows_max: Option<usize>,
+}
+
+impl Default for RawParquet {
+    fn default() -> Self {
+        RawParquet {
+            enabled: true,
+            dir: default_data_dir(),
+            roll_interval_ms: None,
+            rows_max: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_data_dir() -> String {
+    "data".to_owned()
 }
 
 #[derive(Deserialize)]
@@ -703,6 +748,15 @@ impl RawConfig {
                     .max(1),
                 sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
             },
+            parquet: self.parquet.enabled.then(|| ParquetConfig {
+                dir: resolve(base, &self.parquet.dir),
+                roll_interval: ms(self.parquet.roll_interval_ms, limits::PARQUET_ROLL_INTERVAL),
+                rows_max: self
+                    .parquet
+                    .rows_max
+                    .unwrap_or(limits::PARQUET_ROWS_MAX)
+                    .max(1),
+            }),
             providers,
             aliases,
             teams,

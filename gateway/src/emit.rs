@@ -20,7 +20,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tollgate_engine::{SoftLimitCrossed, UsageEvent};
+use tollgate_sink::columnar::ParquetSink;
 use tollgate_sink::log::{Log, LogReader, Recovery, SEGMENT_BYTES_MAX};
+
+use crate::config::ParquetConfig;
 
 use crate::error::rfc3339;
 use crate::metrics::{Counter, Metrics};
@@ -32,6 +35,10 @@ pub const ALERTS_FILE: &str = "alerts.jsonl";
 
 struct Shared {
     log: Mutex<Log>,
+    /// The log offset up to which records are synced.
+    synced: AtomicU64,
+    /// Writes the synced log into Parquet, one pass at a time.
+    parquet: Option<Mutex<ParquetSink>>,
     alerts: Mutex<File>,
     /// Events appended since the last sync.
     unsynced: AtomicU64,
@@ -63,6 +70,7 @@ impl Emitter {
         dir: &Path,
         queued_max: usize,
         sync_interval: Duration,
+        parquet: Option<&ParquetConfig>,
         metrics: Arc<Metrics>,
     ) -> io::Result<(Emitter, Writer, Recovery)> {
         std::fs::create_dir_all(dir)?;
@@ -80,8 +88,14 @@ impl Emitter {
             .create(true)
             .append(true)
             .open(dir.join(ALERTS_FILE))?;
+        let synced = log.next_offset();
+        let roll_interval = parquet.map_or(Duration::MAX, |p| p.roll_interval);
+        let parquet =
+            parquet.map(|p| Mutex::new(ParquetSink::new(&dir.join(LOG_DIR), &p.dir, p.rows_max)));
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
+            synced: AtomicU64::new(synced),
+            parquet,
             alerts: Mutex::new(alerts),
             unsynced: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -92,7 +106,7 @@ impl Emitter {
         let syncer = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("tollgate-events-sync".into())
-            .spawn(move || sync_loop(&syncer, sync_interval))?;
+            .spawn(move || sync_loop(&syncer, sync_interval, roll_interval))?;
         Ok((Emitter { shared, queued_max }, Writer { thread }, recovery))
     }
 
@@ -145,10 +159,11 @@ impl Emitter {
         }
     }
 
-    /// Syncs everything appended so far (admin API: `POST /admin/v1/events/flush`).
+    /// Syncs everything appended so far and writes it to Parquet (admin API:
+    /// `POST /admin/v1/events/flush`).
     pub async fn flush(&self) -> bool {
         let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || sync_now(&shared).is_ok())
+        tokio::task::spawn_blocking(move || sync_now(&shared).is_ok() && roll_parquet(&shared))
             .await
             .unwrap_or(false)
     }
@@ -178,20 +193,47 @@ impl Writer {
 /// Syncs the active segment and the alerts without holding the log while the disk works.
 fn sync_now(shared: &Shared) -> io::Result<()> {
     let pending = shared.unsynced.swap(0, Ordering::AcqRel);
-    let file = lock(&shared.log).active_file().map_err(io::Error::other);
+    let (file, end) = {
+        let log = lock(&shared.log);
+        (
+            log.active_file().map_err(io::Error::other),
+            log.next_offset(),
+        )
+    };
     let result = file.and_then(|f| f.sync_data()).and_then(|()| {
         let alerts = lock(&shared.alerts).try_clone()?;
         alerts.sync_data()
     });
-    if let Err(e) = &result {
-        // Not synced: count them again so the backlog shows it, and say so.
-        shared.unsynced.fetch_add(pending, Ordering::AcqRel);
-        report(&format!("syncing the event log: {e}"));
+    match &result {
+        Ok(()) => {
+            shared.synced.fetch_max(end, Ordering::AcqRel);
+        }
+        Err(e) => {
+            // Not synced: count them again so the backlog shows it, and say so.
+            shared.unsynced.fetch_add(pending, Ordering::AcqRel);
+            report(&format!("syncing the event log: {e}"));
+        }
     }
     result
 }
 
-fn sync_loop(shared: &Shared, interval: Duration) {
+/// Writes the synced log into Parquet; `true` if it did (or there is no Parquet output).
+fn roll_parquet(shared: &Shared) -> bool {
+    let Some(parquet) = &shared.parquet else {
+        return true;
+    };
+    let until = shared.synced.load(Ordering::Acquire);
+    match lock(parquet).run(until) {
+        Ok(_) => true,
+        Err(e) => {
+            report(&format!("writing Parquet: {e}"));
+            false
+        }
+    }
+}
+
+fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
+    let mut last_roll = std::time::Instant::now();
     loop {
         {
             let guard = lock(&shared.wake_lock);
@@ -207,7 +249,12 @@ fn sync_loop(shared: &Shared, interval: Duration) {
         }
         if shared.stopping.load(Ordering::Acquire) {
             let _ = sync_now(shared);
+            roll_parquet(shared);
             return;
+        }
+        if last_roll.elapsed() >= roll_interval {
+            roll_parquet(shared);
+            last_roll = std::time::Instant::now();
         }
     }
 }
@@ -226,8 +273,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let metrics = Arc::new(Metrics::default());
-        let (emitter, writer, recovery) =
-            Emitter::start(&dir, 4, Duration::from_millis(10), Arc::clone(&metrics)).unwrap();
+        let (emitter, writer, recovery) = Emitter::start(
+            &dir,
+            4,
+            Duration::from_millis(10),
+            None,
+            Arc::clone(&metrics),
+        )
+        .unwrap();
         assert_eq!(recovery.records, 0);
         for i in 0..5 {
             let mut event = UsageEvent::sample();
@@ -249,6 +302,7 @@ mod tests {
             &dir,
             4,
             Duration::from_millis(10),
+            None,
             Arc::new(Metrics::default()),
         )
         .unwrap();

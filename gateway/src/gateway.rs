@@ -150,6 +150,7 @@ impl Gateway {
             &config.events.dir,
             config.events.queued_max,
             config.events.sync_interval,
+            config.parquet.as_ref(),
             Arc::clone(&metrics),
         )
         .map_err(events_error)?;

@@ -63,3 +63,9 @@ pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// Threads for blocking work (counting tokens of calls the provider reported no usage for).
 pub const BLOCKING_THREADS_MAX: usize = 8;
+
+/// How often the synced event log is written out as Parquet (`parquet.roll_interval_ms`).
+pub const PARQUET_ROLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most events in one Parquet file (`parquet.rows_max`).
+pub const PARQUET_ROWS_MAX: usize = 1_000_000;

@@ -302,14 +302,18 @@ impl ParquetSink {
             .map_err(io_at(&self.usage_dir))
     }
 
-    /// Writes every whole batch of up to `rows_max` events past the checkpoint; returns what it
-    /// did. Call it on a timer and at shutdown.
-    pub fn run(&self) -> Result<Progress, ColumnarError> {
+    /// Writes every batch of up to `rows_max` events from the checkpoint to `until` (exclusive:
+    /// the log's synced end, so a file never holds an event the log could still lose); returns
+    /// what it did. Call it on a timer and at shutdown.
+    pub fn run(&self, until: u64) -> Result<Progress, ColumnarError> {
         let mut progress = Progress {
             checkpoint: self.checkpoint()?,
             ..Progress::default()
         };
-        let mut records = log::read(&self.log_dir, progress.checkpoint)?.peekable();
+        let span = until.saturating_sub(progress.checkpoint);
+        let mut records = log::read(&self.log_dir, progress.checkpoint)?
+            .take(usize::try_from(span).unwrap_or(usize::MAX))
+            .peekable();
         while records.peek().is_some() {
             let first = progress.checkpoint;
             let mut by_partition: BTreeMap<String, Vec<UsageEvent>> = BTreeMap::new();
@@ -447,12 +451,12 @@ mod tests {
         let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
         log.append(&payloads).unwrap();
         let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 100);
-        let first = sink.run().unwrap();
+        let first = sink.run(u64::MAX).unwrap();
         assert_eq!(first.events, 150);
         assert_eq!(first.checkpoint, 150);
         // A crash between writing files and committing: the pass runs again, finds its files.
         sink.commit(0).unwrap();
-        let again = sink.run().unwrap();
+        let again = sink.run(u64::MAX).unwrap();
         assert_eq!(again.files, 0);
         assert_eq!(again.skipped_files, first.files);
         let mut rows = 0;
@@ -482,7 +486,7 @@ mod tests {
         );
         assert!(files >= 3, "one file per hour a batch touches: {files}");
         // Nothing new: nothing to do.
-        assert_eq!(sink.run().unwrap().events, 0);
+        assert_eq!(sink.run(u64::MAX).unwrap().events, 0);
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -130,6 +130,9 @@ base_url = "http://{mock_address}"
     def key(self, allocation, **extra):
         return self.admin("POST", "/admin/v1/keys", {"allocation": allocation, "user": "sdk", **extra})["key"]
 
+    def parquet_dir(self):
+        return self.directory / "data" / "usage"
+
     def spent_nanos(self, allocation):
         allocations = self.admin("GET", "/admin/v1/allocations")["allocations"]
         return next(a for a in allocations if a["name"] == allocation)["budget"]["spent_nanos"]
