@@ -65,6 +65,24 @@ enum Command {
     /// Read the durable usage-event log.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Chargeback: totals from the Parquet files, grouped by one dimension.
+    Report {
+        /// The data folder (`[parquet] dir`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Start of the window, RFC 3339, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window, RFC 3339, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// team, project, allocation, user, model, provider or cost_center.
+        #[arg(long)]
+        by: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +334,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())
         }
+        Command::Report {
+            data,
+            from,
+            to,
+            by,
+            format,
+        } => report(&data, from.as_deref(), to.as_deref(), &by, &format),
         Command::Events(EventsCommand::Dump { dir, from }) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for record in tollgate_sink::log::read(&dir, from)? {
@@ -650,6 +675,127 @@ fn rate_card_check(file: &std::path::Path, at: Option<&str>) -> anyhow::Result<(
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// An exact decimal of nano-units: `12.5`, `0.000000001`, `-3.25`.
+fn decimal(nanos: i128) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let magnitude = nanos.unsigned_abs();
+    let whole = magnitude / 1_000_000_000;
+    let frac = format!("{:09}", magnitude % 1_000_000_000);
+    let frac = frac.trim_end_matches('0');
+    let frac = if frac.len() < 2 {
+        &format!("{frac:0<2}")
+    } else {
+        frac
+    };
+    format!("{sign}{whole}.{frac}")
+}
+
+fn report(
+    data: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    by: &str,
+    format: &str,
+) -> anyhow::Result<()> {
+    use tollgate_sink::rollup::{self, Dimension};
+    let dimension = Dimension::parse(by).with_context(|| {
+        format!("--by {by}: choose team, project, allocation, user, model, provider or cost_center")
+    })?;
+    let instant =
+        |text: Option<&str>, flag: &str| -> anyhow::Result<Option<tollgate_engine::UnixMs>> {
+            text.map(|t| {
+                parse_rfc3339(t)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| flag.to_owned())
+            })
+            .transpose()
+        };
+    let rows = rollup::report(
+        data,
+        instant(from, "--from")?,
+        instant(to, "--to")?,
+        dimension,
+    )?;
+    let total = rows.iter().fold(rollup::Row::default(), |mut t, r| {
+        t.events += r.events;
+        t.cost_nanos += r.cost_nanos;
+        t.list_cost_nanos += r.list_cost_nanos;
+        t.tokens_in += r.tokens_in;
+        t.tokens_out += r.tokens_out;
+        t
+    });
+    let key = |r: &rollup::Row| r.key.clone().unwrap_or_else(|| "(none)".to_owned());
+    let mut out = std::io::stdout().lock();
+    match format {
+        "json" => {
+            let row = |r: &rollup::Row, k: Value| {
+                json!({
+                    by: k, "events": r.events,
+                    "cost": decimal(r.cost_nanos), "cost_nanos": r.cost_nanos.to_string(),
+                    "list_cost": decimal(r.list_cost_nanos),
+                    "tokens_in": r.tokens_in, "tokens_out": r.tokens_out,
+                })
+            };
+            let value = json!({
+                "by": by, "from": from, "to": to,
+                "rows": rows.iter().map(|r| row(r, json!(r.key))).collect::<Vec<_>>(),
+                "total": row(&total, Value::Null),
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        }
+        "csv" => {
+            writeln!(out, "{by},events,cost,list_cost,tokens_in,tokens_out")?;
+            for r in &rows {
+                let k = key(r);
+                let k = if k.contains([',', '"']) {
+                    format!("\"{}\"", k.replace('"', "\"\""))
+                } else {
+                    k
+                };
+                writeln!(
+                    out,
+                    "{k},{},{},{},{},{}",
+                    r.events,
+                    decimal(r.cost_nanos),
+                    decimal(r.list_cost_nanos),
+                    r.tokens_in,
+                    r.tokens_out
+                )?;
+            }
+        }
+        "table" => {
+            let mut table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        key(r),
+                        r.events.to_string(),
+                        decimal(r.cost_nanos),
+                        decimal(r.list_cost_nanos),
+                        r.tokens_in.to_string(),
+                        r.tokens_out.to_string(),
+                    ]
+                })
+                .collect();
+            table.push(vec![
+                "TOTAL".into(),
+                total.events.to_string(),
+                decimal(total.cost_nanos),
+                decimal(total.list_cost_nanos),
+                total.tokens_in.to_string(),
+                total.tokens_out.to_string(),
+            ]);
+            drop(out);
+            print_table(
+                &[by, "events", "cost", "list_cost", "tokens_in", "tokens_out"],
+                &table,
+            )?;
+        }
+        other => anyhow::bail!("--format {other}: choose table, csv or json"),
     }
     Ok(())
 }

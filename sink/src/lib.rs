@@ -7,4 +7,5 @@
 
 pub mod columnar;
 pub mod log;
+pub mod rollup;
 pub mod schema;
