@@ -79,7 +79,8 @@ enum Command {
         /// team, project, allocation, user, model, provider or cost_center.
         #[arg(long)]
         by: String,
-        /// table, csv or json.
+        /// table, csv, json, or focus (FinOps FOCUS 1.0 CSV; `--by` is then ignored: FOCUS rows
+        /// are per hour, model and allocation).
         #[arg(long, default_value = "table")]
         format: String,
     },
@@ -714,12 +715,14 @@ fn report(
             })
             .transpose()
         };
-    let rows = rollup::report(
-        data,
-        instant(from, "--from")?,
-        instant(to, "--to")?,
-        dimension,
-    )?;
+    let (from_t, to_t) = (instant(from, "--from")?, instant(to, "--to")?);
+    if format == "focus" {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        tollgate_sink::focus::export_csv(data, from_t, to_t, &mut out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let rows = rollup::report(data, from_t, to_t, dimension)?;
     let total = rows.iter().fold(rollup::Row::default(), |mut t, r| {
         t.events += r.events;
         t.cost_nanos += r.cost_nanos;
@@ -795,7 +798,7 @@ fn report(
                 &table,
             )?;
         }
-        other => anyhow::bail!("--format {other}: choose table, csv or json"),
+        other => anyhow::bail!("--format {other}: choose table, csv, json or focus"),
     }
     Ok(())
 }

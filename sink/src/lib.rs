@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod columnar;
+pub mod focus;
 pub mod log;
 pub mod rollup;
 pub mod schema;

@@ -85,7 +85,7 @@ pub struct Row {
     pub tokens_out: i64,
 }
 
-fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError> {
+pub(crate) fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -45,6 +45,14 @@ name = "ledger"
 project = "chatbot"
 
 [[allocation]]
+name = "parquet"
+project = "chatbot"
+
+[[allocation]]
+name = "focus"
+project = "chatbot"
+
+[[allocation]]
 name = "tiny"
 project = "chatbot"
 budget = { limit = "0.000001", period = "day" }

@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 
 
 def test_parquet_files_hold_every_event_once_and_sum_to_the_budget_table(stack):
-    key = stack.key("ledger", agent="parquet-check")
+    key = stack.key("parquet", agent="parquet-check")
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
     for n in range(1, 8):
         client.chat.completions.create(
@@ -31,8 +31,8 @@ def test_parquet_files_hold_every_event_once_and_sum_to_the_budget_table(stack):
     glob = str(data / "**" / "*.parquet")
     total, rows = duckdb.sql(
         f"select sum(cost), count(*) from read_parquet('{glob}', hive_partitioning = true) "
-        "where allocation = 'ledger'").fetchall()[0]
-    spent = decimal.Decimal(stack.spent_nanos("ledger")) / decimal.Decimal(10**9)
+        "where allocation = 'parquet'").fetchall()[0]
+    spent = decimal.Decimal(stack.spent_nanos("parquet")) / decimal.Decimal(10**9)
     assert total == spent
     assert rows >= 7
     by_hour = duckdb.sql(
