@@ -177,6 +177,127 @@ pub fn start_llama() -> Option<Process> {
     }
 }
 
+/// A single-node Apache Kafka broker (KRaft, broker and controller in one process) with its
+/// data in a temporary directory, from the jars in `TOLLGATE_KAFKA_LIBS` (tests/run-all fetches
+/// them). Without them the test is skipped loudly, except under `CI=true`, where that fails.
+pub struct Kafka {
+    process: Option<Process>,
+    dir: TempDir,
+    libs: String,
+    /// `host:port` of the broker.
+    pub bootstrap: String,
+}
+
+impl Kafka {
+    /// Starts a broker, or `None` (loudly) when no jars are configured outside CI.
+    pub fn start() -> Option<Kafka> {
+        let Ok(libs) = std::env::var("TOLLGATE_KAFKA_LIBS") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: TOLLGATE_KAFKA_LIBS must name the Kafka broker's jars (tests/run-all fetches them)"
+            );
+            eprintln!(
+                "\n*** SKIPPED: no Kafka broker (set TOLLGATE_KAFKA_LIBS, or run tests/run-all) ***\n"
+            );
+            return None;
+        };
+        let dir = TempDir::new("kafka").unwrap();
+        let port = |_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (broker, controller) = (port(0), port(1));
+        let config = format!(
+            "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+             listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{broker}\ncontroller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\nlog.dirs={}\n\
+             offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\nnum.partitions=4\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("server.properties"), config).unwrap();
+        let classpath = format!("{libs}/*");
+        let uuid = Command::new("java")
+            .args(["-cp", &classpath, "kafka.tools.StorageTool", "random-uuid"])
+            .output()
+            .unwrap();
+        let uuid = String::from_utf8_lossy(&uuid.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let formatted = Command::new("java")
+            .args([
+                "-cp",
+                &classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                &uuid,
+                "-c",
+            ])
+            .arg(dir.path().join("server.properties"))
+            .output()
+            .unwrap();
+        assert!(
+            formatted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&formatted.stderr)
+        );
+        let mut kafka = Kafka {
+            process: None,
+            dir,
+            libs,
+            bootstrap: format!("127.0.0.1:{broker}"),
+        };
+        kafka.launch();
+        Some(kafka)
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+        let child = Command::new("java")
+            .args([
+                "-Xmx512m",
+                "-cp",
+                &format!("{}/*", self.libs),
+                "kafka.Kafka",
+            ])
+            .arg(self.dir.path().join("server.properties"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let address: SocketAddr = self.bootstrap.parse().unwrap();
+        self.process = Some(Process { child, address });
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Kafka broker did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    /// Starts it again on the same data and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
 impl Stack {
     /// Starts a stack whose config is the standard providers plus `org` (teams, projects,
     /// allocations) and `server` lines for `[server]`.

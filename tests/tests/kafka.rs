@@ -1,0 +1,100 @@
+//! The durable log shipped to a real Apache Kafka broker by `sink::kafka::Shipper`: every event
+//! arrives; with the broker down nothing is acknowledged, the checkpoint stays, and shipping
+//! resumes where it stopped when the broker returns.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use serde_json::Value;
+use tollgate_engine::{EventId, UnixMs, UsageEvent};
+use tollgate_sink::kafka::{KafkaConfig, Shipper};
+use tollgate_sink::log::{Log, SEGMENT_BYTES_MAX};
+use tollgate_tests::TempDir;
+use tollgate_tests::stack::Kafka;
+
+/// Every event id on the topic, read from the beginning by a new consumer group.
+fn topic_event_ids(bootstrap: &str, topic: &str, expected: usize) -> (BTreeSet<String>, usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("tests-{}", std::process::id()))
+        // A new group must read from the earliest offset, or it silently skips the backlog.
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut ids = BTreeSet::new();
+    let mut messages = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids.len() < expected && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            ids.insert(event["event_id"].as_str().unwrap().to_owned());
+            messages += 1;
+        }
+    }
+    (ids, messages)
+}
+
+fn events(log: &mut Log, first: u8, n: u8) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let payloads: Vec<Vec<u8>> = (first..first + n)
+        .map(|i| {
+            let mut event = UsageEvent::sample();
+            event.event_id = EventId::v7(UnixMs(1_764_000_000_000), &[i; 10]);
+            ids.insert(event.event_id.to_string());
+            event.to_json()
+        })
+        .collect();
+    log.append(&payloads).unwrap();
+    log.sync().unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_reaches_kafka_and_a_broker_outage_loses_nothing() {
+    let Some(mut kafka) = Kafka::start() else {
+        return;
+    };
+    let dir = TempDir::new("ship").unwrap();
+    let (mut log, _) = Log::open(&dir.path().join("log"), SEGMENT_BYTES_MAX).unwrap();
+    let config = KafkaConfig {
+        brokers: kafka.bootstrap.clone(),
+        topic: "tollgate.usage".into(),
+        delivery_timeout: Duration::from_secs(3),
+    };
+    let mut shipper = Shipper::new(&dir.path().join("log"), &config).unwrap();
+
+    let mut sent = events(&mut log, 0, 20);
+    assert_eq!(shipper.ship_or_reset(log.next_offset()).await.unwrap(), 20);
+    assert_eq!(shipper.checkpoint().unwrap(), 20);
+
+    // The broker goes away: deliveries fail, nothing is acknowledged, the checkpoint stays.
+    kafka.kill();
+    sent.extend(events(&mut log, 20, 10));
+    assert!(shipper.ship_or_reset(log.next_offset()).await.is_err());
+    assert_eq!(
+        shipper.checkpoint().unwrap(),
+        20,
+        "nothing unacknowledged is counted as shipped"
+    );
+
+    // It returns: the backlog drains from the checkpoint.
+    kafka.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shipper.checkpoint().unwrap() < log.next_offset() {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        let _ = shipper.ship_or_reset(log.next_offset()).await;
+    }
+    shipper.flush(Duration::from_secs(5)).unwrap();
+    let (shipped, messages) = topic_event_ids(&kafka.bootstrap, "tollgate.usage", sent.len());
+    assert_eq!(shipped, sent, "every logged event is on the topic");
+    assert!(
+        messages >= sent.len(),
+        "a redelivery may repeat an event, never drop one"
+    );
+}
