@@ -10,14 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::Path;
 
 use arrow_array::{
     Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tollgate_engine::UnixMs;
 use tollgate_engine::time::Period;
 
@@ -160,9 +157,6 @@ pub fn export_csv(
     to: Option<UnixMs>,
     out: &mut impl std::io::Write,
 ) -> Result<u64, ColumnarError> {
-    let mut files = Vec::new();
-    crate::rollup::parquet_files(&data_dir.join("usage"), &mut files)?;
-    files.sort();
     let wanted = [
         "ts",
         "org",
@@ -180,106 +174,85 @@ pub fn export_csv(
         "tokens_out",
     ];
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
-    for path in files {
-        let file = File::open(&path).map_err(|source| ColumnarError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-        let schema = builder.parquet_schema();
-        let indices: Vec<usize> = wanted
-            .iter()
-            .filter_map(|name| schema.columns().iter().position(|c| c.name() == *name))
-            .collect();
-        let mask = ProjectionMask::leaves(schema, indices);
-        let reader = builder
-            .with_projection(mask)
-            .build()
-            .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
-            let missing = |name: &str| ColumnarError::Encode(format!("column `{name}` missing"));
-            let ts = batch
-                .column_by_name("ts")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-                .ok_or_else(|| missing("ts"))?;
-            let decimals = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>())
-                    .ok_or_else(|| missing(name))
-            };
-            let ints = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                    .ok_or_else(|| missing(name))
-            };
-            let (cost, list_cost) = (decimals("cost")?, decimals("list_cost")?);
-            let (tokens_in, tokens_out) = (ints("tokens_in")?, ints("tokens_out")?);
-            let [
-                org,
-                provider,
-                model,
-                allocation,
-                team,
-                project,
-                cost_center,
-                currency,
-                version,
-            ] = [
-                "org",
-                "provider",
-                "model",
-                "allocation",
-                "team",
-                "project",
-                "cost_center",
-                "currency",
-                "rate_card_version",
-            ]
-            .map(|name| strings(&batch, name));
-            let (org, provider, model, allocation, team, project, cost_center, currency, version) = (
-                org?,
-                provider?,
-                model?,
-                allocation?,
-                team?,
-                project?,
-                cost_center?,
-                currency?,
-                version?,
-            );
-            for i in 0..batch.num_rows() {
-                let t = UnixMs(ts.value(i));
-                if from.is_some_and(|f| t < f)
-                    || to.is_some_and(|e| t >= e)
-                    || allocation.is_null(i)
-                {
-                    continue;
-                }
-                let key = Key {
-                    hour: t.0.div_euclid(HOUR_MS),
-                    org: text(org, i),
-                    provider: text(provider, i),
-                    model: text(model, i),
-                    allocation: text(allocation, i),
-                    team: text(team, i),
-                    project: text(project, i),
-                    cost_center: text(cost_center, i),
-                    currency: text(currency, i),
-                    rate_card_version: text(version, i),
-                };
-                let sums = rows.entry(key).or_default();
-                sums.cost += cost.value(i);
-                sums.list_cost += list_cost.value(i);
-                sums.tokens_in += tokens_in.value(i);
-                sums.tokens_out += tokens_out.value(i);
-                sums.events += 1;
+    crate::rollup::for_each_batch(data_dir, &wanted, |batch| {
+        let missing = |name: &str| ColumnarError::Encode(format!("column `{name}` missing"));
+        let ts = batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .ok_or_else(|| missing("ts"))?;
+        let decimals = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>())
+                .ok_or_else(|| missing(name))
+        };
+        let ints = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .ok_or_else(|| missing(name))
+        };
+        let (cost, list_cost) = (decimals("cost")?, decimals("list_cost")?);
+        let (tokens_in, tokens_out) = (ints("tokens_in")?, ints("tokens_out")?);
+        let [
+            org,
+            provider,
+            model,
+            allocation,
+            team,
+            project,
+            cost_center,
+            currency,
+            version,
+        ] = [
+            "org",
+            "provider",
+            "model",
+            "allocation",
+            "team",
+            "project",
+            "cost_center",
+            "currency",
+            "rate_card_version",
+        ]
+        .map(|name| strings(&batch, name));
+        let (org, provider, model, allocation, team, project, cost_center, currency, version) = (
+            org?,
+            provider?,
+            model?,
+            allocation?,
+            team?,
+            project?,
+            cost_center?,
+            currency?,
+            version?,
+        );
+        for i in 0..batch.num_rows() {
+            let t = UnixMs(ts.value(i));
+            if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) || allocation.is_null(i) {
+                continue;
             }
+            let key = Key {
+                hour: t.0.div_euclid(HOUR_MS),
+                org: text(org, i),
+                provider: text(provider, i),
+                model: text(model, i),
+                allocation: text(allocation, i),
+                team: text(team, i),
+                project: text(project, i),
+                cost_center: text(cost_center, i),
+                currency: text(currency, i),
+                rate_card_version: text(version, i),
+            };
+            let sums = rows.entry(key).or_default();
+            sums.cost += cost.value(i);
+            sums.list_cost += list_cost.value(i);
+            sums.tokens_in += tokens_in.value(i);
+            sums.tokens_out += tokens_out.value(i);
+            sums.events += 1;
         }
-    }
+        Ok(())
+    })?;
     let io = |source| ColumnarError::Io {
         path: "(output)".into(),
         source,

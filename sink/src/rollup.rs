@@ -85,7 +85,7 @@ pub struct Row {
     pub tokens_out: i64,
 }
 
-pub(crate) fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError> {
+fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -114,6 +114,36 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, C
         .ok_or_else(|| ColumnarError::Encode(format!("column `{name}` missing or of another type")))
 }
 
+/// Calls `visit` with every batch of the Parquet files under `data_dir/usage`, read with only
+/// the `columns` asked for.
+pub(crate) fn for_each_batch(
+    data_dir: &Path,
+    columns: &[&str],
+    mut visit: impl FnMut(RecordBatch) -> Result<(), ColumnarError>,
+) -> Result<(), ColumnarError> {
+    let mut files = Vec::new();
+    parquet_files(&data_dir.join("usage"), &mut files)?;
+    files.sort();
+    let encode = |e: parquet::errors::ParquetError| ColumnarError::Encode(e.to_string());
+    for path in files {
+        let file = File::open(&path).map_err(|source| ColumnarError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
+        let schema = builder.parquet_schema();
+        let indices: Vec<usize> = columns
+            .iter()
+            .filter_map(|name| schema.columns().iter().position(|c| c.name() == *name))
+            .collect();
+        let mask = ProjectionMask::leaves(schema, indices);
+        for batch in builder.with_projection(mask).build().map_err(encode)? {
+            visit(batch.map_err(|e| ColumnarError::Encode(e.to_string()))?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Totals of the events under `data_dir/usage` with `from <= ts < to`, grouped by `by`, in key
 /// order.
 pub fn report(
@@ -122,9 +152,6 @@ pub fn report(
     to: Option<UnixMs>,
     by: Dimension,
 ) -> Result<Vec<Row>, ColumnarError> {
-    let mut files = Vec::new();
-    parquet_files(&data_dir.join("usage"), &mut files)?;
-    files.sort();
     let wanted = [
         "ts",
         by.column(),
@@ -134,49 +161,31 @@ pub fn report(
         "tokens_out",
     ];
     let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
-    for path in files {
-        let file = File::open(&path).map_err(|source| ColumnarError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-        let schema = builder.parquet_schema();
-        let indices: Vec<usize> = wanted
-            .iter()
-            .filter_map(|name| schema.columns().iter().position(|c| c.name() == *name))
-            .collect();
-        let mask = ProjectionMask::leaves(schema, indices);
-        let reader = builder
-            .with_projection(mask)
-            .build()
-            .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
-            let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
-            let key = column::<StringArray>(&batch, by.column())?;
-            let cost = column::<Decimal128Array>(&batch, "cost")?;
-            let list_cost = column::<Decimal128Array>(&batch, "list_cost")?;
-            let tokens_in = column::<Int64Array>(&batch, "tokens_in")?;
-            let tokens_out = column::<Int64Array>(&batch, "tokens_out")?;
-            for i in 0..batch.num_rows() {
-                let t = UnixMs(ts.value(i));
-                if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
-                    continue;
-                }
-                let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
-                let row = groups.entry(k.clone()).or_insert_with(|| Row {
-                    key: k,
-                    ..Row::default()
-                });
-                row.events += 1;
-                row.cost_nanos += cost.value(i);
-                row.list_cost_nanos += list_cost.value(i);
-                row.tokens_in += tokens_in.value(i);
-                row.tokens_out += tokens_out.value(i);
+    for_each_batch(data_dir, &wanted, |batch| {
+        let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
+        let key = column::<StringArray>(&batch, by.column())?;
+        let cost = column::<Decimal128Array>(&batch, "cost")?;
+        let list_cost = column::<Decimal128Array>(&batch, "list_cost")?;
+        let tokens_in = column::<Int64Array>(&batch, "tokens_in")?;
+        let tokens_out = column::<Int64Array>(&batch, "tokens_out")?;
+        for i in 0..batch.num_rows() {
+            let t = UnixMs(ts.value(i));
+            if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
+                continue;
             }
+            let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
+            let row = groups.entry(k.clone()).or_insert_with(|| Row {
+                key: k,
+                ..Row::default()
+            });
+            row.events += 1;
+            row.cost_nanos += cost.value(i);
+            row.list_cost_nanos += list_cost.value(i);
+            row.tokens_in += tokens_in.value(i);
+            row.tokens_out += tokens_out.value(i);
         }
-    }
+        Ok(())
+    })?;
     Ok(groups.into_values().collect())
 }
 
