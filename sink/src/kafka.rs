@@ -103,12 +103,17 @@ impl Shipper {
             .map_err(|e| ShipError::Kafka(e.to_string()))
     }
 
-    /// Ships as [`Shipper::ship`] does; after a failed pass the producer is made anew (an
-    /// idempotent producer can be left in a state it does not leave by itself).
+    /// Ships as [`Shipper::ship`] does. A producer left in a fatal state (which an idempotent
+    /// producer does not leave by itself) is made anew; the old one is dropped on a thread of
+    /// its own, because dropping a producer with messages in flight blocks until they settle.
+    /// Timeouts while a broker is away are not fatal: the same producer ships once it returns.
     pub async fn ship_or_reset(&mut self, until: u64) -> Result<u64, ShipError> {
         let result = self.ship(until).await;
-        if result.is_err() {
-            self.producer = Shipper::producer(&self.config)?;
+        if result.is_err() && self.producer.client().fatal_error().is_some() {
+            let old = std::mem::replace(&mut self.producer, Shipper::producer(&self.config)?);
+            let _ = std::thread::Builder::new()
+                .name("tollgate-kafka-drop".into())
+                .spawn(move || drop(old));
         }
         result
     }
