@@ -38,6 +38,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// Parquet output of the event log (`None`: off).
     pub parquet: Option<ParquetConfig>,
+    /// Kafka shipping of the event log (`None`: off).
+    pub kafka: Option<tollgate_sink::kafka::KafkaConfig>,
     /// Upstreams by name.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases.
@@ -234,6 +236,7 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     parquet: RawParquet,
+    kafka: Option<RawKafka>,
     #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
@@ -336,6 +339,19 @@ impl Default for RawEvents {
 
 fn default_events_dir() -> String {
     "events".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Spanned<String>,
+    #[serde(default = "default_topic")]
+    topic: String,
+    delivery_timeout_ms: Option<u64>,
+}
+
+fn default_topic() -> String {
+    "tollgate.usage".to_owned()
 }
 
 #[derive(Deserialize)]
@@ -747,6 +763,21 @@ impl RawConfig {
                     .unwrap_or(limits::EVENTS_QUEUED_MAX)
                     .max(1),
                 sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
+            },
+            kafka: match self.kafka {
+                None => None,
+                Some(raw) if raw.brokers.get_ref().trim().is_empty() => {
+                    return Err(err(
+                        "kafka.brokers".into(),
+                        raw.brokers.span(),
+                        "must list at least one broker (host:port)".into(),
+                    ));
+                }
+                Some(raw) => Some(tollgate_sink::kafka::KafkaConfig {
+                    brokers: raw.brokers.into_inner(),
+                    topic: raw.topic,
+                    delivery_timeout: ms(raw.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
+                }),
             },
             parquet: self.parquet.enabled.then(|| ParquetConfig {
                 dir: resolve(base, &self.parquet.dir),

@@ -35,6 +35,7 @@ pub const ALERTS_FILE: &str = "alerts.jsonl";
 
 struct Shared {
     log: Mutex<Log>,
+    log_dir: std::path::PathBuf,
     /// The log offset up to which records are synced.
     synced: AtomicU64,
     /// Writes the synced log into Parquet, one pass at a time.
@@ -94,6 +95,7 @@ impl Emitter {
             parquet.map(|p| Mutex::new(ParquetSink::new(&dir.join(LOG_DIR), &p.dir, p.rows_max)));
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
+            log_dir: dir.join(LOG_DIR),
             synced: AtomicU64::new(synced),
             parquet,
             alerts: Mutex::new(alerts),
@@ -114,6 +116,18 @@ impl Emitter {
     #[must_use]
     pub fn has_room(&self) -> bool {
         self.queued() < self.queued_max
+    }
+
+    /// The log offset up to which events are synced (what may be shipped or written out).
+    #[must_use]
+    pub fn synced_offset(&self) -> u64 {
+        self.shared.synced.load(Ordering::Acquire)
+    }
+
+    /// The folder of the durable log.
+    #[must_use]
+    pub fn log_dir(&self) -> std::path::PathBuf {
+        self.shared.log_dir.clone()
     }
 
     /// Appended events not yet synced.

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod restore;
 pub mod server;
+pub mod ship;
 pub mod sse;
 pub mod state;
 pub mod translate;

@@ -380,6 +380,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let writer = runtime.block_on(async {
         let drain = config.server.drain_timeout;
         let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
+        let shipping = tollgate_gateway::ship::ShipTask::start(&gateway)?;
         let listen = gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -392,10 +393,17 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         tollgate_gateway::server::serve(Arc::clone(&gateway), listener, shutdown_signal()).await?;
         gateway.emitter.stop(drain);
-        anyhow::Ok(writer)
+        // The last sync first, then what it synced is shipped.
+        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+        if let Some(shipping) = shipping {
+            shipping.finish(drain).await;
+        }
+        anyhow::Ok(joined)
     })?;
     drop(runtime);
-    writer.join().context("writing the last usage events")?;
+    writer
+        .context("waiting for the event log's last sync")?
+        .context("writing the last usage events")?;
     Ok(())
 }
 

@@ -103,13 +103,13 @@ impl Shipper {
             .map_err(|e| ShipError::Kafka(e.to_string()))
     }
 
-    /// Ships as [`Shipper::ship`] does. A producer left in a fatal state (which an idempotent
-    /// producer does not leave by itself) is made anew; the old one is dropped on a thread of
-    /// its own, because dropping a producer with messages in flight blocks until they settle.
-    /// Timeouts while a broker is away are not fatal: the same producer ships once it returns.
+    /// Ships as [`Shipper::ship`] does; after a failed pass the producer is made anew (one that
+    /// first met the broker while it was away does not recover by itself), and the old one is
+    /// dropped on a thread of its own, because dropping a producer with messages in flight
+    /// blocks until they settle.
     pub async fn ship_or_reset(&mut self, until: u64) -> Result<u64, ShipError> {
         let result = self.ship(until).await;
-        if result.is_err() && self.producer.client().fatal_error().is_some() {
+        if result.is_err() {
             let old = std::mem::replace(&mut self.producer, Shipper::producer(&self.config)?);
             let _ = std::thread::Builder::new()
                 .name("tollgate-kafka-drop".into())

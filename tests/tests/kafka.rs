@@ -98,3 +98,48 @@ async fn the_log_reaches_kafka_and_a_broker_outage_loses_nothing() {
         "a redelivery may repeat an event, never drop one"
     );
 }
+
+/// The gateway ships its own log: a broker outage while it serves costs no event.
+#[test]
+fn the_gateway_ships_every_event_through_a_broker_outage() {
+    use serde_json::json;
+    use tollgate_tests::http::post_json;
+    use tollgate_tests::stack::{ORG, Stack};
+
+    let Some(mut kafka) = Kafka::start() else {
+        return;
+    };
+    let section = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 3000\n",
+        kafka.bootstrap
+    );
+    let mut stack = Stack::start_with("gateway-kafka", ORG, "", &section, &[]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let call = |stack: &Stack| {
+        let body = json!({"model": "openai/gpt-4o-mini", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(
+            post_json(stack.address(), "/v1/chat/completions", &key, &body).status,
+            200
+        );
+    };
+    for _ in 0..10 {
+        call(&stack);
+    }
+    kafka.kill();
+    for _ in 0..10 {
+        call(&stack); // the broker is gone; the gateway answers all the same
+    }
+    kafka.restart();
+    for _ in 0..5 {
+        call(&stack);
+    }
+    stack.stop(); // the last sync, then the last shipping pass
+    let logged: BTreeSet<String> = stack
+        .events()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(logged.len(), 25);
+    let (shipped, _) = topic_event_ids(&kafka.bootstrap, "tollgate.usage", logged.len());
+    assert_eq!(shipped, logged, "every logged event is on the topic");
+}
