@@ -53,8 +53,22 @@ impl ShipTask {
                     }
                 }
                 if *stopped.borrow() {
-                    let _ = shipper.flush(Duration::from_secs(5));
-                    return;
+                    // Shutdown: keep at it until everything synced is acknowledged (the caller
+                    // bounds how long).
+                    loop {
+                        let until = gateway.emitter.synced_offset();
+                        let done = shipper.checkpoint().is_ok_and(|c| c >= until);
+                        if done
+                            || shipper
+                                .ship_or_reset(until)
+                                .await
+                                .is_ok_and(|_| shipper.checkpoint().is_ok_and(|c| c >= until))
+                        {
+                            let _ = shipper.flush(Duration::from_secs(5));
+                            return;
+                        }
+                        tokio::time::sleep(KAFKA_SHIP_INTERVAL).await;
+                    }
                 }
                 tokio::select! {
                     _ = stopped.changed() => {}
