@@ -532,14 +532,11 @@ pub fn converse_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
             text.push_str(t);
         }
         if let Some(call) = block.get("toolUse") {
-            tool_calls.push(json!({
-                "id": call.get("toolUseId").cloned().unwrap_or(json!("")),
-                "type": "function",
-                "function": {
-                    "name": call.get("name").cloned().unwrap_or(json!("")),
-                    "arguments": call.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            }));
+            tool_calls.push(crate::translate::tool_call(
+                call.get("toolUseId"),
+                call.get("name"),
+                call.get("input"),
+            ));
         }
     }
     let message = crate::translate::assistant_message(&text, tool_calls);

@@ -335,6 +335,18 @@ fn openai_usage(usage: &Value) -> Value {
     })
 }
 
+/// OpenAI's tool call of a whole answer: the arguments are the input as a JSON string.
+pub(crate) fn tool_call(id: Option<&Value>, name: Option<&Value>, input: Option<&Value>) -> Value {
+    json!({
+        "id": id.cloned().unwrap_or(json!("")),
+        "type": "function",
+        "function": {
+            "name": name.cloned().unwrap_or(json!("")),
+            "arguments": input.map_or_else(|| "{}".to_owned(), Value::to_string),
+        },
+    })
+}
+
 /// OpenAI's assistant message: the text (null when there are only tool calls) and the calls.
 pub(crate) fn assistant_message(text: &str, tool_calls: Vec<Value>) -> Value {
     let mut message = Map::new();
@@ -364,14 +376,13 @@ pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u
     {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => tool_calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(json!("")),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(json!("")),
-                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-            })),
+            Some("tool_use") => {
+                tool_calls.push(tool_call(
+                    block.get("id"),
+                    block.get("name"),
+                    block.get("input"),
+                ));
+            }
             _ => {}
         }
     }
