@@ -933,6 +933,31 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         assert_eq!(config.allocations[0].name, "chatbot-prod");
     }
 
+    #[test]
+    fn a_kafka_section_needs_brokers() {
+        let with = |section: &str| {
+            Config::from_toml(
+                &format!("{GOOD}\n{section}"),
+                "tollgate.toml",
+                Path::new("."),
+            )
+        };
+        let config = with("[kafka]\nbrokers = \"127.0.0.1:9092\"\n").unwrap();
+        let kafka = config.kafka.unwrap();
+        assert_eq!(kafka.topic, "tollgate.usage");
+        assert_eq!(kafka.delivery_timeout, limits::KAFKA_DELIVERY_TIMEOUT);
+        let message = with("[kafka]\nbrokers = \" \"\n").unwrap_err().to_string();
+        assert!(message.contains("kafka.brokers"), "{message}");
+        let message = with("[kafka]\ntopic = \"t\"\n").unwrap_err().to_string();
+        assert!(message.contains("brokers"), "{message}");
+        assert!(
+            Config::from_toml(GOOD, "t", Path::new("."))
+                .unwrap()
+                .kafka
+                .is_none()
+        );
+    }
+
     fn error_of(edit: (&str, &str)) -> String {
         let text = GOOD.replacen(edit.0, edit.1, 1);
         assert_ne!(text, GOOD, "edit {edit:?} did not apply");

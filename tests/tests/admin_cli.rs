@@ -275,3 +275,97 @@ fn a_rate_card_reload_adds_versions_and_never_rewrites_history() {
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["added"], json!(["2099-01"]));
 }
+
+#[test]
+fn the_admin_api_refuses_bad_requests_clearly_and_changes_nothing() {
+    let stack = Stack::start("admin-bad", ORG, "");
+    let cases: [(&str, &str, &[u8], u16, &str); 8] = [
+        (
+            "POST",
+            "/admin/v1/keys",
+            b"{\"allocation\": ",
+            400,
+            "key request",
+        ),
+        (
+            "POST",
+            "/admin/v1/keys",
+            b"{\"allocation\":\"open\",\"user\":\"a\",\"expires_in\":\"3w\"}",
+            400,
+            "not a duration",
+        ),
+        (
+            "POST",
+            "/admin/v1/keys",
+            b"{\"allocation\":\"ghost\",\"user\":\"a\"}",
+            404,
+            "ghost",
+        ),
+        (
+            "POST",
+            "/admin/v1/keys",
+            b"{\"allocation\":\"open\",\"user\":\"a\",\"bogus\":1}",
+            400,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/admin/v1/allocations",
+            b"{\"name\":\"x y\",\"project\":\"chatbot\"}",
+            400,
+            "not a valid allocation name",
+        ),
+        (
+            "PUT",
+            "/admin/v1/budgets/galaxy/open",
+            b"{\"limit\":\"1\"}",
+            400,
+            "team, project or allocation",
+        ),
+        (
+            "PUT",
+            "/admin/v1/budgets/allocation/open",
+            b"{\"limit\":1.5}",
+            400,
+            "float",
+        ),
+        ("POST", "/admin/v1/keys/key_nothex/revoke", b"", 404, "key"),
+    ];
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for (method, path, body, status, expected) in cases {
+        let answer = tollgate_tests::http::request(
+            stack.address(),
+            method,
+            path,
+            &[("authorization", &auth)],
+            body,
+        );
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.text());
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains(expected),
+            "{method} {path}: {message:?} lacks {expected:?}"
+        );
+    }
+    let huge = vec![b'x'; 100_000];
+    let answer = tollgate_tests::http::request(
+        stack.address(),
+        "POST",
+        "/admin/v1/keys",
+        &[("authorization", &auth)],
+        &huge,
+    );
+    assert_eq!(answer.status, 413);
+    // Nothing was created, journaled or audited.
+    assert_eq!(
+        stack.admin("GET", "/admin/v1/keys", None).json()["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert!(read_lines(&stack.path().join("state/audit.jsonl")).is_empty());
+}

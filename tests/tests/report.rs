@@ -113,3 +113,28 @@ fn the_report_totals_equal_the_events_and_the_budget_table() {
     .unwrap();
     assert_eq!(empty["total"]["events"], 0);
 }
+
+#[test]
+fn bad_report_arguments_are_refused_clearly() {
+    let dir = tollgate_tests::TempDir::new("report-bad").unwrap();
+    for (args, expected) in [
+        (&["--by", "galaxy"][..], "--by galaxy"),
+        (&["--by", "team", "--format", "xml"][..], "--format xml"),
+        (&["--by", "team", "--from", "yesterday"][..], "--from"),
+    ] {
+        let out = Command::new(tollgate_bin().unwrap())
+            .arg("report")
+            .arg("--data")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // No files yet: an empty statement, not an error.
+    let empty: Value =
+        serde_json::from_str(&report(dir.path(), &["--by", "team", "--format", "json"])).unwrap();
+    assert_eq!(empty["total"]["events"], 0);
+}
