@@ -466,8 +466,21 @@ fn budget(cell: &tollgate_engine::BudgetCell, now: UnixMs) -> Value {
 fn allocations(gateway: &Gateway, now: UnixMs) -> Value {
     let mut all = gateway.directory.allocations();
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    let list: Vec<Value> = all.iter().map(|a| describe_allocation(a, now)).collect();
-    json!({ "currency": &*gateway.card.load().currency, "allocations": list })
+    let card = gateway.card.load();
+    let version = card.at(now);
+    let list: Vec<Value> = all
+        .iter()
+        .map(|a| {
+            let mut described = describe_allocation(a, now);
+            // The markup or discount on list price in force for it now (project over team), so
+            // a client can price what it sees exactly as the gateway does.
+            described["price_adjustment_ppm"] = json!(version.map_or(0, |v| {
+                v.adjustment(&a.project.team.name, &a.project.name).ppm
+            }));
+            described
+        })
+        .collect();
+    json!({ "currency": &*card.currency, "allocations": list })
 }
 
 fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {

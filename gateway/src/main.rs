@@ -20,6 +20,8 @@ use tollgate_gateway::client;
 use tollgate_gateway::config::Config;
 use tollgate_gateway::gateway::Gateway;
 
+mod demo;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -33,6 +35,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Everything in one go on embedded defaults: mock provider, gateway, event log and
+    /// Parquet, an agent fleet running out of budget, the books checked, the chargeback printed.
+    Demo {
+        /// Folder for its config, state, events, Parquet files and load report (an earlier
+        /// demo's folder is cleared; any other non-empty folder is refused).
+        #[arg(long, default_value = "tollgate-demo")]
+        data: PathBuf,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        seconds: u32,
+        /// Agents in the fleet (default: the agent-fleet scenario's 2,000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20000))]
+        agents: Option<u32>,
+    },
     /// Run the gateway.
     Serve {
         /// The config file.
@@ -335,6 +351,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card_check(&file, at.as_deref())
         }
+        Command::Demo {
+            data,
+            seconds,
+            agents,
+        } => demo::run(&demo::DemoOptions {
+            data,
+            seconds,
+            agents,
+        }),
         Command::Report {
             data,
             from,

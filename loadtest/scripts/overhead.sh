@@ -18,7 +18,7 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mock_port=$(port); gateway_port=$(port); nginx_port=$(port)
 
-"$bin/tollgate-loadtest" mock --listen "127.0.0.1:$mock_port" > "$work/mock.log" &
+"$bin/tollgate-loadtest" mock-provider --listen "127.0.0.1:$mock_port" > "$work/mock.log" &
 pids+=($!)
 
 cp gateway/config/rates.example.toml "$work/rates.toml"
@@ -80,7 +80,7 @@ key=$(curl -sf -X POST "http://127.0.0.1:$gateway_port/admin/v1/keys" \
 run() {
   local name=$1 url=$2; shift 2
   printf '{"target":"%s",' "$name"
-  "$bin/tollgate-loadtest" run --url "$url" --key "$key" --duration-s "$seconds" --warmup-s 1 "$@" | cut -c2-
+  "$bin/tollgate-loadtest" bench --url "$url" --key "$key" --duration-s "$seconds" --warmup-s 1 "$@" | cut -c2-
 }
 for args in "--connections 1" "--connections 32" "--connections 1 --prompt-bytes 400000" "--connections 32 --stream"; do
   # shellcheck disable=SC2086

@@ -1,18 +1,22 @@
-//! `tollgate-loadtest`: the mock provider and the load generator.
+//! `tollgate-loadtest`: the mock provider, the agent-fleet harness and the load generator.
 //!
-//! `tollgate-loadtest mock --listen 127.0.0.1:0` prints `mock provider listening on http://ADDR`
-//! once it accepts connections, then serves until killed. `tollgate-loadtest run --url ...`
-//! drives an endpoint and prints one JSON line of figures.
+//! `tollgate-loadtest mock-provider --listen 127.0.0.1:0` prints `mock provider listening on
+//! http://ADDR` once it accepts connections, then serves until killed. `tollgate-loadtest run
+//! --scenario smoke --gateway http://...` runs a scenario, checks the books and writes its
+//! report; `bench --url ...` drives one endpoint with one fixed request and prints one JSON line.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
+use tollgate_loadtest::harness::{self, Options};
 use tollgate_loadtest::load::{self, LoadConfig};
-use tollgate_loadtest::mock::{self, MockConfig};
+use tollgate_loadtest::mock::{self, Behaviour, MockConfig};
+use tollgate_loadtest::scenario;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,17 +31,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a mock provider speaking OpenAI's and Anthropic's APIs.
-    Mock {
+    /// Serve a mock provider speaking OpenAI's, Anthropic's, Azure's and Bedrock's APIs.
+    #[command(alias = "mock")]
+    MockProvider {
         /// Address to listen on (port 0 picks one).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
         /// Require this provider key from callers.
         #[arg(long, env = "MOCK_PROVIDER_KEY")]
         api_key: Option<String>,
+        /// How it answers when a request does not say (a request's `"mock"` object wins).
+        #[command(flatten)]
+        behaviour: Behaviour,
     },
-    /// Drive an endpoint with N keep-alive connections and report throughput and latency.
+    /// Run a scenario (bundled: smoke, agent-fleet, overhead; or a TOML file) against a
+    /// gateway, check the books and write report.json, report.md and latency.svg.
     Run {
+        /// Bundled scenario name or scenario file.
+        #[arg(long)]
+        scenario: String,
+        /// The gateway's origin.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+        /// The gateway's admin token (the run creates its allocations and keys).
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// The provider's origin: the same load direct, for the gateway's added latency (and
+        /// the overhead scenario's baselines).
+        #[arg(long)]
+        direct: Option<String>,
+        /// The provider's key for direct calls, if it checks one.
+        #[arg(long, env = "TOLLGATE_DIRECT_KEY", hide_env_values = true)]
+        direct_key: Option<String>,
+        /// The gateway's Parquet directory (its `[parquet] dir`): the books are checked there.
+        #[arg(long)]
+        parquet: Option<PathBuf>,
+        /// Where the report goes.
+        #[arg(long, default_value = "loadtest-report")]
+        out: PathBuf,
+        /// Override the scenario's seconds (overhead: seconds per run).
+        #[arg(long)]
+        seconds: Option<u32>,
+        /// Override the scenario's agent count.
+        #[arg(long)]
+        agents: Option<u32>,
+        /// Exit non-zero unless the books balance (needs --parquet).
+        #[arg(long)]
+        require_balanced: bool,
+    },
+    /// Drive an endpoint with N keep-alive connections, one fixed request, and report
+    /// throughput and latency as one JSON line.
+    Bench {
         /// Full URL of the endpoint.
         #[arg(long)]
         url: String,
@@ -98,8 +142,43 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mock { listen, api_key } => run_mock(listen, api_key),
+        Command::MockProvider {
+            listen,
+            api_key,
+            behaviour,
+        } => run_mock(listen, api_key, behaviour),
         Command::Run {
+            scenario,
+            gateway,
+            admin_token,
+            direct,
+            direct_key,
+            parquet,
+            out,
+            seconds,
+            agents,
+            require_balanced,
+        } => run_scenario(
+            &scenario,
+            Options {
+                scenario: match scenario::load(&scenario) {
+                    Ok(s) => s,
+                    Err(e) => return fail(&e),
+                },
+                gateway,
+                admin_token,
+                direct,
+                direct_key,
+                parquet_dir: parquet,
+                seconds,
+                agents,
+                progress: true,
+                tag: None,
+            },
+            &out,
+            require_balanced,
+        ),
+        Command::Bench {
             url,
             key,
             connections,
@@ -150,14 +229,46 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr().lock(), "error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
 }
 
-fn run_mock(listen: SocketAddr, api_key: Option<String>) -> std::io::Result<()> {
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr().lock(), "error: {error}");
+    ExitCode::FAILURE
+}
+
+fn run_scenario(
+    name: &str,
+    options: Options,
+    out: &std::path::Path,
+    require_balanced: bool,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let checked = options.parquet_dir.is_some();
+    let report = runtime
+        .block_on(harness::run(options))
+        .map_err(std::io::Error::other)?;
+    report.write(out)?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", report.markdown())?;
+    writeln!(stdout, "\nreport: {}", out.display())?;
+    let balanced = report.books.as_ref().is_some_and(|b| b.balanced());
+    if require_balanced && !(checked && balanced) {
+        return Err(std::io::Error::other(format!(
+            "{name}: the books do not balance (or were not checked: pass --parquet)"
+        )));
+    }
+    Ok(())
+}
+
+fn run_mock(
+    listen: SocketAddr,
+    api_key: Option<String>,
+    behaviour: Behaviour,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -169,7 +280,7 @@ fn run_mock(listen: SocketAddr, api_key: Option<String>) -> std::io::Result<()> 
             writeln!(out, "mock provider listening on http://{address}")?;
             out.flush()?;
         }
-        mock::serve(listener, MockConfig { api_key }).await
+        mock::serve(listener, MockConfig { api_key, behaviour }).await
     })
 }
 

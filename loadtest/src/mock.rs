@@ -41,11 +41,67 @@ const TOKENS_DEFAULT: u64 = 16;
 /// The word generated for each completion token (one token in every OpenAI encoding).
 pub const WORD: &str = " hello";
 
-/// How the mock checks callers.
+/// How the mock checks callers and answers.
 #[derive(Clone, Debug, Default)]
 pub struct MockConfig {
     /// When set, requests must carry this key (`Authorization: Bearer` or `x-api-key`).
     pub api_key: Option<String>,
+    /// Defaults for requests that do not steer the mock themselves.
+    pub behaviour: Behaviour,
+}
+
+/// How the mock answers a request that does not say otherwise in its `"mock"` object. Errors
+/// and resets are drawn from a seeded sequence over the requests served, so a run repeats.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Behaviour {
+    /// Milliseconds before the answer starts (time to first token).
+    #[arg(long, default_value_t = 0)]
+    pub first_byte_ms: u64,
+    /// Milliseconds before each streamed token.
+    #[arg(long, default_value_t = 0)]
+    pub token_ms: u64,
+    /// Completion tokens when the request names no maximum.
+    #[arg(long, default_value_t = TOKENS_DEFAULT)]
+    pub tokens: u64,
+    /// Percent of requests answered with a 500.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub error_percent: u8,
+    /// Percent of streamed answers whose connection breaks half-way.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub reset_percent: u8,
+    /// Report no usage (as some OpenAI-compatible servers do).
+    #[arg(long)]
+    pub no_usage: bool,
+    /// Seed of the error and reset draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Behaviour {
+        Behaviour {
+            first_byte_ms: 0,
+            token_ms: 0,
+            tokens: TOKENS_DEFAULT,
+            error_percent: 0,
+            reset_percent: 0,
+            no_usage: false,
+            seed: 1,
+        }
+    }
+}
+
+impl Behaviour {
+    /// True `percent` times in a hundred, for the `n`th request.
+    fn draw(&self, n: u64, salt: u64, percent: u8) -> bool {
+        if percent == 0 {
+            return false;
+        }
+        let mut z = (self.seed ^ salt).wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % 100 < u64::from(percent)
+    }
 }
 
 /// Counts of what the mock served (read by tests through `/mock/stats`).
@@ -226,9 +282,10 @@ async fn answer(
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error(api, StatusCode::BAD_REQUEST, "mock: body is not JSON");
     };
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let served = stats.requests.fetch_add(1, Ordering::Relaxed);
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
     let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+    let defaults = &config.behaviour;
     if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
         return full(
             StatusCode::OK,
@@ -239,10 +296,15 @@ async fn answer(
     if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
-    if let Some(ms) = knob("first_byte_ms") {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let first_byte_ms = knob("first_byte_ms").unwrap_or(defaults.first_byte_ms);
+    if first_byte_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(first_byte_ms)).await;
     }
+    let drawn_error = defaults
+        .draw(served, 1, defaults.error_percent)
+        .then_some(500);
     if let Some(status) = knob("status")
+        .or(drawn_error)
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
     {
@@ -258,7 +320,7 @@ async fn answer(
     let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| request.get(*k).and_then(Value::as_u64))
-        .unwrap_or(TOKENS_DEFAULT)
+        .unwrap_or(defaults.tokens)
         .min(TOKENS_MAX);
     let tokens_out = if api == Api::Embeddings {
         0
@@ -273,14 +335,22 @@ async fn answer(
         output: tokens_out,
         cached: knob("cached_tokens").unwrap_or(0),
         reasoning: knob("reasoning_tokens").unwrap_or(0).min(tokens_out),
-        omit: knobs.get("omit_usage").and_then(Value::as_bool) == Some(true),
+        omit: knobs
+            .get("omit_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(defaults.no_usage),
     };
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = request
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         == Some(true);
-    let token_ms = knob("token_ms").unwrap_or(0);
+    let token_ms = knob("token_ms").unwrap_or(defaults.token_ms);
+    let reset_after = knob("reset_after").or_else(|| {
+        defaults
+            .draw(served, 2, defaults.reset_percent)
+            .then_some(tokens_out / 2)
+    });
     match (api, stream) {
         (Api::Embeddings, _) => json_response(
             StatusCode::OK,
@@ -302,7 +372,7 @@ async fn answer(
             include_usage,
             token_ms,
             knobs.get("tool_use").cloned(),
-            knob("reset_after"),
+            reset_after,
         ),
     }
 }
@@ -737,7 +807,7 @@ async fn bedrock(
     let tokens_out = request
         .pointer("/inferenceConfig/maxTokens")
         .and_then(Value::as_u64)
-        .unwrap_or(TOKENS_DEFAULT)
+        .unwrap_or(config.behaviour.tokens)
         .min(TOKENS_MAX);
     stats
         .completion_tokens

@@ -87,3 +87,13 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A small file's text (at most 64 MiB: test outputs, reports).
+pub fn read_text(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 << 20).read_to_string(&mut text))
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text
+}

@@ -77,7 +77,7 @@ impl Drop for Process {
 pub fn start_mock() -> Process {
     let mut command = Command::new(loadtest_bin().unwrap());
     command
-        .args(["mock", "--listen", "127.0.0.1:0"])
+        .args(["mock-provider", "--listen", "127.0.0.1:0"])
         .env("MOCK_PROVIDER_KEY", PROVIDER_KEY);
     Process::spawn(command)
 }

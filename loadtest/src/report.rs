@@ -1,0 +1,426 @@
+//! A run's report: JSON for machines, Markdown for people, and an SVG chart of latency
+//! percentiles and throughput over time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::books::Books;
+use crate::fleet::{Record, status_name};
+
+/// Latency quantiles in milliseconds (microsecond resolution).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Quantiles {
+    /// Answers measured.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Quantiles {
+    /// From a histogram of microseconds.
+    #[must_use]
+    pub fn of(histogram: &Histogram<u64>) -> Quantiles {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Quantiles {
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.50)),
+            p90_ms: ms(histogram.value_at_quantile(0.90)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            p999_ms: ms(histogram.value_at_quantile(0.999)),
+            max_ms: ms(histogram.max()),
+        }
+    }
+}
+
+/// One second of the timeline.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Tick {
+    /// Seconds since the recorded window began.
+    pub second: u64,
+    /// 2xx answers.
+    pub ok: u64,
+    /// Other outcomes.
+    pub failed: u64,
+    /// Median latency of the 2xx answers.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+/// The figures of one run against one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figures {
+    /// `gateway`, `direct` or `proxy`.
+    pub target: String,
+    /// Agents (connections).
+    pub agents: u32,
+    /// Seconds recorded.
+    pub elapsed_s: f64,
+    /// 2xx answers.
+    pub ok: u64,
+    /// 2xx answers per second.
+    pub ok_per_s: f64,
+    /// Latency of 2xx answers.
+    pub latency: Quantiles,
+    /// Time to first byte of streamed 2xx answers.
+    pub ttft: Quantiles,
+    /// Outcomes by status (`no-answer` when none came).
+    pub statuses: BTreeMap<String, u64>,
+    /// Calls by API.
+    pub apis: BTreeMap<String, u64>,
+    /// Retries made.
+    pub retries: u64,
+    /// Answers cut short.
+    pub broken: u64,
+    /// Open loop: due calls not sent.
+    pub not_sent: u64,
+    /// Per second.
+    pub timeline: Vec<Tick>,
+}
+
+impl Figures {
+    /// From a run's record.
+    #[must_use]
+    pub fn of(target: &str, agents: u32, record: &Record) -> Figures {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Figures {
+            target: target.to_owned(),
+            agents,
+            elapsed_s: record.elapsed.as_secs_f64(),
+            ok: record.ok(),
+            ok_per_s: (record.rate() * 10.0).round() / 10.0,
+            latency: Quantiles::of(&record.latency_us),
+            ttft: Quantiles::of(&record.ttft_us),
+            statuses: record
+                .statuses
+                .iter()
+                .map(|(s, n)| (status_name(*s), *n))
+                .collect(),
+            apis: record
+                .apis
+                .iter()
+                .map(|(a, n)| ((*a).to_owned(), *n))
+                .collect(),
+            retries: record.retries,
+            broken: record.broken,
+            not_sent: record.not_sent,
+            timeline: record
+                .seconds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Tick {
+                    second: i as u64,
+                    ok: s.ok,
+                    failed: s.failed,
+                    p50_ms: ms(s.latency_us.value_at_quantile(0.50)),
+                    p99_ms: ms(s.latency_us.value_at_quantile(0.99)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Latency the gateway adds over the provider called direct, from runs made one after the other.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Added {
+    /// Median added.
+    pub p50_ms: f64,
+    /// 99th percentile added.
+    pub p99_ms: f64,
+}
+
+/// A whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// What it shows.
+    pub description: String,
+    /// `closed` or `open N/s`.
+    pub load: String,
+    /// The run's tag (its allocations are `<name>-<tag>`).
+    pub tag: String,
+    /// Every run, in order.
+    pub runs: Vec<Figures>,
+    /// The gateway's added latency over direct, when both were run (agent scenarios).
+    pub added: Option<Added>,
+    /// The books, when the gateway's files were checked.
+    pub books: Option<Books>,
+}
+
+impl Report {
+    /// Writes `report.json`, `report.md` and `latency.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("report.json"), json + "\n")?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(dir.join("latency.svg"), self.svg())?;
+        Ok(())
+    }
+
+    /// The report for people.
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Load test: {}\n", self.scenario);
+        if !self.description.is_empty() {
+            let _ = writeln!(out, "{}\n", self.description);
+        }
+        let _ = writeln!(out, "Load: {}. Run tag: `{}`.\n", self.load, self.tag);
+        let _ = writeln!(
+            out,
+            "| target | agents | ok | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | TTFT p50 ms | TTFT p99 ms | retries | broken | not sent |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.runs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+                run.target,
+                run.agents,
+                run.ok,
+                run.ok_per_s,
+                run.latency.p50_ms,
+                run.latency.p90_ms,
+                run.latency.p99_ms,
+                run.latency.p999_ms,
+                run.latency.max_ms,
+                run.ttft.p50_ms,
+                run.ttft.p99_ms,
+                run.retries,
+                run.broken,
+                run.not_sent,
+            );
+        }
+        let _ = writeln!(out, "\n## Outcomes by status\n");
+        for run in &self.runs {
+            let mix: Vec<String> = run
+                .statuses
+                .iter()
+                .map(|(s, n)| format!("{s}: {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {} ({} agents): {}",
+                run.target,
+                run.agents,
+                mix.join(", ")
+            );
+        }
+        if let Some(added) = self.added {
+            let _ = writeln!(
+                out,
+                "\nThe gateway added {:.3} ms at the median and {:.3} ms at p99 over the provider called direct.",
+                added.p50_ms, added.p99_ms
+            );
+        }
+        match &self.books {
+            Some(books) => {
+                let _ = writeln!(out, "\n## Books\n");
+                let _ = writeln!(
+                    out,
+                    "- calls made: {} ({} answered, {} without an answer)",
+                    books.attempts, books.answered, books.unanswered
+                );
+                let _ = writeln!(
+                    out,
+                    "- events in Parquet: {}, total {} nano-units",
+                    books.parquet_events, books.parquet_cost_nanos
+                );
+                let _ = writeln!(
+                    out,
+                    "- budget table: {} nano-units",
+                    books.gateway_spent_nanos
+                );
+                let _ = writeln!(
+                    out,
+                    "- priced by the harness: {} calls, {} nano-units (their events: {})",
+                    books.priced, books.harness_cost_nanos, books.parquet_cost_of_priced_nanos
+                );
+                for (allocation, refused) in &books.refused_by_allocation {
+                    let _ = writeln!(
+                        out,
+                        "- {allocation} ran out of budget: {refused} calls refused with 402 `budget_exceeded`"
+                    );
+                }
+                if books.balanced() {
+                    let _ = writeln!(out, "\n**Balanced**: nothing lost, nothing doubled.");
+                } else {
+                    let _ = writeln!(out, "\n**Not balanced:**\n");
+                    for problem in &books.problems {
+                        let _ = writeln!(out, "- {problem}");
+                    }
+                }
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nBooks not checked (no gateway data directory given)."
+                );
+            }
+        }
+        out
+    }
+
+    /// Latency percentiles (p50, p99) and throughput per second of every run, one panel each.
+    #[must_use]
+    pub fn svg(&self) -> String {
+        const WIDTH: f64 = 900.0;
+        const PANEL: f64 = 220.0;
+        const LEFT: f64 = 70.0;
+        const RIGHT: f64 = 20.0;
+        let runs: Vec<&Figures> = self
+            .runs
+            .iter()
+            .filter(|r| !r.timeline.is_empty())
+            .collect();
+        let height = 40.0 + runs.len().max(1) as f64 * (2.0 * PANEL + 40.0);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="24" font-size="16">{}: latency and throughput per second</text>"#,
+            escape(&self.scenario)
+        );
+        let mut top = 40.0;
+        for run in runs {
+            let seconds = run.timeline.len().max(2) as f64 - 1.0;
+            let x = |second: u64| LEFT + (WIDTH - LEFT - RIGHT) * second as f64 / seconds.max(1.0);
+            let latency_max = run
+                .timeline
+                .iter()
+                .map(|t| t.p99_ms)
+                .fold(0.0_f64, f64::max)
+                .max(0.001);
+            let rate_max = run
+                .timeline
+                .iter()
+                .map(|t| (t.ok + t.failed) as f64)
+                .fold(0.0_f64, f64::max)
+                .max(1.0);
+            let panels = [
+                (
+                    format!("{} ({} agents): latency, ms", run.target, run.agents),
+                    latency_max,
+                    vec![
+                        (
+                            "p50",
+                            "#1f77b4",
+                            run.timeline.iter().map(|t| t.p50_ms).collect::<Vec<_>>(),
+                        ),
+                        (
+                            "p99",
+                            "#d62728",
+                            run.timeline.iter().map(|t| t.p99_ms).collect(),
+                        ),
+                    ],
+                ),
+                (
+                    format!("{}: answers per second", run.target),
+                    rate_max,
+                    vec![
+                        (
+                            "2xx",
+                            "#2ca02c",
+                            run.timeline.iter().map(|t| t.ok as f64).collect::<Vec<_>>(),
+                        ),
+                        (
+                            "other",
+                            "#ff7f0e",
+                            run.timeline.iter().map(|t| t.failed as f64).collect(),
+                        ),
+                    ],
+                ),
+            ];
+            for (title, max, series) in panels {
+                let bottom = top + PANEL - 30.0;
+                let y = |v: f64| bottom - (PANEL - 50.0) * (v / max);
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{LEFT}" y="{}">{}</text>"#,
+                    top + 12.0,
+                    escape(&title)
+                );
+                let _ = writeln!(
+                    out,
+                    r##"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="#444"/><line x1="{LEFT}" y1="{}" x2="{LEFT}" y2="{bottom}" stroke="#444"/>"##,
+                    WIDTH - RIGHT,
+                    top + 20.0
+                );
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">0</text>"#,
+                    LEFT - 6.0,
+                    y(max) + 4.0,
+                    short(max),
+                    LEFT - 6.0,
+                    bottom + 4.0
+                );
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{}" y="{}" text-anchor="end">{} s</text>"#,
+                    WIDTH - RIGHT,
+                    bottom + 16.0,
+                    run.timeline.len()
+                );
+                for (index, (name, colour, values)) in series.iter().enumerate() {
+                    let points: Vec<String> = values
+                        .iter()
+                        .enumerate()
+                        .map(|(s, v)| format!("{:.1},{:.1}", x(s as u64), y(*v)))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                        points.join(" ")
+                    );
+                    let _ = writeln!(
+                        out,
+                        r#"<text x="{}" y="{}" fill="{colour}">{name}</text>"#,
+                        WIDTH - RIGHT - 60.0 + index as f64 * 30.0,
+                        top + 12.0
+                    );
+                }
+                top += PANEL;
+            }
+            top += 40.0;
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+}
+
+fn short(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 1.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

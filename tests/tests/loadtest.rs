@@ -1,0 +1,250 @@
+//! The load harness end to end: bundled scenarios against the real gateway and mock provider,
+//! with the harness's own books checked against the Parquet files and the budget table.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tollgate_tests::stack::{ADMIN_TOKEN, ORG, PROVIDER_KEY, Stack};
+use tollgate_tests::{loadtest_bin, read_text};
+
+/// The teams and projects the bundled scenarios put their allocations under (as `tollgate
+/// demo` configures them).
+const FLEET_ORG: &str = r#"
+[[team]]
+name = "platform"
+org = "acme"
+
+[[team]]
+name = "support"
+org = "acme"
+
+[[project]]
+name = "research-agents"
+team = "research"
+
+[[project]]
+name = "platform-ci"
+team = "platform"
+
+[[project]]
+name = "support-bot"
+team = "support"
+"#;
+
+fn fleet_stack(name: &str) -> Stack {
+    Stack::start(name, &format!("{ORG}{FLEET_ORG}"), "")
+}
+
+fn harness(stack: &Stack, out: &Path, args: &[&str]) -> Output {
+    Command::new(loadtest_bin().unwrap())
+        .args(["run", "--gateway"])
+        .arg(format!("http://{}", stack.address()))
+        .arg("--parquet")
+        .arg(stack.path().join("data"))
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Path) -> Value {
+    let text = read_text(&out.join("report.json"));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn the_smoke_scenario_balances_its_books() {
+    let stack = fleet_stack("smoke");
+    let out = stack.path().join("smoke-report");
+    let run = harness(&stack, &out, &["--scenario", "smoke", "--require-balanced"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = report(&out);
+    let books = &report["books"];
+    assert_eq!(books["problems"], Value::Array(Vec::new()), "{books}");
+    let answered = books["answered"].as_u64().unwrap();
+    assert!(answered > 50, "{books}");
+    assert_eq!(books["parquet_events"].as_u64().unwrap(), answered);
+    assert_eq!(books["parquet_cost_nanos"], books["gateway_spent_nanos"]);
+    assert!(books["gateway_spent_nanos"].as_u64().unwrap() > 0);
+    // The small allocation ran out and its agents got 402s; the other never did.
+    let refused = books["refused_by_allocation"].as_object().unwrap();
+    let tag = report["tag"].as_str().unwrap();
+    assert!(
+        refused[&format!("smoke-support-{tag}")].as_u64().unwrap() > 0,
+        "{books}"
+    );
+    assert!(!refused.contains_key(&format!("smoke-research-{tag}")));
+    // Every API of the mix was exercised and timed.
+    let run = &report["runs"][0];
+    for api in ["chat", "messages", "responses", "completions", "embeddings"] {
+        assert!(run["apis"][api].as_u64().unwrap() > 0, "{api}: {run}");
+    }
+    assert!(run["statuses"]["200"].as_u64().unwrap() > 0);
+    assert!(
+        run["latency"]["p99_ms"].as_f64().unwrap() >= run["latency"]["p50_ms"].as_f64().unwrap()
+    );
+    assert!(run["ttft"]["count"].as_u64().unwrap() > 0);
+    assert!(!run["timeline"].as_array().unwrap().is_empty());
+    // People's and machines' copies.
+    let markdown = read_text(&out.join("report.md"));
+    assert!(markdown.contains("**Balanced**"), "{markdown}");
+    let svg = read_text(&out.join("latency.svg"));
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn provider_failures_are_retried_and_still_balance() {
+    // A scenario of its own: every call streams, one in five fails upstream or breaks half-way.
+    let stack = fleet_stack("failures");
+    let scenario = stack.path().join("failing.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "failing"
+seconds = 3
+[load]
+mode = "open"
+rate_per_s = 100
+in_flight_max = 64
+[fleet]
+agents = 8
+[[fleet.allocation]]
+name = "flaky"
+project = "platform-ci"
+[[call]]
+api = "chat"
+model = "openai/gpt-4o-mini"
+stream_percent = 100
+max_tokens = 20
+[retry]
+attempts_max = 2
+backoff_ms = 5
+[mock]
+error_percent = 10
+reset_percent = 10
+"#,
+    )
+    .unwrap();
+    let out = stack.path().join("failing-report");
+    let run = harness(
+        &stack,
+        &out,
+        &[
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--require-balanced",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = report(&out);
+    let figures = &report["runs"][0];
+    // 300 calls due at 100/s: with one in ten failing and one in ten breaking, both happen
+    // (the draws are seeded, so this is the same run every time).
+    assert!(
+        figures["statuses"]["500"].as_u64().unwrap() > 0,
+        "{figures}"
+    );
+    assert!(figures["broken"].as_u64().unwrap() > 0, "{figures}");
+    assert!(figures["retries"].as_u64().unwrap() > 0, "{figures}");
+    let books = &report["books"];
+    // Broken streams are billed by the gateway for what streamed; the harness cannot price
+    // them, so it priced fewer calls than were answered, and still every total agrees.
+    assert!(
+        books["priced"].as_u64() < books["answered"].as_u64(),
+        "{books}"
+    );
+    assert_eq!(books["problems"], Value::Array(Vec::new()), "{books}");
+}
+
+#[test]
+fn the_overhead_scenario_measures_direct_proxy_and_gateway() {
+    let stack = fleet_stack("overhead");
+    let out = stack.path().join("overhead-report");
+    let run = harness(
+        &stack,
+        &out,
+        &[
+            "--scenario",
+            "overhead",
+            "--seconds",
+            "1",
+            "--direct",
+            &format!("http://{}", stack.mock.address),
+            "--direct-key",
+            PROVIDER_KEY,
+            "--require-balanced",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = report(&out);
+    let runs = report["runs"].as_array().unwrap();
+    let seen: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(r["statuses"].as_object().unwrap().len(), 1, "{r}");
+            (
+                r["target"].as_str().unwrap().to_owned(),
+                r["agents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [1, 32]
+        .iter()
+        .flat_map(|&c| ["direct", "proxy", "gateway"].map(|t| (t.to_owned(), c)))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(report["books"]["problems"], Value::Array(Vec::new()));
+}
+
+#[test]
+fn bad_scenarios_and_missing_tokens_are_refused_with_a_reason() {
+    let stack = fleet_stack("bad-scenarios");
+    let out = stack.path().join("never");
+    let broken = stack.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "name = \"x\"\nseconds = 1\n[load]\nmode = \"sideways\"\n",
+    )
+    .unwrap();
+    for (args, expect) in [
+        (vec!["--scenario", broken.to_str().unwrap()], "sideways"),
+        (vec!["--scenario", "no-such-scenario"], "no-such-scenario"),
+    ] {
+        let run = harness(&stack, &out, &args);
+        assert!(!run.status.success());
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(expect), "{stderr}");
+    }
+    let run = Command::new(loadtest_bin().unwrap())
+        .args(["run", "--scenario", "smoke", "--gateway"])
+        .arg(format!("http://{}", stack.address()))
+        .env("TOLLGATE_ADMIN_TOKEN", "wrong-token")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!out.exists());
+}
