@@ -161,7 +161,10 @@ pub struct Record {
     pub broken: u64,
     /// Open loop: calls that were due but not sent (too many in flight).
     pub not_sent: u64,
-    /// Per second of the recorded window.
+    /// 2xx answers to calls sent in the recorded window.
+    pub ok: u64,
+    /// Per second of the recorded window, by when answers completed (the last bucket also
+    /// holds answers that completed after the window).
     pub seconds: Vec<Second>,
     /// Every attempt, recorded window or not.
     pub attempts: Vec<Attempt>,
@@ -178,6 +181,7 @@ impl Record {
             retries: 0,
             broken: 0,
             not_sent: 0,
+            ok: 0,
             seconds: (0..seconds)
                 .map(|_| Second {
                     ok: 0,
@@ -189,18 +193,12 @@ impl Record {
         }
     }
 
-    /// 2xx answers in the window.
-    #[must_use]
-    pub fn ok(&self) -> u64 {
-        self.seconds.iter().map(|s| s.ok).sum()
-    }
-
     /// 2xx answers per second.
     #[must_use]
     pub fn rate(&self) -> f64 {
         let seconds = self.elapsed.as_secs_f64();
         if seconds > 0.0 {
-            self.ok() as f64 / seconds
+            self.ok as f64 / seconds
         } else {
             0.0
         }
@@ -627,8 +625,13 @@ fn record(
     if sent_at < shared.start || sent_at >= shared.end {
         return;
     }
-    let second = usize::try_from(sent_at.duration_since(shared.start).as_secs()).unwrap_or(0);
+    // The timeline counts answers when they complete (answers per second), not when sent.
+    let second = usize::try_from(Instant::now().duration_since(shared.start).as_secs())
+        .unwrap_or(usize::MAX);
     let ok = (200..300).contains(&outcome.attempt.status) && !outcome.attempt.broken;
+    if ok {
+        record.ok += 1;
+    }
     *record.statuses.entry(outcome.attempt.status).or_insert(0) += 1;
     *record.apis.entry(api.as_str()).or_insert(0) += 1;
     if outcome.attempt.broken {
@@ -644,7 +647,8 @@ fn record(
             record.ttft_us.saturating_record(first);
         }
     }
-    if let Some(bucket) = record.seconds.get_mut(second) {
+    let last = record.seconds.len().saturating_sub(1);
+    if let Some(bucket) = record.seconds.get_mut(second.min(last)) {
         if ok {
             bucket.ok += 1;
             bucket.latency_us.saturating_record(micros);

@@ -99,7 +99,7 @@ impl Figures {
             target: target.to_owned(),
             agents,
             elapsed_s: record.elapsed.as_secs_f64(),
-            ok: record.ok(),
+            ok: record.ok,
             ok_per_s: (record.rate() * 10.0).round() / 10.0,
             latency: Quantiles::of(&record.latency_us),
             ttft: Quantiles::of(&record.ttft_us),

@@ -22,10 +22,11 @@ pub const AGENTS_MAX: u32 = 20_000;
 pub const CONTEXT_TOKENS_MAX: u32 = 100_000;
 
 /// The scenarios shipped with the harness, by name.
-pub const BUNDLED: [(&str, &str); 3] = [
+pub const BUNDLED: [(&str, &str); 4] = [
     ("smoke", include_str!("../scenarios/smoke.toml")),
     ("agent-fleet", include_str!("../scenarios/agent-fleet.toml")),
     ("overhead", include_str!("../scenarios/overhead.toml")),
+    ("streams", include_str!("../scenarios/streams.toml")),
 ];
 
 /// A whole scenario.
@@ -311,7 +312,7 @@ pub enum ScenarioError {
     },
 }
 
-/// Loads a bundled scenario by name (`smoke`, `agent-fleet`, `overhead`) or a file.
+/// Loads a bundled scenario by name (`smoke`, `agent-fleet`, `overhead`, `streams`) or a file.
 pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
     if let Some((name, text)) = BUNDLED.iter().find(|(n, _)| *n == name_or_path) {
         return parse(text, name);

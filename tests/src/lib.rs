@@ -97,3 +97,35 @@ pub fn read_text(path: &Path) -> String {
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text
 }
+
+/// The first row of `sql` run by DuckDB (the Python package in `TOLLGATE_PYTHON`'s environment,
+/// which tests/run-all makes), each value as text. `None`, loudly, when no such Python is
+/// configured, except under `CI=true`, where that is a failure.
+pub fn duckdb_row(sql: &str) -> Option<Vec<String>> {
+    let Ok(python) = std::env::var("TOLLGATE_PYTHON") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: TOLLGATE_PYTHON must name a Python with duckdb (tests/run-all makes one)"
+        );
+        eprintln!(
+            "\n*** SKIPPED the DuckDB check: set TOLLGATE_PYTHON to a Python with duckdb, or run tests/run-all ***\n"
+        );
+        return None;
+    };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import duckdb, json, sys; print(json.dumps([str(v) for v in duckdb.connect().execute(sys.argv[1]).fetchone()]))",
+            sql,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running DuckDB: {e}"));
+    assert!(
+        out.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: Vec<String> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("DuckDB printed {:?}: {e}", out.stdout));
+    Some(row)
+}

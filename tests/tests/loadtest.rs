@@ -248,3 +248,58 @@ fn bad_scenarios_and_missing_tokens_are_refused_with_a_reason() {
     assert!(stderr.contains("401"), "{stderr}");
     assert!(!out.exists());
 }
+
+#[test]
+fn the_mock_provider_takes_its_behaviour_from_the_command_line() {
+    use tollgate_tests::http::post_json;
+    use tollgate_tests::stack::Process;
+    let start = |args: &[&str]| {
+        let mut command = Command::new(loadtest_bin().unwrap());
+        command
+            .args(["mock-provider", "--listen", "127.0.0.1:0"])
+            .args(args);
+        Process::spawn(command)
+    };
+    let chat = |mock: &Process, extra: Value| {
+        let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}]});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        post_json(mock.address, "/v1/chat/completions", "any", &body)
+    };
+    // Token count and usage off.
+    let quiet = start(&["--tokens", "5", "--no-usage"]);
+    let answer = chat(&quiet, serde_json::json!({}));
+    assert_eq!(answer.status, 200);
+    let value: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(
+        value["choices"][0]["message"]["content"],
+        " hello hello hello hello hello"
+    );
+    assert!(value.get("usage").is_none_or(Value::is_null), "{value}");
+    // A request's own maximum wins over the default.
+    let answer = chat(&quiet, serde_json::json!({"max_tokens": 2}));
+    let value: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(value["choices"][0]["message"]["content"], " hello hello");
+    // Every request failing, unless the request itself says otherwise.
+    let failing = start(&["--error-percent", "100"]);
+    assert_eq!(chat(&failing, serde_json::json!({})).status, 500);
+    // Half the streams broken half-way: some complete, some end without [DONE].
+    let resetting = start(&["--reset-percent", "50", "--tokens", "8"]);
+    let (mut whole, mut cut) = (0, 0);
+    for _ in 0..40 {
+        let answer = chat(&resetting, serde_json::json!({"stream": true}));
+        if String::from_utf8_lossy(&answer.body).contains("[DONE]") {
+            whole += 1;
+        } else {
+            cut += 1;
+        }
+    }
+    assert!(whole > 5 && cut > 5, "{whole} whole, {cut} cut");
+    // Out-of-range percentages are refused at start.
+    let refused = Command::new(loadtest_bin().unwrap())
+        .args(["mock-provider", "--error-percent", "101"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+}
