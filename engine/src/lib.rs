@@ -34,7 +34,7 @@ pub use error::{BudgetExhausted, Error, KeyRejection, Result};
 pub use event::{EventId, EventKind, Status, UsageEvent, UsageSource};
 pub use identity::{
     Allocation, AllocationSpec, AllowList, Directory, KeyHash, KeyLimits, KeySecret, KeySpec,
-    KeyStore, VirtualKey,
+    KeyStore, Scopes, VirtualKey,
 };
 pub use ids::{KeyId, ModelRef};
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
