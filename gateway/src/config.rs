@@ -996,6 +996,58 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             Some("2024-10-21")
         );
         assert_eq!(config.allocations[0].name, "chatbot-prod");
+        // The example writes out the defaults.
+        assert_eq!(
+            config.ledger.reservation_ttl,
+            limits::LEDGER_RESERVATION_TTL
+        );
+        assert_eq!(config.ledger.records_max, limits::LEDGER_RECORDS_MAX);
+        assert_eq!(
+            config.ledger.record_window,
+            std::time::Duration::from_secs(limits::LEDGER_RECORD_WINDOW_DAYS * 86_400)
+        );
+        assert_eq!(config.ledger.body_bytes_max, limits::LEDGER_BODY_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_ledger_section_is_checked() {
+        let with = |section: &str| {
+            Config::from_toml(
+                &format!("{GOOD}\n{section}"),
+                "tollgate.toml",
+                Path::new("."),
+            )
+        };
+        let config =
+            with("[ledger]\nreservation_ttl_ms = 250\nrecord_window_days = 400\n").unwrap();
+        assert_eq!(
+            config.ledger.reservation_ttl,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.ledger.record_window,
+            std::time::Duration::from_secs(400 * 86_400)
+        );
+        assert_eq!(
+            config.ledger.batch_records_max,
+            limits::LEDGER_BATCH_RECORDS_MAX
+        );
+        for (section, field) in [
+            (
+                "[ledger]\nrecord_window_days = 0\n",
+                "ledger.record_window_days",
+            ),
+            (
+                "[ledger]\nreservation_ttl_ms = 0\n",
+                "ledger.reservation_ttl_ms",
+            ),
+            ("[ledger]\nttl = 5\n", "ledger.ttl"),
+        ] {
+            match with(section) {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{section}"),
+                other => panic!("{section}: {other:?}"),
+            }
+        }
     }
 
     #[test]
