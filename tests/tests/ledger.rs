@@ -331,7 +331,9 @@ fn authorize_refuses_what_the_budget_cannot_take_and_holds_settle_release_or_exp
     assert!(error["resets_at"].as_str().unwrap().ends_with("T00:00:00Z"));
 
     // A hold of 4.00 counts against the budget until settled.
-    let held = authorize(gpus("2", json!({"reserve": true})));
+    // Holds that must outlive the test's steps ask for their own lifetime; the configured
+    // 400 ms is for the one that expires.
+    let held = authorize(gpus("2", json!({"reserve": true, "ttl_ms": 600_000})));
     assert_eq!(held.status, 201, "{}", held.text());
     let held = held.json();
     let reservation = held["reservation"]["id"].as_str().unwrap().to_owned();
@@ -357,7 +359,7 @@ fn authorize_refuses_what_the_budget_cannot_take_and_holds_settle_release_or_exp
     assert_eq!(budget(&stack, "gpu-small")["spent_nanos"], 3_000_000_000u64);
 
     // A hold given back by hand, then unknown.
-    let held = authorize(gpus("1", json!({"reserve": true}))).json();
+    let held = authorize(gpus("1", json!({"reserve": true, "ttl_ms": 600_000}))).json();
     let id = held["reservation"]["id"].as_str().unwrap().to_owned();
     assert_eq!(in_flight(), "2.00");
     let path = format!("/v1/usage/reservations/{id}");
@@ -384,10 +386,15 @@ fn authorize_refuses_what_the_budget_cannot_take_and_holds_settle_release_or_exp
         404
     );
 
-    // A hold nobody settles expires (400 ms here) and its amount comes back.
+    // A hold nobody settles expires (after the configured 400 ms) and its amount comes back.
     let held = authorize(gpus("1", json!({"reserve": true}))).json();
     let expiring = held["reservation"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(in_flight(), "2.00");
+    assert_eq!(held["reservation"]["amount"], "2.00");
+    let lifetime = held["reservation"]["expires_at_ms"].as_i64().unwrap() - now_ms();
+    assert!(
+        lifetime <= 400,
+        "the configured lifetime, not the default: {lifetime} ms"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while in_flight() != "0.00" {
         assert!(Instant::now() < deadline, "the hold never expired");
