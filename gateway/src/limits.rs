@@ -90,8 +90,9 @@ pub const LEDGER_RESERVATIONS_MAX: usize = 100_000;
 /// Two months takes last month's statement (storage, a late import) until the end of this one.
 pub const LEDGER_RECORD_WINDOW_DAYS: u64 = 62;
 
-/// Record ids remembered at once (`ledger.records_max`), about 40 bytes each: 5 million is
-/// some 200 MB at worst and two months of 40,000 jobs a day with two units each.
+/// Record ids remembered at once (`ledger.records_max`): a hash table of 33-byte slots, 1.1 to
+/// 2.3 slots an id, so 5 million take 180 to 280 MB at most; two months of 40,000 jobs a day
+/// with two units each.
 pub const LEDGER_RECORDS_MAX: usize = 5_000_000;
 
 /// Records in one `/v1/usage` batch (`ledger.batch_records_max`).
