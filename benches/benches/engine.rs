@@ -27,6 +27,7 @@ fn key_spec() -> KeySpec {
         expires_at: Some(NOW.plus_ms(86_400_000)),
         models: AllowList::Any,
         limits: KeyLimits::default(),
+        scopes: tollgate_engine::identity::Scopes::NONE,
         created_at: NOW,
         revoked: false,
     }

@@ -68,6 +68,7 @@ fn main() {
                 requests_per_minute: NonZeroU32::new(600),
                 tokens_per_minute: NonZeroU32::new(1_000_000),
             },
+            scopes: tollgate_engine::identity::Scopes::NONE,
             created_at: UnixMs(1_768_435_200_000),
             revoked: false,
         };

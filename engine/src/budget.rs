@@ -543,6 +543,60 @@ impl Reservation {
 
     /// Gives the holds back without spending anything (the same as dropping).
     pub fn release(self) {}
+
+    /// Posts usage that happened at its own instants (a job's accounting, which may fall in
+    /// another period than the hold was taken in) and then gives the holds back. Each posting
+    /// goes into the period of its instant at every level, as [`book`] does; the holds are
+    /// released after every posting is written, so an admission check never sees the hold gone
+    /// before the spend is there. Postings above the hold are posted all the same: usage that
+    /// happened is a fact.
+    pub fn settle_at(mut self, postings: &[(UnixMs, Nanos)]) -> Settlement {
+        self.armed = false;
+        let settlement = post(&self.allocation, postings);
+        for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
+            cell.release(*hold);
+        }
+        settlement
+    }
+}
+
+/// Books usage that already happened: `amount` is added to the spend of `at`'s period at
+/// every level, with no limit check. Accounting records (a job that ran, storage that was
+/// held) are facts, so they are always booked, and may take spend past a limit; refusing
+/// belongs to authorization before the usage starts. A period already over gets nothing (its
+/// spend is history, kept by the usage event); the live table holds current periods only.
+pub fn book(allocation: &Arc<Allocation>, at: UnixMs, amount: Nanos) -> Settlement {
+    post(allocation, &[(at, amount)])
+}
+
+fn post(allocation: &Allocation, postings: &[(UnixMs, Nanos)]) -> Settlement {
+    let mut settlement = Settlement::default();
+    for (i, cell) in allocation.budget_cells().into_iter().enumerate() {
+        for &(at, amount) in postings {
+            let hold = Hold {
+                nanos: 0,
+                period: cell.period.index(at),
+            };
+            let Some((before, after)) = cell.settle(hold, amount.0) else {
+                continue;
+            };
+            if let Some((limit, percent)) = cell.crossed(hold.period, before, after) {
+                let level = Level::ALL.get(i).copied().unwrap_or(Level::Allocation);
+                if let Some(slot) = settlement.crossed.get_mut(i) {
+                    *slot = Some(SoftLimitCrossed {
+                        level,
+                        name: allocation.level_name(level).clone(),
+                        period: cell.period,
+                        period_index: hold.period,
+                        spent: Nanos(after),
+                        limit: Nanos(limit),
+                        percent,
+                    });
+                }
+            }
+        }
+    }
+    settlement
 }
 
 impl Drop for Reservation {
@@ -613,6 +667,45 @@ mod tests {
             snap(&a, Level::Allocation, JAN_15).remaining,
             Some(Nanos(750))
         );
+    }
+
+    #[test]
+    fn booked_usage_is_a_fact_and_settle_at_posts_where_the_usage_was() {
+        let (_dir, a) = setup(1_000, None, None);
+        // Booking checks no limit: usage that happened is posted, past the limit too.
+        let crossed: Vec<_> = book(&a, JAN_15, Nanos(900))
+            .soft_limits_crossed()
+            .map(|c| c.level)
+            .collect();
+        assert_eq!(crossed, vec![Level::Allocation]);
+        book(&a, JAN_15, Nanos(300));
+        let s = snap(&a, Level::Allocation, JAN_15);
+        assert_eq!((s.spent, s.remaining), (Nanos(1_200), Some(Nanos(0))));
+        assert!(
+            reserve(&a, JAN_15, Nanos(1)).is_err(),
+            "over the limit, nothing more is admitted"
+        );
+        assert_eq!(snap(&a, Level::Team, JAN_15).spent, Nanos(1_200));
+        // A period already over gets nothing: its spend is history.
+        let december = UnixMs(JAN_15.0 - 20 * MS_PER_DAY);
+        book(&a, december, Nanos(50));
+        assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(1_200));
+
+        // A hold taken in January, settled by a job that ran into February: the hold comes
+        // back, the spend goes into the job's own period.
+        let (_dir, a) = setup(1_000, None, None);
+        let hold = reserve(&a, JAN_15, Nanos(700)).unwrap();
+        assert_eq!(snap(&a, Level::Allocation, JAN_15).in_flight, Nanos(700));
+        let feb_2 = UnixMs(JAN_15.0 + 18 * MS_PER_DAY);
+        hold.settle_at(&[(JAN_15, Nanos(100))]);
+        let jan = snap(&a, Level::Allocation, JAN_15);
+        assert_eq!((jan.spent, jan.in_flight), (Nanos(100), Nanos(0)));
+        let hold = reserve(&a, JAN_15, Nanos(800)).unwrap();
+        hold.settle_at(&[(feb_2, Nanos(250))]);
+        // The cell moved on to February with the posting; January's spend is history.
+        let feb = snap(&a, Level::Allocation, feb_2);
+        assert_eq!((feb.spent, feb.in_flight), (Nanos(250), Nanos(0)));
+        assert_eq!(snap(&a, Level::Project, feb_2).spent, Nanos(250));
     }
 
     #[test]

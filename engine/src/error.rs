@@ -68,7 +68,7 @@ pub enum Error {
     },
     /// A resource unit has no price in force.
     #[error(
-        "no price for `{unit}` (cluster {cluster:?}, partition {partition:?}) on the rate card in force at {at}"
+        "no price for `{unit}` (cluster {cluster:?}, partition {partition:?}, instance type {instance_type:?}) on the rate card in force at {at}"
     )]
     ResourceNotPriced {
         /// The unit (`gpu_hour`, ...).
@@ -77,6 +77,8 @@ pub enum Error {
         cluster: Option<Arc<str>>,
         /// The partition asked for.
         partition: Option<Arc<str>>,
+        /// The instance type asked for.
+        instance_type: Option<Arc<str>>,
         /// When the price was looked up.
         at: UnixMs,
     },

@@ -163,8 +163,12 @@ pub struct UsageEvent {
     pub unit: Option<ResourceUnit>,
     /// Cluster of a compute or storage record.
     pub cluster: Option<Arc<str>>,
-    /// Partition of a compute record.
+    /// Partition of a compute record, or tier of a storage record.
     pub partition: Option<Arc<str>>,
+    /// Node or machine type of a compute record. Added within version 1: events written
+    /// before it read as `None`.
+    #[serde(default)]
+    pub instance_type: Option<Arc<str>>,
     /// Cost at list price.
     pub list_cost_nanos: Nanos,
     /// Cost charged to budgets, after markup or discount.
@@ -246,6 +250,7 @@ impl UsageEvent {
             unit: Some(ResourceUnit::GpuHour),
             cluster: s("hpc1"),
             partition: s("a100"),
+            instance_type: s("gpu-a100-8x"),
             list_cost_nanos: Nanos(24_450_000),
             cost_nanos: Nanos(26_895_000),
             currency: Arc::from("USD"),
@@ -311,6 +316,15 @@ mod tests {
             serde_json::from_slice(&UsageEvent::sample().to_json()).unwrap();
         value["added_in_a_minor_version"] = serde_json::json!(true);
         assert!(UsageEvent::from_json(value.to_string().as_bytes()).is_ok());
+        // Written before `instance_type` existed: read as none.
+        let mut older = value.clone();
+        older.as_object_mut().unwrap().remove("instance_type");
+        assert_eq!(
+            UsageEvent::from_json(older.to_string().as_bytes())
+                .unwrap()
+                .instance_type,
+            None
+        );
         value["v"] = serde_json::json!(2);
         assert_eq!(
             UsageEvent::from_json(value.to_string().as_bytes()),

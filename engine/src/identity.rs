@@ -444,6 +444,53 @@ pub struct KeyLimits {
     pub tokens_per_minute: Option<NonZeroU32>,
 }
 
+/// What a key may do besides calling models, as a set of bits (one byte on the key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Model calls only.
+    pub const NONE: Scopes = Scopes(0);
+    /// May record resource usage and authorize it (`/v1/usage`), for any allocation: the
+    /// credential of a scheduler hook or an importer.
+    pub const METERING: Scopes = Scopes(1);
+
+    const NAMED: [(Scopes, &'static str); 1] = [(Scopes::METERING, "metering")];
+
+    /// Parses scope names (`["metering"]`); an unknown name is refused.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Scopes> {
+        let mut bits = 0;
+        for name in names {
+            let name = name.as_ref();
+            let (scope, _) = Scopes::NAMED
+                .iter()
+                .find(|(_, n)| *n == name)
+                .ok_or_else(|| Error::Unknown {
+                    kind: "scope",
+                    name: name.chars().take(64).collect(),
+                })?;
+            bits |= scope.0;
+        }
+        Ok(Scopes(bits))
+    }
+
+    /// Whether every scope of `other` is in `self`.
+    #[must_use]
+    pub fn contains(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The names of the scopes held, in a fixed order.
+    #[must_use]
+    pub fn names(self) -> Vec<&'static str> {
+        Scopes::NAMED
+            .iter()
+            .filter(|(scope, _)| self.contains(*scope) && scope.0 != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+}
+
 /// How a key is described when it is created or restored.
 #[derive(Clone, Debug)]
 pub struct KeySpec {
@@ -457,6 +504,8 @@ pub struct KeySpec {
     pub models: AllowList,
     /// Its rate limits.
     pub limits: KeyLimits,
+    /// What it may do besides calling models.
+    pub scopes: Scopes,
     /// When it was made.
     pub created_at: UnixMs,
     /// Restored already revoked: published unusable, never usable for an instant.
@@ -467,7 +516,9 @@ pub struct KeySpec {
 #[derive(Debug)]
 pub struct VirtualKey {
     hash: KeyHash,
-    display_prefix: [u8; 8],
+    /// The eight hex digits of the display prefix, one nibble each: four bytes, so the key
+    /// stays within its allocator size class with room for its scopes.
+    display_prefix: u32,
     /// The user who owns it.
     pub user: Arc<str>,
     /// The agent it is for, if one.
@@ -483,6 +534,8 @@ pub struct VirtualKey {
     pub models: AllowList,
     /// Its rate limits.
     pub limits: KeyLimits,
+    /// What it may do besides calling models.
+    pub scopes: Scopes,
 }
 
 /// `expiry` of a key that never expires.
@@ -506,8 +559,7 @@ impl VirtualKey {
     /// What the owner recognises the key by: `tg_` and its first eight secret characters.
     #[must_use]
     pub fn display_prefix(&self) -> String {
-        let tail: String = self.display_prefix.iter().map(|&b| char::from(b)).collect();
-        format!("{KEY_PREFIX}{tail}")
+        format!("{KEY_PREFIX}{:08x}", self.display_prefix)
     }
 
     /// Whether the key has been revoked.
@@ -577,6 +629,11 @@ impl VirtualKey {
         display_prefix: [u8; 8],
         spec: KeySpec,
     ) -> VirtualKey {
+        // The digits were checked as hex where they came from; anything else reads as 0.
+        let display_prefix = display_prefix.iter().fold(0u32, |packed, &digit| {
+            let nibble = char::from(digit).to_digit(16).unwrap_or(0);
+            (packed << 4) | nibble
+        });
         VirtualKey {
             hash,
             display_prefix,
@@ -592,6 +649,7 @@ impl VirtualKey {
             created_at: spec.created_at,
             models: spec.models,
             limits: spec.limits,
+            scopes: spec.scopes,
         }
     }
 }
@@ -884,9 +942,24 @@ mod tests {
             expires_at,
             models: AllowList::Any,
             limits: KeyLimits::default(),
+            scopes: Scopes::NONE,
             created_at: UnixMs(0),
             revoked: false,
         }
+    }
+
+    #[test]
+    fn scopes_parse_by_name_and_refuse_unknown_ones() {
+        let metering = Scopes::parse(&["metering"]).unwrap();
+        assert!(metering.contains(Scopes::METERING));
+        assert!(!Scopes::NONE.contains(Scopes::METERING));
+        assert!(Scopes::NONE.names().is_empty());
+        assert_eq!(metering.names(), vec!["metering"]);
+        assert_eq!(Scopes::parse::<&str>(&[]).unwrap(), Scopes::NONE);
+        assert!(matches!(
+            Scopes::parse(&["admin"]),
+            Err(Error::Unknown { kind: "scope", .. })
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod estimate;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod ledger;
 pub mod limits;
 pub mod money;
 pub mod ratecard;
@@ -26,18 +27,18 @@ pub mod time;
 pub mod tokens;
 
 pub use budget::{
-    BudgetCell, BudgetSnapshot, BudgetSpec, Level, Reservation, Settlement, SoftLimitCrossed,
+    BudgetCell, BudgetSnapshot, BudgetSpec, Level, Reservation, Settlement, SoftLimitCrossed, book,
     reserve,
 };
 pub use error::{BudgetExhausted, Error, KeyRejection, Result};
 pub use event::{EventId, EventKind, Status, UsageEvent, UsageSource};
 pub use identity::{
     Allocation, AllocationSpec, AllowList, Directory, KeyHash, KeyLimits, KeySecret, KeySpec,
-    KeyStore, VirtualKey,
+    KeyStore, Scopes, VirtualKey,
 };
 pub use ids::{KeyId, ModelRef};
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
-pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit};
+pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};
 pub use ratelimit::{Gcra, RetryAfter};
 pub use sync::wide_atomics_lock_free;
 pub use time::{Period, UnixMs};

@@ -15,3 +15,10 @@ pub const KEY_SECRET_BYTES: usize = 20;
 
 /// Longest presented key considered; anything longer is refused before hashing.
 pub const PRESENTED_KEY_BYTES_MAX: usize = 256;
+
+/// Longest usage-record id (`slurm:<cluster>:<job>:<unit>`, an OpenCost name with its window):
+/// room for any source's natural key, small enough that ids cost little in the index.
+pub const RECORD_ID_BYTES_MAX: usize = 256;
+
+/// Longest allocation, cluster, partition, instance type or user name on a usage record.
+pub const RECORD_NAME_BYTES_MAX: usize = 128;

@@ -163,7 +163,19 @@ impl ModelPrice {
     }
 }
 
-/// The price of one resource unit, optionally only on one cluster or partition.
+/// Where a resource was used: cluster, partition (a Slurm partition, a storage tier) and
+/// instance type (a node or machine type). Each is optional; prices match on what is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Site {
+    /// Cluster.
+    pub cluster: Option<Arc<str>>,
+    /// Partition, queue or storage tier.
+    pub partition: Option<Arc<str>>,
+    /// Node or machine type (`p5.48xlarge`, `gpu-h100-8x`).
+    pub instance_type: Option<Arc<str>>,
+}
+
+/// The price of one resource unit, optionally only on one cluster, partition or instance type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResourcePrice {
     /// The unit priced.
@@ -172,6 +184,9 @@ pub struct ResourcePrice {
     pub cluster: Option<Arc<str>>,
     /// Only on this partition, or any.
     pub partition: Option<Arc<str>>,
+    /// Only on this instance type, or any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<Arc<str>>,
     /// Price of one whole unit.
     pub price_per_unit: PricePerUnit,
 }
@@ -212,22 +227,25 @@ impl RateVersion {
         all.into_iter()
     }
 
-    /// The most specific price of `unit`: cluster and partition, then cluster, then partition,
-    /// then the unit alone.
+    /// The most specific price of `unit` at `site`. A price fits when every place it names
+    /// (cluster, partition, instance type) is the site's; among those that fit, naming the
+    /// cluster counts most, then the partition, then the instance type, so a cluster's price
+    /// beats any price without a cluster. Two prices can never tie: the card refuses duplicates.
     #[must_use]
-    pub fn resource(
-        &self,
-        unit: ResourceUnit,
-        cluster: Option<&str>,
-        partition: Option<&str>,
-    ) -> Option<&ResourcePrice> {
+    pub fn resource(&self, unit: ResourceUnit, site: &Site) -> Option<&ResourcePrice> {
+        let matches = |wanted: &Option<Arc<str>>, have: &Option<Arc<str>>| {
+            wanted.as_deref().is_none_or(|w| Some(w) == have.as_deref())
+        };
         let fits = |p: &&ResourcePrice| {
             p.unit == unit
-                && p.cluster.as_deref().is_none_or(|c| Some(c) == cluster)
-                && p.partition.as_deref().is_none_or(|c| Some(c) == partition)
+                && matches(&p.cluster, &site.cluster)
+                && matches(&p.partition, &site.partition)
+                && matches(&p.instance_type, &site.instance_type)
         };
         let specificity = |p: &&ResourcePrice| {
-            (u8::from(p.cluster.is_some()) << 1) | u8::from(p.partition.is_some())
+            (u8::from(p.cluster.is_some()) << 2)
+                | (u8::from(p.partition.is_some()) << 1)
+                | u8::from(p.instance_type.is_some())
         };
         self.resources.iter().filter(fits).max_by_key(specificity)
     }
@@ -318,6 +336,34 @@ impl RateCard {
     }
 }
 
+impl RateCard {
+    /// Prices `quantity` of `unit` used at `site` by `team`'s `project`, with the version in
+    /// force at `t`: the version used and the cost, or why it cannot be priced.
+    pub fn price_resource(
+        &self,
+        unit: ResourceUnit,
+        quantity: Micros,
+        site: &Site,
+        team: &str,
+        project: &str,
+        t: UnixMs,
+    ) -> Result<(&RateVersion, Cost)> {
+        let not_priced = || Error::ResourceNotPriced {
+            unit: unit.as_str(),
+            cluster: site.cluster.clone(),
+            partition: site.partition.clone(),
+            instance_type: site.instance_type.clone(),
+            at: t,
+        };
+        let version = self.at(t).ok_or_else(not_priced)?;
+        let price = version.resource(unit, site).ok_or_else(not_priced)?;
+        Ok((
+            version,
+            price.cost(quantity, version.adjustment(team, project)),
+        ))
+    }
+}
+
 fn not_priced(model: &ModelRef, at: UnixMs) -> Error {
     Error::ModelNotPriced {
         model: model.as_arc().clone(),
@@ -372,6 +418,7 @@ struct RawResource {
     unit: ResourceUnit,
     cluster: Option<String>,
     partition: Option<String>,
+    instance_type: Option<String>,
     price_per_unit: PricePerUnit,
 }
 
@@ -464,21 +511,24 @@ impl RawCard {
                     unit: r.unit,
                     cluster: r.cluster.map(Arc::from),
                     partition: r.partition.map(Arc::from),
+                    instance_type: r.instance_type.map(Arc::from),
                     price_per_unit: r.price_per_unit,
                 };
                 if resources.iter().any(|p| {
                     p.unit == price.unit
                         && p.cluster == price.cluster
                         && p.partition == price.partition
+                        && p.instance_type == price.instance_type
                 }) {
                     return Err(err(
                         format!("version[{vi}].resource[{ri}]"),
                         span.clone(),
                         format!(
-                            "`{}` for cluster {:?} and partition {:?} is priced twice",
+                            "`{}` for cluster {:?}, partition {:?} and instance type {:?} is priced twice",
                             price.unit.as_str(),
                             price.cluster,
-                            price.partition
+                            price.partition,
+                            price.instance_type
                         ),
                     ));
                 }
@@ -573,6 +623,17 @@ price_per_unit = "2.00"
 unit = "gpu_hour"
 partition = "h100"
 price_per_unit = "4.50"
+
+[[version.resource]]
+unit = "gpu_hour"
+cluster = "hpc2"
+price_per_unit = "3.00"
+
+[[version.resource]]
+unit = "gpu_hour"
+cluster = "hpc2"
+instance_type = "dgx"
+price_per_unit = "3.50"
 
 [[version.adjustment]]
 team = "research"
@@ -700,18 +761,71 @@ output_per_mtok = "8.00"
     fn resources_use_the_most_specific_price() {
         let card = card();
         let v1 = card.at(at("2026-02-01T00:00:00Z")).unwrap();
+        let site = |cluster: Option<&str>, partition: Option<&str>, instance: Option<&str>| Site {
+            cluster: cluster.map(Arc::from),
+            partition: partition.map(Arc::from),
+            instance_type: instance.map(Arc::from),
+        };
+        let price = |s: &Site| {
+            v1.resource(ResourceUnit::GpuHour, s)
+                .map(|p| p.price_per_unit.0)
+        };
         let h100 = v1
-            .resource(ResourceUnit::GpuHour, Some("hpc"), Some("h100"))
+            .resource(
+                ResourceUnit::GpuHour,
+                &site(Some("hpc"), Some("h100"), None),
+            )
             .unwrap();
         assert_eq!(
             h100.cost(Micros(1_500_000), Adjustment::NONE).list,
             Nanos(6_750_000_000)
         );
-        let any = v1
-            .resource(ResourceUnit::GpuHour, None, Some("a100"))
+        assert_eq!(price(&site(None, Some("a100"), None)), Some(2_000_000_000));
+        // The cluster's own price beats a partition's; the instance type refines a cluster.
+        assert_eq!(
+            price(&site(Some("hpc2"), Some("h100"), None)),
+            Some(3_000_000_000)
+        );
+        assert_eq!(
+            price(&site(Some("hpc2"), Some("h100"), Some("dgx"))),
+            Some(3_500_000_000)
+        );
+        assert_eq!(price(&site(None, None, Some("dgx"))), Some(2_000_000_000));
+        assert!(
+            v1.resource(ResourceUnit::GbMonth, &Site::default())
+                .is_none()
+        );
+        // Priced through the card: the version in force, the team's discount, refusal when
+        // nothing fits.
+        let (version, cost) = card
+            .price_resource(
+                ResourceUnit::GpuHour,
+                Micros(2_000_000),
+                &site(None, Some("h100"), None),
+                "research",
+                "p",
+                at("2026-02-01T00:00:00Z"),
+            )
             .unwrap();
-        assert_eq!(any.price_per_unit, PricePerUnit(2_000_000_000));
-        assert!(v1.resource(ResourceUnit::GbMonth, None, None).is_none());
+        assert_eq!(&*version.id, "v1");
+        assert_eq!(
+            (cost.list, cost.billed),
+            (Nanos(9_000_000_000), Nanos(7_200_000_000))
+        );
+        assert!(matches!(
+            card.price_resource(
+                ResourceUnit::GbMonth,
+                Micros(1),
+                &Site::default(),
+                "t",
+                "p",
+                at("2026-02-01T00:00:00Z")
+            ),
+            Err(Error::ResourceNotPriced {
+                unit: "gb_month",
+                ..
+            })
+        ));
     }
 
     fn error_of(text: &str) -> (usize, String, String) {

@@ -100,7 +100,7 @@ proptest! {
         let store = KeyStore::new();
         let spec = tollgate_engine::KeySpec {
             user: "u".into(), agent: None, expires_at: None, models: AllowList::Any,
-            limits: Default::default(), created_at: UnixMs(0), revoked: false,
+            limits: Default::default(), scopes: Default::default(), created_at: UnixMs(0), revoked: false,
         };
         store.create(&alloc, spec, &[3u8; 20]).unwrap();
         prop_assert!(store.resolve(&text, UnixMs(0)).is_err());

@@ -122,6 +122,9 @@ struct CreateKey {
     models: Vec<String>,
     requests_per_minute: Option<std::num::NonZeroU32>,
     tokens_per_minute: Option<std::num::NonZeroU32>,
+    /// `["metering"]`: may also record and authorize resource usage.
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 fn create_key(
@@ -137,6 +140,7 @@ fn create_key(
             expires_at: old.expires_at(),
             models: old.models.clone(),
             limits: old.limits,
+            scopes: old.scopes,
             created_at: now,
             revoked: false,
         },
@@ -176,6 +180,8 @@ fn create_key(
                     requests_per_minute: request.requests_per_minute,
                     tokens_per_minute: request.tokens_per_minute,
                 },
+                scopes: tollgate_engine::Scopes::parse(&request.scopes)
+                    .map_err(|e| Failure::BadRequest(format!("`scopes`: {e}")))?,
                 created_at: now,
                 revoked: false,
             };
@@ -438,6 +444,7 @@ fn describe(key: &VirtualKey) -> Value {
         "models": match key.models { tollgate_engine::AllowList::Any => Vec::new(), _ => key.models.entries() },
         "requests_per_minute": key.limits.requests_per_minute,
         "tokens_per_minute": key.limits.tokens_per_minute,
+        "scopes": key.scopes.names(),
         "created_at": rfc3339(key.created_at),
         "expires_at": key.expires_at().map(rfc3339),
         "revoked": key.is_revoked(),

@@ -35,10 +35,13 @@ pub enum ClientError {
         status: StatusCode,
         /// The error message from the body.
         message: String,
+        /// The error's `param`, where it names one (`records[3].allocation`).
+        param: Option<String>,
     },
 }
 
-/// Calls `method path` on the admin API at `base_url` with `token`; returns the JSON answer.
+/// Calls `method path` on the admin API (or `/v1/usage`) at `base_url` with `token`; returns
+/// the JSON answer.
 pub async fn call(
     base_url: &str,
     token: &str,
@@ -88,7 +91,15 @@ pub async fn call(
             .pointer("/error/message")
             .and_then(serde_json::Value::as_str)
             .map_or_else(|| value.to_string(), str::to_owned);
-        return Err(ClientError::Refused { status, message });
+        let param = value
+            .pointer("/error/param")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        return Err(ClientError::Refused {
+            status,
+            message,
+            param,
+        });
     }
     Ok(value)
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub parquet: Option<ParquetConfig>,
     /// Kafka shipping of the event log (`None`: off).
     pub kafka: Option<tollgate_sink::kafka::KafkaConfig>,
+    /// The resource ledger (`/v1/usage`).
+    pub ledger: LedgerConfig,
     /// Upstreams by name.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases.
@@ -98,6 +100,23 @@ pub struct ParquetConfig {
     pub roll_interval: Duration,
     /// Most events in one file.
     pub rows_max: usize,
+}
+
+/// `[ledger]`: resource usage records and the holds taken to authorize them.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// How long a hold taken by `/v1/usage/authorize` waits for the usage that settles it.
+    pub reservation_ttl: Duration,
+    /// Holds kept at once.
+    pub reservations_max: usize,
+    /// How far back record ids are remembered, and so the oldest usage a record may report.
+    pub record_window: Duration,
+    /// Record ids remembered at once.
+    pub records_max: usize,
+    /// Records in one `/v1/usage` batch.
+    pub batch_records_max: usize,
+    /// Largest `/v1/usage` body.
+    pub body_bytes_max: usize,
 }
 
 /// What an upstream speaks.
@@ -238,6 +257,8 @@ struct RawConfig {
     parquet: RawParquet,
     kafka: Option<RawKafka>,
     #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -339,6 +360,17 @@ impl Default for RawEvents {
 
 fn default_events_dir() -> String {
     "events".to_owned()
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    reservation_ttl_ms: Option<u64>,
+    reservations_max: Option<usize>,
+    record_window_days: Option<u64>,
+    records_max: Option<usize>,
+    batch_records_max: Option<usize>,
+    body_bytes_max: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -869,6 +901,9 @@ impl RawConfig {
                     delivery_timeout: ms(raw.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
                 }),
             },
+            ledger: ledger(&self.ledger).map_err(|(field, reason)| {
+                err(format!("ledger.{field}"), 0..0, reason.to_owned())
+            })?,
             parquet: self.parquet.enabled.then(|| ParquetConfig {
                 dir: resolve(base, &self.parquet.dir),
                 roll_interval: ms(self.parquet.roll_interval_ms, limits::PARQUET_ROLL_INTERVAL),
@@ -885,6 +920,36 @@ impl RawConfig {
             allocations,
         })
     }
+}
+
+fn ledger(raw: &RawLedger) -> Result<LedgerConfig, (&'static str, &'static str)> {
+    let days = raw
+        .record_window_days
+        .unwrap_or(limits::LEDGER_RECORD_WINDOW_DAYS);
+    if !(1..=3650).contains(&days) {
+        return Err(("record_window_days", "must be between 1 and 3650"));
+    }
+    let ttl = ms(raw.reservation_ttl_ms, limits::LEDGER_RESERVATION_TTL);
+    if ttl.is_zero() {
+        return Err(("reservation_ttl_ms", "must be at least 1"));
+    }
+    Ok(LedgerConfig {
+        reservation_ttl: ttl,
+        reservations_max: raw
+            .reservations_max
+            .unwrap_or(limits::LEDGER_RESERVATIONS_MAX)
+            .max(1),
+        record_window: Duration::from_secs(days * 86_400),
+        records_max: raw.records_max.unwrap_or(limits::LEDGER_RECORDS_MAX).max(1),
+        batch_records_max: raw
+            .batch_records_max
+            .unwrap_or(limits::LEDGER_BATCH_RECORDS_MAX)
+            .max(1),
+        body_bytes_max: raw
+            .body_bytes_max
+            .unwrap_or(limits::LEDGER_BODY_BYTES_MAX)
+            .max(1024),
+    })
 }
 
 /// An allow-list from config or API entries: none (or `["*"]`) allows every priced model.
@@ -1021,6 +1086,58 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             Some("2024-10-21")
         );
         assert_eq!(config.allocations[0].name, "chatbot-prod");
+        // The example writes out the defaults.
+        assert_eq!(
+            config.ledger.reservation_ttl,
+            limits::LEDGER_RESERVATION_TTL
+        );
+        assert_eq!(config.ledger.records_max, limits::LEDGER_RECORDS_MAX);
+        assert_eq!(
+            config.ledger.record_window,
+            std::time::Duration::from_secs(limits::LEDGER_RECORD_WINDOW_DAYS * 86_400)
+        );
+        assert_eq!(config.ledger.body_bytes_max, limits::LEDGER_BODY_BYTES_MAX);
+    }
+
+    #[test]
+    fn the_ledger_section_is_checked() {
+        let with = |section: &str| {
+            Config::from_toml(
+                &format!("{GOOD}\n{section}"),
+                "tollgate.toml",
+                Path::new("."),
+            )
+        };
+        let config =
+            with("[ledger]\nreservation_ttl_ms = 250\nrecord_window_days = 400\n").unwrap();
+        assert_eq!(
+            config.ledger.reservation_ttl,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.ledger.record_window,
+            std::time::Duration::from_secs(400 * 86_400)
+        );
+        assert_eq!(
+            config.ledger.batch_records_max,
+            limits::LEDGER_BATCH_RECORDS_MAX
+        );
+        for (section, field) in [
+            (
+                "[ledger]\nrecord_window_days = 0\n",
+                "ledger.record_window_days",
+            ),
+            (
+                "[ledger]\nreservation_ttl_ms = 0\n",
+                "ledger.reservation_ttl_ms",
+            ),
+            ("[ledger]\nttl = 5\n", "ledger.ttl"),
+        ] {
+            match with(section) {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{section}"),
+                other => panic!("{section}: {other:?}"),
+            }
+        }
     }
 
     #[test]

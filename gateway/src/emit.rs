@@ -138,16 +138,25 @@ impl Emitter {
 
     /// Appends a usage event. On return it is with the operating system.
     pub fn usage(&self, event: &UsageEvent) {
+        // A failure is counted and reported by `append`; a model call has been answered by now.
+        let _ = self.append(event);
+    }
+
+    /// Appends a usage event; `false` (counted and reported) if it could not be written, for
+    /// callers that can still refuse (a usage batch).
+    pub fn append(&self, event: &UsageEvent) -> bool {
         let payload = event.to_json();
         let appended = lock(&self.shared.log).append(&[payload]);
         match appended {
             Ok(_) => {
                 self.shared.unsynced.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.add(Counter::EventsWritten, 1);
+                true
             }
             Err(e) => {
                 self.shared.metrics.add(Counter::EventsLost, 1);
                 report(&format!("appending a usage event: {e}"));
+                false
             }
         }
     }
@@ -178,6 +187,15 @@ impl Emitter {
     pub async fn flush(&self) -> bool {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || sync_now(&shared).is_ok() && roll_parquet(&shared))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Syncs everything appended so far to disk now (a usage batch is answered only once its
+    /// events are synced: an importer told "booked" never has to send it again).
+    pub async fn sync(&self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || sync_now(&shared).is_ok())
             .await
             .unwrap_or(false)
     }

@@ -125,9 +125,33 @@ pub enum Failure {
     /// The admin token is missing or wrong.
     #[error("admin token missing or wrong")]
     AdminUnauthorized,
-    /// An admin request names something that does not exist.
+    /// An admin or usage request names something that does not exist.
     #[error("{0}")]
     AdminNotFound(String),
+    /// The key lacks the scope the route needs (`metering` for `/v1/usage`).
+    #[error(
+        "this key has no `{scope}` scope; create one with scopes = [\"{scope}\"] or use the admin token"
+    )]
+    ScopeMissing {
+        /// The scope needed.
+        scope: &'static str,
+    },
+    /// One record of a usage batch is invalid; nothing of the batch was applied.
+    #[error("records[{index}].{field}: {reason}; nothing in this batch was applied")]
+    BadRecord {
+        /// The record's index in the batch, from 0.
+        index: usize,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A resource has no price on the rate card in force; it is refused rather than free.
+    #[error("{0}")]
+    ResourceNotPriced(String),
+    /// No hold by that id is kept (never taken, settled, released or expired).
+    #[error("no reservation `{0}` is held (settled, released, expired, or never taken)")]
+    ReservationNotFound(String),
     /// Tollgate failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -262,6 +286,30 @@ impl Failure {
                 "not_found_error",
                 Status::BadRequest,
             ),
+            Failure::ScopeMissing { .. } => class(
+                S::FORBIDDEN,
+                "permission_denied",
+                "permission_error",
+                Status::InvalidApiKey,
+            ),
+            Failure::BadRecord { .. } => class(
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request_error",
+                Status::BadRequest,
+            ),
+            Failure::ResourceNotPriced(_) => class(
+                S::FORBIDDEN,
+                "resource_not_priced",
+                "permission_error",
+                Status::ModelNotPriced,
+            ),
+            Failure::ReservationNotFound(_) => class(
+                S::NOT_FOUND,
+                "not_found",
+                "not_found_error",
+                Status::BadRequest,
+            ),
             Failure::Internal(_) => class(
                 S::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -286,11 +334,15 @@ impl Failure {
     pub fn body(&self, protocol: Protocol) -> Bytes {
         let class = self.class();
         let message = self.to_string();
+        let param = match self {
+            Failure::BadRecord { index, field, .. } => json!(format!("records[{index}].{field}")),
+            _ => Value::Null,
+        };
         let mut inner = match protocol {
             Protocol::OpenAi => json!({
                 "message": message,
                 "type": class.openai_type,
-                "param": Value::Null,
+                "param": param,
                 "code": class.openai_type,
             }),
             Protocol::Anthropic => json!({

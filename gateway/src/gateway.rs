@@ -65,6 +65,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The journal of admin changes.
     pub journal: Journal,
+    /// The resource ledger: booked record ids and holds for authorized usage.
+    pub ledger: crate::ledger::Ledger,
     /// Requests in flight.
     pub in_flight: Arc<Semaphore>,
     key_rates: DashMap<KeyId, Arc<Rates>>,
@@ -154,9 +156,12 @@ impl Gateway {
             Arc::clone(&metrics),
         )
         .map_err(events_error)?;
-        // Budgets carry the spend of their current periods across a restart.
-        crate::restore::restore_spend(&directory, emitter.read_from(0), now_ms())
+        // Budgets carry the spend of their current periods across a restart, and the ledger
+        // the ids of the records it booked.
+        let mut index = crate::ledger::Ledger::index_for(&config.ledger);
+        crate::restore::restore_spend(&directory, emitter.read_from(0), now_ms(), &mut index)
             .map_err(|e| events_error(std::io::Error::other(e)))?;
+        let ledger = crate::ledger::Ledger::new(config.ledger.clone(), index);
         let admin_token = env(&config.admin.token_env)
             .filter(|t| !t.is_empty())
             .map(|t| KeyHash::of(&t));
@@ -170,6 +175,7 @@ impl Gateway {
             emitter,
             metrics,
             journal,
+            ledger,
             in_flight,
             key_rates: DashMap::new(),
             team_rates,

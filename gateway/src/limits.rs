@@ -76,3 +76,40 @@ pub const KAFKA_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the synced log is shipped to Kafka.
 pub const KAFKA_SHIP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a hold taken by `/v1/usage/authorize` waits for the job's accounting before it is
+/// given back (`ledger.reservation_ttl_ms`): two days covers a queue wait and a day-long job;
+/// longer jobs should ask for a longer hold by configuration.
+pub const LEDGER_RESERVATION_TTL: Duration = Duration::from_secs(2 * 86_400);
+
+/// Holds kept at once (`ledger.reservations_max`); past it `authorize` with `reserve` gets 503.
+pub const LEDGER_RESERVATIONS_MAX: usize = 100_000;
+
+/// How far back usage-record ids are remembered, in days (`ledger.record_window_days`): a
+/// record whose usage began earlier is refused, so a forgotten id can never be booked twice.
+/// Two months takes last month's statement (storage, a late import) until the end of this one.
+pub const LEDGER_RECORD_WINDOW_DAYS: u64 = 62;
+
+/// Record ids remembered at once (`ledger.records_max`): a hash table of 33-byte slots, 1.1 to
+/// 2.3 slots an id, so 5 million take 180 to 280 MB at most; two months of 40,000 jobs a day
+/// with two units each.
+pub const LEDGER_RECORDS_MAX: usize = 5_000_000;
+
+/// Records in one `/v1/usage` batch (`ledger.batch_records_max`).
+pub const LEDGER_BATCH_RECORDS_MAX: usize = 10_000;
+
+/// Largest `/v1/usage` body (`ledger.body_bytes_max`): 10,000 records of some 400 bytes.
+pub const LEDGER_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How far in the future a record may begin, for clocks that disagree a little; later ones are
+/// refused (a future instant would open a budget period early).
+pub const LEDGER_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// How often unsettled holds are looked for and given back at most (shorter for short TTLs).
+pub const LEDGER_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Largest file `tollgate import` reads.
+pub const IMPORT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Records `tollgate import` sends per request by default.
+pub const IMPORT_BATCH_RECORDS: usize = 1_000;

@@ -87,6 +87,9 @@ enum Command {
     /// Read the durable usage-event log.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Import resource usage (Slurm, OpenCost, storage) into a running gateway's ledger.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Chargeback: totals from the Parquet files, grouped by one dimension.
     Report {
         /// The data folder (`[parquet] dir`).
@@ -98,7 +101,8 @@ enum Command {
         /// End of the window, RFC 3339, exclusive.
         #[arg(long)]
         to: Option<String>,
-        /// team, project, allocation, user, model, provider or cost_center.
+        /// team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or
+        /// partition.
         #[arg(long)]
         by: String,
         /// table, csv, json, or focus (FinOps FOCUS 1.0 CSV; `--by` is then ignored: FOCUS rows
@@ -106,6 +110,72 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Slurm jobs from `sacct --parsable2` output (finished jobs; steps are not counted twice).
+    Slurm {
+        /// The file (`TZ=UTC sacct --parsable2 --format
+        /// JobID,User,Account,Partition,AllocTRES,ElapsedRaw,Start,End,State,Cluster`).
+        file: PathBuf,
+        /// The cluster, when the file has no Cluster column.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// `account=allocation`; an account not mapped is the allocation's name.
+        #[arg(long = "map")]
+        map: Vec<String>,
+        /// `billing` (the billing TRES where present, else cpu) or `cpu`.
+        #[arg(long, default_value = "billing")]
+        core_hours: String,
+        /// Also bill node-hours.
+        #[arg(long)]
+        node_hours: bool,
+        /// The UTC offset of the file's times (`+01:00`); `TZ=UTC sacct` makes it `+00:00`.
+        #[arg(long, default_value = "+00:00", allow_hyphen_values = true)]
+        utc_offset: String,
+        #[command(flatten)]
+        send: SendArgs,
+    },
+    /// Kubernetes usage from OpenCost's allocation API JSON.
+    Opencost {
+        /// The file (`curl -G .../allocation/compute -d window=... -d aggregate=namespace`).
+        file: PathBuf,
+        /// What names the allocation: `namespace`, `name` (the aggregate) or `label:<label>`.
+        #[arg(long, default_value = "namespace")]
+        allocation_from: String,
+        /// `name=allocation` renames.
+        #[arg(long = "map")]
+        map: Vec<String>,
+        /// The cluster, where an allocation's properties name none.
+        #[arg(long)]
+        cluster: Option<String>,
+        #[command(flatten)]
+        send: SendArgs,
+    },
+    /// Storage from a CSV of GB-months by project and month.
+    Storage {
+        /// The file (`month,project,gb_months[,cluster,tier]`).
+        file: PathBuf,
+        /// `project=allocation`; a project not mapped is the allocation's name.
+        #[arg(long = "map")]
+        map: Vec<String>,
+        #[command(flatten)]
+        send: SendArgs,
+    },
+}
+
+/// Where and how imported records are sent.
+#[derive(Args, Clone)]
+struct SendArgs {
+    /// Check and price every record without booking anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Records per request.
+    #[arg(long, default_value_t = tollgate_gateway::limits::IMPORT_BATCH_RECORDS)]
+    batch_records: usize,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +286,10 @@ enum KeysCommand {
         /// Tokens per minute.
         #[arg(long)]
         tpm: Option<u32>,
+        /// What it may do besides calling models: `metering` (record and authorize resource
+        /// usage on `/v1/usage`).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -374,6 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             by,
             format,
         } => report(&data, from.as_deref(), to.as_deref(), &by, &format),
+        Command::Import(command) => import(command),
         Command::Events(EventsCommand::Dump { dir, from }) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for record in tollgate_sink::log::read(&dir, from)? {
@@ -413,6 +488,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let drain = config.server.drain_timeout;
         let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
         let shipping = tollgate_gateway::ship::ShipTask::start(&gateway)?;
+        let sweeper = tollgate_gateway::ledger::spawn_sweeper(&gateway);
         let listen = gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -424,6 +500,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             out.flush()?;
         }
         tollgate_gateway::server::serve(Arc::clone(&gateway), listener, shutdown_signal()).await?;
+        sweeper.abort();
         gateway.emitter.stop(drain);
         // The last sync first, then what it synced is shipped.
         let joined = tokio::task::spawn_blocking(move || writer.join()).await;
@@ -533,6 +610,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
             models,
             rpm,
             tpm,
+            scopes,
             admin,
         } => {
             let body = json!({
@@ -543,6 +621,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 "models": models,
                 "requests_per_minute": rpm,
                 "tokens_per_minute": tpm,
+                "scopes": scopes,
             });
             let answer = admin_call(&admin, Method::POST, "/admin/v1/keys", Some(body))?;
             print_key(&admin, &answer)
@@ -559,6 +638,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     "allocation",
                     "user",
                     "agent",
+                    "scopes",
                     "expires_at",
                     "revoked",
                 ],
@@ -780,6 +860,22 @@ fn decimal(nanos: i128) -> String {
     format!("{sign}{whole}.{frac}")
 }
 
+/// An exact decimal of micro-units: `16.5`, `0.000278`, `0`.
+fn quantity(micros: i128) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let magnitude = micros.unsigned_abs();
+    let frac = magnitude % 1_000_000;
+    if frac == 0 {
+        return format!("{sign}{}", magnitude / 1_000_000);
+    }
+    let digits = format!("{frac:06}");
+    format!(
+        "{sign}{}.{}",
+        magnitude / 1_000_000,
+        digits.trim_end_matches('0')
+    )
+}
+
 fn report(
     data: &std::path::Path,
     from: Option<&str>,
@@ -789,7 +885,7 @@ fn report(
 ) -> anyhow::Result<()> {
     use tollgate_sink::rollup::{self, Dimension};
     let dimension = Dimension::parse(by).with_context(|| {
-        format!("--by {by}: choose team, project, allocation, user, model, provider or cost_center")
+        format!("--by {by}: choose team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or partition")
     })?;
     let instant =
         |text: Option<&str>, flag: &str| -> anyhow::Result<Option<tollgate_engine::UnixMs>> {
@@ -809,14 +905,42 @@ fn report(
     }
     let rows = rollup::report(data, from_t, to_t, dimension)?;
     let total = rows.iter().fold(rollup::Row::default(), |mut t, r| {
-        t.events += r.events;
-        t.cost_nanos += r.cost_nanos;
-        t.list_cost_nanos += r.list_cost_nanos;
-        t.tokens_in += r.tokens_in;
-        t.tokens_out += r.tokens_out;
+        t.add(r);
         t
     });
+    let currency = total.currency.clone().unwrap_or_default();
     let key = |r: &rollup::Row| r.key.clone().unwrap_or_else(|| "(none)".to_owned());
+    // Tokens, compute and storage side by side, each with its cost, then the totals.
+    let cells = |r: &rollup::Row| {
+        vec![
+            r.events.to_string(),
+            decimal(r.cost_nanos),
+            decimal(r.list_cost_nanos),
+            r.tokens_in.to_string(),
+            r.tokens_out.to_string(),
+            decimal(r.token_cost_nanos),
+            quantity(r.gpu_hour_micros),
+            quantity(r.core_hour_micros),
+            quantity(r.node_hour_micros),
+            decimal(r.compute_cost_nanos),
+            quantity(r.gb_month_micros),
+            decimal(r.storage_cost_nanos),
+        ]
+    };
+    const COLUMNS: [&str; 12] = [
+        "events",
+        "cost",
+        "list_cost",
+        "tokens_in",
+        "tokens_out",
+        "token_cost",
+        "gpu_hours",
+        "core_hours",
+        "node_hours",
+        "compute_cost",
+        "gb_months",
+        "storage_cost",
+    ];
     let mut out = std::io::stdout().lock();
     match format {
         "json" => {
@@ -826,17 +950,24 @@ fn report(
                     "cost": decimal(r.cost_nanos), "cost_nanos": r.cost_nanos.to_string(),
                     "list_cost": decimal(r.list_cost_nanos),
                     "tokens_in": r.tokens_in, "tokens_out": r.tokens_out,
+                    "token_cost": decimal(r.token_cost_nanos),
+                    "gpu_hours": quantity(r.gpu_hour_micros),
+                    "core_hours": quantity(r.core_hour_micros),
+                    "node_hours": quantity(r.node_hour_micros),
+                    "compute_cost": decimal(r.compute_cost_nanos),
+                    "gb_months": quantity(r.gb_month_micros),
+                    "storage_cost": decimal(r.storage_cost_nanos),
                 })
             };
             let value = json!({
-                "by": by, "from": from, "to": to,
+                "by": by, "from": from, "to": to, "currency": currency,
                 "rows": rows.iter().map(|r| row(r, json!(r.key))).collect::<Vec<_>>(),
                 "total": row(&total, Value::Null),
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         }
         "csv" => {
-            writeln!(out, "{by},events,cost,list_cost,tokens_in,tokens_out")?;
+            writeln!(out, "{by},{}", COLUMNS.join(","))?;
             for r in &rows {
                 let k = key(r);
                 let k = if k.contains([',', '"']) {
@@ -844,46 +975,253 @@ fn report(
                 } else {
                     k
                 };
-                writeln!(
-                    out,
-                    "{k},{},{},{},{},{}",
-                    r.events,
-                    decimal(r.cost_nanos),
-                    decimal(r.list_cost_nanos),
-                    r.tokens_in,
-                    r.tokens_out
-                )?;
+                writeln!(out, "{k},{}", cells(r).join(","))?;
             }
         }
         "table" => {
             let mut table: Vec<Vec<String>> = rows
                 .iter()
-                .map(|r| {
-                    vec![
-                        key(r),
-                        r.events.to_string(),
-                        decimal(r.cost_nanos),
-                        decimal(r.list_cost_nanos),
-                        r.tokens_in.to_string(),
-                        r.tokens_out.to_string(),
-                    ]
-                })
+                .map(|r| [vec![key(r)], cells(r)].concat())
                 .collect();
-            table.push(vec![
-                "TOTAL".into(),
-                total.events.to_string(),
-                decimal(total.cost_nanos),
-                decimal(total.list_cost_nanos),
-                total.tokens_in.to_string(),
-                total.tokens_out.to_string(),
-            ]);
+            table.push([vec!["TOTAL".to_owned()], cells(&total)].concat());
+            if !currency.is_empty() {
+                writeln!(out, "currency {currency}")?;
+            }
             drop(out);
-            print_table(
-                &[by, "events", "cost", "list_cost", "tokens_in", "tokens_out"],
-                &table,
-            )?;
+            let columns: Vec<&str> = [by].into_iter().chain(COLUMNS).collect();
+            print_table(&columns, &table)?;
         }
         other => anyhow::bail!("--format {other}: choose table, csv, json or focus"),
+    }
+    Ok(())
+}
+
+fn import(command: ImportCommand) -> anyhow::Result<()> {
+    use tollgate_gateway::import::{self, Mapping, opencost, slurm, storage};
+    let read = |file: &std::path::Path| {
+        import::read_file(file, tollgate_gateway::limits::IMPORT_FILE_BYTES_MAX)
+    };
+    let mapping = |pairs: &[String]| Mapping::parse(pairs).map_err(anyhow::Error::msg);
+    let (file, parsed, send) = match command {
+        ImportCommand::Slurm {
+            file,
+            cluster,
+            map,
+            core_hours,
+            node_hours,
+            utc_offset,
+            send,
+        } => {
+            let options = slurm::Options {
+                cluster,
+                accounts: mapping(&map).context("--map")?,
+                core_hours: match core_hours.as_str() {
+                    "billing" => slurm::CoreHours::Billing,
+                    "cpu" => slurm::CoreHours::Cpu,
+                    other => anyhow::bail!("--core-hours {other}: choose billing or cpu"),
+                },
+                node_hours,
+                utc_offset_minutes: utc_offset_minutes(&utc_offset)
+                    .with_context(|| format!("--utc-offset {utc_offset}"))?,
+            };
+            let parsed = slurm::parse(&read(&file)?, &options);
+            (file, parsed, send)
+        }
+        ImportCommand::Opencost {
+            file,
+            allocation_from,
+            map,
+            cluster,
+            send,
+        } => {
+            let options = opencost::Options {
+                allocation_from: opencost::AllocationFrom::parse(&allocation_from)
+                    .map_err(anyhow::Error::msg)
+                    .context("--allocation-from")?,
+                map: mapping(&map).context("--map")?,
+                cluster,
+            };
+            let parsed = opencost::parse(&read(&file)?, &options);
+            (file, parsed, send)
+        }
+        ImportCommand::Storage { file, map, send } => {
+            let parsed = storage::parse(&read(&file)?, &mapping(&map).context("--map")?);
+            (file, parsed, send)
+        }
+    };
+    let parsed = parsed.with_context(|| format!("{}", file.display()))?;
+    send_records(&file, &parsed, &send)
+}
+
+/// `+01:00`, `-05:30`, `Z` into minutes east of UTC.
+fn utc_offset_minutes(text: &str) -> anyhow::Result<i32> {
+    if text == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.split_at_checked(1) {
+        Some(("+", rest)) => (1, rest),
+        Some(("-", rest)) => (-1, rest),
+        _ => anyhow::bail!("write the offset as +HH:MM or -HH:MM"),
+    };
+    let (hours, minutes) = rest
+        .split_once(':')
+        .context("write the offset as +HH:MM or -HH:MM")?;
+    let hours: i32 = hours.parse().context("hours")?;
+    let minutes: i32 = minutes.parse().context("minutes")?;
+    anyhow::ensure!(
+        (0..=14).contains(&hours) && (0..60).contains(&minutes),
+        "an offset is at most 14 hours"
+    );
+    Ok(sign * (hours * 60 + minutes))
+}
+
+/// Sends the records in batches: first all of them as a dry run (so a record the gateway
+/// refuses stops the import before anything is booked, named by its line), then for real.
+fn send_records(
+    file: &std::path::Path,
+    parsed: &tollgate_gateway::import::Import,
+    send: &SendArgs,
+) -> anyhow::Result<()> {
+    let token = std::env::var("TOLLGATE_METERING_KEY")
+        .or_else(|_| std::env::var("TOLLGATE_ADMIN_TOKEN"))
+        .context(
+            "set TOLLGATE_METERING_KEY (a key with the metering scope) or TOLLGATE_ADMIN_TOKEN",
+        )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let batch_records = send.batch_records.max(1);
+    let post = |records: &[(usize, tollgate_engine::ledger::UsageRecord)], dry_run: bool| {
+        let body = json!({
+            "records": records.iter().map(|(_, r)| r.to_json()).collect::<Vec<_>>(),
+            "dry_run": dry_run,
+        });
+        runtime
+            .block_on(client::call(
+                &send.admin.url,
+                &token,
+                Method::POST,
+                "/v1/usage",
+                Some(body),
+            ))
+            .map_err(|e| match e {
+                client::ClientError::Refused {
+                    message,
+                    param: Some(param),
+                    ..
+                } => {
+                    // `records[i].field` names the record; its line is the file's.
+                    let index = param
+                        .strip_prefix("records[")
+                        .and_then(|p| p.split_once(']'))
+                        .and_then(|(i, _)| i.parse::<usize>().ok());
+                    match index.and_then(|i| records.get(i)) {
+                        Some((line, _)) => anyhow::anyhow!(
+                            "{}:{line}: the gateway refused this record: {message}",
+                            file.display()
+                        ),
+                        None => anyhow::anyhow!("the gateway refused a record: {message}"),
+                    }
+                }
+                other => anyhow::Error::new(other),
+            })
+    };
+    let mut totals = [0u64; 4];
+    let mut cost_nanos: u128 = 0;
+    let mut conflicts = Vec::new();
+    let mut currency = String::new();
+    for dry_run in [true, false] {
+        if !dry_run && send.dry_run {
+            break;
+        }
+        for chunk in parsed.records.chunks(batch_records) {
+            let answer = post(chunk, dry_run).with_context(|| {
+                if dry_run {
+                    "checking the records; nothing was booked".to_owned()
+                } else {
+                    "booking the records (resend: records already booked are not booked twice)"
+                        .to_owned()
+                }
+            })?;
+            if dry_run != send.dry_run {
+                continue;
+            }
+            for (slot, name) in
+                totals
+                    .iter_mut()
+                    .zip(["booked", "would_book", "duplicates", "conflicts"])
+            {
+                *slot += answer.get(name).and_then(Value::as_u64).unwrap_or(0);
+            }
+            cost_nanos += u128::from(
+                answer
+                    .get("cost_nanos")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            );
+            currency = field(&answer, "currency");
+            for result in answer
+                .get("results")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if result.get("status").and_then(Value::as_str) == Some("conflict") {
+                    conflicts.push(field(result, "id"));
+                }
+            }
+        }
+    }
+    let [booked, would_book, duplicates, conflicted] = totals;
+    let skipped: serde_json::Map<String, Value> = parsed
+        .skipped
+        .iter()
+        .map(|(reason, n)| ((*reason).to_owned(), json!(n)))
+        .collect();
+    if send.admin.json {
+        return print_json(&json!({
+            "file": file.display().to_string(),
+            "records": parsed.records.len(),
+            "booked": booked, "would_book": would_book,
+            "duplicates": duplicates, "conflicts": conflicted,
+            "cost": decimal(i128::try_from(cost_nanos).unwrap_or(i128::MAX)),
+            "cost_nanos": cost_nanos.to_string(),
+            "currency": currency,
+            "skipped": skipped,
+            "dry_run": send.dry_run,
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: {} record(s) read",
+        file.display(),
+        parsed.records.len()
+    )?;
+    for (reason, n) in &parsed.skipped {
+        writeln!(out, "  skipped {n}: {reason}")?;
+    }
+    let cost = decimal(i128::try_from(cost_nanos).unwrap_or(i128::MAX));
+    if send.dry_run {
+        writeln!(
+            out,
+            "dry run: {would_book} would be booked ({cost} {currency}), {duplicates} already booked, {conflicted} conflicting; nothing was booked"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "booked {booked} ({cost} {currency}), {duplicates} already booked, {conflicted} conflicting"
+        )?;
+    }
+    drop(out);
+    if !conflicts.is_empty() {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "warning: {} record(s) were booked before with other content; the first booking stands: {}",
+            conflicts.len(),
+            conflicts.join(", ")
+        );
     }
     Ok(())
 }

@@ -88,9 +88,17 @@ pub enum Counter {
     UsageUnknown,
     /// Calls whose usage was counted by tollgate because the provider gave none.
     UsageCounted,
+    /// Resource usage records booked.
+    RecordsBooked,
+    /// Resource usage records sent again with the same content (nothing changed).
+    RecordsDuplicate,
+    /// Resource usage records sent again under a booked id with other content (refused).
+    RecordsConflict,
+    /// Holds taken by `/v1/usage/authorize` that expired unsettled and were given back.
+    ReservationsExpired,
 }
 
-const COUNTERS: [(Counter, &str, &str); 7] = [
+const COUNTERS: [(Counter, &str, &str); 11] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -125,6 +133,26 @@ const COUNTERS: [(Counter, &str, &str); 7] = [
         Counter::UsageCounted,
         "tollgate_usage_counted_total",
         "Calls whose tokens tollgate counted because the provider reported none.",
+    ),
+    (
+        Counter::RecordsBooked,
+        "tollgate_usage_records_booked_total",
+        "Resource usage records booked (GPU-, core-, node-hours, GB-months).",
+    ),
+    (
+        Counter::RecordsDuplicate,
+        "tollgate_usage_records_duplicate_total",
+        "Resource usage records sent again with the same content; nothing changed.",
+    ),
+    (
+        Counter::RecordsConflict,
+        "tollgate_usage_records_conflict_total",
+        "Resource usage records sent again under a booked id with other content; the first stands.",
+    ),
+    (
+        Counter::ReservationsExpired,
+        "tollgate_usage_reservations_expired_total",
+        "Budget holds taken to authorize usage that expired unsettled and were given back.",
     ),
 ];
 
@@ -203,6 +231,10 @@ pub struct Gauges {
     pub in_flight: u64,
     /// Usage events waiting for the writer.
     pub events_queued: u64,
+    /// Budget holds kept for authorized usage.
+    pub reservations_held: u64,
+    /// Usage-record ids remembered for deduplication.
+    pub record_ids: u64,
 }
 
 impl Metrics {
@@ -300,6 +332,16 @@ impl Metrics {
             "# HELP tollgate_events_queued Usage events appended to the log and not yet synced (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
             gauges.events_queued
         );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_usage_reservations_held Budget holds kept for authorized resource usage.\n# TYPE tollgate_usage_reservations_held gauge\ntollgate_usage_reservations_held {}",
+            gauges.reservations_held
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_usage_record_ids Usage-record ids remembered for deduplication (bounded by ledger.records_max).\n# TYPE tollgate_usage_record_ids gauge\ntollgate_usage_record_ids {}",
+            gauges.record_ids
+        );
         self.upstream_latency.render(
             &mut out,
             "tollgate_upstream_latency_ms",
@@ -330,6 +372,8 @@ mod tests {
         let text = metrics.render(Gauges {
             in_flight: 2,
             events_queued: 5,
+            reservations_held: 3,
+            record_ids: 7,
         });
         for line in [
             "tollgate_requests_total{route=\"chat_completions\",status=\"ok\"} 2",
@@ -339,6 +383,8 @@ mod tests {
             "tollgate_spend_nanos_total 1234",
             "tollgate_requests_in_flight 2",
             "tollgate_events_queued 5",
+            "tollgate_usage_reservations_held 3",
+            "tollgate_usage_record_ids 7",
             "tollgate_upstream_latency_ms_bucket{le=\"5\"} 0",
             "tollgate_upstream_latency_ms_bucket{le=\"10\"} 1",
             "tollgate_upstream_latency_ms_bucket{le=\"+Inf\"} 1",

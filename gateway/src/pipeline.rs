@@ -40,6 +40,8 @@ pub enum Route {
     Metrics,
     /// `/admin/...`.
     Admin,
+    /// `/v1/usage...`: the resource ledger.
+    Usage(crate::ledger::UsageRoute),
     /// A known path with another method.
     WrongMethod,
     /// Nothing here.
@@ -57,6 +59,21 @@ pub fn route(method: &Method, path: &str) -> Route {
         "/v1/messages" => Some(Api::Messages),
         _ => None,
     };
+    let usage = match path {
+        "/v1/usage" => Some((crate::ledger::UsageRoute::Record, Method::POST)),
+        "/v1/usage/authorize" => Some((crate::ledger::UsageRoute::Authorize, Method::POST)),
+        _ if path.starts_with("/v1/usage/reservations/") => {
+            Some((crate::ledger::UsageRoute::Release, Method::DELETE))
+        }
+        _ => None,
+    };
+    if let Some((usage, wanted)) = usage {
+        return if *method == wanted {
+            Route::Usage(usage)
+        } else {
+            Route::WrongMethod
+        };
+    }
     match (api, method) {
         (Some(api), &Method::POST) => Route::Model(api),
         (Some(_), _) => Route::WrongMethod,
@@ -101,12 +118,16 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     match route(request.method(), request.uri().path()) {
         Route::Model(api) => model_call(gateway, api, request).await,
         Route::Admin => crate::admin::handle(gateway, request).await,
+        Route::Usage(usage) => crate::ledger::handle(gateway, usage, request).await,
         Route::Health => plain(StatusCode::OK, "text/plain", "ok\n"),
         Route::Metrics => {
+            let (reservations_held, record_ids) = gateway.ledger.sizes();
             let gauges = Gauges {
                 in_flight: (gateway.config.server.requests_in_flight_max
                     - gateway.in_flight.available_permits()) as u64,
                 events_queued: gateway.emitter.queued() as u64,
+                reservations_held,
+                record_ids,
             };
             plain(
                 StatusCode::OK,
@@ -219,7 +240,7 @@ pub fn error_response(
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// The presented key: `Authorization: Bearer ...` (OpenAI) or `x-api-key` (Anthropic).
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let text = value.to_str().ok()?;
         let (scheme, key) = text.split_once(' ')?;
@@ -853,6 +874,20 @@ mod tests {
         assert_eq!(route(&Method::DELETE, "/metrics"), Route::WrongMethod);
         assert_eq!(route(&Method::GET, "/admin/v1/keys"), Route::Admin);
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
+        use crate::ledger::UsageRoute;
+        assert_eq!(
+            route(&Method::POST, "/v1/usage"),
+            Route::Usage(UsageRoute::Record)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/usage/authorize"),
+            Route::Usage(UsageRoute::Authorize)
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/v1/usage/reservations/rsv_1"),
+            Route::Usage(UsageRoute::Release)
+        );
+        assert_eq!(route(&Method::GET, "/v1/usage"), Route::WrongMethod);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! At start, the spend of the current periods is read back from the durable event log, so a
-//! restart never gives a budget back.
+//! restart never gives a budget back; and the ids of resource records booked within the
+//! ledger's window are remembered again, so a record resent after a restart changes nothing.
 //!
 //! Every settled call's event carries the instant it was booked at and its cost; summing the
 //! events of each level's current period gives exactly what the budget table held before the
@@ -11,7 +12,10 @@ use std::sync::Arc;
 
 use tollgate_sink::log::{LogError, LogReader};
 
-use tollgate_engine::{Allocation, BudgetCell, Directory, Level, Nanos, UnixMs, UsageEvent};
+use tollgate_engine::ledger::{RecordIndex, RecordKey, fingerprint};
+use tollgate_engine::{
+    Allocation, BudgetCell, Directory, EventKind, Level, Nanos, UnixMs, UsageEvent,
+};
 
 fn cell_of(allocation: &Allocation, level: Level) -> Option<&BudgetCell> {
     Level::ALL
@@ -29,14 +33,19 @@ pub struct Restored {
     pub skipped: u64,
     /// Budget cells given back their spend.
     pub cells: u64,
+    /// Resource record ids remembered again.
+    pub records: u64,
 }
 
-/// Reads `records` (the log from its start) and raises every cell's spend in its current period
-/// (at `now`) to the sum of the period's events.
+/// Reads `records` (the log from its start), raises every cell's spend in its current period
+/// (at `now`) to the sum of the period's events, and puts the ids of resource records within
+/// the window back into `index`. An index that fills up stops taking ids (new records are then
+/// refused until old ones age out), which is safe; the count restored is reported.
 pub fn restore_spend(
     directory: &Directory,
     records: LogReader,
     now: UnixMs,
+    index: &mut RecordIndex,
 ) -> Result<Restored, LogError> {
     let mut restored = Restored::default();
     // Sums by level and name (one cell each) for the cell's current period, with an
@@ -49,6 +58,18 @@ pub fn restore_spend(
             continue;
         };
         restored.events += 1;
+        if event.kind != EventKind::Tokens
+            && index.check_age(event.ts_ms, now).is_ok()
+            && index
+                .insert(
+                    RecordKey::of(&event.request_id),
+                    fingerprint(&event),
+                    event.ts_ms,
+                )
+                .is_ok()
+        {
+            restored.records += 1;
+        }
         if event.cost_nanos == Nanos::ZERO {
             continue;
         }

@@ -1,6 +1,6 @@
 //! What the admin API changes, kept across restarts: an append-only journal and an audit log.
 //!
-//! `journal.jsonl` holds one record per change: a key created or revoked, an allocation
+//! `journal.jsonl` holds one record per change: a key created (with its scopes) or revoked, an allocation
 //! created, a budget limit set. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
 //! answers, so an acknowledged key survives a crash. Only key hashes are stored, never a key.
 //! `audit.jsonl` records who did what and when, for every admin action.
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tollgate_engine::{
     AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore,
-    Level, Nanos, UnixMs, VirtualKey,
+    Level, Nanos, Scopes, UnixMs, VirtualKey,
 };
 
 /// The journal of admin changes.
@@ -56,6 +56,9 @@ pub enum Record {
         /// Tokens per minute.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tokens_per_minute: Option<NonZeroU32>,
+        /// What it may do besides calling models (`metering`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
         /// When.
         created_at_ms: i64,
     },
@@ -222,6 +225,7 @@ pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
         },
         requests_per_minute: spec.limits.requests_per_minute,
         tokens_per_minute: spec.limits.tokens_per_minute,
+        scopes: spec.scopes.names().into_iter().map(str::to_owned).collect(),
         created_at_ms: spec.created_at.0,
     }
 }
@@ -283,6 +287,7 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
             models,
             requests_per_minute,
             tokens_per_minute,
+            scopes,
             created_at_ms,
         } = record
         else {
@@ -300,6 +305,7 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
         }
         let models =
             crate::config::allow_list(&models).map_err(|e| corrupt(line, e.to_string()))?;
+        let scopes = Scopes::parse(&scopes).map_err(|e| corrupt(line, e.to_string()))?;
         let spec = KeySpec {
             user,
             agent,
@@ -309,6 +315,7 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
                 requests_per_minute,
                 tokens_per_minute,
             },
+            scopes,
             created_at: UnixMs(created_at_ms),
             revoked: revoked.contains(&id),
         };

@@ -1,9 +1,13 @@
 //! The chargeback statement in the FinOps FOCUS format (version 1.0), so FinOps tools take it as
 //! they take a cloud bill.
 //!
-//! One row per hour, provider, model, allocation and rate-card version: `BilledCost`,
-//! `EffectiveCost` and `ContractedCost` are what budgets were charged, `ListCost` the list price,
-//! charge periods are the hour (start inclusive, end exclusive, UTC), billing periods the month.
+//! One row per hour, provider, model, allocation and rate-card version for model calls, and per
+//! hour, unit, cluster, partition, instance type and allocation for resource usage (the hour
+//! the usage began): `BilledCost`, `EffectiveCost` and `ContractedCost` are what budgets were
+//! charged, `ListCost` the list price, charge periods are the hour (start inclusive, end
+//! exclusive, UTC), billing periods the month. Model calls are `AI and Machine Learning` counted
+//! in tokens; GPU-, core- and node-hours are `Compute` and GB-months `Storage`, with their
+//! quantities as `ConsumedQuantity` and `PricingQuantity`.
 //! Our own columns are prefixed `x_`. The FinOps Foundation's validator (1.0 rule set) accepts
 //! the output; its 1.0 rules still read the pre-1.0 `ChargeType`, so that column is written too.
 //! Amounts are exact decimals.
@@ -78,11 +82,20 @@ pub const COLUMNS: &[&str] = &[
     "x_TokensOut",
     "x_Events",
     "x_FocusVersion",
+    "x_Kind",
+    "x_Cluster",
+    "x_Partition",
+    "x_InstanceType",
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     hour: i64,
+    kind: String,
+    unit: String,
+    cluster: String,
+    partition: String,
+    instance_type: String,
     org: String,
     provider: String,
     model: String,
@@ -96,6 +109,7 @@ struct Key {
 
 #[derive(Clone, Debug, Default)]
 struct Sums {
+    quantity_micros: i128,
     cost: i128,
     list_cost: i128,
     tokens_in: i64,
@@ -121,6 +135,28 @@ fn decimal(nanos: i128) -> String {
         magnitude / 1_000_000_000,
         magnitude % 1_000_000_000
     )
+}
+
+/// An exact decimal of micro-units with six places: `12.345675`.
+fn quantity(micros: i128) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let magnitude = micros.unsigned_abs();
+    format!(
+        "{sign}{}.{:06}",
+        magnitude / 1_000_000,
+        magnitude % 1_000_000
+    )
+}
+
+/// FOCUS's unit spelling (its UnitFormat: plural units, a hyphen, a time unit).
+fn focus_unit(unit: &str) -> &'static str {
+    match unit {
+        "gpu_hour" => "GPU-Hours",
+        "core_hour" => "Core-Hours",
+        "node_hour" => "Node-Hours",
+        "gb_month" => "GB-Months",
+        _ => "Units",
+    }
 }
 
 fn csv_field(out: &mut String, value: &str) {
@@ -172,6 +208,12 @@ pub fn export_csv(
         "list_cost",
         "tokens_in",
         "tokens_out",
+        "kind",
+        "unit",
+        "quantity",
+        "cluster",
+        "partition",
+        "instance_type",
     ];
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
     crate::rollup::for_each_batch(data_dir, &wanted, |batch| {
@@ -194,6 +236,12 @@ pub fn export_csv(
         };
         let (cost, list_cost) = (decimals("cost")?, decimals("list_cost")?);
         let (tokens_in, tokens_out) = (ints("tokens_in")?, ints("tokens_out")?);
+        let quantities = decimals("quantity")?;
+        let [kind, unit, cluster, partition] =
+            ["kind", "unit", "cluster", "partition"].map(|name| strings(&batch, name));
+        let (kind, unit, cluster, partition) = (kind?, unit?, cluster?, partition?);
+        // Files written before the column existed have none: read as empty.
+        let instance_type = strings(&batch, "instance_type").ok();
         let [
             org,
             provider,
@@ -234,6 +282,11 @@ pub fn export_csv(
             }
             let key = Key {
                 hour: t.0.div_euclid(HOUR_MS),
+                kind: text(kind, i),
+                unit: text(unit, i),
+                cluster: text(cluster, i),
+                partition: text(partition, i),
+                instance_type: instance_type.map(|a| text(a, i)).unwrap_or_default(),
                 org: text(org, i),
                 provider: text(provider, i),
                 model: text(model, i),
@@ -245,6 +298,9 @@ pub fn export_csv(
                 rate_card_version: text(version, i),
             };
             let sums = rows.entry(key).or_default();
+            if !quantities.is_null(i) {
+                sums.quantity_micros += quantities.value(i);
+            }
             sums.cost += cost.value(i);
             sums.list_cost += list_cost.value(i);
             sums.tokens_in += tokens_in.value(i);
@@ -270,15 +326,58 @@ pub fn export_csv(
         } else {
             &key.org
         };
-        let sku = format!("{}/{}", key.provider, key.model);
-        let tokens = sums.tokens_in + sums.tokens_out;
-        let quantity = format!("{tokens}.0");
         let tags = serde_json::json!({
             "team": key.team, "project": key.project, "allocation": key.allocation,
             "cost_center": key.cost_center,
         })
         .to_string();
-        let values: [String; 53] = [
+        let resource = key.kind != "tokens";
+        // What the row is, in FOCUS's terms: a model's tokens, or a unit of compute or storage
+        // at a site.
+        let (sku, description, amount, unit, category, provider, service) = if resource {
+            let place: Vec<&str> = [&key.cluster, &key.partition, &key.instance_type]
+                .into_iter()
+                .map(String::as_str)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let site = if place.is_empty() {
+                account.to_owned()
+            } else {
+                place.join("/")
+            };
+            let provider = if key.cluster.is_empty() {
+                account.to_owned()
+            } else {
+                key.cluster.clone()
+            };
+            let (category, service) = if key.kind == "storage" {
+                ("Storage", format!("{provider} storage"))
+            } else {
+                ("Compute", format!("{provider} compute"))
+            };
+            (
+                format!("{site}/{}", key.unit),
+                format!("{} on {site} for {}", key.unit, key.allocation),
+                quantity(sums.quantity_micros),
+                focus_unit(&key.unit),
+                category,
+                provider,
+                service,
+            )
+        } else {
+            let sku = format!("{}/{}", key.provider, key.model);
+            let tokens = sums.tokens_in + sums.tokens_out;
+            (
+                sku.clone(),
+                format!("{sku} tokens for {}", key.allocation),
+                format!("{tokens}.0"),
+                "Tokens",
+                "AI and Machine Learning",
+                key.provider.clone(),
+                key.provider.clone(),
+            )
+        };
+        let values: [String; 57] = [
             String::new(),
             decimal(sums.cost),
             account.to_owned(),
@@ -288,7 +387,7 @@ pub fn export_csv(
             iso(billing_start),
             "Usage".into(),
             String::new(),
-            format!("{sku} tokens for {}", key.allocation),
+            description,
             "Usage-Based".into(),
             iso(end),
             iso(start),
@@ -298,8 +397,8 @@ pub fn export_csv(
             String::new(),
             String::new(),
             String::new(),
-            quantity.clone(),
-            "Tokens".into(),
+            amount.clone(),
+            unit.into(),
             decimal(sums.cost),
             String::new(),
             decimal(sums.cost),
@@ -307,17 +406,17 @@ pub fn export_csv(
             decimal(sums.list_cost),
             String::new(),
             "Standard".into(),
-            quantity,
-            "Tokens".into(),
-            key.provider.clone(),
-            key.provider.clone(),
+            amount,
+            unit.into(),
+            provider.clone(),
+            provider,
             String::new(),
             String::new(),
             String::new(),
             String::new(),
             String::new(),
-            "AI and Machine Learning".into(),
-            key.provider.clone(),
+            category.into(),
+            service,
             sku.clone(),
             format!("{sku}@{}", key.rate_card_version),
             key.allocation.clone(),
@@ -332,6 +431,10 @@ pub fn export_csv(
             sums.tokens_out.to_string(),
             sums.events.to_string(),
             FOCUS_VERSION.into(),
+            key.kind.clone(),
+            key.cluster.clone(),
+            key.partition.clone(),
+            key.instance_type.clone(),
         ];
         let mut line = String::new();
         for (i, value) in values.iter().enumerate() {
@@ -345,4 +448,93 @@ pub fn export_csv(
         written += 1;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_engine::{EventKind, Micros, Nanos, ResourceUnit, UsageEvent};
+
+    #[test]
+    fn tokens_compute_and_storage_are_rows_of_their_own_categories() {
+        let root = std::env::temp_dir().join(format!("tollgate-focus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let token = UsageEvent::sample();
+        let mut gpu = UsageEvent::sample();
+        gpu.kind = EventKind::Compute;
+        gpu.provider = None;
+        gpu.model = None;
+        gpu.unit = Some(ResourceUnit::GpuHour);
+        gpu.quantity_micros = Some(Micros(12_345_675));
+        gpu.cost_nanos = Nanos(24_691_350_000);
+        let mut gpu_again = gpu.clone();
+        gpu_again.quantity_micros = Some(Micros(1));
+        gpu_again.cost_nanos = Nanos(2_000);
+        let mut disk = gpu.clone();
+        disk.kind = EventKind::Storage;
+        disk.unit = Some(ResourceUnit::GbMonth);
+        disk.cluster = Some("lustre1".into());
+        disk.partition = None;
+        disk.instance_type = None;
+        disk.quantity_micros = Some(Micros(80_000_000));
+        crate::columnar::write_file(
+            &root.join("usage/part.parquet"),
+            &[token, gpu, gpu_again, disk],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(export_csv(&root, None, None, &mut out).unwrap(), 3);
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(header, COLUMNS);
+        let column = |row: &str, name: &str| {
+            // Tags hold commas inside quotes; they come after every column read here but one.
+            let at = COLUMNS.iter().position(|c| *c == name).unwrap();
+            let fields: Vec<String> = split(row);
+            fields[at].clone()
+        };
+        let rows: Vec<&str> = lines.collect();
+        let by_category = |category: &str| {
+            *rows
+                .iter()
+                .find(|r| column(r, "ServiceCategory") == category)
+                .unwrap()
+        };
+        let compute = by_category("Compute");
+        assert_eq!(column(compute, "ConsumedQuantity"), "12.345676");
+        assert_eq!(column(compute, "ConsumedUnit"), "GPU-Hours");
+        assert_eq!(column(compute, "PricingUnit"), "GPU-Hours");
+        assert_eq!(column(compute, "BilledCost"), "24.691352000");
+        assert_eq!(column(compute, "SkuId"), "hpc1/a100/gpu-a100-8x/gpu_hour");
+        assert_eq!(column(compute, "Provider"), "hpc1");
+        assert_eq!(column(compute, "x_Events"), "2");
+        let storage = by_category("Storage");
+        assert_eq!(column(storage, "ConsumedQuantity"), "80.000000");
+        assert_eq!(column(storage, "ConsumedUnit"), "GB-Months");
+        assert_eq!(column(storage, "x_Cluster"), "lustre1");
+        let tokens = by_category("AI and Machine Learning");
+        assert_eq!(column(tokens, "ConsumedUnit"), "Tokens");
+        assert_eq!(column(tokens, "ConsumedQuantity"), "12800.0");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// Splits one CSV row written by `csv_field`.
+    fn split(row: &str) -> Vec<String> {
+        let mut fields = vec![String::new()];
+        let mut quoted = false;
+        let mut chars = row.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    fields.last_mut().unwrap().push('"');
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(String::new()),
+                (c, _) => fields.last_mut().unwrap().push(c),
+            }
+        }
+        fields
+    }
 }

@@ -1,7 +1,9 @@
 //! Chargeback: totals of the Parquet files grouped by one dimension, exact to the nano.
 //!
 //! Reads only the columns a report needs, sums cost as the files store it (128-bit decimals,
-//! never floats) and keeps the rows whose `ts` falls in `[from, to)`.
+//! never floats) and keeps the rows whose `ts` falls in `[from, to)`. Tokens, GPU-hours,
+//! core-hours, node-hours and GB-months sit side by side, each with its cost, in the one
+//! currency of the rate card.
 //!
 //! **Invariant:** the report's grand total equals the sum of the events it covers, to the unit.
 
@@ -35,6 +37,14 @@ pub enum Dimension {
     Provider,
     /// Cost center.
     CostCenter,
+    /// What was metered: `tokens`, `compute` or `storage`.
+    Kind,
+    /// Resource unit (`gpu_hour`, ...; none for tokens).
+    Unit,
+    /// Cluster of resource usage.
+    Cluster,
+    /// Partition of resource usage.
+    Partition,
 }
 
 impl Dimension {
@@ -49,6 +59,10 @@ impl Dimension {
             Dimension::Model => "model",
             Dimension::Provider => "provider",
             Dimension::CostCenter => "cost_center",
+            Dimension::Kind => "kind",
+            Dimension::Unit => "unit",
+            Dimension::Cluster => "cluster",
+            Dimension::Partition => "partition",
         }
     }
 
@@ -63,6 +77,10 @@ impl Dimension {
             "model" => Dimension::Model,
             "provider" => Dimension::Provider,
             "cost_center" => Dimension::CostCenter,
+            "kind" => Dimension::Kind,
+            "unit" => Dimension::Unit,
+            "cluster" => Dimension::Cluster,
+            "partition" => Dimension::Partition,
             _ => return None,
         })
     }
@@ -83,6 +101,43 @@ pub struct Row {
     pub tokens_in: i64,
     /// Completion tokens.
     pub tokens_out: i64,
+    /// Billed cost of model calls, in nano-units.
+    pub token_cost_nanos: i128,
+    /// GPU-hours, in micro-hours.
+    pub gpu_hour_micros: i128,
+    /// Core-hours, in micro-hours.
+    pub core_hour_micros: i128,
+    /// Node-hours, in micro-hours.
+    pub node_hour_micros: i128,
+    /// Billed cost of GPU-, core- and node-hours, in nano-units.
+    pub compute_cost_nanos: i128,
+    /// GB-months, in micro-GB-months.
+    pub gb_month_micros: i128,
+    /// Billed cost of storage, in nano-units.
+    pub storage_cost_nanos: i128,
+    /// The currency of every amount (one per statement: the rate card's).
+    pub currency: Option<String>,
+}
+
+impl Row {
+    /// Adds `other`'s totals to this row's.
+    pub fn add(&mut self, other: &Row) {
+        self.events += other.events;
+        self.cost_nanos += other.cost_nanos;
+        self.list_cost_nanos += other.list_cost_nanos;
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.token_cost_nanos += other.token_cost_nanos;
+        self.gpu_hour_micros += other.gpu_hour_micros;
+        self.core_hour_micros += other.core_hour_micros;
+        self.node_hour_micros += other.node_hour_micros;
+        self.compute_cost_nanos += other.compute_cost_nanos;
+        self.gb_month_micros += other.gb_month_micros;
+        self.storage_cost_nanos += other.storage_cost_nanos;
+        if self.currency.is_none() {
+            self.currency.clone_from(&other.currency);
+        }
+    }
 }
 
 fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError> {
@@ -155,11 +210,16 @@ pub fn report(
     let wanted = [
         "ts",
         by.column(),
+        "kind",
+        "unit",
+        "quantity",
         "cost",
         "list_cost",
         "tokens_in",
         "tokens_out",
+        "currency",
     ];
+    let mut currency: Option<String> = None;
     let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
     for_each_batch(data_dir, &wanted, |batch| {
         let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
@@ -168,6 +228,10 @@ pub fn report(
         let list_cost = column::<Decimal128Array>(&batch, "list_cost")?;
         let tokens_in = column::<Int64Array>(&batch, "tokens_in")?;
         let tokens_out = column::<Int64Array>(&batch, "tokens_out")?;
+        let kind = column::<StringArray>(&batch, "kind")?;
+        let unit = column::<StringArray>(&batch, "unit")?;
+        let quantity = column::<Decimal128Array>(&batch, "quantity")?;
+        let currencies = column::<StringArray>(&batch, "currency")?;
         for i in 0..batch.num_rows() {
             let t = UnixMs(ts.value(i));
             if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
@@ -178,11 +242,43 @@ pub fn report(
                 key: k,
                 ..Row::default()
             });
+            // Amounts of two currencies never add up: a statement has one.
+            let c = currencies.value(i);
+            match &currency {
+                Some(first) if first != c => {
+                    return Err(ColumnarError::Encode(format!(
+                        "events in two currencies ({first} and {c}): report each ledger alone"
+                    )));
+                }
+                Some(_) => {}
+                None => currency = Some(c.to_owned()),
+            }
+            row.currency.clone_from(&currency);
             row.events += 1;
             row.cost_nanos += cost.value(i);
             row.list_cost_nanos += list_cost.value(i);
             row.tokens_in += tokens_in.value(i);
             row.tokens_out += tokens_out.value(i);
+            let q = if quantity.is_null(i) {
+                0
+            } else {
+                quantity.value(i)
+            };
+            let u = if unit.is_null(i) { "" } else { unit.value(i) };
+            match (kind.value(i), u) {
+                ("tokens", _) => row.token_cost_nanos += cost.value(i),
+                ("compute", "gpu_hour") => row.gpu_hour_micros += q,
+                ("compute", "core_hour") => row.core_hour_micros += q,
+                ("compute", "node_hour") => row.node_hour_micros += q,
+                ("storage", "gb_month") => row.gb_month_micros += q,
+                // A kind or unit this reader does not know: counted in the totals only.
+                _ => {}
+            }
+            match kind.value(i) {
+                "compute" => row.compute_cost_nanos += cost.value(i),
+                "storage" => row.storage_cost_nanos += cost.value(i),
+                _ => {}
+            }
         }
         Ok(())
     })?;
@@ -210,6 +306,25 @@ mod tests {
             e.cost_nanos = Nanos(999_999_999 + i);
             events.push(e);
         }
+        // Some GPU-hours and GB-months beside the tokens.
+        for (i, e) in events.iter_mut().enumerate() {
+            match i % 5 {
+                1 => {
+                    e.kind = tollgate_engine::EventKind::Compute;
+                    e.unit = Some(tollgate_engine::ResourceUnit::GpuHour);
+                    e.quantity_micros = Some(tollgate_engine::Micros(1_500_000));
+                }
+                2 => {
+                    e.kind = tollgate_engine::EventKind::Storage;
+                    e.unit = Some(tollgate_engine::ResourceUnit::GbMonth);
+                    e.quantity_micros = Some(tollgate_engine::Micros(250));
+                }
+                _ => {
+                    e.unit = None;
+                    e.quantity_micros = None;
+                }
+            }
+        }
         crate::columnar::write_file(&root.join("usage/a/part.parquet"), &events[..10]).unwrap();
         crate::columnar::write_file(&root.join("usage/b/part.parquet"), &events[10..]).unwrap();
         let rows = report(&root, None, None, Dimension::Team).unwrap();
@@ -222,6 +337,19 @@ mod tests {
                 .sum::<i128>()
         );
         assert_eq!(rows.iter().map(|r| r.events).sum::<u64>(), 30);
+        let mut all = Row::default();
+        for r in &rows {
+            all.add(r);
+        }
+        assert_eq!(all.gpu_hour_micros, 6 * 1_500_000);
+        assert_eq!(all.gb_month_micros, 6 * 250);
+        assert_eq!(all.core_hour_micros, 0);
+        assert_eq!(
+            all.token_cost_nanos + all.compute_cost_nanos + all.storage_cost_nanos,
+            all.cost_nanos,
+            "every event's cost is in exactly one kind"
+        );
+        assert!(all.compute_cost_nanos > 0 && all.storage_cost_nanos > 0);
         assert_eq!(
             rows[0].key, None,
             "events without a team are a group of their own"

@@ -118,6 +118,9 @@ pub const COLUMNS: &[Column] = &[
     col("latency_ms", "latency_ms", Int64, true),
     col("status", "status", Text, false),
     col("http_status", "http_status", Int32, true),
+    // Added within version 1, so last: files written before it lack the column, and readers
+    // that mix old and new files unify by name (DuckDB's `union_by_name`).
+    col("instance_type", "instance_type", Text, true),
 ];
 
 /// Decimal precision of money and quantity columns: 38 digits, the most a 128-bit decimal holds.
@@ -185,6 +188,7 @@ mod tests {
             unit: None,
             cluster: None,
             partition: None,
+            instance_type: None,
             rate_card_version: None,
             ttft_ms: None,
             latency_ms: None,

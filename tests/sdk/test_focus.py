@@ -1,6 +1,7 @@
 """The chargeback statement in FOCUS 1.0, checked by the FinOps Foundation's own validator."""
 
 import csv
+import datetime
 import decimal
 import io
 import os
@@ -10,6 +11,13 @@ import openai
 import pytest
 
 from conftest import binary
+
+
+def recent():
+    """Ten minutes ago, but not before this month began (so the usage is this month's spend)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return max(now - datetime.timedelta(minutes=10), month_start).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_path):
@@ -22,6 +30,16 @@ def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_pat
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
     for model in ["openai/gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-sonnet-4-5"]:
         client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    # GPU- and core-hours of a job and a month's storage, on the same allocation's statement.
+    start = recent()
+    records = [
+        {"id": f"focus:job:{unit}", "allocation": "focus", "unit": unit, "quantity": quantity,
+         "start": start, "end": start, "cluster": "hpc1", "partition": partition}
+        for unit, quantity, partition in [("gpu_hour", "2", "h100"), ("core_hour", "10.5", "h100"),
+                                          ("gb_month", "5", "scratch")]
+    ]
+    booked = stack.admin("POST", "/v1/usage", {"records": records})
+    assert booked["booked"] == 3
     stack.flush()
 
     data = stack.directory / "data"
@@ -37,9 +55,18 @@ def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_pat
 
     rows = list(csv.DictReader(io.StringIO(export)))
     assert rows and all(r["x_FocusVersion"] == "1.0" for r in rows)
-    assert all(r["ServiceCategory"] == "AI and Machine Learning" for r in rows)
     mine = [r for r in rows if r["SubAccountId"] == "focus"]
-    assert len(mine) == 3, "one row per model in this hour"
+    tokens = [r for r in mine if r["ServiceCategory"] == "AI and Machine Learning"]
+    assert len(tokens) == 3, "one row per model in this hour"
+    assert all(r["ConsumedUnit"] == "Tokens" for r in tokens)
+    compute = {r["ConsumedUnit"]: r for r in mine if r["ServiceCategory"] == "Compute"}
+    assert sorted(compute) == ["Core-Hours", "GPU-Hours"]
+    assert compute["GPU-Hours"]["ConsumedQuantity"] == compute["GPU-Hours"]["PricingQuantity"] == "2.000000"
+    assert compute["Core-Hours"]["ConsumedQuantity"] == "10.500000"
+    assert compute["GPU-Hours"]["Provider"] == "hpc1"
+    storage = [r for r in mine if r["ServiceCategory"] == "Storage"]
+    assert len(storage) == 1 and storage[0]["ConsumedUnit"] == "GB-Months"
+    assert decimal.Decimal(storage[0]["BilledCost"]) == decimal.Decimal("0.05")
     billed = sum(decimal.Decimal(r["BilledCost"]) for r in mine)
     assert billed == decimal.Decimal(stack.spent_nanos("focus")) / decimal.Decimal(10**9)
     events = sum(int(r["x_Events"]) for r in rows)

@@ -85,7 +85,7 @@ fn the_report_totals_equal_the_events_and_the_budget_table() {
 
     let by_model = report(&data, &["--by", "model", "--format", "csv"]);
     assert!(
-        by_model.starts_with("model,events,cost,list_cost,tokens_in,tokens_out\n"),
+        by_model.starts_with("model,events,cost,list_cost,tokens_in,tokens_out,token_cost,gpu_hours,core_hours,node_hours,compute_cost,gb_months,storage_cost\n"),
         "{by_model}"
     );
     assert!(by_model.contains("\nclaude-sonnet-4-5,2,"), "{by_model}");

@@ -1,0 +1,701 @@
+//! The resource ledger's HTTP edge: `POST /v1/usage` books batches of GPU-, core-, node-hour
+//! and GB-month records, `POST /v1/usage/authorize` answers whether an allocation can afford
+//! some usage now (and may hold the amount), `DELETE /v1/usage/reservations/{id}` gives a hold
+//! back.
+//!
+//! A batch goes through two phases. The first parses and prices every record with no side
+//! effect: a bad record refuses the whole batch with a 400 naming its index and field. The
+//! second, under the ledger's lock, books each new record: its event is appended to the log
+//! (the same log, Kafka topic and Parquet files as token calls), then its cost is posted to
+//! the allocation's, project's and team's budgets, settling the hold it names if one is kept.
+//! The answer waits for the log's sync.
+//!
+//! **Invariant:** accounting records are always booked, even past a limit (the usage happened;
+//! the answer flags `over_limit`); refusal is `authorize`'s, before the usage starts. A record
+//! id is booked once: resending it changes nothing, after a restart too (ids are restored from
+//! the log). Authorizing and releasing write no usage event; they move only the hold.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate_engine::ledger::{
+    Hold, RecordIndex, RecordKey, ReservationBook, ReservationId, Seen, UsageRecord,
+    deserialize_quantity, fingerprint, micros_decimal, parse_name,
+};
+use tollgate_engine::{
+    Allocation, Cost, Micros, Nanos, ResourceUnit, Scopes, Site, UnixMs, UsageEvent, VirtualKey,
+};
+
+use crate::config::LedgerConfig;
+use crate::error::{BudgetScope, Failure, Protocol, rfc3339};
+use crate::gateway::{Gateway, now_ms};
+use crate::limits::{LEDGER_CLOCK_SKEW, LEDGER_SWEEP_INTERVAL};
+use crate::meter::ResponseBody;
+use crate::metrics::Counter;
+use crate::pipeline::{error_response, presented_key};
+
+/// The ledger's routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageRoute {
+    /// `POST /v1/usage`.
+    Record,
+    /// `POST /v1/usage/authorize`.
+    Authorize,
+    /// `DELETE /v1/usage/reservations/{id}`.
+    Release,
+}
+
+/// The ledger's state: which record ids were booked, and the holds kept for authorized usage.
+#[derive(Debug)]
+pub struct Ledger {
+    /// Its bounds.
+    pub config: LedgerConfig,
+    index: Mutex<RecordIndex>,
+    book: Mutex<ReservationBook>,
+    pruned_at_ms: AtomicI64,
+}
+
+/// How often the record index forgets ids that aged out of its window.
+const PRUNE_INTERVAL_MS: i64 = 60_000;
+
+/// Longest hold a caller may ask for with `ttl_ms`: a month-long job and its queue.
+const RESERVATION_TTL_MS_MAX: u64 = 31 * 86_400_000;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Ledger {
+    /// A ledger with `index` (restored from the event log) and no holds.
+    #[must_use]
+    pub fn new(config: LedgerConfig, index: RecordIndex) -> Ledger {
+        Ledger {
+            book: Mutex::new(ReservationBook::new(config.reservations_max)),
+            index: Mutex::new(index),
+            config,
+            pruned_at_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// An empty index with this config's window and bound.
+    #[must_use]
+    pub fn index_for(config: &LedgerConfig) -> RecordIndex {
+        RecordIndex::new(duration_ms(config.record_window), config.records_max)
+    }
+
+    /// Holds kept and record ids remembered, for `/metrics`.
+    #[must_use]
+    pub fn sizes(&self) -> (u64, u64) {
+        (
+            lock(&self.book).len() as u64,
+            lock(&self.index).len() as u64,
+        )
+    }
+
+    /// Gives back every hold expired at `now` and forgets record ids that aged out; returns
+    /// the number of holds given back.
+    pub fn sweep(&self, now: UnixMs) -> usize {
+        // Dropped outside the lock: releasing touches every level's counters.
+        let expired = lock(&self.book).expire(now);
+        if now
+            .0
+            .saturating_sub(self.pruned_at_ms.load(Ordering::Relaxed))
+            >= PRUNE_INTERVAL_MS
+        {
+            self.pruned_at_ms.store(now.0, Ordering::Relaxed);
+            lock(&self.index).prune(now);
+        }
+        expired.len()
+    }
+}
+
+/// Gives back expired holds in the background, at most [`LEDGER_SWEEP_INTERVAL`] apart (a
+/// quarter of the TTL when that is shorter, so a hold outlives its TTL by little).
+pub fn spawn_sweeper(gateway: &Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    let gateway = Arc::downgrade(gateway);
+    tokio::spawn(async move {
+        loop {
+            let Some(strong) = gateway.upgrade() else {
+                return;
+            };
+            let interval = (strong.ledger.config.reservation_ttl / 4)
+                .clamp(std::time::Duration::from_millis(5), LEDGER_SWEEP_INTERVAL);
+            let expired = strong.ledger.sweep(now_ms());
+            strong
+                .metrics
+                .add(Counter::ReservationsExpired, expired as u64);
+            drop(strong);
+            tokio::time::sleep(interval).await;
+        }
+    })
+}
+
+/// Serves one ledger request.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    route: UsageRoute,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let now = now_ms();
+    let request_id = gateway.request_id(now);
+    let expired = gateway.ledger.sweep(now);
+    gateway
+        .metrics
+        .add(Counter::ReservationsExpired, expired as u64);
+    match serve(&gateway, route, request, now).await {
+        Ok((status, body)) => {
+            let mut response = Response::new(ResponseBody::full(body.to_string()));
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(id) = HeaderValue::from_str(&request_id) {
+                headers.insert("x-request-id", id);
+            }
+            response
+        }
+        Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
+    }
+}
+
+/// Who sent the request: the admin token, or a key with the `metering` scope.
+enum Submitter {
+    Admin,
+    Key(Arc<VirtualKey>),
+}
+
+impl Submitter {
+    fn key_id(&self) -> Option<tollgate_engine::KeyId> {
+        match self {
+            Submitter::Admin => None,
+            Submitter::Key(key) => Some(key.id()),
+        }
+    }
+}
+
+fn authenticate(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+    now: UnixMs,
+) -> Result<Submitter, Failure> {
+    let presented = presented_key(request.headers()).unwrap_or_default();
+    if !presented.is_empty() && gateway.is_admin(presented) {
+        return Ok(Submitter::Admin);
+    }
+    let key = gateway
+        .keys
+        .resolve(presented, now)
+        .map_err(Failure::InvalidApiKey)?;
+    if !key.scopes.contains(Scopes::METERING) {
+        return Err(Failure::ScopeMissing { scope: "metering" });
+    }
+    Ok(Submitter::Key(key))
+}
+
+async fn serve(
+    gateway: &Gateway,
+    route: UsageRoute,
+    request: Request<Incoming>,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let submitter = authenticate(gateway, &request, now)?;
+    let path = request.uri().path().to_owned();
+    let body = read(gateway, request).await?;
+    match route {
+        UsageRoute::Record => record(gateway, &submitter, &body, now).await,
+        UsageRoute::Authorize => authorize(gateway, &body, now),
+        UsageRoute::Release => release(gateway, &path),
+    }
+}
+
+async fn read(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, Failure> {
+    let limit = gateway.ledger.config.body_bytes_max;
+    let collect = Limited::new(request.into_body(), limit).collect();
+    match tokio::time::timeout(gateway.config.server.body_timeout, collect).await {
+        Err(_) => Err(Failure::BadRequest(format!(
+            "request body not received within {} ms",
+            gateway.config.server.body_timeout.as_millis()
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Failure::BodyTooLarge { limit_bytes: limit })
+        }
+        Ok(Err(e)) => Err(Failure::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+fn scope_of(allocation: &Allocation) -> BudgetScope {
+    BudgetScope {
+        team: Arc::clone(&allocation.project.team.name),
+        project: Arc::clone(&allocation.project.name),
+        allocation: Arc::clone(&allocation.name),
+    }
+}
+
+/// Whether any level of `allocation` has spent past its limit in its current period.
+fn over_limit(allocation: &Allocation, now: UnixMs) -> bool {
+    allocation.budget_cells().iter().any(|cell| {
+        let snapshot = cell.snapshot(now);
+        snapshot.limit.is_some_and(|limit| snapshot.spent > limit)
+    })
+}
+
+/// The least room left at any limited level, if any level is limited.
+fn remaining(allocation: &Allocation, now: UnixMs) -> Option<Nanos> {
+    allocation
+        .budget_cells()
+        .iter()
+        .filter_map(|cell| cell.snapshot(now).remaining)
+        .min()
+}
+
+/// `POST /v1/usage`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    records: Vec<Value>,
+    /// Check and price everything, book nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// A record that passed the first phase: typed, priced, its event built.
+struct Priced {
+    record: UsageRecord,
+    allocation: Arc<Allocation>,
+    cost: Cost,
+    event: UsageEvent,
+    key: RecordKey,
+    fingerprint: u64,
+}
+
+/// What became of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Booked,
+    WouldBook,
+    Duplicate,
+    Conflict,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Booked => "booked",
+            Outcome::WouldBook => "would_book",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Conflict => "conflict",
+        }
+    }
+}
+
+fn bad(index: usize, field: &str, reason: impl Into<String>) -> Failure {
+    Failure::BadRecord {
+        index,
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Phase one: every record parsed, checked and priced, or the first bad one named.
+fn price_batch(
+    gateway: &Gateway,
+    submitter: &Submitter,
+    records: &[Value],
+    now: UnixMs,
+) -> Result<Vec<Priced>, Failure> {
+    let card = gateway.card.load_full();
+    let future_limit = now.plus_ms(duration_ms(LEDGER_CLOCK_SKEW));
+    let mut first_index: HashMap<RecordKey, usize> = HashMap::with_capacity(records.len());
+    let mut priced = Vec::with_capacity(records.len());
+    for (i, value) in records.iter().enumerate() {
+        let record =
+            UsageRecord::from_json(value).map_err(|e| bad(i, &e.field, e.reason.clone()))?;
+        let key = record.id.key();
+        if let Some(first) = first_index.insert(key, i) {
+            return Err(bad(
+                i,
+                "id",
+                format!(
+                    "`{}` is also the id of records[{first}]; a batch names each record once",
+                    record.id.as_str()
+                ),
+            ));
+        }
+        if record.start > future_limit {
+            return Err(bad(
+                i,
+                "start",
+                format!(
+                    "{} is in the future; record usage once it has begun",
+                    record.start
+                ),
+            ));
+        }
+        lock(&gateway.ledger.index)
+            .check_age(record.start, now)
+            .map_err(|e| bad(i, "start", e.to_string()))?;
+        let allocation = gateway
+            .directory
+            .allocation(&record.allocation)
+            .map_err(|e| bad(i, "allocation", e.to_string()))?;
+        let project = &allocation.project;
+        let (version, cost) = card
+            .price_resource(
+                record.unit,
+                record.quantity,
+                &record.site,
+                &project.team.name,
+                &project.name,
+                record.start,
+            )
+            .map_err(|e| bad(i, "unit", e.to_string()))?;
+        if let Some(id) = record.reservation
+            && let Some(hold) = lock(&gateway.ledger.book).get(id)
+            && hold.reservation.allocation().name != allocation.name
+        {
+            return Err(bad(
+                i,
+                "reservation",
+                format!(
+                    "{id} holds budget of allocation `{}`, not `{}`",
+                    hold.reservation.allocation().name,
+                    allocation.name
+                ),
+            ));
+        }
+        let event = record.to_event(
+            &allocation,
+            &version.id,
+            cost,
+            &card.currency,
+            submitter.key_id(),
+        );
+        priced.push(Priced {
+            fingerprint: fingerprint(&event),
+            key,
+            record,
+            allocation,
+            cost,
+            event,
+        });
+    }
+    Ok(priced)
+}
+
+async fn record(
+    gateway: &Gateway,
+    submitter: &Submitter,
+    body: &[u8],
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let batch: Batch = serde_json::from_slice(body)
+        .map_err(|e| Failure::BadRequest(format!("usage batch: {e}")))?;
+    let records_max = gateway.ledger.config.batch_records_max;
+    if batch.records.len() > records_max {
+        return Err(Failure::BadRequest(format!(
+            "a batch holds at most {records_max} records; this one has {}",
+            batch.records.len()
+        )));
+    }
+    let priced = price_batch(gateway, submitter, &batch.records, now)?;
+    if !batch.dry_run && !gateway.emitter.has_room() {
+        return Err(Failure::Overloaded("usage event backlog is full"));
+    }
+
+    // Phase two, under the ledger's lock: one batch at a time decides what is new and books it,
+    // so two batches racing with the same id cannot both book it.
+    let mut outcomes = Vec::with_capacity(priced.len());
+    let mut settled = vec![false; priced.len()];
+    let mut appended = false;
+    {
+        let mut index = lock(&gateway.ledger.index);
+        let seen: Vec<Seen> = priced
+            .iter()
+            .map(|p| index.seen(p.key, p.fingerprint))
+            .collect();
+        let new = seen.iter().filter(|s| **s == Seen::New).count();
+        if !batch.dry_run && !index.has_room(new) {
+            return Err(Failure::Overloaded(
+                "the usage-record index is full (ledger.records_max)",
+            ));
+        }
+        // Holds named by new records, taken out of the book; each is settled once all its
+        // records are posted.
+        let mut holds: HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)> = HashMap::new();
+        if !batch.dry_run {
+            let mut book = lock(&gateway.ledger.book);
+            for (p, s) in priced.iter().zip(&seen) {
+                if let (Seen::New, Some(id)) = (s, p.record.reservation)
+                    && !holds.contains_key(&id)
+                    && let Some(hold) = book.take(id)
+                {
+                    holds.insert(id, (hold, Vec::new()));
+                }
+            }
+        }
+        for (i, (p, s)) in priced.iter().zip(&seen).enumerate() {
+            let outcome = match (s, batch.dry_run) {
+                (Seen::Duplicate, _) => Outcome::Duplicate,
+                (Seen::Conflict, _) => Outcome::Conflict,
+                (Seen::New, true) => Outcome::WouldBook,
+                (Seen::New, false) => {
+                    // The event first: if it cannot be written, nothing is posted, the id is
+                    // not remembered, and the client's resend books it.
+                    if !gateway.emitter.append(&p.event) {
+                        // Holds taken out are settled with what was booked so far (the rest
+                        // of their amount comes back); the resend finds those records booked.
+                        settle_holds(gateway, holds);
+                        return Err(Failure::Internal(
+                            "the usage event could not be written; resend the batch".into(),
+                        ));
+                    }
+                    appended = true;
+                    match p.record.reservation.and_then(|id| holds.get_mut(&id)) {
+                        Some((_, postings)) => {
+                            postings.push((p.record.start, p.cost.billed));
+                            if let Some(flag) = settled.get_mut(i) {
+                                *flag = true;
+                            }
+                        }
+                        None => {
+                            let settlement =
+                                tollgate_engine::book(&p.allocation, p.record.start, p.cost.billed);
+                            for crossed in settlement.soft_limits_crossed() {
+                                gateway.emitter.alert(crossed, p.record.start);
+                            }
+                        }
+                    }
+                    // The index was checked for room above, under this same lock.
+                    let _ = index.insert(p.key, p.fingerprint, p.record.start);
+                    gateway.metrics.add(Counter::SpendNanos, p.cost.billed.0);
+                    Outcome::Booked
+                }
+            };
+            let counter = match outcome {
+                Outcome::Booked => Some(Counter::RecordsBooked),
+                Outcome::Duplicate => Some(Counter::RecordsDuplicate),
+                Outcome::Conflict => Some(Counter::RecordsConflict),
+                Outcome::WouldBook => None,
+            };
+            if let Some(counter) = counter {
+                gateway.metrics.add(counter, 1);
+            }
+            outcomes.push(outcome);
+        }
+        settle_holds(gateway, holds);
+    }
+    // Answered once the events are on disk: a client told "booked" never needs to resend.
+    if appended && !gateway.emitter.sync().await {
+        return Err(Failure::Internal(
+            "the usage events could not be synced; resend the batch (it is idempotent)".into(),
+        ));
+    }
+    let currency = Arc::clone(&gateway.card.load().currency);
+    let mut total = Cost::ZERO;
+    let results: Vec<Value> = priced
+        .iter()
+        .zip(&outcomes)
+        .zip(&settled)
+        .map(|((p, outcome), settled)| {
+            let counted = matches!(outcome, Outcome::Booked | Outcome::WouldBook);
+            if counted {
+                total.list = total.list.saturating_add(p.cost.list);
+                total.billed = total.billed.saturating_add(p.cost.billed);
+            }
+            json!({
+                "id": p.record.id.as_str(),
+                "status": outcome.as_str(),
+                "event_id": p.event.event_id.to_string(),
+                "allocation": &*p.allocation.name,
+                "unit": p.record.unit.as_str(),
+                "quantity": micros_decimal(p.record.quantity),
+                "cost": p.cost.billed.to_string(),
+                "cost_nanos": p.cost.billed.0,
+                "list_cost": p.cost.list.to_string(),
+                "rate_card_version": p.event.rate_card_version.as_deref(),
+                "reservation": p.record.reservation.map(|id| json!({
+                    "id": id.to_string(),
+                    "settled": settled,
+                })),
+                "over_limit": *outcome == Outcome::Booked && over_limit(&p.allocation, now),
+            })
+        })
+        .collect();
+    let count = |wanted: Outcome| outcomes.iter().filter(|o| **o == wanted).count();
+    Ok((
+        StatusCode::OK,
+        json!({
+            "records": priced.len(),
+            "booked": count(Outcome::Booked),
+            "would_book": count(Outcome::WouldBook),
+            "duplicates": count(Outcome::Duplicate),
+            "conflicts": count(Outcome::Conflict),
+            "dry_run": batch.dry_run,
+            "currency": &*currency,
+            "cost": total.billed.to_string(),
+            "cost_nanos": total.billed.0,
+            "list_cost": total.list.to_string(),
+            "results": results,
+        }),
+    ))
+}
+
+/// Settles each taken hold with the postings of its records (none: given back whole).
+fn settle_holds(gateway: &Gateway, holds: HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)>) {
+    for (_, (hold, postings)) in holds {
+        let settlement = hold.reservation.settle_at(&postings);
+        let at = postings.first().map_or(hold.taken_at, |(at, _)| *at);
+        for crossed in settlement.soft_limits_crossed() {
+            gateway.emitter.alert(crossed, at);
+        }
+    }
+}
+
+/// `POST /v1/usage/authorize`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Authorize {
+    allocation: String,
+    unit: ResourceUnit,
+    #[serde(deserialize_with = "deserialize_quantity")]
+    quantity: Micros,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    partition: Option<String>,
+    #[serde(default)]
+    instance_type: Option<String>,
+    /// Hold the amount until usage naming the reservation settles it, or it expires.
+    #[serde(default)]
+    reserve: bool,
+    /// How long the hold lasts (default `ledger.reservation_ttl_ms`).
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let request: Authorize = serde_json::from_slice(body)
+        .map_err(|e| Failure::BadRequest(format!("authorize request: {e}")))?;
+    let name = |field: &str, value: Option<String>| {
+        value
+            .map(|v| parse_name(field, &v))
+            .transpose()
+            .map_err(|e| Failure::BadRequest(e.to_string()))
+    };
+    let site = Site {
+        cluster: name("cluster", request.cluster)?,
+        partition: name("partition", request.partition)?,
+        instance_type: name("instance_type", request.instance_type)?,
+    };
+    let ttl_ms = match request.ttl_ms {
+        None => duration_ms(gateway.ledger.config.reservation_ttl),
+        Some(ms) if (1..=RESERVATION_TTL_MS_MAX).contains(&ms) => {
+            i64::try_from(ms).unwrap_or(i64::MAX)
+        }
+        Some(_) => {
+            return Err(Failure::BadRequest(format!(
+                "`ttl_ms` must be between 1 and {RESERVATION_TTL_MS_MAX}"
+            )));
+        }
+    };
+    let allocation = gateway
+        .directory
+        .allocation(&request.allocation)
+        .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+    let card = gateway.card.load_full();
+    let project = &allocation.project;
+    let (version, cost) = card
+        .price_resource(
+            request.unit,
+            request.quantity,
+            &site,
+            &project.team.name,
+            &project.name,
+            now,
+        )
+        .map_err(|e| Failure::ResourceNotPriced(e.to_string()))?;
+    let reservation = tollgate_engine::reserve(&allocation, now, cost.billed)
+        .map_err(|exhausted| Failure::BudgetExceeded(exhausted, scope_of(&allocation)))?;
+    // Room left once this usage is counted (the hold is in flight while it lives).
+    let left = remaining(&allocation, now);
+    let mut answer = json!({
+        "allowed": true,
+        "allocation": &*allocation.name,
+        "project": &*project.name,
+        "team": &*project.team.name,
+        "unit": request.unit.as_str(),
+        "quantity": micros_decimal(request.quantity),
+        "cost": cost.billed.to_string(),
+        "cost_nanos": cost.billed.0,
+        "list_cost": cost.list.to_string(),
+        "currency": &*card.currency,
+        "rate_card_version": &*version.id,
+        "remaining": left.map(|n| n.to_string()),
+        "remaining_nanos": left.map(|n| n.0),
+        "reservation": Value::Null,
+    });
+    if !request.reserve {
+        reservation.release();
+        return Ok((StatusCode::OK, answer));
+    }
+    let id = ReservationId(u128::from_be_bytes(gateway.random::<16>()));
+    let expires_at = now.plus_ms(ttl_ms);
+    let hold = Hold {
+        reservation,
+        unit: request.unit,
+        quantity: request.quantity,
+        amount: cost.billed,
+        taken_at: now,
+        expires_at,
+    };
+    lock(&gateway.ledger.book).insert(id, hold).map_err(|_| {
+        Failure::Overloaded("the reservation book is full (ledger.reservations_max)")
+    })?;
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert(
+            "reservation".into(),
+            json!({
+                "id": id.to_string(),
+                "amount": cost.billed.to_string(),
+                "amount_nanos": cost.billed.0,
+                "expires_at": rfc3339(expires_at),
+                "expires_at_ms": expires_at.0,
+            }),
+        );
+    }
+    Ok((StatusCode::CREATED, answer))
+}
+
+/// `DELETE /v1/usage/reservations/{id}`: gives a hold back whole.
+fn release(gateway: &Gateway, path: &str) -> Result<(StatusCode, Value), Failure> {
+    let text = path.trim_start_matches("/v1/usage/reservations/");
+    let id = ReservationId::parse(text).map_err(Failure::BadRequest)?;
+    let hold = lock(&gateway.ledger.book)
+        .take(id)
+        .ok_or_else(|| Failure::ReservationNotFound(id.to_string()))?;
+    let answer = json!({
+        "released": id.to_string(),
+        "allocation": &*hold.reservation.allocation().name,
+        "amount": hold.amount.to_string(),
+        "amount_nanos": hold.amount.0,
+    });
+    hold.reservation.release();
+    Ok((StatusCode::OK, answer))
+}
