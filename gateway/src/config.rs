@@ -38,8 +38,12 @@ pub struct Config {
     pub events: EventsConfig,
     /// Parquet output of the event log (`None`: off).
     pub parquet: Option<ParquetConfig>,
-    /// Kafka shipping of the event log (`None`: off).
+    /// Kafka shipping of the event log (`None`: off). Its `origin` is empty unless
+    /// `kafka.replica` names one; the gateway then uses the id kept in its state folder.
     pub kafka: Option<tollgate_sink::kafka::KafkaConfig>,
+    /// How often other replicas' spend, read from the topic, is applied to the budget table
+    /// (`None`: no reconciliation; only with `[kafka]`).
+    pub reconcile_interval: Option<Duration>,
     /// The resource ledger (`/v1/usage`).
     pub ledger: LedgerConfig,
     /// Upstreams by name.
@@ -380,6 +384,10 @@ struct RawKafka {
     #[serde(default = "default_topic")]
     topic: String,
     delivery_timeout_ms: Option<u64>,
+    replica: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    reconcile: bool,
+    reconcile_interval_ms: Option<u64>,
 }
 
 fn default_topic() -> String {
@@ -886,6 +894,11 @@ impl RawConfig {
                     .max(1),
                 sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
             },
+            reconcile_interval: self
+                .kafka
+                .as_ref()
+                .filter(|k| k.reconcile)
+                .map(|k| ms(k.reconcile_interval_ms, limits::RECONCILE_INTERVAL)),
             kafka: match self.kafka {
                 None => None,
                 Some(raw) if raw.brokers.get_ref().trim().is_empty() => {
@@ -895,10 +908,19 @@ impl RawConfig {
                         "must list at least one broker (host:port)".into(),
                     ));
                 }
+                Some(raw) if raw.replica.as_ref().is_some_and(|r| !is_name(r.get_ref())) => {
+                    let span = raw.replica.as_ref().map_or(0..0, Spanned::span);
+                    return Err(err(
+                        "kafka.replica".into(),
+                        span,
+                        "letters, digits, `-`, `_`, `.` and `@`, at most 128".into(),
+                    ));
+                }
                 Some(raw) => Some(tollgate_sink::kafka::KafkaConfig {
                     brokers: raw.brokers.into_inner(),
                     topic: raw.topic,
                     delivery_timeout: ms(raw.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
+                    origin: raw.replica.map(Spanned::into_inner).unwrap_or_default(),
                 }),
             },
             ledger: ledger(&self.ledger).map_err(|(field, reason)| {
@@ -1169,6 +1191,28 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         );
         check("[kafka]\nbrokers = \"b:1\"\ntopics = \"t\"\n", "topics");
         std::fs::remove_dir_all(&temp).unwrap();
+    }
+
+    #[test]
+    fn kafka_reconciliation_is_on_by_default_and_replica_names_are_checked() {
+        let with = |section: &str| {
+            Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
+        };
+        let config = with("[kafka]\nbrokers = \"b:1\"\n").unwrap();
+        assert_eq!(config.reconcile_interval, Some(limits::RECONCILE_INTERVAL));
+        assert_eq!(config.kafka.unwrap().origin, "");
+        let config =
+            with("[kafka]\nbrokers = \"b:1\"\nreplica = \"gw-1\"\nreconcile_interval_ms = 250\n")
+                .unwrap();
+        assert_eq!(config.reconcile_interval, Some(Duration::from_millis(250)));
+        assert_eq!(config.kafka.unwrap().origin, "gw-1");
+        let off = with("[kafka]\nbrokers = \"b:1\"\nreconcile = false\n").unwrap();
+        assert_eq!(off.reconcile_interval, None);
+        assert_eq!(with("").unwrap().reconcile_interval, None);
+        let message = with("[kafka]\nbrokers = \"b:1\"\nreplica = \"a b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("kafka.replica"), "{message}");
     }
 
     #[test]

@@ -148,6 +148,7 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
         agents: options.agents,
         progress: true,
         tag: Some("demo".to_owned()),
+        settle: Duration::from_secs(30),
     })
     .await;
     // The gateway stops as `serve` does on SIGTERM, whatever the load did: drain, last sync,

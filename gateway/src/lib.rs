@@ -20,6 +20,7 @@ pub mod limits;
 pub mod meter;
 pub mod metrics;
 pub mod pipeline;
+pub mod reconcile;
 pub mod restore;
 pub mod server;
 pub mod ship;

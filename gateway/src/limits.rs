@@ -74,6 +74,17 @@ pub const PARQUET_ROWS_MAX: usize = 1_000_000;
 /// reported failed and retried later (`kafka.delivery_timeout_ms`).
 pub const KAFKA_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often other replicas' spend, read from the usage topic, is applied to the budget table
+/// (`kafka.reconcile_interval_ms`).
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Longest a starting gateway waits to have read other replicas' spend from the topic before it
+/// admits requests anyway (a broker away at start must not keep the gateway down).
+pub const RECONCILE_CATCH_UP_MAX: Duration = Duration::from_secs(30);
+
+/// Event ids reconciliation remembers to drop duplicate deliveries.
+pub const RECONCILE_DEDUP_WINDOW: usize = 1_000_000;
+
 /// How often the synced log is shipped to Kafka.
 pub const KAFKA_SHIP_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -487,7 +487,16 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let writer = runtime.block_on(async {
         let drain = config.server.drain_timeout;
         let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
-        let shipping = tollgate_gateway::ship::ShipTask::start(&gateway)?;
+        let replica = tollgate_gateway::reconcile::replica_id(&gateway)
+            .context("the replica id in the state folder")?;
+        let shipping = tollgate_gateway::ship::ShipTask::start(&gateway, &replica)?;
+        let reconciling = tollgate_gateway::reconcile::ReconcileTask::start(&gateway, &replica)?;
+        if let Some(reconciling) = &reconciling {
+            // Other replicas' spend is in the table before anything is admitted.
+            reconciling
+                .caught_up(tollgate_gateway::limits::RECONCILE_CATCH_UP_MAX)
+                .await;
+        }
         let sweeper = tollgate_gateway::ledger::spawn_sweeper(&gateway);
         let listen = gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -506,6 +515,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let joined = tokio::task::spawn_blocking(move || writer.join()).await;
         if let Some(shipping) = shipping {
             shipping.finish(drain).await;
+        }
+        if let Some(reconciling) = reconciling {
+            let _ = tokio::task::spawn_blocking(move || reconciling.stop()).await;
         }
         anyhow::Ok(joined)
     })?;

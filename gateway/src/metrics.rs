@@ -96,9 +96,15 @@ pub enum Counter {
     RecordsConflict,
     /// Holds taken by `/v1/usage/authorize` that expired unsettled and were given back.
     ReservationsExpired,
+    /// Other replicas' usage events applied to the budget table by reconciliation.
+    ReconciledEvents,
+    /// Their spend, in nanos.
+    ReconciledNanos,
+    /// Other replicas' events for an allocation this replica does not know (not applied).
+    ReconcileUnknownAllocation,
 }
 
-const COUNTERS: [(Counter, &str, &str); 11] = [
+const COUNTERS: [(Counter, &str, &str); 14] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -153,6 +159,21 @@ const COUNTERS: [(Counter, &str, &str); 11] = [
         Counter::ReservationsExpired,
         "tollgate_usage_reservations_expired_total",
         "Budget holds taken to authorize usage that expired unsettled and were given back.",
+    ),
+    (
+        Counter::ReconciledEvents,
+        "tollgate_reconciled_events_total",
+        "Other replicas' usage events applied to the budget table by reconciliation.",
+    ),
+    (
+        Counter::ReconciledNanos,
+        "tollgate_reconciled_spend_nanos_total",
+        "Other replicas' spend applied to the budget table, in nano-units.",
+    ),
+    (
+        Counter::ReconcileUnknownAllocation,
+        "tollgate_reconcile_unknown_allocation_total",
+        "Other replicas' usage events for an allocation this replica does not know.",
     ),
 ];
 

@@ -24,13 +24,15 @@ pub struct ShipTask {
 }
 
 impl ShipTask {
-    /// Starts shipping `gateway`'s log, if Kafka is configured.
+    /// Starts shipping `gateway`'s log as replica `origin`, if Kafka is configured.
     pub fn start(
         gateway: &Arc<Gateway>,
+        origin: &str,
     ) -> Result<Option<ShipTask>, tollgate_sink::kafka::ShipError> {
-        let Some(config) = gateway.config.kafka.clone() else {
+        let Some(mut config) = gateway.config.kafka.clone() else {
             return Ok(None);
         };
+        origin.clone_into(&mut config.origin);
         let mut shipper = Shipper::new(&gateway.emitter.log_dir(), &config)?;
         let (stop, mut stopped) = watch::channel(false);
         let gateway = Arc::clone(gateway);

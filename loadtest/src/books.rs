@@ -25,8 +25,6 @@ use crate::scenario::{Scenario, parse_nanos};
 
 /// Most keys a run creates per allocation; agents share them (keys carry the user).
 const KEYS_PER_ALLOCATION_MAX: u32 = 8;
-/// How long the books wait for the last events to reach the Parquet files.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the books could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -208,12 +206,14 @@ impl Books {
 }
 
 /// Checks the books of a finished run: flushes the gateway's events, then compares the
-/// harness's record, the Parquet files under `parquet_dir` and the budget table.
+/// harness's record, the Parquet files under `parquet_dir` and the budget table, waiting up to
+/// `settle` for the last events to reach the files (longer when a Kafka sink writes them).
 pub async fn check(
     admin: &Admin,
     allocations: &[String],
     attempts: &[Attempt],
     parquet_dir: &Path,
+    settle: Duration,
 ) -> Result<Books, BooksError> {
     let mut books = Books {
         attempts: attempts.len() as u64,
@@ -230,7 +230,7 @@ pub async fn check(
     let names: HashSet<&str> = allocations.iter().map(String::as_str).collect();
     // Events of calls counted after their last byte land moments later: poll until the files
     // hold every answered call and nothing is in flight, or the wait runs out.
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let deadline = Instant::now() + settle;
     let (rows, spent) = loop {
         admin.post("events/flush", None).await?;
         let rows = read_rows(parquet_dir, &names)?;

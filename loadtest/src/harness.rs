@@ -41,6 +41,8 @@ pub struct Options {
     pub progress: bool,
     /// The run's tag; a fresh one when `None`.
     pub tag: Option<String>,
+    /// How long the books wait for the last events to reach the Parquet files.
+    pub settle: Duration,
 }
 
 /// Why a run could not be made.
@@ -166,7 +168,8 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
         }
     }
     if let Some(dir) = &options.parquet_dir {
-        report.books = Some(books::check(&admin, &setup.allocations, &attempts, dir).await?);
+        report.books =
+            Some(books::check(&admin, &setup.allocations, &attempts, dir, options.settle).await?);
     }
     Ok(report)
 }

@@ -78,6 +78,10 @@ enum Command {
         /// Exit non-zero unless the books balance (needs --parquet).
         #[arg(long)]
         require_balanced: bool,
+        /// Seconds the books wait for the last events to reach the Parquet files (a Kafka sink
+        /// behind a broker outage needs longer than the gateway's own writer).
+        #[arg(long, default_value_t = 30)]
+        settle_s: u64,
     },
     /// Drive an endpoint with N keep-alive connections, one fixed request, and report
     /// throughput and latency as one JSON line.
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
             seconds,
             agents,
             require_balanced,
+            settle_s,
         } => run_scenario(
             &scenario,
             Options {
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
                 agents,
                 progress: true,
                 tag: None,
+                settle: Duration::from_secs(settle_s),
             },
             &out,
             require_balanced,

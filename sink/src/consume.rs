@@ -12,7 +12,7 @@
 //! assignment. A message that is not a usage event is kept, with its partition and offset, in
 //! `usage/_quarantine/` and never silently dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionL
 use tollgate_engine::UsageEvent;
 
 use crate::columnar::{self, CHECKPOINT_FILE, ColumnarError};
+use crate::dedup::Dedup;
 
 /// How a sink consumes and writes.
 #[derive(Clone, Debug)]
@@ -145,37 +146,6 @@ struct Partition {
     seen: Dedup,
 }
 
-/// A bounded set of recent event ids.
-struct Dedup {
-    ids: HashSet<u128>,
-    order: VecDeque<u128>,
-    capacity: usize,
-}
-
-impl Dedup {
-    fn new(capacity: usize) -> Dedup {
-        Dedup {
-            ids: HashSet::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// Remembers `id`; false when it was already there.
-    fn insert(&mut self, id: u128) -> bool {
-        if !self.ids.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.capacity
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.ids.remove(&oldest);
-        }
-        true
-    }
-}
-
 /// The sink: one consumer, its partitions' state, and where files go.
 pub struct Sink {
     consumer: BaseConsumer<Context>,
@@ -216,6 +186,9 @@ impl Sink {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            // A sink that died holds its partitions until the group gives up on it; ten seconds
+            // (librdkafka's default is 45) lets its restart, or another sink, take over soon.
+            .set("session.timeout.ms", "10000")
             .create_with_context(Context {
                 revoked: Mutex::new(Vec::new()),
             })
@@ -585,17 +558,6 @@ fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_dedup_window_forgets_the_oldest_first() {
-        let mut seen = Dedup::new(3);
-        assert!(seen.insert(1) && seen.insert(2) && seen.insert(3));
-        assert!(!seen.insert(2));
-        assert!(seen.insert(4));
-        // 1 fell out of the window; 2, 3 and 4 are remembered.
-        assert!(seen.insert(1));
-        assert!(!seen.insert(4));
-    }
 
     #[test]
     fn a_gateways_own_parquet_folder_is_refused() {

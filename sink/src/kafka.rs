@@ -48,7 +48,13 @@ pub struct KafkaConfig {
     pub topic: String,
     /// How long a message may wait for delivery before it is reported failed.
     pub delivery_timeout: Duration,
+    /// This gateway's replica id, sent with every record (header [`ORIGIN_HEADER`]) so
+    /// reconciliation can tell its own events from other replicas'.
+    pub origin: String,
 }
+
+/// The header naming the replica that shipped a record.
+pub const ORIGIN_HEADER: &str = "tollgate-origin";
 
 /// Ships one log to one topic.
 pub struct Shipper {
@@ -171,10 +177,15 @@ impl Shipper {
                     .and_then(|k| k.allocation)
                     .unwrap_or_default();
                 let offset_text = offset.to_string();
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: "tollgate-log-offset",
-                    value: Some(offset_text.as_str()),
-                });
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "tollgate-log-offset",
+                        value: Some(offset_text.as_str()),
+                    })
+                    .insert(Header {
+                        key: ORIGIN_HEADER,
+                        value: Some(self.config.origin.as_str()),
+                    });
                 let record = FutureRecord::to(&self.topic)
                     .key(key.as_bytes())
                     .payload(payload.as_slice())

@@ -9,8 +9,10 @@
 
 pub mod columnar;
 pub mod consume;
+pub mod dedup;
 pub mod focus;
 pub mod kafka;
 pub mod log;
+pub mod reconcile;
 pub mod rollup;
 pub mod schema;

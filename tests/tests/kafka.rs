@@ -66,6 +66,7 @@ async fn the_log_reaches_kafka_and_a_broker_outage_loses_nothing() {
         brokers: kafka.bootstrap.clone(),
         topic: "tollgate.usage".into(),
         delivery_timeout: Duration::from_secs(3),
+        origin: "test".into(),
     };
     let mut shipper = Shipper::new(&dir.path().join("log"), &config).unwrap();
 
