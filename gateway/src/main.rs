@@ -105,10 +105,15 @@ enum Command {
         /// partition.
         #[arg(long)]
         by: String,
-        /// table, csv, json, or focus (FinOps FOCUS 1.0 CSV; `--by` is then ignored: FOCUS rows
-        /// are per hour, model and allocation).
+        /// table, csv, json, focus (FinOps FOCUS 1.0 CSV on stdout; `--by` is then ignored:
+        /// FOCUS rows are per hour, model and allocation) or focus-parquet (the same statement
+        /// as a Parquet file, exact decimals, the FOCUS version in its metadata; needs
+        /// --output).
         #[arg(long, default_value = "table")]
         format: String,
+        /// The file a Parquet format is written to.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -447,7 +452,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             by,
             format,
-        } => report(&data, from.as_deref(), to.as_deref(), &by, &format),
+            output,
+        } => {
+            if format == "focus-parquet" {
+                focus_parquet(&data, from.as_deref(), to.as_deref(), output.as_deref())
+            } else {
+                anyhow::ensure!(
+                    output.is_none(),
+                    "--output is for --format focus-parquet; other formats print to stdout"
+                );
+                report(&data, from.as_deref(), to.as_deref(), &by, &format)
+            }
+        }
         Command::Import(command) => import(command),
         Command::Events(EventsCommand::Dump { dir, from }) => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -886,6 +902,36 @@ fn quantity(micros: i128) -> String {
         magnitude / 1_000_000,
         digits.trim_end_matches('0')
     )
+}
+
+fn focus_parquet(
+    data: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let output = output.context("--format focus-parquet writes a file: pass --output FILE")?;
+    let instant = |text: Option<&str>, flag: &str| {
+        text.map(|t| {
+            parse_rfc3339(t)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| flag.to_owned())
+        })
+        .transpose()
+    };
+    let rows = tollgate_sink::focus::export_parquet(
+        data,
+        instant(from, "--from")?,
+        instant(to, "--to")?,
+        output,
+    )?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{rows} FOCUS {} rows written to {}",
+        tollgate_sink::focus::FOCUS_VERSION,
+        output.display()
+    )?;
+    Ok(())
 }
 
 fn report(

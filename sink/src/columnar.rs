@@ -210,14 +210,49 @@ fn properties() -> Result<WriterProperties, ColumnarError> {
 
 /// Writes `events` to `path` (through a temporary name, synced, renamed, folder synced).
 pub fn write_file(path: &Path, events: &[UsageEvent]) -> Result<(), ColumnarError> {
+    let batch = encode(events)?;
+    write_with(path, &batch, properties()?)
+}
+
+/// Writes any `batch` to `path` as [`write_file`] does (zstd, temporary name, synced,
+/// renamed), with `metadata` as the file's key-value metadata.
+pub fn write_batch(
+    path: &Path,
+    batch: &RecordBatch,
+    metadata: &[(&str, &str)],
+) -> Result<(), ColumnarError> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(encode_error)?,
+        ))
+        .set_created_by("tollgate".into())
+        .set_key_value_metadata(Some(
+            metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ))
+        .build();
+    write_with(path, batch, properties)
+}
+
+fn write_with(
+    path: &Path,
+    batch: &RecordBatch,
+    properties: WriterProperties,
+) -> Result<(), ColumnarError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).map_err(io_at(&temporary))?;
-    let batch = encode(events)?;
     let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(properties()?)).map_err(encode_error)?;
-    writer.write(&batch).map_err(encode_error)?;
+        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(encode_error)?;
+    writer.write(batch).map_err(encode_error)?;
     let file = writer.into_inner().map_err(encode_error)?;
     file.sync_all().map_err(io_at(&temporary))?;
     fs::rename(&temporary, path).map_err(io_at(path))?;

@@ -193,6 +193,185 @@ pub fn export_csv(
     to: Option<UnixMs>,
     out: &mut impl std::io::Write,
 ) -> Result<u64, ColumnarError> {
+    let io = |source| ColumnarError::Io {
+        path: "(output)".into(),
+        source,
+    };
+    writeln!(out, "{}", COLUMNS.join(",")).map_err(io)?;
+    statement(data_dir, from, to, |values| {
+        let mut line = String::new();
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            csv_field(&mut line, value);
+        }
+        let _ = writeln!(line);
+        out.write_all(line.as_bytes()).map_err(io)
+    })
+}
+
+/// Money columns: exact decimals of nano-units in Parquet.
+const MONEY_COLUMNS: [&str; 6] = [
+    "BilledCost",
+    "ContractedCost",
+    "ContractedUnitPrice",
+    "EffectiveCost",
+    "ListCost",
+    "ListUnitPrice",
+];
+/// Quantity columns: exact decimals of millionths.
+const QUANTITY_COLUMNS: [&str; 2] = ["ConsumedQuantity", "PricingQuantity"];
+/// Instants (UTC).
+const TIME_COLUMNS: [&str; 4] = [
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+];
+/// Counts.
+const COUNT_COLUMNS: [&str; 3] = ["x_TokensIn", "x_TokensOut", "x_Events"];
+
+/// The key of the Parquet file's metadata naming the FOCUS version, so a reader can tell 1.0
+/// from the versions that follow.
+pub const FOCUS_VERSION_KEY: &str = "focus_version";
+
+/// Writes the same statement as [`export_csv`] to a Parquet file at `path` (temporary name,
+/// synced, renamed): money as `DECIMAL(38, 9)`, quantities as `DECIMAL(38, 6)`, periods as UTC
+/// timestamps, counts as integers, the rest as text (empty as null), and the FOCUS version in
+/// the file's metadata (`focus_version`). Returns the rows written.
+pub fn export_parquet(
+    data_dir: &Path,
+    from: Option<UnixMs>,
+    to: Option<UnixMs>,
+    path: &Path,
+) -> Result<u64, ColumnarError> {
+    use arrow_array::ArrayRef;
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let mut columns: Vec<Vec<String>> = vec![Vec::new(); COLUMNS.len()];
+    let rows = statement(data_dir, from, to, |values| {
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value.clone());
+        }
+        Ok(())
+    })?;
+    let bad = |name: &str, value: &str| {
+        ColumnarError::Encode(format!(
+            "FOCUS column {name}: `{value}` is not what it should be"
+        ))
+    };
+    let mut fields = Vec::with_capacity(COLUMNS.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
+    for (name, values) in COLUMNS.iter().zip(&columns) {
+        let scaled = |scale: u32| -> Result<Vec<Option<i128>>, ColumnarError> {
+            values
+                .iter()
+                .map(|v| {
+                    if v.is_empty() {
+                        Ok(None)
+                    } else {
+                        parse_scaled(v, scale).map(Some).ok_or_else(|| bad(name, v))
+                    }
+                })
+                .collect()
+        };
+        let (field, array): (Field, ArrayRef) = if MONEY_COLUMNS.contains(name) {
+            let array = Decimal128Array::from(scaled(9)?)
+                .with_precision_and_scale(38, 9)
+                .map_err(|e| ColumnarError::Encode(e.to_string()))?;
+            (
+                Field::new(*name, DataType::Decimal128(38, 9), true),
+                Arc::new(array),
+            )
+        } else if QUANTITY_COLUMNS.contains(name) {
+            let array = Decimal128Array::from(scaled(6)?)
+                .with_precision_and_scale(38, 6)
+                .map_err(|e| ColumnarError::Encode(e.to_string()))?;
+            (
+                Field::new(*name, DataType::Decimal128(38, 6), true),
+                Arc::new(array),
+            )
+        } else if TIME_COLUMNS.contains(name) {
+            let instants: Result<Vec<Option<i64>>, ColumnarError> = values
+                .iter()
+                .map(|v| {
+                    tollgate_engine::time::parse_rfc3339(v)
+                        .map(|t| Some(t.0))
+                        .map_err(|_| bad(name, v))
+                })
+                .collect();
+            let array = TimestampMillisecondArray::from(instants?).with_timezone("UTC");
+            let ty = DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("UTC")));
+            (Field::new(*name, ty, false), Arc::new(array))
+        } else if COUNT_COLUMNS.contains(name) {
+            let counts: Result<Vec<i64>, ColumnarError> = values
+                .iter()
+                .map(|v| v.parse().map_err(|_| bad(name, v)))
+                .collect();
+            (
+                Field::new(*name, DataType::Int64, false),
+                Arc::new(Int64Array::from(counts?)),
+            )
+        } else {
+            let texts: Vec<Option<&str>> = values
+                .iter()
+                .map(|v| (!v.is_empty()).then_some(v.as_str()))
+                .collect();
+            (
+                Field::new(*name, DataType::Utf8, true),
+                Arc::new(StringArray::from(texts)),
+            )
+        };
+        fields.push(field);
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch =
+        RecordBatch::try_new(schema, arrays).map_err(|e| ColumnarError::Encode(e.to_string()))?;
+    crate::columnar::write_batch(
+        path,
+        &batch,
+        &[
+            (FOCUS_VERSION_KEY, FOCUS_VERSION),
+            ("focus_dataset", "CostAndUsage"),
+        ],
+    )?;
+    Ok(rows)
+}
+
+/// `text` (a plain decimal, at most `scale` decimals) times 10^`scale`.
+fn parse_scaled(text: &str, scale: u32) -> Option<i128> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if whole.is_empty()
+        || fraction.len() > scale as usize
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for b in whole.bytes().chain(fraction.bytes()) {
+        value = value.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    value = value.checked_mul(10_i128.checked_pow(scale - fraction.len() as u32)?)?;
+    Some(if negative { -value } else { value })
+}
+
+/// Builds the statement's rows (values in [`COLUMNS`] order) and hands each to `emit`; returns
+/// how many.
+fn statement(
+    data_dir: &Path,
+    from: Option<UnixMs>,
+    to: Option<UnixMs>,
+    mut emit: impl FnMut(&[String]) -> Result<(), ColumnarError>,
+) -> Result<u64, ColumnarError> {
     let wanted = [
         "ts",
         "org",
@@ -309,11 +488,6 @@ pub fn export_csv(
         }
         Ok(())
     })?;
-    let io = |source| ColumnarError::Io {
-        path: "(output)".into(),
-        source,
-    };
-    writeln!(out, "{}", COLUMNS.join(",")).map_err(io)?;
     let mut written = 0;
     for (key, sums) in &rows {
         let start = UnixMs(key.hour * HOUR_MS);
@@ -436,15 +610,7 @@ pub fn export_csv(
             key.partition.clone(),
             key.instance_type.clone(),
         ];
-        let mut line = String::new();
-        for (i, value) in values.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            csv_field(&mut line, value);
-        }
-        let _ = writeln!(line);
-        out.write_all(line.as_bytes()).map_err(io)?;
+        emit(&values)?;
         written += 1;
     }
     Ok(written)
@@ -453,6 +619,17 @@ pub fn export_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_scaled_exactly() {
+        assert_eq!(parse_scaled("12.5", 9), Some(12_500_000_000));
+        assert_eq!(parse_scaled("0.000000001", 9), Some(1));
+        assert_eq!(parse_scaled("-2", 6), Some(-2_000_000));
+        assert_eq!(parse_scaled("7.0", 6), Some(7_000_000));
+        for bad in ["", "1.0000001", "1e3", "one", ".5", "1.2.3"] {
+            assert_eq!(parse_scaled(bad, 6), None, "{bad}");
+        }
+    }
     use tollgate_engine::{EventKind, Micros, Nanos, ResourceUnit, UsageEvent};
 
     #[test]

@@ -53,6 +53,10 @@ name = "focus"
 project = "chatbot"
 
 [[allocation]]
+name = "focus-parquet"
+project = "chatbot"
+
+[[allocation]]
 name = "tiny"
 project = "chatbot"
 budget = { limit = "0.000001", period = "day" }

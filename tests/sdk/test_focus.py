@@ -71,3 +71,39 @@ def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_pat
     assert billed == decimal.Decimal(stack.spent_nanos("focus")) / decimal.Decimal(10**9)
     events = sum(int(r["x_Events"]) for r in rows)
     assert events == len([e for e in stack.events() if e["allocation"]])
+
+
+def test_focus_parquet_is_the_same_statement_with_exact_types_and_its_version(stack, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = stack.key("focus-parquet", agent="focus-parquet")
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
+    for model in ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5"]:
+        client.chat.completions.create(model=model, max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    stack.flush()
+    data = stack.directory / "data"
+    export = subprocess.run([binary("TOLLGATE_BIN"), "report", "--data", str(data), "--by", "team", "--format", "focus"],
+                            check=True, capture_output=True, text=True).stdout
+    path = tmp_path / "focus.parquet"
+    subprocess.run([binary("TOLLGATE_BIN"), "report", "--data", str(data), "--by", "team",
+                    "--format", "focus-parquet", "--output", str(path)], check=True, capture_output=True)
+    table = pq.read_table(path)
+    # Money and quantities are exact decimals, periods UTC instants: never floats. (The FOCUS
+    # validator 1.0.0 accepts only float columns as decimal in Parquet, so the validated CSV of
+    # the same statement is the reference here, row for row.)
+    assert table.schema.field("BilledCost").type == pa.decimal128(38, 9)
+    assert table.schema.field("PricingQuantity").type == pa.decimal128(38, 6)
+    assert table.schema.field("ChargePeriodStart").type == pa.timestamp("ms", tz="UTC")
+    assert pq.ParquetFile(path).metadata.metadata[b"focus_version"] == b"1.0"
+    rows = list(csv.DictReader(io.StringIO(export)))
+    parquet_rows = table.to_pylist()
+    assert len(parquet_rows) == len(rows)
+    for text, typed in zip(rows, parquet_rows):
+        assert decimal.Decimal(text["BilledCost"]) == typed["BilledCost"]
+        assert decimal.Decimal(text["ListCost"]) == typed["ListCost"]
+        assert decimal.Decimal(text["PricingQuantity"]) == typed["PricingQuantity"]
+        assert text["SubAccountId"] == typed["SubAccountId"]
+        assert text["ChargePeriodStart"] == typed["ChargePeriodStart"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    mine = [r for r in parquet_rows if r["SubAccountId"] == "focus-parquet"]
+    assert sum(r["BilledCost"] for r in mine) == decimal.Decimal(stack.spent_nanos("focus-parquet")) / decimal.Decimal(10**9)
