@@ -177,20 +177,34 @@ pub fn start_llama() -> Option<Process> {
     }
 }
 
-/// A single-node Apache Kafka broker (KRaft, broker and controller in one process) with its
-/// data in a temporary directory, from the jars in `TOLLGATE_KAFKA_LIBS` (tests/run-all fetches
-/// them). Without them the test is skipped loudly, except under `CI=true`, where that fails.
+/// Apache Kafka (KRaft, each node broker and controller in one process) with its data in a
+/// temporary directory, from the jars in `TOLLGATE_KAFKA_LIBS` (tests/run-all fetches them):
+/// one node, or a cluster of three for replication and failover. Without the jars the test is
+/// skipped loudly, except under `CI=true`, where that fails.
 pub struct Kafka {
-    process: Option<Process>,
+    nodes: Vec<Node>,
     dir: TempDir,
     libs: String,
-    /// `host:port` of the broker.
+    /// `host:port,...` of the brokers.
     pub bootstrap: String,
 }
 
+struct Node {
+    process: Option<Process>,
+    properties: PathBuf,
+    log: PathBuf,
+    address: SocketAddr,
+}
+
 impl Kafka {
-    /// Starts a broker, or `None` (loudly) when no jars are configured outside CI.
+    /// Starts one broker, or `None` (loudly) when no jars are configured outside CI.
     pub fn start() -> Option<Kafka> {
+        Kafka::cluster(1)
+    }
+
+    /// Starts `n` nodes forming one cluster (topics replicated `n` times, `min.insync.replicas`
+    /// a majority), or `None` (loudly) when no jars are configured outside CI.
+    pub fn cluster(n: usize) -> Option<Kafka> {
         let Ok(libs) = std::env::var("TOLLGATE_KAFKA_LIBS") else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -202,24 +216,21 @@ impl Kafka {
             return None;
         };
         let dir = TempDir::new("kafka").unwrap();
-        let port = |_| {
+        let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port()
         };
-        let (broker, controller) = (port(0), port(1));
-        let config = format!(
-            "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
-             listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{broker}\ncontroller.listener.names=CONTROLLER\n\
-             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\nlog.dirs={}\n\
-             offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n\
-             transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\nnum.partitions=4\n",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("server.properties"), config).unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (port(), port())).collect();
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, controller))| format!("{}@127.0.0.1:{controller}", i + 1))
+            .collect();
+        let replication = n.min(3);
+        let min_isr = replication / 2 + 1;
         let classpath = format!("{libs}/*");
         let uuid = Command::new("java")
             .args(["-cp", &classpath, "kafka.tools.StorageTool", "random-uuid"])
@@ -231,37 +242,74 @@ impl Kafka {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let formatted = Command::new("java")
-            .args([
-                "-cp",
-                &classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                &uuid,
-                "-c",
-            ])
-            .arg(dir.path().join("server.properties"))
-            .output()
-            .unwrap();
-        assert!(
-            formatted.status.success(),
-            "{}",
-            String::from_utf8_lossy(&formatted.stderr)
-        );
+        let mut nodes = Vec::new();
+        for (i, (broker, controller)) in ports.iter().enumerate() {
+            let node_dir = dir.path().join(format!("node{}", i + 1));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let quorum = if n == 1 {
+                format!("controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n")
+            } else {
+                format!("controller.quorum.voters={}\n", voters.join(","))
+            };
+            let config = format!(
+                "process.roles=broker,controller\nnode.id={}\n{quorum}\
+                 listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{broker}\ncontroller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\nlog.dirs={}\n\
+                 offsets.topic.replication.factor={replication}\ntransaction.state.log.replication.factor={replication}\n\
+                 transaction.state.log.min.isr={min_isr}\ndefault.replication.factor={replication}\n\
+                 min.insync.replicas={min_isr}\ngroup.initial.rebalance.delay.ms=0\nnum.partitions=4\n",
+                i + 1,
+                node_dir.join("data").display()
+            );
+            let properties = node_dir.join("server.properties");
+            std::fs::write(&properties, config).unwrap();
+            let mut format = Command::new("java");
+            format.args(["-cp", &classpath, "kafka.tools.StorageTool", "format"]);
+            if n == 1 {
+                format.arg("--standalone");
+            }
+            let formatted = format
+                .args(["-t", &uuid, "-c"])
+                .arg(&properties)
+                .output()
+                .unwrap();
+            assert!(
+                formatted.status.success(),
+                "{}",
+                String::from_utf8_lossy(&formatted.stderr)
+            );
+            nodes.push(Node {
+                process: None,
+                properties,
+                log: node_dir.join("broker.log"),
+                address: format!("127.0.0.1:{broker}").parse().unwrap(),
+            });
+        }
+        let bootstrap = nodes
+            .iter()
+            .map(|node| node.address.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut kafka = Kafka {
-            process: None,
+            nodes,
             dir,
             libs,
-            bootstrap: format!("127.0.0.1:{broker}"),
+            bootstrap,
         };
-        kafka.launch();
+        // A quorum of several nodes forms only once they all run: start them all, then wait.
+        for i in 0..n {
+            kafka.spawn(i);
+        }
+        for i in 0..n {
+            kafka.wait(i);
+        }
         Some(kafka)
     }
 
-    fn launch(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(&node.log).unwrap();
         let child = Command::new("java")
             .args([
                 "-Xmx512m",
@@ -269,32 +317,50 @@ impl Kafka {
                 &format!("{}/*", self.libs),
                 "kafka.Kafka",
             ])
-            .arg(self.dir.path().join("server.properties"))
+            .arg(&node.properties)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let address: SocketAddr = self.bootstrap.parse().unwrap();
-        self.process = Some(Process { child, address });
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        node.process = Some(Process {
+            child,
+            address: node.address,
+        });
+    }
+
+    fn wait(&self, i: usize) {
+        let address = self.nodes[i].address;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while std::net::TcpStream::connect(address).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "the Kafka broker did not start"
+                "the Kafka broker at {address} did not start (see {})",
+                self.dir.path().display()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Kills the broker (SIGKILL).
+    /// Kills the (first) broker (SIGKILL).
     pub fn kill(&mut self) {
-        drop(self.process.take());
+        self.kill_node(0);
     }
 
-    /// Starts it again on the same data and ports.
+    /// Starts the (first) broker again on the same data and ports.
     pub fn restart(&mut self) {
-        self.kill();
-        self.launch();
+        self.restart_node(0);
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill_node(&mut self, i: usize) {
+        drop(self.nodes[i].process.take());
+    }
+
+    /// Starts node `i` again on the same data and ports.
+    pub fn restart_node(&mut self, i: usize) {
+        self.kill_node(i);
+        self.spawn(i);
+        self.wait(i);
     }
 }
 

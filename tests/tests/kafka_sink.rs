@@ -67,7 +67,29 @@ fn sink_config(dir: &Path, bootstrap: &str, topic: &str) -> PathBuf {
     path
 }
 
-fn spawn_sink(config: &Path, fault: Option<&str>) -> Child {
+/// A running sink, killed if a failing test drops it (a `Child` alone would outlive the test).
+struct SinkProcess(Option<Child>);
+
+impl SinkProcess {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.0.take().unwrap().wait().unwrap()
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_sink(config: &Path, fault: Option<&str>) -> SinkProcess {
     let mut command = Command::new(tollgate_bin().unwrap());
     command
         .args(["sink", "--config"])
@@ -78,7 +100,7 @@ fn spawn_sink(config: &Path, fault: Option<&str>) -> Child {
         Some(point) => command.env("TOLLGATE_FAULT", point),
         None => command.env_remove("TOLLGATE_FAULT"),
     };
-    command.spawn().unwrap()
+    SinkProcess(Some(command.spawn().unwrap()))
 }
 
 fn wait_for(what: &str, deadline_s: u64, mut done: impl FnMut() -> bool) {
@@ -89,7 +111,8 @@ fn wait_for(what: &str, deadline_s: u64, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn terminate(mut child: Child) {
+fn terminate(mut sink: SinkProcess) {
+    let mut child = sink.0.take().unwrap();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -164,8 +187,8 @@ fn the_sink_writes_each_event_exactly_once_through_crashes_duplicates_and_garbag
 
     // 1. A crash between writing a file and committing it: the process dies right after its
     //    first file.
-    let mut crashed = spawn_sink(&config, Some("sink-after-files"));
-    let status = crashed.wait().unwrap();
+    let crashed = spawn_sink(&config, Some("sink-after-files"));
+    let status = crashed.wait();
     assert!(!status.success(), "the fault point was not reached");
     assert!(!rows(&data).is_empty(), "the crash left a file behind");
 
@@ -174,8 +197,7 @@ fn the_sink_writes_each_event_exactly_once_through_crashes_duplicates_and_garbag
     wait_for("a first committed batch", 60, || {
         data.join("usage/_kafka").join(topic).is_dir()
     });
-    running.kill().unwrap();
-    running.wait().unwrap();
+    running.kill();
 
     // 3. A run to the end, stopped as an operator stops it.
     let running = spawn_sink(&config, None);
@@ -273,8 +295,7 @@ team = "support"
         .unwrap();
     // While the fleet runs: the sink dies hard and comes back; the broker dies and comes back.
     std::thread::sleep(Duration::from_secs(2));
-    sink.kill().unwrap();
-    sink.wait().unwrap();
+    sink.kill();
     sink = spawn_sink(&config, None);
     std::thread::sleep(Duration::from_secs(1));
     kafka.kill();
@@ -297,4 +318,65 @@ team = "support"
     let events = usize::try_from(books["parquet_events"].as_u64().unwrap()).unwrap();
     let spent = i128::from(books["gateway_spent_nanos"].as_u64().unwrap());
     duckdb_agrees(&data, events, spent);
+}
+
+#[test]
+fn a_three_broker_cluster_loses_a_broker_mid_run_and_every_event_lands_once() {
+    use serde_json::json;
+    use tollgate_tests::http::post_json;
+
+    let Some(mut kafka) = Kafka::cluster(3) else {
+        return;
+    };
+    let section = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 10000\n\n[parquet]\nenabled = false\n",
+        kafka.bootstrap
+    );
+    let mut stack = Stack::start_with("kafka-cluster", ORG, "", &section, &[]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let sink_dir = TempDir::new("kafka-cluster-sink").unwrap();
+    let config = sink_config(sink_dir.path(), &kafka.bootstrap, "tollgate.usage");
+    let data = sink_dir.path().join("data");
+    let sink = spawn_sink(&config, None);
+    let call = |stack: &Stack| {
+        let body = json!({"model": "openai/gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hello cluster"}]});
+        assert_eq!(
+            post_json(stack.address(), "/v1/chat/completions", &key, &body).status,
+            200
+        );
+    };
+    for _ in 0..150 {
+        call(&stack);
+    }
+    wait_for("the first events in Parquet", 120, || {
+        !rows(&data).is_empty()
+    });
+    // One of three brokers dies: partitions it led fail over to the in-sync replicas, the
+    // group's coordinator too if it was there; acks=all still has its majority.
+    kafka.kill_node(0);
+    for _ in 0..150 {
+        call(&stack);
+    }
+    stack.stop(); // the last sync and the last shipping pass
+    let logged: BTreeMap<String, i128> = stack
+        .events()
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_owned(),
+                i128::from(e["cost_nanos"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(logged.len(), 300);
+    wait_for("every event in Parquet", 180, || {
+        rows(&data).len() >= logged.len()
+    });
+    std::thread::sleep(Duration::from_millis(500)); // anything extra would show up now
+    terminate(sink);
+    let found: BTreeMap<String, i128> = rows(&data).into_iter().collect();
+    assert_eq!(rows(&data).len(), logged.len(), "no event twice");
+    assert_eq!(found, logged, "every event, with its cost");
+    duckdb_agrees(&data, logged.len(), logged.values().sum());
 }
