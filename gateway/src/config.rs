@@ -93,6 +93,12 @@ pub struct EventsConfig {
     pub queued_max: usize,
     /// Longest an event waits before it is synced (group commit).
     pub sync_interval: Duration,
+    /// How often the spend checkpoint is written and consumed segments removed.
+    pub checkpoint_interval: Duration,
+    /// Size at which a segment is sealed.
+    pub segment_bytes_max: u64,
+    /// The log's cap on disk: admission stops at it.
+    pub log_bytes_max: u64,
 }
 
 /// `[parquet]`: the event log written as Parquet files for DuckDB, Spark, pandas.
@@ -350,6 +356,9 @@ struct RawEvents {
     dir: String,
     queued_max: Option<usize>,
     sync_interval_ms: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
+    segment_bytes_max: Option<u64>,
+    log_bytes_max: Option<u64>,
 }
 
 impl Default for RawEvents {
@@ -358,6 +367,9 @@ impl Default for RawEvents {
             dir: default_events_dir(),
             queued_max: None,
             sync_interval_ms: None,
+            checkpoint_interval_ms: None,
+            segment_bytes_max: None,
+            log_bytes_max: None,
         }
     }
 }
@@ -893,6 +905,20 @@ impl RawConfig {
                     .unwrap_or(limits::EVENTS_QUEUED_MAX)
                     .max(1),
                 sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
+                checkpoint_interval: ms(
+                    self.events.checkpoint_interval_ms,
+                    limits::EVENTS_CHECKPOINT_INTERVAL,
+                ),
+                segment_bytes_max: self
+                    .events
+                    .segment_bytes_max
+                    .unwrap_or(limits::EVENTS_SEGMENT_BYTES_MAX)
+                    .max(1024),
+                log_bytes_max: self
+                    .events
+                    .log_bytes_max
+                    .unwrap_or(limits::EVENTS_LOG_BYTES_MAX)
+                    .max(1),
             },
             reconcile_interval: self
                 .kafka

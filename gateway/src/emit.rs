@@ -6,24 +6,33 @@
 //! commit), without holding the lock while the disk works. Budget warnings (soft limits
 //! crossed) go to `alerts.jsonl` the same way.
 //!
+//! The same thread folds the synced log into the spend checkpoint (`restore::Folded`) every
+//! `events.checkpoint_interval_ms` and at shutdown, then removes log segments every reader is
+//! past (the checkpoint, the Parquet writer, the Kafka shipper), so the log holds only what
+//! someone still needs.
+//!
 //! **Invariant:** an event is in the log before the call that produced it is answered: refusals
 //! append before the error response is returned, and a metered answer appends before its last
 //! byte is sent. New requests are refused (503) while more than `events.queued_max` appended
-//! events wait for their sync: a disk that cannot keep up slows admission, never loses events.
+//! events wait for their sync, or while the log is at `events.log_bytes_max` (a broker away for
+//! long; warned from 80 %): a disk that cannot keep up, or fills, slows admission, never loses
+//! events.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_engine::{SoftLimitCrossed, UsageEvent};
 use tollgate_sink::columnar::ParquetSink;
-use tollgate_sink::log::{Log, LogReader, Recovery, SEGMENT_BYTES_MAX};
+use tollgate_sink::log::{Log, LogReader, Recovery};
 
-use crate::config::ParquetConfig;
+use crate::config::{EventsConfig, ParquetConfig};
+use crate::restore::Folded;
 
 use crate::error::rfc3339;
 use crate::metrics::{Counter, Metrics};
@@ -47,6 +56,50 @@ struct Shared {
     wake: Condvar,
     wake_lock: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The spend checkpoint and the log's retention, once restore has seeded them.
+    maintenance: Mutex<Option<Maintenance>>,
+    /// Bytes the log takes on disk, as of the last sync.
+    log_bytes: AtomicU64,
+    /// The log's cap: admission stops at it.
+    log_bytes_max: u64,
+    /// Whether the 80 % warning is out (said once per crossing).
+    log_warned: AtomicBool,
+}
+
+/// What the syncer keeps besides syncing: the fold of the log for the spend checkpoint.
+pub struct Maintenance {
+    /// The log folded so far.
+    pub folded: Folded,
+    /// Where the checkpoint is written.
+    pub path: PathBuf,
+    /// How often.
+    pub interval: Duration,
+    /// Whether a Kafka shipper reads the log too (its checkpoint bounds what may go).
+    pub kafka: bool,
+    /// How long resource record ids are remembered (the ledger's window).
+    pub record_window_ms: i64,
+    last: Option<Instant>,
+}
+
+impl Maintenance {
+    /// Checkpoints of `folded` to `path` every `interval`.
+    #[must_use]
+    pub fn new(
+        folded: Folded,
+        path: PathBuf,
+        interval: Duration,
+        kafka: bool,
+        record_window_ms: i64,
+    ) -> Maintenance {
+        Maintenance {
+            folded,
+            path,
+            interval,
+            kafka,
+            record_window_ms,
+            last: None,
+        }
+    }
 }
 
 /// The appending side, shared by every request.
@@ -66,17 +119,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Emitter {
-    /// Opens the log under `dir` (cutting a torn tail, which is reported) and starts the syncer.
+    /// Opens the log under `events.dir` (cutting a torn tail, which is reported) and starts the
+    /// syncer.
     pub fn start(
-        dir: &Path,
-        queued_max: usize,
-        sync_interval: Duration,
+        events: &EventsConfig,
         parquet: Option<&ParquetConfig>,
         metrics: Arc<Metrics>,
     ) -> io::Result<(Emitter, Writer, Recovery)> {
+        let dir = events.dir.as_path();
+        let (queued_max, sync_interval) = (events.queued_max, events.sync_interval);
         std::fs::create_dir_all(dir)?;
         let (log, recovery) =
-            Log::open(&dir.join(LOG_DIR), SEGMENT_BYTES_MAX).map_err(io::Error::other)?;
+            Log::open(&dir.join(LOG_DIR), events.segment_bytes_max).map_err(io::Error::other)?;
         if recovery.cut_bytes > 0 {
             report(&format!(
                 "event log: cut {} bytes of a damaged tail ({}); {} events kept",
@@ -90,6 +144,7 @@ impl Emitter {
             .append(true)
             .open(dir.join(ALERTS_FILE))?;
         let synced = log.next_offset();
+        let log_bytes = log.bytes();
         let roll_interval = parquet.map_or(Duration::MAX, |p| p.roll_interval);
         let parquet =
             parquet.map(|p| Mutex::new(ParquetSink::new(&dir.join(LOG_DIR), &p.dir, p.rows_max)));
@@ -104,6 +159,10 @@ impl Emitter {
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
             metrics,
+            maintenance: Mutex::new(None),
+            log_bytes: AtomicU64::new(log_bytes),
+            log_bytes_max: events.log_bytes_max,
+            log_warned: AtomicBool::new(false),
         });
         let syncer = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -112,10 +171,33 @@ impl Emitter {
         Ok((Emitter { shared, queued_max }, Writer { thread }, recovery))
     }
 
-    /// Whether a new request may be admitted (the syncer is keeping up).
+    /// Whether a new request may be admitted: the syncer keeps up and the log is under its cap.
     #[must_use]
     pub fn has_room(&self) -> bool {
-        self.queued() < self.queued_max
+        self.refusal().is_none()
+    }
+
+    /// Why a new request may not be admitted now, if it may not.
+    #[must_use]
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.queued() >= self.queued_max {
+            Some("usage event backlog is full")
+        } else if self.shared.log_bytes.load(Ordering::Relaxed) >= self.shared.log_bytes_max {
+            Some("usage event log is at its disk cap (a reader such as Kafka is behind)")
+        } else {
+            None
+        }
+    }
+
+    /// Bytes the log takes on disk (as of the last sync).
+    #[must_use]
+    pub fn log_bytes(&self) -> u64 {
+        self.shared.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Starts checkpointing and retention, seeded with what restore folded.
+    pub fn maintain(&self, maintenance: Maintenance) {
+        *lock(&self.shared.maintenance) = Some(maintenance);
     }
 
     /// The log offset up to which events are synced (what may be shipped or written out).
@@ -227,11 +309,13 @@ fn sync_now(shared: &Shared) -> io::Result<()> {
     let pending = shared.unsynced.swap(0, Ordering::AcqRel);
     let (file, end) = {
         let log = lock(&shared.log);
+        shared.log_bytes.store(log.bytes(), Ordering::Relaxed);
         (
             log.active_file().map_err(io::Error::other),
             log.next_offset(),
         )
     };
+    watch_log_bytes(shared);
     let result = file.and_then(|f| f.sync_data()).and_then(|()| {
         let alerts = lock(&shared.alerts).try_clone()?;
         alerts.sync_data()
@@ -264,6 +348,87 @@ fn roll_parquet(shared: &Shared) -> bool {
     }
 }
 
+/// Says once when the log passes 80 % of its cap (and again after it fell back below 70 %).
+fn watch_log_bytes(shared: &Shared) {
+    let bytes = u128::from(shared.log_bytes.load(Ordering::Relaxed));
+    let max = u128::from(shared.log_bytes_max).max(1);
+    if bytes * 100 >= max * 80 {
+        if !shared.log_warned.swap(true, Ordering::Relaxed) {
+            report(&format!(
+                "event log at {} % of events.log_bytes_max ({bytes} of {max} bytes): a reader (Kafka, Parquet) is behind; at 100 % new requests get 503",
+                bytes * 100 / max
+            ));
+        }
+    } else if bytes * 100 < max * 70 && shared.log_warned.swap(false, Ordering::Relaxed) {
+        report("event log back under 70 % of events.log_bytes_max");
+    }
+}
+
+/// Folds the synced log into the checkpoint, writes it, and removes segments every reader is
+/// past; `force` does it now (at shutdown) whatever the interval.
+fn maintain(shared: &Shared, force: bool) {
+    let mut guard = lock(&shared.maintenance);
+    let Some(state) = guard.as_mut() else {
+        return;
+    };
+    if !force && state.last.is_some_and(|t| t.elapsed() < state.interval) {
+        return;
+    }
+    state.last = Some(Instant::now());
+    let until = shared.synced.load(Ordering::Acquire);
+    let span = until.saturating_sub(state.folded.next_offset);
+    let reader = lock(&shared.log).read_from(state.folded.next_offset);
+    for record in reader.take(usize::try_from(span).unwrap_or(usize::MAX)) {
+        match record {
+            Ok((offset, payload)) => {
+                state.folded.fold(offset, &payload);
+            }
+            Err(e) => {
+                report(&format!("spend checkpoint: reading the log: {e}"));
+                return;
+            }
+        }
+    }
+    state
+        .folded
+        .compact(crate::gateway::now_ms(), state.record_window_ms);
+    if let Err(e) = state.folded.save(&state.path) {
+        report(&format!(
+            "spend checkpoint: writing {}: {e}",
+            state.path.display()
+        ));
+        return;
+    }
+    // Only what every reader is past may go: the checkpoint, Parquet, Kafka.
+    let mut safe = state.folded.next_offset;
+    if let Some(parquet) = &shared.parquet {
+        match lock(parquet).checkpoint() {
+            Ok(next) => safe = safe.min(next),
+            Err(_) => return,
+        }
+    }
+    if state.kafka {
+        safe = safe.min(kafka_checkpoint(&shared.log_dir));
+    }
+    drop(guard);
+    let mut log = lock(&shared.log);
+    if let Err(e) = log.remove_before(safe) {
+        report(&format!("removing consumed log segments: {e}"));
+    }
+    shared.log_bytes.store(log.bytes(), Ordering::Relaxed);
+}
+
+/// The Kafka shipper's position in the log (0 when it has none yet).
+fn kafka_checkpoint(log_dir: &Path) -> u64 {
+    use std::io::Read as _;
+    let mut text = String::new();
+    File::open(log_dir.join("kafka.checkpoint"))
+        .and_then(|f| f.take(64).read_to_string(&mut text))
+        .ok()
+        .and_then(|_| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
     let mut last_roll = std::time::Instant::now();
     loop {
@@ -282,12 +447,14 @@ fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
         if shared.stopping.load(Ordering::Acquire) {
             let _ = sync_now(shared);
             roll_parquet(shared);
+            maintain(shared, true);
             return;
         }
         if last_roll.elapsed() >= roll_interval {
             roll_parquet(shared);
             last_roll = std::time::Instant::now();
         }
+        maintain(shared, false);
     }
 }
 
@@ -305,14 +472,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let metrics = Arc::new(Metrics::default());
-        let (emitter, writer, recovery) = Emitter::start(
-            &dir,
-            4,
-            Duration::from_millis(10),
-            None,
-            Arc::clone(&metrics),
-        )
-        .unwrap();
+        let events = EventsConfig {
+            dir: dir.clone(),
+            queued_max: 4,
+            sync_interval: Duration::from_millis(10),
+            checkpoint_interval: Duration::from_secs(60),
+            segment_bytes_max: 1 << 20,
+            log_bytes_max: 1 << 30,
+        };
+        let (emitter, writer, recovery) =
+            Emitter::start(&events, None, Arc::clone(&metrics)).unwrap();
         assert_eq!(recovery.records, 0);
         for i in 0..5 {
             let mut event = UsageEvent::sample();
@@ -330,14 +499,7 @@ mod tests {
         assert_eq!(emitter.queued(), 0, "the last sync ran");
         assert_eq!(metrics.get(Counter::EventsWritten), 5);
         drop(emitter);
-        let (_, _, recovery) = Emitter::start(
-            &dir,
-            4,
-            Duration::from_millis(10),
-            None,
-            Arc::new(Metrics::default()),
-        )
-        .unwrap();
+        let (_, _, recovery) = Emitter::start(&events, None, Arc::new(Metrics::default())).unwrap();
         assert_eq!(recovery.records, 5);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -149,18 +149,32 @@ impl Gateway {
             source,
         };
         let (emitter, writer, _recovery) = Emitter::start(
-            &config.events.dir,
-            config.events.queued_max,
-            config.events.sync_interval,
+            &config.events,
             config.parquet.as_ref(),
             Arc::clone(&metrics),
         )
         .map_err(events_error)?;
         // Budgets carry the spend of their current periods across a restart, and the ledger
-        // the ids of the records it booked.
+        // the ids of the records it booked: from the spend checkpoint and the log after it.
         let mut index = crate::ledger::Ledger::index_for(&config.ledger);
-        crate::restore::restore_spend(&directory, emitter.read_from(0), now_ms(), &mut index)
-            .map_err(|e| events_error(std::io::Error::other(e)))?;
+        let checkpoint = config.state_dir.join(crate::restore::CHECKPOINT_FILE);
+        let mut folded = crate::restore::Folded::load(&checkpoint).unwrap_or_default();
+        let from = folded.next_offset;
+        crate::restore::restore_spend(
+            &directory,
+            &mut folded,
+            emitter.read_from(from),
+            now_ms(),
+            &mut index,
+        )
+        .map_err(|e| events_error(std::io::Error::other(e)))?;
+        emitter.maintain(crate::emit::Maintenance::new(
+            folded,
+            checkpoint,
+            config.events.checkpoint_interval,
+            config.kafka.is_some(),
+            crate::ledger::duration_ms(config.ledger.record_window),
+        ));
         let ledger = crate::ledger::Ledger::new(config.ledger.clone(), index);
         let admin_token = env(&config.admin.token_env)
             .filter(|t| !t.is_empty())

@@ -73,7 +73,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn duration_ms(d: std::time::Duration) -> i64 {
+pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -415,8 +415,10 @@ async fn record(
         )));
     }
     let priced = price_batch(gateway, submitter, &batch.records, now)?;
-    if !batch.dry_run && !gateway.emitter.has_room() {
-        return Err(Failure::Overloaded("usage event backlog is full"));
+    if !batch.dry_run
+        && let Some(reason) = gateway.emitter.refusal()
+    {
+        return Err(Failure::Overloaded(reason));
     }
 
     // Phase two, under the ledger's lock: one batch at a time decides what is new and books it,

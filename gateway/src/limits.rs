@@ -55,6 +55,17 @@ pub const EVENTS_QUEUED_MAX: usize = 65_536;
 /// Longest an event waits in the writer before it is synced (`events.sync_interval_ms`).
 pub const EVENTS_SYNC_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often the spend checkpoint is written and consumed log segments removed
+/// (`events.checkpoint_interval_ms`).
+pub const EVENTS_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Size at which a log segment is sealed and the next begun (`events.segment_bytes_max`).
+pub const EVENTS_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The event log's cap on disk (`events.log_bytes_max`): past it new requests get 503 until a
+/// reader catches up and segments can go; a warning at 80 %.
+pub const EVENTS_LOG_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+
 /// How long graceful shutdown waits for in-flight streams (`server.drain_timeout_ms`).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -256,6 +256,8 @@ pub struct Gauges {
     pub reservations_held: u64,
     /// Usage-record ids remembered for deduplication.
     pub record_ids: u64,
+    /// Bytes the durable event log takes on disk.
+    pub event_log_bytes: u64,
 }
 
 impl Metrics {
@@ -355,6 +357,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP tollgate_event_log_bytes Bytes the durable event log takes on disk (new requests get 503 at events.log_bytes_max).\n# TYPE tollgate_event_log_bytes gauge\ntollgate_event_log_bytes {}",
+            gauges.event_log_bytes
+        );
+        let _ = writeln!(
+            out,
             "# HELP tollgate_usage_reservations_held Budget holds kept for authorized resource usage.\n# TYPE tollgate_usage_reservations_held gauge\ntollgate_usage_reservations_held {}",
             gauges.reservations_held
         );
@@ -395,6 +402,7 @@ mod tests {
             events_queued: 5,
             reservations_held: 3,
             record_ids: 7,
+            event_log_bytes: 4096,
         });
         for line in [
             "tollgate_requests_total{route=\"chat_completions\",status=\"ok\"} 2",
@@ -406,6 +414,7 @@ mod tests {
             "tollgate_events_queued 5",
             "tollgate_usage_reservations_held 3",
             "tollgate_usage_record_ids 7",
+            "tollgate_event_log_bytes 4096",
             "tollgate_upstream_latency_ms_bucket{le=\"5\"} 0",
             "tollgate_upstream_latency_ms_bucket{le=\"10\"} 1",
             "tollgate_upstream_latency_ms_bucket{le=\"+Inf\"} 1",

@@ -128,6 +128,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
                 events_queued: gateway.emitter.queued() as u64,
                 reservations_held,
                 record_ids,
+                event_log_bytes: gateway.emitter.log_bytes(),
             };
             plain(
                 StatusCode::OK,
@@ -272,13 +273,9 @@ async fn model_call(
             &Failure::Overloaded("too many requests in flight"),
         );
     };
-    if !gateway.emitter.has_room() {
+    if let Some(reason) = gateway.emitter.refusal() {
         gateway.metrics.add(Counter::Shed, 1);
-        return error_response(
-            protocol,
-            &request_id,
-            &Failure::Overloaded("usage event backlog is full"),
-        );
+        return error_response(protocol, &request_id, &Failure::Overloaded(reason));
     }
     let mut call = Call {
         gateway: &gateway,

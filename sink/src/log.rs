@@ -78,6 +78,9 @@ pub struct Log {
     segments: Vec<u64>,
     active: File,
     active_bytes: u64,
+    /// Bytes of the sealed segments (kept as they roll and are removed, so [`Log::bytes`]
+    /// costs nothing).
+    sealed_bytes: u64,
     next_offset: u64,
 }
 
@@ -166,12 +169,18 @@ impl Log {
             cut_bytes: total - good_bytes,
             cut_reason: cut_reason.or((total > good_bytes).then_some("torn record")),
         };
+        let sealed_bytes = segments
+            .iter()
+            .take(segments.len().saturating_sub(1))
+            .map(|base| fs::metadata(segment_path(dir, *base)).map_or(0, |m| m.len()))
+            .sum();
         let log = Log {
             dir: dir.to_owned(),
             segment_bytes_max: segment_bytes_max.max(HEADER_BYTES + 1),
             segments,
             active,
             active_bytes: good_bytes,
+            sealed_bytes,
             next_offset: last_base + count,
         };
         Ok((log, recovery))
@@ -181,6 +190,44 @@ impl Log {
     #[must_use]
     pub fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// The first offset still on disk (older segments may have been removed).
+    #[must_use]
+    pub fn first_offset(&self) -> u64 {
+        self.segments.first().copied().unwrap_or(0)
+    }
+
+    /// Removes sealed segments holding only records below `offset` (every reader of the log
+    /// is past them); the active segment is never removed. Returns the segments and bytes
+    /// removed.
+    pub fn remove_before(&mut self, offset: u64) -> Result<(u64, u64), LogError> {
+        let mut removed = (0, 0);
+        while self.segments.len() > 1 {
+            let (base, next) = (self.segments[0], self.segments[1]);
+            if next > offset {
+                break;
+            }
+            let path = segment_path(&self.dir, base);
+            let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            fs::remove_file(&path).map_err(io_at(&path))?;
+            self.segments.remove(0);
+            self.sealed_bytes = self.sealed_bytes.saturating_sub(bytes);
+            removed.0 += 1;
+            removed.1 += bytes;
+        }
+        if removed.0 > 0 {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_at(&self.dir))?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes the log takes on disk (every segment).
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.sealed_bytes + self.active_bytes
     }
 
     /// Appends `payloads` as consecutive records in one write; returns the offset of the first.
@@ -237,6 +284,7 @@ impl Log {
             .open(&next)
             .map_err(io_at(&next))?;
         self.segments.push(base);
+        self.sealed_bytes += self.active_bytes;
         self.active_bytes = 0;
         // The new file's name must survive a crash too.
         if let Ok(dir) = File::open(&self.dir) {
@@ -345,6 +393,14 @@ impl Iterator for LogReader {
     type Item = Result<(u64, Vec<u8>), LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        // Records below the first segment were removed once every reader had them: a reader
+        // asking for them starts at the oldest record kept.
+        if let Some(first) = self.segments.first()
+            && self.next < *first
+            && self.current.is_none()
+        {
+            self.next = *first;
+        }
         if self.next >= self.end {
             return None;
         }
@@ -430,6 +486,37 @@ mod tests {
         assert_eq!(all(&log), records);
         let from_17: Vec<u64> = log.read_from(17).map(|r| r.unwrap().0).collect();
         assert_eq!(from_17, (17..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn consumed_segments_are_removed_and_the_rest_still_reads() {
+        let dir = Dir::new("retention");
+        let (mut log, _) = Log::open(&dir.0, 100).unwrap();
+        for i in 0..40u8 {
+            log.append(&[vec![i; 20]]).unwrap();
+        }
+        let before = log.bytes();
+        let segments = log.segments.clone();
+        assert!(segments.len() > 4);
+        // Everything below offset 17 is consumed: segments ending at or before it go.
+        let (removed, bytes) = log.remove_before(17).unwrap();
+        assert!(removed > 0 && bytes > 0);
+        assert_eq!(log.bytes(), before - bytes);
+        assert!(log.first_offset() <= 17, "the segment holding 17 stays");
+        let kept: Vec<u64> = log.read_from(17).map(|r| r.unwrap().0).collect();
+        assert_eq!(kept, (17..40).collect::<Vec<_>>());
+        // Asking for removed records starts at the oldest kept.
+        let first = log.first_offset();
+        let from_zero: Vec<u64> = log.read_from(0).map(|r| r.unwrap().0).collect();
+        assert_eq!(from_zero, (first..40).collect::<Vec<_>>());
+        // The active segment is never removed, whatever the offset.
+        log.remove_before(u64::MAX).unwrap();
+        assert_eq!(log.segments.len(), 1);
+        log.append(&[b"after"]).unwrap();
+        drop(log);
+        let (log, recovery) = Log::open(&dir.0, 100).unwrap();
+        assert_eq!(recovery.records, 41);
+        assert_eq!(log.first_offset(), *segments.last().unwrap());
     }
 
     #[test]
