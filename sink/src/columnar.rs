@@ -193,25 +193,46 @@ pub fn encode(events: &[UsageEvent]) -> Result<RecordBatch, ColumnarError> {
 /// Rows per row group: large enough for scans, small enough to skip by statistics.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-fn properties() -> Result<WriterProperties, ColumnarError> {
+/// The key of a usage file's metadata holding when it was written (ms since the epoch, UTC):
+/// how a statement tells events that arrived after their billing period closed.
+pub const WRITTEN_KEY: &str = "tollgate.written_ms";
+
+fn properties(written: UnixMs) -> Result<WriterProperties, ColumnarError> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(encode_error)?,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("tollgate".into())
-        // The event schema's version, where every Parquet reader sees it.
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            SCHEMA_VERSION_KEY.to_owned(),
-            USAGE_EVENT_VERSION.to_string(),
-        )]))
+        // The event schema's version, where every Parquet reader sees it, and when the file
+        // was written (corrections are told by it).
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(
+                SCHEMA_VERSION_KEY.to_owned(),
+                USAGE_EVENT_VERSION.to_string(),
+            ),
+            KeyValue::new(WRITTEN_KEY.to_owned(), written.0.to_string()),
+        ]))
         .build())
 }
 
-/// Writes `events` to `path` (through a temporary name, synced, renamed, folder synced).
+/// Writes `events` to `path` (through a temporary name, synced, renamed, folder synced),
+/// stamped as written now.
 pub fn write_file(path: &Path, events: &[UsageEvent]) -> Result<(), ColumnarError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    write_file_at(path, events, UnixMs(now))
+}
+
+/// [`write_file`], stamped as written at `written`.
+pub fn write_file_at(
+    path: &Path,
+    events: &[UsageEvent],
+    written: UnixMs,
+) -> Result<(), ColumnarError> {
     let batch = encode(events)?;
-    write_with(path, &batch, properties()?)
+    write_with(path, &batch, properties(written)?)
 }
 
 /// Writes any `batch` to `path` as [`write_file`] does (zstd, temporary name, synced,

@@ -91,6 +91,9 @@ pub const COLUMNS: &[&str] = &[
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     hour: i64,
+    /// For an event that reached the files after its billing period closed: the billing period
+    /// (month index) it is corrected in.
+    corrected_in: Option<i64>,
     kind: String,
     unit: String,
     cluster: String,
@@ -364,6 +367,21 @@ fn parse_scaled(text: &str, scale: u32) -> Option<i128> {
     Some(if negative { -value } else { value })
 }
 
+/// How long after its billing period (a month) ends an event may still reach the files and be
+/// billed in it; later, it is a correction billed in the period it arrived.
+pub const SETTLEMENT_GRACE_MS: i64 = 3_600_000;
+
+/// The billing period (month index) an event of instant `at` written at `written` is corrected
+/// in, if it arrived after its own period was settled.
+fn correction_month(at: UnixMs, written: UnixMs) -> Option<i64> {
+    let own = Period::Month.index(at);
+    let settled = Period::Month
+        .end(own)?
+        .0
+        .saturating_add(SETTLEMENT_GRACE_MS);
+    (written.0 >= settled).then(|| Period::Month.index(written))
+}
+
 /// Builds the statement's rows (values in [`COLUMNS`] order) and hands each to `emit`; returns
 /// how many.
 fn statement(
@@ -395,7 +413,7 @@ fn statement(
         "instance_type",
     ];
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
-    crate::rollup::for_each_batch(data_dir, &wanted, |batch| {
+    crate::rollup::for_each_batch(data_dir, &wanted, |batch, written| {
         let missing = |name: &str| ColumnarError::Encode(format!("column `{name}` missing"));
         let ts = batch
             .column_by_name("ts")
@@ -461,6 +479,7 @@ fn statement(
             }
             let key = Key {
                 hour: t.0.div_euclid(HOUR_MS),
+                corrected_in: written.and_then(|w| correction_month(t, w)),
                 kind: text(kind, i),
                 unit: text(unit, i),
                 cluster: text(cluster, i),
@@ -492,7 +511,10 @@ fn statement(
     for (key, sums) in &rows {
         let start = UnixMs(key.hour * HOUR_MS);
         let end = UnixMs((key.hour + 1) * HOUR_MS);
-        let month = Period::Month.index(start);
+        // A correction keeps its usage's charge period and is billed in the period it arrived.
+        let month = key
+            .corrected_in
+            .unwrap_or_else(|| Period::Month.index(start));
         let billing_start = Period::Month.start(month).unwrap_or(start);
         let billing_end = Period::Month.end(month).unwrap_or(end);
         let account = if key.org.is_empty() {
@@ -560,7 +582,11 @@ fn statement(
             iso(billing_end),
             iso(billing_start),
             "Usage".into(),
-            String::new(),
+            if key.corrected_in.is_some() {
+                "Correction".into()
+            } else {
+                String::new()
+            },
             description,
             "Usage-Based".into(),
             iso(end),
@@ -631,6 +657,65 @@ mod tests {
         }
     }
     use tollgate_engine::{EventKind, Micros, Nanos, ResourceUnit, UsageEvent};
+
+    #[test]
+    fn events_arriving_after_their_period_closed_are_corrections_billed_when_they_arrived() {
+        let root =
+            std::env::temp_dir().join(format!("tollgate-corrections-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let at = |text: &str| tollgate_engine::time::parse_rfc3339(text).unwrap();
+        let event = |ts: &str, cost: u64| {
+            let mut event = UsageEvent::sample();
+            event.ts_ms = at(ts);
+            event.cost_nanos = Nanos(cost);
+            event
+        };
+        // October usage: written in October, within the hour of grace, and well after.
+        for (name, ts, cost, written) in [
+            ("on-time", "2026-10-20T10:15:00Z", 1, "2026-10-20T10:16:00Z"),
+            ("grace", "2026-10-31T23:50:00Z", 2, "2026-11-01T00:30:00Z"),
+            ("late", "2026-10-20T10:20:00Z", 4, "2026-11-10T08:00:00Z"),
+        ] {
+            crate::columnar::write_file_at(
+                &root.join(format!("usage/{name}.parquet")),
+                &[event(ts, cost)],
+                at(written),
+            )
+            .unwrap();
+        }
+        let mut out = Vec::new();
+        export_csv(&root, None, None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let column = |row: &str, name: &str| {
+            let at = COLUMNS.iter().position(|c| *c == name).unwrap();
+            split(row)[at].clone()
+        };
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        let row = |charge_start: &str, class: &str| {
+            *rows
+                .iter()
+                .find(|r| {
+                    column(r, "ChargePeriodStart") == charge_start
+                        && column(r, "ChargeClass") == class
+                })
+                .unwrap_or_else(|| panic!("no {charge_start} {class:?} row in {text}"))
+        };
+        // The on-time hour folds the on-time event only; the late one is a row of its own.
+        let on_time = row("2026-10-20T10:00:00Z", "");
+        assert_eq!(column(on_time, "BilledCost"), "0.000000001");
+        assert_eq!(
+            column(on_time, "BillingPeriodStart"),
+            "2026-10-01T00:00:00Z"
+        );
+        let grace = row("2026-10-31T23:00:00Z", "");
+        assert_eq!(column(grace, "BillingPeriodStart"), "2026-10-01T00:00:00Z");
+        let late = row("2026-10-20T10:00:00Z", "Correction");
+        assert_eq!(column(late, "BilledCost"), "0.000000004");
+        assert_eq!(column(late, "BillingPeriodStart"), "2026-11-01T00:00:00Z");
+        assert_eq!(column(late, "BillingPeriodEnd"), "2026-12-01T00:00:00Z");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn tokens_compute_and_storage_are_rows_of_their_own_categories() {

@@ -171,10 +171,12 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, C
 
 /// Calls `visit` with every batch of the Parquet files under `data_dir/usage`, read with only
 /// the `columns` asked for.
+/// Calls `visit` with every batch of the usage files (only `columns`), and when its file was
+/// written (`None` for files from before the stamp existed).
 pub(crate) fn for_each_batch(
     data_dir: &Path,
     columns: &[&str],
-    mut visit: impl FnMut(RecordBatch) -> Result<(), ColumnarError>,
+    mut visit: impl FnMut(RecordBatch, Option<UnixMs>) -> Result<(), ColumnarError>,
 ) -> Result<(), ColumnarError> {
     let mut files = Vec::new();
     parquet_files(&data_dir.join("usage"), &mut files)?;
@@ -186,6 +188,17 @@ pub(crate) fn for_each_batch(
             source,
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
+        let written = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|pairs| {
+                pairs
+                    .iter()
+                    .find(|kv| kv.key == crate::columnar::WRITTEN_KEY)
+                    .and_then(|kv| kv.value.as_deref()?.parse().ok())
+            })
+            .map(UnixMs);
         let schema = builder.parquet_schema();
         let indices: Vec<usize> = columns
             .iter()
@@ -193,7 +206,10 @@ pub(crate) fn for_each_batch(
             .collect();
         let mask = ProjectionMask::leaves(schema, indices);
         for batch in builder.with_projection(mask).build().map_err(encode)? {
-            visit(batch.map_err(|e| ColumnarError::Encode(e.to_string()))?)?;
+            visit(
+                batch.map_err(|e| ColumnarError::Encode(e.to_string()))?,
+                written,
+            )?;
         }
     }
     Ok(())
@@ -221,7 +237,7 @@ pub fn report(
     ];
     let mut currency: Option<String> = None;
     let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
-    for_each_batch(data_dir, &wanted, |batch| {
+    for_each_batch(data_dir, &wanted, |batch, _written| {
         let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
         let key = column::<StringArray>(&batch, by.column())?;
         let cost = column::<Decimal128Array>(&batch, "cost")?;

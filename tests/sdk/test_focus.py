@@ -38,8 +38,15 @@ def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_pat
         for unit, quantity, partition in [("gpu_hour", "2", "h100"), ("core_hour", "10.5", "h100"),
                                           ("gb_month", "5", "scratch")]
     ]
+    # A job from last month whose accounting arrives only now: after its billing period closed,
+    # so a correction, billed in this month.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    last_month = (now.replace(day=1) - datetime.timedelta(days=1)).replace(day=15, hour=10, minute=0, second=0, microsecond=0)
+    late_start = last_month.strftime("%Y-%m-%dT%H:%M:%SZ")
+    records.append({"id": "focus:late-job", "allocation": "focus", "unit": "gpu_hour", "quantity": "1",
+                    "start": late_start, "end": late_start, "cluster": "hpc1", "partition": "h100"})
     booked = stack.admin("POST", "/v1/usage", {"records": records})
-    assert booked["booked"] == 3
+    assert booked["booked"] == 4
     stack.flush()
 
     data = stack.directory / "data"
@@ -55,7 +62,12 @@ def test_focus_export_passes_the_validator_and_sums_to_the_ledger(stack, tmp_pat
 
     rows = list(csv.DictReader(io.StringIO(export)))
     assert rows and all(r["x_FocusVersion"] == "1.0" for r in rows)
-    mine = [r for r in rows if r["SubAccountId"] == "focus"]
+    corrections = [r for r in rows if r["ChargeClass"] == "Correction"]
+    assert len(corrections) == 1, corrections
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert corrections[0]["ChargePeriodStart"] == late_start
+    assert corrections[0]["BillingPeriodStart"] == month_start
+    mine = [r for r in rows if r["SubAccountId"] == "focus" and r["ChargeClass"] != "Correction"]
     tokens = [r for r in mine if r["ServiceCategory"] == "AI and Machine Learning"]
     assert len(tokens) == 3, "one row per model in this hour"
     assert all(r["ConsumedUnit"] == "Tokens" for r in tokens)
