@@ -83,7 +83,12 @@ fn log_to_parquet(c: &mut Criterion) {
                     let (mut log, _) = Log::open(&dir.join("log"), SEGMENT_BYTES_MAX).unwrap();
                     log.append(&payloads).unwrap();
                     log.sync().unwrap();
-                    columnar::ParquetSink::new(&dir.join("log"), &dir.join("data"), 1_000_000)
+                    columnar::ParquetSink::new(
+                        &dir.join("log"),
+                        &dir.join("data"),
+                        1_000_000,
+                        usize::MAX,
+                    )
                 },
                 |sink| assert_eq!(sink.run(u64::MAX).unwrap().events, EVENTS as u64),
                 criterion::BatchSize::PerIteration,

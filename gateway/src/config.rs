@@ -110,6 +110,8 @@ pub struct ParquetConfig {
     pub roll_interval: Duration,
     /// Most events in one file.
     pub rows_max: usize,
+    /// Most bytes of events (as logged) in one file.
+    pub bytes_max: usize,
 }
 
 /// `[ledger]`: resource usage records and the holds taken to authorize them.
@@ -415,6 +417,7 @@ struct RawParquet {
     dir: String,
     roll_interval_ms: Option<u64>,
     rows_max: Option<usize>,
+    bytes_max: Option<usize>,
 }
 
 impl Default for RawParquet {
@@ -424,6 +427,7 @@ impl Default for RawParquet {
             dir: default_data_dir(),
             roll_interval_ms: None,
             rows_max: None,
+            bytes_max: None,
         }
     }
 }
@@ -959,6 +963,11 @@ impl RawConfig {
                     .parquet
                     .rows_max
                     .unwrap_or(limits::PARQUET_ROWS_MAX)
+                    .max(1),
+                bytes_max: self
+                    .parquet
+                    .bytes_max
+                    .unwrap_or(limits::PARQUET_BYTES_MAX)
                     .max(1),
             }),
             providers,

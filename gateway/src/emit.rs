@@ -146,8 +146,14 @@ impl Emitter {
         let synced = log.next_offset();
         let log_bytes = log.bytes();
         let roll_interval = parquet.map_or(Duration::MAX, |p| p.roll_interval);
-        let parquet =
-            parquet.map(|p| Mutex::new(ParquetSink::new(&dir.join(LOG_DIR), &p.dir, p.rows_max)));
+        let parquet = parquet.map(|p| {
+            Mutex::new(ParquetSink::new(
+                &dir.join(LOG_DIR),
+                &p.dir,
+                p.rows_max,
+                p.bytes_max,
+            ))
+        });
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
             log_dir: dir.join(LOG_DIR),

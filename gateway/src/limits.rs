@@ -81,6 +81,10 @@ pub const PARQUET_ROLL_INTERVAL: Duration = Duration::from_secs(60);
 /// Most events in one Parquet file (`parquet.rows_max`).
 pub const PARQUET_ROWS_MAX: usize = 1_000_000;
 
+/// Most bytes of events (as logged, before columnar compression) in one Parquet file
+/// (`parquet.bytes_max`).
+pub const PARQUET_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// How long a usage event may wait for the broker's acknowledgement before its delivery is
 /// reported failed and retried later (`kafka.delivery_timeout_ms`).
 pub const KAFKA_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);

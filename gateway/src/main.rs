@@ -105,10 +105,10 @@ enum Command {
         /// partition.
         #[arg(long)]
         by: String,
-        /// table, csv, json, focus (FinOps FOCUS 1.0 CSV on stdout; `--by` is then ignored:
-        /// FOCUS rows are per hour, model and allocation) or focus-parquet (the same statement
-        /// as a Parquet file, exact decimals, the FOCUS version in its metadata; needs
-        /// --output).
+        /// table, csv, json, parquet (the rows as a Parquet file with exact decimals; needs
+        /// --output), focus (FinOps FOCUS 1.0 CSV on stdout; `--by` is then ignored: FOCUS rows
+        /// are per hour, model and allocation) or focus-parquet (the same statement as a
+        /// Parquet file, exact decimals, the FOCUS version in its metadata; needs --output).
         #[arg(long, default_value = "table")]
         format: String,
         /// The file a Parquet format is written to.
@@ -456,10 +456,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             if format == "focus-parquet" {
                 focus_parquet(&data, from.as_deref(), to.as_deref(), output.as_deref())
+            } else if format == "parquet" {
+                report_parquet(
+                    &data,
+                    from.as_deref(),
+                    to.as_deref(),
+                    &by,
+                    output.as_deref(),
+                )
             } else {
                 anyhow::ensure!(
                     output.is_none(),
-                    "--output is for --format focus-parquet; other formats print to stdout"
+                    "--output is for --format parquet and focus-parquet; other formats print to stdout"
                 );
                 report(&data, from.as_deref(), to.as_deref(), &by, &format)
             }
@@ -902,6 +910,38 @@ fn quantity(micros: i128) -> String {
         magnitude / 1_000_000,
         digits.trim_end_matches('0')
     )
+}
+
+fn report_parquet(
+    data: &std::path::Path,
+    from: Option<&str>,
+    to: Option<&str>,
+    by: &str,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use tollgate_sink::rollup::{self, Dimension};
+    let output = output.context("--format parquet writes a file: pass --output FILE")?;
+    let dimension = Dimension::parse(by).with_context(|| {
+        format!("--by {by}: choose team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or partition")
+    })?;
+    let instant = |text: Option<&str>, flag: &str| {
+        text.map(|t| {
+            parse_rfc3339(t)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| flag.to_owned())
+        })
+        .transpose()
+    };
+    let window = (instant(from, "--from")?, instant(to, "--to")?);
+    let rows = rollup::report(data, window.0, window.1, dimension)?;
+    rollup::write_parquet(&rows, dimension, window, output)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{} rows by {by} written to {}",
+        rows.len(),
+        output.display()
+    )?;
+    Ok(())
 }
 
 fn focus_parquet(

@@ -312,19 +312,23 @@ pub struct ParquetSink {
     log_dir: PathBuf,
     usage_dir: PathBuf,
     rows_max: usize,
+    bytes_max: usize,
 }
 
 /// The checkpoint file under `usage/`: the next log offset, as decimal text.
 pub const CHECKPOINT_FILE: &str = "_checkpoint";
 
 impl ParquetSink {
-    /// A sink from the log in `log_dir` to `data_dir/usage`, at most `rows_max` events a file.
+    /// A sink from the log in `log_dir` to `data_dir/usage`: a file is cut at `rows_max` events
+    /// or `bytes_max` bytes of them (as logged), whichever comes first; the caller's interval
+    /// between passes bounds its age.
     #[must_use]
-    pub fn new(log_dir: &Path, data_dir: &Path, rows_max: usize) -> ParquetSink {
+    pub fn new(log_dir: &Path, data_dir: &Path, rows_max: usize, bytes_max: usize) -> ParquetSink {
         ParquetSink {
             log_dir: log_dir.to_owned(),
             usage_dir: data_dir.join("usage"),
             rows_max: rows_max.max(1),
+            bytes_max: bytes_max.max(1),
         }
     }
 
@@ -375,8 +379,14 @@ impl ParquetSink {
             let first = progress.checkpoint;
             let mut by_partition: BTreeMap<String, Vec<UsageEvent>> = BTreeMap::new();
             let mut last = first;
-            for record in records.by_ref().take(self.rows_max) {
+            let (mut rows, mut bytes) = (0usize, 0usize);
+            while rows < self.rows_max && bytes < self.bytes_max {
+                let Some(record) = records.next() else {
+                    break;
+                };
                 let (offset, payload) = record?;
+                rows += 1;
+                bytes = bytes.saturating_add(payload.len());
                 let event =
                     UsageEvent::from_json(&payload).map_err(|e| ColumnarError::NotAnEvent {
                         offset,
@@ -498,6 +508,31 @@ mod tests {
     }
 
     #[test]
+    fn files_are_cut_by_bytes_as_well_as_rows() {
+        let root = std::env::temp_dir().join(format!("tollgate-sink-bytes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (mut log, _) =
+            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        // Ten events in one minute (one hour partition), each well under 2 KB as logged.
+        let written = events(10, UnixMs(1_764_000_000_000))
+            .into_iter()
+            .map(|mut e| {
+                e.ts_ms = UnixMs(1_764_000_000_000);
+                e
+            })
+            .collect::<Vec<_>>();
+        let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
+        let largest = payloads.iter().map(Vec::len).max().unwrap();
+        log.append(&payloads).unwrap();
+        // Room for just over two events' bytes: files of three (the one crossing is kept).
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 100, 2 * largest + 1);
+        let progress = sink.run(u64::MAX).unwrap();
+        assert_eq!(progress.events, 10);
+        assert_eq!(progress.files, 4, "3 + 3 + 3 + 1");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn the_log_lands_in_hour_partitions_exactly_once_across_a_crash() {
         let root = std::env::temp_dir().join(format!("tollgate-sink-run-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
@@ -507,7 +542,7 @@ mod tests {
         let written = events(150, UnixMs(1_764_000_000_000));
         let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
         log.append(&payloads).unwrap();
-        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 100);
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 100, usize::MAX);
         let first = sink.run(u64::MAX).unwrap();
         assert_eq!(first.events, 150);
         assert_eq!(first.checkpoint, 150);

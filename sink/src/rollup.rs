@@ -301,6 +301,73 @@ pub fn report(
     Ok(groups.into_values().collect())
 }
 
+/// Writes report rows to a Parquet file at `path` (temporary name, synced, renamed): the group
+/// (`by`) as text, counts as integers, money as `DECIMAL(38, 9)`, quantities as
+/// `DECIMAL(38, 6)`, and `by` with the window in the file's metadata.
+pub fn write_parquet(
+    rows: &[Row],
+    by: Dimension,
+    window: (Option<UnixMs>, Option<UnixMs>),
+    path: &Path,
+) -> Result<(), ColumnarError> {
+    use arrow_array::{ArrayRef, Decimal128Array, Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let encode = |e: arrow_schema::ArrowError| ColumnarError::Encode(e.to_string());
+    let decimal = |name: &str, scale: i8, get: &dyn Fn(&Row) -> i128| {
+        Decimal128Array::from(rows.iter().map(get).collect::<Vec<_>>())
+            .with_precision_and_scale(38, scale)
+            .map(|a| {
+                (
+                    Field::new(name, DataType::Decimal128(38, scale), false),
+                    Arc::new(a) as ArrayRef,
+                )
+            })
+            .map_err(encode)
+    };
+    let int = |name: &str, get: &dyn Fn(&Row) -> i64| {
+        (
+            Field::new(name, DataType::Int64, false),
+            Arc::new(Int64Array::from(rows.iter().map(get).collect::<Vec<_>>())) as ArrayRef,
+        )
+    };
+    let text = |name: &str, get: &dyn Fn(&Row) -> Option<String>| {
+        (
+            Field::new(name, DataType::Utf8, true),
+            Arc::new(StringArray::from(rows.iter().map(get).collect::<Vec<_>>())) as ArrayRef,
+        )
+    };
+    let columns = vec![
+        text(by.column(), &|r| r.key.clone()),
+        int("events", &|r| i64::try_from(r.events).unwrap_or(i64::MAX)),
+        decimal("cost", 9, &|r| r.cost_nanos)?,
+        decimal("list_cost", 9, &|r| r.list_cost_nanos)?,
+        int("tokens_in", &|r| r.tokens_in),
+        int("tokens_out", &|r| r.tokens_out),
+        decimal("token_cost", 9, &|r| r.token_cost_nanos)?,
+        decimal("gpu_hours", 6, &|r| r.gpu_hour_micros)?,
+        decimal("core_hours", 6, &|r| r.core_hour_micros)?,
+        decimal("node_hours", 6, &|r| r.node_hour_micros)?,
+        decimal("compute_cost", 9, &|r| r.compute_cost_nanos)?,
+        decimal("gb_months", 6, &|r| r.gb_month_micros)?,
+        decimal("storage_cost", 9, &|r| r.storage_cost_nanos)?,
+        text("currency", &|r| r.currency.clone()),
+    ];
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(encode)?;
+    let instant = |t: Option<UnixMs>| t.map_or_else(String::new, |t| t.0.to_string());
+    let (from, to) = (instant(window.0), instant(window.1));
+    crate::columnar::write_batch(
+        path,
+        &batch,
+        &[
+            ("tollgate.report.by", by.column()),
+            ("tollgate.report.from_ms", &from),
+            ("tollgate.report.to_ms", &to),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

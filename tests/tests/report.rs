@@ -98,6 +98,53 @@ fn the_report_totals_equal_the_events_and_the_budget_table() {
     );
     assert!(table.lines().last().unwrap().starts_with("TOTAL"));
 
+    // The same rows as a Parquet file, exact decimals, read back as a data team would.
+    let file = stack.path().join("by-allocation.parquet");
+    report(
+        &data,
+        &[
+            "--by",
+            "allocation",
+            "--format",
+            "parquet",
+            "--output",
+            file.to_str().unwrap(),
+        ],
+    );
+    {
+        use arrow_array::cast::AsArray as _;
+        use arrow_array::types::Decimal128Type;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut by_name = std::collections::BTreeMap::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let names = batch
+                .column_by_name("allocation")
+                .unwrap()
+                .as_string::<i32>();
+            let cost = batch
+                .column_by_name("cost")
+                .unwrap()
+                .as_primitive::<Decimal128Type>();
+            for i in 0..batch.num_rows() {
+                let name =
+                    (!arrow_array::Array::is_null(names, i)).then(|| names.value(i).to_owned());
+                by_name.insert(name, cost.value(i));
+            }
+        }
+        assert_eq!(by_name[&Some("open".to_owned())], i128::from(spent_open));
+        assert_eq!(
+            by_name[&Some("openai-only".to_owned())],
+            i128::from(spent_only)
+        );
+        assert_eq!(by_name.len(), rows.len());
+    }
+
     // A window after everything: nothing in it.
     let empty: Value = serde_json::from_str(&report(
         &data,
@@ -121,6 +168,14 @@ fn bad_report_arguments_are_refused_clearly() {
         (&["--by", "galaxy"][..], "--by galaxy"),
         (&["--by", "team", "--format", "xml"][..], "--format xml"),
         (&["--by", "team", "--from", "yesterday"][..], "--from"),
+        (
+            &["--by", "team", "--format", "parquet"][..],
+            "--output FILE",
+        ),
+        (
+            &["--by", "team", "--output", "x.parquet"][..],
+            "--output is for",
+        ),
     ] {
         let out = Command::new(tollgate_bin().unwrap())
             .arg("report")
