@@ -912,6 +912,25 @@ fn quantity(micros: i128) -> String {
     )
 }
 
+/// `--from` and `--to` as instants.
+fn window(
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<(
+    Option<tollgate_engine::UnixMs>,
+    Option<tollgate_engine::UnixMs>,
+)> {
+    let instant = |text: Option<&str>, flag: &str| {
+        text.map(|t| {
+            parse_rfc3339(t)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| flag.to_owned())
+        })
+        .transpose()
+    };
+    Ok((instant(from, "--from")?, instant(to, "--to")?))
+}
+
 fn report_parquet(
     data: &std::path::Path,
     from: Option<&str>,
@@ -924,15 +943,7 @@ fn report_parquet(
     let dimension = Dimension::parse(by).with_context(|| {
         format!("--by {by}: choose team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or partition")
     })?;
-    let instant = |text: Option<&str>, flag: &str| {
-        text.map(|t| {
-            parse_rfc3339(t)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| flag.to_owned())
-        })
-        .transpose()
-    };
-    let window = (instant(from, "--from")?, instant(to, "--to")?);
+    let window = window(from, to)?;
     let rows = rollup::report(data, window.0, window.1, dimension)?;
     rollup::write_parquet(&rows, dimension, window, output)?;
     writeln!(
@@ -951,20 +962,8 @@ fn focus_parquet(
     output: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let output = output.context("--format focus-parquet writes a file: pass --output FILE")?;
-    let instant = |text: Option<&str>, flag: &str| {
-        text.map(|t| {
-            parse_rfc3339(t)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| flag.to_owned())
-        })
-        .transpose()
-    };
-    let rows = tollgate_sink::focus::export_parquet(
-        data,
-        instant(from, "--from")?,
-        instant(to, "--to")?,
-        output,
-    )?;
+    let (from, to) = window(from, to)?;
+    let rows = tollgate_sink::focus::export_parquet(data, from, to, output)?;
     writeln!(
         std::io::stdout().lock(),
         "{rows} FOCUS {} rows written to {}",
@@ -985,16 +984,7 @@ fn report(
     let dimension = Dimension::parse(by).with_context(|| {
         format!("--by {by}: choose team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or partition")
     })?;
-    let instant =
-        |text: Option<&str>, flag: &str| -> anyhow::Result<Option<tollgate_engine::UnixMs>> {
-            text.map(|t| {
-                parse_rfc3339(t)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| flag.to_owned())
-            })
-            .transpose()
-        };
-    let (from_t, to_t) = (instant(from, "--from")?, instant(to, "--to")?);
+    let (from_t, to_t) = window(from, to)?;
     if format == "focus" {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         tollgate_sink::focus::export_csv(data, from_t, to_t, &mut out)?;

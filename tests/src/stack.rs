@@ -113,6 +113,30 @@ cost_center = "cc-2"
 models = ["openai/*"]
 "#;
 
+/// The teams and projects the bundled load scenarios put their allocations under (as `tollgate
+/// demo` configures them); add to [`ORG`], whose team `research` it uses.
+pub const FLEET_ORG: &str = r#"
+[[team]]
+name = "platform"
+org = "acme"
+
+[[team]]
+name = "support"
+org = "acme"
+
+[[project]]
+name = "research-agents"
+team = "research"
+
+[[project]]
+name = "platform-ci"
+team = "platform"
+
+[[project]]
+name = "support-bot"
+team = "support"
+"#;
+
 /// llama.cpp's server with the tiny test model, when `TOLLGATE_LLAMA_SERVER` and
 /// `TOLLGATE_LLAMA_MODEL` name them (`tests/run-all` builds both). Without them the test is
 /// skipped with a loud message, except under `CI=true`, where that is a failure.

@@ -14,7 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use tollgate_engine::{EventId, Nanos, UnixMs, UsageEvent};
-use tollgate_tests::stack::{ADMIN_TOKEN, Kafka, ORG, Stack};
+use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, Kafka, ORG, Stack};
 use tollgate_tests::{TempDir, duckdb_row, loadtest_bin, read_text, tollgate_bin};
 
 /// Every `(event_id, cost)` in the Parquet files under `data/usage`.
@@ -243,19 +243,6 @@ fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sin
     let Some(mut kafka) = Kafka::start() else {
         return;
     };
-    let fleet_org = r#"
-[[team]]
-name = "support"
-org = "acme"
-
-[[project]]
-name = "research-agents"
-team = "research"
-
-[[project]]
-name = "support-bot"
-team = "support"
-"#;
     // The gateway ships to Kafka and writes no Parquet of its own; the sink writes it.
     let section = format!(
         "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 3000\n\n[parquet]\nenabled = false\n",
@@ -263,7 +250,7 @@ team = "support"
     );
     let stack = Stack::start_with(
         "kafka-books",
-        &format!("{ORG}{fleet_org}"),
+        &format!("{ORG}{FLEET_ORG}"),
         "",
         &section,
         &[],

@@ -5,32 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tollgate_tests::stack::{ADMIN_TOKEN, ORG, PROVIDER_KEY, Stack};
+use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, ORG, PROVIDER_KEY, Stack};
 use tollgate_tests::{loadtest_bin, read_text};
-
-/// The teams and projects the bundled scenarios put their allocations under (as `tollgate
-/// demo` configures them).
-const FLEET_ORG: &str = r#"
-[[team]]
-name = "platform"
-org = "acme"
-
-[[team]]
-name = "support"
-org = "acme"
-
-[[project]]
-name = "research-agents"
-team = "research"
-
-[[project]]
-name = "platform-ci"
-team = "platform"
-
-[[project]]
-name = "support-bot"
-team = "support"
-"#;
 
 fn fleet_stack(name: &str) -> Stack {
     Stack::start(name, &format!("{ORG}{FLEET_ORG}"), "")
