@@ -79,6 +79,8 @@ pub struct Maintenance {
     /// How long resource record ids are remembered (the ledger's window).
     pub record_window_ms: i64,
     last: Option<Instant>,
+    /// The offset of the checkpoint kept as `.prev` (segments go only below it too).
+    previous_offset: u64,
 }
 
 impl Maintenance {
@@ -91,6 +93,8 @@ impl Maintenance {
         kafka: bool,
         record_window_ms: i64,
     ) -> Maintenance {
+        // The checkpoint restored from becomes `.prev` at the first save.
+        let previous_offset = folded.next_offset;
         Maintenance {
             folded,
             path,
@@ -98,6 +102,7 @@ impl Maintenance {
             kafka,
             record_window_ms,
             last: None,
+            previous_offset,
         }
     }
 }
@@ -405,8 +410,9 @@ fn maintain(shared: &Shared, force: bool) {
         ));
         return;
     }
-    // Only what every reader is past may go: the checkpoint, Parquet, Kafka.
-    let mut safe = state.folded.next_offset;
+    // Only what every reader is past may go: both checkpoints, Parquet, Kafka.
+    let mut safe = state.previous_offset.min(state.folded.next_offset);
+    state.previous_offset = state.folded.next_offset;
     if let Some(parquet) = &shared.parquet {
         match lock(parquet).checkpoint() {
             Ok(next) => safe = safe.min(next),

@@ -199,10 +199,15 @@ impl Folded {
         restored
     }
 
-    /// Reads the checkpoint at `path`; `None` when there is none, or it cannot be read (the log
-    /// is then folded from its start, and reported).
+    /// Reads the checkpoint at `path`, or the one before it (`<path>.prev`) when that one is
+    /// damaged; `None` when neither can be read (the log is then folded from its start, and
+    /// reported). Log segments are removed only below both, so either restores exactly.
     #[must_use]
     pub fn load(path: &Path) -> Option<Folded> {
+        Folded::load_one(path).or_else(|| Folded::load_one(&previous(path)))
+    }
+
+    fn load_one(path: &Path) -> Option<Folded> {
         let file = std::fs::File::open(path).ok()?;
         let mut text = Vec::new();
         if file
@@ -232,9 +237,18 @@ impl Folded {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
+        // The checkpoint before stays, as `.prev`: a damaged newest one falls back to it.
+        if path.exists() {
+            std::fs::rename(path, previous(path))?;
+        }
         std::fs::rename(&temporary, path)?;
         std::fs::File::open(dir)?.sync_all()
     }
+}
+
+/// Where the checkpoint before `path` is kept.
+fn previous(path: &Path) -> std::path::PathBuf {
+    path.with_extension("prev")
 }
 
 /// Folds `records` (the log from `folded.next_offset`) into `folded`, then restores the table
@@ -349,6 +363,16 @@ mod tests {
         let expected = [13 + 17 + 19, 17 + 19, 7 + 11 + 13 + 17 + 19];
         assert_eq!(spent(&whole), expected);
         assert_eq!(spent(&restored), expected);
+        // A damaged newest checkpoint falls back to the one before; with both damaged (or
+        // foreign) none is trusted and the start folds the whole log.
+        restored.save(&path).unwrap();
+        for damaged in [&b"{\"v\": 1, \"next_off"[..], b"\xff\xfe", b"{\"v\": 9}"] {
+            std::fs::write(&path, damaged).unwrap();
+            assert_eq!(Folded::load(&path), Some(checkpointed.clone()));
+        }
+        std::fs::write(previous(&path), b"{").unwrap();
+        assert_eq!(Folded::load(&path), None);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        assert_eq!(Folded::load(&path), None, "no checkpoint yet");
     }
 }
