@@ -40,6 +40,26 @@ fn replicas_on_one_topic_converge_and_overshoot_within_the_formula() {
         .iter()
         .map(|r| r.create_key("shared", json!({})).0)
         .collect();
+    // Records no replica should apply: not events at all, and an event of an allocation no
+    // replica knows. Reconciliation skips them and counts the latter.
+    {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap)
+            .create()
+            .unwrap();
+        let mut stranger = tollgate_engine::UsageEvent::sample();
+        stranger.allocation = Some("nowhere".into());
+        stranger.cost_nanos = tollgate_engine::Nanos(5);
+        let stranger = stranger.to_json();
+        for payload in [&b"not json"[..], b"{\"ts_ms\": \"x\"}", stranger.as_slice()] {
+            producer
+                .send(BaseRecord::<(), [u8]>::to("tollgate.usage").payload(payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
 
     // Both replicas take calls at once until each refuses with 402 for every client.
     let largest_hold = Arc::new(AtomicU64::new(0));
@@ -108,6 +128,16 @@ fn replicas_on_one_topic_converge_and_overshoot_within_the_formula() {
             "replicas did not converge: tables {views:?}, events {total}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    for replica in &replicas {
+        let metrics = tollgate_tests::http::request(replica.address(), "GET", "/metrics", &[], b"");
+        let text = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(
+            text.lines()
+                .any(|l| l == "tollgate_reconcile_unknown_allocation_total 1"),
+            "{text}"
+        );
     }
 
     // A restarted replica reads the others' spend from the topic before it admits anything:
