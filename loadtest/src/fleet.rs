@@ -580,6 +580,7 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
         .ok()
         .flatten();
     match answer {
+        // No answer at all (status 0), or one that broke off: its cost is the gateway's to say.
         None => attempt.broken = attempt.status != 0 || attempt.request_id.is_some(),
         Some(answer) if (200..300).contains(&attempt.status) => {
             attempt.usage = if stream {
@@ -598,18 +599,11 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
             attempt.cost_nanos = Some(0);
         }
     }
-    if answer_was_none(&attempt) {
-        attempt.cost_nanos = None;
-    }
     Outcome {
         attempt,
         first_byte: if stream { first_byte } else { None },
         retry_after,
     }
-}
-
-fn answer_was_none(attempt: &Attempt) -> bool {
-    attempt.broken || attempt.status == 0
 }
 
 fn record(
