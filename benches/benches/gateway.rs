@@ -8,9 +8,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use tollgate_gateway::json_scan;
-use tollgate_gateway::sse::{self, Framer};
-use tollgate_gateway::wire::{Api, StreamTally};
+use tollgate_gateway::providers::sse::{self, Framer};
+use tollgate_gateway::providers::wire::{Api, StreamTally};
+use tollgate_gateway::proxy::json_scan;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -41,9 +41,7 @@ fn scan(c: &mut Criterion) {
         let body = agent_body(size);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("scan {} KB", size / 1000), |b| {
-            b.iter(|| {
-                json_scan::scan(black_box(&body), tollgate_gateway::pipeline::WANTED).unwrap()
-            })
+            b.iter(|| json_scan::scan(black_box(&body), tollgate_gateway::proxy::WANTED).unwrap())
         });
         group.bench_function(
             format!("serde_json tree {} KB (for comparison)", size / 1000),

@@ -74,6 +74,17 @@ impl std::fmt::Display for UnixMs {
     }
 }
 
+/// `2026-12-01T00:00:00Z`: whole seconds, UTC (budget periods start on them; the millisecond
+/// form is `UnixMs`'s `Display`).
+#[must_use]
+pub fn format_rfc3339_s(t: UnixMs) -> String {
+    let c = t.to_civil();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 /// Parses an RFC 3339 instant with an offset (`2026-01-01T00:00:00Z`, `...+02:00`).
 pub fn parse_rfc3339(text: &str) -> Result<UnixMs, String> {
     let dt: toml::value::Datetime = text

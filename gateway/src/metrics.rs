@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate_engine::{Status, TokenUsage};
 
-use crate::wire::Api;
+use crate::providers::wire::Api;
 
 const STATUSES: [Status; 11] = [
     Status::Ok,

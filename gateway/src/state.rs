@@ -1,365 +1,283 @@
-//! What the admin API changes, kept across restarts: an append-only journal and an audit log.
+//! The gateway's shared state: directory, keys, rate card, upstreams, limits, emitter, metrics.
 //!
-//! `journal.jsonl` holds one record per change: a key created (with its scopes) or revoked, an allocation
-//! created, a budget limit set. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
-//! answers, so an acknowledged key survives a crash. Only key hashes are stored, never a key.
-//! `audit.jsonl` records who did what and when, for every admin action.
-//!
-//! A journal whose last line was cut by a crash is read up to that line (the cut record was
-//! never acknowledged); a malformed line anywhere else stops start-up with its line number.
+//! Built once from the config at start; every request holds an `Arc` of it. Nothing here takes
+//! a lock on the request path: keys and budgets are the engine's lock-free tables, rate limits
+//! are atomics, the rate card is swapped whole.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Write as _};
-use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 use tollgate_engine::{
-    AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore,
-    Level, Nanos, Scopes, UnixMs, VirtualKey,
+    AllocationSpec, Directory, EventId, Gcra, KeyHash, KeyId, KeyStore, ModelRef, RateCard, UnixMs,
+    VirtualKey,
 };
 
-/// The journal of admin changes.
-pub const JOURNAL_FILE: &str = "journal.jsonl";
-/// The audit log.
-pub const AUDIT_FILE: &str = "audit.jsonl";
+use crate::clock::now_ms;
+use crate::config::{Config, RateConfig, allow_list};
+use crate::control::journal::Journal;
+use crate::events::emit::{Emitter, Writer};
+use crate::metrics::Metrics;
+use crate::providers::client::Upstream;
 
-/// One journal record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Record {
-    /// A key was created.
-    Create {
-        /// Public id.
-        id: KeyId,
-        /// SHA-256 of the secret, hex.
-        hash: String,
-        /// First characters of the secret, for people to tell keys apart.
-        prefix: String,
-        /// Allocation charged.
-        allocation: String,
-        /// Owner.
-        user: String,
-        /// Agent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        agent: Option<String>,
-        /// Expiry.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        expires_at_ms: Option<i64>,
-        /// The key's own allow-list; empty allows what the allocation allows.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        models: Vec<String>,
-        /// Requests per minute.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        requests_per_minute: Option<NonZeroU32>,
-        /// Tokens per minute.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tokens_per_minute: Option<NonZeroU32>,
-        /// What it may do besides calling models (`metering`).
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        scopes: Vec<String>,
-        /// When.
-        created_at_ms: i64,
-    },
-    /// A key was revoked.
-    Revoke {
-        /// Which.
-        id: KeyId,
-        /// When.
-        at_ms: i64,
-    },
-    /// An allocation was created.
-    CreateAllocation {
-        /// Name.
-        name: String,
-        /// Owning project.
-        project: String,
-        /// Cost center.
-        #[serde(default)]
-        cost_center: String,
-        /// Allow-list; empty allows every priced model.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        models: Vec<String>,
-        /// Budget.
-        budget: BudgetSpec,
-    },
-    /// A budget limit was changed.
-    SetLimit {
-        /// `team`, `project` or `allocation`.
-        level: Level,
-        /// Which one.
-        name: String,
-        /// The new limit; `None` counts without limiting.
-        limit: Option<Nanos>,
-    },
+/// Requests- and tokens-per-minute limits of one key or team.
+#[derive(Debug)]
+pub struct Rates {
+    /// Requests per minute, taken at admission.
+    pub requests: Option<Gcra>,
+    /// Tokens per minute, charged after each call.
+    pub tokens: Option<Gcra>,
 }
 
-/// Why the journal could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// I/O.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
-    /// A line is not a record, or names what does not exist.
-    #[error("{}:{line}: {reason}", path.display())]
-    Corrupt {
-        /// File.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// Why.
-        reason: String,
-    },
+impl Rates {
+    fn new(config: RateConfig) -> Option<Rates> {
+        if config == RateConfig::default() {
+            return None;
+        }
+        Some(Rates {
+            requests: config.requests_per_minute.map(Gcra::per_minute),
+            tokens: config.tokens_per_minute.map(Gcra::per_minute),
+        })
+    }
 }
 
-/// The open journal and audit log.
-pub struct Journal {
-    journal_path: PathBuf,
-    files: Mutex<(File, File)>,
+/// Everything a request needs.
+pub struct Gateway {
+    /// The config it was built from.
+    pub config: Config,
+    /// Teams, projects, allocations and their budget cells.
+    pub directory: Directory,
+    /// Virtual keys.
+    pub keys: KeyStore,
+    /// The rate card in force.
+    pub card: ArcSwap<RateCard>,
+    /// Upstreams by provider name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Fixed aliases.
+    pub aliases: HashMap<String, ModelRef>,
+    /// The usage-event queue.
+    pub emitter: Emitter,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The journal of admin changes.
+    pub journal: Journal,
+    /// The resource ledger: booked record ids and holds for authorized usage.
+    pub ledger: crate::usage::Ledger,
+    /// Requests in flight.
+    pub in_flight: Arc<Semaphore>,
+    key_rates: DashMap<KeyId, Arc<Rates>>,
+    team_rates: HashMap<Arc<str>, Rates>,
+    admin_token: Option<KeyHash>,
+    epoch: Instant,
+    sequence: AtomicU64,
 }
 
-impl std::fmt::Debug for Journal {
+impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal")
-            .field("journal_path", &self.journal_path)
+        f.debug_struct("Gateway")
+            .field("listen", &self.config.server.listen)
             .finish_non_exhaustive()
     }
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_owned(),
-        source,
-    }
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rate card.
+    #[error(transparent)]
+    Engine(#[from] tollgate_engine::Error),
+    /// A provider.
+    #[error(transparent)]
+    Upstream(#[from] crate::providers::client::SetupError),
+    /// The journal.
+    #[error(transparent)]
+    State(#[from] crate::control::journal::StateError),
+    /// The event log.
+    #[error("opening the event log in {dir}: {source}")]
+    Events {
+        /// Folder.
+        dir: String,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
-impl Journal {
-    /// Opens (creating) the journal in `dir` and replays it into `keys`. Returns the journal
-    /// and the number of keys restored.
-    pub fn open(
-        dir: &Path,
-        directory: &Directory,
-        keys: &KeyStore,
-    ) -> Result<(Journal, usize), StateError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        let journal_path = dir.join(JOURNAL_FILE);
-        let audit_path = dir.join(AUDIT_FILE);
-        let restored = replay(&journal_path, directory, keys)?;
-        let open = |path: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(io_error(path))
+impl Gateway {
+    /// Builds the gateway from `config`, reading credentials and the admin token with `env`.
+    pub fn start(
+        config: Config,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Arc<Gateway>, Writer), StartError> {
+        let card = RateCard::load(&config.rate_card)?;
+        let directory = Directory::new();
+        for team in &config.teams {
+            directory.add_team(&team.name, &team.org, team.budget)?;
+        }
+        for project in &config.projects {
+            directory.add_project(&project.name, &project.team, project.budget)?;
+        }
+        for allocation in &config.allocations {
+            directory.add_allocation(AllocationSpec {
+                name: allocation.name.clone(),
+                project: allocation.project.clone(),
+                cost_center: allocation.cost_center.clone(),
+                models: allow_list(&allocation.models)?,
+                budget: allocation.budget,
+            })?;
+        }
+        let mut upstreams = HashMap::new();
+        for provider in &config.providers {
+            let upstream = Upstream::new(provider.clone(), &env)?;
+            upstreams.insert(provider.name.clone(), Arc::new(upstream));
+        }
+        let aliases = config.aliases.iter().cloned().collect();
+        let team_rates = config
+            .teams
+            .iter()
+            .filter_map(|t| Some((Arc::from(t.name.as_str()), Rates::new(t.rate)?)))
+            .collect();
+        let keys = KeyStore::new();
+        let (journal, _restored) = Journal::open(&config.state_dir, &directory, &keys)?;
+
+        let metrics = Arc::new(Metrics::default());
+        let events_error = |source| StartError::Events {
+            dir: config.events.dir.display().to_string(),
+            source,
         };
-        let files = (open(&journal_path)?, open(&audit_path)?);
-        Ok((
-            Journal {
-                journal_path,
-                files: Mutex::new(files),
-            },
-            restored,
+        let (emitter, writer, _recovery) = Emitter::start(
+            &config.events,
+            config.parquet.as_ref(),
+            Arc::clone(&metrics),
+        )
+        .map_err(events_error)?;
+        // Budgets carry the spend of their current periods across a restart, and the ledger
+        // the ids of the records it booked: from the spend checkpoint and the log after it.
+        let mut index = crate::usage::Ledger::index_for(&config.ledger);
+        let checkpoint = config
+            .state_dir
+            .join(crate::events::restore::CHECKPOINT_FILE);
+        let mut folded = crate::events::restore::Folded::load(&checkpoint).unwrap_or_default();
+        let from = folded.next_offset;
+        crate::events::restore::restore_spend(
+            &directory,
+            &mut folded,
+            emitter.read_from(from),
+            now_ms(),
+            &mut index,
+        )
+        .map_err(|e| events_error(std::io::Error::other(e)))?;
+        emitter.maintain(crate::events::emit::Maintenance::new(
+            folded,
+            checkpoint,
+            config.events.checkpoint_interval,
+            config.kafka.is_some(),
+            crate::usage::duration_ms(config.ledger.record_window),
+        ));
+        let ledger = crate::usage::Ledger::new(config.ledger.clone(), index);
+        let admin_token = env(&config.admin.token_env)
+            .filter(|t| !t.is_empty())
+            .map(|t| KeyHash::of(&t));
+        let in_flight = Arc::new(Semaphore::new(config.server.requests_in_flight_max));
+        let gateway = Gateway {
+            directory,
+            keys,
+            card: ArcSwap::from_pointee(card),
+            upstreams,
+            aliases,
+            emitter,
+            metrics,
+            journal,
+            ledger,
+            in_flight,
+            key_rates: DashMap::new(),
+            team_rates,
+            admin_token,
+            epoch: Instant::now(),
+            sequence: AtomicU64::new(0),
+            config,
+        };
+        Ok((Arc::new(gateway), writer))
+    }
+
+    /// Microseconds on the monotonic clock rate limits run on.
+    #[must_use]
+    pub fn monotonic_us(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The limits of `key` (created on first use), if it has any.
+    #[must_use]
+    pub fn key_rates(&self, key: &VirtualKey) -> Option<Arc<Rates>> {
+        let config = RateConfig {
+            requests_per_minute: key.limits.requests_per_minute,
+            tokens_per_minute: key.limits.tokens_per_minute,
+        };
+        if config == RateConfig::default() {
+            return None;
+        }
+        if let Some(rates) = self.key_rates.get(&key.id()) {
+            return Some(Arc::clone(&rates));
+        }
+        let rates = Arc::new(Rates::new(config)?);
+        Some(Arc::clone(
+            self.key_rates.entry(key.id()).or_insert(rates).value(),
         ))
     }
 
-    /// Appends an audit line alone (an action with nothing to replay), synced.
-    pub fn audit(&self, audit: &serde_json::Value) -> Result<(), StateError> {
-        let mut line = audit.to_string().into_bytes();
-        line.push(b'\n');
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let audit_file = &mut files.1;
-        audit_file
-            .write_all(&line)
-            .and_then(|()| audit_file.sync_data())
-            .map_err(io_error(&self.journal_path))
+    /// The shared limits of `team`, if it has any.
+    #[must_use]
+    pub fn team_rates(&self, team: &str) -> Option<&Rates> {
+        self.team_rates.get(team)
     }
 
-    /// Appends `record` and an audit line, syncing both before returning.
-    pub fn append(&self, record: &Record, audit: &serde_json::Value) -> Result<(), StateError> {
-        let mut line = serde_json::to_vec(record).map_err(|e| StateError::Io {
-            path: self.journal_path.clone(),
-            source: io::Error::other(e),
-        })?;
-        line.push(b'\n');
-        let mut audit_line = audit.to_string().into_bytes();
-        audit_line.push(b'\n');
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (keys, audit_file) = &mut *files;
-        keys.write_all(&line)
-            .and_then(|()| keys.sync_data())
-            .map_err(io_error(&self.journal_path))?;
-        audit_file
-            .write_all(&audit_line)
-            .and_then(|()| audit_file.sync_data())
-            .map_err(io_error(&self.journal_path))?;
-        Ok(())
+    /// Whether `presented` is the admin token (constant-time on the hash).
+    #[must_use]
+    pub fn is_admin(&self, presented: &str) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|token| token.matches(&KeyHash::of(presented)))
     }
-}
 
-/// The record that creates `key`.
-#[must_use]
-pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
-    Record::Create {
-        id: key.id(),
-        hash: key.hash().to_hex(),
-        prefix: key.display_prefix(),
-        allocation: key.allocation.name.to_string(),
-        user: spec.user.clone(),
-        agent: spec.agent.clone(),
-        expires_at_ms: spec.expires_at.map(|t| t.0),
-        models: match spec.models {
-            AllowList::Any => Vec::new(),
-            AllowList::Only(_) => spec.models.entries(),
-        },
-        requests_per_minute: spec.limits.requests_per_minute,
-        tokens_per_minute: spec.limits.tokens_per_minute,
-        scopes: spec.scopes.names().into_iter().map(str::to_owned).collect(),
-        created_at_ms: spec.created_at.0,
+    /// Whether an admin token is configured at all.
+    #[must_use]
+    pub fn admin_enabled(&self) -> bool {
+        self.admin_token.is_some()
     }
-}
 
-fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, StateError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_error(path)(e)),
-    };
-    let corrupt = |line: usize, reason: String| StateError::Corrupt {
-        path: path.to_owned(),
-        line,
-        reason,
-    };
-    let mut creates = Vec::new();
-    let mut revoked = std::collections::HashSet::new();
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut number = 0;
-    loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(io_error(path))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        if buf.last() != Some(&b'\n') {
-            // Cut by a crash mid-write: never acknowledged, so never in force.
-            crate::emit::report(&format!(
-                "{}:{number}: ignoring an incomplete last record",
-                path.display()
-            ));
-            break;
-        }
-        let record: Record =
-            serde_json::from_slice(&buf).map_err(|e| corrupt(number, e.to_string()))?;
-        match record {
-            Record::Create { .. } => creates.push((number, record)),
-            Record::Revoke { id, .. } => {
-                revoked.insert(id);
-            }
-            // Allocations and limits apply in order, so keys (restored last) find them.
-            Record::CreateAllocation { .. } | Record::SetLimit { .. } => {
-                apply(&record, directory).map_err(|e| corrupt(number, e.to_string()))?;
+    /// A fresh UUIDv7 event id.
+    #[must_use]
+    pub fn event_id(&self, now: UnixMs) -> EventId {
+        EventId::v7(now, &self.random())
+    }
+
+    /// A fresh request id, `req_` and 32 hex digits (a UUIDv7, so ids sort by time).
+    #[must_use]
+    pub fn request_id(&self, now: UnixMs) -> Arc<str> {
+        let id = self.event_id(now);
+        Arc::from(format!("req_{}", id.0.simple()))
+    }
+
+    /// Random bytes from the OS; if that ever fails, a hash of a counter and the clock (unique
+    /// within the process, which is what ids need).
+    #[must_use]
+    pub fn random<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        if getrandom::fill(&mut out).is_err() {
+            let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let digest = Sha256::new()
+                .chain_update(n.to_le_bytes())
+                .chain_update(now_ms().0.to_le_bytes())
+                .chain_update(self.monotonic_us().to_le_bytes())
+                .finalize();
+            for (slot, byte) in out.iter_mut().zip(digest.iter().cycle()) {
+                *slot = *byte;
             }
         }
+        out
     }
-    let mut restored = Vec::with_capacity(creates.len());
-    for (line, record) in creates {
-        let Record::Create {
-            id,
-            hash,
-            prefix,
-            allocation,
-            user,
-            agent,
-            expires_at_ms,
-            models,
-            requests_per_minute,
-            tokens_per_minute,
-            scopes,
-            created_at_ms,
-        } = record
-        else {
-            continue;
-        };
-        let allocation = directory
-            .allocation(&allocation)
-            .map_err(|e| corrupt(line, e.to_string()))?;
-        let hash = KeyHash::from_hex(&hash).ok_or_else(|| corrupt(line, "bad key hash".into()))?;
-        if hash.id() != id {
-            return Err(corrupt(
-                line,
-                format!("id {id} does not match the key hash"),
-            ));
-        }
-        let models =
-            crate::config::allow_list(&models).map_err(|e| corrupt(line, e.to_string()))?;
-        let scopes = Scopes::parse(&scopes).map_err(|e| corrupt(line, e.to_string()))?;
-        let spec = KeySpec {
-            user,
-            agent,
-            expires_at: expires_at_ms.map(UnixMs),
-            models,
-            limits: KeyLimits {
-                requests_per_minute,
-                tokens_per_minute,
-            },
-            scopes,
-            created_at: UnixMs(created_at_ms),
-            revoked: revoked.contains(&id),
-        };
-        restored.push((allocation, hash, prefix, spec));
-    }
-    keys.restore_many(restored)
-        .map_err(|e| corrupt(number, e.to_string()))
 }
-
-/// Applies an allocation or budget record to the directory (at replay, and when the admin API
-/// makes the change). Key records are the key store's.
-pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engine::Error> {
-    match record {
-        Record::CreateAllocation {
-            name,
-            project,
-            cost_center,
-            models,
-            budget,
-        } => {
-            directory.add_allocation(AllocationSpec {
-                name: name.clone(),
-                project: project.clone(),
-                cost_center: cost_center.clone(),
-                models: crate::config::allow_list(models)?,
-                budget: *budget,
-            })?;
-        }
-        Record::SetLimit { level, name, limit } => {
-            let cell = match level {
-                Level::Allocation => {
-                    let allocation = directory.allocation(name)?;
-                    allocation.budget.set_limit(*limit);
-                    return Ok(());
-                }
-                Level::Project => directory.project(name)?.budget.clone(),
-                Level::Team => directory.team(name)?.budget.clone(),
-            };
-            cell.set_limit(*limit);
-        }
-        Record::Create { .. } | Record::Revoke { .. } => {}
-    }
-    Ok(())
-}
-
-/// Shared handle.
-pub type SharedJournal = Arc<Journal>;

@@ -16,11 +16,12 @@ use http::Method;
 use serde_json::{Value, json};
 use tollgate_engine::RateCard;
 use tollgate_engine::time::parse_rfc3339;
-use tollgate_gateway::client;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::gateway::Gateway;
+use tollgate_gateway::state::Gateway;
 
+mod client;
 mod demo;
+mod import;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -511,17 +512,18 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let writer = runtime.block_on(async {
         let drain = config.server.drain_timeout;
         let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
-        let replica = tollgate_gateway::reconcile::replica_id(&gateway)
+        let replica = tollgate_gateway::control::reconcile::replica_id(&gateway)
             .context("the replica id in the state folder")?;
-        let shipping = tollgate_gateway::ship::ShipTask::start(&gateway, &replica)?;
-        let reconciling = tollgate_gateway::reconcile::ReconcileTask::start(&gateway, &replica)?;
+        let shipping = tollgate_gateway::control::ship::ShipTask::start(&gateway, &replica)?;
+        let reconciling =
+            tollgate_gateway::control::reconcile::ReconcileTask::start(&gateway, &replica)?;
         if let Some(reconciling) = &reconciling {
             // Other replicas' spend is in the table before anything is admitted.
             reconciling
                 .caught_up(tollgate_gateway::limits::RECONCILE_CATCH_UP_MAX)
                 .await;
         }
-        let sweeper = tollgate_gateway::ledger::spawn_sweeper(&gateway);
+        let sweeper = tollgate_gateway::usage::spawn_sweeper(&gateway);
         let listen = gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -532,7 +534,8 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             writeln!(out, "tollgate listening on http://{address}")?;
             out.flush()?;
         }
-        tollgate_gateway::server::serve(Arc::clone(&gateway), listener, shutdown_signal()).await?;
+        tollgate_gateway::http::server::serve(Arc::clone(&gateway), listener, shutdown_signal())
+            .await?;
         sweeper.abort();
         gateway.emitter.stop(drain);
         // The last sync first, then what it synced is shipped.
@@ -1085,7 +1088,7 @@ fn report(
 }
 
 fn import(command: ImportCommand) -> anyhow::Result<()> {
-    use tollgate_gateway::import::{self, Mapping, opencost, slurm, storage};
+    use crate::import::{self, Mapping, opencost, slurm, storage};
     let read = |file: &std::path::Path| {
         import::read_file(file, tollgate_gateway::limits::IMPORT_FILE_BYTES_MAX)
     };
@@ -1167,7 +1170,7 @@ fn utc_offset_minutes(text: &str) -> anyhow::Result<i32> {
 /// refuses stops the import before anything is booked, named by its line), then for real.
 fn send_records(
     file: &std::path::Path,
-    parsed: &tollgate_gateway::import::Import,
+    parsed: &crate::import::Import,
     send: &SendArgs,
 ) -> anyhow::Result<()> {
     let token = std::env::var("TOLLGATE_METERING_KEY")

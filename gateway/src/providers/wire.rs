@@ -150,7 +150,7 @@ pub fn usage_of_body(api: Api, body: &[u8]) -> Option<TokenUsage> {
     match api {
         Api::Converse => {
             let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-            crate::bedrock::usage_of(value.get("usage")?)
+            crate::providers::bedrock::usage_of(value.get("usage")?)
         }
         Api::Messages => {
             #[derive(Deserialize)]

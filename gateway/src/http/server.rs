@@ -15,9 +15,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::emit::report;
-use crate::gateway::Gateway;
-use crate::pipeline;
+use crate::operator::report;
+use crate::proxy;
+use crate::state::Gateway;
 
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -52,7 +52,7 @@ pub async fn serve(
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
                     let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gateway, request).await) }
+                    async move { Ok::<_, std::convert::Infallible>(proxy::handle(gateway, request).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);

@@ -755,7 +755,7 @@ impl RawConfig {
                     ));
                 }
             };
-            if let Err(reason) = crate::upstream::check_base_url(&base_url) {
+            if let Err(reason) = crate::providers::client::check_base_url(&base_url) {
                 return Err(err(format!("provider[{i}].base_url"), base_span, reason));
             }
             if let Some(var) = &raw.api_key_env

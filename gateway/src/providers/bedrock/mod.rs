@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use tollgate_engine::{TokenUsage, UnixMs};
 
-use crate::translate::{
+use crate::providers::anthropic::{
     Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, conversation, max_tokens,
     stop_sequences,
 };
@@ -532,14 +532,14 @@ pub fn converse_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
             text.push_str(t);
         }
         if let Some(call) = block.get("toolUse") {
-            tool_calls.push(crate::translate::tool_call(
+            tool_calls.push(crate::providers::anthropic::tool_call(
                 call.get("toolUseId"),
                 call.get("name"),
                 call.get("input"),
             ));
         }
     }
-    let message = crate::translate::assistant_message(&text, tool_calls);
+    let message = crate::providers::anthropic::assistant_message(&text, tool_calls);
     let usage = answer.get("usage").and_then(usage_of).unwrap_or_default();
     let chat = json!({
         "id": "chatcmpl-bedrock",
@@ -621,7 +621,7 @@ impl StreamTranslator {
     }
 
     fn keep(&mut self, text: &str) {
-        crate::wire::keep_capped(
+        crate::providers::wire::keep_capped(
             &mut self.text,
             self.text_bytes_max,
             &mut self.beyond_bytes,

@@ -32,10 +32,11 @@ use tollgate_sink::columnar::ParquetSink;
 use tollgate_sink::log::{Log, LogReader, Recovery};
 
 use crate::config::{EventsConfig, ParquetConfig};
-use crate::restore::Folded;
+use crate::events::restore::Folded;
 
-use crate::error::rfc3339;
 use crate::metrics::{Counter, Metrics};
+use crate::operator::report;
+use tollgate_engine::time::format_rfc3339_s;
 
 /// The log's folder under `events.dir`.
 pub const LOG_DIR: &str = "log";
@@ -258,7 +259,7 @@ impl Emitter {
     pub fn alert(&self, crossed: &SoftLimitCrossed, at: tollgate_engine::UnixMs) {
         let line = serde_json::json!({
             "kind": "soft_limit_crossed",
-            "at": rfc3339(at),
+            "at": format_rfc3339_s(at),
             "level": crossed.level.as_str(),
             "name": &*crossed.name,
             "period": crossed.period.as_str(),
@@ -402,7 +403,7 @@ fn maintain(shared: &Shared, force: bool) {
     }
     state
         .folded
-        .compact(crate::gateway::now_ms(), state.record_window_ms);
+        .compact(crate::clock::now_ms(), state.record_window_ms);
     if let Err(e) = state.folded.save(&state.path) {
         report(&format!(
             "spend checkpoint: writing {}: {e}",
@@ -468,11 +469,6 @@ fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
         }
         maintain(shared, false);
     }
-}
-
-/// Reports an operational problem on stderr (no key or credential is ever part of one).
-pub fn report(message: &str) {
-    let _ = writeln!(io::stderr().lock(), "tollgate: {message}");
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use tollgate_sink::reconcile::{Posting, Reconciler};
 
-use crate::emit::report;
-use crate::gateway::Gateway;
 use crate::limits;
 use crate::metrics::Counter;
+use crate::operator::report;
+use crate::state::Gateway;
 
 /// The file in the state folder holding this replica's id, made at first start.
 const REPLICA_FILE: &str = "replica_id";

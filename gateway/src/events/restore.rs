@@ -220,7 +220,7 @@ impl Folded {
         match serde_json::from_slice::<Folded>(&text) {
             Ok(folded) if folded.v == 1 => Some(folded),
             _ => {
-                crate::emit::report(&format!(
+                crate::operator::report(&format!(
                     "{}: not a spend checkpoint this version reads; restoring from the whole log",
                     path.display()
                 ));

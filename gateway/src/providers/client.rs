@@ -21,10 +21,10 @@ use hyper_util::rt::TokioExecutor;
 
 use tollgate_engine::UnixMs;
 
-use crate::bedrock::{self, Credentials};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::limits::UPSTREAM_IDLE_CONNECTIONS_MAX;
-use crate::wire::Api;
+use crate::providers::bedrock::{self, Credentials};
+use crate::providers::wire::Api;
 
 /// A request body made of slices of the client's body (shared, not copied) and the few bytes
 /// the gateway rewrote.

@@ -2,7 +2,7 @@
 //! providers, models and rate-card versions. The `tollgate` CLI speaks to it.
 //!
 //! A key's secret appears once, in the answer that creates it; only its hash is stored. Every
-//! change is journaled and synced (see [`crate::state`]) and written to the audit log before
+//! change is journaled and synced (see [`crate::control::journal`]) and written to the audit log before
 //! the answer is sent.
 
 use std::sync::Arc;
@@ -16,13 +16,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_engine::{KeyId, KeyLimits, KeySpec, UnixMs, VirtualKey};
 
+use crate::clock::now_ms;
 use crate::config::allow_list;
-use crate::error::{Failure, Protocol, rfc3339};
-use crate::gateway::{Gateway, now_ms};
+use crate::control::journal::{Record, create_record};
+use crate::http::error::{Failure, Protocol};
 use crate::limits::ADMIN_BODY_BYTES_MAX;
-use crate::meter::ResponseBody;
-use crate::pipeline::error_response;
-use crate::state::{Record, create_record};
+use crate::proxy::error_response;
+use crate::proxy::meter::ResponseBody;
+use crate::state::Gateway;
+use tollgate_engine::time::format_rfc3339_s;
 
 /// Serves one admin request.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
@@ -220,7 +222,7 @@ fn insert_key(
     };
     let record = create_record(&key, &spec);
     let audit = json!({
-        "at": rfc3339(now),
+        "at": format_rfc3339_s(now),
         "actor": "admin",
         "action": if replaces.is_some() { "key.rotate" } else { "key.create" },
         "key_id": key.id().to_string(),
@@ -313,12 +315,12 @@ fn create_allocation(
         },
     };
     // Applied first (it checks names and the project), journaled once it holds.
-    crate::state::apply(&record, &gateway.directory).map_err(|e| match e {
+    crate::control::journal::apply(&record, &gateway.directory).map_err(|e| match e {
         tollgate_engine::Error::Unknown { .. } => Failure::AdminNotFound(e.to_string()),
         _ => Failure::BadRequest(e.to_string()),
     })?;
     let audit = json!({
-        "at": rfc3339(now), "actor": "admin", "action": "allocation.create",
+        "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
         "allocation": request.name, "project": request.project,
     });
     gateway
@@ -371,10 +373,10 @@ fn set_limit(
         name: name.to_owned(),
         limit: request.limit,
     };
-    crate::state::apply(&record, &gateway.directory)
+    crate::control::journal::apply(&record, &gateway.directory)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     let audit = json!({
-        "at": rfc3339(now), "actor": "admin", "action": "budget.set",
+        "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string()),
     });
     gateway
@@ -398,7 +400,7 @@ fn find_key(gateway: &Gateway, id: &str) -> Result<Arc<VirtualKey>, Failure> {
 fn revoke(gateway: &Gateway, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
     let record = Record::Revoke { id, at_ms: now.0 };
     let audit = json!({
-        "at": rfc3339(now),
+        "at": format_rfc3339_s(now),
         "actor": "admin",
         "action": action,
         "key_id": id.to_string(),
@@ -445,8 +447,8 @@ fn describe(key: &VirtualKey) -> Value {
         "requests_per_minute": key.limits.requests_per_minute,
         "tokens_per_minute": key.limits.tokens_per_minute,
         "scopes": key.scopes.names(),
-        "created_at": rfc3339(key.created_at),
-        "expires_at": key.expires_at().map(rfc3339),
+        "created_at": format_rfc3339_s(key.created_at),
+        "expires_at": key.expires_at().map(format_rfc3339_s),
         "revoked": key.is_revoked(),
     })
 }
@@ -465,7 +467,7 @@ fn budget(cell: &tollgate_engine::BudgetCell, now: UnixMs) -> Value {
         "spent": snapshot.spent.to_string(),
         "in_flight": snapshot.in_flight.to_string(),
         "remaining": snapshot.remaining.map(|n| n.to_string()),
-        "resets_at": snapshot.resets_at.map(rfc3339),
+        "resets_at": snapshot.resets_at.map(format_rfc3339_s),
         "spent_nanos": snapshot.spent.0,
     })
 }
@@ -556,7 +558,7 @@ fn rate_card(gateway: &Gateway) -> Value {
         .map(|v| {
             json!({
                 "id": &*v.id,
-                "effective_from": rfc3339(v.effective_from),
+                "effective_from": format_rfc3339_s(v.effective_from),
                 "models": v.model_count(),
                 "resources": v.resource_count(),
             })
@@ -590,7 +592,7 @@ fn reload_rate_card(gateway: &Gateway, now: UnixMs) -> Result<(StatusCode, Value
             return Err(Failure::BadRequest(format!(
                 "version `{}` is in force since {} and cannot change or go away; add a new version instead",
                 old.id,
-                rfc3339(old.effective_from)
+                format_rfc3339_s(old.effective_from)
             )));
         }
     }
@@ -600,8 +602,7 @@ fn reload_rate_card(gateway: &Gateway, now: UnixMs) -> Result<(StatusCode, Value
         .filter(|v| current.version(&v.id).is_none())
         .map(|v| v.id.to_string())
         .collect();
-    let audit =
-        json!({"at": rfc3339(now), "actor": "admin", "action": "rate_card.reload", "added": added});
+    let audit = json!({"at": format_rfc3339_s(now), "actor": "admin", "action": "rate_card.reload", "added": added});
     gateway
         .journal
         .audit(&audit)

@@ -28,13 +28,13 @@ use tollgate_engine::{
     UsageEvent, UsageSource, VirtualKey,
 };
 
-use crate::bedrock;
-use crate::gateway::Gateway;
 use crate::limits::{RESPONSE_METER_BYTES_MAX, STREAM_TEXT_BYTES_MAX};
 use crate::metrics::Counter;
-use crate::sse::{self, Framer};
-use crate::translate::{self, StreamTranslator};
-use crate::wire::{self, Api, StreamTally};
+use crate::providers::anthropic::{self, StreamTranslator};
+use crate::providers::bedrock;
+use crate::providers::sse::{self, Framer};
+use crate::providers::wire::{self, Api, StreamTally};
+use crate::state::Gateway;
 
 /// An admitted call: everything needed to settle it and record it.
 pub struct Ticket {
@@ -160,7 +160,7 @@ impl Ticket {
         }
         let latency = sent.elapsed();
         metrics.upstream(millis(latency), ttft.map(millis));
-        let now = crate::gateway::now_ms();
+        let now = crate::clock::now_ms();
         let event = UsageEvent {
             v: USAGE_EVENT_VERSION,
             event_id: gateway.event_id(now),
@@ -505,7 +505,7 @@ impl Metered {
             (Mode::Sse { .. } | Mode::Frames { .. }, _) | (Mode::Json { .. }, None) => None,
             (Mode::Json { kept, .. }, Some(translate)) => {
                 let body: Vec<u8> = kept.iter().flat_map(|b| b.iter().copied()).collect();
-                let created_s = crate::gateway::now_ms().0 / 1000;
+                let created_s = crate::clock::now_ms().0 / 1000;
                 let translated = match translate {
                     Translate::Whole {
                         target: Api::Converse,
@@ -515,7 +515,7 @@ impl Metered {
                         Some(bedrock::error_to_openai(&body, error_type.as_deref()))
                     }
                     Translate::Whole { .. } if self.error_answer => {
-                        translate::error_to_openai(&body)
+                        anthropic::error_to_openai(&body)
                     }
                     Translate::Whole {
                         model,
@@ -523,7 +523,7 @@ impl Metered {
                         ..
                     } => bedrock::converse_to_chat(&body, model, created_s),
                     Translate::Whole { model, .. } => {
-                        translate::message_to_chat(&body, model, created_s)
+                        anthropic::message_to_chat(&body, model, created_s)
                     }
                     Translate::Stream(_) | Translate::BedrockStream(_) => None,
                 };

@@ -5,7 +5,6 @@
 //! status. The body is OpenAI's error envelope on OpenAI routes and Anthropic's on
 //! `/v1/messages`; a spent budget has the same fields on every route.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -363,9 +362,9 @@ impl Failure {
             fields.insert("requested".into(), json!(exhausted.requested.to_string()));
             fields.insert(
                 "resets_at".into(),
-                exhausted
-                    .resets_at
-                    .map_or(Value::Null, |t| json!(rfc3339(t))),
+                exhausted.resets_at.map_or(Value::Null, |t| {
+                    json!(tollgate_engine::time::format_rfc3339_s(t))
+                }),
             );
         }
         let envelope = match protocol {
@@ -374,19 +373,6 @@ impl Failure {
         };
         Bytes::from(envelope.to_string())
     }
-}
-
-/// `2026-12-01T00:00:00Z` (whole seconds; budget periods start on them).
-#[must_use]
-pub fn rfc3339(t: tollgate_engine::UnixMs) -> String {
-    let c = t.to_civil();
-    let mut out = String::with_capacity(20);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    );
-    out
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::gateway::Gateway;
+use tollgate_gateway::state::Gateway;
 use tollgate_loadtest::harness::{self, Options};
 use tollgate_loadtest::mock::{self, MockConfig};
 
@@ -113,7 +113,7 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_gateway::server::serve(
+    let server = tokio::spawn(tollgate_gateway::http::server::serve(
         Arc::clone(&gateway),
         listener,
         async move {
@@ -217,7 +217,7 @@ fn admin_token() -> String {
 }
 
 /// The demo's rate card: the documented example card.
-const RATES: &str = include_str!("../config/rates.example.toml");
+const RATES: &str = include_str!("../../../config/rates.example.toml");
 
 /// The demo's gateway config: three teams, their projects, and the mock provider answering as
 /// OpenAI and as Anthropic. The fleet's allocations and keys are made at run time through the

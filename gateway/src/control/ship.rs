@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tollgate_sink::kafka::Shipper;
 
-use crate::emit::report;
-use crate::gateway::Gateway;
 use crate::limits::KAFKA_SHIP_INTERVAL;
+use crate::operator::report;
+use crate::state::Gateway;
 
 /// Longest pause between two failed passes.
 const SHIP_BACKOFF_MAX: Duration = Duration::from_secs(2);

@@ -244,8 +244,8 @@ fn allocation(raw: &RawValue, options: &Options) -> Result<Vec<UsageRecord>, Str
         let id = format!(
             "opencost:{cluster}:{}:{}:{}:{}",
             a.name,
-            crate::error::rfc3339(start),
-            crate::error::rfc3339(end),
+            tollgate_engine::time::format_rfc3339_s(start),
+            tollgate_engine::time::format_rfc3339_s(end),
             unit.as_str()
         );
         records.push(UsageRecord {

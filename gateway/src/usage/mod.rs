@@ -34,13 +34,15 @@ use tollgate_engine::{
     Allocation, Cost, Micros, Nanos, ResourceUnit, Scopes, Site, UnixMs, UsageEvent, VirtualKey,
 };
 
+use crate::clock::now_ms;
 use crate::config::LedgerConfig;
-use crate::error::{BudgetScope, Failure, Protocol, rfc3339};
-use crate::gateway::{Gateway, now_ms};
+use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::limits::{LEDGER_CLOCK_SKEW, LEDGER_SWEEP_INTERVAL};
-use crate::meter::ResponseBody;
 use crate::metrics::Counter;
-use crate::pipeline::{error_response, presented_key};
+use crate::proxy::meter::ResponseBody;
+use crate::proxy::{error_response, presented_key};
+use crate::state::Gateway;
+use tollgate_engine::time::format_rfc3339_s;
 
 /// The ledger's routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -677,7 +679,7 @@ fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode,
                 "id": id.to_string(),
                 "amount": cost.billed.to_string(),
                 "amount_nanos": cost.billed.0,
-                "expires_at": rfc3339(expires_at),
+                "expires_at": format_rfc3339_s(expires_at),
                 "expires_at_ms": expires_at.0,
             }),
         );

@@ -4,7 +4,10 @@
 //! rate-limit -> reserve budget -> route -> proxy and meter -> settle -> emit.
 //! Every phase before proxying returns a [`Failure`]; [`model_call`] turns one into the error
 //! response of the route's protocol and a usage event. After admission the [`Ticket`] owns the
-//! call, and [`crate::meter`] settles and records it however the answer ends.
+//! call, and [`crate::proxy::meter`] settles and records it however the answer ends.
+
+pub mod json_scan;
+pub mod meter;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,15 +20,16 @@ use hyper::body::Incoming;
 use tollgate_engine::estimate::{RequestShape, estimate};
 use tollgate_engine::{ModelRef, Status, UnixMs, VirtualKey, reserve};
 
+use self::json_scan::Member;
+use crate::clock::now_ms;
 use crate::config::ProviderKind;
-use crate::error::{BudgetScope, Failure, Protocol};
-use crate::gateway::{Gateway, now_ms};
-use crate::json_scan::{self, Member};
-use crate::meter::{Measured, Metered, ResponseBody, Ticket, Translate, refusal_event};
+use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::metrics::{Counter, Gauges};
-use crate::translate::StreamTranslator;
-use crate::upstream::SliceBody;
-use crate::wire::Api;
+use crate::providers::anthropic::StreamTranslator;
+use crate::providers::client::SliceBody;
+use crate::providers::wire::Api;
+use crate::proxy::meter::{Measured, Metered, ResponseBody, Ticket, Translate, refusal_event};
+use crate::state::Gateway;
 
 /// What a path and method lead to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub enum Route {
     /// `/admin/...`.
     Admin,
     /// `/v1/usage...`: the resource ledger.
-    Usage(crate::ledger::UsageRoute),
+    Usage(crate::usage::UsageRoute),
     /// A known path with another method.
     WrongMethod,
     /// Nothing here.
@@ -60,10 +64,10 @@ pub fn route(method: &Method, path: &str) -> Route {
         _ => None,
     };
     let usage = match path {
-        "/v1/usage" => Some((crate::ledger::UsageRoute::Record, Method::POST)),
-        "/v1/usage/authorize" => Some((crate::ledger::UsageRoute::Authorize, Method::POST)),
+        "/v1/usage" => Some((crate::usage::UsageRoute::Record, Method::POST)),
+        "/v1/usage/authorize" => Some((crate::usage::UsageRoute::Authorize, Method::POST)),
         _ if path.starts_with("/v1/usage/reservations/") => {
-            Some((crate::ledger::UsageRoute::Release, Method::DELETE))
+            Some((crate::usage::UsageRoute::Release, Method::DELETE))
         }
         _ => None,
     };
@@ -117,8 +121,8 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     }
     match route(request.method(), request.uri().path()) {
         Route::Model(api) => model_call(gateway, api, request).await,
-        Route::Admin => crate::admin::handle(gateway, request).await,
-        Route::Usage(usage) => crate::ledger::handle(gateway, usage, request).await,
+        Route::Admin => crate::control::admin::handle(gateway, request).await,
+        Route::Usage(usage) => crate::usage::handle(gateway, usage, request).await,
         Route::Health => plain(StatusCode::OK, "text/plain", "ok\n"),
         Route::Metrics => {
             let (reservations_held, record_ids) = gateway.ledger.sizes();
@@ -330,7 +334,7 @@ struct Admitted {
     model: ModelRef,
     reservation: tollgate_engine::Reservation,
     card: Arc<tollgate_engine::RateCard>,
-    upstream: Arc<crate::upstream::Upstream>,
+    upstream: Arc<crate::providers::client::Upstream>,
     upstream_body: SliceBody,
     forwarded_headers: HeaderMap,
     request_body: Bytes,
@@ -508,8 +512,10 @@ impl Call<'_> {
             && matches!(self.api, Api::ChatCompletions | Api::Completions);
         let chunks = if let Some(target) = translate_to {
             let translated = match target {
-                Api::Converse => crate::bedrock::chat_to_converse(&body, price.max_output_tokens),
-                _ => crate::translate::chat_to_messages(
+                Api::Converse => {
+                    crate::providers::bedrock::chat_to_converse(&body, price.max_output_tokens)
+                }
+                _ => crate::providers::anthropic::chat_to_messages(
                     &body,
                     model.model(),
                     price.max_output_tokens,
@@ -741,14 +747,14 @@ async fn forward(
         let created_s = now_ms().0 / 1000;
         let streamed = success && stream;
         let translate = match (translation.target, streamed) {
-            (Api::Converse, true) => {
-                Translate::BedrockStream(Box::new(crate::bedrock::StreamTranslator::new(
+            (Api::Converse, true) => Translate::BedrockStream(Box::new(
+                crate::providers::bedrock::StreamTranslator::new(
                     &client_model,
                     created_s,
                     translation.include_usage,
                     crate::limits::STREAM_TEXT_BYTES_MAX,
-                )))
-            }
+                ),
+            )),
             (_, true) => Translate::Stream(Box::new(StreamTranslator::new(
                 &client_model,
                 created_s,
@@ -871,7 +877,7 @@ mod tests {
         assert_eq!(route(&Method::DELETE, "/metrics"), Route::WrongMethod);
         assert_eq!(route(&Method::GET, "/admin/v1/keys"), Route::Admin);
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
-        use crate::ledger::UsageRoute;
+        use crate::usage::UsageRoute;
         assert_eq!(
             route(&Method::POST, "/v1/usage"),
             Route::Usage(UsageRoute::Record)

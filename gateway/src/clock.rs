@@ -1,0 +1,15 @@
+//! The wall clock, read in one place: budgets, periods and event stamps take `now` from here and
+//! hand it to the engine, which never reads a clock itself.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tollgate_engine::UnixMs;
+
+/// Wall-clock now, for budgets, periods and event stamps.
+#[must_use]
+pub fn now_ms() -> UnixMs {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    UnixMs(i64::try_from(ms).unwrap_or(i64::MAX))
+}

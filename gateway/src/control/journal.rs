@@ -1,0 +1,365 @@
+//! What the admin API changes, kept across restarts: an append-only journal and an audit log.
+//!
+//! `journal.jsonl` holds one record per change: a key created (with its scopes) or revoked, an allocation
+//! created, a budget limit set. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
+//! answers, so an acknowledged key survives a crash. Only key hashes are stored, never a key.
+//! `audit.jsonl` records who did what and when, for every admin action.
+//!
+//! A journal whose last line was cut by a crash is read up to that line (the cut record was
+//! never acknowledged); a malformed line anywhere else stops start-up with its line number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tollgate_engine::{
+    AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore,
+    Level, Nanos, Scopes, UnixMs, VirtualKey,
+};
+
+/// The journal of admin changes.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// The audit log.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// One journal record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Record {
+    /// A key was created.
+    Create {
+        /// Public id.
+        id: KeyId,
+        /// SHA-256 of the secret, hex.
+        hash: String,
+        /// First characters of the secret, for people to tell keys apart.
+        prefix: String,
+        /// Allocation charged.
+        allocation: String,
+        /// Owner.
+        user: String,
+        /// Agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        /// Expiry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<i64>,
+        /// The key's own allow-list; empty allows what the allocation allows.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
+        /// Requests per minute.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requests_per_minute: Option<NonZeroU32>,
+        /// Tokens per minute.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_per_minute: Option<NonZeroU32>,
+        /// What it may do besides calling models (`metering`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
+        /// When.
+        created_at_ms: i64,
+    },
+    /// A key was revoked.
+    Revoke {
+        /// Which.
+        id: KeyId,
+        /// When.
+        at_ms: i64,
+    },
+    /// An allocation was created.
+    CreateAllocation {
+        /// Name.
+        name: String,
+        /// Owning project.
+        project: String,
+        /// Cost center.
+        #[serde(default)]
+        cost_center: String,
+        /// Allow-list; empty allows every priced model.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
+        /// Budget.
+        budget: BudgetSpec,
+    },
+    /// A budget limit was changed.
+    SetLimit {
+        /// `team`, `project` or `allocation`.
+        level: Level,
+        /// Which one.
+        name: String,
+        /// The new limit; `None` counts without limiting.
+        limit: Option<Nanos>,
+    },
+}
+
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A line is not a record, or names what does not exist.
+    #[error("{}:{line}: {reason}", path.display())]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The open journal and audit log.
+pub struct Journal {
+    journal_path: PathBuf,
+    files: Mutex<(File, File)>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("journal_path", &self.journal_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir` and replays it into `keys`. Returns the journal
+    /// and the number of keys restored.
+    pub fn open(
+        dir: &Path,
+        directory: &Directory,
+        keys: &KeyStore,
+    ) -> Result<(Journal, usize), StateError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let journal_path = dir.join(JOURNAL_FILE);
+        let audit_path = dir.join(AUDIT_FILE);
+        let restored = replay(&journal_path, directory, keys)?;
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_error(path))
+        };
+        let files = (open(&journal_path)?, open(&audit_path)?);
+        Ok((
+            Journal {
+                journal_path,
+                files: Mutex::new(files),
+            },
+            restored,
+        ))
+    }
+
+    /// Appends an audit line alone (an action with nothing to replay), synced.
+    pub fn audit(&self, audit: &serde_json::Value) -> Result<(), StateError> {
+        let mut line = audit.to_string().into_bytes();
+        line.push(b'\n');
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let audit_file = &mut files.1;
+        audit_file
+            .write_all(&line)
+            .and_then(|()| audit_file.sync_data())
+            .map_err(io_error(&self.journal_path))
+    }
+
+    /// Appends `record` and an audit line, syncing both before returning.
+    pub fn append(&self, record: &Record, audit: &serde_json::Value) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| StateError::Io {
+            path: self.journal_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        let mut audit_line = audit.to_string().into_bytes();
+        audit_line.push(b'\n');
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (keys, audit_file) = &mut *files;
+        keys.write_all(&line)
+            .and_then(|()| keys.sync_data())
+            .map_err(io_error(&self.journal_path))?;
+        audit_file
+            .write_all(&audit_line)
+            .and_then(|()| audit_file.sync_data())
+            .map_err(io_error(&self.journal_path))?;
+        Ok(())
+    }
+}
+
+/// The record that creates `key`.
+#[must_use]
+pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
+    Record::Create {
+        id: key.id(),
+        hash: key.hash().to_hex(),
+        prefix: key.display_prefix(),
+        allocation: key.allocation.name.to_string(),
+        user: spec.user.clone(),
+        agent: spec.agent.clone(),
+        expires_at_ms: spec.expires_at.map(|t| t.0),
+        models: match spec.models {
+            AllowList::Any => Vec::new(),
+            AllowList::Only(_) => spec.models.entries(),
+        },
+        requests_per_minute: spec.limits.requests_per_minute,
+        tokens_per_minute: spec.limits.tokens_per_minute,
+        scopes: spec.scopes.names().into_iter().map(str::to_owned).collect(),
+        created_at_ms: spec.created_at.0,
+    }
+}
+
+fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, StateError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let corrupt = |line: usize, reason: String| StateError::Corrupt {
+        path: path.to_owned(),
+        line,
+        reason,
+    };
+    let mut creates = Vec::new();
+    let mut revoked = std::collections::HashSet::new();
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut number = 0;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        if buf.last() != Some(&b'\n') {
+            // Cut by a crash mid-write: never acknowledged, so never in force.
+            crate::operator::report(&format!(
+                "{}:{number}: ignoring an incomplete last record",
+                path.display()
+            ));
+            break;
+        }
+        let record: Record =
+            serde_json::from_slice(&buf).map_err(|e| corrupt(number, e.to_string()))?;
+        match record {
+            Record::Create { .. } => creates.push((number, record)),
+            Record::Revoke { id, .. } => {
+                revoked.insert(id);
+            }
+            // Allocations and limits apply in order, so keys (restored last) find them.
+            Record::CreateAllocation { .. } | Record::SetLimit { .. } => {
+                apply(&record, directory).map_err(|e| corrupt(number, e.to_string()))?;
+            }
+        }
+    }
+    let mut restored = Vec::with_capacity(creates.len());
+    for (line, record) in creates {
+        let Record::Create {
+            id,
+            hash,
+            prefix,
+            allocation,
+            user,
+            agent,
+            expires_at_ms,
+            models,
+            requests_per_minute,
+            tokens_per_minute,
+            scopes,
+            created_at_ms,
+        } = record
+        else {
+            continue;
+        };
+        let allocation = directory
+            .allocation(&allocation)
+            .map_err(|e| corrupt(line, e.to_string()))?;
+        let hash = KeyHash::from_hex(&hash).ok_or_else(|| corrupt(line, "bad key hash".into()))?;
+        if hash.id() != id {
+            return Err(corrupt(
+                line,
+                format!("id {id} does not match the key hash"),
+            ));
+        }
+        let models =
+            crate::config::allow_list(&models).map_err(|e| corrupt(line, e.to_string()))?;
+        let scopes = Scopes::parse(&scopes).map_err(|e| corrupt(line, e.to_string()))?;
+        let spec = KeySpec {
+            user,
+            agent,
+            expires_at: expires_at_ms.map(UnixMs),
+            models,
+            limits: KeyLimits {
+                requests_per_minute,
+                tokens_per_minute,
+            },
+            scopes,
+            created_at: UnixMs(created_at_ms),
+            revoked: revoked.contains(&id),
+        };
+        restored.push((allocation, hash, prefix, spec));
+    }
+    keys.restore_many(restored)
+        .map_err(|e| corrupt(number, e.to_string()))
+}
+
+/// Applies an allocation or budget record to the directory (at replay, and when the admin API
+/// makes the change). Key records are the key store's.
+pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engine::Error> {
+    match record {
+        Record::CreateAllocation {
+            name,
+            project,
+            cost_center,
+            models,
+            budget,
+        } => {
+            directory.add_allocation(AllocationSpec {
+                name: name.clone(),
+                project: project.clone(),
+                cost_center: cost_center.clone(),
+                models: crate::config::allow_list(models)?,
+                budget: *budget,
+            })?;
+        }
+        Record::SetLimit { level, name, limit } => {
+            let cell = match level {
+                Level::Allocation => {
+                    let allocation = directory.allocation(name)?;
+                    allocation.budget.set_limit(*limit);
+                    return Ok(());
+                }
+                Level::Project => directory.project(name)?.budget.clone(),
+                Level::Team => directory.team(name)?.budget.clone(),
+            };
+            cell.set_limit(*limit);
+        }
+        Record::Create { .. } | Record::Revoke { .. } => {}
+    }
+    Ok(())
+}
+
+/// Shared handle.
+pub type SharedJournal = Arc<Journal>;
