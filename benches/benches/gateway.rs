@@ -8,8 +8,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+use tollgate_gateway::providers::openai::read::OpenAiTally;
+use tollgate_gateway::providers::read::Tally as _;
 use tollgate_gateway::providers::sse::{self, Framer};
-use tollgate_gateway::providers::wire::{Api, StreamTally};
 use tollgate_gateway::proxy::json_scan;
 
 #[global_allocator]
@@ -57,17 +58,17 @@ fn stream(c: &mut Criterion) {
     );
     c.bench_function("stream chunk frame+meter", |b| {
         let mut framer = Framer::default();
-        let mut tally = StreamTally::new(1 << 20);
+        let mut tally = OpenAiTally::new(1 << 20);
         let mut events = Vec::new();
         b.iter(|| {
             events.clear();
             framer.push(chunk.clone(), &mut events).unwrap();
             for event in &events {
                 let parsed = sse::parse(event);
-                black_box(tally.observe(Api::ChatCompletions, &parsed.data));
+                black_box(tally.observe(&parsed.data));
             }
-            if tally.text.len() > 1 << 19 {
-                tally.text.clear();
+            if tally.kept.text.len() > 1 << 19 {
+                tally.kept.text.clear();
             }
         })
     });

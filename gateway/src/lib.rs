@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod operator;
 pub mod providers;
 pub mod proxy;
+pub mod runtime;
 pub mod state;
 pub mod usage;

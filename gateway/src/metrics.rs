@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tollgate_engine::{Status, TokenUsage};
 
-use crate::providers::wire::Api;
+use crate::http::route::Api;
 
 const STATUSES: [Status; 11] = [
     Status::Ok,
@@ -67,7 +67,7 @@ fn route_index(api: Option<Api>) -> usize {
         Some(Api::Embeddings) => 2,
         Some(Api::Responses) => 3,
         Some(Api::Messages) => 4,
-        Some(Api::Converse) | None => 5,
+        None => 5,
     }
 }
 

@@ -23,7 +23,7 @@ use crate::config::{Config, RateConfig, allow_list};
 use crate::control::journal::Journal;
 use crate::events::emit::{Emitter, Writer};
 use crate::metrics::Metrics;
-use crate::providers::client::Upstream;
+use crate::providers::Provider;
 
 /// Requests- and tokens-per-minute limits of one key or team.
 #[derive(Debug)]
@@ -56,8 +56,8 @@ pub struct Gateway {
     pub keys: KeyStore,
     /// The rate card in force.
     pub card: ArcSwap<RateCard>,
-    /// Upstreams by provider name.
-    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Providers by name.
+    pub providers: HashMap<String, Arc<Provider>>,
     /// Fixed aliases.
     pub aliases: HashMap<String, ModelRef>,
     /// The usage-event queue.
@@ -130,10 +130,10 @@ impl Gateway {
                 budget: allocation.budget,
             })?;
         }
-        let mut upstreams = HashMap::new();
+        let mut providers = HashMap::new();
         for provider in &config.providers {
-            let upstream = Upstream::new(provider.clone(), &env)?;
-            upstreams.insert(provider.name.clone(), Arc::new(upstream));
+            let made = Provider::new(provider.clone(), &env)?;
+            providers.insert(provider.name.clone(), Arc::new(made));
         }
         let aliases = config.aliases.iter().cloned().collect();
         let team_rates = config
@@ -187,7 +187,7 @@ impl Gateway {
             directory,
             keys,
             card: ArcSwap::from_pointee(card),
-            upstreams,
+            providers,
             aliases,
             emitter,
             metrics,

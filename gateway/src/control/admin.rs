@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,10 +18,10 @@ use tollgate_engine::{KeyId, KeyLimits, KeySpec, UnixMs, VirtualKey};
 use crate::clock::now_ms;
 use crate::config::allow_list;
 use crate::control::journal::{Record, create_record};
+use crate::http::body::{self, BodyLimits};
 use crate::http::error::{Failure, Protocol};
+use crate::http::response::{ResponseBody, error_response, json};
 use crate::limits::ADMIN_BODY_BYTES_MAX;
-use crate::proxy::error_response;
-use crate::proxy::meter::ResponseBody;
 use crate::state::Gateway;
 use tollgate_engine::time::format_rfc3339_s;
 
@@ -31,15 +30,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     let now = now_ms();
     let request_id = gateway.request_id(now);
     match serve(&gateway, request, now).await {
-        Ok((status, body)) => {
-            let mut response = Response::new(ResponseBody::full(body.to_string()));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok((status, body)) => json(status, &request_id, &body),
         Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
     }
 }
@@ -65,7 +56,7 @@ async fn serve(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let body = read(request).await?;
+    let body = read(gateway, request).await?;
     match (&method, segments.as_slice()) {
         (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(gateway))),
         (&Method::POST, ["keys"]) => create_key(gateway, &body, now, None),
@@ -94,19 +85,13 @@ async fn serve(
     }
 }
 
-async fn read(request: Request<Incoming>) -> Result<Bytes, Failure> {
-    match Limited::new(request.into_body(), ADMIN_BODY_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::BodyTooLarge {
-            limit_bytes: ADMIN_BODY_BYTES_MAX,
-        }),
-        Err(e) => Err(Failure::BadRequest(format!(
-            "reading the request body: {e}"
-        ))),
-    }
+async fn read(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, Failure> {
+    let limits = BodyLimits {
+        bytes_max: ADMIN_BODY_BYTES_MAX,
+        timeout: gateway.config.server.body_timeout,
+    };
+    let (parts, body) = request.into_parts();
+    body::read(&parts.headers, body, limits).await
 }
 
 /// `POST /admin/v1/keys`.
@@ -534,7 +519,7 @@ fn models(gateway: &Gateway, now: UnixMs) -> Value {
         .map(|p| {
             json!({
                 "model": p.model.as_str(),
-                "served": gateway.upstreams.contains_key(p.model.provider()),
+                "served": gateway.providers.contains_key(p.model.provider()),
                 "input_per_mtok": tollgate_engine::Nanos(p.input_per_mtok.0).to_string(),
                 "output_per_mtok": tollgate_engine::Nanos(p.output_per_mtok.0).to_string(),
                 "max_output_tokens": p.max_output_tokens,

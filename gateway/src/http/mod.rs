@@ -1,7 +1,11 @@
-//! The HTTP edge: the accept loop, routing, capped body reading, responses and error envelopes.
+//! The HTTP edge's plumbing, once: routing, capped body reading, the presented key, responses
+//! and error envelopes, and the accept loop.
 //!
-//! Everything that touches a raw request or builds a response lives here once; the request path
-//! ([`crate::proxy`]), the ledger and the admin API use it and never build envelopes of their own.
+//! Every handler (the request path in [`crate::proxy`], the ledger, the admin API) reads bodies
+//! and builds answers with these; none has a copy of its own.
 
+pub mod auth;
+pub mod body;
 pub mod error;
-pub mod server;
+pub mod response;
+pub mod route;

@@ -28,12 +28,11 @@ use tollgate_engine::{
     UsageEvent, UsageSource, VirtualKey,
 };
 
-use crate::limits::{RESPONSE_METER_BYTES_MAX, STREAM_TEXT_BYTES_MAX};
+use crate::http::response::BodyError;
+use crate::http::route::Api;
 use crate::metrics::Counter;
-use crate::providers::anthropic::{self, StreamTranslator};
-use crate::providers::bedrock;
-use crate::providers::sse::{self, Framer};
-use crate::providers::wire::{self, Api, StreamTally};
+use crate::providers::read::{ReadError, Reader, Reading};
+use crate::providers::text::prompt_text;
 use crate::state::Gateway;
 
 /// An admitted call: everything needed to settle it and record it.
@@ -218,7 +217,7 @@ impl Ticket {
             let (input, input_exactness) = match reported_input {
                 Some(usage) => (usage, Exactness::Exact),
                 None => {
-                    let (text, messages) = wire::prompt_text(&ticket.request_body);
+                    let (text, messages) = prompt_text(&ticket.request_body);
                     let (tokens, exactness) = count_tokens(model, &text);
                     // Chat framing: a few tokens per message and for the reply's priming.
                     let framing = messages.saturating_mul(4).saturating_add(3);
@@ -264,77 +263,31 @@ fn millis(d: Duration) -> u64 {
 
 /// Why a metered body stopped early.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub enum MeterError {
     /// The upstream broke off.
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
     /// The upstream went silent for longer than the idle timeout.
     #[error("upstream silent for {0:?}")]
     Idle(Duration),
-    /// A server-sent event grew past its limit.
+    /// The answer could not be read on.
     #[error(transparent)]
-    Oversized(#[from] sse::Oversized),
-    /// A Bedrock event-stream frame was corrupt.
-    #[error(transparent)]
-    Frame(#[from] bedrock::FrameError),
-    /// A whole answer to translate grew past its limit.
-    #[error("upstream answer larger than {0} bytes cannot be translated")]
-    TooLarge(usize),
-}
-
-enum Mode {
-    /// One JSON answer: forwarded as it comes, a shared copy kept to read its usage.
-    Json {
-        kept: Vec<Bytes>,
-        kept_bytes: usize,
-        overflow: bool,
-    },
-    /// AWS event-stream frames (Bedrock), always translated.
-    Frames {
-        decoder: bedrock::Decoder,
-        frames: Vec<bedrock::Frame>,
-    },
-    /// Server-sent events.
-    Sse {
-        framer: Framer,
-        tally: StreamTally,
-        hide_usage: bool,
-        events: Vec<Bytes>,
-    },
+    Read(#[from] ReadError),
 }
 
 /// Most bytes gathered from pieces the upstream has ready before they are sent on.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
-/// How an answer is rewritten for a client that speaks another API than the provider.
-pub enum Translate {
-    /// Anthropic events to OpenAI chunks.
-    Stream(Box<StreamTranslator>),
-    /// Bedrock ConverseStream frames to OpenAI chunks.
-    BedrockStream(Box<bedrock::StreamTranslator>),
-    /// A whole answer (or error) of the provider's API `target` to a chat completion.
-    Whole {
-        /// The model name the client used.
-        model: String,
-        /// The provider's API.
-        target: Api,
-        /// Bedrock's `x-amzn-ErrorType`, for an error answer.
-        error_type: Option<String>,
-    },
-}
-
-/// The upstream's body on its way to the client.
+/// The upstream's body on its way to the client, read by the provider's [`Reader`].
 pub struct Metered {
     upstream: Incoming,
     /// An upstream failure seen while pieces were gathered: sent after them, once hyper has
     /// had a chance to flush them (an error aborts the connection with what is unwritten).
-    failed: Option<BodyError>,
+    failed: Option<MeterError>,
     flushed_before_failing: bool,
+    /// The provider answered with an error: nothing was generated, nothing is billed.
     error_answer: bool,
-    /// The API the provider speaks (what metering parses).
-    wire_api: Api,
-    translate: Option<Translate>,
-    mode: Mode,
+    reader: Box<dyn Reader>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     ticket: Option<Ticket>,
@@ -342,39 +295,22 @@ pub struct Metered {
 }
 
 impl Metered {
-    /// Meters `upstream` for `ticket`; `stream` says whether it is server-sent events, and
-    /// `hide_usage` whether the usage-only chunk is the gateway's own to drop.
+    /// Meters `upstream` for `ticket` with the provider's `reader`; `error_answer` when the
+    /// provider answered with an error status.
     #[must_use]
     pub fn new(
         upstream: Incoming,
         ticket: Ticket,
-        stream: bool,
-        hide_usage: bool,
+        reader: Box<dyn Reader>,
+        error_answer: bool,
         idle_timeout: Duration,
     ) -> Metered {
-        let mode = if stream {
-            Mode::Sse {
-                framer: Framer::default(),
-                tally: StreamTally::new(STREAM_TEXT_BYTES_MAX),
-                hide_usage,
-                events: Vec::new(),
-            }
-        } else {
-            Mode::Json {
-                kept: Vec::new(),
-                kept_bytes: 0,
-                overflow: false,
-            }
-        };
-        let wire_api = ticket.api;
         Metered {
             upstream,
             failed: None,
             flushed_before_failing: false,
-            error_answer: false,
-            wire_api,
-            translate: None,
-            mode,
+            error_answer,
+            reader,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             ticket: Some(ticket),
@@ -382,154 +318,13 @@ impl Metered {
         }
     }
 
-    /// Forwards an upstream's error answer as it wrote it; nothing was generated, nothing is
-    /// billed, and the event says the upstream failed.
-    #[must_use]
-    pub fn error_answer(upstream: Incoming, ticket: Ticket, idle_timeout: Duration) -> Metered {
-        let mut metered = Metered::new(upstream, ticket, false, false, idle_timeout);
-        metered.error_answer = true;
-        metered
-    }
-
-    /// Translates the answer of a provider speaking `wire_api` with `translate`.
-    #[must_use]
-    pub fn translated(mut self, wire_api: Api, translate: Translate) -> Metered {
-        self.wire_api = wire_api;
-        if matches!(translate, Translate::BedrockStream(_)) {
-            self.mode = Mode::Frames {
-                decoder: bedrock::Decoder::default(),
-                frames: Vec::new(),
-            };
-        }
-        self.translate = Some(translate);
-        self
-    }
-
     /// Handles one piece of upstream body; returns what to send on (possibly nothing).
-    fn take(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
-        let api = self.wire_api;
-        let since_sent = self.ticket.as_ref().map(|t| t.sent.elapsed());
-        match &mut self.mode {
-            Mode::Json {
-                kept,
-                kept_bytes,
-                overflow,
-            } => {
-                if self.ttft.is_none() {
-                    self.ttft = since_sent;
-                }
-                if !*overflow {
-                    *kept_bytes += data.len();
-                    if *kept_bytes > RESPONSE_METER_BYTES_MAX {
-                        *overflow = true;
-                        kept.clear();
-                    } else {
-                        kept.push(data.clone());
-                    }
-                }
-                match (&self.translate, *overflow) {
-                    (None, _) => Ok(Some(data)),
-                    // Translated whole: sent at the end, once the answer is complete.
-                    (Some(_), false) => Ok(None),
-                    (Some(_), true) => Err(BodyError::TooLarge(RESPONSE_METER_BYTES_MAX)),
-                }
-            }
-            Mode::Frames { decoder, frames } => {
-                frames.clear();
-                decoder.push(&data, frames)?;
-                let Some(Translate::BedrockStream(translator)) = &mut self.translate else {
-                    return Ok(None);
-                };
-                let mut out = String::new();
-                for frame in frames.drain(..) {
-                    if translator.frame(&frame, &mut out) && self.ttft.is_none() {
-                        self.ttft = since_sent;
-                    }
-                }
-                Ok((!out.is_empty()).then(|| Bytes::from(out)))
-            }
-            Mode::Sse {
-                framer,
-                tally,
-                hide_usage,
-                events,
-            } => {
-                events.clear();
-                framer.push(data, events)?;
-                let mut out: Option<BytesMut> = None;
-                let mut single: Option<Bytes> = None;
-                let mut translated = String::new();
-                for event in events.drain(..) {
-                    let parsed = sse::parse(&event);
-                    let observed = tally.observe(api, &parsed.data);
-                    if observed.text && self.ttft.is_none() {
-                        self.ttft = since_sent;
-                    }
-                    if let Some(Translate::Stream(translator)) = &mut self.translate {
-                        translator.event(&parsed.data, &mut translated);
-                        continue;
-                    }
-                    if observed.usage_only && *hide_usage {
-                        continue;
-                    }
-                    match (&mut out, single.take()) {
-                        (None, None) => single = Some(event),
-                        (None, Some(first)) => {
-                            let mut joined = BytesMut::with_capacity(first.len() + event.len());
-                            joined.extend_from_slice(&first);
-                            joined.extend_from_slice(&event);
-                            out = Some(joined);
-                        }
-                        (Some(joined), _) => joined.extend_from_slice(&event),
-                    }
-                }
-                if self.translate.is_some() {
-                    return Ok((!translated.is_empty()).then(|| Bytes::from(translated)));
-                }
-                Ok(out.map(BytesMut::freeze).or(single))
-            }
+    fn take(&mut self, data: Bytes) -> Result<Option<Bytes>, ReadError> {
+        let pushed = self.reader.push(data)?;
+        if pushed.text && self.ttft.is_none() {
+            self.ttft = self.ticket.as_ref().map(|t| t.sent.elapsed());
         }
-    }
-
-    /// The last piece to send once the upstream has ended: an incomplete trailing event, or
-    /// the translated whole answer.
-    fn last(&mut self) -> Option<Bytes> {
-        match (&mut self.mode, &mut self.translate) {
-            (Mode::Sse { framer, .. }, None) => framer.finish(),
-            (Mode::Frames { .. }, Some(Translate::BedrockStream(translator))) => {
-                // A stream cut before its `metadata` event still ends as OpenAI streams end.
-                let mut out = String::new();
-                translator.finish(&mut out);
-                Some(Bytes::from(out))
-            }
-            (Mode::Sse { .. } | Mode::Frames { .. }, _) | (Mode::Json { .. }, None) => None,
-            (Mode::Json { kept, .. }, Some(translate)) => {
-                let body: Vec<u8> = kept.iter().flat_map(|b| b.iter().copied()).collect();
-                let created_s = crate::clock::now_ms().0 / 1000;
-                let translated = match translate {
-                    Translate::Whole {
-                        target: Api::Converse,
-                        error_type,
-                        ..
-                    } if self.error_answer => {
-                        Some(bedrock::error_to_openai(&body, error_type.as_deref()))
-                    }
-                    Translate::Whole { .. } if self.error_answer => {
-                        anthropic::error_to_openai(&body)
-                    }
-                    Translate::Whole {
-                        model,
-                        target: Api::Converse,
-                        ..
-                    } => bedrock::converse_to_chat(&body, model, created_s),
-                    Translate::Whole { model, .. } => {
-                        anthropic::message_to_chat(&body, model, created_s)
-                    }
-                    Translate::Stream(_) | Translate::BedrockStream(_) => None,
-                };
-                Some(translated.map_or_else(|| Bytes::from(body), Bytes::from))
-            }
-        }
+        Ok(pushed.out)
     }
 
     /// Finishes the ticket with how the body ended.
@@ -542,46 +337,19 @@ impl Metered {
             ticket.finish(Status::UpstreamError, Measured::Nothing, None);
             return;
         }
-        match &mut self.mode {
-            Mode::Json { kept, overflow, .. } => {
-                let body: Vec<u8> = if *overflow {
-                    Vec::new()
-                } else {
-                    kept.iter().flat_map(|b| b.iter().copied()).collect()
-                };
-                if let Some(usage) = wire::usage_of_body(self.wire_api, &body) {
-                    ticket.finish(status, Measured::Provider(usage), ttft);
-                } else if let Some(text) = wire::text_of_body(&body) {
-                    ticket.finish_counting(status, text, 0, None, ttft);
-                } else if status == Status::Ok {
-                    ticket.finish(status, Measured::Unknown, ttft);
-                } else {
-                    // Cut off before a whole answer arrived: bill the prompt as sent.
-                    ticket.finish_counting(status, String::new(), 0, None, ttft);
-                }
+        match self.reader.reading() {
+            Reading::Reported(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
+            Reading::Text {
+                text,
+                beyond_bytes,
+                input,
+            } => ticket.finish_counting(status, text, beyond_bytes, input, ttft),
+            // A whole answer that said nothing readable is billed at its bound.
+            Reading::Unreadable if status == Status::Ok => {
+                ticket.finish(status, Measured::Unknown, ttft);
             }
-            Mode::Frames { .. } => {
-                let Some(Translate::BedrockStream(translator)) = &mut self.translate else {
-                    ticket.finish(status, Measured::Unknown, ttft);
-                    return;
-                };
-                match translator.usage {
-                    Some(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
-                    None => {
-                        let text = std::mem::take(&mut translator.text);
-                        let beyond = translator.beyond_bytes;
-                        ticket.finish_counting(status, text, beyond, None, ttft);
-                    }
-                }
-            }
-            Mode::Sse { tally, .. } => match tally.usage() {
-                Some(usage) => ticket.finish(status, Measured::Provider(usage), ttft),
-                None => {
-                    let text = std::mem::take(&mut tally.text);
-                    let beyond = tally.beyond_bytes;
-                    ticket.finish_counting(status, text, beyond, tally.reported_input(), ttft);
-                }
-            },
+            // Cut off before a whole answer arrived: bill the prompt as sent.
+            Reading::Unreadable => ticket.finish_counting(status, String::new(), 0, None, ttft),
         }
     }
 }
@@ -603,19 +371,19 @@ impl Body for Metered {
                 return Poll::Pending;
             }
             if let Some(failure) = this.failed.take() {
-                return Poll::Ready(Some(Err(failure)));
+                return Poll::Ready(Some(Err(failure.into())));
             }
         }
         // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
         let mut ready: Option<BytesMut> = None;
         let emit = |ready: Option<BytesMut>| ready.map(|r| Ok(Frame::data(r.freeze())));
         // What came before a failure still reaches the client; the failure follows it.
-        let fail = |this: &mut Metered, ready: Option<BytesMut>, failure: BodyError| {
+        let fail = |this: &mut Metered, ready: Option<BytesMut>, failure: MeterError| {
             if ready.is_some() {
                 this.failed = Some(failure);
                 Poll::Ready(emit(ready))
             } else {
-                Poll::Ready(Some(Err(failure)))
+                Poll::Ready(Some(Err(failure.into())))
             }
         };
         loop {
@@ -637,17 +405,17 @@ impl Body for Metered {
                         Ok(None) => {}
                         Err(e) => {
                             this.end(Status::UpstreamError);
-                            return fail(this, ready, e);
+                            return fail(this, ready, e.into());
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.end(Status::UpstreamError);
-                    return fail(this, ready, BodyError::Upstream(e));
+                    return fail(this, ready, MeterError::Upstream(e));
                 }
                 Poll::Ready(None) => {
                     if this.ticket.is_some()
-                        && let Some(tail) = this.last()
+                        && let Some(tail) = this.reader.finish()
                     {
                         ready
                             .get_or_insert_with(BytesMut::new)
@@ -662,7 +430,8 @@ impl Body for Metered {
                     }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         this.end(Status::UpstreamTimeout);
-                        return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));
+                        let idle = MeterError::Idle(this.idle_timeout);
+                        return Poll::Ready(Some(Err(idle.into())));
                     }
                     return Poll::Pending;
                 }
@@ -675,9 +444,9 @@ impl Body for Metered {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.mode {
-            Mode::Json { .. } => self.upstream.size_hint(),
-            Mode::Sse { .. } | Mode::Frames { .. } => SizeHint::default(),
+        match self.reader.rewritten_as() {
+            None => self.upstream.size_hint(),
+            Some(_) => SizeHint::default(),
         }
     }
 }
@@ -686,52 +455,6 @@ impl Drop for Metered {
     fn drop(&mut self) {
         // The client hung up (or the connection broke) before the end: bill what was streamed.
         self.end(Status::ClientClosed);
-    }
-}
-
-/// A response body: a whole buffer (errors, listings) or a metered upstream stream.
-pub enum ResponseBody {
-    /// A complete body.
-    Full(Option<Bytes>),
-    /// An upstream answer being metered.
-    Metered(Box<Metered>),
-}
-
-impl ResponseBody {
-    /// A complete body.
-    #[must_use]
-    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody::Full(Some(bytes.into()))
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Metered(metered) => Pin::new(metered.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Metered(metered) => metered.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Metered(metered) => metered.size_hint(),
-        }
     }
 }
 

@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -36,24 +34,15 @@ use tollgate_engine::{
 
 use crate::clock::now_ms;
 use crate::config::LedgerConfig;
+use crate::http::auth::presented_key;
+use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
+use crate::http::response::{ResponseBody, error_response, json};
+use crate::http::route::UsageRoute;
 use crate::limits::{LEDGER_CLOCK_SKEW, LEDGER_SWEEP_INTERVAL};
 use crate::metrics::Counter;
-use crate::proxy::meter::ResponseBody;
-use crate::proxy::{error_response, presented_key};
 use crate::state::Gateway;
 use tollgate_engine::time::format_rfc3339_s;
-
-/// The ledger's routes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UsageRoute {
-    /// `POST /v1/usage`.
-    Record,
-    /// `POST /v1/usage/authorize`.
-    Authorize,
-    /// `DELETE /v1/usage/reservations/{id}`.
-    Release,
-}
 
 /// The ledger's state: which record ids were booked, and the holds kept for authorized usage.
 #[derive(Debug)]
@@ -157,19 +146,7 @@ pub async fn handle(
         .metrics
         .add(Counter::ReservationsExpired, expired as u64);
     match serve(&gateway, route, request, now).await {
-        Ok((status, body)) => {
-            let mut response = Response::new(ResponseBody::full(body.to_string()));
-            *response.status_mut() = status;
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Ok(id) = HeaderValue::from_str(&request_id) {
-                headers.insert("x-request-id", id);
-            }
-            response
-        }
+        Ok((status, body)) => json(status, &request_id, &body),
         Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
     }
 }
@@ -225,21 +202,12 @@ async fn serve(
 }
 
 async fn read(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, Failure> {
-    let limit = gateway.ledger.config.body_bytes_max;
-    let collect = Limited::new(request.into_body(), limit).collect();
-    match tokio::time::timeout(gateway.config.server.body_timeout, collect).await {
-        Err(_) => Err(Failure::BadRequest(format!(
-            "request body not received within {} ms",
-            gateway.config.server.body_timeout.as_millis()
-        ))),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Failure::BodyTooLarge { limit_bytes: limit })
-        }
-        Ok(Err(e)) => Err(Failure::BadRequest(format!(
-            "reading the request body: {e}"
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
+    let limits = BodyLimits {
+        bytes_max: gateway.ledger.config.body_bytes_max,
+        timeout: gateway.config.server.body_timeout,
+    };
+    let (parts, body) = request.into_parts();
+    body::read(&parts.headers, body, limits).await
 }
 
 fn scope_of(allocation: &Allocation) -> BudgetScope {

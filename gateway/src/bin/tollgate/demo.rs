@@ -113,7 +113,7 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_gateway::http::server::serve(
+    let server = tokio::spawn(tollgate_gateway::runtime::server::serve(
         Arc::clone(&gateway),
         listener,
         async move {

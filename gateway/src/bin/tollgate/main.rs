@@ -524,6 +524,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
                 .await;
         }
         let sweeper = tollgate_gateway::usage::spawn_sweeper(&gateway);
+        let shutdown = shutdown_signal()?;
         let listen = gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -534,8 +535,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             writeln!(out, "tollgate listening on http://{address}")?;
             out.flush()?;
         }
-        tollgate_gateway::http::server::serve(Arc::clone(&gateway), listener, shutdown_signal())
-            .await?;
+        tollgate_gateway::runtime::server::serve(Arc::clone(&gateway), listener, shutdown).await?;
         sweeper.abort();
         gateway.emitter.stop(drain);
         // The last sync first, then what it synced is shipped.
@@ -565,6 +565,7 @@ fn sink(path: &std::path::Path) -> anyhow::Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consume = config.consume.clone();
     let mut sink = tollgate_sink::consume::Sink::new(config.consume)?;
+    let shutdown = runtime.block_on(async { shutdown_signal() })?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -578,7 +579,7 @@ fn sink(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let signalled = Arc::clone(&stop);
     runtime.spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         signalled.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     // The consumer's loop is blocking (librdkafka polls); signals arrive on the runtime.
@@ -601,26 +602,27 @@ fn sink(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before the listener opens:
+/// a signal that arrived before the accept loop first polled a lazily made future would take
+/// the default action and kill the process without its last sync.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::operator::report;
-use crate::proxy;
+use crate::runtime::router;
 use crate::state::Gateway;
 
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
@@ -52,7 +52,7 @@ pub async fn serve(
                 let gateway = Arc::clone(&gateway);
                 let service = service_fn(move |request| {
                     let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, std::convert::Infallible>(proxy::handle(gateway, request).await) }
+                    async move { Ok::<_, std::convert::Infallible>(router::handle(gateway, request).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);

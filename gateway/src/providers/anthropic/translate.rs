@@ -1,0 +1,526 @@
+//! OpenAI chat completions in front of Anthropic's Messages API: the request one way, the
+//! answer (whole or streamed, text and tools) the other.
+//!
+//! A client that speaks OpenAI's API can call `anthropic/claude-...` unchanged. The request is
+//! rewritten into a Messages request (system prompts lifted out, tool calls and tool results
+//! turned into `tool_use` and `tool_result` blocks, consecutive same-role turns merged, a
+//! `max_tokens` always set); the answer comes back as a `chat.completion` or as
+//! `chat.completion.chunk` events. Metering reads the provider's own bytes, before translation.
+//! Top-level fields OpenAI defines but Anthropic lacks are dropped; fields OpenAI does not
+//! define (`top_k`, `thinking`, sent with the SDK's `extra_body`) pass through to the provider.
+
+use serde_json::{Map, Value, json};
+
+use crate::providers::chat::{
+    Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message, bad,
+    conversation, max_tokens, stop_sequences, tool_call,
+};
+
+/// Anthropic's way of writing a conversation.
+const ANTHROPIC: Dialect = Dialect {
+    content: content_blocks,
+    tool_use: |id, name, input| json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+    tool_result: |id, content| json!({"type": "tool_result", "tool_use_id": id, "content": content}),
+};
+
+/// Rewrites an OpenAI chat-completions body into an Anthropic Messages body for
+/// `upstream_model`, with `max_tokens_default` when the client set none.
+pub fn chat_to_messages(
+    body: &[u8],
+    upstream_model: &str,
+    max_tokens_default: u64,
+) -> Result<Vec<u8>, TranslateError> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))?;
+    let Conversation { system, turns } = conversation(&request, &ANTHROPIC)?;
+    let mut out = Map::new();
+    out.insert("model".into(), json!(upstream_model));
+    out.insert(
+        "max_tokens".into(),
+        json!(max_tokens(&request, max_tokens_default)),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert(
+        "messages".into(),
+        Value::Array(
+            turns
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("stream", "stream"),
+    ] {
+        if let Some(v) = request.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(stop) = stop_sequences(&request) {
+        out.insert("stop_sequences".into(), stop);
+    }
+    if request
+        .get("n")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 1)
+    {
+        return Err(bad(
+            "`n` greater than 1 is not supported for Anthropic models",
+        ));
+    }
+    if let Some(fields) = request.as_object() {
+        for (name, value) in fields {
+            if !OPENAI_CHAT_FIELDS.contains(&name.as_str()) && !out.contains_key(name) {
+                out.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Some(user) = request.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        let mut converted = Vec::with_capacity(tools.len());
+        for (i, tool) in tools.iter().enumerate() {
+            let function = tool
+                .get("function")
+                .ok_or_else(|| bad(format!("tools[{i}] has no `function`")))?;
+            let mut t = Map::new();
+            t.insert(
+                "name".into(),
+                function
+                    .get("name")
+                    .cloned()
+                    .ok_or_else(|| bad(format!("tools[{i}].function.name is missing")))?,
+            );
+            if let Some(d) = function.get("description") {
+                t.insert("description".into(), d.clone());
+            }
+            t.insert(
+                "input_schema".into(),
+                function
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            );
+            converted.push(Value::Object(t));
+        }
+        out.insert("tools".into(), Value::Array(converted));
+        let parallel = request.get("parallel_tool_calls").and_then(Value::as_bool);
+        let mut choice = match request.get("tool_choice") {
+            None | Some(Value::Null) => json!({"type": "auto"}),
+            Some(Value::String(s)) if s == "auto" => json!({"type": "auto"}),
+            Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
+            Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
+            Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")) {
+                Some(name) => json!({"type": "tool", "name": name}),
+                None => return Err(bad("tool_choice object needs function.name")),
+            },
+            Some(other) => return Err(bad(format!("tool_choice {other} is not supported"))),
+        };
+        if parallel == Some(false)
+            && let Some(c) = choice.as_object_mut()
+            && c.get("type") != Some(&json!("none"))
+        {
+            c.insert("disable_parallel_tool_use".into(), json!(true));
+        }
+        out.insert("tool_choice".into(), choice);
+    }
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
+}
+
+/// OpenAI message content (a string or parts) as Anthropic content blocks.
+fn content_blocks(content: Option<&Value>, index: usize) -> Result<Vec<Value>, TranslateError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![json!({"type": "text", "text": text})]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))})),
+                Some("image_url") => {
+                    let url = part
+                        .pointer("/image_url/url")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad(format!("messages[{index}]: image_url.url is missing")))?;
+                    Ok(image_block(url))
+                }
+                Some(other) => Err(bad(format!("messages[{index}]: content part `{other}` is not supported for Anthropic models"))),
+                None => Err(bad(format!("messages[{index}]: content part without a type"))),
+            })
+            .collect(),
+        Some(_) => Err(bad(format!("messages[{index}].content must be a string or an array"))),
+    }
+}
+
+fn image_block(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((media_type, data)) = rest.split_once(";base64,")
+    {
+        return json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}});
+    }
+    json!({"type": "image", "source": {"type": "url", "url": url}})
+}
+
+/// OpenAI's finish reason for an Anthropic stop reason.
+fn finish_reason(stop_reason: Option<&str>) -> Value {
+    match stop_reason {
+        Some("end_turn" | "stop_sequence" | "pause_turn") => json!("stop"),
+        Some("max_tokens" | "model_context_window_exceeded") => json!("length"),
+        Some("tool_use") => json!("tool_calls"),
+        Some("refusal") => json!("content_filter"),
+        Some(_) => json!("stop"),
+        None => Value::Null,
+    }
+}
+
+fn openai_usage(usage: &Value) -> Value {
+    let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let read = n("cache_read_input_tokens");
+    let prompt = n("input_tokens") + read + n("cache_creation_input_tokens");
+    let completion = n("output_tokens");
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read},
+    })
+}
+
+/// A whole Anthropic message as a `chat.completion` answering for `model`.
+pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u8>> {
+    let message: Value = serde_json::from_slice(body).ok()?;
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in message
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => {
+                tool_calls.push(tool_call(
+                    block.get("id"),
+                    block.get("name"),
+                    block.get("input"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let reply = assistant_message(&text, tool_calls);
+    let answer = json!({
+        "id": format!("chatcmpl-{}", message.get("id").and_then(Value::as_str).unwrap_or("")),
+        "object": "chat.completion",
+        "created": created_s,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": reply,
+            "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
+        }],
+        "usage": openai_usage(message.get("usage").unwrap_or(&Value::Null)),
+    });
+    serde_json::to_vec(&answer).ok()
+}
+
+/// An Anthropic error body in OpenAI's envelope.
+pub fn error_to_openai(body: &[u8]) -> Option<Vec<u8>> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let answer = json!({"error": {
+        "message": error.get("message").cloned().unwrap_or(json!("")),
+        "type": error.get("type").cloned().unwrap_or(json!("api_error")),
+        "param": null,
+        "code": null,
+    }});
+    serde_json::to_vec(&answer).ok()
+}
+
+/// Turns Anthropic stream events into `chat.completion.chunk` events, one event at a time.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    created_s: i64,
+    include_usage: bool,
+    id: String,
+    usage: Map<String, Value>,
+    /// Anthropic content-block index -> OpenAI tool-call index.
+    tool_calls: ToolCalls,
+    finish: Value,
+}
+
+impl StreamTranslator {
+    /// A translator answering for `model`; `include_usage` when the client asked for usage.
+    #[must_use]
+    pub fn new(model: &str, created_s: i64, include_usage: bool) -> StreamTranslator {
+        StreamTranslator {
+            model: model.to_owned(),
+            created_s,
+            include_usage,
+            id: String::from("chatcmpl-tollgate"),
+            usage: Map::new(),
+            tool_calls: ToolCalls::default(),
+            finish: Value::Null,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Value) -> String {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created_s,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {chunk}\n\n")
+    }
+
+    /// The OpenAI events (possibly none) for one Anthropic event's `data`.
+    pub fn event(&mut self, data: &[u8], out: &mut String) {
+        let Ok(event) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        match event.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(id) = event.pointer("/message/id").and_then(Value::as_str) {
+                    self.id = format!("chatcmpl-{id}");
+                }
+                if let Some(Value::Object(usage)) = event.pointer("/message/usage") {
+                    self.usage.extend(usage.clone());
+                }
+                out.push_str(&self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+            }
+            Some("content_block_start") => {
+                let block = event.get("content_block").unwrap_or(&Value::Null);
+                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+                    let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let delta = self.tool_calls.start(
+                        index,
+                        block.get("id").unwrap_or(&Value::Null),
+                        block.get("name").unwrap_or(&Value::Null),
+                    );
+                    out.push_str(&self.chunk(delta, Value::Null));
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = event.get("delta").unwrap_or(&Value::Null);
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        let text = delta.get("text").cloned().unwrap_or(json!(""));
+                        out.push_str(&self.chunk(json!({"content": text}), Value::Null));
+                    }
+                    Some("input_json_delta") => {
+                        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let partial = delta.get("partial_json").unwrap_or(&Value::Null);
+                        if let Some(chunk) = self.tool_calls.arguments(index, partial) {
+                            out.push_str(&self.chunk(chunk, Value::Null));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                if let Some(Value::Object(usage)) = event.get("usage") {
+                    self.usage.extend(usage.clone());
+                }
+                self.finish =
+                    finish_reason(event.pointer("/delta/stop_reason").and_then(Value::as_str));
+                out.push_str(&self.chunk(json!({}), self.finish.clone()));
+            }
+            Some("message_stop") => {
+                if self.include_usage {
+                    let chunk = json!({
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created_s,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": openai_usage(&Value::Object(self.usage.clone())),
+                    });
+                    out.push_str(&format!("data: {chunk}\n\n"));
+                }
+                out.push_str("data: [DONE]\n\n");
+            }
+            Some("error") => {
+                let error = json!({"error": {
+                    "message": event.pointer("/error/message").cloned().unwrap_or(json!("")),
+                    "type": event.pointer("/error/type").cloned().unwrap_or(json!("api_error")),
+                }});
+                out.push_str(&format!("data: {error}\n\n"));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn translate(request: Value) -> Value {
+        let bytes =
+            chat_to_messages(request.to_string().as_bytes(), "claude-sonnet-4-5", 4096).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn requests_lift_system_merge_turns_and_carry_tools() {
+        let out = translate(json!({
+            "model": "anthropic/claude-sonnet-4-5",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Weather?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "Rain"},
+                {"role": "user", "content": "And tomorrow?"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "description": "d",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false,
+            "stop": "END",
+            "temperature": 0.5,
+            "stream": true,
+            "seed": 7,
+            "top_k": 5
+        }));
+        assert!(out.get("seed").is_none(), "OpenAI-only fields are dropped");
+        assert_eq!(out["top_k"], 5, "provider-specific extras pass through");
+        assert_eq!(out["model"], "claude-sonnet-4-5");
+        assert_eq!(out["max_tokens"], 4096);
+        assert_eq!(
+            out["system"],
+            json!([{"type": "text", "text": "Be brief."}])
+        );
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        assert_eq!(out["stream"], true);
+        let messages = out["messages"].as_array().unwrap();
+        assert_eq!(
+            messages.len(),
+            3,
+            "tool result and next user turn merge: {messages:#?}"
+        );
+        assert_eq!(
+            messages[0]["content"][1]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": "AAAA"})
+        );
+        assert_eq!(
+            messages[1]["content"][0],
+            json!({"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}})
+        );
+        assert_eq!(messages[2]["content"][0]["type"], "tool_result");
+        assert_eq!(messages[2]["content"][0]["tool_use_id"], "call_1");
+        assert_eq!(
+            messages[2]["content"][1],
+            json!({"type": "text", "text": "And tomorrow?"})
+        );
+        assert_eq!(
+            out["tools"][0]["input_schema"]["properties"]["city"]["type"],
+            "string"
+        );
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "any", "disable_parallel_tool_use": true})
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        for (request, expected) in [
+            (json!({"messages": "x"}), "`messages` must be an array"),
+            (
+                json!({"messages": [{"content": "x"}]}),
+                "messages[0].role is missing",
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "tool_call_id",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+                "not supported",
+            ),
+        ] {
+            let error = chat_to_messages(request.to_string().as_bytes(), "m", 1).unwrap_err();
+            assert!(error.0.contains(expected), "{error} lacks {expected}");
+        }
+    }
+
+    #[test]
+    fn whole_answers_become_chat_completions() {
+        let message = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "text", "text": "Checking."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 0, "output_tokens": 5}});
+        let chat: Value = serde_json::from_slice(
+            &message_to_chat(message.to_string().as_bytes(), "anthropic/claude", 7).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(chat["model"], "anthropic/claude");
+        assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chat["choices"][0]["message"]["content"], "Checking.");
+        assert_eq!(
+            chat["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Oslo\"}"
+        );
+        assert_eq!(
+            chat["usage"],
+            json!({"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "prompt_tokens_details": {"cached_tokens": 90}})
+        );
+    }
+
+    #[test]
+    fn streams_become_chunks_with_tool_call_fragments() {
+        let mut t = StreamTranslator::new("anthropic/claude", 7, true);
+        let mut out = String::new();
+        for event in [
+            json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"ci"}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "ty\":1}"}}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            json!({"type": "message_stop"}),
+        ] {
+            t.event(event.to_string().as_bytes(), &mut out);
+        }
+        let chunks: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
+        assert_eq!(
+            chunks[2]["choices"][0]["delta"]["tool_calls"][0]["id"],
+            "toolu_1"
+        );
+        let arguments: String = chunks[3..5]
+            .iter()
+            .map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(arguments, "{\"city\":1}");
+        assert_eq!(chunks[5]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks[6]["usage"]["completion_tokens"], 9);
+        assert_eq!(chunks[6]["usage"]["prompt_tokens"], 12);
+        assert!(chunks.iter().all(|c| c["id"] == "chatcmpl-msg_1"));
+    }
+}

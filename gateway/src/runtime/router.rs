@@ -1,0 +1,104 @@
+//! The route table: each request to its handler (a model call, the ledger, the admin API, the
+//! models list, health and metrics). It sits above every handler, so none of them depends on
+//! another through it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::clock::now_ms;
+use crate::control::admin;
+use crate::http::error::{Failure, Protocol};
+use crate::http::response::{ResponseBody, plain};
+use crate::http::route::{Route, route};
+use crate::metrics::Gauges;
+use crate::proxy;
+use crate::state::Gateway;
+use crate::usage;
+
+/// Serves one request.
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let protocol = if request.uri().path() == "/v1/messages" {
+        Protocol::Anthropic
+    } else {
+        Protocol::OpenAi
+    };
+    // hyper bounds its read buffer; this is the exact, configured bound on the head.
+    let limit = gateway.config.server.header_bytes_max;
+    if head_bytes(&request) > limit {
+        let now = now_ms();
+        let request_id = gateway.request_id(now);
+        let failure = Failure::HeadTooLarge { limit_bytes: limit };
+        return proxy::reject(
+            &gateway,
+            protocol,
+            &request_id,
+            now,
+            Instant::now(),
+            None,
+            None,
+            &failure,
+        );
+    }
+    match route(request.method(), request.uri().path()) {
+        Route::Model(api) => proxy::model_call(gateway, api, request).await,
+        Route::Admin => admin::handle(gateway, request).await,
+        Route::Usage(usage) => usage::handle(gateway, usage, request).await,
+        Route::Health => plain(StatusCode::OK, "text/plain", "ok\n"),
+        Route::Metrics => {
+            let (reservations_held, record_ids) = gateway.ledger.sizes();
+            let gauges = Gauges {
+                in_flight: (gateway.config.server.requests_in_flight_max
+                    - gateway.in_flight.available_permits()) as u64,
+                events_queued: gateway.emitter.queued() as u64,
+                reservations_held,
+                record_ids,
+                event_log_bytes: gateway.emitter.log_bytes(),
+            };
+            plain(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                gateway.metrics.render(gauges),
+            )
+        }
+        Route::Models => proxy::models::list(&gateway, request.headers()),
+        Route::WrongMethod | Route::NotFound => {
+            let method = request.method().to_string();
+            let path: String = request.uri().path().chars().take(256).collect();
+            let failure = if route(request.method(), request.uri().path()) == Route::WrongMethod {
+                Failure::MethodNotAllowed { method, path }
+            } else {
+                Failure::NotFound { method, path }
+            };
+            let now = now_ms();
+            let request_id = gateway.request_id(now);
+            proxy::reject(
+                &gateway,
+                protocol,
+                &request_id,
+                now,
+                Instant::now(),
+                None,
+                None,
+                &failure,
+            )
+        }
+    }
+}
+
+/// The size of a request's head as it came on the wire, near enough (name, value, separators).
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + target
+        + 16
+}
