@@ -1,4 +1,5 @@
-//! A mock provider that speaks OpenAI's and Anthropic's wire formats over real HTTP.
+//! A mock provider that speaks OpenAI's, Anthropic's, Bedrock's and Google Gemini's (the
+//! Gemini API and Vertex AI) wire formats over real HTTP.
 //!
 //! It stands in for the paid providers, which cannot be reached here. Answers are
 //! deterministic: the completion is `max_tokens` (default 16) words of one token each, the
@@ -9,8 +10,10 @@
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
 //! `"garbage": true` answers 200 with a body that is not JSON, `"reset_after": n` breaks the
 //! connection after n streamed tokens,
-//! `"cached_tokens"` and `"reasoning_tokens"` add those counts, and (Anthropic) `"tool_use":
-//! {"name": ..., "input": {...}}` ends the answer with that tool call.
+//! `"cached_tokens"` and `"reasoning_tokens"` add those counts (`"thoughts_tokens"` too for
+//! Gemini, whose thoughts count apart from the candidates), and (Anthropic, Bedrock, Gemini)
+//! `"tool_use": {"name": ..., "input": {...}}` ends the answer with that tool call. Gemini
+//! alone takes `"error_after": n`, Google's in-stream error event after n streamed tokens.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -215,6 +218,9 @@ async fn answer(
                 "completion_tokens": stats.completion_tokens.load(Ordering::Relaxed),
             }),
         );
+    }
+    if let Some(route) = gemini_route(&path) {
+        return gemini(route, request, config, stats).await;
     }
     if let Some(rest) = path.strip_prefix("/model/") {
         return bedrock(rest, request, config, stats).await;
@@ -920,4 +926,735 @@ async fn bedrock(
         header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
     );
     response
+}
+
+// ---- Google Gemini (the Gemini API and Vertex AI) ----
+
+/// A Gemini route: which of Google's two front doors, the model, and the method.
+#[derive(Debug, PartialEq, Eq)]
+struct GeminiRoute {
+    /// Vertex AI (`/v1/projects/{p}/locations/{l}/publishers/{pub}/models/{m}`, an OAuth
+    /// bearer token) rather than the Gemini API (`/v1beta/models/{m}`, an API key).
+    vertex: bool,
+    model: String,
+    method: String,
+}
+
+/// Parses `/{version}/models/{m}:{method}` and
+/// `/{version}/projects/{p}/locations/{l}/publishers/{pub}/models/{m}:{method}`.
+fn gemini_route(path: &str) -> Option<GeminiRoute> {
+    let rest = path.strip_prefix('/')?;
+    let (version, rest) = rest.split_once('/')?;
+    if !matches!(version, "v1" | "v1beta" | "v1beta1" | "v1alpha") {
+        return None;
+    }
+    let (vertex, named) = if let Some(named) = rest.strip_prefix("models/") {
+        (false, named)
+    } else {
+        let segments: Vec<&str> = rest.splitn(7, '/').collect();
+        match segments.as_slice() {
+            ["projects", _, "locations", _, "publishers", _, named] => {
+                (true, named.strip_prefix("models/")?)
+            }
+            _ => return None,
+        }
+    };
+    let (model, method) = named.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') {
+        return None;
+    }
+    Some(GeminiRoute {
+        vertex,
+        model: model.to_owned(),
+        method: method.to_owned(),
+    })
+}
+
+/// The `google.rpc.Code` name Google puts beside an HTTP status.
+fn google_status(code: u16) -> &'static str {
+    match code {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        500 => "INTERNAL",
+        501 => "NOT_IMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Google's error object, `details` as given.
+fn google_error_body(code: u16, message: &str, details: Value) -> Value {
+    let mut error = json!({"code": code, "message": message, "status": google_status(code)});
+    if let (Some(fields), false) = (error.as_object_mut(), details.is_null()) {
+        fields.insert("details".into(), details);
+    }
+    json!({ "error": error })
+}
+
+fn google_error(status: StatusCode, message: &str) -> Response<ChannelBody> {
+    json_response(
+        status,
+        &google_error_body(status.as_u16(), message, Value::Null),
+    )
+}
+
+/// The caller's credential as Google checks it: the Gemini API takes an API key
+/// (`x-goog-api-key`, or `?key=`), Vertex an OAuth access token as a bearer. `None` when the
+/// caller may go on.
+fn gemini_refusal(
+    vertex: bool,
+    headers: &http::HeaderMap,
+    query: &str,
+    expected: Option<&str>,
+) -> Option<Response<ChannelBody>> {
+    if vertex {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        return match token {
+            None => Some(google_error(
+                StatusCode::UNAUTHORIZED,
+                "mock: Request is missing required authentication credential. Expected OAuth 2 access token.",
+            )),
+            Some(token) if expected.is_some_and(|e| e != token) => Some(google_error(
+                StatusCode::UNAUTHORIZED,
+                "mock: Request had invalid authentication credentials.",
+            )),
+            Some(_) => None,
+        };
+    }
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| query.split('&').find_map(|pair| pair.strip_prefix("key=")));
+    match key {
+        None => Some(google_error(
+            StatusCode::FORBIDDEN,
+            "mock: Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        )),
+        // Google answers a wrong key with 400, not 401.
+        Some(key) if expected.is_some_and(|e| e != key) => Some(json_response(
+            StatusCode::BAD_REQUEST,
+            &google_error_body(
+                400,
+                "mock: API key not valid. Please pass a valid API key.",
+                json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com"}]),
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Top-level fields of a `GenerateContentRequest` (both spellings, as protobuf's JSON
+/// parser takes them) and the mock's own `mock`: anything else is Google's 400, which catches a
+/// translation that leaks OpenAI's fields.
+const GEMINI_FIELDS: [&str; 16] = [
+    "contents",
+    "systemInstruction",
+    "system_instruction",
+    "tools",
+    "toolConfig",
+    "tool_config",
+    "safetySettings",
+    "safety_settings",
+    "generationConfig",
+    "generation_config",
+    "cachedContent",
+    "cached_content",
+    "labels",
+    "serviceTier",
+    "model",
+    "mock",
+];
+
+/// What Google refuses in a request body, in its words.
+fn gemini_invalid(request: &Value) -> Option<String> {
+    let fields = request.as_object()?;
+    if let Some(name) = fields.keys().find(|k| !GEMINI_FIELDS.contains(&k.as_str())) {
+        return Some(format!(
+            "Invalid JSON payload received. Unknown name \"{name}\": Cannot find field."
+        ));
+    }
+    let Some(contents) = fields.get("contents").and_then(Value::as_array) else {
+        return Some("* GenerateContentRequest.contents: contents is not specified".into());
+    };
+    for (i, content) in contents.iter().enumerate() {
+        let role = content
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
+        if role != "user" && role != "model" {
+            return Some(format!(
+                "Please use a valid role: user, model. (contents[{i}])"
+            ));
+        }
+        let parts = content.get("parts").and_then(Value::as_array);
+        let mut calls = parts
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("functionCall").is_some());
+        // Gemini 3's rule: the first function call of a model turn carries its signature.
+        if calls
+            .next()
+            .is_some_and(|first| first.get("thoughtSignature").is_none())
+        {
+            return Some(format!(
+                "Function call is missing a thought_signature in functionCall parts. (contents[{i}])"
+            ));
+        }
+        for part in parts.into_iter().flatten() {
+            if let Some(response) = part.get("functionResponse")
+                && (response.get("name").and_then(Value::as_str).is_none()
+                    || !response.get("response").is_some_and(Value::is_object))
+            {
+                return Some(format!(
+                    "* GenerateContentRequest.contents[{i}].parts: functionResponse needs a name and an object response"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// `usageMetadata` as Google writes it: zero counts left out, the prompt count including the
+/// cached part, thoughts apart from the candidates and in the total.
+fn gemini_usage(prompt: u64, cached: u64, candidates: u64, thoughts: u64) -> Value {
+    let mut usage = serde_json::Map::new();
+    for (key, count) in [
+        ("promptTokenCount", prompt),
+        ("cachedContentTokenCount", cached),
+        ("candidatesTokenCount", candidates),
+        ("thoughtsTokenCount", thoughts),
+        ("totalTokenCount", prompt + candidates + thoughts),
+    ] {
+        if count > 0 {
+            usage.insert(key.into(), json!(count));
+        }
+    }
+    usage.insert(
+        "promptTokensDetails".into(),
+        json!([{"modality": "TEXT", "tokenCount": prompt}]),
+    );
+    Value::Object(usage)
+}
+
+/// What one Gemini answer is made of.
+struct GeminiAnswer {
+    model: String,
+    prompt: u64,
+    cached: u64,
+    candidates: u64,
+    thoughts: u64,
+    omit_usage: bool,
+    tool: Option<Value>,
+}
+
+impl GeminiAnswer {
+    fn usage(&self, candidates: u64) -> Option<Value> {
+        (!self.omit_usage)
+            .then(|| gemini_usage(self.prompt, self.cached, candidates, self.thoughts))
+    }
+
+    /// One `GenerateContentResponse` with `parts`, the counts so far, and a finish reason.
+    fn response(&self, parts: Vec<Value>, candidates: u64, finish: Option<&str>) -> Value {
+        let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let (Some(reason), Some(fields)) = (finish, candidate.as_object_mut()) {
+            fields.insert("finishReason".into(), json!(reason));
+        }
+        let mut response = json!({
+            "candidates": [candidate],
+            "modelVersion": self.model,
+            "responseId": "mock-gemini-response",
+        });
+        if let (Some(usage), Some(fields)) = (self.usage(candidates), response.as_object_mut()) {
+            fields.insert("usageMetadata".into(), usage);
+        }
+        response
+    }
+
+    /// The function call part, signed as Gemini 3 signs it.
+    fn call_part(&self) -> Option<Value> {
+        self.tool.as_ref().map(|tool| {
+            json!({"functionCall": {"name": tool["name"], "args": tool["input"]},
+                   "thoughtSignature": "bW9jay1zaWduYXR1cmU="})
+        })
+    }
+
+    fn finish(&self) -> &'static str {
+        if self.tool.is_some() {
+            "STOP"
+        } else {
+            "MAX_TOKENS"
+        }
+    }
+}
+
+async fn gemini(
+    route: GeminiRoute,
+    request: Request<Incoming>,
+    config: &MockConfig,
+    stats: &Stats,
+) -> Response<ChannelBody> {
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    if let Some(refusal) = gemini_refusal(
+        route.vertex,
+        request.headers(),
+        &query,
+        config.api_key.as_deref(),
+    ) {
+        return refusal;
+    }
+    let stream = match route.method.as_str() {
+        "generateContent" | "countTokens" => false,
+        "streamGenerateContent" => true,
+        _ => {
+            return google_error(
+                StatusCode::NOT_FOUND,
+                &format!("mock: method {} not found", route.method),
+            );
+        }
+    };
+    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return google_error(StatusCode::BAD_REQUEST, &format!("mock: reading body: {e}"));
+        }
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return google_error(StatusCode::BAD_REQUEST, "mock: body is not JSON");
+    };
+    if let Some(message) = gemini_invalid(&request) {
+        return google_error(StatusCode::BAD_REQUEST, &format!("mock: {message}"));
+    }
+    let prompt = {
+        let bytes = text_bytes(request.get("contents").unwrap_or(&Value::Null))
+            + text_bytes(request.get("systemInstruction").unwrap_or(&Value::Null));
+        bytes.div_ceil(4).max(1)
+    };
+    if route.method == "countTokens" {
+        return json_response(StatusCode::OK, &json!({ "totalTokens": prompt }));
+    }
+    let served = stats.requests.fetch_add(1, Ordering::Relaxed);
+    let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
+    let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+    let defaults = &config.behaviour;
+    if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "<html>upstream proxy page</html>",
+        );
+    }
+    if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let first_byte_ms = knob("first_byte_ms").unwrap_or(defaults.first_byte_ms);
+    if first_byte_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(first_byte_ms)).await;
+    }
+    let drawn_error = defaults
+        .draw(served, 1, defaults.error_percent)
+        .then_some(500);
+    if let Some(status) = knob("status")
+        .or(drawn_error)
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        return google_error(status, "mock: the error this request asked for");
+    }
+    let candidates = request
+        .pointer("/generationConfig/maxOutputTokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(defaults.tokens)
+        .min(TOKENS_MAX);
+    let cached = knob("cached_tokens").unwrap_or(0);
+    let answer = GeminiAnswer {
+        model: route.model,
+        prompt: prompt.max(cached),
+        cached,
+        candidates,
+        // Gemini counts thoughts apart from the candidates.
+        thoughts: knob("thoughts_tokens")
+            .or_else(|| knob("reasoning_tokens"))
+            .unwrap_or(0)
+            .min(TOKENS_MAX),
+        omit_usage: knobs
+            .get("omit_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(defaults.no_usage),
+        tool: knobs.get("tool_use").cloned(),
+    };
+    stats
+        .completion_tokens
+        .fetch_add(answer.candidates + answer.thoughts, Ordering::Relaxed);
+    if !stream {
+        let mut parts = vec![json!({"text": text(answer.candidates)})];
+        parts.extend(answer.call_part());
+        return json_response(
+            StatusCode::OK,
+            &answer.response(parts, answer.candidates, Some(answer.finish())),
+        );
+    }
+    let steer = GeminiSteer {
+        sse: query.split('&').any(|p| p == "alt=sse"),
+        token_ms: knob("token_ms").unwrap_or(defaults.token_ms),
+        reset_after: knob("reset_after").or_else(|| {
+            defaults
+                .draw(served, 2, defaults.reset_percent)
+                .then_some(answer.candidates / 2)
+        }),
+        error_after: knob("error_after"),
+    };
+    gemini_streamed(answer, steer)
+}
+
+/// How a streamed Gemini answer is delivered.
+struct GeminiSteer {
+    /// `alt=sse`: server-sent events; otherwise one JSON array written as it grows.
+    sse: bool,
+    token_ms: u64,
+    /// Break the connection after this many tokens.
+    reset_after: Option<u64>,
+    /// Send Google's in-stream error event after this many tokens, then end.
+    error_after: Option<u64>,
+}
+
+/// A stream as Gemini sends it: a chunk per token with the cumulative counts on every chunk,
+/// the function call whole in the last chunk with the finish reason, no end marker.
+fn gemini_streamed(answer: GeminiAnswer, steer: GeminiSteer) -> Response<ChannelBody> {
+    let (sender, receiver) = mpsc::channel(16);
+    let sse = steer.sse;
+    tokio::spawn(async move {
+        // Each event ends with CRLF CRLF, as Google's do.
+        let frame = |first: bool, value: &Value| {
+            if sse {
+                Bytes::from(format!("data: {value}\r\n\r\n"))
+            } else if first {
+                Bytes::from(format!("[{value}"))
+            } else {
+                Bytes::from(format!(",\r\n{value}"))
+            }
+        };
+        for sent in 0..answer.candidates {
+            if steer.reset_after == Some(sent) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = sender.send(Bytes::new()).await;
+                return;
+            }
+            if steer.error_after == Some(sent) {
+                let error = google_error_body(503, "mock: The model is overloaded.", Value::Null);
+                let _ = sender.send(frame(sent == 0, &error)).await;
+                if !sse {
+                    let _ = sender.send(Bytes::from_static(b"]")).await;
+                }
+                return;
+            }
+            if steer.token_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(steer.token_ms)).await;
+            }
+            let chunk = answer.response(vec![json!({ "text": WORD })], sent + 1, None);
+            if sender.send(frame(sent == 0, &chunk)).await.is_err() {
+                return; // the client hung up: stop generating, as a provider does
+            }
+        }
+        let parts: Vec<Value> = answer.call_part().into_iter().collect();
+        let last = answer.response(parts, answer.candidates, Some(answer.finish()));
+        if sender
+            .send(frame(answer.candidates == 0, &last))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !sse {
+            let _ = sender.send(Bytes::from_static(b"]")).await;
+        }
+    });
+    let mut response = Response::new(ChannelBody { receiver });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// A mock on a loopback port, checking `key`.
+    async fn start(key: Option<&str>) -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = MockConfig {
+            api_key: key.map(str::to_owned),
+            behaviour: Behaviour::default(),
+        };
+        tokio::spawn(serve(listener, config));
+        address
+    }
+
+    /// Posts `body` to `path` with `headers`; the status and the whole answer.
+    async fn post(
+        address: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (StatusCode, String) {
+        let mut request = Request::post(format!("http://{address}{path}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::http::client().request(request),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn hello(mock: Value) -> Value {
+        json!({"contents": [{"role": "user", "parts": [{"text": "Hello there, model"}]}],
+               "generationConfig": {"maxOutputTokens": 3}, "mock": mock})
+    }
+
+    const GEMINI: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+    const VERTEX: &str =
+        "/v1/projects/p1/locations/global/publishers/google/models/gemini-2.5-pro:generateContent";
+
+    #[test]
+    fn gemini_routes_parse_both_front_doors() {
+        assert_eq!(
+            gemini_route(GEMINI),
+            Some(GeminiRoute {
+                vertex: false,
+                model: "gemini-2.5-flash".into(),
+                method: "generateContent".into()
+            })
+        );
+        assert_eq!(
+            gemini_route(VERTEX),
+            Some(GeminiRoute {
+                vertex: true,
+                model: "gemini-2.5-pro".into(),
+                method: "generateContent".into()
+            })
+        );
+        for other in [
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/model/x/converse",
+            "/v1beta/models/:generateContent",
+            "/v1/projects/p/locations/l/models/m:generateContent",
+            "/v2/models/m:generateContent",
+        ] {
+            assert_eq!(gemini_route(other), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn gemini_requires_its_credential() {
+        let address = start(Some("k1")).await;
+        let body = hello(Value::Null);
+        let (status, answer) = post(address, GEMINI, &[], &body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(json(&answer)["error"]["status"], "PERMISSION_DENIED");
+        let (status, answer) = post(address, GEMINI, &[("x-goog-api-key", "nope")], &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            json(&answer)["error"]["details"][0]["reason"],
+            "API_KEY_INVALID"
+        );
+        let (status, _) = post(address, GEMINI, &[("x-goog-api-key", "k1")], &body).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = post(address, &format!("{GEMINI}?key=k1"), &[], &body).await;
+        assert_eq!(status, StatusCode::OK);
+        // Vertex wants a bearer token; an API key header is not one.
+        let (status, answer) = post(address, VERTEX, &[("x-goog-api-key", "k1")], &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            json(&answer)["error"],
+            json!({"code": 401, "status": "UNAUTHENTICATED",
+                   "message": "mock: Request is missing required authentication credential. Expected OAuth 2 access token."})
+        );
+        let (status, _) = post(address, VERTEX, &[("authorization", "Bearer k2")], &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = post(address, VERTEX, &[("authorization", "Bearer k1")], &body).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn gemini_answers_whole_with_usage_and_a_function_call() {
+        let address = start(None).await;
+        let body = hello(json!({"cached_tokens": 2, "thoughts_tokens": 7,
+                                "tool_use": {"name": "weather", "input": {"city": "Oslo"}}}));
+        let (status, answer) = post(address, VERTEX, &[("authorization", "Bearer t")], &body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let answer = json(&answer);
+        let candidate = &answer["candidates"][0];
+        assert_eq!(candidate["content"]["role"], "model");
+        assert_eq!(candidate["content"]["parts"][0]["text"], text(3));
+        assert_eq!(
+            candidate["content"]["parts"][1]["functionCall"],
+            json!({"name": "weather", "args": {"city": "Oslo"}})
+        );
+        assert!(candidate["content"]["parts"][1]["thoughtSignature"].is_string());
+        assert_eq!(candidate["finishReason"], "STOP");
+        assert_eq!(answer["modelVersion"], "gemini-2.5-pro");
+        let usage = &answer["usageMetadata"];
+        // "Hello there, model" is 18 bytes: 5 tokens at four bytes a token.
+        assert_eq!(usage["promptTokenCount"], 5);
+        assert_eq!(usage["cachedContentTokenCount"], 2);
+        assert_eq!(usage["candidatesTokenCount"], 3);
+        assert_eq!(usage["thoughtsTokenCount"], 7);
+        assert_eq!(usage["totalTokenCount"], 15);
+
+        let (_, plain) = post(
+            address,
+            GEMINI,
+            &[("x-goog-api-key", "k")],
+            &hello(Value::Null),
+        )
+        .await;
+        let plain = json(&plain);
+        assert_eq!(plain["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert!(
+            plain["usageMetadata"]
+                .get("cachedContentTokenCount")
+                .is_none(),
+            "Google leaves zero counts out"
+        );
+        let (_, quiet) = post(
+            address,
+            GEMINI,
+            &[("x-goog-api-key", "k")],
+            &hello(json!({"omit_usage": true})),
+        )
+        .await;
+        assert!(json(&quiet).get("usageMetadata").is_none());
+        let (_, count) = post(
+            address,
+            "/v1beta/models/gemini-2.5-flash:countTokens",
+            &[("x-goog-api-key", "k")],
+            &hello(Value::Null),
+        )
+        .await;
+        assert_eq!(json(&count), json!({"totalTokens": 5}));
+    }
+
+    #[tokio::test]
+    async fn gemini_streams_sse_with_cumulative_usage() {
+        let address = start(None).await;
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+        let body = hello(json!({"tool_use": {"name": "weather", "input": {"city": "Oslo"}}}));
+        let (status, stream) = post(address, path, &[("x-goog-api-key", "k")], &body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(stream.ends_with("\r\n\r\n") && !stream.contains("[DONE]"));
+        let events: Vec<Value> = stream
+            .split("\r\n\r\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(json)
+            .collect();
+        assert_eq!(events.len(), 4, "three tokens and the finishing chunk");
+        for (sent, event) in events[..3].iter().enumerate() {
+            assert_eq!(event["candidates"][0]["content"]["parts"][0]["text"], WORD);
+            assert_eq!(event["usageMetadata"]["candidatesTokenCount"], sent + 1);
+            assert_eq!(event["usageMetadata"]["promptTokenCount"], 5);
+            assert!(event["candidates"][0].get("finishReason").is_none());
+        }
+        let last = &events[3];
+        assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(
+            last["candidates"][0]["content"]["parts"][0]["functionCall"]["args"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(last["usageMetadata"]["totalTokenCount"], 8);
+
+        // Without alt=sse the stream is one JSON array.
+        let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let (_, array) = post(
+            address,
+            path,
+            &[("x-goog-api-key", "k")],
+            &hello(Value::Null),
+        )
+        .await;
+        let array = json(&array);
+        assert_eq!(array.as_array().map(Vec::len), Some(4));
+        assert_eq!(array[3]["candidates"][0]["finishReason"], "MAX_TOKENS");
+    }
+
+    #[tokio::test]
+    async fn gemini_errors_come_in_googles_envelope() {
+        let address = start(None).await;
+        let key = [("x-goog-api-key", "k")];
+        let (status, answer) = post(address, GEMINI, &key, &hello(json!({"status": 429}))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(json(&answer)["error"]["status"], "RESOURCE_EXHAUSTED");
+        let (status, answer) = post(address, GEMINI, &key, &json!({"messages": []})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("Unknown name \\\"messages\\\""), "{answer}");
+        let (status, _) = post(
+            address,
+            GEMINI,
+            &key,
+            &json!({"contents": [{"role": "assistant", "parts": []}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let unsigned = json!({"contents": [
+            {"role": "user", "parts": [{"text": "x"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]}]});
+        let (status, answer) = post(address, GEMINI, &key, &unsigned).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(answer.contains("thought_signature"));
+        let (status, _) = post(
+            address,
+            "/v1beta/models/m:embedContent",
+            &key,
+            &hello(Value::Null),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let path = "/v1beta/models/m:streamGenerateContent?alt=sse";
+        let (status, stream) = post(address, path, &key, &hello(json!({"error_after": 2}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let events: Vec<Value> = stream
+            .split("\r\n\r\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(json)
+            .collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[2]["error"]["status"], "UNAVAILABLE");
+    }
 }
