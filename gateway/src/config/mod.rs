@@ -143,6 +143,9 @@ pub enum ProviderKind {
     Azure,
     /// AWS Bedrock's Converse API, SigV4-signed with the standard AWS environment variables.
     Bedrock,
+    /// Google's `generateContent`: the Gemini API (`x-goog-api-key`), or Vertex AI when a
+    /// `project` and `location` are set (an OAuth access token as the bearer).
+    Gemini,
 }
 
 impl ProviderKind {
@@ -154,6 +157,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
             ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Gemini => "gemini",
         }
     }
 }
@@ -173,6 +177,8 @@ pub struct ProviderConfig {
     pub api_version: Option<String>,
     /// The AWS region (required for `bedrock`).
     pub region: Option<String>,
+    /// Vertex AI's project and location (`gemini` only; both or neither).
+    pub vertex: Option<Vertex>,
     /// An `openai` upstream that also serves Anthropic's Messages API under its base URL
     /// (`{base_url}/messages`: llama.cpp's server, recent vLLM), so `/v1/messages` reaches it.
     pub anthropic_messages: bool,
@@ -182,6 +188,15 @@ pub struct ProviderConfig {
     pub first_byte_timeout: Duration,
     /// Longest silence inside a response body.
     pub idle_timeout: Duration,
+}
+
+/// Where a `gemini` provider lives on Vertex AI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vertex {
+    /// The Google Cloud project id.
+    pub project: String,
+    /// The location (`us-central1`, or `global`).
+    pub location: String,
 }
 
 /// One `[[team]]`.
@@ -449,6 +464,8 @@ struct RawProvider {
     api_key_env: Option<String>,
     api_version: Option<String>,
     region: Option<String>,
+    project: Option<String>,
+    location: Option<String>,
     #[serde(default)]
     anthropic_messages: bool,
     connect_timeout_ms: Option<u64>,
@@ -539,6 +556,49 @@ struct RawAllocation {
     models: Vec<Spanned<String>>,
     #[serde(default = "unlimited")]
     budget: Spanned<RawBudget>,
+}
+
+/// A `gemini` provider's Vertex AI placement: both `project` and `location`, or neither (the
+/// Gemini API); other kinds take neither. An error names the field.
+fn vertex_of(
+    kind: ProviderKind,
+    project: Option<&String>,
+    location: Option<&String>,
+) -> std::result::Result<Option<Vertex>, (&'static str, String)> {
+    let name_ok = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 64
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    match (kind, project, location) {
+        (_, None, None) => Ok(None),
+        (ProviderKind::Gemini, Some(project), Some(location)) => {
+            if !name_ok(project) {
+                return Err(("project", "must be a Google Cloud project id".into()));
+            }
+            if !name_ok(location) {
+                return Err((
+                    "location",
+                    "must be a location like \"us-central1\" or \"global\"".into(),
+                ));
+            }
+            Ok(Some(Vertex {
+                project: project.clone(),
+                location: location.clone(),
+            }))
+        }
+        (ProviderKind::Gemini, Some(_), None) => Err((
+            "location",
+            "Vertex AI needs `location` beside `project`".into(),
+        )),
+        (ProviderKind::Gemini, None, Some(_)) => Err((
+            "project",
+            "Vertex AI needs `project` beside `location`".into(),
+        )),
+        (_, Some(_), _) => Err(("project", "`project` is for gemini providers only".into())),
+        (_, None, Some(_)) => Err(("location", "`location` is for gemini providers only".into())),
+    }
 }
 
 fn ms(value: Option<u64>, default: Duration) -> Duration {
@@ -725,7 +785,13 @@ impl RawConfig {
                         "a bedrock provider needs `region` (like \"us-east-1\")".into(),
                     ));
                 }
-                (ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Azure, Some(_)) => {
+                (
+                    ProviderKind::Openai
+                    | ProviderKind::Anthropic
+                    | ProviderKind::Azure
+                    | ProviderKind::Gemini,
+                    Some(_),
+                ) => {
                     return Err(err(
                         format!("provider[{i}].region"),
                         span,
@@ -741,8 +807,15 @@ impl RawConfig {
                     "only an `openai` provider can also serve Anthropic's Messages API".into(),
                 ));
             }
+            let vertex = vertex_of(raw.kind, raw.project.as_ref(), raw.location.as_ref()).map_err(
+                |(field, reason)| err(format!("provider[{i}].{field}"), span.clone(), reason),
+            )?;
             let (base_url, base_span) = match (&raw.base_url, raw.kind, &raw.region) {
                 (Some(url), _, _) => (url.get_ref().trim_end_matches('/').to_owned(), url.span()),
+                (None, ProviderKind::Gemini, _) => (
+                    crate::providers::gemini::default_base_url(vertex.as_ref()),
+                    span.clone(),
+                ),
                 (None, ProviderKind::Bedrock, Some(region)) => (
                     format!("https://bedrock-runtime.{region}.amazonaws.com"),
                     span.clone(),
@@ -776,7 +849,10 @@ impl RawConfig {
                     ));
                 }
                 (
-                    ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Bedrock,
+                    ProviderKind::Openai
+                    | ProviderKind::Anthropic
+                    | ProviderKind::Bedrock
+                    | ProviderKind::Gemini,
                     Some(_),
                 ) => {
                     return Err(err(
@@ -794,6 +870,7 @@ impl RawConfig {
                 api_key_env: raw.api_key_env,
                 api_version: raw.api_version,
                 region: raw.region,
+                vertex,
                 anthropic_messages: raw.anthropic_messages,
                 connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
                 first_byte_timeout: ms(

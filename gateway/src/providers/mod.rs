@@ -12,6 +12,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod chat;
 pub mod client;
+pub mod gemini;
 pub mod openai;
 pub mod read;
 pub mod sse;
@@ -115,6 +116,7 @@ impl Provider {
             ProviderKind::Azure => Box::new(azure::Azure::new(&config, &env)?),
             ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(&config, &env)?),
             ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(&config, &env)?),
+            ProviderKind::Gemini => Box::new(gemini::Gemini::new(&config, &env)?),
         };
         let upstream = Upstream::new(&config)?;
         Ok(Provider {
@@ -187,6 +189,7 @@ mod tests {
             api_key_env: api_key_env.map(str::to_owned),
             api_version: Some("2024-10-21".into()),
             region: Some("us-east-1".into()),
+            vertex: None,
             anthropic_messages: false,
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
@@ -255,6 +258,7 @@ mod tests {
             ProviderKind::Azure,
             ProviderKind::Anthropic,
             ProviderKind::Bedrock,
+            ProviderKind::Gemini,
         ] {
             let env = |_: &str| Some("x".to_owned());
             let provider = Provider::new(config(kind, Some("KEY")), env).unwrap();
@@ -264,7 +268,9 @@ mod tests {
             );
             let wrong = match kind {
                 ProviderKind::Openai | ProviderKind::Azure => Api::Messages,
-                ProviderKind::Anthropic | ProviderKind::Bedrock => Api::Embeddings,
+                ProviderKind::Anthropic | ProviderKind::Bedrock | ProviderKind::Gemini => {
+                    Api::Embeddings
+                }
             };
             let refusal = provider.adapter.serves(wrong, "p").err().unwrap();
             assert!(refusal.contains("call it on /v1/"), "{refusal}");
