@@ -33,6 +33,21 @@ pub enum Reading {
     Unreadable,
 }
 
+impl Reading {
+    /// A translated stream's reading: the usage it reported, or else the text it kept.
+    #[must_use]
+    pub fn of_stream(usage: Option<TokenUsage>, text: &mut String, beyond_bytes: u64) -> Reading {
+        match usage {
+            Some(usage) => Reading::Reported(usage),
+            None => Reading::Text {
+                text: std::mem::take(text),
+                beyond_bytes,
+                input: None,
+            },
+        }
+    }
+}
+
 /// What one piece of an answer gave.
 #[derive(Debug, Default)]
 pub struct Pushed {

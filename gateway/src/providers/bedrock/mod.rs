@@ -239,14 +239,11 @@ impl Reader for Frames {
     }
 
     fn reading(&mut self) -> Reading {
-        match self.translator.usage {
-            Some(usage) => Reading::Reported(usage),
-            None => Reading::Text {
-                text: std::mem::take(&mut self.translator.text),
-                beyond_bytes: self.translator.beyond_bytes,
-                input: None,
-            },
-        }
+        Reading::of_stream(
+            self.translator.usage,
+            &mut self.translator.text,
+            self.translator.beyond_bytes,
+        )
     }
 
     fn rewritten_as(&self) -> Option<&'static str> {

@@ -147,13 +147,6 @@ impl Translator for Stream {
     }
 
     fn reading(&mut self) -> Reading {
-        match self.0.usage {
-            Some(usage) => Reading::Reported(usage),
-            None => Reading::Text {
-                text: std::mem::take(&mut self.0.text),
-                beyond_bytes: self.0.beyond_bytes,
-                input: None,
-            },
-        }
+        Reading::of_stream(self.0.usage, &mut self.0.text, self.0.beyond_bytes)
     }
 }
