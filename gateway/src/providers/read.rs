@@ -12,7 +12,7 @@ use tollgate_engine::TokenUsage;
 
 use crate::limits::RESPONSE_METER_BYTES_MAX;
 use crate::providers::sse::{self, Framer};
-use crate::providers::text::text_of_body;
+use crate::providers::text::{Kept, text_of_body};
 
 /// How an answer's tokens are known once it has ended or been cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +34,14 @@ pub enum Reading {
 }
 
 impl Reading {
-    /// A translated stream's reading: the usage it reported, or else the text it kept.
+    /// A stream's reading: the usage it reported, or else the text it kept (taken).
     #[must_use]
-    pub fn of_stream(usage: Option<TokenUsage>, text: &mut String, beyond_bytes: u64) -> Reading {
+    pub fn of_stream(usage: Option<TokenUsage>, kept: &mut Kept) -> Reading {
         match usage {
             Some(usage) => Reading::Reported(usage),
             None => Reading::Text {
-                text: std::mem::take(text),
-                beyond_bytes,
+                text: std::mem::take(&mut kept.text),
+                beyond_bytes: kept.beyond_bytes,
                 input: None,
             },
         }

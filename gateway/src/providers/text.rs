@@ -57,7 +57,7 @@ impl Kept {
 
 /// Appends `text` to `kept` up to `cap` bytes (cut on a char boundary), counting what does
 /// not fit in `beyond`.
-pub fn keep_capped(kept: &mut String, cap: usize, beyond: &mut u64, text: &str) {
+fn keep_capped(kept: &mut String, cap: usize, beyond: &mut u64, text: &str) {
     let room = cap.saturating_sub(kept.len());
     let mut end = text.len().min(room);
     while !text.is_char_boundary(end) {

@@ -4,6 +4,8 @@
 use serde_json::{Map, Value, json};
 use tollgate_engine::TokenUsage;
 
+use crate::providers::text::Kept;
+
 use crate::providers::bedrock::eventstream::Frame;
 use crate::providers::chat::{
     Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message,
@@ -254,11 +256,8 @@ pub struct StreamTranslator {
     done: bool,
     /// Usage from the `metadata` event.
     pub usage: Option<TokenUsage>,
-    /// Generated text kept for counting, up to `text_bytes_max`.
-    pub text: String,
-    /// Text seen past the cap.
-    pub beyond_bytes: u64,
-    text_bytes_max: usize,
+    /// Generated text and tool-call arguments kept for counting, up to a cap.
+    pub kept: Kept,
 }
 
 impl StreamTranslator {
@@ -277,9 +276,7 @@ impl StreamTranslator {
             tool_calls: ToolCalls::default(),
             done: false,
             usage: None,
-            text: String::new(),
-            beyond_bytes: 0,
-            text_bytes_max,
+            kept: Kept::new(text_bytes_max),
         }
     }
 
@@ -292,15 +289,6 @@ impl StreamTranslator {
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
         format!("data: {chunk}\n\n")
-    }
-
-    fn keep(&mut self, text: &str) {
-        crate::providers::text::keep_capped(
-            &mut self.text,
-            self.text_bytes_max,
-            &mut self.beyond_bytes,
-            text,
-        );
     }
 
     /// Translates one frame; returns whether it carried generated text.
@@ -349,7 +337,7 @@ impl StreamTranslator {
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
                 if let Some(text) = payload.pointer("/delta/text").and_then(Value::as_str) {
-                    self.keep(text);
+                    self.kept.keep(text);
                     out.push_str(&self.chunk(json!({"content": text}), Value::Null));
                     return true;
                 }
@@ -357,7 +345,7 @@ impl StreamTranslator {
                     .pointer("/delta/toolUse/input")
                     .and_then(Value::as_str)
                 {
-                    self.keep(input);
+                    self.kept.keep(input);
                     if let Some(delta) = self.tool_calls.arguments(index, &json!(input)) {
                         out.push_str(&self.chunk(delta, Value::Null));
                     }
@@ -484,7 +472,7 @@ mod tests {
         );
         t.frame(&event("metadata", json!({"usage": {"inputTokens": 4, "outputTokens": 1, "totalTokens": 5}, "metrics": {"latencyMs": 9}})), &mut out);
         assert_eq!(t.usage, Some(TokenUsage::new(4, 0, 0, 1, 0)));
-        assert_eq!(t.text, "Hel");
+        assert_eq!(t.kept.text, "Hel");
         assert!(out.contains("\"content\":\"Hel\""));
         assert!(out.contains("\"finish_reason\":\"stop\""));
         assert!(out.contains("\"completion_tokens\":1"));

@@ -239,11 +239,7 @@ impl Reader for Frames {
     }
 
     fn reading(&mut self) -> Reading {
-        Reading::of_stream(
-            self.translator.usage,
-            &mut self.translator.text,
-            self.translator.beyond_bytes,
-        )
+        Reading::of_stream(self.translator.usage, &mut self.translator.kept)
     }
 
     fn rewritten_as(&self) -> Option<&'static str> {

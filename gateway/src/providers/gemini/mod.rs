@@ -147,6 +147,6 @@ impl Translator for Stream {
     }
 
     fn reading(&mut self) -> Reading {
-        Reading::of_stream(self.0.usage, &mut self.0.text, self.0.beyond_bytes)
+        Reading::of_stream(self.0.usage, &mut self.0.kept)
     }
 }

@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use tollgate_engine::TokenUsage;
 
+use crate::providers::text::Kept;
+
 use crate::providers::chat::{
     OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message, max_tokens, stop_sequences,
     tool_call,
@@ -783,11 +785,8 @@ pub struct StreamTranslator {
     calls_total: u64,
     /// Usage from the latest `usageMetadata`.
     pub usage: Option<TokenUsage>,
-    /// Generated text and tool-call arguments kept for counting, up to `text_bytes_max`.
-    pub text: String,
-    /// Bytes seen past the cap.
-    pub beyond_bytes: u64,
-    text_bytes_max: usize,
+    /// Generated text and tool-call arguments kept for counting, up to a cap.
+    pub kept: Kept,
 }
 
 impl StreamTranslator {
@@ -811,9 +810,7 @@ impl StreamTranslator {
             counts: Map::new(),
             calls_total: 0,
             usage: None,
-            text: String::new(),
-            beyond_bytes: 0,
-            text_bytes_max,
+            kept: Kept::new(text_bytes_max),
         }
     }
 
@@ -826,15 +823,6 @@ impl StreamTranslator {
             "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
         });
         format!("data: {chunk}\n\n")
-    }
-
-    fn keep(&mut self, text: &str) {
-        crate::providers::text::keep_capped(
-            &mut self.text,
-            self.text_bytes_max,
-            &mut self.beyond_bytes,
-            text,
-        );
     }
 
     /// The state of candidate `index`, if there is room for it.
@@ -952,7 +940,7 @@ impl StreamTranslator {
                 if let Some(fragment) = fragment {
                     out.push_str(&self.chunk(index, fragment, Value::Null));
                 }
-                self.keep(&arguments);
+                self.kept.keep(&arguments);
                 carried = true;
             } else if let Some(text) = part.get("text").and_then(Value::as_str) {
                 if text.is_empty() {
@@ -966,7 +954,7 @@ impl StreamTranslator {
                 let mut delta = Map::new();
                 delta.insert(key.into(), json!(text));
                 out.push_str(&self.chunk(index, Value::Object(delta), Value::Null));
-                self.keep(text);
+                self.kept.keep(text);
                 carried = true;
             }
         }
@@ -1564,8 +1552,8 @@ mod tests {
         );
         assert_eq!(chunks.len(), 7);
         assert_eq!(t.usage, Some(TokenUsage::new(12, 4, 0, 12, 3)));
-        assert_eq!(t.text, "Hello{\"city\":\"Oslo\"}");
-        assert_eq!(t.beyond_bytes, 0);
+        assert_eq!(t.kept.text, "Hello{\"city\":\"Oslo\"}");
+        assert_eq!(t.kept.beyond_bytes, 0);
     }
 
     #[test]
@@ -1621,8 +1609,8 @@ mod tests {
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert_eq!(chunks[chunks.len() - 1]["usage"]["prompt_tokens"], 12);
         assert!(out.ends_with("data: [DONE]\n\n"));
-        assert_eq!(t.text, "Hell", "kept up to the cap");
-        assert_eq!(t.beyond_bytes, 7);
+        assert_eq!(t.kept.text, "Hell", "kept up to the cap");
+        assert_eq!(t.kept.beyond_bytes, 7);
         // Further events after the end are ignored.
         let mut more = String::new();
         assert!(!t.event(
@@ -1778,7 +1766,7 @@ mod tests {
             t.event(&crate::providers::sse::parse(event).data, &mut out);
         }
         t.finish(&mut out);
-        assert_eq!(t.text, mock::WORD.repeat(3));
+        assert_eq!(t.kept.text, mock::WORD.repeat(3));
         let chunks = chunks(&out);
         assert_eq!(
             chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
@@ -1878,7 +1866,7 @@ mod tests {
         t.event(bytes, &mut out);
         t.event(bytes, &mut out);
         t.finish(&mut out);
-        assert!(t.text.len() <= 8);
+        assert!(t.kept.text.len() <= 8);
         assert!(out.ends_with("data: [DONE]\n\n"));
     }
 

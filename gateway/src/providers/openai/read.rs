@@ -141,14 +141,7 @@ impl Tally for OpenAiTally {
     }
 
     fn reading(&mut self) -> Reading {
-        match self.usage {
-            Some(usage) => Reading::Reported(usage),
-            None => Reading::Text {
-                text: std::mem::take(&mut self.kept.text),
-                beyond_bytes: self.kept.beyond_bytes,
-                input: None,
-            },
-        }
+        Reading::of_stream(self.usage, &mut self.kept)
     }
 }
 
