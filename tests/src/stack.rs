@@ -419,6 +419,8 @@ impl Stack {
             "dead/m",
             "azure/prod-4o",
             "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
+            "gemini/gemini-2.5-flash",
+            "vertex/gemini-2.5-flash",
         ]
         .iter()
         .chain(models)
@@ -466,6 +468,21 @@ name = "bedrock"
 kind = "bedrock"
 region = "us-east-1"
 base_url = "http://{mock}"
+
+# The mock answering as the Gemini API (x-goog-api-key) and as Vertex AI (an OAuth bearer).
+[[provider]]
+name = "gemini"
+kind = "gemini"
+base_url = "http://{mock}"
+api_key_env = "TEST_OPENAI_KEY"
+
+[[provider]]
+name = "vertex"
+kind = "gemini"
+project = "acme-prod"
+location = "us-central1"
+base_url = "http://{mock}"
+api_key_env = "TEST_OPENAI_KEY"
 
 # Same mock, short patience: for timeout tests.
 [[provider]]

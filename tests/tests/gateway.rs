@@ -484,6 +484,86 @@ fn bedrock_is_called_signed_and_metered_from_its_own_usage() {
 }
 
 #[test]
+fn gemini_and_vertex_are_translated_both_ways_and_metered_from_their_own_usage() {
+    let mut stack = Stack::start("gemini", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    // The Gemini API, whole: Google's thinking tokens are output billed as reasoning.
+    let mut whole = chat("gemini/gemini-2.5-flash", 3);
+    whole["mock"] = json!({"thoughts_tokens": 4});
+    let answer = post_json(address, "/v1/chat/completions", &key, &whole);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gemini/gemini-2.5-flash");
+    assert_eq!(body["choices"][0]["message"]["content"], " hello".repeat(3));
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        4
+    );
+    // Streamed, with the usage chunk asked for and cached prompt tokens.
+    let mut streamed = chat("gemini/gemini-2.5-flash", 2);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    streamed["mock"] = json!({"cached_tokens": 2});
+    let answer = post_json(address, "/v1/chat/completions", &key, &streamed);
+    let text = answer.text();
+    assert_eq!(text.matches(" hello").count(), 2, "{text}");
+    assert!(
+        text.contains("\"prompt_tokens_details\":{\"cached_tokens\":2}"),
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // Vertex AI: the same body under a project and location.
+    let answer = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("vertex/gemini-2.5-flash", 1),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // Google's errors in OpenAI's envelope, with Google's status; nothing billed.
+    let mut failing = chat("gemini/gemini-2.5-flash", 1);
+    failing["mock"] = json!({"status": 429});
+    let answer = post_json(address, "/v1/chat/completions", &key, &failing);
+    assert_eq!(answer.status, 429);
+    assert_eq!(
+        answer.json()["error"]["code"],
+        "RESOURCE_EXHAUSTED",
+        "{}",
+        answer.text()
+    );
+    // Routes Gemini does not speak are refused before anything is held.
+    let embeddings = json!({"model": "gemini/gemini-2.5-flash", "input": "x"});
+    let answer = post_json(address, "/v1/embeddings", &key, &embeddings);
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.text().contains("call it on /v1/chat/completions"),
+        "{}",
+        answer.text()
+    );
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(
+        statuses(&events),
+        BTreeMap::from([
+            ("bad_request".to_owned(), 1),
+            ("ok".to_owned(), 3),
+            ("upstream_error".to_owned(), 1)
+        ])
+    );
+    assert_eq!(events[0]["provider"], "gemini");
+    assert_eq!(events[0]["usage_source"], "provider");
+    assert_eq!(events[0]["tokens_out"], 3 + 4);
+    assert_eq!(events[0]["tokens_reasoning"], 4);
+    assert_eq!(events[1]["tokens_cached"], 2);
+    assert_eq!(events[1]["tokens_out"], 2);
+    assert_eq!(events[2]["provider"], "vertex");
+    assert_eq!(events[2]["tokens_out"], 1);
+    assert_eq!(events[3]["cost_nanos"], 0);
+}
+
+#[test]
 fn unknowable_usage_is_billed_at_its_bound_and_flagged_and_tokens_per_minute_limit() {
     let mut stack = Stack::start("unknown-usage", ORG, "");
     let (key, _) = stack.create_key("open", json!({"tokens_per_minute": 20}));

@@ -1210,7 +1210,15 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
         let config =
             Config::load(&Path::new(&manifest).join("config/tollgate.example.toml")).unwrap();
-        assert_eq!(config.providers.len(), 4);
+        assert_eq!(config.providers.len(), 6);
+        assert_eq!(
+            config.provider("gemini").unwrap().base_url,
+            "https://generativelanguage.googleapis.com"
+        );
+        assert_eq!(
+            config.provider("vertex").unwrap().base_url,
+            "https://us-central1-aiplatform.googleapis.com"
+        );
         assert_eq!(
             config.provider("bedrock").unwrap().base_url,
             "https://bedrock-runtime.us-east-1.amazonaws.com"
@@ -1358,6 +1366,88 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         Config::from_toml(&text, "tollgate.toml", Path::new("."))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn gemini_providers_are_on_the_gemini_api_or_on_vertex_ai_and_say_which_field_is_wrong() {
+        let with = |table: &str| {
+            Config::from_toml(
+                &GOOD.replacen("[[alias]]", &format!("{table}\n[[alias]]"), 1),
+                "tollgate.toml",
+                Path::new("."),
+            )
+        };
+        let api =
+            with("[[provider]]\nname = \"g\"\nkind = \"gemini\"\napi_key_env = \"K\"").unwrap();
+        let g = api.provider("g").unwrap();
+        assert_eq!(g.base_url, "https://generativelanguage.googleapis.com");
+        assert_eq!(g.vertex, None);
+        let vertex = with(
+            "[[provider]]\nname = \"v\"\nkind = \"gemini\"\nproject = \"p-1\"\nlocation = \"europe-west4\"",
+        )
+        .unwrap();
+        let v = vertex.provider("v").unwrap();
+        assert_eq!(v.base_url, "https://europe-west4-aiplatform.googleapis.com");
+        assert_eq!(
+            v.vertex,
+            Some(Vertex {
+                project: "p-1".into(),
+                location: "europe-west4".into()
+            })
+        );
+        let global = with(
+            "[[provider]]\nname = \"v\"\nkind = \"gemini\"\nproject = \"p\"\nlocation = \"global\"",
+        )
+        .unwrap();
+        assert_eq!(
+            global.provider("v").unwrap().base_url,
+            "https://aiplatform.googleapis.com"
+        );
+        for (table, field, reason) in [
+            (
+                "kind = \"gemini\"\nproject = \"p\"",
+                "provider[1].location",
+                "beside `project`",
+            ),
+            (
+                "kind = \"gemini\"\nlocation = \"us\"",
+                "provider[1].project",
+                "beside `location`",
+            ),
+            (
+                "kind = \"gemini\"\nproject = \"a b\"\nlocation = \"us\"",
+                "provider[1].project",
+                "project id",
+            ),
+            (
+                "kind = \"gemini\"\nproject = \"p\"\nlocation = \"../x\"",
+                "provider[1].location",
+                "location like",
+            ),
+            (
+                "kind = \"openai\"\nbase_url = \"http://x\"\nproject = \"p\"",
+                "provider[1].project",
+                "gemini providers only",
+            ),
+            (
+                "kind = \"gemini\"\nregion = \"us-east-1\"",
+                "provider[1].region",
+                "bedrock providers only",
+            ),
+            (
+                "kind = \"gemini\"\napi_version = \"1\"",
+                "provider[1].api_version",
+                "azure providers only",
+            ),
+        ] {
+            let message = with(&format!("[[provider]]\nname = \"x\"\n{table}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(field) && message.contains(reason),
+                "{table:?} gave {message}"
+            );
+        }
     }
 
     #[test]
