@@ -23,7 +23,7 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate};
 use tollgate_engine::{
-    ModelPrice, ModelRef, RateCard, Reservation, Status, UnixMs, VirtualKey, reserve,
+    ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status, UnixMs, VirtualKey, reserve,
 };
 
 use self::json_scan::{Member, Scanned};
@@ -228,10 +228,10 @@ impl Call<'_> {
             .serves(self.api, &provider.name)
             .map_err(Failure::BadRequest)?;
         let card = self.gateway.card.load_full();
-        let price = self.price(&card, &model)?;
+        let (version, price) = self.price(&card, &model)?;
         let upstream = self.prepare(&body, &scanned, &members, &model, price, serve)?;
         self.rate_limit(&key)?;
-        let (reservation, bound) = self.reserve(&key, &card, price, &body, &upstream)?;
+        let (reservation, bound) = self.reserve(&key, version, price, &body, &upstream)?;
         Ok(Admitted {
             api: self.api,
             bound: bound.cost_max,
@@ -302,9 +302,13 @@ impl Call<'_> {
 
     /// The model's price in the card in force: a model without one is refused, never metered
     /// as free.
-    fn price<'c>(&self, card: &'c RateCard, model: &ModelRef) -> Result<&'c ModelPrice, Failure> {
+    fn price<'c>(
+        &self,
+        card: &'c RateCard,
+        model: &ModelRef,
+    ) -> Result<(&'c RateVersion, &'c ModelPrice), Failure> {
         card.at(self.now)
-            .and_then(|version| version.model(model.as_str()))
+            .and_then(|version| Some((version, version.model(model.as_str())?)))
             .ok_or_else(|| Failure::ModelNotPriced {
                 model: model.to_string(),
             })
@@ -392,16 +396,14 @@ impl Call<'_> {
     fn reserve(
         &self,
         key: &VirtualKey,
-        card: &RateCard,
+        version: &RateVersion,
         price: &ModelPrice,
         body: &Bytes,
         upstream: &Prepared,
     ) -> Result<(Reservation, Estimate), Failure> {
         let allocation = &key.allocation;
-        let adjustment = card
-            .at(self.now)
-            .map(|v| v.adjustment(&allocation.project.team.name, &allocation.project.name))
-            .unwrap_or_default();
+        let adjustment =
+            version.adjustment(&allocation.project.team.name, &allocation.project.name);
         let shape = RequestShape {
             body_bytes: body.len() as u64,
             extra_input_tokens: 0,

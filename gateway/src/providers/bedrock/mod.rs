@@ -20,7 +20,6 @@ use tollgate_engine::UnixMs;
 use crate::config::ProviderConfig;
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
-use crate::providers::anthropic::VERSION as ANTHROPIC_VERSION;
 use crate::providers::client::percent_encode_segment;
 use crate::providers::read::{Pushed, ReadError, Reader, Reading, Rewrite, Whole, no_usage};
 use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, credential};
@@ -154,8 +153,9 @@ impl Adapter for Bedrock {
     fn authorize(&self, request: &mut Request<SliceBody>, now: UnixMs) -> Result<(), http::Error> {
         // Anthropic's headers from a client mean nothing to Converse (and would be signed).
         let headers = request.headers_mut();
-        headers.remove(ANTHROPIC_VERSION);
-        headers.remove(HeaderName::from_static("anthropic-beta"));
+        for name in ["anthropic-version", "anthropic-beta"] {
+            headers.remove(name);
+        }
         match (&self.api_key, &self.aws) {
             (Some(key), _) => {
                 request
