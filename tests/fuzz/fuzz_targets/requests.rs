@@ -1,0 +1,25 @@
+//! A client's request body, as the gateway reads it: the top-level scan every call goes
+//! through, then every provider's translation of an OpenAI chat request. None may panic; a
+//! translation either fails with its reason or writes a JSON object.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tollgate_gateway::http::route::Api;
+use tollgate_gateway::providers::Serve;
+
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tollgate_gateway::proxy::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
+    for provider in common::providers() {
+        let Ok(Serve::Translated(translate)) = provider.adapter.serves(Api::ChatCompletions, "p")
+        else {
+            continue;
+        };
+        if let Ok(body) = translate(data, "model", 4096) {
+            let written: Result<serde_json::Map<String, serde_json::Value>, _> =
+                serde_json::from_slice(&body);
+            assert!(written.is_ok(), "{} wrote a body that is not a JSON object", provider.name);
+        }
+    }
+});
