@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece_bytes = usize::from(shape >> 4) * 97 + 1;
     let mut headers = HeaderMap::new();
-    headers.insert("x-amzn-errortype", http::HeaderValue::from_static("ThrottlingException"));
+    headers.insert(
+        "x-amzn-errortype",
+        http::HeaderValue::from_static("ThrottlingException"),
+    );
     for provider in common::providers() {
         for route in Api::ALL {
             if provider.adapter.serves(route, "p").is_err() {

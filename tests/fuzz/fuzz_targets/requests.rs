@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(body) = translate(data, "model", 4096) {
             let written: Result<serde_json::Map<String, serde_json::Value>, _> =
                 serde_json::from_slice(&body);
-            assert!(written.is_ok(), "{} wrote a body that is not a JSON object", provider.name);
+            assert!(
+                written.is_ok(),
+                "{} wrote a body that is not a JSON object",
+                provider.name
+            );
         }
     }
 });
