@@ -8,8 +8,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+use tollgate_gateway::limits::STREAM_TEXT_BYTES_MAX;
 use tollgate_gateway::providers::openai::read::OpenAiTally;
-use tollgate_gateway::providers::read::Tally as _;
+use tollgate_gateway::providers::read::{Events, Reader as _, Tally as _};
 use tollgate_gateway::providers::sse::{self, Framer};
 use tollgate_gateway::proxy::json_scan;
 
@@ -74,5 +75,17 @@ fn stream(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, scan, stream);
+/// The streamed hot path as the metered body drives it: one chunk through the OpenAI adapter's
+/// reader (framing, the tally, forwarding the same bytes), with production's text cap.
+fn stream_reader(c: &mut Criterion) {
+    let chunk = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    );
+    c.bench_function("stream chunk through the reader", |b| {
+        let mut reader = Events::new(OpenAiTally::new(STREAM_TEXT_BYTES_MAX), false);
+        b.iter(|| black_box(reader.push(chunk.clone()).unwrap()));
+    });
+}
+
+criterion_group!(benches, scan, stream, stream_reader);
 criterion_main!(benches);
