@@ -64,10 +64,10 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             )
         }
         Route::Models => proxy::models::list(&gateway, request.headers()),
-        Route::WrongMethod | Route::NotFound => {
+        unserved @ (Route::WrongMethod | Route::NotFound) => {
             let method = request.method().to_string();
             let path: String = request.uri().path().chars().take(256).collect();
-            let failure = if route(request.method(), request.uri().path()) == Route::WrongMethod {
+            let failure = if unserved == Route::WrongMethod {
                 Failure::MethodNotAllowed { method, path }
             } else {
                 Failure::NotFound { method, path }
