@@ -191,6 +191,53 @@ fn full(
     response
 }
 
+/// What a request's `mock` object (or the command line's behaviour) asks of its answer, in
+/// every dialect alike.
+enum Steer {
+    /// Answer as the provider would.
+    Answer,
+    /// Send a page that is not the provider's format (a proxy in the way).
+    Garbage,
+    /// Fail with this status, in the dialect's error envelope.
+    Fail(StatusCode),
+}
+
+/// Waits as the request asks (`hang`, `first_byte_ms`), then says how to answer: `garbage`,
+/// an error `status` (asked for, or drawn by the seeded error rate), or as the provider would.
+async fn steer(knobs: &Value, served: u64, defaults: &Behaviour) -> Steer {
+    let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+    if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
+        return Steer::Garbage;
+    }
+    if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let first_byte_ms = knob("first_byte_ms").unwrap_or(defaults.first_byte_ms);
+    if first_byte_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(first_byte_ms)).await;
+    }
+    let drawn_error = defaults
+        .draw(served, 1, defaults.error_percent)
+        .then_some(500);
+    match knob("status")
+        .or(drawn_error)
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        Some(status) => Steer::Fail(status),
+        None => Steer::Answer,
+    }
+}
+
+/// What a proxy's error page looks like to a client expecting JSON.
+fn garbage() -> Response<ChannelBody> {
+    full(
+        StatusCode::OK,
+        "application/json",
+        "<html>upstream proxy page</html>",
+    )
+}
+
 fn json_response(status: StatusCode, value: &Value) -> Response<ChannelBody> {
     full(status, "application/json", value.to_string())
 }
@@ -292,29 +339,10 @@ async fn answer(
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
     let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
     let defaults = &config.behaviour;
-    if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
-        return full(
-            StatusCode::OK,
-            "application/json",
-            "<html>upstream proxy page</html>",
-        );
-    }
-    if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-    let first_byte_ms = knob("first_byte_ms").unwrap_or(defaults.first_byte_ms);
-    if first_byte_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(first_byte_ms)).await;
-    }
-    let drawn_error = defaults
-        .draw(served, 1, defaults.error_percent)
-        .then_some(500);
-    if let Some(status) = knob("status")
-        .or(drawn_error)
-        .and_then(|s| u16::try_from(s).ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-    {
-        return error(api, status, "mock: the error this request asked for");
+    match steer(&knobs, served, defaults).await {
+        Steer::Answer => {}
+        Steer::Garbage => return garbage(),
+        Steer::Fail(status) => return error(api, status, "mock: the error this request asked for"),
     }
     let model = deployment.unwrap_or_else(|| {
         request
@@ -1249,29 +1277,12 @@ async fn gemini(
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
     let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
     let defaults = &config.behaviour;
-    if knobs.get("garbage").and_then(Value::as_bool) == Some(true) {
-        return full(
-            StatusCode::OK,
-            "application/json",
-            "<html>upstream proxy page</html>",
-        );
-    }
-    if knobs.get("hang").and_then(Value::as_bool) == Some(true) {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-    let first_byte_ms = knob("first_byte_ms").unwrap_or(defaults.first_byte_ms);
-    if first_byte_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(first_byte_ms)).await;
-    }
-    let drawn_error = defaults
-        .draw(served, 1, defaults.error_percent)
-        .then_some(500);
-    if let Some(status) = knob("status")
-        .or(drawn_error)
-        .and_then(|s| u16::try_from(s).ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-    {
-        return google_error(status, "mock: the error this request asked for");
+    match steer(&knobs, served, defaults).await {
+        Steer::Answer => {}
+        Steer::Garbage => return garbage(),
+        Steer::Fail(status) => {
+            return google_error(status, "mock: the error this request asked for");
+        }
     }
     let candidates = request
         .pointer("/generationConfig/maxOutputTokens")
