@@ -307,3 +307,69 @@ fn a_damaged_log_tail_is_cut_at_start_and_never_stops_it() {
     stack.stop();
     assert_eq!(stack.events().len(), 4, "appends go on after the cut");
 }
+
+#[test]
+fn a_body_that_never_arrives_is_refused_on_every_route_within_the_body_timeout() {
+    let mut stack = Stack::start("slow-body", ORG, "body_timeout_ms = 300");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let auth = format!("Bearer {key}");
+    let admin = format!("Bearer {}", tollgate_tests::stack::ADMIN_TOKEN);
+    for (path, credential) in [
+        ("/v1/chat/completions", auth.as_str()),
+        ("/v1/usage", admin.as_str()),
+        ("/admin/v1/keys", admin.as_str()),
+    ] {
+        // The head promises 100 bytes; 10 come, then nothing.
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: {credential}\r\ncontent-length: 100\r\n\r\n{{\"model\":"
+        );
+        std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+        let (answer, _) = http::read_answer(stream, 1 << 20);
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text());
+        assert!(
+            answer
+                .text()
+                .contains("request body not received within 300 ms"),
+            "{path}: {}",
+            answer.text()
+        );
+    }
+    stack.stop();
+}
+
+#[test]
+fn a_malformed_translated_body_costs_no_rate_limit_token() {
+    let mut stack = Stack::start("malformed-translated", ORG, "");
+    let (key, _) = stack.create_key("open", json!({"requests_per_minute": 1}));
+    let address = stack.address();
+    // Anthropic is reached through translation; `messages` that are not a list cannot be.
+    let malformed = json!({"model": "anthropic/claude-sonnet-4-5", "messages": "hi"});
+    let answer = post_json(address, "/v1/chat/completions", &key, &malformed);
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer.text().contains("`messages` must be an array"),
+        "{}",
+        answer.text()
+    );
+    // The key's one request a minute is still there.
+    let answer = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("anthropic/claude-sonnet-4-5", json!({"max_tokens": 2})),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = post_json(
+        address,
+        "/v1/chat/completions",
+        &key,
+        &chat("anthropic/claude-sonnet-4-5", json!({"max_tokens": 2})),
+    );
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    stack.stop();
+}
