@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tollgate_engine::TokenUsage;
 
 use crate::limits::RESPONSE_METER_BYTES_MAX;
+use crate::providers::Answer;
 use crate::providers::sse::{self, Framer};
 use crate::providers::text::{Kept, text_of_body};
 
@@ -93,6 +94,10 @@ pub trait Reader: Send {
 /// Reads a whole answer's usage in one dialect.
 pub type UsageOf = fn(&[u8]) -> Option<TokenUsage>;
 
+/// A whole answer of a provider's API as a chat completion: `(body, the client's model,
+/// created)`; `None` when the body is not such an answer.
+pub type ToChat = fn(&[u8], &str, i64) -> Option<Vec<u8>>;
+
 /// Rewrites a whole answer (or error) into the client's API; `None` leaves it as it was.
 pub type Rewrite = Box<dyn FnOnce(&[u8]) -> Option<Vec<u8>> + Send>;
 
@@ -132,6 +137,17 @@ impl Whole {
             rewrites: true,
             ..Whole::passed(usage_of)
         }
+    }
+
+    /// Holds a whole answer and rewrites it with `to_chat` into a chat completion answering for
+    /// the client's model; usage is read from the provider's bytes.
+    #[must_use]
+    pub fn to_chat(answer: &Answer<'_>, usage_of: UsageOf, to_chat: ToChat) -> Whole {
+        let (model, created_s) = (answer.model.to_owned(), answer.created_s);
+        Whole::rewritten(
+            usage_of,
+            Box::new(move |body| to_chat(body, &model, created_s)),
+        )
     }
 
     fn joined(&mut self) -> Vec<u8> {

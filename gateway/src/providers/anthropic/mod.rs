@@ -88,10 +88,11 @@ impl Adapter for Anthropic {
                 ),
             }));
         }
-        let (model, created_s) = (answer.model.to_owned(), answer.created_s);
-        let rewrite: Rewrite =
-            Box::new(move |body| translate::message_to_chat(body, &model, created_s));
-        Box::new(Whole::rewritten(read::usage_of_body, rewrite))
+        Box::new(Whole::to_chat(
+            answer,
+            read::usage_of_body,
+            translate::message_to_chat,
+        ))
     }
 }
 

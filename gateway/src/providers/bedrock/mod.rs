@@ -192,10 +192,11 @@ impl Adapter for Bedrock {
                 ),
             });
         }
-        let (model, created_s) = (answer.model.to_owned(), answer.created_s);
-        let rewrite: Rewrite =
-            Box::new(move |body| converse::converse_to_chat(body, &model, created_s));
-        Box::new(Whole::rewritten(usage_of_body, rewrite))
+        Box::new(Whole::to_chat(
+            answer,
+            usage_of_body,
+            converse::converse_to_chat,
+        ))
     }
 }
 

@@ -121,10 +121,11 @@ impl Adapter for Gemini {
                 ),
             )));
         }
-        let (model, created_s) = (answer.model.to_owned(), answer.created_s);
-        let rewrite: Rewrite =
-            Box::new(move |body| translate::generate_to_chat(body, &model, created_s));
-        Box::new(Whole::rewritten(usage_of_body, rewrite))
+        Box::new(Whole::to_chat(
+            answer,
+            usage_of_body,
+            translate::generate_to_chat,
+        ))
     }
 }
 
