@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::identity::{Allocation, VirtualKey};
 use crate::ids::KeyId;
 use crate::money::{Micros, Nanos};
 use crate::ratecard::ResourceUnit;
@@ -282,6 +283,89 @@ pub enum EventDecodeError {
         /// The version found.
         found: u16,
     },
+}
+
+/// Who an event is charged to, as far as it is known: the identity every event carries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Charged<'a> {
+    /// The allocation charged (and through it the project, team, org and cost center).
+    pub allocation: Option<&'a Allocation>,
+    /// The key's user, or a record's.
+    pub user: Option<&'a Arc<str>>,
+    /// The key's agent, if it names one.
+    pub agent: Option<&'a Arc<str>>,
+    /// The key that made the call or submitted the record (none for the admin token).
+    pub key_id: Option<KeyId>,
+}
+
+impl<'a> Charged<'a> {
+    /// Everything a virtual key says about who is charged.
+    #[must_use]
+    pub fn key(key: &'a VirtualKey) -> Charged<'a> {
+        Charged {
+            allocation: Some(&key.allocation),
+            user: Some(&key.user),
+            agent: key.agent.as_ref(),
+            key_id: Some(key.id()),
+        }
+    }
+}
+
+impl UsageEvent {
+    /// The one constructor of an event: `kind` at `ts_ms` (the period it is billed in),
+    /// charged to `charged`, in `currency`; no usage, no cost, status `Ok`. Callers set what
+    /// they measured with struct update syntax, so every event is built from this one base.
+    #[must_use]
+    pub fn new(
+        event_id: EventId,
+        kind: EventKind,
+        ts_ms: UnixMs,
+        request_id: Arc<str>,
+        charged: Charged<'_>,
+        currency: Arc<str>,
+    ) -> UsageEvent {
+        let allocation = charged.allocation;
+        let project = allocation.map(|a| &a.project);
+        let team = project.map(|p| &p.team);
+        UsageEvent {
+            v: USAGE_EVENT_VERSION,
+            event_id,
+            kind,
+            ts_ms,
+            request_id,
+            attempt: 1,
+            org: team.map(|t| Arc::clone(&t.org)),
+            team: team.map(|t| Arc::clone(&t.name)),
+            project: project.map(|p| Arc::clone(&p.name)),
+            allocation: allocation.map(|a| Arc::clone(&a.name)),
+            cost_center: allocation.map(|a| Arc::clone(&a.cost_center)),
+            user: charged.user.cloned(),
+            agent: charged.agent.cloned(),
+            key_id: charged.key_id,
+            provider: None,
+            model: None,
+            deployment: None,
+            tokens_in: Tokens(0),
+            tokens_out: Tokens(0),
+            tokens_cached: Tokens(0),
+            tokens_cache_write: Tokens(0),
+            tokens_reasoning: Tokens(0),
+            usage_source: UsageSource::None,
+            quantity_micros: None,
+            unit: None,
+            cluster: None,
+            partition: None,
+            instance_type: None,
+            list_cost_nanos: Nanos::ZERO,
+            cost_nanos: Nanos::ZERO,
+            currency,
+            rate_card_version: None,
+            ttft_ms: None,
+            latency_ms: None,
+            status: Status::Ok,
+            http_status: None,
+        }
+    }
 }
 
 #[cfg(test)]

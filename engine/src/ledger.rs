@@ -21,14 +21,13 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::budget::Reservation;
-use crate::event::{EventId, EventKind, Status, USAGE_EVENT_VERSION, UsageEvent, UsageSource};
+use crate::event::{Charged, EventId, EventKind, UsageEvent};
 use crate::identity::Allocation;
 use crate::ids::KeyId;
 use crate::limits::{RECORD_ID_BYTES_MAX, RECORD_NAME_BYTES_MAX};
 use crate::money::{DecimalError, Micros, Nanos};
 use crate::ratecard::{Cost, ResourceUnit, Site};
 use crate::time::{UnixMs, parse_rfc3339};
-use crate::tokens::Tokens;
 
 /// A record's id, chosen by its source and stable across resends (`slurm:hpc1:4242:gpu_hour`):
 /// 1 to [`RECORD_ID_BYTES_MAX`] visible ASCII characters.
@@ -283,37 +282,19 @@ impl UsageRecord {
         currency: &Arc<str>,
         key: Option<KeyId>,
     ) -> UsageEvent {
-        let project = &allocation.project;
-        let team = &project.team;
-        UsageEvent {
-            v: USAGE_EVENT_VERSION,
-            event_id: record_event_id(&self.id, self.start),
-            kind: match self.unit {
-                ResourceUnit::GpuHour | ResourceUnit::CoreHour | ResourceUnit::NodeHour => {
-                    EventKind::Compute
-                }
-                ResourceUnit::GbMonth => EventKind::Storage,
-            },
-            ts_ms: self.start,
-            request_id: Arc::clone(self.id.as_arc()),
-            attempt: 1,
-            org: Some(Arc::clone(&team.org)),
-            team: Some(Arc::clone(&team.name)),
-            project: Some(Arc::clone(&project.name)),
-            allocation: Some(Arc::clone(&allocation.name)),
-            cost_center: Some(Arc::clone(&allocation.cost_center)),
-            user: self.user.clone(),
+        let kind = match self.unit {
+            ResourceUnit::GpuHour | ResourceUnit::CoreHour | ResourceUnit::NodeHour => {
+                EventKind::Compute
+            }
+            ResourceUnit::GbMonth => EventKind::Storage,
+        };
+        let charged = Charged {
+            allocation: Some(allocation),
+            user: self.user.as_ref(),
             agent: None,
             key_id: key,
-            provider: None,
-            model: None,
-            deployment: None,
-            tokens_in: Tokens(0),
-            tokens_out: Tokens(0),
-            tokens_cached: Tokens(0),
-            tokens_cache_write: Tokens(0),
-            tokens_reasoning: Tokens(0),
-            usage_source: UsageSource::None,
+        };
+        UsageEvent {
             quantity_micros: Some(self.quantity),
             unit: Some(self.unit),
             cluster: self.site.cluster.clone(),
@@ -321,12 +302,15 @@ impl UsageRecord {
             instance_type: self.site.instance_type.clone(),
             list_cost_nanos: cost.list,
             cost_nanos: cost.billed,
-            currency: Arc::clone(currency),
             rate_card_version: Some(Arc::clone(version)),
-            ttft_ms: None,
-            latency_ms: None,
-            status: Status::Ok,
-            http_status: None,
+            ..UsageEvent::new(
+                record_event_id(&self.id, self.start),
+                kind,
+                self.start,
+                Arc::clone(self.id.as_arc()),
+                charged,
+                Arc::clone(currency),
+            )
         }
     }
 }

@@ -31,7 +31,7 @@ pub use budget::{
     reserve,
 };
 pub use error::{BudgetExhausted, Error, KeyRejection, Result};
-pub use event::{EventId, EventKind, Status, UsageEvent, UsageSource};
+pub use event::{Charged, EventId, EventKind, Status, UsageEvent, UsageSource};
 pub use identity::{
     Allocation, AllocationSpec, AllowList, Directory, KeyHash, KeyLimits, KeySecret, KeySpec,
     KeyStore, Scopes, VirtualKey,

@@ -1,8 +1,10 @@
-//! The gateway's shared state: directory, keys, rate card, upstreams, limits, emitter, metrics.
+//! The request path's state: budget table, keys, rate card, providers, rate limits, emitter,
+//! metrics, ids.
 //!
-//! Built once from the config at start; every request holds an `Arc` of it. Nothing here takes
-//! a lock on the request path: keys and budgets are the engine's lock-free tables, rate limits
-//! are atomics, the rate card is swapped whole.
+//! Built once from the config at start (by `runtime`); every request holds an `Arc` of it.
+//! Nothing here takes a lock on the request path: keys and budgets are the engine's lock-free
+//! tables, rate limits are atomics, the rate card is swapped whole. It imports nothing of the
+//! control plane, the ledger or restore: they hold it, never the reverse.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,14 +16,13 @@ use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tollgate_engine::{
-    AllocationSpec, Directory, EventId, Gcra, KeyHash, KeyId, KeyStore, ModelRef, RateCard, UnixMs,
+    AllocationSpec, Directory, EventId, Gcra, KeyId, KeyStore, ModelRef, RateCard, UnixMs,
     VirtualKey,
 };
 
 use crate::clock::now_ms;
 use crate::config::{Config, RateConfig, allow_list};
-use crate::control::journal::Journal;
-use crate::events::emit::{Emitter, Writer};
+use crate::events::emit::Emitter;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 
@@ -46,33 +47,33 @@ impl Rates {
     }
 }
 
-/// Everything a request needs.
+/// What a model call needs, and nothing more: the request path's handle. Every request, and
+/// every streamed body through its ticket, holds an `Arc` of it. The control plane (the admin
+/// API and its journal, the resource ledger, replication) holds this handle beside its own
+/// state; nothing here reaches back into it.
 pub struct Gateway {
-    /// The config it was built from.
+    /// The config it was built from (limits and timeouts are read from it per request).
     pub config: Config,
-    /// Teams, projects, allocations and their budget cells.
+    /// Teams, projects, allocations and their budget cells: the lock-free table every call
+    /// reserves in. The admin API adds to it; replication books other replicas' spend in it.
     pub directory: Directory,
-    /// Virtual keys.
+    /// Virtual keys, by hash.
     pub keys: KeyStore,
-    /// The rate card in force.
+    /// The rate card in force, swapped whole on reload.
     pub card: ArcSwap<RateCard>,
-    /// Providers by name.
+    /// The configured providers' adapters, by provider name (the `provider` of `provider/model`).
     pub providers: HashMap<String, Arc<Provider>>,
-    /// Fixed aliases.
+    /// Fixed aliases: a public model name to the `provider/model` it stands for.
     pub aliases: HashMap<String, ModelRef>,
-    /// The usage-event queue.
+    /// The queue into the durable usage-event log.
     pub emitter: Emitter,
-    /// Metrics.
+    /// Counters and histograms behind `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// The journal of admin changes.
-    pub journal: Journal,
-    /// The resource ledger: booked record ids and holds for authorized usage.
-    pub ledger: crate::usage::Ledger,
-    /// Requests in flight.
+    /// Slots for requests in flight (`server.requests_in_flight_max`); a request without one
+    /// is shed with 503.
     pub in_flight: Arc<Semaphore>,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Rates>,
-    admin_token: Option<KeyHash>,
     epoch: Instant,
     sequence: AtomicU64,
 }
@@ -85,123 +86,55 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Why the gateway could not start.
+/// Why the request path's state could not be built from the config.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The rate card.
+pub enum SetupError {
+    /// The rate card did not load, or a team, project or allocation was refused.
     #[error(transparent)]
     Engine(#[from] tollgate_engine::Error),
-    /// A provider.
+    /// A provider's adapter could not be made (its base URL or credential).
     #[error(transparent)]
     Upstream(#[from] crate::providers::client::SetupError),
-    /// The journal.
-    #[error(transparent)]
-    State(#[from] crate::control::journal::StateError),
-    /// The event log.
-    #[error("opening the event log in {dir}: {source}")]
-    Events {
-        /// Folder.
-        dir: String,
-        /// Cause.
-        source: std::io::Error,
-    },
 }
 
 impl Gateway {
-    /// Builds the gateway from `config`, reading credentials and the admin token with `env`.
-    pub fn start(
+    /// Builds the request path's state from `config`: the rate card, the configured teams,
+    /// projects and allocations, the providers (reading credentials with `env`), and an empty
+    /// key store. Keys and allocations made at run time are the journal's to replay into
+    /// [`Gateway::directory`] and [`Gateway::keys`] before anything is served.
+    pub fn new(
         config: Config,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Arc<Gateway>, Writer), StartError> {
+        env: &impl Fn(&str) -> Option<String>,
+        emitter: Emitter,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, SetupError> {
         let card = RateCard::load(&config.rate_card)?;
-        let directory = Directory::new();
-        for team in &config.teams {
-            directory.add_team(&team.name, &team.org, team.budget)?;
-        }
-        for project in &config.projects {
-            directory.add_project(&project.name, &project.team, project.budget)?;
-        }
-        for allocation in &config.allocations {
-            directory.add_allocation(AllocationSpec {
-                name: allocation.name.clone(),
-                project: allocation.project.clone(),
-                cost_center: allocation.cost_center.clone(),
-                models: allow_list(&allocation.models)?,
-                budget: allocation.budget,
-            })?;
-        }
+        let directory = directory_of(&config)?;
         let mut providers = HashMap::new();
         for provider in &config.providers {
-            let made = Provider::new(provider.clone(), &env)?;
+            let made = Provider::new(provider.clone(), env)?;
             providers.insert(provider.name.clone(), Arc::new(made));
         }
-        let aliases = config.aliases.iter().cloned().collect();
         let team_rates = config
             .teams
             .iter()
             .filter_map(|t| Some((Arc::from(t.name.as_str()), Rates::new(t.rate)?)))
             .collect();
-        let keys = KeyStore::new();
-        let (journal, _restored) = Journal::open(&config.state_dir, &directory, &keys)?;
-
-        let metrics = Arc::new(Metrics::default());
-        let events_error = |source| StartError::Events {
-            dir: config.events.dir.display().to_string(),
-            source,
-        };
-        let (emitter, writer, _recovery) = Emitter::start(
-            &config.events,
-            config.parquet.as_ref(),
-            Arc::clone(&metrics),
-        )
-        .map_err(events_error)?;
-        // Budgets carry the spend of their current periods across a restart, and the ledger
-        // the ids of the records it booked: from the spend checkpoint and the log after it.
-        let mut index = crate::usage::Ledger::index_for(&config.ledger);
-        let checkpoint = config
-            .state_dir
-            .join(crate::events::restore::CHECKPOINT_FILE);
-        let mut folded = crate::events::restore::Folded::load(&checkpoint).unwrap_or_default();
-        let from = folded.next_offset;
-        crate::events::restore::restore_spend(
-            &directory,
-            &mut folded,
-            emitter.read_from(from),
-            now_ms(),
-            &mut index,
-        )
-        .map_err(|e| events_error(std::io::Error::other(e)))?;
-        emitter.maintain(crate::events::emit::Maintenance::new(
-            folded,
-            checkpoint,
-            config.events.checkpoint_interval,
-            config.kafka.is_some(),
-            crate::usage::duration_ms(config.ledger.record_window),
-        ));
-        let ledger = crate::usage::Ledger::new(config.ledger.clone(), index);
-        let admin_token = env(&config.admin.token_env)
-            .filter(|t| !t.is_empty())
-            .map(|t| KeyHash::of(&t));
-        let in_flight = Arc::new(Semaphore::new(config.server.requests_in_flight_max));
-        let gateway = Gateway {
+        Ok(Gateway {
             directory,
-            keys,
+            keys: KeyStore::new(),
             card: ArcSwap::from_pointee(card),
             providers,
-            aliases,
+            aliases: config.aliases.iter().cloned().collect(),
             emitter,
             metrics,
-            journal,
-            ledger,
-            in_flight,
+            in_flight: Arc::new(Semaphore::new(config.server.requests_in_flight_max)),
             key_rates: DashMap::new(),
             team_rates,
-            admin_token,
             epoch: Instant::now(),
             sequence: AtomicU64::new(0),
             config,
-        };
-        Ok((Arc::new(gateway), writer))
+        })
     }
 
     /// Microseconds on the monotonic clock rate limits run on.
@@ -235,20 +168,6 @@ impl Gateway {
         self.team_rates.get(team)
     }
 
-    /// Whether `presented` is the admin token (constant-time on the hash).
-    #[must_use]
-    pub fn is_admin(&self, presented: &str) -> bool {
-        self.admin_token
-            .as_ref()
-            .is_some_and(|token| token.matches(&KeyHash::of(presented)))
-    }
-
-    /// Whether an admin token is configured at all.
-    #[must_use]
-    pub fn admin_enabled(&self) -> bool {
-        self.admin_token.is_some()
-    }
-
     /// A fresh UUIDv7 event id.
     #[must_use]
     pub fn event_id(&self, now: UnixMs) -> EventId {
@@ -280,4 +199,25 @@ impl Gateway {
         }
         out
     }
+}
+
+/// The budget table of the configured teams, projects and allocations.
+fn directory_of(config: &Config) -> Result<Directory, tollgate_engine::Error> {
+    let directory = Directory::new();
+    for team in &config.teams {
+        directory.add_team(&team.name, &team.org, team.budget)?;
+    }
+    for project in &config.projects {
+        directory.add_project(&project.name, &project.team, project.budget)?;
+    }
+    for allocation in &config.allocations {
+        directory.add_allocation(AllocationSpec {
+            name: allocation.name.clone(),
+            project: allocation.project.clone(),
+            cost_center: allocation.cost_center.clone(),
+            models: allow_list(&allocation.models)?,
+            budget: allocation.budget,
+        })?;
+    }
+    Ok(directory)
 }

@@ -17,26 +17,26 @@ use tollgate_engine::{KeyId, KeyLimits, KeySpec, UnixMs, VirtualKey};
 
 use crate::clock::now_ms;
 use crate::config::allow_list;
+use crate::control::Control;
 use crate::control::journal::{Record, create_record};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{Failure, Protocol};
 use crate::http::response::{ResponseBody, error_response, json};
 use crate::limits::ADMIN_BODY_BYTES_MAX;
-use crate::state::Gateway;
 use tollgate_engine::time::format_rfc3339_s;
 
 /// Serves one admin request.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(control: &Control, request: Request<Incoming>) -> Response<ResponseBody> {
     let now = now_ms();
-    let request_id = gateway.request_id(now);
-    match serve(&gateway, request, now).await {
+    let request_id = control.gateway.request_id(now);
+    match serve(control, request, now).await {
         Ok((status, body)) => json(status, &request_id, &body),
         Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
     }
 }
 
 async fn serve(
-    gateway: &Gateway,
+    control: &Control,
     request: Request<Incoming>,
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
@@ -46,7 +46,7 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !gateway.admin_enabled() || !gateway.is_admin(token.trim()) {
+    if !control.admin.matches(token.trim()) {
         return Err(Failure::AdminUnauthorized);
     }
     let method = request.method().clone();
@@ -56,21 +56,21 @@ async fn serve(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let body = read(gateway, request).await?;
+    let body = read(control, request).await?;
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(gateway))),
-        (&Method::POST, ["keys"]) => create_key(gateway, &body, now, None),
-        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(gateway, id, now),
-        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(gateway, id, now),
-        (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(gateway, now))),
-        (&Method::POST, ["allocations"]) => create_allocation(gateway, &body, now),
-        (&Method::PUT, ["budgets", level, name]) => set_limit(gateway, level, name, &body, now),
-        (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(gateway))),
-        (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(gateway, now))),
-        (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(gateway))),
-        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(gateway, now),
+        (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(control))),
+        (&Method::POST, ["keys"]) => create_key(control, &body, now, None),
+        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, id, now),
+        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(control, id, now),
+        (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(control, now))),
+        (&Method::POST, ["allocations"]) => create_allocation(control, &body, now),
+        (&Method::PUT, ["budgets", level, name]) => set_limit(control, level, name, &body, now),
+        (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(control))),
+        (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(control, now))),
+        (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(control))),
+        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(control, now),
         (&Method::POST, ["events", "flush"]) => {
-            if gateway.emitter.flush().await {
+            if control.gateway.emitter.flush().await {
                 Ok((StatusCode::OK, json!({ "flushed": true })))
             } else {
                 Err(Failure::Overloaded(
@@ -85,10 +85,10 @@ async fn serve(
     }
 }
 
-async fn read(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, Failure> {
+async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Failure> {
     let limits = BodyLimits {
         bytes_max: ADMIN_BODY_BYTES_MAX,
-        timeout: gateway.config.server.body_timeout,
+        timeout: control.gateway.config.server.body_timeout,
     };
     let (parts, body) = request.into_parts();
     body::read(&parts.headers, body, limits).await
@@ -115,7 +115,7 @@ struct CreateKey {
 }
 
 fn create_key(
-    gateway: &Gateway,
+    control: &Control,
     body: &[u8],
     now: UnixMs,
     replaces: Option<&VirtualKey>,
@@ -153,7 +153,8 @@ fn create_key(
                 ),
                 (None, None) => None,
             };
-            let allocation = gateway
+            let allocation = control
+                .gateway
                 .directory
                 .allocation(&request.allocation)
                 .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
@@ -172,18 +173,18 @@ fn create_key(
                 created_at: now,
                 revoked: false,
             };
-            return insert_key(gateway, &allocation, spec, now, None);
+            return insert_key(control, &allocation, spec, now, None);
         }
     };
     let allocation = replaces.map(|k| Arc::clone(&k.allocation));
     match allocation {
-        Some(allocation) => insert_key(gateway, &allocation, spec, now, replaces),
+        Some(allocation) => insert_key(control, &allocation, spec, now, replaces),
         None => Err(Failure::Internal("rotation without a key".into())),
     }
 }
 
 fn insert_key(
-    gateway: &Gateway,
+    control: &Control,
     allocation: &Arc<tollgate_engine::Allocation>,
     spec: KeySpec,
     now: UnixMs,
@@ -192,8 +193,12 @@ fn insert_key(
     // A 64-bit id collision is astronomically rare; try a few fresh secrets, then give up.
     let mut created = None;
     for _ in 0..4 {
-        let random: [u8; 20] = gateway.random();
-        match gateway.keys.create(allocation, spec.clone(), &random) {
+        let random: [u8; 20] = control.gateway.random();
+        match control
+            .gateway
+            .keys
+            .create(allocation, spec.clone(), &random)
+        {
             Ok(pair) => {
                 created = Some(pair);
                 break;
@@ -215,13 +220,13 @@ fn insert_key(
         "allocation": &*allocation.name,
         "user": &*key.user,
     });
-    if let Err(e) = gateway.journal.append(&record, &audit) {
+    if let Err(e) = control.journal.append(&record, &audit) {
         // Not durable, so not created: take it back out of service.
-        let _ = gateway.keys.revoke(key.id());
+        let _ = control.gateway.keys.revoke(key.id());
         return Err(Failure::Internal(e.to_string()));
     }
     if let Some(old) = replaces {
-        revoke(gateway, old.id(), now, "key.revoke")?;
+        revoke(control, old.id(), now, "key.revoke")?;
     }
     let mut answer = describe(&key);
     if let Some(fields) = answer.as_object_mut() {
@@ -265,7 +270,7 @@ fn some_amount<'de, D: serde::Deserializer<'de>>(
 }
 
 fn create_allocation(
-    gateway: &Gateway,
+    control: &Control,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
@@ -300,7 +305,7 @@ fn create_allocation(
         },
     };
     // Applied first (it checks names and the project), journaled once it holds.
-    crate::control::journal::apply(&record, &gateway.directory).map_err(|e| match e {
+    crate::control::journal::apply(&record, &control.gateway.directory).map_err(|e| match e {
         tollgate_engine::Error::Unknown { .. } => Failure::AdminNotFound(e.to_string()),
         _ => Failure::BadRequest(e.to_string()),
     })?;
@@ -308,11 +313,12 @@ fn create_allocation(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
         "allocation": request.name, "project": request.project,
     });
-    gateway
+    control
         .journal
         .append(&record, &audit)
         .map_err(|e| Failure::Internal(e.to_string()))?;
-    let allocation = gateway
+    let allocation = control
+        .gateway
         .directory
         .allocation(&request.name)
         .map_err(|e| Failure::Internal(e.to_string()))?;
@@ -322,7 +328,7 @@ fn create_allocation(
 /// `PUT /admin/v1/budgets/{team|project|allocation}/{name}` with `{"limit": "50.00"}` or
 /// `{"limit": null}`.
 fn set_limit(
-    gateway: &Gateway,
+    control: &Control,
     level: &str,
     name: &str,
     body: &[u8],
@@ -358,13 +364,13 @@ fn set_limit(
         name: name.to_owned(),
         limit: request.limit,
     };
-    crate::control::journal::apply(&record, &gateway.directory)
+    crate::control::journal::apply(&record, &control.gateway.directory)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     let audit = json!({
         "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string()),
     });
-    gateway
+    control
         .journal
         .append(&record, &audit)
         .map_err(|e| Failure::Internal(e.to_string()))?;
@@ -374,15 +380,16 @@ fn set_limit(
     ))
 }
 
-fn find_key(gateway: &Gateway, id: &str) -> Result<Arc<VirtualKey>, Failure> {
+fn find_key(control: &Control, id: &str) -> Result<Arc<VirtualKey>, Failure> {
     let id = KeyId::parse(id).map_err(|e| Failure::AdminNotFound(e.to_string()))?;
-    gateway
+    control
+        .gateway
         .keys
         .get(id)
         .ok_or_else(|| Failure::AdminNotFound(format!("unknown key `{id}`")))
 }
 
-fn revoke(gateway: &Gateway, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
+fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
     let record = Record::Revoke { id, at_ms: now.0 };
     let audit = json!({
         "at": format_rfc3339_s(now),
@@ -390,32 +397,33 @@ fn revoke(gateway: &Gateway, id: KeyId, now: UnixMs, action: &str) -> Result<(),
         "action": action,
         "key_id": id.to_string(),
     });
-    gateway
+    control
         .journal
         .append(&record, &audit)
         .map_err(|e| Failure::Internal(e.to_string()))?;
-    gateway
+    control
+        .gateway
         .keys
         .revoke(id)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     Ok(())
 }
 
-fn revoke_key(gateway: &Gateway, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
-    let key = find_key(gateway, id)?;
-    revoke(gateway, key.id(), now, "key.revoke")?;
+fn revoke_key(control: &Control, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let key = find_key(control, id)?;
+    revoke(control, key.id(), now, "key.revoke")?;
     Ok((StatusCode::OK, describe(&key)))
 }
 
-fn rotate_key(gateway: &Gateway, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
-    let key = find_key(gateway, id)?;
+fn rotate_key(control: &Control, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let key = find_key(control, id)?;
     if key.is_revoked() {
         return Err(Failure::BadRequest(format!(
             "key `{}` is revoked",
             key.id()
         )));
     }
-    create_key(gateway, &[], now, Some(&key))
+    create_key(control, &[], now, Some(&key))
 }
 
 fn describe(key: &VirtualKey) -> Value {
@@ -438,8 +446,8 @@ fn describe(key: &VirtualKey) -> Value {
     })
 }
 
-fn list_keys(gateway: &Gateway) -> Value {
-    let mut keys = gateway.keys.list();
+fn list_keys(control: &Control) -> Value {
+    let mut keys = control.gateway.keys.list();
     keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id().cmp(&b.id())));
     json!({ "keys": keys.iter().map(|k| describe(k)).collect::<Vec<_>>() })
 }
@@ -457,10 +465,10 @@ fn budget(cell: &tollgate_engine::BudgetCell, now: UnixMs) -> Value {
     })
 }
 
-fn allocations(gateway: &Gateway, now: UnixMs) -> Value {
-    let mut all = gateway.directory.allocations();
+fn allocations(control: &Control, now: UnixMs) -> Value {
+    let mut all = control.gateway.directory.allocations();
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    let card = gateway.card.load();
+    let card = control.gateway.card.load();
     let version = card.at(now);
     let list: Vec<Value> = all
         .iter()
@@ -491,8 +499,9 @@ fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
     })
 }
 
-fn providers(gateway: &Gateway) -> Value {
-    let list: Vec<Value> = gateway
+fn providers(control: &Control) -> Value {
+    let list: Vec<Value> = control
+        .gateway
         .config
         .providers
         .iter()
@@ -509,8 +518,8 @@ fn providers(gateway: &Gateway) -> Value {
     json!({ "providers": list })
 }
 
-fn models(gateway: &Gateway, now: UnixMs) -> Value {
-    let card = gateway.card.load();
+fn models(control: &Control, now: UnixMs) -> Value {
+    let card = control.gateway.card.load();
     let Some(version) = card.at(now) else {
         return json!({ "rate_card_version": null, "models": [] });
     };
@@ -519,14 +528,15 @@ fn models(gateway: &Gateway, now: UnixMs) -> Value {
         .map(|p| {
             json!({
                 "model": p.model.as_str(),
-                "served": gateway.providers.contains_key(p.model.provider()),
+                "served": control.gateway.providers.contains_key(p.model.provider()),
                 "input_per_mtok": tollgate_engine::Nanos(p.input_per_mtok.0).to_string(),
                 "output_per_mtok": tollgate_engine::Nanos(p.output_per_mtok.0).to_string(),
                 "max_output_tokens": p.max_output_tokens,
             })
         })
         .collect();
-    let aliases: Vec<Value> = gateway
+    let aliases: Vec<Value> = control
+        .gateway
         .config
         .aliases
         .iter()
@@ -535,8 +545,8 @@ fn models(gateway: &Gateway, now: UnixMs) -> Value {
     json!({ "rate_card_version": &*version.id, "models": list, "aliases": aliases })
 }
 
-fn rate_card(gateway: &Gateway) -> Value {
-    let card = gateway.card.load();
+fn rate_card(control: &Control) -> Value {
+    let card = control.gateway.card.load();
     let versions: Vec<Value> = card
         .versions()
         .iter()
@@ -555,10 +565,10 @@ fn rate_card(gateway: &Gateway) -> Value {
 /// `POST /admin/v1/rate-card/reload`: reads the card file again. Versions already in force must
 /// be unchanged (a price change is a new version, never a rewrite of history); new versions,
 /// future ones above all, are added.
-fn reload_rate_card(gateway: &Gateway, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
-    let card = tollgate_engine::RateCard::load(&gateway.config.rate_card)
+fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let card = tollgate_engine::RateCard::load(&control.gateway.config.rate_card)
         .map_err(|e| Failure::BadRequest(e.to_string()))?;
-    let current = gateway.card.load();
+    let current = control.gateway.card.load();
     if card.currency != current.currency {
         return Err(Failure::BadRequest(format!(
             "the card's currency changed from {} to {}; start a new ledger instead",
@@ -588,14 +598,14 @@ fn reload_rate_card(gateway: &Gateway, now: UnixMs) -> Result<(StatusCode, Value
         .map(|v| v.id.to_string())
         .collect();
     let audit = json!({"at": format_rfc3339_s(now), "actor": "admin", "action": "rate_card.reload", "added": added});
-    gateway
+    control
         .journal
         .audit(&audit)
         .map_err(|e| Failure::Internal(e.to_string()))?;
-    gateway.card.store(std::sync::Arc::new(card));
+    control.gateway.card.store(std::sync::Arc::new(card));
     Ok((
         StatusCode::OK,
-        json!({"added": added, "rate_card": rate_card(gateway)}),
+        json!({"added": added, "rate_card": rate_card(control)}),
     ))
 }
 

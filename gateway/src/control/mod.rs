@@ -1,9 +1,33 @@
 //! The control plane: the admin API, the journal of admin changes and the audit log, and
 //! replication across replicas (shipping the log to Kafka, reconciling others' spend).
 //!
-//! It holds the request path's state; the request path never reaches back into it.
+//! [`Control`] holds the request path's handle beside its own state; the request path never
+//! reaches back into it.
 
 pub mod admin;
 pub mod journal;
 pub mod reconcile;
 pub mod ship;
+
+use std::sync::Arc;
+
+use crate::http::auth::AdminToken;
+use crate::state::Gateway;
+use crate::usage::Ledger;
+use journal::Journal;
+
+/// The control plane's state, and the request path's handle it works on. The route table
+/// serves from it: model calls get [`Control::gateway`], the admin API all of it, the ledger's
+/// routes the ledger and the token.
+#[derive(Debug)]
+pub struct Control {
+    /// What a model call needs (keys, rate card, providers, rates, emitter, metrics); the
+    /// admin API adds keys and allocations to it and swaps its rate card.
+    pub gateway: Arc<Gateway>,
+    /// The journal of admin changes and the audit log.
+    pub journal: Journal,
+    /// The resource ledger: booked record ids and holds for authorized usage.
+    pub ledger: Arc<Ledger>,
+    /// The operator's token for the admin API and the ledger's admin submissions.
+    pub admin: AdminToken,
+}

@@ -115,8 +115,9 @@ pub struct Emitter {
     queued_max: usize,
 }
 
-/// The syncer thread; joining it syncs what is left.
+/// The syncer thread, owned by the runtime: stopping it syncs what is left.
 pub struct Writer {
+    shared: Arc<Shared>,
     thread: JoinHandle<()>,
 }
 
@@ -180,7 +181,11 @@ impl Emitter {
         let thread = std::thread::Builder::new()
             .name("tollgate-events-sync".into())
             .spawn(move || sync_loop(&syncer, sync_interval, roll_interval))?;
-        Ok((Emitter { shared, queued_max }, Writer { thread }, recovery))
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            thread,
+        };
+        Ok((Emitter { shared, queued_max }, writer, recovery))
     }
 
     /// Whether a new request may be admitted: the syncer keeps up and the log is under its cap.
@@ -298,18 +303,17 @@ impl Emitter {
     pub fn read_from(&self, offset: u64) -> LogReader {
         lock(&self.shared.log).read_from(offset)
     }
-
-    /// Asks the syncer to sync what is left and stop.
-    pub fn stop(&self, _wait: Duration) {
-        self.shared.stopping.store(true, Ordering::Release);
-        let _guard = lock(&self.shared.wake_lock);
-        self.shared.wake.notify_all();
-    }
 }
 
 impl Writer {
-    /// Waits for the syncer's last sync (call [`Emitter::stop`] first).
-    pub fn join(self) -> io::Result<()> {
+    /// Asks the syncer to sync what is queued and stop, and waits for it (blocking: call once
+    /// nothing is admitted any more, so the queue only shrinks).
+    pub fn stop(self) -> io::Result<()> {
+        self.shared.stopping.store(true, Ordering::Release);
+        {
+            let _guard = lock(&self.shared.wake_lock);
+            self.shared.wake.notify_all();
+        }
         self.thread
             .join()
             .map_err(|_| io::Error::other("event syncer thread panicked"))
@@ -502,8 +506,7 @@ mod tests {
             .map(|r| UsageEvent::from_json(&r.unwrap().1).unwrap().attempt)
             .collect();
         assert_eq!(attempts, vec![0, 1, 2, 3, 4]);
-        emitter.stop(Duration::from_secs(1));
-        writer.join().unwrap();
+        writer.stop().unwrap();
         assert_eq!(emitter.queued(), 0, "the last sync ran");
         assert_eq!(metrics.get(Counter::EventsWritten), 5);
         drop(emitter);

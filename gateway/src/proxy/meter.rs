@@ -21,10 +21,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
-use tollgate_engine::event::USAGE_EVENT_VERSION;
 use tollgate_engine::tokens::{Exactness, count_tokens};
 use tollgate_engine::{
-    Cost, EventKind, ModelRef, RateCard, Reservation, Status, TokenUsage, Tokens, UnixMs,
+    Charged, Cost, EventKind, ModelRef, RateCard, Reservation, Status, TokenUsage, Tokens, UnixMs,
     UsageEvent, UsageSource, VirtualKey,
 };
 
@@ -161,20 +160,7 @@ impl Ticket {
         metrics.upstream(millis(latency), ttft.map(millis));
         let now = crate::clock::now_ms();
         let event = UsageEvent {
-            v: USAGE_EVENT_VERSION,
-            event_id: gateway.event_id(now),
-            kind: EventKind::Tokens,
-            ts_ms: at,
-            request_id,
             attempt,
-            org: Some(Arc::clone(&team.org)),
-            team: Some(Arc::clone(&team.name)),
-            project: Some(Arc::clone(&project.name)),
-            allocation: Some(Arc::clone(&allocation.name)),
-            cost_center: Some(Arc::clone(&allocation.cost_center)),
-            user: Some(Arc::clone(&key.user)),
-            agent: key.agent.clone(),
-            key_id: Some(key.id()),
             provider: Some(Arc::from(model.provider())),
             model: Some(Arc::from(model.model())),
             deployment: Some(Arc::from(model.provider())),
@@ -184,19 +170,21 @@ impl Ticket {
             tokens_cache_write: usage.cache_write,
             tokens_reasoning: usage.reasoning,
             usage_source: source,
-            quantity_micros: None,
-            unit: None,
-            cluster: None,
-            partition: None,
-            instance_type: None,
             list_cost_nanos: cost.list,
             cost_nanos: cost.billed,
-            currency: Arc::clone(&card.currency),
             rate_card_version: version,
             ttft_ms: ttft.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX)),
             latency_ms: Some(u32::try_from(arrived.elapsed().as_millis()).unwrap_or(u32::MAX)),
             status,
             http_status: Some(http_status),
+            ..UsageEvent::new(
+                gateway.event_id(now),
+                EventKind::Tokens,
+                at,
+                request_id,
+                Charged::key(&key),
+                Arc::clone(&card.currency),
+            )
         };
         gateway.emitter.usage(&event);
         drop(permit);
@@ -475,46 +463,21 @@ pub fn refusal_event(
     http_status: u16,
     latency: Duration,
 ) -> UsageEvent {
-    let allocation = key.map(|k| &k.allocation);
-    let project = allocation.map(|a| &a.project);
-    let team = project.map(|p| &p.team);
     let card = gateway.card.load();
+    let charged = key.map_or_else(Charged::default, Charged::key);
     UsageEvent {
-        v: USAGE_EVENT_VERSION,
-        event_id: gateway.event_id(now),
-        kind: EventKind::Tokens,
-        ts_ms: now,
-        request_id,
-        attempt: 1,
-        org: team.map(|t| Arc::clone(&t.org)),
-        team: team.map(|t| Arc::clone(&t.name)),
-        project: project.map(|p| Arc::clone(&p.name)),
-        allocation: allocation.map(|a| Arc::clone(&a.name)),
-        cost_center: allocation.map(|a| Arc::clone(&a.cost_center)),
-        user: key.map(|k| Arc::clone(&k.user)),
-        agent: key.and_then(|k| k.agent.clone()),
-        key_id: key.map(VirtualKey::id),
         provider: model.map(|m| Arc::from(m.provider())),
         model: model.map(|m| Arc::from(m.model())),
-        deployment: None,
-        tokens_in: Tokens(0),
-        tokens_out: Tokens(0),
-        tokens_cached: Tokens(0),
-        tokens_cache_write: Tokens(0),
-        tokens_reasoning: Tokens(0),
-        usage_source: UsageSource::None,
-        quantity_micros: None,
-        unit: None,
-        cluster: None,
-        partition: None,
-        instance_type: None,
-        list_cost_nanos: tollgate_engine::Nanos::ZERO,
-        cost_nanos: tollgate_engine::Nanos::ZERO,
-        currency: Arc::clone(&card.currency),
-        rate_card_version: None,
-        ttft_ms: None,
         latency_ms: Some(u32::try_from(latency.as_millis()).unwrap_or(u32::MAX)),
         status,
         http_status: Some(http_status),
+        ..UsageEvent::new(
+            gateway.event_id(now),
+            EventKind::Tokens,
+            now,
+            request_id,
+            charged,
+            Arc::clone(&card.currency),
+        )
     }
 }

@@ -1,4 +1,196 @@
-//! Running the gateway: the accept loop and the route table above every handler.
+//! Running the gateway: one lifecycle for `tollgate serve` and `tollgate demo`.
+//!
+//! [`start`] builds the request path's state ([`Gateway`]), replays the journal of admin
+//! changes into it, restores spend and booked record ids from the event log, and starts the
+//! background tasks; [`Running::serve`] accepts until its shutdown future resolves, drains,
+//! and stops the tasks in one fixed order. Both commands go through here, so they run the same
+//! tasks, started and stopped the same way.
+//!
+//! **Invariant:** nothing is admitted before the journal is replayed, spend is restored and
+//! (with Kafka) other replicas' spend is read; background tasks stop only after the server
+//! has drained, upstream of the log first, so the last events are synced and then shipped.
 
+pub mod background;
 pub mod router;
 pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tollgate_engine::ledger::RecordIndex;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::control::Control;
+use crate::control::journal::{Journal, StateError};
+use crate::control::reconcile::{ReconcileTask, replica_id};
+use crate::control::ship::ShipTask;
+use crate::events::emit::{Emitter, Maintenance};
+use crate::events::restore::{self, CHECKPOINT_FILE, Folded};
+use crate::http::auth::AdminToken;
+use crate::limits::RECONCILE_CATCH_UP_MAX;
+use crate::metrics::Metrics;
+use crate::state::{Gateway, SetupError};
+use crate::usage::{self, Ledger, Sweeper};
+use background::Background;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rate card, the budget table or a provider, as configured.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The journal of admin changes in the state folder.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The event log could not be opened or read back.
+    #[error("opening the event log in {dir}: {source}")]
+    Events {
+        /// `events.dir` as configured.
+        dir: String,
+        /// What the file system or the log said.
+        source: std::io::Error,
+    },
+    /// The replica id in the state folder could not be read or made.
+    #[error("the replica id in the state folder: {0}")]
+    Replica(std::io::Error),
+    /// Shipping to Kafka could not start.
+    #[error(transparent)]
+    Ship(#[from] tollgate_sink::kafka::ShipError),
+    /// Reading other replicas' spend from Kafka could not start.
+    #[error(transparent)]
+    Reconcile(#[from] tollgate_sink::reconcile::ReconcileError),
+}
+
+/// A started gateway: its state, and its background tasks in the order they stop.
+pub struct Running {
+    /// What the route table serves from.
+    pub control: Arc<Control>,
+    tasks: Vec<Box<dyn Background>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tasks: Vec<&str> = self.tasks.iter().map(|t| t.name()).collect();
+        f.debug_struct("Running")
+            .field("control", &self.control)
+            .field("tasks", &tasks)
+            .finish()
+    }
+}
+
+/// Starts the gateway from `config`, reading credentials and the admin token with `env`: state
+/// built and restored, background tasks running, nothing listening yet.
+pub async fn start(
+    config: Config,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Running, StartError> {
+    let events_error = |source| StartError::Events {
+        dir: config.events.dir.display().to_string(),
+        source,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (emitter, writer, _recovery) = Emitter::start(
+        &config.events,
+        config.parquet.as_ref(),
+        Arc::clone(&metrics),
+    )
+    .map_err(events_error)?;
+    let admin = AdminToken::new(env(&config.admin.token_env));
+    let gateway = Gateway::new(config, &env, emitter, metrics)?;
+    let (journal, _restored) =
+        Journal::open(&gateway.config.state_dir, &gateway.directory, &gateway.keys)?;
+    let index = restore_spend(&gateway).map_err(|source| StartError::Events {
+        dir: gateway.config.events.dir.display().to_string(),
+        source,
+    })?;
+    let ledger = Arc::new(Ledger::new(gateway.config.ledger.clone(), index));
+    let gateway = Arc::new(gateway);
+
+    let replica = replica_id(&gateway).map_err(StartError::Replica)?;
+    let shipping = ShipTask::start(&gateway, &replica)?;
+    let reconciling = ReconcileTask::start(&gateway, &replica)?;
+    if let Some(reconciling) = &reconciling {
+        // Other replicas' spend is in the table before anything is admitted.
+        reconciling.caught_up(RECONCILE_CATCH_UP_MAX).await;
+    }
+    let sweeper = Sweeper::start(Arc::clone(&ledger), Arc::clone(&gateway.metrics));
+
+    // Stop order: what feeds the log first, then the log's last sync, then what reads it.
+    let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper)];
+    if let Some(reconciling) = reconciling {
+        tasks.push(Box::new(reconciling));
+    }
+    tasks.push(Box::new(writer));
+    if let Some(shipping) = shipping {
+        tasks.push(Box::new(shipping));
+    }
+    let control = Control {
+        gateway,
+        journal,
+        ledger,
+        admin,
+    };
+    Ok(Running {
+        control: Arc::new(control),
+        tasks,
+    })
+}
+
+/// Folds the spend of the budgets' current periods and the ids of booked records back in,
+/// from the spend checkpoint and the log after it, and hands the fold on to the syncer's
+/// checkpointing.
+fn restore_spend(gateway: &Gateway) -> std::io::Result<RecordIndex> {
+    let config = &gateway.config;
+    let mut index = Ledger::index_for(&config.ledger);
+    let checkpoint = config.state_dir.join(CHECKPOINT_FILE);
+    let mut folded = Folded::load(&checkpoint).unwrap_or_default();
+    let from = folded.next_offset;
+    restore::restore_spend(
+        &gateway.directory,
+        &mut folded,
+        gateway.emitter.read_from(from),
+        now_ms(),
+        &mut index,
+    )
+    .map_err(std::io::Error::other)?;
+    gateway.emitter.maintain(Maintenance::new(
+        folded,
+        checkpoint,
+        config.events.checkpoint_interval,
+        config.kafka.is_some(),
+        usage::duration_ms(config.ledger.record_window),
+    ));
+    Ok(index)
+}
+
+impl Running {
+    /// Serves `listener` until `shutdown` resolves, drains the connections and the calls in
+    /// flight, then stops every background task in order, each given `server.drain_timeout`.
+    /// An error is the last sync's: events queued then may not be durable.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        server::serve(Arc::clone(&self.control), listener, shutdown).await?;
+        self.stop().await
+    }
+
+    /// Stops the background tasks in order, without serving (a start that goes no further).
+    pub async fn stop(self) -> std::io::Result<()> {
+        let deadline = self.control.gateway.config.server.drain_timeout;
+        let mut outcome = Ok(());
+        for task in self.tasks {
+            let name = task.name();
+            if let Err(e) = task.stop(deadline).await {
+                crate::operator::report(&format!("shutdown: {name}: {e}"));
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+        outcome
+    }
+}

@@ -9,17 +9,17 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::clock::now_ms;
-use crate::control::admin;
+use crate::control::{Control, admin};
 use crate::http::error::{Failure, Protocol};
 use crate::http::response::{ResponseBody, plain};
 use crate::http::route::{Route, route};
 use crate::metrics::Gauges;
 use crate::proxy;
-use crate::state::Gateway;
 use crate::usage;
 
 /// Serves one request.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let gateway = &control.gateway;
     let protocol = if request.uri().path() == "/v1/messages" {
         Protocol::Anthropic
     } else {
@@ -32,7 +32,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         let request_id = gateway.request_id(now);
         let failure = Failure::HeadTooLarge { limit_bytes: limit };
         return proxy::reject(
-            &gateway,
+            gateway,
             protocol,
             &request_id,
             now,
@@ -43,12 +43,14 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         );
     }
     match route(request.method(), request.uri().path()) {
-        Route::Model(api) => proxy::model_call(gateway, api, request).await,
-        Route::Admin => admin::handle(gateway, request).await,
-        Route::Usage(usage) => usage::handle(gateway, usage, request).await,
+        Route::Model(api) => proxy::model_call(Arc::clone(gateway), api, request).await,
+        Route::Admin => admin::handle(&control, request).await,
+        Route::Usage(route) => {
+            usage::handle(gateway, &control.ledger, &control.admin, route, request).await
+        }
         Route::Health => plain(StatusCode::OK, "text/plain", "ok\n"),
         Route::Metrics => {
-            let (reservations_held, record_ids) = gateway.ledger.sizes();
+            let (reservations_held, record_ids) = control.ledger.sizes();
             let gauges = Gauges {
                 in_flight: (gateway.config.server.requests_in_flight_max
                     - gateway.in_flight.available_permits()) as u64,
@@ -63,7 +65,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
                 gateway.metrics.render(gauges),
             )
         }
-        Route::Models => proxy::models::list(&gateway, request.headers()),
+        Route::Models => proxy::models::list(gateway, request.headers()),
         unserved @ (Route::WrongMethod | Route::NotFound) => {
             let method = request.method().to_string();
             let path: String = request.uri().path().chars().take(256).collect();
@@ -75,7 +77,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             let now = now_ms();
             let request_id = gateway.request_id(now);
             proxy::reject(
-                &gateway,
+                gateway,
                 protocol,
                 &request_id,
                 now,

@@ -2,7 +2,8 @@
 //!
 //! Each connection gets a bounded head (size and time) and keep-alive. On shutdown the
 //! listener closes, idle connections are told to close, in-flight streams are given
-//! `drain_timeout` to finish, and then the event writer drains and syncs its queue.
+//! `drain_timeout` to finish, and the calls being settled are waited for, so every event is
+//! queued before the runtime stops the event writer.
 
 use std::future::Future;
 use std::io;
@@ -15,19 +16,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::control::Control;
 use crate::operator::report;
 use crate::runtime::router;
-use crate::state::Gateway;
 
 /// Pause after an accept error (out of file descriptors, say) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
-    gateway: Arc<Gateway>,
+    control: Arc<Control>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let gateway = Arc::clone(&control.gateway);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -49,10 +51,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let gateway = Arc::clone(&gateway);
+                let control = Arc::clone(&control);
                 let service = service_fn(move |request| {
-                    let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, std::convert::Infallible>(router::handle(gateway, request).await) }
+                    let control = Arc::clone(&control);
+                    async move { Ok::<_, std::convert::Infallible>(router::handle(control, request).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);

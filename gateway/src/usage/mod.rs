@@ -16,8 +16,7 @@
 //! the log). Authorizing and releasing write no usage event; they move only the hold.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -25,127 +24,48 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_engine::ledger::{
-    Hold, RecordIndex, RecordKey, ReservationBook, ReservationId, Seen, UsageRecord,
-    deserialize_quantity, fingerprint, micros_decimal, parse_name,
+    Hold, RecordKey, ReservationId, Seen, UsageRecord, deserialize_quantity, fingerprint,
+    micros_decimal, parse_name,
 };
 use tollgate_engine::{
     Allocation, Cost, Micros, Nanos, ResourceUnit, Scopes, Site, UnixMs, UsageEvent, VirtualKey,
 };
 
 use crate::clock::now_ms;
-use crate::config::LedgerConfig;
-use crate::http::auth::presented_key;
+use crate::http::auth::{AdminToken, presented_key};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::http::response::{ResponseBody, error_response, json};
 use crate::http::route::UsageRoute;
-use crate::limits::{LEDGER_CLOCK_SKEW, LEDGER_SWEEP_INTERVAL};
+use crate::limits::LEDGER_CLOCK_SKEW;
 use crate::metrics::Counter;
 use crate::state::Gateway;
 use tollgate_engine::time::format_rfc3339_s;
 
-/// The ledger's state: which record ids were booked, and the holds kept for authorized usage.
-#[derive(Debug)]
-pub struct Ledger {
-    /// Its bounds.
-    pub config: LedgerConfig,
-    index: Mutex<RecordIndex>,
-    book: Mutex<ReservationBook>,
-    pruned_at_ms: AtomicI64,
-}
+mod ledger;
 
-/// How often the record index forgets ids that aged out of its window.
-const PRUNE_INTERVAL_MS: i64 = 60_000;
+pub(crate) use ledger::duration_ms;
+use ledger::lock;
+pub use ledger::{Ledger, Sweeper};
 
 /// Longest hold a caller may ask for with `ttl_ms`: a month-long job and its queue.
 const RESERVATION_TTL_MS_MAX: u64 = 31 * 86_400_000;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl Ledger {
-    /// A ledger with `index` (restored from the event log) and no holds.
-    #[must_use]
-    pub fn new(config: LedgerConfig, index: RecordIndex) -> Ledger {
-        Ledger {
-            book: Mutex::new(ReservationBook::new(config.reservations_max)),
-            index: Mutex::new(index),
-            config,
-            pruned_at_ms: AtomicI64::new(0),
-        }
-    }
-
-    /// An empty index with this config's window and bound.
-    #[must_use]
-    pub fn index_for(config: &LedgerConfig) -> RecordIndex {
-        RecordIndex::new(duration_ms(config.record_window), config.records_max)
-    }
-
-    /// Holds kept and record ids remembered, for `/metrics`.
-    #[must_use]
-    pub fn sizes(&self) -> (u64, u64) {
-        (
-            lock(&self.book).len() as u64,
-            lock(&self.index).len() as u64,
-        )
-    }
-
-    /// Gives back every hold expired at `now` and forgets record ids that aged out; returns
-    /// the number of holds given back.
-    pub fn sweep(&self, now: UnixMs) -> usize {
-        // Dropped outside the lock: releasing touches every level's counters.
-        let expired = lock(&self.book).expire(now);
-        if now
-            .0
-            .saturating_sub(self.pruned_at_ms.load(Ordering::Relaxed))
-            >= PRUNE_INTERVAL_MS
-        {
-            self.pruned_at_ms.store(now.0, Ordering::Relaxed);
-            lock(&self.index).prune(now);
-        }
-        expired.len()
-    }
-}
-
-/// Gives back expired holds in the background, at most [`LEDGER_SWEEP_INTERVAL`] apart (a
-/// quarter of the TTL when that is shorter, so a hold outlives its TTL by little).
-pub fn spawn_sweeper(gateway: &Arc<Gateway>) -> tokio::task::JoinHandle<()> {
-    let gateway = Arc::downgrade(gateway);
-    tokio::spawn(async move {
-        loop {
-            let Some(strong) = gateway.upgrade() else {
-                return;
-            };
-            let interval = (strong.ledger.config.reservation_ttl / 4)
-                .clamp(std::time::Duration::from_millis(5), LEDGER_SWEEP_INTERVAL);
-            let expired = strong.ledger.sweep(now_ms());
-            strong
-                .metrics
-                .add(Counter::ReservationsExpired, expired as u64);
-            drop(strong);
-            tokio::time::sleep(interval).await;
-        }
-    })
-}
-
 /// Serves one ledger request.
 pub async fn handle(
-    gateway: Arc<Gateway>,
+    gateway: &Gateway,
+    ledger: &Ledger,
+    admin: &AdminToken,
     route: UsageRoute,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let now = now_ms();
     let request_id = gateway.request_id(now);
-    let expired = gateway.ledger.sweep(now);
+    let expired = ledger.sweep(now);
     gateway
         .metrics
         .add(Counter::ReservationsExpired, expired as u64);
-    match serve(&gateway, route, request, now).await {
+    match serve(gateway, ledger, admin, route, request, now).await {
         Ok((status, body)) => json(status, &request_id, &body),
         Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
     }
@@ -168,11 +88,12 @@ impl Submitter {
 
 fn authenticate(
     gateway: &Gateway,
+    admin: &AdminToken,
     request: &Request<Incoming>,
     now: UnixMs,
 ) -> Result<Submitter, Failure> {
     let presented = presented_key(request.headers()).unwrap_or_default();
-    if !presented.is_empty() && gateway.is_admin(presented) {
+    if !presented.is_empty() && admin.matches(presented) {
         return Ok(Submitter::Admin);
     }
     let key = gateway
@@ -187,23 +108,29 @@ fn authenticate(
 
 async fn serve(
     gateway: &Gateway,
+    ledger: &Ledger,
+    admin: &AdminToken,
     route: UsageRoute,
     request: Request<Incoming>,
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    let submitter = authenticate(gateway, &request, now)?;
+    let submitter = authenticate(gateway, admin, &request, now)?;
     let path = request.uri().path().to_owned();
-    let body = read(gateway, request).await?;
+    let body = read(gateway, ledger, request).await?;
     match route {
-        UsageRoute::Record => record(gateway, &submitter, &body, now).await,
-        UsageRoute::Authorize => authorize(gateway, &body, now),
-        UsageRoute::Release => release(gateway, &path),
+        UsageRoute::Record => record(gateway, ledger, &submitter, &body, now).await,
+        UsageRoute::Authorize => authorize(gateway, ledger, &body, now),
+        UsageRoute::Release => release(ledger, &path),
     }
 }
 
-async fn read(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, Failure> {
+async fn read(
+    gateway: &Gateway,
+    ledger: &Ledger,
+    request: Request<Incoming>,
+) -> Result<Bytes, Failure> {
     let limits = BodyLimits {
-        bytes_max: gateway.ledger.config.body_bytes_max,
+        bytes_max: ledger.config.body_bytes_max,
         timeout: gateway.config.server.body_timeout,
     };
     let (parts, body) = request.into_parts();
@@ -286,6 +213,7 @@ fn bad(index: usize, field: &str, reason: impl Into<String>) -> Failure {
 /// Phase one: every record parsed, checked and priced, or the first bad one named.
 fn price_batch(
     gateway: &Gateway,
+    ledger: &Ledger,
     submitter: &Submitter,
     records: &[Value],
     now: UnixMs,
@@ -318,7 +246,7 @@ fn price_batch(
                 ),
             ));
         }
-        lock(&gateway.ledger.index)
+        lock(&ledger.index)
             .check_age(record.start, now)
             .map_err(|e| bad(i, "start", e.to_string()))?;
         let allocation = gateway
@@ -337,7 +265,7 @@ fn price_batch(
             )
             .map_err(|e| bad(i, "unit", e.to_string()))?;
         if let Some(id) = record.reservation
-            && let Some(hold) = lock(&gateway.ledger.book).get(id)
+            && let Some(hold) = lock(&ledger.book).get(id)
             && hold.reservation.allocation().name != allocation.name
         {
             return Err(bad(
@@ -371,20 +299,21 @@ fn price_batch(
 
 async fn record(
     gateway: &Gateway,
+    ledger: &Ledger,
     submitter: &Submitter,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
     let batch: Batch = serde_json::from_slice(body)
         .map_err(|e| Failure::BadRequest(format!("usage batch: {e}")))?;
-    let records_max = gateway.ledger.config.batch_records_max;
+    let records_max = ledger.config.batch_records_max;
     if batch.records.len() > records_max {
         return Err(Failure::BadRequest(format!(
             "a batch holds at most {records_max} records; this one has {}",
             batch.records.len()
         )));
     }
-    let priced = price_batch(gateway, submitter, &batch.records, now)?;
+    let priced = price_batch(gateway, ledger, submitter, &batch.records, now)?;
     if !batch.dry_run
         && let Some(reason) = gateway.emitter.refusal()
     {
@@ -397,7 +326,7 @@ async fn record(
     let mut settled = vec![false; priced.len()];
     let mut appended = false;
     {
-        let mut index = lock(&gateway.ledger.index);
+        let mut index = lock(&ledger.index);
         let seen: Vec<Seen> = priced
             .iter()
             .map(|p| index.seen(p.key, p.fingerprint))
@@ -412,7 +341,7 @@ async fn record(
         // records are posted.
         let mut holds: HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)> = HashMap::new();
         if !batch.dry_run {
-            let mut book = lock(&gateway.ledger.book);
+            let mut book = lock(&ledger.book);
             for (p, s) in priced.iter().zip(&seen) {
                 if let (Seen::New, Some(id)) = (s, p.record.reservation)
                     && !holds.contains_key(&id)
@@ -562,7 +491,12 @@ struct Authorize {
     ttl_ms: Option<u64>,
 }
 
-fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+fn authorize(
+    gateway: &Gateway,
+    ledger: &Ledger,
+    body: &[u8],
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
     let request: Authorize = serde_json::from_slice(body)
         .map_err(|e| Failure::BadRequest(format!("authorize request: {e}")))?;
     let name = |field: &str, value: Option<String>| {
@@ -577,7 +511,7 @@ fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode,
         instance_type: name("instance_type", request.instance_type)?,
     };
     let ttl_ms = match request.ttl_ms {
-        None => duration_ms(gateway.ledger.config.reservation_ttl),
+        None => duration_ms(ledger.config.reservation_ttl),
         Some(ms) if (1..=RESERVATION_TTL_MS_MAX).contains(&ms) => {
             i64::try_from(ms).unwrap_or(i64::MAX)
         }
@@ -637,7 +571,7 @@ fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode,
         taken_at: now,
         expires_at,
     };
-    lock(&gateway.ledger.book).insert(id, hold).map_err(|_| {
+    lock(&ledger.book).insert(id, hold).map_err(|_| {
         Failure::Overloaded("the reservation book is full (ledger.reservations_max)")
     })?;
     if let Some(fields) = answer.as_object_mut() {
@@ -656,10 +590,10 @@ fn authorize(gateway: &Gateway, body: &[u8], now: UnixMs) -> Result<(StatusCode,
 }
 
 /// `DELETE /v1/usage/reservations/{id}`: gives a hold back whole.
-fn release(gateway: &Gateway, path: &str) -> Result<(StatusCode, Value), Failure> {
+fn release(ledger: &Ledger, path: &str) -> Result<(StatusCode, Value), Failure> {
     let text = path.trim_start_matches("/v1/usage/reservations/");
     let id = ReservationId::parse(text).map_err(Failure::BadRequest)?;
-    let hold = lock(&gateway.ledger.book)
+    let hold = lock(&ledger.book)
         .take(id)
         .ok_or_else(|| Failure::ReservationNotFound(id.to_string()))?;
     let answer = json!({

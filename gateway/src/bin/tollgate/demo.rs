@@ -9,12 +9,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::state::Gateway;
+use tollgate_gateway::runtime;
 use tollgate_loadtest::harness::{self, Options};
 use tollgate_loadtest::mock::{self, MockConfig};
 
@@ -22,8 +21,6 @@ use tollgate_loadtest::mock::{self, MockConfig};
 const MARKER: &str = ".tollgate-demo";
 /// The admin token's variable; the demo hands the gateway a fresh token through it in process.
 const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
-/// How long the gateway may drain at the end.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// What `tollgate demo` was asked for.
 pub struct DemoOptions {
@@ -103,23 +100,21 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
     std::fs::write(&config_path, config_text(&format!("http://{mock_address}")))
         .context("writing tollgate.toml")?;
     let config = Config::load(&config_path)?;
-    let (gateway, writer) = Gateway::start(config, |var| {
+    // The same start and stop as `tollgate serve`: the same background tasks, the same order.
+    let running = runtime::start(config, |var| {
         if var == ADMIN_TOKEN_ENV {
             Some(token.to_owned())
         } else {
             std::env::var(var).ok()
         }
-    })?;
+    })
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_gateway::runtime::server::serve(
-        Arc::clone(&gateway),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(running.serve(listener, async move {
+        let _ = stopped.await;
+    }));
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "tollgate demo in {}", dir.display())?;
@@ -155,15 +150,10 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
     // last Parquet file.
     let _ = stop.send(());
     let served = server.await;
-    gateway.emitter.stop(DRAIN);
-    let joined = tokio::task::spawn_blocking(move || writer.join()).await;
     mock_task.abort();
     served
         .context("the gateway's server task")?
-        .context("serving")?;
-    joined
-        .context("waiting for the event log's last sync")?
-        .context("waiting for the event log's last sync")?;
+        .context("writing the last usage events")?;
     let report = result.context("running the agent fleet")?;
     report.write(&dir.join("loadtest"))?;
     let mut out = std::io::stdout().lock();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tollgate_engine::RateCard;
 use tollgate_engine::time::parse_rfc3339;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::state::Gateway;
+use tollgate_gateway::runtime;
 
 mod client;
 mod demo;
@@ -509,23 +509,10 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .max_blocking_threads(tollgate_gateway::limits::BLOCKING_THREADS_MAX)
         .build()
         .context("starting the async runtime")?;
-    let writer = runtime.block_on(async {
-        let drain = config.server.drain_timeout;
-        let (gateway, writer) = Gateway::start(config, |var| std::env::var(var).ok())?;
-        let replica = tollgate_gateway::control::reconcile::replica_id(&gateway)
-            .context("the replica id in the state folder")?;
-        let shipping = tollgate_gateway::control::ship::ShipTask::start(&gateway, &replica)?;
-        let reconciling =
-            tollgate_gateway::control::reconcile::ReconcileTask::start(&gateway, &replica)?;
-        if let Some(reconciling) = &reconciling {
-            // Other replicas' spend is in the table before anything is admitted.
-            reconciling
-                .caught_up(tollgate_gateway::limits::RECONCILE_CATCH_UP_MAX)
-                .await;
-        }
-        let sweeper = tollgate_gateway::usage::spawn_sweeper(&gateway);
+    let served = runtime.block_on(async {
+        let running = runtime::start(config, |var| std::env::var(var).ok()).await?;
         let shutdown = shutdown_signal()?;
-        let listen = gateway.config.server.listen;
+        let listen = running.control.gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
@@ -535,24 +522,13 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             writeln!(out, "tollgate listening on http://{address}")?;
             out.flush()?;
         }
-        tollgate_gateway::runtime::server::serve(Arc::clone(&gateway), listener, shutdown).await?;
-        sweeper.abort();
-        gateway.emitter.stop(drain);
-        // The last sync first, then what it synced is shipped.
-        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
-        if let Some(shipping) = shipping {
-            shipping.finish(drain).await;
-        }
-        if let Some(reconciling) = reconciling {
-            let _ = tokio::task::spawn_blocking(move || reconciling.stop()).await;
-        }
-        anyhow::Ok(joined)
-    })?;
+        running
+            .serve(listener, shutdown)
+            .await
+            .context("writing the last usage events")
+    });
     drop(runtime);
-    writer
-        .context("waiting for the event log's last sync")?
-        .context("writing the last usage events")?;
-    Ok(())
+    served
 }
 
 fn sink(path: &std::path::Path) -> anyhow::Result<()> {
