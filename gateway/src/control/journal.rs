@@ -8,6 +8,7 @@
 //! A journal whose last line was cut by a crash is read up to that line (the cut record was
 //! never acknowledged); a malformed line anywhere else stops start-up with its line number.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead as _, BufReader, Write as _};
 use std::num::NonZeroU32;
@@ -16,13 +17,14 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tollgate_engine::{
-    AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits, KeySpec, KeyStore,
-    Level, Nanos, Scopes, UnixMs, VirtualKey,
+    Allocation, AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits,
+    KeySpec, KeyStore, Level, Nanos, Scopes, UnixMs, VirtualKey,
 };
 
-/// The journal of admin changes.
+/// The journal of admin changes in the state folder: one JSON record a line, replayed at start.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
-/// The audit log.
+/// The audit log in the state folder: who changed what and when, one JSON line each, never
+/// read back by the gateway.
 pub const AUDIT_FILE: &str = "audit.jsonl";
 
 /// One journal record.
@@ -31,64 +33,64 @@ pub const AUDIT_FILE: &str = "audit.jsonl";
 pub enum Record {
     /// A key was created.
     Create {
-        /// Public id.
+        /// The key's public id (derived from its hash, checked at replay).
         id: KeyId,
         /// SHA-256 of the secret, hex.
         hash: String,
         /// First characters of the secret, for people to tell keys apart.
         prefix: String,
-        /// Allocation charged.
+        /// The allocation its calls are charged to, by name.
         allocation: String,
-        /// Owner.
+        /// The user the key belongs to, as written in every usage event.
         user: String,
-        /// Agent.
+        /// The agent the key is for, if it names one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent: Option<String>,
-        /// Expiry.
+        /// When the key stops working, in Unix milliseconds; never when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at_ms: Option<i64>,
         /// The key's own allow-list; empty allows what the allocation allows.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         models: Vec<String>,
-        /// Requests per minute.
+        /// The key's own requests-per-minute limit, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requests_per_minute: Option<NonZeroU32>,
-        /// Tokens per minute.
+        /// The key's own tokens-per-minute limit, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tokens_per_minute: Option<NonZeroU32>,
         /// What it may do besides calling models (`metering`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         scopes: Vec<String>,
-        /// When.
+        /// When it was made, in Unix milliseconds.
         created_at_ms: i64,
     },
     /// A key was revoked.
     Revoke {
-        /// Which.
+        /// The revoked key's public id.
         id: KeyId,
-        /// When.
+        /// When it was revoked, in Unix milliseconds.
         at_ms: i64,
     },
     /// An allocation was created.
     CreateAllocation {
-        /// Name.
+        /// The new allocation's name, unique in the directory.
         name: String,
-        /// Owning project.
+        /// The project it belongs to (and through it the team).
         project: String,
-        /// Cost center.
+        /// The cost center its spend is charged to in chargeback.
         #[serde(default)]
         cost_center: String,
         /// Allow-list; empty allows every priced model.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         models: Vec<String>,
-        /// Budget.
+        /// Its limit, soft limit and period.
         budget: BudgetSpec,
     },
     /// A budget limit was changed.
     SetLimit {
         /// `team`, `project` or `allocation`.
         level: Level,
-        /// Which one.
+        /// The team's, project's or allocation's name.
         name: String,
         /// The new limit; `None` counts without limiting.
         limit: Option<Nanos>,
@@ -98,22 +100,22 @@ pub enum Record {
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// I/O.
+    /// The state folder or a file in it could not be read, written or synced.
     #[error("{}: {source}", path.display())]
     Io {
-        /// File.
+        /// The file or folder.
         path: PathBuf,
-        /// Cause.
+        /// What the file system said.
         source: io::Error,
     },
     /// A line is not a record, or names what does not exist.
     #[error("{}:{line}: {reason}", path.display())]
     Corrupt {
-        /// File.
+        /// The journal's path.
         path: PathBuf,
-        /// 1-based line.
+        /// The record's line, from 1.
         line: usize,
-        /// Why.
+        /// What is wrong with it.
         reason: String,
     },
 }
@@ -242,7 +244,7 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
         reason,
     };
     let mut creates = Vec::new();
-    let mut revoked = std::collections::HashSet::new();
+    let mut revoked = HashSet::new();
     let mut reader = BufReader::new(file);
     let mut buf = Vec::new();
     let mut number = 0;
@@ -276,53 +278,66 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
     }
     let mut restored = Vec::with_capacity(creates.len());
     for (line, record) in creates {
-        let Record::Create {
-            id,
-            hash,
-            prefix,
-            allocation,
-            user,
-            agent,
-            expires_at_ms,
-            models,
-            requests_per_minute,
-            tokens_per_minute,
-            scopes,
-            created_at_ms,
-        } = record
-        else {
-            continue;
-        };
-        let allocation = directory
-            .allocation(&allocation)
-            .map_err(|e| corrupt(line, e.to_string()))?;
-        let hash = KeyHash::from_hex(&hash).ok_or_else(|| corrupt(line, "bad key hash".into()))?;
-        if hash.id() != id {
-            return Err(corrupt(
-                line,
-                format!("id {id} does not match the key hash"),
-            ));
+        if let Some(key) =
+            restored_key(record, directory, &revoked).map_err(|e| corrupt(line, e))?
+        {
+            restored.push(key);
         }
-        let models =
-            crate::config::allow_list(&models).map_err(|e| corrupt(line, e.to_string()))?;
-        let scopes = Scopes::parse(&scopes).map_err(|e| corrupt(line, e.to_string()))?;
-        let spec = KeySpec {
-            user,
-            agent,
-            expires_at: expires_at_ms.map(UnixMs),
-            models,
-            limits: KeyLimits {
-                requests_per_minute,
-                tokens_per_minute,
-            },
-            scopes,
-            created_at: UnixMs(created_at_ms),
-            revoked: revoked.contains(&id),
-        };
-        restored.push((allocation, hash, prefix, spec));
     }
     keys.restore_many(restored)
         .map_err(|e| corrupt(number, e.to_string()))
+}
+
+/// A key as `keys.restore_many` takes it: its allocation, hash, shown prefix and spec.
+type RestoredKey = (Arc<Allocation>, KeyHash, String, KeySpec);
+
+/// The key a `Create` record made, revoked if a later record revoked it (`None` for any other
+/// record); why the record cannot be read, if it cannot.
+fn restored_key(
+    record: Record,
+    directory: &Directory,
+    revoked: &HashSet<KeyId>,
+) -> Result<Option<RestoredKey>, String> {
+    let Record::Create {
+        id,
+        hash,
+        prefix,
+        allocation,
+        user,
+        agent,
+        expires_at_ms,
+        models,
+        requests_per_minute,
+        tokens_per_minute,
+        scopes,
+        created_at_ms,
+    } = record
+    else {
+        return Ok(None);
+    };
+    let allocation = directory
+        .allocation(&allocation)
+        .map_err(|e| e.to_string())?;
+    let hash = KeyHash::from_hex(&hash).ok_or_else(|| "bad key hash".to_owned())?;
+    if hash.id() != id {
+        return Err(format!("id {id} does not match the key hash"));
+    }
+    let models = crate::config::allow_list(&models).map_err(|e| e.to_string())?;
+    let scopes = Scopes::parse(&scopes).map_err(|e| e.to_string())?;
+    let spec = KeySpec {
+        user,
+        agent,
+        expires_at: expires_at_ms.map(UnixMs),
+        models,
+        limits: KeyLimits {
+            requests_per_minute,
+            tokens_per_minute,
+        },
+        scopes,
+        created_at: UnixMs(created_at_ms),
+        revoked: revoked.contains(&id),
+    };
+    Ok(Some((allocation, hash, prefix, spec)))
 }
 
 /// Applies an allocation or budget record to the directory (at replay, and when the admin API
@@ -360,6 +375,3 @@ pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engi
     }
     Ok(())
 }
-
-/// Shared handle.
-pub type SharedJournal = Arc<Journal>;

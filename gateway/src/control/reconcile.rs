@@ -66,7 +66,7 @@ fn read_id(path: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
-/// The running reconciliation.
+/// Reading other replicas' spend from Kafka on a thread of its own, until stopped.
 pub struct ReconcileTask {
     stop: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,

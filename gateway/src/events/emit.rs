@@ -73,7 +73,7 @@ pub struct Maintenance {
     pub folded: Folded,
     /// Where the checkpoint is written.
     pub path: PathBuf,
-    /// How often.
+    /// How often the checkpoint is written (`events.checkpoint_interval_ms`).
     pub interval: Duration,
     /// Whether a Kafka shipper reads the log too (its checkpoint bounds what may go).
     pub kafka: bool,

@@ -24,11 +24,11 @@ pub enum Protocol {
 /// Where a budget refusal was, for its body.
 #[derive(Clone, Debug)]
 pub struct BudgetScope {
-    /// Team.
+    /// The team of the allocation charged (each level is named, whichever refused).
     pub team: Arc<str>,
-    /// Project.
+    /// The project of the allocation charged.
     pub project: Arc<str>,
-    /// Allocation.
+    /// The allocation the caller's key is bound to.
     pub allocation: Arc<str>,
 }
 
@@ -41,7 +41,7 @@ pub enum Failure {
     /// The model is not on the key's or the allocation's allow-list.
     #[error("model `{model}` is not allowed for this key")]
     ModelNotAllowed {
-        /// The model.
+        /// The model as the client named it.
         model: String,
     },
     /// The model has no price on the rate card in force.
@@ -49,7 +49,7 @@ pub enum Failure {
         "model `{model}` has no price on the rate card; it is refused rather than metered as free"
     )]
     ModelNotPriced {
-        /// The model.
+        /// The `provider/model` the name resolved to.
         model: String,
     },
     /// No provider or alias by that name.
@@ -77,29 +77,29 @@ pub enum Failure {
     /// The body is larger than the limit.
     #[error("request body is larger than the {limit_bytes}-byte limit")]
     BodyTooLarge {
-        /// The limit.
+        /// The route's body cap (`server.body_bytes_max`, or the ledger's or admin API's).
         limit_bytes: usize,
     },
     /// The request head is larger than the limit.
     #[error("request head is larger than the {limit_bytes}-byte limit")]
     HeadTooLarge {
-        /// The limit.
+        /// `server.header_bytes_max`.
         limit_bytes: usize,
     },
     /// No such route.
     #[error("no route for {method} {path}")]
     NotFound {
-        /// Method.
+        /// The request's method, as sent.
         method: String,
-        /// Path.
+        /// The request's path, cut to 256 characters.
         path: String,
     },
     /// The route exists with other methods.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed {
-        /// Method.
+        /// The method sent, which the route does not take.
         method: String,
-        /// Path.
+        /// The route's path, cut to 256 characters.
         path: String,
     },
     /// The gateway sheds load (in-flight cap, event backlog) or is shutting down.
@@ -108,17 +108,17 @@ pub enum Failure {
     /// The upstream could not be reached or broke off.
     #[error("provider `{provider}` is unavailable: {reason}")]
     UpstreamUnavailable {
-        /// Provider.
+        /// The provider's configured name.
         provider: Arc<str>,
-        /// What happened.
+        /// The connection error and its causes, joined (never a credential).
         reason: String,
     },
     /// The upstream did not answer in time.
     #[error("provider `{provider}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout {
-        /// Provider.
+        /// The provider's configured name.
         provider: Arc<str>,
-        /// The limit.
+        /// The provider's `first_byte_timeout`, passed with no answer head.
         timeout_ms: u128,
     },
     /// The admin token is missing or wrong.
@@ -132,7 +132,7 @@ pub enum Failure {
         "this key has no `{scope}` scope; create one with scopes = [\"{scope}\"] or use the admin token"
     )]
     ScopeMissing {
-        /// The scope needed.
+        /// The scope the route needs, as written in a key's `scopes`.
         scope: &'static str,
     },
     /// One record of a usage batch is invalid; nothing of the batch was applied.
@@ -140,9 +140,9 @@ pub enum Failure {
     BadRecord {
         /// The record's index in the batch, from 0.
         index: usize,
-        /// The field.
+        /// The record's field that is wrong, as named in the batch (`start`, `unit`, ...).
         field: String,
-        /// What is wrong.
+        /// What is wrong with it.
         reason: String,
     },
     /// A resource has no price on the rate card in force; it is refused rather than free.
@@ -151,7 +151,7 @@ pub enum Failure {
     /// No hold by that id is kept (never taken, settled, released or expired).
     #[error("no reservation `{0}` is held (settled, released, expired, or never taken)")]
     ReservationNotFound(String),
-    /// Tollgate failed.
+    /// Tollgate itself failed (a log write, a response it could not build): a 500, retryable.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -159,7 +159,7 @@ pub enum Failure {
 /// How a failure shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Class {
-    /// HTTP status.
+    /// The HTTP status the client gets.
     pub status: StatusCode,
     /// The error type in OpenAI's envelope (also its `code`).
     pub openai_type: &'static str,

@@ -22,14 +22,15 @@ pub type Streamed = Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>;
 
 /// A response body: whole, or streamed.
 pub enum ResponseBody {
-    /// A complete body.
+    /// A body held whole (an error, a non-streamed admin answer), sent in one frame; `None`
+    /// once sent.
     Full(Option<Bytes>),
     /// A body sent as it arrives.
     Streamed(Streamed),
 }
 
 impl ResponseBody {
-    /// A complete body.
+    /// A body held whole.
     #[must_use]
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody::Full(Some(bytes.into()))

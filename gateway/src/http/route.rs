@@ -54,7 +54,7 @@ pub enum UsageRoute {
 /// What a path and method lead to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// A model call.
+    /// A model call on one of the APIs the gateway speaks.
     Model(Api),
     /// `GET /v1/models`.
     Models,
@@ -68,7 +68,7 @@ pub enum Route {
     Usage(UsageRoute),
     /// A known path with another method.
     WrongMethod,
-    /// Nothing here.
+    /// No route has this path (404 in the route's error envelope).
     NotFound,
 }
 

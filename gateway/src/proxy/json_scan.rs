@@ -26,9 +26,9 @@ pub enum ScanError {
     /// The bytes are not JSON, or not an object.
     #[error("request body is not a JSON object: {reason} at byte {offset}")]
     Malformed {
-        /// What was expected.
+        /// What was expected there.
         reason: &'static str,
-        /// Where.
+        /// The byte offset in the body where it went wrong.
         offset: usize,
     },
     /// Nesting deeper than [`JSON_DEPTH_MAX`].

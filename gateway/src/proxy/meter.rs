@@ -23,8 +23,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tollgate_engine::tokens::{Exactness, count_tokens};
 use tollgate_engine::{
-    Charged, Cost, EventKind, ModelRef, RateCard, Reservation, Status, TokenUsage, Tokens, UnixMs,
-    UsageEvent, UsageSource, VirtualKey,
+    Charged, Cost, EventKind, ModelRef, Nanos, RateCard, Reservation, Status, TokenUsage, Tokens,
+    UnixMs, UsageEvent, UsageSource, VirtualKey,
 };
 
 use crate::http::response::BodyError;
@@ -36,24 +36,24 @@ use crate::state::Gateway;
 
 /// An admitted call: everything needed to settle it and record it.
 pub struct Ticket {
-    /// The gateway.
+    /// The request path's handle: the emitter, metrics and rate limits the call settles into.
     pub gateway: Arc<Gateway>,
-    /// The caller's key.
+    /// The caller's key: who is charged, and whose tokens-per-minute limit is charged.
     pub key: Arc<VirtualKey>,
     /// The budget held for the call.
     pub reservation: Reservation,
     /// The most the call can cost (what was reserved where a level has a limit): what a call
     /// whose usage cannot be known is billed.
-    pub bound: tollgate_engine::Nanos,
+    pub bound: Nanos,
     /// The rate card the call is priced with (the one in force when it was admitted).
     pub card: Arc<RateCard>,
     /// The model, as the client named it (`provider/model`).
     pub model: ModelRef,
-    /// The route.
+    /// The API the client called (the label of its request metrics).
     pub api: Api,
-    /// The request id.
+    /// The id the client was given in `x-request-id`, shared by every attempt of the call.
     pub request_id: Arc<str>,
-    /// Attempt number.
+    /// Which attempt at the upstream this is, from 1.
     pub attempt: u16,
     /// When the call reached the gateway.
     pub arrived: Instant,
@@ -61,7 +61,7 @@ pub struct Ticket {
     pub sent: Instant,
     /// The client's body, for counting the prompt if the provider reports no usage.
     pub request_body: Bytes,
-    /// The upstream's status.
+    /// The status the upstream answered with (0 until it answers), passed to the client.
     pub http_status: u16,
     /// The in-flight slot, given back when the ticket is finished.
     pub permit: OwnedSemaphorePermit,
@@ -100,53 +100,13 @@ impl Ticket {
             permit,
         } = self;
         let at = reservation.at();
-        let allocation = Arc::clone(&key.allocation);
-        let project = &allocation.project;
-        let team = &project.team;
-        let (usage, source) = match measured {
-            Measured::Provider(u) => (u, UsageSource::Provider),
-            Measured::Counted(u, Exactness::Exact) => (u, UsageSource::Counted),
-            Measured::Counted(u, Exactness::Estimate) => (u, UsageSource::Estimated),
-            Measured::Unknown => (TokenUsage::default(), UsageSource::Unknown),
-            Measured::Nothing => (TokenUsage::default(), UsageSource::None),
-        };
-        let priced = card.price_tokens(&model, &usage, &team.name, &project.name, at);
-        let (version, cost) = match (&priced, measured) {
-            // Unknown usage is billed at the call's bound, never at zero.
-            (Ok((version, _)), Measured::Unknown) => (
-                Some(Arc::clone(&version.id)),
-                Cost {
-                    list: bound,
-                    billed: bound,
-                },
-            ),
-            (Ok((version, cost)), _) => (Some(Arc::clone(&version.id)), *cost),
-            // Admission checked the price in this very card at this instant, so this is
-            // unreachable; bill what was held rather than nothing.
-            (Err(_), _) => (
-                None,
-                Cost {
-                    list: bound,
-                    billed: bound,
-                },
-            ),
-        };
+        let (usage, source) = measured.usage();
+        let (version, cost) = price(&card, &key, &model, &usage, measured, bound, at);
         let settlement = reservation.settle(cost.billed);
         for crossed in settlement.soft_limits_crossed() {
             gateway.emitter.alert(crossed, at);
         }
-        let now_us = gateway.monotonic_us();
-        let total_tokens = usage.input.0.saturating_add(usage.output.0);
-        if let Some(rates) = gateway.key_rates(&key)
-            && let Some(tokens) = &rates.tokens
-        {
-            tokens.charge(now_us, total_tokens);
-        }
-        if let Some(rates) = gateway.team_rates(&team.name)
-            && let Some(tokens) = &rates.tokens
-        {
-            tokens.charge(now_us, total_tokens);
-        }
+        charge_tokens(&gateway, &key, &usage);
         let metrics = &gateway.metrics;
         metrics.request(Some(api), status);
         metrics.tokens(&usage);
@@ -156,8 +116,7 @@ impl Ticket {
             UsageSource::Counted | UsageSource::Estimated => metrics.add(Counter::UsageCounted, 1),
             UsageSource::Provider | UsageSource::None => {}
         }
-        let latency = sent.elapsed();
-        metrics.upstream(millis(latency), ttft.map(millis));
+        metrics.upstream(millis(sent.elapsed()), ttft.map(millis));
         let now = crate::clock::now_ms();
         let event = UsageEvent {
             attempt,
@@ -245,6 +204,62 @@ impl Ticket {
     }
 }
 
+impl Measured {
+    /// The tokens, and where they came from.
+    fn usage(self) -> (TokenUsage, UsageSource) {
+        match self {
+            Measured::Provider(u) => (u, UsageSource::Provider),
+            Measured::Counted(u, Exactness::Exact) => (u, UsageSource::Counted),
+            Measured::Counted(u, Exactness::Estimate) => (u, UsageSource::Estimated),
+            Measured::Unknown => (TokenUsage::default(), UsageSource::Unknown),
+            Measured::Nothing => (TokenUsage::default(), UsageSource::None),
+        }
+    }
+}
+
+/// The call's cost in `card` and the version that priced it. Unknown usage is billed at the
+/// call's bound, never at zero.
+fn price(
+    card: &RateCard,
+    key: &VirtualKey,
+    model: &ModelRef,
+    usage: &TokenUsage,
+    measured: Measured,
+    bound: Nanos,
+    at: UnixMs,
+) -> (Option<Arc<str>>, Cost) {
+    let project = &key.allocation.project;
+    let at_bound = Cost {
+        list: bound,
+        billed: bound,
+    };
+    match card.price_tokens(model, usage, &project.team.name, &project.name, at) {
+        Ok((version, _)) if measured == Measured::Unknown => {
+            (Some(Arc::clone(&version.id)), at_bound)
+        }
+        Ok((version, cost)) => (Some(Arc::clone(&version.id)), cost),
+        // Admission priced the model in this very card at this instant, so this does not
+        // happen; were it to, what was held is billed rather than nothing.
+        Err(_) => (None, at_bound),
+    }
+}
+
+/// Charges the call's tokens to the key's and the team's tokens-per-minute limits.
+fn charge_tokens(gateway: &Gateway, key: &VirtualKey, usage: &TokenUsage) {
+    let now_us = gateway.monotonic_us();
+    let total_tokens = usage.input.0.saturating_add(usage.output.0);
+    if let Some(rates) = gateway.key_rates(key)
+        && let Some(tokens) = &rates.tokens
+    {
+        tokens.charge(now_us, total_tokens);
+    }
+    if let Some(rates) = gateway.team_rates(&key.allocation.project.team.name)
+        && let Some(tokens) = &rates.tokens
+    {
+        tokens.charge(now_us, total_tokens);
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -313,6 +328,20 @@ impl Metered {
             self.ttft = self.ticket.as_ref().map(|t| t.sent.elapsed());
         }
         Ok(pushed.out)
+    }
+
+    /// The upstream's body ended whole: what the reader still holds (a translated stream's
+    /// last events) joins what is ready, and the ticket is finished.
+    fn end_of_stream(&mut self, mut ready: Option<BytesMut>) -> Option<BytesMut> {
+        if self.ticket.is_some()
+            && let Some(tail) = self.reader.finish()
+        {
+            ready
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(&tail);
+        }
+        self.end(Status::Ok);
+        ready
     }
 
     /// Finishes the ticket with how the body ended.
@@ -402,20 +431,11 @@ impl Body for Metered {
                     return fail(this, ready, MeterError::Upstream(e));
                 }
                 Poll::Ready(None) => {
-                    if this.ticket.is_some()
-                        && let Some(tail) = this.reader.finish()
-                    {
-                        ready
-                            .get_or_insert_with(BytesMut::new)
-                            .extend_from_slice(&tail);
-                    }
-                    this.end(Status::Ok);
+                    let ready = this.end_of_stream(ready);
                     return Poll::Ready(emit(ready));
                 }
+                Poll::Pending if ready.is_some() => return Poll::Ready(emit(ready)),
                 Poll::Pending => {
-                    if ready.is_some() {
-                        return Poll::Ready(emit(ready));
-                    }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         this.end(Status::UpstreamTimeout);
                         let idle = MeterError::Idle(this.idle_timeout);

@@ -478,7 +478,7 @@ async fn forward(
         forwarded_headers,
         request_body,
     } = admitted;
-    let mut ticket = Ticket {
+    let ticket = Ticket {
         gateway: Arc::clone(&gateway),
         key,
         reservation,
@@ -501,41 +501,86 @@ async fn forward(
         hide_usage,
         output_tokens_max: _,
     } = upstream;
+    let sent = send(
+        &provider,
+        api,
+        ticket.model.model(),
+        stream,
+        body,
+        &forwarded_headers,
+    );
+    let response = match sent.await {
+        Ok(response) => response,
+        Err((status, failure)) => return ticket.fail(status, protocol, &failure),
+    };
+    let asked = Asked {
+        stream,
+        include_usage,
+        hide_usage,
+    };
+    relay(&provider, response, ticket, asked, protocol)
+}
+
+/// What the client asked of the answer's shape.
+struct Asked {
+    stream: bool,
+    include_usage: bool,
+    hide_usage: bool,
+}
+
+/// Sends the prepared body to the provider, signed, and waits at most its first-byte timeout
+/// for the answer's head. A failure is the status to record and what to tell the client.
+async fn send(
+    provider: &Provider,
+    api: Api,
+    model: &str,
+    stream: bool,
+    body: SliceBody,
+    forwarded_headers: &HeaderMap,
+) -> Result<Response<Incoming>, (Status, Failure)> {
     let adapter = &provider.adapter;
-    let path = adapter.path(api, ticket.model.model(), stream);
+    let path = adapter.path(api, model, stream);
     let request = provider
         .upstream
-        .request(&path, body, &forwarded_headers)
+        .request(&path, body, forwarded_headers)
         .and_then(|mut request| {
             adapter.authorize(&mut request, now_ms())?;
             Ok(request)
-        });
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => {
+        })
+        .map_err(|e| {
             let failure = Failure::Internal(format!("building the upstream request: {e}"));
-            return ticket.fail(Status::InternalError, protocol, &failure);
-        }
-    };
+            (Status::InternalError, failure)
+        })?;
     let timeout = provider.config.first_byte_timeout;
-    let response = match tokio::time::timeout(timeout, provider.upstream.send(request)).await {
-        Ok(Ok(response)) => response,
+    match tokio::time::timeout(timeout, provider.upstream.send(request)).await {
+        Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             let failure = Failure::UpstreamUnavailable {
                 provider: Arc::clone(&provider.name),
                 reason: error_chain(&e),
             };
-            return ticket.fail(Status::UpstreamError, protocol, &failure);
+            Err((Status::UpstreamError, failure))
         }
+        // The upstream may have started work; the prompt was sent, so it is billed.
         Err(_) => {
             let failure = Failure::UpstreamTimeout {
                 provider: Arc::clone(&provider.name),
                 timeout_ms: timeout.as_millis(),
             };
-            // The upstream may have started work; the prompt was sent, so it is billed.
-            return ticket.fail(Status::UpstreamTimeout, protocol, &failure);
+            Err((Status::UpstreamTimeout, failure))
         }
-    };
+    }
+}
+
+/// The provider's answer on its way to the client: its head (with the request id, and the
+/// content type of a translated answer), and its body metered by the provider's reader.
+fn relay(
+    provider: &Provider,
+    response: Response<Incoming>,
+    mut ticket: Ticket,
+    asked: Asked,
+    protocol: Protocol,
+) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
     ticket.http_status = parts.status.as_u16();
     let success = parts.status.is_success();
@@ -545,17 +590,18 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let client_model = ticket.model.to_string();
-    let reader = adapter.reader(&Answer {
-        route: api,
+    let reader = provider.adapter.reader(&Answer {
+        route: ticket.api,
         model: &client_model,
         success,
-        stream,
+        stream: asked.stream,
         sse: is_sse,
-        include_usage,
-        hide_usage: hide_usage && is_sse,
+        include_usage: asked.include_usage,
+        hide_usage: asked.hide_usage && is_sse,
         headers: &parts.headers,
         created_s: now_ms().0 / 1000,
     });
+    let request_id = Arc::clone(&ticket.request_id);
     let mut out = Response::builder().status(parts.status);
     if let Some(headers) = out.headers_mut() {
         answer_headers(headers, &parts.headers, &request_id);
@@ -563,7 +609,7 @@ async fn forward(
             Some(content_type) => {
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             }
-            None if success && !stream => {
+            None if success && !asked.stream => {
                 if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
                     headers.insert(header::CONTENT_LENGTH, length.clone());
                 }

@@ -49,22 +49,7 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
             usage::handle(gateway, &control.ledger, &control.admin, route, request).await
         }
         Route::Health => plain(StatusCode::OK, "text/plain", "ok\n"),
-        Route::Metrics => {
-            let (reservations_held, record_ids) = control.ledger.sizes();
-            let gauges = Gauges {
-                in_flight: (gateway.config.server.requests_in_flight_max
-                    - gateway.in_flight.available_permits()) as u64,
-                events_queued: gateway.emitter.queued() as u64,
-                reservations_held,
-                record_ids,
-                event_log_bytes: gateway.emitter.log_bytes(),
-            };
-            plain(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                gateway.metrics.render(gauges),
-            )
-        }
+        Route::Metrics => metrics(&control),
         Route::Models => proxy::models::list(gateway, request.headers()),
         unserved @ (Route::WrongMethod | Route::NotFound) => {
             let method = request.method().to_string();
@@ -88,6 +73,25 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
             )
         }
     }
+}
+
+/// `GET /metrics`: the counters and histograms, and the gauges read now.
+fn metrics(control: &Control) -> Response<ResponseBody> {
+    let gateway = &control.gateway;
+    let (reservations_held, record_ids) = control.ledger.sizes();
+    let gauges = Gauges {
+        in_flight: (gateway.config.server.requests_in_flight_max
+            - gateway.in_flight.available_permits()) as u64,
+        events_queued: gateway.emitter.queued() as u64,
+        reservations_held,
+        record_ids,
+        event_log_bytes: gateway.emitter.log_bytes(),
+    };
+    plain(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        gateway.metrics.render(gauges),
+    )
 }
 
 /// The size of a request's head as it came on the wire, near enough (name, value, separators).

@@ -28,10 +28,12 @@ use tollgate_engine::ledger::{
     micros_decimal, parse_name,
 };
 use tollgate_engine::{
-    Allocation, Cost, Micros, Nanos, ResourceUnit, Scopes, Site, UnixMs, UsageEvent, VirtualKey,
+    Allocation, Cost, Micros, Nanos, RateCard, ResourceUnit, Scopes, Site, UnixMs, UsageEvent,
+    VirtualKey,
 };
 
 use crate::clock::now_ms;
+use crate::config::LedgerConfig;
 use crate::http::auth::{AdminToken, presented_key};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
@@ -200,6 +202,16 @@ impl Outcome {
             Outcome::Conflict => "conflict",
         }
     }
+
+    /// The counter a booking outcome adds to (a dry run counts nothing).
+    fn counter(self) -> Option<Counter> {
+        match self {
+            Outcome::Booked => Some(Counter::RecordsBooked),
+            Outcome::Duplicate => Some(Counter::RecordsDuplicate),
+            Outcome::Conflict => Some(Counter::RecordsConflict),
+            Outcome::WouldBook => None,
+        }
+    }
 }
 
 fn bad(index: usize, field: &str, reason: impl Into<String>) -> Failure {
@@ -219,7 +231,6 @@ fn price_batch(
     now: UnixMs,
 ) -> Result<Vec<Priced>, Failure> {
     let card = gateway.card.load_full();
-    let future_limit = now.plus_ms(duration_ms(LEDGER_CLOCK_SKEW));
     let mut first_index: HashMap<RecordKey, usize> = HashMap::with_capacity(records.len());
     let mut priced = Vec::with_capacity(records.len());
     for (i, value) in records.iter().enumerate() {
@@ -236,65 +247,87 @@ fn price_batch(
                 ),
             ));
         }
-        if record.start > future_limit {
-            return Err(bad(
-                i,
-                "start",
-                format!(
-                    "{} is in the future; record usage once it has begun",
-                    record.start
-                ),
-            ));
-        }
-        lock(&ledger.index)
-            .check_age(record.start, now)
-            .map_err(|e| bad(i, "start", e.to_string()))?;
-        let allocation = gateway
-            .directory
-            .allocation(&record.allocation)
-            .map_err(|e| bad(i, "allocation", e.to_string()))?;
-        let project = &allocation.project;
-        let (version, cost) = card
-            .price_resource(
-                record.unit,
-                record.quantity,
-                &record.site,
-                &project.team.name,
-                &project.name,
-                record.start,
-            )
-            .map_err(|e| bad(i, "unit", e.to_string()))?;
-        if let Some(id) = record.reservation
-            && let Some(hold) = lock(&ledger.book).get(id)
-            && hold.reservation.allocation().name != allocation.name
-        {
-            return Err(bad(
-                i,
-                "reservation",
-                format!(
-                    "{id} holds budget of allocation `{}`, not `{}`",
-                    hold.reservation.allocation().name,
-                    allocation.name
-                ),
-            ));
-        }
-        let event = record.to_event(
-            &allocation,
-            &version.id,
-            cost,
-            &card.currency,
-            submitter.key_id(),
-        );
-        priced.push(Priced {
-            fingerprint: fingerprint(&event),
-            key,
+        let checked = Checked {
+            index: i,
             record,
-            allocation,
-            cost,
-            event,
-        });
+            now,
+        };
+        priced.push(price_record(gateway, ledger, &card, submitter, checked)?);
     }
     Ok(priced)
+}
+
+/// One parsed record of a batch, at its index, as of `now`.
+struct Checked {
+    index: usize,
+    record: UsageRecord,
+    now: UnixMs,
+}
+
+/// Checks one record's time, allocation and hold, and prices it in `card`.
+fn price_record(
+    gateway: &Gateway,
+    ledger: &Ledger,
+    card: &RateCard,
+    submitter: &Submitter,
+    checked: Checked,
+) -> Result<Priced, Failure> {
+    let Checked {
+        index: i,
+        record,
+        now,
+    } = checked;
+    if record.start > now.plus_ms(duration_ms(LEDGER_CLOCK_SKEW)) {
+        let reason = format!(
+            "{} is in the future; record usage once it has begun",
+            record.start
+        );
+        return Err(bad(i, "start", reason));
+    }
+    lock(&ledger.index)
+        .check_age(record.start, now)
+        .map_err(|e| bad(i, "start", e.to_string()))?;
+    let allocation = gateway
+        .directory
+        .allocation(&record.allocation)
+        .map_err(|e| bad(i, "allocation", e.to_string()))?;
+    let project = &allocation.project;
+    let (version, cost) = card
+        .price_resource(
+            record.unit,
+            record.quantity,
+            &record.site,
+            &project.team.name,
+            &project.name,
+            record.start,
+        )
+        .map_err(|e| bad(i, "unit", e.to_string()))?;
+    if let Some(id) = record.reservation
+        && let Some(hold) = lock(&ledger.book).get(id)
+        && hold.reservation.allocation().name != allocation.name
+    {
+        let reason = format!(
+            "{id} holds budget of allocation `{}`, not `{}`",
+            hold.reservation.allocation().name,
+            allocation.name
+        );
+        return Err(bad(i, "reservation", reason));
+    }
+    let event = record.to_event(
+        &allocation,
+        &version.id,
+        cost,
+        &card.currency,
+        submitter.key_id(),
+    );
+    Ok(Priced {
+        fingerprint: fingerprint(&event),
+        key: record.id.key(),
+        record,
+        allocation,
+        cost,
+        event,
+    })
 }
 
 async fn record(
@@ -319,104 +352,145 @@ async fn record(
     {
         return Err(Failure::Overloaded(reason));
     }
-
-    // Phase two, under the ledger's lock: one batch at a time decides what is new and books it,
-    // so two batches racing with the same id cannot both book it.
-    let mut outcomes = Vec::with_capacity(priced.len());
-    let mut settled = vec![false; priced.len()];
-    let mut appended = false;
-    {
-        let mut index = lock(&ledger.index);
-        let seen: Vec<Seen> = priced
-            .iter()
-            .map(|p| index.seen(p.key, p.fingerprint))
-            .collect();
-        let new = seen.iter().filter(|s| **s == Seen::New).count();
-        if !batch.dry_run && !index.has_room(new) {
-            return Err(Failure::Overloaded(
-                "the usage-record index is full (ledger.records_max)",
-            ));
-        }
-        // Holds named by new records, taken out of the book; each is settled once all its
-        // records are posted.
-        let mut holds: HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)> = HashMap::new();
-        if !batch.dry_run {
-            let mut book = lock(&ledger.book);
-            for (p, s) in priced.iter().zip(&seen) {
-                if let (Seen::New, Some(id)) = (s, p.record.reservation)
-                    && !holds.contains_key(&id)
-                    && let Some(hold) = book.take(id)
-                {
-                    holds.insert(id, (hold, Vec::new()));
-                }
-            }
-        }
-        for (i, (p, s)) in priced.iter().zip(&seen).enumerate() {
-            let outcome = match (s, batch.dry_run) {
-                (Seen::Duplicate, _) => Outcome::Duplicate,
-                (Seen::Conflict, _) => Outcome::Conflict,
-                (Seen::New, true) => Outcome::WouldBook,
-                (Seen::New, false) => {
-                    // The event first: if it cannot be written, nothing is posted, the id is
-                    // not remembered, and the client's resend books it.
-                    if !gateway.emitter.append(&p.event) {
-                        // Holds taken out are settled with what was booked so far (the rest
-                        // of their amount comes back); the resend finds those records booked.
-                        settle_holds(gateway, holds);
-                        return Err(Failure::Internal(
-                            "the usage event could not be written; resend the batch".into(),
-                        ));
-                    }
-                    appended = true;
-                    match p.record.reservation.and_then(|id| holds.get_mut(&id)) {
-                        Some((_, postings)) => {
-                            postings.push((p.record.start, p.cost.billed));
-                            if let Some(flag) = settled.get_mut(i) {
-                                *flag = true;
-                            }
-                        }
-                        None => {
-                            let settlement =
-                                tollgate_engine::book(&p.allocation, p.record.start, p.cost.billed);
-                            for crossed in settlement.soft_limits_crossed() {
-                                gateway.emitter.alert(crossed, p.record.start);
-                            }
-                        }
-                    }
-                    // The index was checked for room above, under this same lock.
-                    let _ = index.insert(p.key, p.fingerprint, p.record.start);
-                    gateway.metrics.add(Counter::SpendNanos, p.cost.billed.0);
-                    Outcome::Booked
-                }
-            };
-            let counter = match outcome {
-                Outcome::Booked => Some(Counter::RecordsBooked),
-                Outcome::Duplicate => Some(Counter::RecordsDuplicate),
-                Outcome::Conflict => Some(Counter::RecordsConflict),
-                Outcome::WouldBook => None,
-            };
-            if let Some(counter) = counter {
-                gateway.metrics.add(counter, 1);
-            }
-            outcomes.push(outcome);
-        }
-        settle_holds(gateway, holds);
-    }
+    let booked = book(gateway, ledger, &priced, batch.dry_run)?;
     // Answered once the events are on disk: a client told "booked" never needs to resend.
-    if appended && !gateway.emitter.sync().await {
+    if booked.appended && !gateway.emitter.sync().await {
         return Err(Failure::Internal(
             "the usage events could not be synced; resend the batch (it is idempotent)".into(),
         ));
     }
+    Ok((
+        StatusCode::OK,
+        answer(gateway, &priced, &booked, batch.dry_run, now),
+    ))
+}
+
+/// What phase two did with each record of a batch.
+struct Booked {
+    /// One per record, in order.
+    outcomes: Vec<Outcome>,
+    /// One per record: whether it settled the hold it names.
+    settled: Vec<bool>,
+    /// Whether any event was appended to the log (then the answer waits for its sync).
+    appended: bool,
+}
+
+/// Holds named by a batch's new records, taken out of the book, with the postings of their
+/// records so far; each is settled once all its records are posted.
+type TakenHolds = HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)>;
+
+/// Phase two, under the ledger's lock: one batch at a time decides what is new and books it,
+/// so two batches racing with the same id cannot both book it.
+fn book(
+    gateway: &Gateway,
+    ledger: &Ledger,
+    priced: &[Priced],
+    dry_run: bool,
+) -> Result<Booked, Failure> {
+    let mut booked = Booked {
+        outcomes: Vec::with_capacity(priced.len()),
+        settled: vec![false; priced.len()],
+        appended: false,
+    };
+    let mut index = lock(&ledger.index);
+    let seen: Vec<Seen> = priced
+        .iter()
+        .map(|p| index.seen(p.key, p.fingerprint))
+        .collect();
+    let new = seen.iter().filter(|s| **s == Seen::New).count();
+    if !dry_run && !index.has_room(new) {
+        return Err(Failure::Overloaded(
+            "the usage-record index is full (ledger.records_max)",
+        ));
+    }
+    let mut holds = if dry_run {
+        TakenHolds::new()
+    } else {
+        take_holds(ledger, priced, &seen)
+    };
+    for (i, (p, s)) in priced.iter().zip(&seen).enumerate() {
+        let outcome = match (s, dry_run) {
+            (Seen::Duplicate, _) => Outcome::Duplicate,
+            (Seen::Conflict, _) => Outcome::Conflict,
+            (Seen::New, true) => Outcome::WouldBook,
+            (Seen::New, false) => {
+                // The event first: if it cannot be written, nothing is posted, the id is not
+                // remembered, and the client's resend books it.
+                if !gateway.emitter.append(&p.event) {
+                    // Holds taken out are settled with what was booked so far (the rest of
+                    // their amount comes back); the resend finds those records booked.
+                    settle_holds(gateway, holds);
+                    return Err(Failure::Internal(
+                        "the usage event could not be written; resend the batch".into(),
+                    ));
+                }
+                booked.appended = true;
+                if post(gateway, p, &mut holds)
+                    && let Some(flag) = booked.settled.get_mut(i)
+                {
+                    *flag = true;
+                }
+                // The index was checked for room above, under this same lock.
+                let _ = index.insert(p.key, p.fingerprint, p.record.start);
+                Outcome::Booked
+            }
+        };
+        if let Some(counter) = outcome.counter() {
+            gateway.metrics.add(counter, 1);
+        }
+        booked.outcomes.push(outcome);
+    }
+    settle_holds(gateway, holds);
+    Ok(booked)
+}
+
+/// Takes the holds the new records name out of the book (each once).
+fn take_holds(ledger: &Ledger, priced: &[Priced], seen: &[Seen]) -> TakenHolds {
+    let mut holds = TakenHolds::new();
+    let mut book = lock(&ledger.book);
+    for (p, s) in priced.iter().zip(seen) {
+        if let (Seen::New, Some(id)) = (s, p.record.reservation)
+            && !holds.contains_key(&id)
+            && let Some(hold) = book.take(id)
+        {
+            holds.insert(id, (hold, Vec::new()));
+        }
+    }
+    holds
+}
+
+/// Posts one new record's cost: against the hold it names when that was taken (returns
+/// true), else straight to its allocation's, project's and team's budgets.
+fn post(gateway: &Gateway, p: &Priced, holds: &mut TakenHolds) -> bool {
+    gateway.metrics.add(Counter::SpendNanos, p.cost.billed.0);
+    if let Some((_, postings)) = p.record.reservation.and_then(|id| holds.get_mut(&id)) {
+        postings.push((p.record.start, p.cost.billed));
+        return true;
+    }
+    let settlement = tollgate_engine::book(&p.allocation, p.record.start, p.cost.billed);
+    for crossed in settlement.soft_limits_crossed() {
+        gateway.emitter.alert(crossed, p.record.start);
+    }
+    false
+}
+
+/// The answer to a batch: each record's outcome and cost, and the totals of what was (or
+/// would be) booked.
+fn answer(
+    gateway: &Gateway,
+    priced: &[Priced],
+    booked: &Booked,
+    dry_run: bool,
+    now: UnixMs,
+) -> Value {
     let currency = Arc::clone(&gateway.card.load().currency);
     let mut total = Cost::ZERO;
     let results: Vec<Value> = priced
         .iter()
-        .zip(&outcomes)
-        .zip(&settled)
+        .zip(&booked.outcomes)
+        .zip(&booked.settled)
         .map(|((p, outcome), settled)| {
-            let counted = matches!(outcome, Outcome::Booked | Outcome::WouldBook);
-            if counted {
+            if matches!(outcome, Outcome::Booked | Outcome::WouldBook) {
                 total.list = total.list.saturating_add(p.cost.list);
                 total.billed = total.billed.saturating_add(p.cost.billed);
             }
@@ -439,27 +513,24 @@ async fn record(
             })
         })
         .collect();
-    let count = |wanted: Outcome| outcomes.iter().filter(|o| **o == wanted).count();
-    Ok((
-        StatusCode::OK,
-        json!({
-            "records": priced.len(),
-            "booked": count(Outcome::Booked),
-            "would_book": count(Outcome::WouldBook),
-            "duplicates": count(Outcome::Duplicate),
-            "conflicts": count(Outcome::Conflict),
-            "dry_run": batch.dry_run,
-            "currency": &*currency,
-            "cost": total.billed.to_string(),
-            "cost_nanos": total.billed.0,
-            "list_cost": total.list.to_string(),
-            "results": results,
-        }),
-    ))
+    let count = |wanted: Outcome| booked.outcomes.iter().filter(|o| **o == wanted).count();
+    json!({
+        "records": priced.len(),
+        "booked": count(Outcome::Booked),
+        "would_book": count(Outcome::WouldBook),
+        "duplicates": count(Outcome::Duplicate),
+        "conflicts": count(Outcome::Conflict),
+        "dry_run": dry_run,
+        "currency": &*currency,
+        "cost": total.billed.to_string(),
+        "cost_nanos": total.billed.0,
+        "list_cost": total.list.to_string(),
+        "results": results,
+    })
 }
 
 /// Settles each taken hold with the postings of its records (none: given back whole).
-fn settle_holds(gateway: &Gateway, holds: HashMap<ReservationId, (Hold, Vec<(UnixMs, Nanos)>)>) {
+fn settle_holds(gateway: &Gateway, holds: TakenHolds) {
     for (_, (hold, postings)) in holds {
         let settlement = hold.reservation.settle_at(&postings);
         let at = postings.first().map_or(hold.taken_at, |(at, _)| *at);
@@ -491,36 +562,46 @@ struct Authorize {
     ttl_ms: Option<u64>,
 }
 
+impl Authorize {
+    /// Where the usage runs, each name checked like a record's.
+    fn site(&mut self) -> Result<Site, Failure> {
+        let name = |field: &str, value: Option<String>| {
+            value
+                .map(|v| parse_name(field, &v))
+                .transpose()
+                .map_err(|e| Failure::BadRequest(e.to_string()))
+        };
+        Ok(Site {
+            cluster: name("cluster", self.cluster.take())?,
+            partition: name("partition", self.partition.take())?,
+            instance_type: name("instance_type", self.instance_type.take())?,
+        })
+    }
+
+    /// How long the hold lasts: as asked, within bounds, else the configured default.
+    fn ttl_ms(&self, config: &LedgerConfig) -> Result<i64, Failure> {
+        match self.ttl_ms {
+            None => Ok(duration_ms(config.reservation_ttl)),
+            Some(ms) if (1..=RESERVATION_TTL_MS_MAX).contains(&ms) => {
+                Ok(i64::try_from(ms).unwrap_or(i64::MAX))
+            }
+            Some(_) => Err(Failure::BadRequest(format!(
+                "`ttl_ms` must be between 1 and {RESERVATION_TTL_MS_MAX}"
+            ))),
+        }
+    }
+}
+
 fn authorize(
     gateway: &Gateway,
     ledger: &Ledger,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    let request: Authorize = serde_json::from_slice(body)
+    let mut request: Authorize = serde_json::from_slice(body)
         .map_err(|e| Failure::BadRequest(format!("authorize request: {e}")))?;
-    let name = |field: &str, value: Option<String>| {
-        value
-            .map(|v| parse_name(field, &v))
-            .transpose()
-            .map_err(|e| Failure::BadRequest(e.to_string()))
-    };
-    let site = Site {
-        cluster: name("cluster", request.cluster)?,
-        partition: name("partition", request.partition)?,
-        instance_type: name("instance_type", request.instance_type)?,
-    };
-    let ttl_ms = match request.ttl_ms {
-        None => duration_ms(ledger.config.reservation_ttl),
-        Some(ms) if (1..=RESERVATION_TTL_MS_MAX).contains(&ms) => {
-            i64::try_from(ms).unwrap_or(i64::MAX)
-        }
-        Some(_) => {
-            return Err(Failure::BadRequest(format!(
-                "`ttl_ms` must be between 1 and {RESERVATION_TTL_MS_MAX}"
-            )));
-        }
-    };
+    let site = request.site()?;
+    let ttl_ms = request.ttl_ms(&ledger.config)?;
     let allocation = gateway
         .directory
         .allocation(&request.allocation)
@@ -575,16 +656,14 @@ fn authorize(
         Failure::Overloaded("the reservation book is full (ledger.reservations_max)")
     })?;
     if let Some(fields) = answer.as_object_mut() {
-        fields.insert(
-            "reservation".into(),
-            json!({
-                "id": id.to_string(),
-                "amount": cost.billed.to_string(),
-                "amount_nanos": cost.billed.0,
-                "expires_at": format_rfc3339_s(expires_at),
-                "expires_at_ms": expires_at.0,
-            }),
-        );
+        let kept = json!({
+            "id": id.to_string(),
+            "amount": cost.billed.to_string(),
+            "amount_nanos": cost.billed.0,
+            "expires_at": format_rfc3339_s(expires_at),
+            "expires_at_ms": expires_at.0,
+        });
+        fields.insert("reservation".into(), kept);
     }
     Ok((StatusCode::CREATED, answer))
 }
