@@ -28,7 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 use tollgate_engine::UsageEvent;
 
-use crate::columnar::{self, CHECKPOINT_FILE, ColumnarError};
+use crate::columnar::{self, CHECKPOINT_FILE, ColumnarError, FileTotals, Stated, tally_read};
 use crate::dedup::Dedup;
 
 /// How a sink consumes and writes.
@@ -524,7 +524,8 @@ fn partition_files(usage_dir: &Path, topic: &str, partition: i32) -> Vec<(i64, i
     found
 }
 
-/// The event ids in one of our files.
+/// The event ids in one of our files, whose rows are checked against what the file states
+/// (a damaged file is [`ColumnarError::Corrupt`]).
 fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
     let bad = |message: String| ConsumeError::Io {
         path: path.display().to_string(),
@@ -532,14 +533,18 @@ fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
     };
     let file = File::open(path).map_err(io_at(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    let stated = Stated::of(builder.metadata(), path)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
     let reader = builder
         .with_projection(mask)
         .build()
         .map_err(|e| bad(e.to_string()))?;
     let mut ids = Vec::new();
+    let mut read = FileTotals::default();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
+        // Only `event_id` is read: the rows are checked, the cost total is not.
+        tally_read(&mut read, &batch);
         let Some(column) = batch
             .column_by_name("event_id")
             .and_then(|c| c.as_string_opt::<i32>().cloned())
@@ -552,6 +557,7 @@ fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
             }
         }
     }
+    stated.check(read, false, path)?;
     Ok(ids)
 }
 
@@ -590,6 +596,22 @@ mod tests {
         assert_eq!(read_mark(&path).unwrap(), 41);
         fs::write(&path, "forty").unwrap();
         assert!(read_mark(&path).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn priming_from_a_file_that_does_not_hold_its_stated_rows_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tollgate-prime-{}", std::process::id()));
+        let path = dir.join("kafka-t-p0-00000000000000000000-00000000000000000001.parquet");
+        let events = [UsageEvent::sample(), UsageEvent::sample()];
+        columnar::write_file(&path, &events).unwrap();
+        assert_eq!(event_ids(&path).unwrap().len(), 2);
+        let batch = columnar::encode(&events).unwrap();
+        columnar::write_batch(&path, &batch, &[(columnar::ROWS_KEY, "3")]).unwrap();
+        assert!(matches!(
+            event_ids(&path),
+            Err(ConsumeError::Columnar(ColumnarError::Corrupt { .. }))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,7 +18,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tollgate_engine::UnixMs;
 
-use crate::columnar::ColumnarError;
+use crate::columnar::{ColumnarError, FileTotals, Stated, tally_read};
 
 /// What a report groups by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,10 +169,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, C
         .ok_or_else(|| ColumnarError::Encode(format!("column `{name}` missing or of another type")))
 }
 
-/// Calls `visit` with every batch of the Parquet files under `data_dir/usage`, read with only
-/// the `columns` asked for.
-/// Calls `visit` with every batch of the usage files (only `columns`), and when its file was
-/// written (`None` for files from before the stamp existed).
+/// Calls `visit` with every batch of the usage files under `data_dir/usage` (only `columns`,
+/// and `cost` too when a file states a cost total), and when its file was written (`None` for
+/// files from before the stamp existed). After a file's last batch, the rows and cost read are
+/// checked against what the file states ([`crate::columnar::ROWS_KEY`] and its kin): a
+/// mismatch is a damaged file and ends the read with [`ColumnarError::Corrupt`].
 pub(crate) fn for_each_batch(
     data_dir: &Path,
     columns: &[&str],
@@ -188,6 +189,7 @@ pub(crate) fn for_each_batch(
             source,
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
+        let stated = Stated::of(builder.metadata(), &path)?;
         let written = builder
             .metadata()
             .file_metadata()
@@ -200,17 +202,22 @@ pub(crate) fn for_each_batch(
             })
             .map(UnixMs);
         let schema = builder.parquet_schema();
+        let cost = stated.has_cost_total().then_some("cost");
         let indices: Vec<usize> = columns
             .iter()
-            .filter_map(|name| schema.columns().iter().position(|c| c.name() == *name))
+            .copied()
+            .chain(cost)
+            .filter_map(|name| schema.columns().iter().position(|c| c.name() == name))
             .collect();
         let mask = ProjectionMask::leaves(schema, indices);
+        let mut read = FileTotals::default();
+        let mut cost_read = true;
         for batch in builder.with_projection(mask).build().map_err(encode)? {
-            visit(
-                batch.map_err(|e| ColumnarError::Encode(e.to_string()))?,
-                written,
-            )?;
+            let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
+            cost_read &= tally_read(&mut read, &batch);
+            visit(batch, written)?;
         }
+        stated.check(read, cost_read, &path)?;
     }
     Ok(())
 }
@@ -372,6 +379,66 @@ pub fn write_parquet(
 mod tests {
     use super::*;
     use tollgate_engine::{Nanos, UsageEvent};
+
+    /// `events` written with `metadata` in place of a usage file's own.
+    fn write_stating(path: &Path, events: &[UsageEvent], metadata: &[(&str, &str)]) {
+        let batch = crate::columnar::encode(events).unwrap();
+        crate::columnar::write_batch(path, &batch, metadata).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_does_not_hold_what_it_states_is_refused() {
+        use crate::columnar::{COST_NANOS_TOTAL_KEY, ROWS_KEY};
+        let root = std::env::temp_dir().join(format!("tollgate-stated-{}", std::process::id()));
+        let events: Vec<UsageEvent> = (0..3u64)
+            .map(|i| {
+                let mut e = UsageEvent::sample();
+                e.cost_nanos = Nanos(100 + i);
+                e
+            })
+            .collect();
+        let total = events
+            .iter()
+            .map(|e| u128::from(e.cost_nanos.0))
+            .sum::<u128>()
+            .to_string();
+        let path = root.join("usage/part.parquet");
+        for (rows, cost, damaged) in [
+            ("3", total.as_str(), None),
+            ("4", total.as_str(), Some(ROWS_KEY)),
+            ("3", "302", Some(COST_NANOS_TOTAL_KEY)),
+            ("three", total.as_str(), Some(ROWS_KEY)),
+        ] {
+            let _ = fs::remove_dir_all(&root);
+            write_stating(
+                &path,
+                &events,
+                &[(ROWS_KEY, rows), (COST_NANOS_TOTAL_KEY, cost)],
+            );
+            let got = report(&root, None, None, Dimension::Team);
+            match (damaged, got) {
+                (None, Ok(rows)) => assert_eq!(rows.iter().map(|r| r.events).sum::<u64>(), 3),
+                (Some(key), Err(ColumnarError::Corrupt { quantity, .. })) => {
+                    assert_eq!(quantity, key, "{rows} rows, {cost} cost");
+                }
+                (expected, got) => panic!("{rows} rows, {cost} cost: {expected:?} {got:?}"),
+            }
+            // The statement reads the same files, through the same check.
+            let mut out = Vec::new();
+            let exported = crate::focus::export_csv(&root, None, None, &mut out);
+            assert_eq!(
+                exported.is_err(),
+                damaged.is_some(),
+                "{rows} rows, {cost} cost"
+            );
+        }
+        // A file from before the keys existed is read on its footer's word alone.
+        let _ = fs::remove_dir_all(&root);
+        write_stating(&path, &events, &[]);
+        let rows = report(&root, None, None, Dimension::Team).unwrap();
+        assert_eq!(rows.iter().map(|r| r.cost_nanos).sum::<i128>(), 303);
+        fs::remove_dir_all(root).unwrap();
+    }
 
     #[test]
     fn totals_by_dimension_and_time_are_exact() {
