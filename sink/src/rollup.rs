@@ -245,67 +245,107 @@ pub fn report(
     let mut currency: Option<String> = None;
     let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
     for_each_batch(data_dir, &wanted, |batch, _written| {
-        let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
-        let key = column::<StringArray>(&batch, by.column())?;
-        let cost = column::<Decimal128Array>(&batch, "cost")?;
-        let list_cost = column::<Decimal128Array>(&batch, "list_cost")?;
-        let tokens_in = column::<Int64Array>(&batch, "tokens_in")?;
-        let tokens_out = column::<Int64Array>(&batch, "tokens_out")?;
-        let kind = column::<StringArray>(&batch, "kind")?;
-        let unit = column::<StringArray>(&batch, "unit")?;
-        let quantity = column::<Decimal128Array>(&batch, "quantity")?;
-        let currencies = column::<StringArray>(&batch, "currency")?;
+        let columns = ReportColumns::of(&batch, by)?;
         for i in 0..batch.num_rows() {
-            let t = UnixMs(ts.value(i));
+            let t = UnixMs(columns.ts.value(i));
             if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
                 continue;
             }
-            let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
+            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i).to_owned());
             let row = groups.entry(k.clone()).or_insert_with(|| Row {
                 key: k,
                 ..Row::default()
             });
-            // Amounts of two currencies never add up: a statement has one.
-            let c = currencies.value(i);
-            match &currency {
-                Some(first) if first != c => {
-                    return Err(ColumnarError::Encode(format!(
-                        "events in two currencies ({first} and {c}): report each ledger alone"
-                    )));
-                }
-                Some(_) => {}
-                None => currency = Some(c.to_owned()),
-            }
+            one_currency(&mut currency, columns.currency.value(i))?;
             row.currency.clone_from(&currency);
-            row.events += 1;
-            row.cost_nanos += cost.value(i);
-            row.list_cost_nanos += list_cost.value(i);
-            row.tokens_in += tokens_in.value(i);
-            row.tokens_out += tokens_out.value(i);
-            let q = if quantity.is_null(i) {
-                0
-            } else {
-                quantity.value(i)
-            };
-            let u = if unit.is_null(i) { "" } else { unit.value(i) };
-            match (kind.value(i), u) {
-                ("tokens", _) => row.token_cost_nanos += cost.value(i),
-                ("compute", "gpu_hour") => row.gpu_hour_micros += q,
-                ("compute", "core_hour") => row.core_hour_micros += q,
-                ("compute", "node_hour") => row.node_hour_micros += q,
-                ("storage", "gb_month") => row.gb_month_micros += q,
-                // A kind or unit this reader does not know: counted in the totals only.
-                _ => {}
-            }
-            match kind.value(i) {
-                "compute" => row.compute_cost_nanos += cost.value(i),
-                "storage" => row.storage_cost_nanos += cost.value(i),
-                _ => {}
-            }
+            row.add_event(&columns, i);
         }
         Ok(())
     })?;
     Ok(groups.into_values().collect())
+}
+
+/// Amounts of two currencies never add up: a report has one, the first it meets (`first`);
+/// an event in another is refused.
+fn one_currency(first: &mut Option<String>, currency: &str) -> Result<(), ColumnarError> {
+    match first {
+        Some(first) if first != currency => Err(ColumnarError::Encode(format!(
+            "events in two currencies ({first} and {currency}): report each ledger alone"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            *first = Some(currency.to_owned());
+            Ok(())
+        }
+    }
+}
+
+/// The columns of one batch of usage a report reads, typed; `key` is the dimension's.
+struct ReportColumns<'a> {
+    ts: &'a TimestampMillisecondArray,
+    key: &'a StringArray,
+    cost: &'a Decimal128Array,
+    list_cost: &'a Decimal128Array,
+    tokens_in: &'a Int64Array,
+    tokens_out: &'a Int64Array,
+    kind: &'a StringArray,
+    unit: &'a StringArray,
+    quantity: &'a Decimal128Array,
+    currency: &'a StringArray,
+}
+
+impl<'a> ReportColumns<'a> {
+    /// The batch's columns, or the first one missing.
+    fn of(batch: &'a RecordBatch, by: Dimension) -> Result<ReportColumns<'a>, ColumnarError> {
+        Ok(ReportColumns {
+            ts: column(batch, "ts")?,
+            key: column(batch, by.column())?,
+            cost: column(batch, "cost")?,
+            list_cost: column(batch, "list_cost")?,
+            tokens_in: column(batch, "tokens_in")?,
+            tokens_out: column(batch, "tokens_out")?,
+            kind: column(batch, "kind")?,
+            unit: column(batch, "unit")?,
+            quantity: column(batch, "quantity")?,
+            currency: column(batch, "currency")?,
+        })
+    }
+}
+
+impl Row {
+    /// Adds event `i` of `columns`: to the totals, and to its kind's and unit's.
+    fn add_event(&mut self, columns: &ReportColumns<'_>, i: usize) {
+        let cost = columns.cost.value(i);
+        self.events += 1;
+        self.cost_nanos += cost;
+        self.list_cost_nanos += columns.list_cost.value(i);
+        self.tokens_in += columns.tokens_in.value(i);
+        self.tokens_out += columns.tokens_out.value(i);
+        let q = if columns.quantity.is_null(i) {
+            0
+        } else {
+            columns.quantity.value(i)
+        };
+        let u = if columns.unit.is_null(i) {
+            ""
+        } else {
+            columns.unit.value(i)
+        };
+        match (columns.kind.value(i), u) {
+            ("tokens", _) => self.token_cost_nanos += cost,
+            ("compute", "gpu_hour") => self.gpu_hour_micros += q,
+            ("compute", "core_hour") => self.core_hour_micros += q,
+            ("compute", "node_hour") => self.node_hour_micros += q,
+            ("storage", "gb_month") => self.gb_month_micros += q,
+            // A kind or unit this reader does not know: counted in the totals only.
+            _ => {}
+        }
+        match columns.kind.value(i) {
+            "compute" => self.compute_cost_nanos += cost,
+            "storage" => self.storage_cost_nanos += cost,
+            _ => {}
+        }
+    }
 }
 
 /// Writes report rows to a Parquet file at `path` (temporary name, synced, renamed): the group
