@@ -154,7 +154,7 @@ struct Hold {
 /// A level's counters at one instant, for reports and the admin API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct BudgetSnapshot {
-    /// The budget period.
+    /// The budget period kind (day, week, month or total).
     pub period: Period,
     /// The period's number ([`Period::index`]).
     pub period_index: i64,
@@ -175,17 +175,17 @@ pub struct BudgetSnapshot {
 pub struct SoftLimitCrossed {
     /// The level whose threshold was crossed.
     pub level: Level,
-    /// Its name.
+    /// The allocation's, project's or team's name.
     pub name: Arc<str>,
-    /// Its period.
+    /// The level's budget period.
     pub period: Period,
-    /// The period's number.
+    /// The number of the period crossed in ([`Period::index`]).
     pub period_index: i64,
     /// Spend right after the crossing settle.
     pub spent: Nanos,
-    /// The limit.
+    /// The limit the threshold is a share of, as it was at the settle.
     pub limit: Nanos,
-    /// The threshold's percentage.
+    /// The threshold, in percent of the limit (the spec's `soft_limit_percent`).
     pub percent: u8,
 }
 

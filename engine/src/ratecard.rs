@@ -74,17 +74,17 @@ impl ResourceUnit {
 /// Prices of one model, per million tokens of each kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModelPrice {
-    /// The model.
+    /// The model priced, as `provider/model`: the key the version looks it up by.
     pub model: ModelRef,
     /// Uncached prompt tokens.
     pub input_per_mtok: PricePerMTok,
-    /// Prompt tokens read from cache.
+    /// Prompt tokens read from cache (the input price when the card names none).
     pub cached_input_per_mtok: PricePerMTok,
-    /// Prompt tokens written to cache.
+    /// Prompt tokens written to cache (the input price when the card names none).
     pub cache_write_per_mtok: PricePerMTok,
     /// Completion tokens other than reasoning.
     pub output_per_mtok: PricePerMTok,
-    /// Reasoning tokens.
+    /// Reasoning tokens (the output price when the card names none).
     pub reasoning_per_mtok: PricePerMTok,
     /// Most completion tokens the model can return; bounds reservations when a request sets none.
     pub max_output_tokens: u64,
@@ -100,7 +100,7 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// Nothing.
+    /// No cost at either price: a refusal's.
     pub const ZERO: Cost = Cost {
         list: Nanos::ZERO,
         billed: Nanos::ZERO,
@@ -167,7 +167,7 @@ impl ModelPrice {
 /// instance type (a node or machine type). Each is optional; prices match on what is given.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Site {
-    /// Cluster.
+    /// Cluster (a Slurm cluster, a Kubernetes cluster, a storage system).
     pub cluster: Option<Arc<str>>,
     /// Partition, queue or storage tier.
     pub partition: Option<Arc<str>>,
@@ -178,7 +178,7 @@ pub struct Site {
 /// The price of one resource unit, optionally only on one cluster, partition or instance type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResourcePrice {
-    /// The unit priced.
+    /// The unit priced; a price fits only usage in this unit.
     pub unit: ResourceUnit,
     /// Only on this cluster, or any.
     pub cluster: Option<Arc<str>>,

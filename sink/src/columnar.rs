@@ -36,33 +36,34 @@ use crate::schema::{
 /// Why writing Parquet failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ColumnarError {
-    /// The log.
+    /// Reading the durable log failed (I/O, or damage in a sealed segment).
     #[error(transparent)]
     Log(#[from] LogError),
-    /// Arrow or Parquet.
+    /// Arrow or Parquet refused a batch or a file, or a column read back is missing or of
+    /// another type; the text is theirs, or names the column.
     #[error("encoding Parquet: {0}")]
     Encode(String),
-    /// The file system.
+    /// Creating, writing, syncing or renaming a file or folder failed.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// The file or folder, as the sink named it.
         path: String,
-        /// Cause.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// A log record is not a usage event.
     #[error("log record {offset} is not a usage event: {reason}")]
     NotAnEvent {
-        /// Offset.
+        /// Its log offset.
         offset: u64,
-        /// Why.
+        /// What the event parser refused (field and problem).
         reason: String,
     },
     /// A file read back does not hold what it states (its footer's row count, or the row
     /// count and cost total its writer put in its metadata): it is damaged, or not ours.
     #[error("{path}: {quantity} states {stated} but the file holds {read}: damaged file")]
     Corrupt {
-        /// The file.
+        /// The Parquet file read.
         path: String,
         /// Which statement disagrees: `footer rows` or a metadata key.
         quantity: &'static str,
@@ -533,7 +534,7 @@ pub fn partition(ts: UnixMs) -> String {
 pub struct Progress {
     /// Events read from the log.
     pub events: u64,
-    /// Files written.
+    /// Files written by this pass (those it found already written are `skipped_files`).
     pub files: u64,
     /// Files found already written (a pass repeated after a crash).
     pub skipped_files: u64,

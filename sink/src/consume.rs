@@ -34,9 +34,9 @@ use crate::dedup::Dedup;
 /// How a sink consumes and writes.
 #[derive(Clone, Debug)]
 pub struct ConsumeConfig {
-    /// `bootstrap.servers`.
+    /// Kafka's `bootstrap.servers`: comma-separated `host:port` pairs.
     pub brokers: String,
-    /// The usage topic.
+    /// The topic the gateways ship usage events to.
     pub topic: String,
     /// The consumer group; sinks in one group share the topic's partitions.
     pub group_id: String,
@@ -63,25 +63,30 @@ pub mod defaults {
     pub const ROLL_INTERVAL: Duration = Duration::from_secs(60);
     /// Event ids remembered per partition.
     pub const DEDUP_WINDOW: usize = 1_000_000;
-    /// The group's name.
+    /// The consumer group a sink joins unless told another: sinks in one group share the
+    /// topic's partitions, so each event is written once.
     pub const GROUP_ID: &str = "tollgate-sink";
 }
 
 /// Why the sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    /// The Kafka client.
+    /// The Kafka client refused its config or the subscription, or an offset could not be
+    /// recorded for commit (librdkafka's text).
     #[error("kafka: {0}")]
     Kafka(String),
-    /// Writing files.
+    /// Writing Parquet files, or a file read back to prime the dedup window that does not
+    /// hold what it states ([`ColumnarError::Corrupt`]).
     #[error(transparent)]
     Columnar(#[from] ColumnarError),
-    /// A file or folder.
+    /// Reading, writing or removing a file or folder failed (a mark, a quarantine file, a
+    /// batch beyond its mark), a mark is not an offset, or a file read to prime the dedup
+    /// window could not be decoded.
     #[error("{path}: {source}")]
     Io {
-        /// Where.
+        /// The file or folder.
         path: String,
-        /// Cause.
+        /// The operating system's error, or what is wrong with the file.
         source: std::io::Error,
     },
     /// The data folder is a gateway's own Parquet folder.
@@ -103,7 +108,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ConsumeError + '_ {
 pub struct Totals {
     /// Events written to files.
     pub written: u64,
-    /// Files written.
+    /// Parquet files written: one per partition and hour of each batch.
     pub files: u64,
     /// Duplicate deliveries dropped by `event_id`.
     pub duplicates: u64,
@@ -111,7 +116,7 @@ pub struct Totals {
     pub replayed: u64,
     /// Messages that were not usage events, kept in quarantine.
     pub quarantined: u64,
-    /// Batches written.
+    /// Flushes that wrote at least one partition and committed its offset.
     pub batches: u64,
 }
 
@@ -142,7 +147,7 @@ struct Partition {
     buffer: Vec<(i64, UsageEvent)>,
     /// Last offset consumed into the buffer (covers skipped duplicates and quarantined ones).
     consumed: i64,
-    /// Recent event ids.
+    /// Event ids within the dedup window, primed from the partition's newest files.
     seen: Dedup,
 }
 

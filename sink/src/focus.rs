@@ -27,10 +27,12 @@ use tollgate_engine::time::Period;
 
 use crate::columnar::ColumnarError;
 
-/// The FOCUS version written.
+/// The FOCUS specification version statements follow, stated in `x_FocusVersion` and in
+/// the Parquet file's metadata.
 pub const FOCUS_VERSION: &str = "1.0";
 
-/// The columns, in order.
+/// The statement's columns in the order written: FOCUS's own, alphabetically, then ours,
+/// prefixed `x_`.
 pub const COLUMNS: &[&str] = &[
     "AvailabilityZone",
     "BilledCost",
@@ -228,14 +230,14 @@ const MONEY_COLUMNS: [&str; 6] = [
 ];
 /// Quantity columns: exact decimals of millionths.
 const QUANTITY_COLUMNS: [&str; 2] = ["ConsumedQuantity", "PricingQuantity"];
-/// Instants (UTC).
+/// Instant columns: RFC 3339 text in CSV, UTC millisecond timestamps in Parquet.
 const TIME_COLUMNS: [&str; 4] = [
     "BillingPeriodEnd",
     "BillingPeriodStart",
     "ChargePeriodEnd",
     "ChargePeriodStart",
 ];
-/// Counts.
+/// Count columns: decimal integers in CSV, 64-bit integers in Parquet.
 const COUNT_COLUMNS: [&str; 3] = ["x_TokensIn", "x_TokensOut", "x_Events"];
 
 /// The key of the Parquet file's metadata naming the FOCUS version, so a reader can tell 1.0

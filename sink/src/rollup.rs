@@ -20,22 +20,24 @@ use tollgate_engine::UnixMs;
 
 use crate::columnar::{ColumnarError, FileTotals, Stated, tally_read};
 
-/// What a report groups by.
+/// What a report groups by: one usage column ([`Dimension::column`]). Events with no value
+/// in it (identity of a refused unknown key, provider and model of resource usage) are a
+/// group of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dimension {
-    /// Team.
+    /// The team of the key's or record's allocation.
     Team,
-    /// Project.
+    /// The project of the allocation.
     Project,
-    /// Allocation.
+    /// The allocation charged: the unit budgets are kept for.
     Allocation,
-    /// User.
+    /// The key's owner, or a job's user.
     User,
-    /// Model.
+    /// The model as the provider names it; none for resource usage.
     Model,
-    /// Provider.
+    /// The provider (`openai`, `anthropic`, ...); none for resource usage.
     Provider,
-    /// Cost center.
+    /// The allocation's cost center, for chargeback to finance.
     CostCenter,
     /// What was metered: `tokens`, `compute` or `storage`.
     Kind,
@@ -48,7 +50,7 @@ pub enum Dimension {
 }
 
 impl Dimension {
-    /// The column holding it.
+    /// The usage column whose values name the groups (also the dimension's name).
     #[must_use]
     pub fn column(self) -> &'static str {
         match self {
@@ -66,7 +68,8 @@ impl Dimension {
         }
     }
 
-    /// Parses a dimension's name.
+    /// The dimension named as its column is (`team`, `cost_center`, ...); `None` for any
+    /// other name.
     #[must_use]
     pub fn parse(name: &str) -> Option<Dimension> {
         Some(match name {
@@ -91,15 +94,15 @@ impl Dimension {
 pub struct Row {
     /// The group's value (`None`: events without one, such as refused unknown keys).
     pub key: Option<String>,
-    /// Events.
+    /// Events in the group within the window, refusals (which cost nothing) included.
     pub events: u64,
     /// Billed cost, in nano-units.
     pub cost_nanos: i128,
     /// List cost, in nano-units.
     pub list_cost_nanos: i128,
-    /// Prompt tokens.
+    /// Prompt tokens, cached ones included.
     pub tokens_in: i64,
-    /// Completion tokens.
+    /// Completion tokens, reasoning included.
     pub tokens_out: i64,
     /// Billed cost of model calls, in nano-units.
     pub token_cost_nanos: i128,
