@@ -22,6 +22,10 @@
 //! A [`Reservation`] is a guard in the manner of a pending transfer: `settle(actual)` posts the
 //! actual cost and gives the hold back; dropping it unsettled gives the hold back, so a cancelled
 //! request never leaks budget.
+//!
+//! **Invariant:** what a cell holds in flight never goes below zero: a hold is taken only within
+//! the limit, and given back once, by a settle or a drop, never more than was held. Both sides
+//! are asserted in release builds (a compare each, beside the atomics they check).
 
 use std::sync::Arc;
 
@@ -150,7 +154,7 @@ struct Hold {
 /// A level's counters at one instant, for reports and the admin API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct BudgetSnapshot {
-    /// The budget period.
+    /// The budget period kind (day, week, month or total).
     pub period: Period,
     /// The period's number ([`Period::index`]).
     pub period_index: i64,
@@ -171,17 +175,17 @@ pub struct BudgetSnapshot {
 pub struct SoftLimitCrossed {
     /// The level whose threshold was crossed.
     pub level: Level,
-    /// Its name.
+    /// The allocation's, project's or team's name.
     pub name: Arc<str>,
-    /// Its period.
+    /// The level's budget period.
     pub period: Period,
-    /// The period's number.
+    /// The number of the period crossed in ([`Period::index`]).
     pub period_index: i64,
     /// Spend right after the crossing settle.
     pub spent: Nanos,
-    /// The limit.
+    /// The limit the threshold is a share of, as it was at the settle.
     pub limit: Nanos,
-    /// The threshold's percentage.
+    /// The threshold, in percent of the limit (the spec's `soft_limit_percent`).
     pub percent: u8,
 }
 
@@ -295,6 +299,14 @@ impl BudgetCell {
                 .compare_exchange(reserved, reserved.wrapping_add(amount), ORDER, ORDER)
                 .is_ok()
             {
+                // The hold is established: the swap proved no other hold was taken since
+                // `reserved` was read, so spend and every hold in flight, this one included,
+                // are within the limit. The release below asserts the other side of it.
+                assert!(
+                    used.saturating_add(amount) <= limit,
+                    "hold of {amount} nanos taken over the limit: spent {spent} + in flight \
+                     {in_flight} + hold > limit {limit}"
+                );
                 return Ok(Hold {
                     nanos: amount,
                     period,
@@ -304,9 +316,26 @@ impl BudgetCell {
     }
 
     /// Gives a hold back without spending it.
+    ///
+    /// Asserts (in release builds too: it is the budget's books) that the hold was in flight,
+    /// so what the cell holds never goes below zero and a settle or a drop never gives back
+    /// more than was held. `reserved_total` is read after the release, so it counts every hold
+    /// whose release `released_before` counts, and ours: their difference is at least our hold.
+    /// The counters wrap, and the difference is read modulo 2^64, as the admission check reads
+    /// it; both rely on what is in flight staying below 2^64 nanos. The cost on the hot path is
+    /// one load of a word in the cache line the release has just written, and one compare.
     fn release(&self, hold: Hold) {
         if hold.nanos > 0 {
-            self.released_total.fetch_add(hold.nanos, ORDER);
+            let released_before = self.released_total.fetch_add(hold.nanos, ORDER);
+            let reserved = self.reserved_total.load(ORDER);
+            let in_flight_before = reserved.wrapping_sub(released_before);
+            assert!(
+                in_flight_before >= hold.nanos,
+                "release of a {} nanos hold with {in_flight_before} nanos held (reserved_total \
+                 {reserved}, released_total {released_before}): a hold given back twice or \
+                 never taken",
+                hold.nanos
+            );
         }
     }
 
@@ -840,6 +869,136 @@ mod tests {
         let s = snap(&a, Level::Allocation, JAN_15);
         assert_eq!((s.spent, s.remaining), (Nanos(1_500), Some(Nanos(0))));
         assert!(reserve(&a, JAN_15, Nanos(1)).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "release of a 5 nanos hold with 0 nanos held")]
+    fn a_hold_given_back_twice_is_a_bug() {
+        let cell = BudgetCell::new(BudgetSpec::limited(Nanos(100), Period::Month));
+        let Ok(hold) = cell.try_reserve(Period::Month.index(JAN_15), 5) else {
+            panic!("5 of 100 fits");
+        };
+        cell.release(hold);
+        cell.release(hold);
+    }
+
+    /// One step of the model-based test.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Reserve(u64),
+        /// Settle the reservation at this index (modulo those open) with this cost.
+        Settle(usize, u64),
+        /// Drop the reservation at this index (modulo those open) unsettled.
+        Drop(usize),
+        Book(u64),
+        /// Set the limit of this level (modulo three), or take it away.
+        SetLimit(usize, Option<u64>),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..600).prop_map(Step::Reserve),
+            3 => (any::<usize>(), 0u64..900).prop_map(|(i, c)| Step::Settle(i, c)),
+            2 => any::<usize>().prop_map(Step::Drop),
+            1 => (0u64..300).prop_map(Step::Book),
+            1 => (any::<usize>(), proptest::option::of(0u64..3_000))
+                .prop_map(|(l, v)| Step::SetLimit(l, v)),
+        ]
+    }
+
+    /// The naive reference: per level, the limit, spend and what each open reservation holds.
+    #[derive(Debug)]
+    struct Books {
+        limits: [Option<u64>; 3],
+        spent: [u64; 3],
+        /// Per open reservation, its hold at each level (nothing where there was no limit).
+        open: Vec<[u64; 3]>,
+    }
+
+    impl Books {
+        fn in_flight(&self, level: usize) -> u64 {
+            self.open.iter().map(|holds| holds[level]).sum()
+        }
+
+        fn admits(&self, amount: u64) -> bool {
+            (0..3).all(|l| {
+                self.limits[l]
+                    .is_none_or(|limit| self.spent[l] + self.in_flight(l) + amount <= limit)
+            })
+        }
+    }
+
+    proptest::proptest! {
+        /// Budget conservation against a naive reference, one step at a time: the cells admit
+        /// exactly what the reference admits; what each holds is exactly the sum of the open
+        /// reservations' holds (never below zero: the release assertion runs on every settle
+        /// and drop); spend is exactly what was settled and booked.
+        #[test]
+        fn holds_and_spend_balance_against_a_reference(
+            limits in proptest::array::uniform3(proptest::option::of(0u64..3_000)),
+            steps in proptest::collection::vec(step(), 1..120),
+        ) {
+            let spec = |limit: Option<u64>, period| BudgetSpec {
+                limit: limit.map(Nanos),
+                ..BudgetSpec::unlimited(period)
+            };
+            let (_dir, a) = test_directory(
+                spec(limits[0], Period::Month),
+                spec(limits[1], Period::Month),
+                spec(limits[2], Period::Total),
+            )
+            .unwrap();
+            let mut books = Books { limits, spent: [0; 3], open: Vec::new() };
+            let mut open: Vec<Reservation> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Reserve(amount) => {
+                        let admitted = reserve(&a, JAN_15, Nanos(amount));
+                        let expected = books.admits(amount);
+                        proptest::prop_assert_eq!(admitted.is_ok(), expected, "{:?}", books);
+                        if let Ok(r) = admitted {
+                            // An unlimited cell holds nothing.
+                            let holds = books.limits.map(|l| l.map_or(0, |_| amount));
+                            books.open.push(holds);
+                            open.push(r);
+                        }
+                    }
+                    Step::Settle(i, cost) if !open.is_empty() => {
+                        let i = i % open.len();
+                        books.open.swap_remove(i);
+                        let _ = open.swap_remove(i).settle(Nanos(cost));
+                        books.spent = books.spent.map(|s| s + cost);
+                    }
+                    Step::Drop(i) if !open.is_empty() => {
+                        let i = i % open.len();
+                        books.open.swap_remove(i);
+                        drop(open.swap_remove(i));
+                    }
+                    Step::Settle(..) | Step::Drop(_) => {}
+                    Step::Book(amount) => {
+                        let _ = book(&a, JAN_15, Nanos(amount));
+                        books.spent = books.spent.map(|s| s + amount);
+                    }
+                    Step::SetLimit(level, limit) => {
+                        let level = level % 3;
+                        a.budget_cells()[level].set_limit(limit.map(Nanos));
+                        books.limits[level] = limit;
+                    }
+                }
+                for (l, level) in Level::ALL.into_iter().enumerate() {
+                    let s = snap(&a, level, JAN_15);
+                    let held = books.in_flight(l);
+                    proptest::prop_assert_eq!(s.in_flight.0, held, "{:?} held", level);
+                    proptest::prop_assert_eq!(s.spent.0, books.spent[l], "{:?} spent", level);
+                }
+            }
+            drop(open);
+            for level in Level::ALL {
+                let held = snap(&a, level, JAN_15).in_flight;
+                proptest::prop_assert_eq!(held, Nanos(0), "{:?} leaked", level);
+            }
+        }
     }
 
     /// Many threads race reserve/settle/cancel on one allocation, across a month boundary:

@@ -1,7 +1,7 @@
 //! Reading TOML config with errors that name the file, line, column and field.
 //!
 //! Every config type of the engine goes through [`parse_toml`], so every bad file is reported
-//! the same way: `rates.toml:12:17: `version[0].model[3].input_per_mtok`: ...`.
+//! the same way: ``rates.toml:12:17: `version[0].model[3].input_per_mtok`: ...``.
 
 use std::io::Read;
 use std::ops::Range;

@@ -29,17 +29,17 @@ pub enum Error {
     /// A config file could not be read at all.
     #[error("cannot read {origin}: {source}")]
     ConfigRead {
-        /// The file name.
+        /// The path as given.
         origin: String,
-        /// The I/O error.
+        /// The operating system's error (not found, permission, ...).
         source: std::io::Error,
     },
     /// A config file is larger than [`crate::limits::CONFIG_BYTES_MAX`].
     #[error("{origin} is larger than the {limit_bytes}-byte limit for config files")]
     ConfigTooLarge {
-        /// The file name.
+        /// The path as given.
         origin: String,
-        /// The limit.
+        /// The most bytes a config file may hold.
         limit_bytes: u64,
     },
     /// A budget level has no room for the reservation; nothing was reserved anywhere.
@@ -90,15 +90,15 @@ pub enum Error {
     Unknown {
         /// What kind of thing (`team`, `project`, `allocation`, `key`).
         kind: &'static str,
-        /// The name given.
+        /// The name given (capped in length where it came from outside).
         name: String,
     },
     /// A name is already taken.
     #[error("{kind} `{name}` already exists")]
     Duplicate {
-        /// What kind of thing.
+        /// What kind of thing (`team`, `project`, `allocation`).
         kind: &'static str,
-        /// The name given.
+        /// The name given, which stays with what already holds it.
         name: String,
     },
     /// A newly generated key's hash collides with a stored one; generate another secret.
@@ -107,9 +107,9 @@ pub enum Error {
     /// Too little randomness was supplied for a key secret.
     #[error("a key secret needs {needed} random bytes, got {got}")]
     NotEnoughEntropy {
-        /// Bytes needed.
+        /// Random bytes a secret takes ([`crate::limits::KEY_SECRET_BYTES`]).
         needed: usize,
-        /// Bytes given.
+        /// Random bytes the caller passed.
         got: usize,
     },
 }
@@ -123,13 +123,14 @@ pub enum Error {
 pub struct BudgetExhausted {
     /// The level that refused.
     pub level: Level,
-    /// That level's name.
+    /// The allocation's, project's or team's name.
     pub name: Arc<str>,
     /// The budget period of that level.
     pub period: Period,
     /// The limit of that level for the period.
     pub limit: Nanos,
-    /// What was asked for.
+    /// The amount the reservation asked to hold: a call's estimated bound, or the cost of
+    /// an authorized quantity.
     pub requested: Nanos,
     /// What was left (limit minus spent minus in-flight reservations).
     pub remaining: Nanos,

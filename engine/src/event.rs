@@ -124,13 +124,14 @@ pub struct UsageEvent {
     pub request_id: Arc<str>,
     /// Attempt number within the request, from 1.
     pub attempt: u16,
-    /// Organisation.
+    /// Organisation of the team. The identity fields, `org` to `key_id`, are `None` for a
+    /// refusal of an unknown key, which costs nothing.
     pub org: Option<Arc<str>>,
-    /// Team.
+    /// Team of the allocation: the widest budget level.
     pub team: Option<Arc<str>>,
-    /// Project.
+    /// Project of the allocation: the middle budget level.
     pub project: Option<Arc<str>>,
-    /// Allocation charged.
+    /// Allocation charged: the narrowest budget level, the one a key is bound to.
     pub allocation: Option<Arc<str>>,
     /// Cost center charged.
     pub cost_center: Option<Arc<str>>,
@@ -146,13 +147,13 @@ pub struct UsageEvent {
     pub model: Option<Arc<str>>,
     /// Deployment or upstream that served it (Azure deployment, vLLM host, ...).
     pub deployment: Option<Arc<str>>,
-    /// All prompt tokens.
+    /// All prompt tokens, cached and cache-written ones included.
     pub tokens_in: Tokens,
-    /// All completion tokens.
+    /// All completion tokens, reasoning included.
     pub tokens_out: Tokens,
-    /// Prompt tokens read from cache.
+    /// Prompt tokens read from the provider's cache (within `tokens_in`).
     pub tokens_cached: Tokens,
-    /// Prompt tokens written to cache.
+    /// Prompt tokens written to the provider's cache (within `tokens_in`).
     pub tokens_cache_write: Tokens,
     /// Reasoning tokens (within `tokens_out`).
     pub tokens_reasoning: Tokens,
@@ -160,7 +161,7 @@ pub struct UsageEvent {
     pub usage_source: UsageSource,
     /// Quantity of a resource in millionths of `unit`.
     pub quantity_micros: Option<Micros>,
-    /// Unit of a resource.
+    /// Unit of a resource record; `None` for model calls.
     pub unit: Option<ResourceUnit>,
     /// Cluster of a compute or storage record.
     pub cluster: Option<Arc<str>>,
@@ -170,7 +171,7 @@ pub struct UsageEvent {
     /// before it read as `None`.
     #[serde(default)]
     pub instance_type: Option<Arc<str>>,
-    /// Cost at list price.
+    /// Cost at list price, before markup or discount.
     pub list_cost_nanos: Nanos,
     /// Cost charged to budgets, after markup or discount.
     pub cost_nanos: Nanos,
@@ -182,7 +183,7 @@ pub struct UsageEvent {
     pub ttft_ms: Option<u32>,
     /// Total time from arrival to the last byte.
     pub latency_ms: Option<u32>,
-    /// How it ended.
+    /// How it ended: served, or refused or failed and why.
     pub status: Status,
     /// HTTP status returned to the client.
     pub http_status: Option<u16>,
@@ -270,17 +271,17 @@ pub enum EventDecodeError {
     /// Not valid event JSON.
     #[error("usage event JSON at line {line}, column {column}: {reason}")]
     Json {
-        /// 1-based line.
+        /// 1-based line of the payload where parsing stopped.
         line: usize,
-        /// 1-based column.
+        /// 1-based column where parsing stopped.
         column: usize,
-        /// What serde said.
+        /// What serde said: the field and what is wrong.
         reason: String,
     },
     /// Written by an incompatible schema version.
     #[error("usage event schema version {found} is not {USAGE_EVENT_VERSION}")]
     Version {
-        /// The version found.
+        /// The `v` the event carries.
         found: u16,
     },
 }

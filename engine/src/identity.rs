@@ -33,9 +33,9 @@ use crate::time::UnixMs;
 /// A team: the top budget level below the org.
 #[derive(Debug)]
 pub struct Team {
-    /// Unique team name.
+    /// Unique team name: what events, reports and the admin API call it.
     pub name: Arc<str>,
-    /// The organisation it belongs to.
+    /// The organisation it belongs to (the FOCUS billing account).
     pub org: Arc<str>,
     /// The team's budget, shared by all its projects.
     pub budget: Arc<BudgetCell>,
@@ -44,9 +44,9 @@ pub struct Team {
 /// A project within a team.
 #[derive(Debug)]
 pub struct Project {
-    /// Unique project name.
+    /// Unique project name, across teams.
     pub name: Arc<str>,
-    /// Its team.
+    /// Its team, whose budget its spend also counts against.
     pub team: Arc<Team>,
     /// The project's budget, shared by all its allocations.
     pub budget: Arc<BudgetCell>,
@@ -55,20 +55,20 @@ pub struct Project {
 /// The unit a key is bound to and spend is charged to.
 #[derive(Debug)]
 pub struct Allocation {
-    /// Unique allocation name.
+    /// Unique allocation name, across projects: what keys and usage records name.
     pub name: Arc<str>,
     /// Its project (and through it, team and org).
     pub project: Arc<Project>,
     /// The cost center its spend is charged to.
     pub cost_center: Arc<str>,
-    /// Models it may use.
+    /// Models it may use; a key's own list narrows it further.
     pub models: AllowList,
     /// Its own budget counters (the project's and team's are reached through `project`).
     pub budget: BudgetCell,
 }
 
 impl Allocation {
-    /// The team.
+    /// The team, through the project.
     #[must_use]
     pub fn team(&self) -> &Arc<Team> {
         &self.project.team
@@ -168,15 +168,15 @@ impl AllowList {
 /// How an allocation is described when it is created.
 #[derive(Clone, Debug)]
 pub struct AllocationSpec {
-    /// Unique name.
+    /// Its name, unique across projects (a duplicate is refused).
     pub name: String,
-    /// Existing project.
+    /// The project it belongs to, which must exist already.
     pub project: String,
-    /// Cost center charged.
+    /// The cost center its spend is charged to.
     pub cost_center: String,
-    /// Models it may use.
+    /// Models it may use; keys bound to it may narrow this, never widen it.
     pub models: AllowList,
-    /// Its own budget.
+    /// Its own limit and period (the project's and team's are theirs).
     pub budget: BudgetSpec,
 }
 
@@ -438,9 +438,10 @@ impl fmt::Debug for KeyHash {
 /// Requests- and tokens-per-minute limits of a key; `None` is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLimits {
-    /// Requests per minute.
+    /// Model calls admitted per minute, with a burst of as many.
     pub requests_per_minute: Option<NonZeroU32>,
-    /// Tokens per minute.
+    /// Prompt and completion tokens per minute, charged after each call (a key in debt is
+    /// refused until it has paid it off).
     pub tokens_per_minute: Option<NonZeroU32>,
 }
 
@@ -449,7 +450,7 @@ pub struct KeyLimits {
 pub struct Scopes(u8);
 
 impl Scopes {
-    /// Model calls only.
+    /// No scope: the key may call models and nothing more.
     pub const NONE: Scopes = Scopes(0);
     /// May record resource usage and authorize it (`/v1/usage`), for any allocation: the
     /// credential of a scheduler hook or an importer.
@@ -494,19 +495,19 @@ impl Scopes {
 /// How a key is described when it is created or restored.
 #[derive(Clone, Debug)]
 pub struct KeySpec {
-    /// The user who owns it.
+    /// The user who owns it, recorded on every event it makes.
     pub user: String,
-    /// The agent it is for, if one.
+    /// The agent it is for, if one (an agent's calls are told apart in events).
     pub agent: Option<String>,
     /// When it stops working; `None` never.
     pub expires_at: Option<UnixMs>,
     /// Models it may use (intersected with its allocation's).
     pub models: AllowList,
-    /// Its rate limits.
+    /// Its requests- and tokens-per-minute limits.
     pub limits: KeyLimits,
     /// What it may do besides calling models.
     pub scopes: Scopes,
-    /// When it was made.
+    /// When it was made: now for a new key, the original instant for a restored one.
     pub created_at: UnixMs,
     /// Restored already revoked: published unusable, never usable for an instant.
     pub revoked: bool,
@@ -519,7 +520,7 @@ pub struct VirtualKey {
     /// The eight hex digits of the display prefix, one nibble each: four bytes, so the key
     /// stays within its allocator size class with room for its scopes.
     display_prefix: u32,
-    /// The user who owns it.
+    /// The user who owns it, recorded on every event it makes.
     pub user: Arc<str>,
     /// The agent it is for, if one.
     pub agent: Option<Arc<str>>,
@@ -528,11 +529,11 @@ pub struct VirtualKey {
     /// Expiry in ms since the epoch, [`NEVER`] for none, or [`REVOKED`]: one word, so that
     /// revocation is one store and a key costs 128 bytes resident.
     expiry: AtomicI64,
-    /// When it was made.
+    /// When it was made (the admin API lists keys in this order).
     pub created_at: UnixMs,
     /// Models it may use (its allocation's list applies too).
     pub models: AllowList,
-    /// Its rate limits.
+    /// Its requests- and tokens-per-minute limits.
     pub limits: KeyLimits,
     /// What it may do besides calling models.
     pub scopes: Scopes,
@@ -544,13 +545,13 @@ const NEVER: i64 = i64::MAX;
 const REVOKED: i64 = i64::MIN;
 
 impl VirtualKey {
-    /// The public id.
+    /// The public id (the first eight bytes of the hash), safe to log and to show.
     #[must_use]
     pub fn id(&self) -> KeyId {
         self.hash.id()
     }
 
-    /// The stored hash.
+    /// The SHA-256 of the secret: all that is stored of it.
     #[must_use]
     pub fn hash(&self) -> KeyHash {
         self.hash

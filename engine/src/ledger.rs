@@ -137,7 +137,7 @@ impl fmt::Display for ReservationId {
 pub struct RecordError {
     /// The field (`quantity`), or `record` for the record as a whole.
     pub field: String,
-    /// What is wrong.
+    /// What is wrong with it, in words for the caller.
     pub reason: String,
 }
 
@@ -155,7 +155,7 @@ pub struct UsageRecord {
     pub id: RecordId,
     /// The allocation charged, by name.
     pub allocation: Arc<str>,
-    /// The unit.
+    /// The unit its quantity counts, which picks the price.
     pub unit: ResourceUnit,
     /// How much, in millionths of the unit.
     pub quantity: Micros,
@@ -163,7 +163,7 @@ pub struct UsageRecord {
     pub start: UnixMs,
     /// When it ended (at or after `start`).
     pub end: UnixMs,
-    /// Where.
+    /// Where it was used: what picks the most specific price.
     pub site: Site,
     /// Who (a job's user), if known.
     pub user: Option<Arc<str>>,
@@ -424,10 +424,11 @@ pub enum IndexError {
         /// The oldest instant accepted now.
         oldest: UnixMs,
     },
-    /// The index holds its most ids.
+    /// The index holds its most ids; it forgets ids only as their records leave the window
+    /// ([`RecordIndex::prune`]).
     #[error("the ledger remembers at most {records_max} record ids")]
     Full {
-        /// Its bound.
+        /// The most ids the index holds (its config).
         records_max: usize,
     },
 }
@@ -528,13 +529,13 @@ impl RecordIndex {
 pub struct Hold {
     /// The budget held (at allocation, project and team).
     pub reservation: Reservation,
-    /// What was authorized.
+    /// The unit authorized, which the settling usage is expected in.
     pub unit: ResourceUnit,
-    /// How much of it.
+    /// The quantity authorized, in millionths of `unit`.
     pub quantity: Micros,
-    /// The amount held.
+    /// The quantity's billed cost when it was taken: what is held at every limited level.
     pub amount: Nanos,
-    /// When it was taken.
+    /// When `authorize` took it (`expires_at` is this plus the hold's TTL).
     pub taken_at: UnixMs,
     /// When it is given back if nothing settles it.
     pub expires_at: UnixMs,
@@ -544,7 +545,7 @@ pub struct Hold {
 #[derive(Debug, thiserror::Error)]
 #[error("the ledger keeps at most {reservations_max} reservations")]
 pub struct BookFull {
-    /// Its bound.
+    /// The most holds the book keeps (its config).
     pub reservations_max: usize,
     /// The hold, given back to the caller (dropping it releases the budget).
     pub hold: Box<Hold>,

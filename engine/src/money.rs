@@ -22,7 +22,7 @@ pub struct Nanos(pub u64);
 pub const NANOS_PER_UNIT: u64 = 1_000_000_000;
 
 impl Nanos {
-    /// Zero.
+    /// Nothing owed: the cost of a refusal.
     pub const ZERO: Nanos = Nanos(0);
     /// The largest amount, used where a sum cannot be represented (it refuses any budget).
     pub const MAX: Nanos = Nanos(u64::MAX);
@@ -168,7 +168,7 @@ pub fn ceil_div(numerator: u128, denominator: u128) -> u128 {
 /// Why a decimal amount was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecimalError {
-    /// Empty text.
+    /// Nothing to parse: the text is empty or only whitespace.
     #[error("empty amount")]
     Empty,
     /// A character that is not a digit or the one decimal point.

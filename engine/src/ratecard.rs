@@ -74,17 +74,17 @@ impl ResourceUnit {
 /// Prices of one model, per million tokens of each kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModelPrice {
-    /// The model.
+    /// The model priced, as `provider/model`: the key the version looks it up by.
     pub model: ModelRef,
     /// Uncached prompt tokens.
     pub input_per_mtok: PricePerMTok,
-    /// Prompt tokens read from cache.
+    /// Prompt tokens read from cache (the input price when the card names none).
     pub cached_input_per_mtok: PricePerMTok,
-    /// Prompt tokens written to cache.
+    /// Prompt tokens written to cache (the input price when the card names none).
     pub cache_write_per_mtok: PricePerMTok,
     /// Completion tokens other than reasoning.
     pub output_per_mtok: PricePerMTok,
-    /// Reasoning tokens.
+    /// Reasoning tokens (the output price when the card names none).
     pub reasoning_per_mtok: PricePerMTok,
     /// Most completion tokens the model can return; bounds reservations when a request sets none.
     pub max_output_tokens: u64,
@@ -100,7 +100,7 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// Nothing.
+    /// No cost at either price: a refusal's.
     pub const ZERO: Cost = Cost {
         list: Nanos::ZERO,
         billed: Nanos::ZERO,
@@ -167,7 +167,7 @@ impl ModelPrice {
 /// instance type (a node or machine type). Each is optional; prices match on what is given.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Site {
-    /// Cluster.
+    /// Cluster (a Slurm cluster, a Kubernetes cluster, a storage system).
     pub cluster: Option<Arc<str>>,
     /// Partition, queue or storage tier.
     pub partition: Option<Arc<str>>,
@@ -178,7 +178,7 @@ pub struct Site {
 /// The price of one resource unit, optionally only on one cluster, partition or instance type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResourcePrice {
-    /// The unit priced.
+    /// The unit priced; a price fits only usage in this unit.
     pub unit: ResourceUnit,
     /// Only on this cluster, or any.
     pub cluster: Option<Arc<str>>,
@@ -209,8 +209,8 @@ pub struct RateVersion {
     pub effective_from: UnixMs,
     models: HashMap<Arc<str>, ModelPrice>,
     resources: Vec<ResourcePrice>,
-    team_adjustments: HashMap<Arc<str>, Adjustment>,
-    project_adjustments: HashMap<Arc<str>, Adjustment>,
+    team_adjustments: Adjustments,
+    project_adjustments: Adjustments,
 }
 
 impl RateVersion {
@@ -430,21 +430,25 @@ struct RawAdjustment {
     percent: Adjustment,
 }
 
+/// The card's text and its name, for errors that say where.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Source<'_> {
+    fn error(self, field: String, span: std::ops::Range<usize>, reason: String) -> Error {
+        config_error(self.text, self.origin, &field, Some(span), reason)
+    }
+}
+
 impl RawCard {
     fn validate(self, text: &str, origin: &str) -> Result<RateCard> {
-        let err = |field: String, span: std::ops::Range<usize>, reason: String| {
-            config_error(text, origin, &field, Some(span), reason)
-        };
-        let currency = self.currency.get_ref();
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(err(
-                "currency".into(),
-                self.currency.span(),
-                format!("`{currency}` is not an ISO 4217 code like \"USD\""),
-            ));
-        }
+        let source = Source { text, origin };
+        let currency = validate_currency(&self.currency, source)?;
         if self.version.len() > RATE_CARD_VERSIONS_MAX {
-            return Err(err(
+            return Err(source.error(
                 "version".into(),
                 0..0,
                 format!("more than {RATE_CARD_VERSIONS_MAX} versions"),
@@ -454,137 +458,216 @@ impl RawCard {
         let mut spans = Vec::with_capacity(self.version.len());
         for (vi, raw) in self.version.into_iter().enumerate() {
             let span = raw.span();
-            let raw = raw.into_inner();
-            let id_span = raw.id.span();
-            let id = raw.id.into_inner();
-            if id.trim().is_empty() {
-                return Err(err(
-                    format!("version[{vi}].id"),
-                    id_span,
-                    "must not be empty".into(),
-                ));
-            }
-            if versions.iter().any(|v| *v.id == *id) {
-                return Err(err(
-                    format!("version[{vi}].id"),
-                    id_span,
-                    format!("version id `{id}` is used twice"),
-                ));
-            }
-            let effective_from =
-                crate::time::utc_instant(raw.effective_from.get_ref()).map_err(|reason| {
-                    err(
-                        format!("version[{vi}].effective_from"),
-                        raw.effective_from.span(),
-                        reason,
-                    )
-                })?;
-            let mut models = HashMap::with_capacity(raw.model.len());
-            for (mi, m) in raw.model.into_iter().enumerate() {
-                let m_span = m.span();
-                let m = m.into_inner();
-                let input = m.input_per_mtok;
-                let output = m.output_per_mtok;
-                let price = ModelPrice {
-                    input_per_mtok: input,
-                    cached_input_per_mtok: m.cached_input_per_mtok.unwrap_or(input),
-                    cache_write_per_mtok: m.cache_write_per_mtok.unwrap_or(input),
-                    output_per_mtok: output,
-                    reasoning_per_mtok: m.reasoning_per_mtok.unwrap_or(output),
-                    max_output_tokens: m
-                        .max_output_tokens
-                        .unwrap_or(self.default_max_output_tokens),
-                    model: m.name,
-                };
-                let name = price.model.as_arc().clone();
-                if models.insert(name.clone(), price).is_some() {
-                    return Err(err(
-                        format!("version[{vi}].model[{mi}].name"),
-                        m_span,
-                        format!("model `{name}` is priced twice in this version"),
-                    ));
-                }
-            }
-            let mut resources: Vec<ResourcePrice> = Vec::with_capacity(raw.resource.len());
-            for (ri, r) in raw.resource.into_iter().enumerate() {
-                let price = ResourcePrice {
-                    unit: r.unit,
-                    cluster: r.cluster.map(Arc::from),
-                    partition: r.partition.map(Arc::from),
-                    instance_type: r.instance_type.map(Arc::from),
-                    price_per_unit: r.price_per_unit,
-                };
-                if resources.iter().any(|p| {
-                    p.unit == price.unit
-                        && p.cluster == price.cluster
-                        && p.partition == price.partition
-                        && p.instance_type == price.instance_type
-                }) {
-                    return Err(err(
-                        format!("version[{vi}].resource[{ri}]"),
-                        span.clone(),
-                        format!(
-                            "`{}` for cluster {:?}, partition {:?} and instance type {:?} is priced twice",
-                            price.unit.as_str(),
-                            price.cluster,
-                            price.partition,
-                            price.instance_type
-                        ),
-                    ));
-                }
-                resources.push(price);
-            }
-            let mut team_adjustments = HashMap::new();
-            let mut project_adjustments = HashMap::new();
-            for (ai, a) in raw.adjustment.into_iter().enumerate() {
-                let a_span = a.span();
-                let a = a.into_inner();
-                let field = format!("version[{vi}].adjustment[{ai}]");
-                let (map, name) = match (a.team, a.project) {
-                    (Some(team), None) => (&mut team_adjustments, team),
-                    (None, Some(project)) => (&mut project_adjustments, project),
-                    _ => {
-                        return Err(err(
-                            field,
-                            a_span,
-                            "name exactly one of `team` or `project`".into(),
-                        ));
-                    }
-                };
-                if map.insert(Arc::from(name.as_str()), a.percent).is_some() {
-                    return Err(err(field, a_span, format!("`{name}` is adjusted twice")));
-                }
-            }
-            versions.push(RateVersion {
-                id: Arc::from(id),
-                effective_from,
-                models,
-                resources,
-                team_adjustments,
-                project_adjustments,
-            });
+            let version = raw.into_inner().validate(
+                vi,
+                &span,
+                &versions,
+                self.default_max_output_tokens,
+                source,
+            )?;
+            versions.push(version);
             spans.push(span);
         }
-        for (i, pair) in versions.windows(2).enumerate() {
-            if let [earlier, later] = pair
-                && later.effective_from <= earlier.effective_from
-            {
-                return Err(err(
-                    format!("version[{}].effective_from", i + 1),
-                    spans.get(i + 1).cloned().unwrap_or(0..0),
-                    format!(
-                        "versions must be listed oldest first with distinct instants: {} is not after {}",
-                        later.effective_from, earlier.effective_from
-                    ),
-                ));
-            }
-        }
+        check_order(&versions, &spans, source)?;
         Ok(RateCard {
-            currency: Arc::from(currency.as_str()),
+            currency,
             default_max_output_tokens: self.default_max_output_tokens,
             versions,
         })
     }
+}
+
+/// An ISO 4217 code: three capital letters.
+fn validate_currency(currency: &Spanned<String>, source: Source<'_>) -> Result<Arc<str>> {
+    let code = currency.get_ref();
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(source.error(
+            "currency".into(),
+            currency.span(),
+            format!("`{code}` is not an ISO 4217 code like \"USD\""),
+        ));
+    }
+    Ok(Arc::from(code.as_str()))
+}
+
+/// Versions listed oldest first, no two in force from the same instant.
+fn check_order(
+    versions: &[RateVersion],
+    spans: &[std::ops::Range<usize>],
+    source: Source<'_>,
+) -> Result<()> {
+    for (i, pair) in versions.windows(2).enumerate() {
+        if let [earlier, later] = pair
+            && later.effective_from <= earlier.effective_from
+        {
+            return Err(source.error(
+                format!("version[{}].effective_from", i + 1),
+                spans.get(i + 1).cloned().unwrap_or(0..0),
+                format!(
+                    "versions must be listed oldest first with distinct instants: {} is not after {}",
+                    later.effective_from, earlier.effective_from
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RawVersion {
+    /// Version `vi` (spanning `span`), given the versions before it.
+    fn validate(
+        self,
+        vi: usize,
+        span: &std::ops::Range<usize>,
+        earlier: &[RateVersion],
+        default_max_output_tokens: u64,
+        source: Source<'_>,
+    ) -> Result<RateVersion> {
+        let id_span = self.id.span();
+        let id = self.id.into_inner();
+        if id.trim().is_empty() {
+            return Err(source.error(
+                format!("version[{vi}].id"),
+                id_span,
+                "must not be empty".into(),
+            ));
+        }
+        if earlier.iter().any(|v| *v.id == *id) {
+            return Err(source.error(
+                format!("version[{vi}].id"),
+                id_span,
+                format!("version id `{id}` is used twice"),
+            ));
+        }
+        let effective_from =
+            crate::time::utc_instant(self.effective_from.get_ref()).map_err(|reason| {
+                source.error(
+                    format!("version[{vi}].effective_from"),
+                    self.effective_from.span(),
+                    reason,
+                )
+            })?;
+        let models = validate_models(vi, self.model, default_max_output_tokens, source)?;
+        let resources = validate_resources(vi, span, self.resource, source)?;
+        let (team_adjustments, project_adjustments) =
+            validate_adjustments(vi, self.adjustment, source)?;
+        Ok(RateVersion {
+            id: Arc::from(id),
+            effective_from,
+            models,
+            resources,
+            team_adjustments,
+            project_adjustments,
+        })
+    }
+}
+
+/// A version's model prices by name, with unpriced kinds of token at their base price; a
+/// model priced twice is refused.
+fn validate_models(
+    vi: usize,
+    raw: Vec<Spanned<RawModel>>,
+    default_max_output_tokens: u64,
+    source: Source<'_>,
+) -> Result<HashMap<Arc<str>, ModelPrice>> {
+    let mut models = HashMap::with_capacity(raw.len());
+    for (mi, m) in raw.into_iter().enumerate() {
+        let m_span = m.span();
+        let m = m.into_inner();
+        let input = m.input_per_mtok;
+        let output = m.output_per_mtok;
+        let price = ModelPrice {
+            input_per_mtok: input,
+            cached_input_per_mtok: m.cached_input_per_mtok.unwrap_or(input),
+            cache_write_per_mtok: m.cache_write_per_mtok.unwrap_or(input),
+            output_per_mtok: output,
+            reasoning_per_mtok: m.reasoning_per_mtok.unwrap_or(output),
+            max_output_tokens: m.max_output_tokens.unwrap_or(default_max_output_tokens),
+            model: m.name,
+        };
+        let name = price.model.as_arc().clone();
+        if models.insert(name.clone(), price).is_some() {
+            return Err(source.error(
+                format!("version[{vi}].model[{mi}].name"),
+                m_span,
+                format!("model `{name}` is priced twice in this version"),
+            ));
+        }
+    }
+    Ok(models)
+}
+
+/// A version's resource prices; two for the same unit and place are refused (the error points
+/// at the version, `span`: resource tables carry no span of their own).
+fn validate_resources(
+    vi: usize,
+    span: &std::ops::Range<usize>,
+    raw: Vec<RawResource>,
+    source: Source<'_>,
+) -> Result<Vec<ResourcePrice>> {
+    let mut resources: Vec<ResourcePrice> = Vec::with_capacity(raw.len());
+    for (ri, r) in raw.into_iter().enumerate() {
+        let price = ResourcePrice {
+            unit: r.unit,
+            cluster: r.cluster.map(Arc::from),
+            partition: r.partition.map(Arc::from),
+            instance_type: r.instance_type.map(Arc::from),
+            price_per_unit: r.price_per_unit,
+        };
+        if resources.iter().any(|p| {
+            p.unit == price.unit
+                && p.cluster == price.cluster
+                && p.partition == price.partition
+                && p.instance_type == price.instance_type
+        }) {
+            return Err(source.error(
+                format!("version[{vi}].resource[{ri}]"),
+                span.clone(),
+                format!(
+                    "`{}` for cluster {:?}, partition {:?} and instance type {:?} is priced twice",
+                    price.unit.as_str(),
+                    price.cluster,
+                    price.partition,
+                    price.instance_type
+                ),
+            ));
+        }
+        resources.push(price);
+    }
+    Ok(resources)
+}
+
+/// Markups and discounts by team or project name.
+type Adjustments = HashMap<Arc<str>, Adjustment>;
+
+/// A version's adjustments by team and by project; each names exactly one, once.
+fn validate_adjustments(
+    vi: usize,
+    raw: Vec<Spanned<RawAdjustment>>,
+    source: Source<'_>,
+) -> Result<(Adjustments, Adjustments)> {
+    let mut team_adjustments = HashMap::new();
+    let mut project_adjustments = HashMap::new();
+    for (ai, a) in raw.into_iter().enumerate() {
+        let a_span = a.span();
+        let a = a.into_inner();
+        let field = format!("version[{vi}].adjustment[{ai}]");
+        let (map, name) = match (a.team, a.project) {
+            (Some(team), None) => (&mut team_adjustments, team),
+            (None, Some(project)) => (&mut project_adjustments, project),
+            _ => {
+                return Err(source.error(
+                    field,
+                    a_span,
+                    "name exactly one of `team` or `project`".into(),
+                ));
+            }
+        };
+        if map.insert(Arc::from(name.as_str()), a.percent).is_some() {
+            return Err(source.error(field, a_span, format!("`{name}` is adjusted twice")));
+        }
+    }
+    Ok((team_adjustments, project_adjustments))
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::sync::{AtomicI64, Ordering};
 /// Microseconds in the one-minute window every limit is expressed over.
 const MINUTE_US: i64 = 60_000_000;
 
-/// One limit.
+/// One per-minute limit: its theoretical arrival time in one atomic word, so each check is
+/// a load and a compare-and-swap.
 #[derive(Debug)]
 pub struct Gcra {
     tat_us: AtomicI64,

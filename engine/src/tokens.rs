@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tiktoken_rs::tokenizer::{Tokenizer, get_tokenizer};
 
-/// A count of tokens.
+/// A count of tokens: a type of its own, so a token count can never be passed as money.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -272,7 +272,18 @@ async fn answer(
     if let Some(rest) = path.strip_prefix("/model/") {
         return bedrock(rest, request, config, stats).await;
     }
-    let api = if path.ends_with("/chat/completions") {
+    let Some(api) = openai_api(&path) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"message": format!("no route {path}"), "type": "not_found"}}),
+        );
+    };
+    openai(api, &path, request, config, stats).await
+}
+
+/// The API an OpenAI-, Azure- or Anthropic-style path calls, by its last segments.
+fn openai_api(path: &str) -> Option<Api> {
+    Some(if path.ends_with("/chat/completions") {
         Api::Chat
     } else if path.ends_with("/completions") {
         Api::Completions
@@ -283,11 +294,29 @@ async fn answer(
     } else if path.ends_with("/messages") {
         Api::Messages
     } else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"error": {"message": format!("no route {path}"), "type": "not_found"}}),
-        );
+        return None;
+    })
+}
+
+/// Reads a request body (at most [`REQUEST_BYTES_MAX`]) as JSON; the error is the mock's
+/// message, for each dialect to put in its own envelope.
+async fn read_json(body: Incoming) -> Result<Value, String> {
+    let body = match Limited::new(body, REQUEST_BYTES_MAX).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return Err(format!("mock: reading body: {e}")),
     };
+    serde_json::from_slice::<Value>(&body).map_err(|_| "mock: body is not JSON".to_owned())
+}
+
+/// An OpenAI, Azure OpenAI or Anthropic call: the caller's key checked, the body read, the
+/// `mock` object obeyed, then answered whole or streamed.
+async fn openai(
+    api: Api,
+    path: &str,
+    request: Request<Incoming>,
+    config: &MockConfig,
+    stats: &Stats,
+) -> Response<ChannelBody> {
     if let Some(expected) = &config.api_key {
         let headers = request.headers();
         let bearer = headers
@@ -319,95 +348,116 @@ async fn answer(
         .strip_prefix("/openai/deployments/")
         .and_then(|rest| rest.split('/').next())
         .map(str::to_owned);
-    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return error(
-                api,
-                StatusCode::BAD_REQUEST,
-                &format!("mock: reading body: {e}"),
-            );
-        }
-    };
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(api, StatusCode::BAD_REQUEST, "mock: body is not JSON");
+    let request = match read_json(request.into_body()).await {
+        Ok(request) => request,
+        Err(message) => return error(api, StatusCode::BAD_REQUEST, &message),
     };
     let served = stats.requests.fetch_add(1, Ordering::Relaxed);
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
-    let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
-    let defaults = &config.behaviour;
-    match steer(&knobs, served, defaults).await {
+    match steer(&knobs, served, &config.behaviour).await {
         Steer::Answer => {}
         Steer::Garbage => return garbage(),
         Steer::Fail(status) => return error(api, status, "mock: the error this request asked for"),
     }
-    let model = deployment.unwrap_or_else(|| {
-        request
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("mock")
-            .to_owned()
-    });
-    let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| request.get(*k).and_then(Value::as_u64))
-        .unwrap_or(defaults.tokens)
-        .min(TOKENS_MAX);
-    let tokens_out = if api == Api::Embeddings {
-        0
-    } else {
-        tokens_out
-    };
+    let answer = OpenAiAnswer::of(api, deployment, &request, &knobs, served, &config.behaviour);
     stats
         .completion_tokens
-        .fetch_add(tokens_out, Ordering::Relaxed);
-    let usage = Usage {
-        input: prompt_tokens(&request),
-        output: tokens_out,
-        cached: knob("cached_tokens").unwrap_or(0),
-        reasoning: knob("reasoning_tokens").unwrap_or(0).min(tokens_out),
-        omit: knobs
-            .get("omit_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(defaults.no_usage),
-    };
-    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
-    let token_ms = knob("token_ms").unwrap_or(defaults.token_ms);
-    let reset_after = knob("reset_after").or_else(|| {
-        defaults
-            .draw(served, 2, defaults.reset_percent)
-            .then_some(tokens_out / 2)
-    });
-    match (api, stream) {
-        (Api::Embeddings, _) => json_response(
-            StatusCode::OK,
-            &json!({
-                "object": "list",
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.25, 0.5, 0.75]}],
-                "model": model,
-                "usage": usage.openai_embeddings(),
-            }),
-        ),
-        (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => json_response(
-            StatusCode::OK,
-            &whole(api, &model, &usage, knobs.get("tool_use")),
-        ),
-        (_, true) => streamed(
+        .fetch_add(answer.usage.output, Ordering::Relaxed);
+    answer.respond()
+}
+
+/// What one OpenAI-, Azure- or Anthropic-style answer is made of.
+struct OpenAiAnswer {
+    api: Api,
+    /// The Azure deployment, or the request's `model`.
+    model: String,
+    usage: Usage,
+    stream: bool,
+    /// `stream_options.include_usage`: OpenAI's usage chunk at the end of a stream.
+    include_usage: bool,
+    token_ms: u64,
+    tool: Option<Value>,
+    /// Break the connection after this many streamed tokens.
+    reset_after: Option<u64>,
+}
+
+impl OpenAiAnswer {
+    /// The answer `request` asks for, steered by its `knobs` and the command line's `defaults`
+    /// (`served` draws the seeded resets).
+    fn of(
+        api: Api,
+        deployment: Option<String>,
+        request: &Value,
+        knobs: &Value,
+        served: u64,
+        defaults: &Behaviour,
+    ) -> OpenAiAnswer {
+        let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+        let model = deployment.unwrap_or_else(|| {
+            request
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("mock")
+                .to_owned()
+        });
+        let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| request.get(*k).and_then(Value::as_u64))
+            .unwrap_or(defaults.tokens)
+            .min(TOKENS_MAX);
+        let tokens_out = if api == Api::Embeddings {
+            0
+        } else {
+            tokens_out
+        };
+        let usage = Usage {
+            input: prompt_tokens(request),
+            output: tokens_out,
+            cached: knob("cached_tokens").unwrap_or(0),
+            reasoning: knob("reasoning_tokens").unwrap_or(0).min(tokens_out),
+            omit: knobs
+                .get("omit_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(defaults.no_usage),
+        };
+        OpenAiAnswer {
             api,
             model,
             usage,
-            include_usage,
-            token_ms,
-            knobs.get("tool_use").cloned(),
-            reset_after,
-        ),
+            stream: request.get("stream").and_then(Value::as_bool) == Some(true),
+            include_usage: request
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true),
+            token_ms: knob("token_ms").unwrap_or(defaults.token_ms),
+            tool: knobs.get("tool_use").cloned(),
+            reset_after: knob("reset_after").or_else(|| {
+                defaults
+                    .draw(served, 2, defaults.reset_percent)
+                    .then_some(tokens_out / 2)
+            }),
+        }
+    }
+
+    fn respond(self) -> Response<ChannelBody> {
+        match (self.api, self.stream) {
+            (Api::Embeddings, _) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "object": "list",
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.25, 0.5, 0.75]}],
+                    "model": self.model,
+                    "usage": self.usage.openai_embeddings(),
+                }),
+            ),
+            (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => {
+                json_response(
+                    StatusCode::OK,
+                    &whole(self.api, &self.model, &self.usage, self.tool.as_ref()),
+                )
+            }
+            (_, true) => streamed(self),
+        }
     }
 }
 
@@ -564,143 +614,176 @@ fn sse(event: Option<&str>, data: &Value) -> Bytes {
     }
 }
 
-fn streamed(
-    api: Api,
-    model: String,
-    usage: Usage,
-    include_usage: bool,
-    token_ms: u64,
-    tool: Option<Value>,
-    reset_after: Option<u64>,
-) -> Response<ChannelBody> {
+/// A streamed answer, written as it is generated: the opening events, one event per token
+/// (`token_ms` apart, broken off at `reset_after`), then the closing events.
+fn streamed(answer: OpenAiAnswer) -> Response<ChannelBody> {
     let (sender, receiver) = mpsc::channel(16);
     tokio::spawn(async move {
-        let pause = || async {
-            if token_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(token_ms)).await;
-            }
-        };
-        let mut events: Vec<Bytes> = Vec::new();
-        match api {
-            Api::Messages => {
-                events.push(sse(Some("message_start"), &json!({"type": "message_start", "message": {
-                    "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                    "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage.anthropic(1)}})));
-                events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-                events.push(sse(Some("ping"), &json!({"type": "ping"})));
-            }
-            Api::Responses => {
-                events.push(sse(Some("response.created"), &json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress", "model": model}})));
-            }
-            Api::Chat | Api::Completions | Api::Embeddings => {}
-        }
-        for chunk in events.drain(..) {
+        for chunk in answer.opening() {
             if sender.send(chunk).await.is_err() {
                 return;
             }
         }
-        for sent in 0..usage.output {
-            if reset_after == Some(sent) {
+        for sent in 0..answer.usage.output {
+            if answer.reset_after == Some(sent) {
                 // What was sent goes out first (an error aborts with what is unwritten).
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let _ = sender.send(Bytes::new()).await;
                 return;
             }
-            pause().await;
-            let event = match api {
-                Api::Messages => sse(
-                    Some("content_block_delta"),
-                    &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORD}}),
-                ),
-                Api::Responses => sse(
-                    Some("response.output_text.delta"),
-                    &json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": WORD}),
-                ),
-                Api::Completions => sse(
-                    None,
-                    &json!({"id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model, "choices": [{"index": 0, "text": WORD, "finish_reason": null}]}),
-                ),
-                Api::Chat | Api::Embeddings => sse(
-                    None,
-                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [{"index": 0, "delta": {"content": WORD}, "finish_reason": null}], "usage": null}),
-                ),
-            };
-            if sender.send(event).await.is_err() {
+            if answer.token_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(answer.token_ms)).await;
+            }
+            if sender.send(answer.token()).await.is_err() {
                 return; // the client hung up: stop generating, as a provider does
             }
         }
-        match api {
-            Api::Messages => {
-                events.push(sse(
-                    Some("content_block_stop"),
-                    &json!({"type": "content_block_stop", "index": 0}),
-                ));
-                if let Some(tool) = &tool {
-                    events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 1,
-                        "content_block": {"type": "tool_use", "id": "toolu_mock", "name": tool["name"], "input": {}}})));
-                    // The input JSON in two fragments, cut mid-token, as the provider streams it.
-                    let input = tool["input"].to_string();
-                    let cut = input.len() / 2;
-                    for part in [
-                        input.get(..cut).unwrap_or(""),
-                        input.get(cut..).unwrap_or(""),
-                    ] {
-                        events.push(sse(
-                            Some("content_block_delta"),
-                            &json!({"type": "content_block_delta", "index": 1,
-                            "delta": {"type": "input_json_delta", "partial_json": part}}),
-                        ));
-                    }
-                    events.push(sse(
-                        Some("content_block_stop"),
-                        &json!({"type": "content_block_stop", "index": 1}),
-                    ));
-                }
-                let stop_reason = if tool.is_some() {
-                    "tool_use"
-                } else {
-                    "end_turn"
-                };
-                let delta_usage = if usage.omit {
-                    json!({})
-                } else {
-                    json!({"output_tokens": usage.output})
-                };
-                events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": delta_usage})));
-                events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
-            }
-            Api::Responses => {
-                events.push(sse(Some("response.completed"), &json!({"type": "response.completed", "response": {
-                    "id": "resp_mock", "object": "response", "status": "completed", "model": model,
-                    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text(usage.output)}]}],
-                    "usage": usage.responses()}})));
-            }
-            Api::Chat | Api::Completions | Api::Embeddings => {
-                let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]});
-                events.push(sse(None, &last));
-                if include_usage && !usage.omit {
-                    events.push(sse(None, &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage.openai()})));
-                }
-                events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            }
-        }
-        for chunk in events {
+        for chunk in answer.closing() {
             if sender.send(chunk).await.is_err() {
                 return;
             }
         }
     });
+    stream_response(receiver, "text/event-stream", true)
+}
+
+/// A streamed response fed by `receiver`, of `content_type`, marked uncacheable when
+/// `no_cache` (as server-sent events are).
+fn stream_response(
+    receiver: mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+    no_cache: bool,
+) -> Response<ChannelBody> {
     let mut response = Response::new(ChannelBody { receiver });
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
+        header::HeaderValue::from_static(content_type),
     );
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
+    if no_cache {
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-cache"),
+        );
+    }
     response
+}
+
+impl OpenAiAnswer {
+    /// The events before the first token.
+    fn opening(&self) -> Vec<Bytes> {
+        let (model, usage) = (&self.model, &self.usage);
+        match self.api {
+            Api::Messages => vec![
+                sse(
+                    Some("message_start"),
+                    &json!({"type": "message_start", "message": {
+                    "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                    "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage.anthropic(1)}}),
+                ),
+                sse(
+                    Some("content_block_start"),
+                    &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                sse(Some("ping"), &json!({"type": "ping"})),
+            ],
+            Api::Responses => vec![sse(
+                Some("response.created"),
+                &json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress", "model": model}}),
+            )],
+            Api::Chat | Api::Completions | Api::Embeddings => Vec::new(),
+        }
+    }
+
+    /// The event carrying one token.
+    fn token(&self) -> Bytes {
+        let model = &self.model;
+        match self.api {
+            Api::Messages => sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORD}}),
+            ),
+            Api::Responses => sse(
+                Some("response.output_text.delta"),
+                &json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": WORD}),
+            ),
+            Api::Completions => sse(
+                None,
+                &json!({"id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model, "choices": [{"index": 0, "text": WORD, "finish_reason": null}]}),
+            ),
+            Api::Chat | Api::Embeddings => sse(
+                None,
+                &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [{"index": 0, "delta": {"content": WORD}, "finish_reason": null}], "usage": null}),
+            ),
+        }
+    }
+
+    /// The events after the last token: the finish, the usage, the end marker.
+    fn closing(&self) -> Vec<Bytes> {
+        let (model, usage) = (&self.model, &self.usage);
+        match self.api {
+            Api::Messages => self.anthropic_closing(),
+            Api::Responses => vec![sse(
+                Some("response.completed"),
+                &json!({"type": "response.completed", "response": {
+                    "id": "resp_mock", "object": "response", "status": "completed", "model": model,
+                    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text(usage.output)}]}],
+                    "usage": usage.responses()}}),
+            )],
+            Api::Chat | Api::Completions | Api::Embeddings => {
+                let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]});
+                let mut events = vec![sse(None, &last)];
+                if self.include_usage && !usage.omit {
+                    events.push(sse(None, &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage.openai()})));
+                }
+                events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                events
+            }
+        }
+    }
+
+    /// Anthropic's closing events: the text block's end, the tool call's block (its input in
+    /// two fragments), the stop reason with the output count, the message's end.
+    fn anthropic_closing(&self) -> Vec<Bytes> {
+        let mut events = vec![sse(
+            Some("content_block_stop"),
+            &json!({"type": "content_block_stop", "index": 0}),
+        )];
+        if let Some(tool) = &self.tool {
+            events.push(sse(Some("content_block_start"), &json!({"type": "content_block_start", "index": 1,
+                "content_block": {"type": "tool_use", "id": "toolu_mock", "name": tool["name"], "input": {}}})));
+            // The input JSON in two fragments, cut mid-token, as the provider streams it.
+            let input = tool["input"].to_string();
+            let cut = input.len() / 2;
+            for part in [
+                input.get(..cut).unwrap_or(""),
+                input.get(cut..).unwrap_or(""),
+            ] {
+                events.push(sse(
+                    Some("content_block_delta"),
+                    &json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": part}}),
+                ));
+            }
+            events.push(sse(
+                Some("content_block_stop"),
+                &json!({"type": "content_block_stop", "index": 1}),
+            ));
+        }
+        let stop_reason = if self.tool.is_some() {
+            "tool_use"
+        } else {
+            "end_turn"
+        };
+        let delta_usage = if self.usage.omit {
+            json!({})
+        } else {
+            json!({"output_tokens": self.usage.output})
+        };
+        events.push(sse(Some("message_delta"), &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": delta_usage})));
+        events.push(sse(Some("message_stop"), &json!({"type": "message_stop"})));
+        events
+    }
 }
 
 // ---- AWS Bedrock Converse and ConverseStream ----
@@ -754,6 +837,9 @@ fn bedrock_error(status: StatusCode, kind: &str, message: &str) -> Response<Chan
     response
 }
 
+/// A Bedrock `converse` or `converse-stream` call on `rest` (`{model}/{operation}`): the
+/// caller's signature checked, the body read, the `mock` object (under
+/// `additionalModelRequestFields`) obeyed, then answered whole or as an event stream.
 async fn bedrock(
     rest: &str,
     request: Request<Incoming>,
@@ -772,47 +858,14 @@ async fn bedrock(
             );
         }
     };
-    let headers = request.headers();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    // SigV4's shape (the signature itself is checked against AWS's vectors in the gateway's
-    // tests), or a Bedrock API key as a bearer token.
-    let signed = authorization.starts_with("AWS4-HMAC-SHA256 Credential=")
-        && authorization.contains("/bedrock/aws4_request, SignedHeaders=")
-        && authorization.contains("host;x-amz-date")
-        && headers.contains_key("x-amz-date");
-    let bearer = config
-        .api_key
-        .as_ref()
-        .is_some_and(|k| authorization == format!("Bearer {k}"));
-    if !signed && !bearer {
-        return bedrock_error(
-            StatusCode::FORBIDDEN,
-            "MissingAuthenticationTokenException",
-            "mock: request is not signed",
-        );
+    if let Some(refusal) = bedrock_refusal(request.headers(), config) {
+        return refusal;
     }
-    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return bedrock_error(
-                StatusCode::BAD_REQUEST,
-                "ValidationException",
-                &format!("mock: reading body: {e}"),
-            );
+    let request = match read_json(request.into_body()).await {
+        Ok(request) => request,
+        Err(message) => {
+            return bedrock_error(StatusCode::BAD_REQUEST, "ValidationException", &message);
         }
-    };
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return bedrock_error(
-            StatusCode::BAD_REQUEST,
-            "ValidationException",
-            "mock: body is not JSON",
-        );
     };
     if request.get("messages").and_then(Value::as_array).is_none() {
         return bedrock_error(
@@ -838,80 +891,119 @@ async fn bedrock(
             "mock: the error this request asked for",
         );
     }
-    let tokens_out = request
-        .pointer("/inferenceConfig/maxTokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(config.behaviour.tokens)
-        .min(TOKENS_MAX);
+    let answer = BedrockAnswer::of(model, &request, &knobs, config.behaviour.tokens);
     stats
         .completion_tokens
-        .fetch_add(tokens_out, Ordering::Relaxed);
-    let input = {
-        let mut bytes = text_bytes(request.get("messages").unwrap_or(&Value::Null));
-        bytes += text_bytes(request.get("system").unwrap_or(&Value::Null));
-        bytes.div_ceil(4).max(1)
-    };
-    let cached = knobs
-        .get("cached_tokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let usage = json!({
-        "inputTokens": input.saturating_sub(cached),
-        "outputTokens": tokens_out,
-        "totalTokens": input + tokens_out,
-        "cacheReadInputTokens": cached,
-        "cacheWriteInputTokens": 0,
-    });
-    let tool = knobs.get("tool_use").cloned();
-    let stop_reason = if tool.is_some() {
-        "tool_use"
-    } else {
-        "max_tokens"
-    };
+        .fetch_add(answer.tokens_out, Ordering::Relaxed);
     if !stream {
-        let mut content = vec![json!({"text": text(tokens_out)})];
-        if let Some(tool) = &tool {
+        return answer.whole();
+    }
+    let token_ms = knobs.get("token_ms").and_then(Value::as_u64).unwrap_or(0);
+    bedrock_streamed(answer, token_ms)
+}
+
+/// The caller's credential as Bedrock checks it: SigV4's shape (the signature itself is
+/// checked against AWS's vectors in the gateway's tests), or a Bedrock API key as a bearer
+/// token. `None` when the caller may go on.
+fn bedrock_refusal(
+    headers: &http::HeaderMap,
+    config: &MockConfig,
+) -> Option<Response<ChannelBody>> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let signed = authorization.starts_with("AWS4-HMAC-SHA256 Credential=")
+        && authorization.contains("/bedrock/aws4_request, SignedHeaders=")
+        && authorization.contains("host;x-amz-date")
+        && headers.contains_key("x-amz-date");
+    let bearer = config
+        .api_key
+        .as_ref()
+        .is_some_and(|k| authorization == format!("Bearer {k}"));
+    (!signed && !bearer).then(|| {
+        bedrock_error(
+            StatusCode::FORBIDDEN,
+            "MissingAuthenticationTokenException",
+            "mock: request is not signed",
+        )
+    })
+}
+
+/// What one Bedrock answer is made of.
+struct BedrockAnswer {
+    model: String,
+    tokens_out: u64,
+    /// The `usage` object, the same in a whole answer and a stream's `metadata` event.
+    usage: Value,
+    tool: Option<Value>,
+    stop_reason: &'static str,
+}
+
+impl BedrockAnswer {
+    /// The answer `request` asks for, steered by its `knobs`; `tokens_default` when it names
+    /// no `maxTokens`.
+    fn of(model: &str, request: &Value, knobs: &Value, tokens_default: u64) -> BedrockAnswer {
+        let tokens_out = request
+            .pointer("/inferenceConfig/maxTokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(tokens_default)
+            .min(TOKENS_MAX);
+        let input = {
+            let mut bytes = text_bytes(request.get("messages").unwrap_or(&Value::Null));
+            bytes += text_bytes(request.get("system").unwrap_or(&Value::Null));
+            bytes.div_ceil(4).max(1)
+        };
+        let cached = knobs
+            .get("cached_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let tool = knobs.get("tool_use").cloned();
+        BedrockAnswer {
+            model: model.to_owned(),
+            tokens_out,
+            usage: json!({
+                "inputTokens": input.saturating_sub(cached),
+                "outputTokens": tokens_out,
+                "totalTokens": input + tokens_out,
+                "cacheReadInputTokens": cached,
+                "cacheWriteInputTokens": 0,
+            }),
+            stop_reason: if tool.is_some() {
+                "tool_use"
+            } else {
+                "max_tokens"
+            },
+            tool,
+        }
+    }
+
+    /// Converse's answer: the text and the tool call, whole.
+    fn whole(&self) -> Response<ChannelBody> {
+        let mut content = vec![json!({"text": text(self.tokens_out)})];
+        if let Some(tool) = &self.tool {
             content.push(json!({"toolUse": {"toolUseId": "tooluse_mock", "name": tool["name"], "input": tool["input"]}}));
         }
-        return json_response(
+        json_response(
             StatusCode::OK,
             &json!({
                 "output": {"message": {"role": "assistant", "content": content}},
-                "stopReason": stop_reason,
-                "usage": usage,
+                "stopReason": self.stop_reason,
+                "usage": self.usage,
                 "metrics": {"latencyMs": 1},
-                "modelId": model,
+                "modelId": self.model,
             }),
-        );
+        )
     }
-    let token_ms = knobs.get("token_ms").and_then(Value::as_u64).unwrap_or(0);
-    let (sender, receiver) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut frames = vec![bedrock_event("messageStart", &json!({"role": "assistant"}))];
-        for frame in frames.drain(..) {
-            if sender.send(frame).await.is_err() {
-                return;
-            }
-        }
-        for _ in 0..tokens_out {
-            if token_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(token_ms)).await;
-            }
-            // Bedrock pads events with an undeclared "p" field.
-            let delta = json!({"contentBlockIndex": 0, "delta": {"text": WORD}, "p": "abcdefgh"});
-            if sender
-                .send(bedrock_event("contentBlockDelta", &delta))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        frames.push(bedrock_event(
+
+    /// The frames after the last token: the text block's end, the tool call's block (its
+    /// input in two fragments), the stop reason, and the usage.
+    fn closing(&self) -> Vec<Bytes> {
+        let mut frames = vec![bedrock_event(
             "contentBlockStop",
             &json!({"contentBlockIndex": 0}),
-        ));
-        if let Some(tool) = &tool {
+        )];
+        if let Some(tool) = &self.tool {
             frames.push(bedrock_event(
                 "contentBlockStart",
                 &json!({"contentBlockIndex": 1,
@@ -936,24 +1028,46 @@ async fn bedrock(
         }
         frames.push(bedrock_event(
             "messageStop",
-            &json!({"stopReason": stop_reason}),
+            &json!({"stopReason": self.stop_reason}),
         ));
         frames.push(bedrock_event(
             "metadata",
-            &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+            &json!({"usage": self.usage, "metrics": {"latencyMs": 1}}),
         ));
-        for frame in frames {
+        frames
+    }
+}
+
+/// ConverseStream's answer as AWS event-stream frames: the message's start, a frame per token
+/// (`token_ms` apart), then the closing frames.
+fn bedrock_streamed(answer: BedrockAnswer, token_ms: u64) -> Response<ChannelBody> {
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let start = bedrock_event("messageStart", &json!({"role": "assistant"}));
+        if sender.send(start).await.is_err() {
+            return;
+        }
+        for _ in 0..answer.tokens_out {
+            if token_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(token_ms)).await;
+            }
+            // Bedrock pads events with an undeclared "p" field.
+            let delta = json!({"contentBlockIndex": 0, "delta": {"text": WORD}, "p": "abcdefgh"});
+            if sender
+                .send(bedrock_event("contentBlockDelta", &delta))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        for frame in answer.closing() {
             if sender.send(frame).await.is_err() {
                 return;
             }
         }
     });
-    let mut response = Response::new(ChannelBody { receiver });
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
-    );
-    response
+    stream_response(receiver, "application/vnd.amazon.eventstream", false)
 }
 
 // ---- Google Gemini (the Gemini API and Vertex AI) ----
@@ -1186,6 +1300,40 @@ struct GeminiAnswer {
 }
 
 impl GeminiAnswer {
+    /// The answer `request` asks for (its prompt counted at `prompt` tokens), steered by its
+    /// `knobs` and the command line's `defaults`.
+    fn of(
+        model: String,
+        request: &Value,
+        prompt: u64,
+        knobs: &Value,
+        defaults: &Behaviour,
+    ) -> GeminiAnswer {
+        let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+        let candidates = request
+            .pointer("/generationConfig/maxOutputTokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(defaults.tokens)
+            .min(TOKENS_MAX);
+        let cached = knob("cached_tokens").unwrap_or(0);
+        GeminiAnswer {
+            model,
+            prompt: prompt.max(cached),
+            cached,
+            candidates,
+            // Gemini counts thoughts apart from the candidates.
+            thoughts: knob("thoughts_tokens")
+                .or_else(|| knob("reasoning_tokens"))
+                .unwrap_or(0)
+                .min(TOKENS_MAX),
+            omit_usage: knobs
+                .get("omit_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(defaults.no_usage),
+            tool: knobs.get("tool_use").cloned(),
+        }
+    }
+
     fn usage(&self, candidates: u64) -> Option<Value> {
         (!self.omit_usage)
             .then(|| gemini_usage(self.prompt, self.cached, candidates, self.thoughts))
@@ -1225,6 +1373,9 @@ impl GeminiAnswer {
     }
 }
 
+/// A Gemini API or Vertex AI call on `route`: the caller's credential checked, the body read
+/// and checked as Google checks it, the `mock` object obeyed, then answered whole or streamed
+/// (`countTokens` answers the prompt's count alone).
 async fn gemini(
     route: GeminiRoute,
     request: Request<Incoming>,
@@ -1250,17 +1401,9 @@ async fn gemini(
             );
         }
     };
-    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return google_error(StatusCode::BAD_REQUEST, &format!("mock: reading body: {e}"));
-        }
-    };
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return google_error(StatusCode::BAD_REQUEST, "mock: body is not JSON");
+    let request = match read_json(request.into_body()).await {
+        Ok(request) => request,
+        Err(message) => return google_error(StatusCode::BAD_REQUEST, &message),
     };
     if let Some(message) = gemini_invalid(&request) {
         return google_error(StatusCode::BAD_REQUEST, &format!("mock: {message}"));
@@ -1275,7 +1418,6 @@ async fn gemini(
     }
     let served = stats.requests.fetch_add(1, Ordering::Relaxed);
     let knobs = request.get("mock").cloned().unwrap_or(Value::Null);
-    let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
     let defaults = &config.behaviour;
     match steer(&knobs, served, defaults).await {
         Steer::Answer => {}
@@ -1284,28 +1426,7 @@ async fn gemini(
             return google_error(status, "mock: the error this request asked for");
         }
     }
-    let candidates = request
-        .pointer("/generationConfig/maxOutputTokens")
-        .and_then(Value::as_u64)
-        .unwrap_or(defaults.tokens)
-        .min(TOKENS_MAX);
-    let cached = knob("cached_tokens").unwrap_or(0);
-    let answer = GeminiAnswer {
-        model: route.model,
-        prompt: prompt.max(cached),
-        cached,
-        candidates,
-        // Gemini counts thoughts apart from the candidates.
-        thoughts: knob("thoughts_tokens")
-            .or_else(|| knob("reasoning_tokens"))
-            .unwrap_or(0)
-            .min(TOKENS_MAX),
-        omit_usage: knobs
-            .get("omit_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(defaults.no_usage),
-        tool: knobs.get("tool_use").cloned(),
-    };
+    let answer = GeminiAnswer::of(route.model, &request, prompt, &knobs, defaults);
     stats
         .completion_tokens
         .fetch_add(answer.candidates + answer.thoughts, Ordering::Relaxed);
@@ -1317,16 +1438,7 @@ async fn gemini(
             &answer.response(parts, answer.candidates, Some(answer.finish())),
         );
     }
-    let steer = GeminiSteer {
-        sse: query.split('&').any(|p| p == "alt=sse"),
-        token_ms: knob("token_ms").unwrap_or(defaults.token_ms),
-        reset_after: knob("reset_after").or_else(|| {
-            defaults
-                .draw(served, 2, defaults.reset_percent)
-                .then_some(answer.candidates / 2)
-        }),
-        error_after: knob("error_after"),
-    };
+    let steer = GeminiSteer::of(&query, &knobs, served, defaults, answer.candidates);
     gemini_streamed(answer, steer)
 }
 
@@ -1339,6 +1451,30 @@ struct GeminiSteer {
     reset_after: Option<u64>,
     /// Send Google's in-stream error event after this many tokens, then end.
     error_after: Option<u64>,
+}
+
+impl GeminiSteer {
+    /// How the request's `query` and `knobs` (or the command line's `defaults`, drawn for
+    /// request `served`) ask a stream of `candidates` tokens to be delivered.
+    fn of(
+        query: &str,
+        knobs: &Value,
+        served: u64,
+        defaults: &Behaviour,
+        candidates: u64,
+    ) -> GeminiSteer {
+        let knob = |name: &str| knobs.get(name).and_then(Value::as_u64);
+        GeminiSteer {
+            sse: query.split('&').any(|p| p == "alt=sse"),
+            token_ms: knob("token_ms").unwrap_or(defaults.token_ms),
+            reset_after: knob("reset_after").or_else(|| {
+                defaults
+                    .draw(served, 2, defaults.reset_percent)
+                    .then_some(candidates / 2)
+            }),
+            error_after: knob("error_after"),
+        }
+    }
 }
 
 /// A stream as Gemini sends it: a chunk per token with the cumulative counts on every chunk,
@@ -1392,17 +1528,12 @@ fn gemini_streamed(answer: GeminiAnswer, steer: GeminiSteer) -> Response<Channel
             let _ = sender.send(Bytes::from_static(b"]")).await;
         }
     });
-    let mut response = Response::new(ChannelBody { receiver });
     let content_type = if sse {
         "text/event-stream"
     } else {
         "application/json"
     };
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
+    stream_response(receiver, content_type, false)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use arrow_array::{
 };
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
 use tollgate_engine::event::USAGE_EVENT_VERSION;
 use tollgate_engine::{UnixMs, UsageEvent};
@@ -36,27 +36,41 @@ use crate::schema::{
 /// Why writing Parquet failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ColumnarError {
-    /// The log.
+    /// Reading the durable log failed (I/O, or damage in a sealed segment).
     #[error(transparent)]
     Log(#[from] LogError),
-    /// Arrow or Parquet.
+    /// Arrow or Parquet refused a batch or a file, or a column read back is missing or of
+    /// another type; the text is theirs, or names the column.
     #[error("encoding Parquet: {0}")]
     Encode(String),
-    /// The file system.
+    /// Creating, writing, syncing or renaming a file or folder failed.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// The file or folder, as the sink named it.
         path: String,
-        /// Cause.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// A log record is not a usage event.
     #[error("log record {offset} is not a usage event: {reason}")]
     NotAnEvent {
-        /// Offset.
+        /// Its log offset.
         offset: u64,
-        /// Why.
+        /// What the event parser refused (field and problem).
         reason: String,
+    },
+    /// A file read back does not hold what it states (its footer's row count, or the row
+    /// count and cost total its writer put in its metadata): it is damaged, or not ours.
+    #[error("{path}: {quantity} states {stated} but the file holds {read}: damaged file")]
+    Corrupt {
+        /// The Parquet file read.
+        path: String,
+        /// Which statement disagrees: `footer rows` or a metadata key.
+        quantity: &'static str,
+        /// What the file states.
+        stated: String,
+        /// What was read instead.
+        read: String,
     },
 }
 
@@ -197,21 +211,59 @@ pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// how a statement tells events that arrived after their billing period closed.
 pub const WRITTEN_KEY: &str = "tollgate.written_ms";
 
-fn properties(written: UnixMs) -> Result<WriterProperties, ColumnarError> {
+/// The key of a usage file's metadata holding its row count (decimal text), as its writer
+/// counted the events it was given; a reader compares the rows it reads with it.
+pub const ROWS_KEY: &str = "tollgate.rows";
+
+/// The key of a usage file's metadata holding the sum of its events' `cost_nanos` (decimal
+/// text, nano-units of the file's currency), as its writer summed them; a reader compares the
+/// sum of the `cost` column it reads with it.
+pub const COST_NANOS_TOTAL_KEY: &str = "tollgate.cost_nanos_total";
+
+/// A usage file's rows and the sum of their `cost_nanos`: counted by the writer as it is given
+/// events, stated in the file's metadata, counted again by a reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileTotals {
+    /// Events, one row each.
+    pub rows: u64,
+    /// Sum of their `cost_nanos` (128 bits: a sum of `u64` amounts cannot overflow it).
+    pub cost_nanos: u128,
+}
+
+impl FileTotals {
+    /// The totals of `events`, counted one event at a time.
+    #[must_use]
+    pub fn of(events: &[UsageEvent]) -> FileTotals {
+        let mut totals = FileTotals::default();
+        for event in events {
+            totals.rows += 1;
+            totals.cost_nanos += u128::from(event.cost_nanos.0);
+        }
+        totals
+    }
+}
+
+fn properties(written: UnixMs, totals: FileTotals) -> Result<WriterProperties, ColumnarError> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(encode_error)?,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("tollgate".into())
-        // The event schema's version, where every Parquet reader sees it, and when the file
-        // was written (corrections are told by it).
+        // The event schema's version, where every Parquet reader sees it; when the file was
+        // written (corrections are told by it); and what the writer was given, so a reader
+        // can tell a damaged file from a whole one.
         .set_key_value_metadata(Some(vec![
             KeyValue::new(
                 SCHEMA_VERSION_KEY.to_owned(),
                 USAGE_EVENT_VERSION.to_string(),
             ),
             KeyValue::new(WRITTEN_KEY.to_owned(), written.0.to_string()),
+            KeyValue::new(ROWS_KEY.to_owned(), totals.rows.to_string()),
+            KeyValue::new(
+                COST_NANOS_TOTAL_KEY.to_owned(),
+                totals.cost_nanos.to_string(),
+            ),
         ]))
         .build())
 }
@@ -226,13 +278,176 @@ pub fn write_file(path: &Path, events: &[UsageEvent]) -> Result<(), ColumnarErro
 }
 
 /// [`write_file`], stamped as written at `written`.
+///
+/// Before the file takes its name, the rows its footer reports and the cost total the encoder
+/// produced are asserted equal to what was counted from `events` (a mismatch is a bug in this
+/// crate, never bad input, so it stops the process rather than leave a wrong file in place).
 pub fn write_file_at(
     path: &Path,
     events: &[UsageEvent],
     written: UnixMs,
 ) -> Result<(), ColumnarError> {
+    let appended = FileTotals::of(events);
     let batch = encode(events)?;
-    write_with(path, &batch, properties(written)?)
+    let encoded_cost_nanos = cost_nanos_total(&batch)?;
+    let staged = stage(path, &batch, properties(written, appended)?)?;
+    assert_written(
+        path,
+        appended,
+        staged.footer.file_metadata().num_rows(),
+        encoded_cost_nanos,
+    );
+    staged.publish()
+}
+
+/// The sum of a batch's `cost` column, in nano-units.
+fn cost_nanos_total(batch: &RecordBatch) -> Result<u128, ColumnarError> {
+    let cost = batch
+        .column_by_name("cost")
+        .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>())
+        .ok_or_else(|| ColumnarError::Encode("no decimal `cost` column".into()))?;
+    Ok(sum_nanos(cost))
+}
+
+/// The sum of a decimal column of nano-units, nulls as zero. A negative amount (never
+/// written by this crate) saturates the sum, so it cannot match a total of `u64` amounts.
+fn sum_nanos(column: &Decimal128Array) -> u128 {
+    column.iter().flatten().fold(0u128, |sum, value| {
+        sum.saturating_add(u128::try_from(value).unwrap_or(u128::MAX))
+    })
+}
+
+/// The write side of the row and cost pair: the file about to be published holds exactly
+/// the events it was given.
+fn assert_written(path: &Path, appended: FileTotals, footer_rows: i64, encoded_cost_nanos: u128) {
+    assert!(
+        u64::try_from(footer_rows) == Ok(appended.rows),
+        "{}: footer rows {footer_rows} != events appended {}",
+        path.display(),
+        appended.rows
+    );
+    assert!(
+        encoded_cost_nanos == appended.cost_nanos,
+        "{}: encoded cost_nanos total {encoded_cost_nanos} != cost_nanos appended {}",
+        path.display(),
+        appended.cost_nanos
+    );
+}
+
+/// What a usage file states about itself: the footer's row count, and the writer's row count
+/// and cost total from its key-value metadata (absent in files written before they existed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stated {
+    footer_rows: u64,
+    rows: Option<u64>,
+    cost_nanos: Option<u128>,
+}
+
+impl Stated {
+    /// Reads the statement from a file's metadata; a count that is not a number is damage.
+    pub(crate) fn of(metadata: &ParquetMetaData, path: &Path) -> Result<Stated, ColumnarError> {
+        let file = metadata.file_metadata();
+        let footer_rows = u64::try_from(file.num_rows()).map_err(|_| ColumnarError::Corrupt {
+            path: path.display().to_string(),
+            quantity: "footer rows",
+            stated: file.num_rows().to_string(),
+            read: "a count".into(),
+        })?;
+        let value = |key: &str| {
+            file.key_value_metadata()
+                .and_then(|pairs| pairs.iter().find(|kv| kv.key == key))
+                .and_then(|kv| kv.value.as_deref())
+        };
+        let number = |key: &'static str| -> Result<Option<u128>, ColumnarError> {
+            value(key)
+                .map(|text| {
+                    text.parse::<u128>().map_err(|_| ColumnarError::Corrupt {
+                        path: path.display().to_string(),
+                        quantity: key,
+                        stated: text.to_owned(),
+                        read: "a number".into(),
+                    })
+                })
+                .transpose()
+        };
+        let rows = number(ROWS_KEY)?
+            .map(|rows| {
+                u64::try_from(rows).map_err(|_| ColumnarError::Corrupt {
+                    path: path.display().to_string(),
+                    quantity: ROWS_KEY,
+                    stated: rows.to_string(),
+                    read: "a row count".into(),
+                })
+            })
+            .transpose()?;
+        Ok(Stated {
+            footer_rows,
+            rows,
+            cost_nanos: number(COST_NANOS_TOTAL_KEY)?,
+        })
+    }
+
+    /// Whether the file states a cost total a reader should check (and so must read `cost`).
+    pub(crate) fn has_cost_total(&self) -> bool {
+        self.cost_nanos.is_some()
+    }
+
+    /// The read side of the pair: what was read from the whole file (`read.cost_nanos` only
+    /// when `cost_read`) against what it states. A mismatch is a damaged file, an error.
+    pub(crate) fn check(
+        &self,
+        read: FileTotals,
+        cost_read: bool,
+        path: &Path,
+    ) -> Result<(), ColumnarError> {
+        let corrupt = |quantity: &'static str, stated: String, found: String| {
+            Err(ColumnarError::Corrupt {
+                path: path.display().to_string(),
+                quantity,
+                stated,
+                read: found,
+            })
+        };
+        if read.rows != self.footer_rows {
+            return corrupt(
+                "footer rows",
+                self.footer_rows.to_string(),
+                read.rows.to_string(),
+            );
+        }
+        if let Some(rows) = self.rows
+            && rows != read.rows
+        {
+            return corrupt(ROWS_KEY, rows.to_string(), read.rows.to_string());
+        }
+        if let Some(cost_nanos) = self.cost_nanos
+            && cost_read
+            && cost_nanos != read.cost_nanos
+        {
+            return corrupt(
+                COST_NANOS_TOTAL_KEY,
+                cost_nanos.to_string(),
+                read.cost_nanos.to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Adds a batch read from a usage file to `read`: its rows, and the sum of its `cost` column
+/// when it has one. Returns whether it had one.
+pub(crate) fn tally_read(read: &mut FileTotals, batch: &RecordBatch) -> bool {
+    read.rows += batch.num_rows() as u64;
+    match batch
+        .column_by_name("cost")
+        .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>())
+    {
+        Some(cost) => {
+            read.cost_nanos = read.cost_nanos.saturating_add(sum_nanos(cost));
+            true
+        }
+        None => false,
+    }
 }
 
 /// Writes any `batch` to `path` as [`write_file`] does (zstd, temporary name, synced,
@@ -254,14 +469,23 @@ pub fn write_batch(
                 .collect(),
         ))
         .build();
-    write_with(path, batch, properties)
+    stage(path, batch, properties)?.publish()
 }
 
-fn write_with(
-    path: &Path,
+/// A file written and synced under its temporary name, with the footer the writer closed it
+/// with, not yet under its own name.
+struct Staged<'a> {
+    path: &'a Path,
+    dir: &'a Path,
+    temporary: PathBuf,
+    footer: ParquetMetaData,
+}
+
+fn stage<'a>(
+    path: &'a Path,
     batch: &RecordBatch,
     properties: WriterProperties,
-) -> Result<(), ColumnarError> {
+) -> Result<Staged<'a>, ColumnarError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -274,13 +498,25 @@ fn write_with(
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(encode_error)?;
     writer.write(batch).map_err(encode_error)?;
-    let file = writer.into_inner().map_err(encode_error)?;
-    file.sync_all().map_err(io_at(&temporary))?;
-    fs::rename(&temporary, path).map_err(io_at(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))?;
-    Ok(())
+    let footer = writer.finish().map_err(encode_error)?;
+    writer.inner().sync_all().map_err(io_at(&temporary))?;
+    Ok(Staged {
+        path,
+        dir,
+        temporary,
+        footer,
+    })
+}
+
+impl Staged<'_> {
+    /// Renames the file into place and syncs its folder.
+    fn publish(self) -> Result<(), ColumnarError> {
+        fs::rename(&self.temporary, self.path).map_err(io_at(self.path))?;
+        File::open(self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(self.dir))?;
+        Ok(())
+    }
 }
 
 /// The hour partition of an instant: `date=YYYY-MM-DD/hour=HH`.
@@ -298,7 +534,7 @@ pub fn partition(ts: UnixMs) -> String {
 pub struct Progress {
     /// Events read from the log.
     pub events: u64,
-    /// Files written.
+    /// Files written by this pass (those it found already written are `skipped_files`).
     pub files: u64,
     /// Files found already written (a pass repeated after a crash).
     pub skipped_files: u64,
@@ -505,6 +741,99 @@ mod tests {
             .and_then(|kv| kv.value.clone());
         assert_eq!(version.as_deref(), Some("1"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_states_the_rows_and_cost_total_it_was_given() {
+        let dir = std::env::temp_dir().join(format!("tollgate-totals-{}", std::process::id()));
+        let path = dir.join("x.parquet");
+        let written = events(7, UnixMs(1_764_000_000_000));
+        write_file(&path, &written).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let stated = Stated::of(builder.metadata(), &path).unwrap();
+        let expected = FileTotals::of(&written);
+        assert_eq!(expected.rows, 7);
+        assert_eq!(
+            expected.cost_nanos,
+            written
+                .iter()
+                .map(|e| u128::from(e.cost_nanos.0))
+                .sum::<u128>()
+        );
+        assert_eq!(
+            stated,
+            Stated {
+                footer_rows: 7,
+                rows: Some(7),
+                cost_nanos: Some(expected.cost_nanos),
+            }
+        );
+        let mut read = FileTotals::default();
+        for batch in builder.build().unwrap() {
+            assert!(tally_read(&mut read, &batch.unwrap()));
+        }
+        assert_eq!(read, expected);
+        stated.check(read, true, &path).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "footer rows 4 != events appended 5")]
+    fn a_footer_short_of_the_events_appended_is_a_bug() {
+        let appended = FileTotals {
+            rows: 5,
+            cost_nanos: 10,
+        };
+        assert_written(Path::new("x.parquet"), appended, 4, 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "encoded cost_nanos total 9 != cost_nanos appended 10")]
+    fn an_encoded_cost_short_of_the_events_appended_is_a_bug() {
+        let appended = FileTotals {
+            rows: 5,
+            cost_nanos: 10,
+        };
+        assert_written(Path::new("x.parquet"), appended, 5, 9);
+    }
+
+    #[test]
+    fn a_read_that_disagrees_with_the_file_is_corrupt_input() {
+        let path = Path::new("x.parquet");
+        let stated = Stated {
+            footer_rows: 3,
+            rows: Some(3),
+            cost_nanos: Some(30),
+        };
+        let read = |rows, cost_nanos| FileTotals { rows, cost_nanos };
+        stated.check(read(3, 30), true, path).unwrap();
+        // The cost is only compared when it was read.
+        stated.check(read(3, 29), false, path).unwrap();
+        for (totals, quantity) in [
+            (read(2, 30), "footer rows"),
+            (read(3, 31), COST_NANOS_TOTAL_KEY),
+        ] {
+            match stated.check(totals, true, path) {
+                Err(ColumnarError::Corrupt { quantity: q, .. }) => assert_eq!(q, quantity),
+                other => panic!("{totals:?}: {other:?}"),
+            }
+        }
+        let disagreeing = Stated {
+            rows: Some(4),
+            ..stated
+        };
+        let error = disagreeing.check(read(3, 30), true, path).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "x.parquet: tollgate.rows states 4 but the file holds 3: damaged file"
+        );
+        // A file from before the keys existed is checked against its footer alone.
+        let old = Stated {
+            footer_rows: 3,
+            rows: None,
+            cost_nanos: None,
+        };
+        old.check(read(3, 0), true, path).unwrap();
     }
 
     #[test]

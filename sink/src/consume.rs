@@ -28,15 +28,15 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::{ClientConfig, ClientContext, Message as _, Offset, TopicPartitionList};
 use tollgate_engine::UsageEvent;
 
-use crate::columnar::{self, CHECKPOINT_FILE, ColumnarError};
+use crate::columnar::{self, CHECKPOINT_FILE, ColumnarError, FileTotals, Stated, tally_read};
 use crate::dedup::Dedup;
 
 /// How a sink consumes and writes.
 #[derive(Clone, Debug)]
 pub struct ConsumeConfig {
-    /// `bootstrap.servers`.
+    /// Kafka's `bootstrap.servers`: comma-separated `host:port` pairs.
     pub brokers: String,
-    /// The usage topic.
+    /// The topic the gateways ship usage events to.
     pub topic: String,
     /// The consumer group; sinks in one group share the topic's partitions.
     pub group_id: String,
@@ -63,25 +63,30 @@ pub mod defaults {
     pub const ROLL_INTERVAL: Duration = Duration::from_secs(60);
     /// Event ids remembered per partition.
     pub const DEDUP_WINDOW: usize = 1_000_000;
-    /// The group's name.
+    /// The consumer group a sink joins unless told another: sinks in one group share the
+    /// topic's partitions, so each event is written once.
     pub const GROUP_ID: &str = "tollgate-sink";
 }
 
 /// Why the sink stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    /// The Kafka client.
+    /// The Kafka client refused its config or the subscription, or an offset could not be
+    /// recorded for commit (librdkafka's text).
     #[error("kafka: {0}")]
     Kafka(String),
-    /// Writing files.
+    /// Writing Parquet files, or a file read back to prime the dedup window that does not
+    /// hold what it states ([`ColumnarError::Corrupt`]).
     #[error(transparent)]
     Columnar(#[from] ColumnarError),
-    /// A file or folder.
+    /// Reading, writing or removing a file or folder failed (a mark, a quarantine file, a
+    /// batch beyond its mark), a mark is not an offset, or a file read to prime the dedup
+    /// window could not be decoded.
     #[error("{path}: {source}")]
     Io {
-        /// Where.
+        /// The file or folder.
         path: String,
-        /// Cause.
+        /// The operating system's error, or what is wrong with the file.
         source: std::io::Error,
     },
     /// The data folder is a gateway's own Parquet folder.
@@ -103,7 +108,7 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ConsumeError + '_ {
 pub struct Totals {
     /// Events written to files.
     pub written: u64,
-    /// Files written.
+    /// Parquet files written: one per partition and hour of each batch.
     pub files: u64,
     /// Duplicate deliveries dropped by `event_id`.
     pub duplicates: u64,
@@ -111,7 +116,7 @@ pub struct Totals {
     pub replayed: u64,
     /// Messages that were not usage events, kept in quarantine.
     pub quarantined: u64,
-    /// Batches written.
+    /// Flushes that wrote at least one partition and committed its offset.
     pub batches: u64,
 }
 
@@ -142,7 +147,7 @@ struct Partition {
     buffer: Vec<(i64, UsageEvent)>,
     /// Last offset consumed into the buffer (covers skipped duplicates and quarantined ones).
     consumed: i64,
-    /// Recent event ids.
+    /// Event ids within the dedup window, primed from the partition's newest files.
     seen: Dedup,
 }
 
@@ -524,7 +529,8 @@ fn partition_files(usage_dir: &Path, topic: &str, partition: i32) -> Vec<(i64, i
     found
 }
 
-/// The event ids in one of our files.
+/// The event ids in one of our files, whose rows are checked against what the file states
+/// (a damaged file is [`ColumnarError::Corrupt`]).
 fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
     let bad = |message: String| ConsumeError::Io {
         path: path.display().to_string(),
@@ -532,14 +538,18 @@ fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
     };
     let file = File::open(path).map_err(io_at(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    let stated = Stated::of(builder.metadata(), path)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
     let reader = builder
         .with_projection(mask)
         .build()
         .map_err(|e| bad(e.to_string()))?;
     let mut ids = Vec::new();
+    let mut read = FileTotals::default();
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
+        // Only `event_id` is read: the rows are checked, the cost total is not.
+        tally_read(&mut read, &batch);
         let Some(column) = batch
             .column_by_name("event_id")
             .and_then(|c| c.as_string_opt::<i32>().cloned())
@@ -552,6 +562,7 @@ fn event_ids(path: &Path) -> Result<Vec<u128>, ConsumeError> {
             }
         }
     }
+    stated.check(read, false, path)?;
     Ok(ids)
 }
 
@@ -590,6 +601,22 @@ mod tests {
         assert_eq!(read_mark(&path).unwrap(), 41);
         fs::write(&path, "forty").unwrap();
         assert!(read_mark(&path).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn priming_from_a_file_that_does_not_hold_its_stated_rows_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tollgate-prime-{}", std::process::id()));
+        let path = dir.join("kafka-t-p0-00000000000000000000-00000000000000000001.parquet");
+        let events = [UsageEvent::sample(), UsageEvent::sample()];
+        columnar::write_file(&path, &events).unwrap();
+        assert_eq!(event_ids(&path).unwrap().len(), 2);
+        let batch = columnar::encode(&events).unwrap();
+        columnar::write_batch(&path, &batch, &[(columnar::ROWS_KEY, "3")]).unwrap();
+        assert!(matches!(
+            event_ids(&path),
+            Err(ConsumeError::Columnar(ColumnarError::Corrupt { .. }))
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -15,19 +15,24 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow_array::{
-    Array, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use tollgate_engine::UnixMs;
 use tollgate_engine::time::Period;
 
 use crate::columnar::ColumnarError;
 
-/// The FOCUS version written.
+/// The FOCUS specification version statements follow, stated in `x_FocusVersion` and in
+/// the Parquet file's metadata.
 pub const FOCUS_VERSION: &str = "1.0";
 
-/// The columns, in order.
+/// The statement's columns in the order written: FOCUS's own, alphabetically, then ours,
+/// prefixed `x_`.
 pub const COLUMNS: &[&str] = &[
     "AvailabilityZone",
     "BilledCost",
@@ -225,14 +230,14 @@ const MONEY_COLUMNS: [&str; 6] = [
 ];
 /// Quantity columns: exact decimals of millionths.
 const QUANTITY_COLUMNS: [&str; 2] = ["ConsumedQuantity", "PricingQuantity"];
-/// Instants (UTC).
+/// Instant columns: RFC 3339 text in CSV, UTC millisecond timestamps in Parquet.
 const TIME_COLUMNS: [&str; 4] = [
     "BillingPeriodEnd",
     "BillingPeriodStart",
     "ChargePeriodEnd",
     "ChargePeriodStart",
 ];
-/// Counts.
+/// Count columns: decimal integers in CSV, 64-bit integers in Parquet.
 const COUNT_COLUMNS: [&str; 3] = ["x_TokensIn", "x_TokensOut", "x_Events"];
 
 /// The key of the Parquet file's metadata naming the FOCUS version, so a reader can tell 1.0
@@ -249,9 +254,6 @@ pub fn export_parquet(
     to: Option<UnixMs>,
     path: &Path,
 ) -> Result<u64, ColumnarError> {
-    use arrow_array::ArrayRef;
-    use arrow_schema::{DataType, Field, Schema, TimeUnit};
-    use std::sync::Arc;
     let mut columns: Vec<Vec<String>> = vec![Vec::new(); COLUMNS.len()];
     let rows = statement(data_dir, from, to, |values| {
         for (column, value) in columns.iter_mut().zip(values) {
@@ -259,73 +261,10 @@ pub fn export_parquet(
         }
         Ok(())
     })?;
-    let bad = |name: &str, value: &str| {
-        ColumnarError::Encode(format!(
-            "FOCUS column {name}: `{value}` is not what it should be"
-        ))
-    };
     let mut fields = Vec::with_capacity(COLUMNS.len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
     for (name, values) in COLUMNS.iter().zip(&columns) {
-        let scaled = |scale: u32| -> Result<Vec<Option<i128>>, ColumnarError> {
-            values
-                .iter()
-                .map(|v| {
-                    if v.is_empty() {
-                        Ok(None)
-                    } else {
-                        parse_scaled(v, scale).map(Some).ok_or_else(|| bad(name, v))
-                    }
-                })
-                .collect()
-        };
-        let (field, array): (Field, ArrayRef) = if MONEY_COLUMNS.contains(name) {
-            let array = Decimal128Array::from(scaled(9)?)
-                .with_precision_and_scale(38, 9)
-                .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-            (
-                Field::new(*name, DataType::Decimal128(38, 9), true),
-                Arc::new(array),
-            )
-        } else if QUANTITY_COLUMNS.contains(name) {
-            let array = Decimal128Array::from(scaled(6)?)
-                .with_precision_and_scale(38, 6)
-                .map_err(|e| ColumnarError::Encode(e.to_string()))?;
-            (
-                Field::new(*name, DataType::Decimal128(38, 6), true),
-                Arc::new(array),
-            )
-        } else if TIME_COLUMNS.contains(name) {
-            let instants: Result<Vec<Option<i64>>, ColumnarError> = values
-                .iter()
-                .map(|v| {
-                    tollgate_engine::time::parse_rfc3339(v)
-                        .map(|t| Some(t.0))
-                        .map_err(|_| bad(name, v))
-                })
-                .collect();
-            let array = TimestampMillisecondArray::from(instants?).with_timezone("UTC");
-            let ty = DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("UTC")));
-            (Field::new(*name, ty, false), Arc::new(array))
-        } else if COUNT_COLUMNS.contains(name) {
-            let counts: Result<Vec<i64>, ColumnarError> = values
-                .iter()
-                .map(|v| v.parse().map_err(|_| bad(name, v)))
-                .collect();
-            (
-                Field::new(*name, DataType::Int64, false),
-                Arc::new(Int64Array::from(counts?)),
-            )
-        } else {
-            let texts: Vec<Option<&str>> = values
-                .iter()
-                .map(|v| (!v.is_empty()).then_some(v.as_str()))
-                .collect();
-            (
-                Field::new(*name, DataType::Utf8, true),
-                Arc::new(StringArray::from(texts)),
-            )
-        };
+        let (field, array) = typed_column(name, values)?;
         fields.push(field);
         arrays.push(array);
     }
@@ -341,6 +280,79 @@ pub fn export_parquet(
         ],
     )?;
     Ok(rows)
+}
+
+/// A statement value that does not parse as its column's type (a bug in [`statement`]).
+fn bad(name: &str, value: &str) -> ColumnarError {
+    ColumnarError::Encode(format!(
+        "FOCUS column {name}: `{value}` is not what it should be"
+    ))
+}
+
+/// The FOCUS column `name` typed for Parquet by what it holds: money, quantity, instant,
+/// count, or text.
+fn typed_column(name: &str, values: &[String]) -> Result<(Field, ArrayRef), ColumnarError> {
+    if MONEY_COLUMNS.contains(&name) {
+        decimal_column(name, values, 9)
+    } else if QUANTITY_COLUMNS.contains(&name) {
+        decimal_column(name, values, 6)
+    } else if TIME_COLUMNS.contains(&name) {
+        let instants: Result<Vec<Option<i64>>, ColumnarError> = values
+            .iter()
+            .map(|v| {
+                tollgate_engine::time::parse_rfc3339(v)
+                    .map(|t| Some(t.0))
+                    .map_err(|_| bad(name, v))
+            })
+            .collect();
+        let array = TimestampMillisecondArray::from(instants?).with_timezone("UTC");
+        let ty = DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("UTC")));
+        Ok((Field::new(name, ty, false), Arc::new(array)))
+    } else if COUNT_COLUMNS.contains(&name) {
+        let counts: Result<Vec<i64>, ColumnarError> = values
+            .iter()
+            .map(|v| v.parse().map_err(|_| bad(name, v)))
+            .collect();
+        Ok((
+            Field::new(name, DataType::Int64, false),
+            Arc::new(Int64Array::from(counts?)),
+        ))
+    } else {
+        let texts: Vec<Option<&str>> = values
+            .iter()
+            .map(|v| (!v.is_empty()).then_some(v.as_str()))
+            .collect();
+        Ok((
+            Field::new(name, DataType::Utf8, true),
+            Arc::new(StringArray::from(texts)),
+        ))
+    }
+}
+
+/// A `DECIMAL(38, scale)` column of exact decimals, empty as null.
+fn decimal_column(
+    name: &str,
+    values: &[String],
+    scale: u32,
+) -> Result<(Field, ArrayRef), ColumnarError> {
+    let scaled = values
+        .iter()
+        .map(|v| {
+            if v.is_empty() {
+                Ok(None)
+            } else {
+                parse_scaled(v, scale).map(Some).ok_or_else(|| bad(name, v))
+            }
+        })
+        .collect::<Result<Vec<Option<i128>>, ColumnarError>>()?;
+    let arrow_scale = i8::try_from(scale).unwrap_or(i8::MAX);
+    let array = Decimal128Array::from(scaled)
+        .with_precision_and_scale(38, arrow_scale)
+        .map_err(|e| ColumnarError::Encode(e.to_string()))?;
+    Ok((
+        Field::new(name, DataType::Decimal128(38, arrow_scale), true),
+        Arc::new(array),
+    ))
 }
 
 /// `text` (a plain decimal, at most `scale` decimals) times 10^`scale`.
@@ -390,30 +402,93 @@ fn statement(
     to: Option<UnixMs>,
     mut emit: impl FnMut(&[String]) -> Result<(), ColumnarError>,
 ) -> Result<u64, ColumnarError> {
-    let wanted = [
-        "ts",
-        "org",
-        "provider",
-        "model",
-        "allocation",
-        "team",
-        "project",
-        "cost_center",
-        "currency",
-        "rate_card_version",
-        "cost",
-        "list_cost",
-        "tokens_in",
-        "tokens_out",
-        "kind",
-        "unit",
-        "quantity",
-        "cluster",
-        "partition",
-        "instance_type",
-    ];
+    let rows = sum_rows(data_dir, from, to)?;
+    let mut written = 0;
+    for (key, sums) in &rows {
+        emit(&Line::of(key, sums).values())?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The usage columns a statement reads.
+const USAGE_COLUMNS: [&str; 20] = [
+    "ts",
+    "org",
+    "provider",
+    "model",
+    "allocation",
+    "team",
+    "project",
+    "cost_center",
+    "currency",
+    "rate_card_version",
+    "cost",
+    "list_cost",
+    "tokens_in",
+    "tokens_out",
+    "kind",
+    "unit",
+    "quantity",
+    "cluster",
+    "partition",
+    "instance_type",
+];
+
+/// The sums of the events with `from <= ts < to` that have an allocation, by statement row.
+fn sum_rows(
+    data_dir: &Path,
+    from: Option<UnixMs>,
+    to: Option<UnixMs>,
+) -> Result<BTreeMap<Key, Sums>, ColumnarError> {
     let mut rows: BTreeMap<Key, Sums> = BTreeMap::new();
-    crate::rollup::for_each_batch(data_dir, &wanted, |batch, written| {
+    crate::rollup::for_each_batch(data_dir, &USAGE_COLUMNS, |batch, written| {
+        let columns = UsageColumns::of(&batch)?;
+        for i in 0..batch.num_rows() {
+            let t = UnixMs(columns.ts.value(i));
+            if from.is_some_and(|f| t < f)
+                || to.is_some_and(|e| t >= e)
+                || columns.allocation.is_null(i)
+            {
+                continue;
+            }
+            rows.entry(columns.key(i, t, written))
+                .or_default()
+                .add(&columns, i);
+        }
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// The columns of one batch of usage a statement reads, typed.
+struct UsageColumns<'a> {
+    ts: &'a TimestampMillisecondArray,
+    cost: &'a Decimal128Array,
+    list_cost: &'a Decimal128Array,
+    tokens_in: &'a Int64Array,
+    tokens_out: &'a Int64Array,
+    quantity: &'a Decimal128Array,
+    kind: &'a StringArray,
+    unit: &'a StringArray,
+    cluster: &'a StringArray,
+    partition: &'a StringArray,
+    /// `None` in files written before the column existed: read as empty.
+    instance_type: Option<&'a StringArray>,
+    org: &'a StringArray,
+    provider: &'a StringArray,
+    model: &'a StringArray,
+    allocation: &'a StringArray,
+    team: &'a StringArray,
+    project: &'a StringArray,
+    cost_center: &'a StringArray,
+    currency: &'a StringArray,
+    version: &'a StringArray,
+}
+
+impl<'a> UsageColumns<'a> {
+    /// The batch's columns, or the first one missing.
+    fn of(batch: &'a RecordBatch) -> Result<UsageColumns<'a>, ColumnarError> {
         let missing = |name: &str| ColumnarError::Encode(format!("column `{name}` missing"));
         let ts = batch
             .column_by_name("ts")
@@ -431,197 +506,257 @@ fn statement(
                 .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
                 .ok_or_else(|| missing(name))
         };
-        let (cost, list_cost) = (decimals("cost")?, decimals("list_cost")?);
-        let (tokens_in, tokens_out) = (ints("tokens_in")?, ints("tokens_out")?);
-        let quantities = decimals("quantity")?;
-        let [kind, unit, cluster, partition] =
-            ["kind", "unit", "cluster", "partition"].map(|name| strings(&batch, name));
-        let (kind, unit, cluster, partition) = (kind?, unit?, cluster?, partition?);
-        // Files written before the column existed have none: read as empty.
-        let instance_type = strings(&batch, "instance_type").ok();
-        let [
-            org,
-            provider,
-            model,
-            allocation,
-            team,
-            project,
-            cost_center,
-            currency,
-            version,
-        ] = [
-            "org",
-            "provider",
-            "model",
-            "allocation",
-            "team",
-            "project",
-            "cost_center",
-            "currency",
-            "rate_card_version",
-        ]
-        .map(|name| strings(&batch, name));
-        let (org, provider, model, allocation, team, project, cost_center, currency, version) = (
-            org?,
-            provider?,
-            model?,
-            allocation?,
-            team?,
-            project?,
-            cost_center?,
-            currency?,
-            version?,
-        );
-        for i in 0..batch.num_rows() {
-            let t = UnixMs(ts.value(i));
-            if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) || allocation.is_null(i) {
-                continue;
-            }
-            let key = Key {
-                hour: t.0.div_euclid(HOUR_MS),
-                corrected_in: written.and_then(|w| correction_month(t, w)),
-                kind: text(kind, i),
-                unit: text(unit, i),
-                cluster: text(cluster, i),
-                partition: text(partition, i),
-                instance_type: instance_type.map(|a| text(a, i)).unwrap_or_default(),
-                org: text(org, i),
-                provider: text(provider, i),
-                model: text(model, i),
-                allocation: text(allocation, i),
-                team: text(team, i),
-                project: text(project, i),
-                cost_center: text(cost_center, i),
-                currency: text(currency, i),
-                rate_card_version: text(version, i),
-            };
-            let sums = rows.entry(key).or_default();
-            if !quantities.is_null(i) {
-                sums.quantity_micros += quantities.value(i);
-            }
-            sums.cost += cost.value(i);
-            sums.list_cost += list_cost.value(i);
-            sums.tokens_in += tokens_in.value(i);
-            sums.tokens_out += tokens_out.value(i);
-            sums.events += 1;
+        let text = |name: &str| strings(batch, name);
+        Ok(UsageColumns {
+            ts,
+            cost: decimals("cost")?,
+            list_cost: decimals("list_cost")?,
+            tokens_in: ints("tokens_in")?,
+            tokens_out: ints("tokens_out")?,
+            quantity: decimals("quantity")?,
+            kind: text("kind")?,
+            unit: text("unit")?,
+            cluster: text("cluster")?,
+            partition: text("partition")?,
+            instance_type: text("instance_type").ok(),
+            org: text("org")?,
+            provider: text("provider")?,
+            model: text("model")?,
+            allocation: text("allocation")?,
+            team: text("team")?,
+            project: text("project")?,
+            cost_center: text("cost_center")?,
+            currency: text("currency")?,
+            version: text("rate_card_version")?,
+        })
+    }
+
+    /// The statement row event `i`, of instant `t`, in a file written at `written`, falls in.
+    fn key(&self, i: usize, t: UnixMs, written: Option<UnixMs>) -> Key {
+        Key {
+            hour: t.0.div_euclid(HOUR_MS),
+            corrected_in: written.and_then(|w| correction_month(t, w)),
+            kind: text(self.kind, i),
+            unit: text(self.unit, i),
+            cluster: text(self.cluster, i),
+            partition: text(self.partition, i),
+            instance_type: self.instance_type.map(|a| text(a, i)).unwrap_or_default(),
+            org: text(self.org, i),
+            provider: text(self.provider, i),
+            model: text(self.model, i),
+            allocation: text(self.allocation, i),
+            team: text(self.team, i),
+            project: text(self.project, i),
+            cost_center: text(self.cost_center, i),
+            currency: text(self.currency, i),
+            rate_card_version: text(self.version, i),
         }
-        Ok(())
-    })?;
-    let mut written = 0;
-    for (key, sums) in &rows {
+    }
+}
+
+impl Sums {
+    /// Adds event `i` of `columns`.
+    fn add(&mut self, columns: &UsageColumns<'_>, i: usize) {
+        if !columns.quantity.is_null(i) {
+            self.quantity_micros += columns.quantity.value(i);
+        }
+        self.cost += columns.cost.value(i);
+        self.list_cost += columns.list_cost.value(i);
+        self.tokens_in += columns.tokens_in.value(i);
+        self.tokens_out += columns.tokens_out.value(i);
+        self.events += 1;
+    }
+}
+
+/// What a row charges for, in FOCUS's terms: a model's tokens, or a unit of compute or storage
+/// at a site.
+struct Charge {
+    sku: String,
+    description: String,
+    /// The consumed and pricing quantity, as FOCUS writes it.
+    amount: String,
+    unit: &'static str,
+    category: &'static str,
+    provider: String,
+    service: String,
+}
+
+impl Charge {
+    /// A resource row: its SKU is the site and unit, its provider the cluster (or the account).
+    fn resource(key: &Key, sums: &Sums, account: &str) -> Charge {
+        let place: Vec<&str> = [&key.cluster, &key.partition, &key.instance_type]
+            .into_iter()
+            .map(String::as_str)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let site = if place.is_empty() {
+            account.to_owned()
+        } else {
+            place.join("/")
+        };
+        let provider = if key.cluster.is_empty() {
+            account.to_owned()
+        } else {
+            key.cluster.clone()
+        };
+        let (category, service) = if key.kind == "storage" {
+            ("Storage", format!("{provider} storage"))
+        } else {
+            ("Compute", format!("{provider} compute"))
+        };
+        Charge {
+            sku: format!("{site}/{}", key.unit),
+            description: format!("{} on {site} for {}", key.unit, key.allocation),
+            amount: quantity(sums.quantity_micros),
+            unit: focus_unit(&key.unit),
+            category,
+            provider,
+            service,
+        }
+    }
+
+    /// A model-call row: its SKU is the provider's model, counted in tokens.
+    fn tokens(key: &Key, sums: &Sums) -> Charge {
+        let sku = format!("{}/{}", key.provider, key.model);
+        let tokens = sums.tokens_in + sums.tokens_out;
+        Charge {
+            description: format!("{sku} tokens for {}", key.allocation),
+            sku,
+            amount: format!("{tokens}.0"),
+            unit: "Tokens",
+            category: "AI and Machine Learning",
+            provider: key.provider.clone(),
+            service: key.provider.clone(),
+        }
+    }
+}
+
+/// One statement row: its key and sums, with its periods, account and charge worked out.
+struct Line<'a> {
+    key: &'a Key,
+    sums: &'a Sums,
+    /// The charge period: the usage's hour.
+    start: UnixMs,
+    end: UnixMs,
+    /// The billing period: the usage's month, or for a correction the month it arrived.
+    billing_start: UnixMs,
+    billing_end: UnixMs,
+    account: &'a str,
+    charge: Charge,
+}
+
+/// Columns FOCUS defines, the first of [`COLUMNS`]; ours (`x_`) follow.
+const FOCUS_DEFINED_COLUMNS: usize = 44;
+/// Our own columns, the last of [`COLUMNS`].
+const EXTENSION_COLUMNS: usize = 13;
+const _: () = assert!(FOCUS_DEFINED_COLUMNS + EXTENSION_COLUMNS == COLUMNS.len());
+
+impl<'a> Line<'a> {
+    fn of(key: &'a Key, sums: &'a Sums) -> Line<'a> {
         let start = UnixMs(key.hour * HOUR_MS);
         let end = UnixMs((key.hour + 1) * HOUR_MS);
         // A correction keeps its usage's charge period and is billed in the period it arrived.
         let month = key
             .corrected_in
             .unwrap_or_else(|| Period::Month.index(start));
-        let billing_start = Period::Month.start(month).unwrap_or(start);
-        let billing_end = Period::Month.end(month).unwrap_or(end);
         let account = if key.org.is_empty() {
             "tollgate"
         } else {
             &key.org
         };
+        let charge = if key.kind == "tokens" {
+            Charge::tokens(key, sums)
+        } else {
+            Charge::resource(key, sums, account)
+        };
+        Line {
+            key,
+            sums,
+            start,
+            end,
+            billing_start: Period::Month.start(month).unwrap_or(start),
+            billing_end: Period::Month.end(month).unwrap_or(end),
+            account,
+            charge,
+        }
+    }
+
+    /// The row's values, in [`COLUMNS`] order.
+    fn values(self) -> Vec<String> {
+        let ours = self.extension_values();
+        let mut values = Vec::with_capacity(COLUMNS.len());
+        values.extend(self.focus_values());
+        values.extend(ours);
+        values
+    }
+
+    /// The values of the columns FOCUS defines, `AvailabilityZone` to `Tags`.
+    fn focus_values(self) -> [String; FOCUS_DEFINED_COLUMNS] {
+        let (key, sums, charge) = (self.key, self.sums, self.charge);
+        let account = self.account;
         let tags = serde_json::json!({
             "team": key.team, "project": key.project, "allocation": key.allocation,
             "cost_center": key.cost_center,
         })
         .to_string();
-        let resource = key.kind != "tokens";
-        // What the row is, in FOCUS's terms: a model's tokens, or a unit of compute or storage
-        // at a site.
-        let (sku, description, amount, unit, category, provider, service) = if resource {
-            let place: Vec<&str> = [&key.cluster, &key.partition, &key.instance_type]
-                .into_iter()
-                .map(String::as_str)
-                .filter(|p| !p.is_empty())
-                .collect();
-            let site = if place.is_empty() {
-                account.to_owned()
-            } else {
-                place.join("/")
-            };
-            let provider = if key.cluster.is_empty() {
-                account.to_owned()
-            } else {
-                key.cluster.clone()
-            };
-            let (category, service) = if key.kind == "storage" {
-                ("Storage", format!("{provider} storage"))
-            } else {
-                ("Compute", format!("{provider} compute"))
-            };
-            (
-                format!("{site}/{}", key.unit),
-                format!("{} on {site} for {}", key.unit, key.allocation),
-                quantity(sums.quantity_micros),
-                focus_unit(&key.unit),
-                category,
-                provider,
-                service,
-            )
+        let class = if key.corrected_in.is_some() {
+            "Correction"
         } else {
-            let sku = format!("{}/{}", key.provider, key.model);
-            let tokens = sums.tokens_in + sums.tokens_out;
-            (
-                sku.clone(),
-                format!("{sku} tokens for {}", key.allocation),
-                format!("{tokens}.0"),
-                "Tokens",
-                "AI and Machine Learning",
-                key.provider.clone(),
-                key.provider.clone(),
-            )
+            ""
         };
-        let values: [String; 57] = [
-            String::new(),
+        let none = String::new;
+        [
+            none(),
             decimal(sums.cost),
             account.to_owned(),
             account.to_owned(),
             key.currency.clone(),
-            iso(billing_end),
-            iso(billing_start),
+            iso(self.billing_end),
+            iso(self.billing_start),
             "Usage".into(),
-            if key.corrected_in.is_some() {
-                "Correction".into()
-            } else {
-                String::new()
-            },
-            description,
+            class.into(),
+            charge.description,
             "Usage-Based".into(),
-            iso(end),
-            iso(start),
+            iso(self.end),
+            iso(self.start),
             "Usage".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            amount.clone(),
-            unit.into(),
+            none(),
+            none(),
+            none(),
+            none(),
+            none(),
+            charge.amount.clone(),
+            charge.unit.into(),
             decimal(sums.cost),
-            String::new(),
+            none(),
             decimal(sums.cost),
             "tollgate".into(),
             decimal(sums.list_cost),
-            String::new(),
+            none(),
             "Standard".into(),
-            amount,
-            unit.into(),
-            provider.clone(),
-            provider,
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            category.into(),
-            service,
-            sku.clone(),
-            format!("{sku}@{}", key.rate_card_version),
+            charge.amount,
+            charge.unit.into(),
+            charge.provider.clone(),
+            charge.provider,
+            none(),
+            none(),
+            none(),
+            none(),
+            none(),
+            charge.category.into(),
+            charge.service,
+            charge.sku.clone(),
+            format!("{}@{}", charge.sku, key.rate_card_version),
             key.allocation.clone(),
             key.allocation.clone(),
             tags,
+        ]
+    }
+
+    /// The values of our own columns, `x_Team` to `x_InstanceType`.
+    fn extension_values(&self) -> [String; EXTENSION_COLUMNS] {
+        let (key, sums) = (self.key, self.sums);
+        [
             key.team.clone(),
             key.project.clone(),
             key.cost_center.clone(),
@@ -635,11 +770,8 @@ fn statement(
             key.cluster.clone(),
             key.partition.clone(),
             key.instance_type.clone(),
-        ];
-        emit(&values)?;
-        written += 1;
+        ]
     }
-    Ok(written)
 }
 
 #[cfg(test)]

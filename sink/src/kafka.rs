@@ -23,18 +23,19 @@ use crate::log::{self, LogError};
 /// Why shipping failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
-    /// The log.
+    /// Reading the durable log failed (I/O, or damage in a sealed segment).
     #[error(transparent)]
     Log(#[from] LogError),
-    /// The Kafka client.
+    /// The producer could not be made, a delivery failed, or the queue did not drain in time
+    /// (librdkafka's text).
     #[error("kafka: {0}")]
     Kafka(String),
     /// The checkpoint file.
     #[error("{path}: {source}")]
     Io {
-        /// File.
+        /// The checkpoint file.
         path: String,
-        /// Cause.
+        /// The operating system's error, or what is wrong with the checkpoint.
         source: std::io::Error,
     },
 }
@@ -42,9 +43,9 @@ pub enum ShipError {
 /// How to reach the topic.
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`.
+    /// Kafka's `bootstrap.servers`: comma-separated `host:port` pairs.
     pub brokers: String,
-    /// The usage topic.
+    /// The topic usage events are shipped to, keyed by allocation.
     pub topic: String,
     /// How long a message may wait for delivery before it is reported failed.
     pub delivery_timeout: Duration,

@@ -28,22 +28,22 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Why the log failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The file system.
+    /// Opening, reading, writing, syncing or removing a segment or the folder failed.
     #[error("{path}: {source}")]
     Io {
-        /// File or folder.
+        /// The segment file or log folder.
         path: String,
-        /// Cause.
+        /// The operating system's error.
         source: io::Error,
     },
     /// A sealed segment holds a record that fails its check.
     #[error("{path}: record {offset} is corrupt ({reason})")]
     Corrupt {
-        /// Segment.
+        /// The sealed segment file.
         path: String,
         /// The record's offset.
         offset: u64,
-        /// What failed.
+        /// Which check failed (the segment ends early, the checksum does not match, ...).
         reason: &'static str,
     },
     /// A record larger than [`RECORD_BYTES_MAX`] was offered.
@@ -61,7 +61,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 /// What opening the log found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Records in the log.
+    /// Whole records kept in the log, in every segment, after any cut.
     pub records: u64,
     /// Bytes cut from the end of the last segment (a torn or corrupt tail).
     pub cut_bytes: u64,

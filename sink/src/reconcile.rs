@@ -27,7 +27,8 @@ use crate::kafka::ORIGIN_HEADER;
 /// Why reconciliation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// The Kafka client.
+    /// The consumer could not be made, or the topic's partitions not assigned
+    /// (librdkafka's text).
     #[error("kafka: {0}")]
     Kafka(String),
 }

@@ -18,24 +18,26 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tollgate_engine::UnixMs;
 
-use crate::columnar::ColumnarError;
+use crate::columnar::{ColumnarError, FileTotals, Stated, tally_read};
 
-/// What a report groups by.
+/// What a report groups by: one usage column ([`Dimension::column`]). Events with no value
+/// in it (identity of a refused unknown key, provider and model of resource usage) are a
+/// group of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dimension {
-    /// Team.
+    /// The team of the key's or record's allocation.
     Team,
-    /// Project.
+    /// The project of the allocation.
     Project,
-    /// Allocation.
+    /// The allocation charged: the unit budgets are kept for.
     Allocation,
-    /// User.
+    /// The key's owner, or a job's user.
     User,
-    /// Model.
+    /// The model as the provider names it; none for resource usage.
     Model,
-    /// Provider.
+    /// The provider (`openai`, `anthropic`, ...); none for resource usage.
     Provider,
-    /// Cost center.
+    /// The allocation's cost center, for chargeback to finance.
     CostCenter,
     /// What was metered: `tokens`, `compute` or `storage`.
     Kind,
@@ -48,7 +50,7 @@ pub enum Dimension {
 }
 
 impl Dimension {
-    /// The column holding it.
+    /// The usage column whose values name the groups (also the dimension's name).
     #[must_use]
     pub fn column(self) -> &'static str {
         match self {
@@ -66,7 +68,8 @@ impl Dimension {
         }
     }
 
-    /// Parses a dimension's name.
+    /// The dimension named as its column is (`team`, `cost_center`, ...); `None` for any
+    /// other name.
     #[must_use]
     pub fn parse(name: &str) -> Option<Dimension> {
         Some(match name {
@@ -91,15 +94,15 @@ impl Dimension {
 pub struct Row {
     /// The group's value (`None`: events without one, such as refused unknown keys).
     pub key: Option<String>,
-    /// Events.
+    /// Events in the group within the window, refusals (which cost nothing) included.
     pub events: u64,
     /// Billed cost, in nano-units.
     pub cost_nanos: i128,
     /// List cost, in nano-units.
     pub list_cost_nanos: i128,
-    /// Prompt tokens.
+    /// Prompt tokens, cached ones included.
     pub tokens_in: i64,
-    /// Completion tokens.
+    /// Completion tokens, reasoning included.
     pub tokens_out: i64,
     /// Billed cost of model calls, in nano-units.
     pub token_cost_nanos: i128,
@@ -169,10 +172,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, C
         .ok_or_else(|| ColumnarError::Encode(format!("column `{name}` missing or of another type")))
 }
 
-/// Calls `visit` with every batch of the Parquet files under `data_dir/usage`, read with only
-/// the `columns` asked for.
-/// Calls `visit` with every batch of the usage files (only `columns`), and when its file was
-/// written (`None` for files from before the stamp existed).
+/// Calls `visit` with every batch of the usage files under `data_dir/usage` (only `columns`,
+/// and `cost` too when a file states a cost total), and when its file was written (`None` for
+/// files from before the stamp existed). After a file's last batch, the rows and cost read are
+/// checked against what the file states ([`crate::columnar::ROWS_KEY`] and its kin): a
+/// mismatch is a damaged file and ends the read with [`ColumnarError::Corrupt`].
 pub(crate) fn for_each_batch(
     data_dir: &Path,
     columns: &[&str],
@@ -188,6 +192,7 @@ pub(crate) fn for_each_batch(
             source,
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
+        let stated = Stated::of(builder.metadata(), &path)?;
         let written = builder
             .metadata()
             .file_metadata()
@@ -200,17 +205,22 @@ pub(crate) fn for_each_batch(
             })
             .map(UnixMs);
         let schema = builder.parquet_schema();
+        let cost = stated.has_cost_total().then_some("cost");
         let indices: Vec<usize> = columns
             .iter()
-            .filter_map(|name| schema.columns().iter().position(|c| c.name() == *name))
+            .copied()
+            .chain(cost)
+            .filter_map(|name| schema.columns().iter().position(|c| c.name() == name))
             .collect();
         let mask = ProjectionMask::leaves(schema, indices);
+        let mut read = FileTotals::default();
+        let mut cost_read = true;
         for batch in builder.with_projection(mask).build().map_err(encode)? {
-            visit(
-                batch.map_err(|e| ColumnarError::Encode(e.to_string()))?,
-                written,
-            )?;
+            let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
+            cost_read &= tally_read(&mut read, &batch);
+            visit(batch, written)?;
         }
+        stated.check(read, cost_read, &path)?;
     }
     Ok(())
 }
@@ -238,67 +248,107 @@ pub fn report(
     let mut currency: Option<String> = None;
     let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
     for_each_batch(data_dir, &wanted, |batch, _written| {
-        let ts = column::<TimestampMillisecondArray>(&batch, "ts")?;
-        let key = column::<StringArray>(&batch, by.column())?;
-        let cost = column::<Decimal128Array>(&batch, "cost")?;
-        let list_cost = column::<Decimal128Array>(&batch, "list_cost")?;
-        let tokens_in = column::<Int64Array>(&batch, "tokens_in")?;
-        let tokens_out = column::<Int64Array>(&batch, "tokens_out")?;
-        let kind = column::<StringArray>(&batch, "kind")?;
-        let unit = column::<StringArray>(&batch, "unit")?;
-        let quantity = column::<Decimal128Array>(&batch, "quantity")?;
-        let currencies = column::<StringArray>(&batch, "currency")?;
+        let columns = ReportColumns::of(&batch, by)?;
         for i in 0..batch.num_rows() {
-            let t = UnixMs(ts.value(i));
+            let t = UnixMs(columns.ts.value(i));
             if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
                 continue;
             }
-            let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
+            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i).to_owned());
             let row = groups.entry(k.clone()).or_insert_with(|| Row {
                 key: k,
                 ..Row::default()
             });
-            // Amounts of two currencies never add up: a statement has one.
-            let c = currencies.value(i);
-            match &currency {
-                Some(first) if first != c => {
-                    return Err(ColumnarError::Encode(format!(
-                        "events in two currencies ({first} and {c}): report each ledger alone"
-                    )));
-                }
-                Some(_) => {}
-                None => currency = Some(c.to_owned()),
-            }
+            one_currency(&mut currency, columns.currency.value(i))?;
             row.currency.clone_from(&currency);
-            row.events += 1;
-            row.cost_nanos += cost.value(i);
-            row.list_cost_nanos += list_cost.value(i);
-            row.tokens_in += tokens_in.value(i);
-            row.tokens_out += tokens_out.value(i);
-            let q = if quantity.is_null(i) {
-                0
-            } else {
-                quantity.value(i)
-            };
-            let u = if unit.is_null(i) { "" } else { unit.value(i) };
-            match (kind.value(i), u) {
-                ("tokens", _) => row.token_cost_nanos += cost.value(i),
-                ("compute", "gpu_hour") => row.gpu_hour_micros += q,
-                ("compute", "core_hour") => row.core_hour_micros += q,
-                ("compute", "node_hour") => row.node_hour_micros += q,
-                ("storage", "gb_month") => row.gb_month_micros += q,
-                // A kind or unit this reader does not know: counted in the totals only.
-                _ => {}
-            }
-            match kind.value(i) {
-                "compute" => row.compute_cost_nanos += cost.value(i),
-                "storage" => row.storage_cost_nanos += cost.value(i),
-                _ => {}
-            }
+            row.add_event(&columns, i);
         }
         Ok(())
     })?;
     Ok(groups.into_values().collect())
+}
+
+/// Amounts of two currencies never add up: a report has one, the first it meets (`first`);
+/// an event in another is refused.
+fn one_currency(first: &mut Option<String>, currency: &str) -> Result<(), ColumnarError> {
+    match first {
+        Some(first) if first != currency => Err(ColumnarError::Encode(format!(
+            "events in two currencies ({first} and {currency}): report each ledger alone"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            *first = Some(currency.to_owned());
+            Ok(())
+        }
+    }
+}
+
+/// The columns of one batch of usage a report reads, typed; `key` is the dimension's.
+struct ReportColumns<'a> {
+    ts: &'a TimestampMillisecondArray,
+    key: &'a StringArray,
+    cost: &'a Decimal128Array,
+    list_cost: &'a Decimal128Array,
+    tokens_in: &'a Int64Array,
+    tokens_out: &'a Int64Array,
+    kind: &'a StringArray,
+    unit: &'a StringArray,
+    quantity: &'a Decimal128Array,
+    currency: &'a StringArray,
+}
+
+impl<'a> ReportColumns<'a> {
+    /// The batch's columns, or the first one missing.
+    fn of(batch: &'a RecordBatch, by: Dimension) -> Result<ReportColumns<'a>, ColumnarError> {
+        Ok(ReportColumns {
+            ts: column(batch, "ts")?,
+            key: column(batch, by.column())?,
+            cost: column(batch, "cost")?,
+            list_cost: column(batch, "list_cost")?,
+            tokens_in: column(batch, "tokens_in")?,
+            tokens_out: column(batch, "tokens_out")?,
+            kind: column(batch, "kind")?,
+            unit: column(batch, "unit")?,
+            quantity: column(batch, "quantity")?,
+            currency: column(batch, "currency")?,
+        })
+    }
+}
+
+impl Row {
+    /// Adds event `i` of `columns`: to the totals, and to its kind's and unit's.
+    fn add_event(&mut self, columns: &ReportColumns<'_>, i: usize) {
+        let cost = columns.cost.value(i);
+        self.events += 1;
+        self.cost_nanos += cost;
+        self.list_cost_nanos += columns.list_cost.value(i);
+        self.tokens_in += columns.tokens_in.value(i);
+        self.tokens_out += columns.tokens_out.value(i);
+        let q = if columns.quantity.is_null(i) {
+            0
+        } else {
+            columns.quantity.value(i)
+        };
+        let u = if columns.unit.is_null(i) {
+            ""
+        } else {
+            columns.unit.value(i)
+        };
+        match (columns.kind.value(i), u) {
+            ("tokens", _) => self.token_cost_nanos += cost,
+            ("compute", "gpu_hour") => self.gpu_hour_micros += q,
+            ("compute", "core_hour") => self.core_hour_micros += q,
+            ("compute", "node_hour") => self.node_hour_micros += q,
+            ("storage", "gb_month") => self.gb_month_micros += q,
+            // A kind or unit this reader does not know: counted in the totals only.
+            _ => {}
+        }
+        match columns.kind.value(i) {
+            "compute" => self.compute_cost_nanos += cost,
+            "storage" => self.storage_cost_nanos += cost,
+            _ => {}
+        }
+    }
 }
 
 /// Writes report rows to a Parquet file at `path` (temporary name, synced, renamed): the group
@@ -372,6 +422,66 @@ pub fn write_parquet(
 mod tests {
     use super::*;
     use tollgate_engine::{Nanos, UsageEvent};
+
+    /// `events` written with `metadata` in place of a usage file's own.
+    fn write_stating(path: &Path, events: &[UsageEvent], metadata: &[(&str, &str)]) {
+        let batch = crate::columnar::encode(events).unwrap();
+        crate::columnar::write_batch(path, &batch, metadata).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_does_not_hold_what_it_states_is_refused() {
+        use crate::columnar::{COST_NANOS_TOTAL_KEY, ROWS_KEY};
+        let root = std::env::temp_dir().join(format!("tollgate-stated-{}", std::process::id()));
+        let events: Vec<UsageEvent> = (0..3u64)
+            .map(|i| {
+                let mut e = UsageEvent::sample();
+                e.cost_nanos = Nanos(100 + i);
+                e
+            })
+            .collect();
+        let total = events
+            .iter()
+            .map(|e| u128::from(e.cost_nanos.0))
+            .sum::<u128>()
+            .to_string();
+        let path = root.join("usage/part.parquet");
+        for (rows, cost, damaged) in [
+            ("3", total.as_str(), None),
+            ("4", total.as_str(), Some(ROWS_KEY)),
+            ("3", "302", Some(COST_NANOS_TOTAL_KEY)),
+            ("three", total.as_str(), Some(ROWS_KEY)),
+        ] {
+            let _ = fs::remove_dir_all(&root);
+            write_stating(
+                &path,
+                &events,
+                &[(ROWS_KEY, rows), (COST_NANOS_TOTAL_KEY, cost)],
+            );
+            let got = report(&root, None, None, Dimension::Team);
+            match (damaged, got) {
+                (None, Ok(rows)) => assert_eq!(rows.iter().map(|r| r.events).sum::<u64>(), 3),
+                (Some(key), Err(ColumnarError::Corrupt { quantity, .. })) => {
+                    assert_eq!(quantity, key, "{rows} rows, {cost} cost");
+                }
+                (expected, got) => panic!("{rows} rows, {cost} cost: {expected:?} {got:?}"),
+            }
+            // The statement reads the same files, through the same check.
+            let mut out = Vec::new();
+            let exported = crate::focus::export_csv(&root, None, None, &mut out);
+            assert_eq!(
+                exported.is_err(),
+                damaged.is_some(),
+                "{rows} rows, {cost} cost"
+            );
+        }
+        // A file from before the keys existed is read on its footer's word alone.
+        let _ = fs::remove_dir_all(&root);
+        write_stating(&path, &events, &[]);
+        let rows = report(&root, None, None, Dimension::Team).unwrap();
+        assert_eq!(rows.iter().map(|r| r.cost_nanos).sum::<i128>(), 303);
+        fs::remove_dir_all(root).unwrap();
+    }
 
     #[test]
     fn totals_by_dimension_and_time_are_exact() {

@@ -47,9 +47,9 @@ pub struct Column {
     pub name: &'static str,
     /// The event's JSON field it is read from.
     pub json_field: &'static str,
-    /// Its type.
+    /// Its type in Arrow and Parquet.
     pub ty: ColumnType,
-    /// Whether it may be null.
+    /// Whether it may be null: exactly when the JSON field may be (a test keeps them equal).
     pub nullable: bool,
 }
 
