@@ -31,8 +31,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::BudgetExhausted;
-use crate::identity::Allocation;
 use crate::money::Nanos;
 use crate::sync::{AtomicI64, AtomicU64, AtomicU128, Ordering};
 use crate::time::{Period, UnixMs};
@@ -124,20 +122,26 @@ pub struct BudgetCell {
     released_total: AtomicU64,
     limit_nanos: AtomicU64,
     warned_period: AtomicI64,
-    period: Period,
+    pub(crate) period: Period,
     soft_limit_percent: u8,
 }
 
 /// Why one cell did not take a hold.
-enum Refusal {
+pub(crate) enum Refusal {
     /// No room under the limit.
     Exhausted {
+        /// The cell's limit.
         limit: u64,
+        /// What was left under it.
         remaining: u64,
+        /// The period the cell is in.
         period: i64,
     },
     /// The cell is already in a later period than the caller's clock.
-    Ahead { period: i64 },
+    Ahead {
+        /// The cell's period.
+        period: i64,
+    },
 }
 
 /// Most times a reservation re-runs because a cell's period was ahead of the caller's clock.
@@ -146,9 +150,11 @@ pub const CLOCK_CATCH_UP_RETRIES_MAX: usize = 4;
 
 /// The part of a reservation taken at one level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Hold {
-    nanos: u64,
-    period: i64,
+pub(crate) struct Hold {
+    /// Nanos held (0 where the cell has no limit).
+    pub(crate) nanos: u64,
+    /// The period it was taken in.
+    pub(crate) period: i64,
 }
 
 /// A level's counters at one instant, for reports and the admin API.
@@ -271,7 +277,7 @@ impl BudgetCell {
     }
 
     /// Takes a hold of `amount` if it fits under the limit in period `now_period`.
-    fn try_reserve(&self, now_period: i64, amount: u64) -> Result<Hold, Refusal> {
+    pub(crate) fn try_reserve(&self, now_period: i64, amount: u64) -> Result<Hold, Refusal> {
         loop {
             let released = self.released_total.load(ORDER);
             let (period, spent) = self.current(now_period);
@@ -324,7 +330,7 @@ impl BudgetCell {
     /// The counters wrap, and the difference is read modulo 2^64, as the admission check reads
     /// it; both rely on what is in flight staying below 2^64 nanos. The cost on the hot path is
     /// one load of a word in the cache line the release has just written, and one compare.
-    fn release(&self, hold: Hold) {
+    pub(crate) fn release(&self, hold: Hold) {
         if hold.nanos > 0 {
             let released_before = self.released_total.fetch_add(hold.nanos, ORDER);
             let reserved = self.reserved_total.load(ORDER);
@@ -341,7 +347,7 @@ impl BudgetCell {
 
     /// Posts `actual` against the hold's period (if still current) and gives the hold back.
     /// Returns the spend before and after, when it was posted.
-    fn settle(&self, hold: Hold, actual: u64) -> Option<(u64, u64)> {
+    pub(crate) fn settle(&self, hold: Hold, actual: u64) -> Option<(u64, u64)> {
         let posted = loop {
             let word = self.spent.load(ORDER);
             let (period, spent) = unpack(word);
@@ -371,7 +377,7 @@ impl BudgetCell {
 
     /// Reports the soft limit if spend is at or past it, at most once per period. A late settle
     /// for a period already over reports nothing: its period's warning moment has passed.
-    fn crossed(&self, period: i64, before: u64, after: u64) -> Option<(u64, u8)> {
+    pub(crate) fn crossed(&self, period: i64, before: u64, after: u64) -> Option<(u64, u8)> {
         let limit = self.limit_nanos.load(ORDER);
         if limit == NO_LIMIT {
             return None;
@@ -418,458 +424,36 @@ impl BudgetCell {
     }
 }
 
-/// A hold on an allocation's budget at every level. Settle it, or drop it to give it back.
-#[derive(Debug)]
-#[must_use = "dropping a reservation releases it; settle it with the actual cost"]
-pub struct Reservation {
-    allocation: Arc<Allocation>,
-    holds: [Hold; 3],
-    at: UnixMs,
-    armed: bool,
-}
-
-/// What a settle reported: the soft limits it crossed, if any.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Settlement {
-    crossed: [Option<SoftLimitCrossed>; 3],
-}
-
-impl Settlement {
-    /// Soft limits crossed by this settle, most specific level first.
-    pub fn soft_limits_crossed(&self) -> impl Iterator<Item = &SoftLimitCrossed> {
-        self.crossed.iter().flatten()
-    }
-}
-
-/// Reserves `amount` at every level of `allocation`'s budget in `now`'s periods, or refuses
-/// with the first level (most specific first) that has no room, holding nothing.
-///
-/// The reservation's [`Reservation::at`] is `now`, or the start of a later period if another
-/// thread's clock has already opened one; the usage event must carry that instant so it lands
-/// in the same period as the spend the table posts.
-pub fn reserve(
-    allocation: &Arc<Allocation>,
-    now: UnixMs,
-    amount: Nanos,
-) -> Result<Reservation, Box<BudgetExhausted>> {
-    let cells = allocation.budget_cells();
-    let mut at = now;
-    let mut holds = [Hold::default(); 3];
-    let mut retries = 0;
-    'attempt: loop {
-        for (i, cell) in cells.iter().enumerate() {
-            let refusal = match cell.try_reserve(cell.period.index(at), amount.0) {
-                Ok(hold) => {
-                    if let Some(slot) = holds.get_mut(i) {
-                        *slot = hold;
-                    }
-                    continue;
-                }
-                Err(refusal) => refusal,
-            };
-            for (taken, cell) in holds.iter().zip(cells).take(i) {
-                cell.release(*taken);
-            }
-            holds = [Hold::default(); 3];
-            match refusal {
-                Refusal::Ahead { period } if retries < CLOCK_CATCH_UP_RETRIES_MAX => {
-                    retries += 1;
-                    at = cell.period.start(period).map_or(at, |start| start.max(at));
-                    continue 'attempt;
-                }
-                Refusal::Ahead { period } => {
-                    // Clocks racing past every retry: refuse as if full, never mis-book spend.
-                    return Err(exhausted(allocation, i, cell, amount, 0, 0, period));
-                }
-                Refusal::Exhausted {
-                    limit,
-                    remaining,
-                    period,
-                } => {
-                    return Err(exhausted(
-                        allocation, i, cell, amount, limit, remaining, period,
-                    ));
-                }
-            }
-        }
-        return Ok(Reservation {
-            allocation: Arc::clone(allocation),
-            holds,
-            at,
-            armed: true,
-        });
-    }
-}
-
-fn exhausted(
-    allocation: &Allocation,
-    index: usize,
-    cell: &BudgetCell,
-    requested: Nanos,
-    limit: u64,
-    remaining: u64,
-    period_index: i64,
-) -> Box<BudgetExhausted> {
-    let level = Level::ALL.get(index).copied().unwrap_or(Level::Allocation);
-    Box::new(BudgetExhausted {
-        level,
-        name: allocation.level_name(level).clone(),
-        period: cell.period,
-        limit: Nanos(limit),
-        requested,
-        remaining: Nanos(remaining),
-        resets_at: cell.period.end(period_index),
-    })
-}
-
-impl Reservation {
-    /// The amount held (the same at every level that has a limit).
-    #[must_use]
-    pub fn held(&self) -> Nanos {
-        Nanos(self.holds.iter().map(|h| h.nanos).max().unwrap_or(0))
-    }
-
-    /// The instant the reservation was booked at: the caller's `now`, moved forward only when
-    /// another thread had already opened a later period. Stamp the usage event with it.
-    #[must_use]
-    pub fn at(&self) -> UnixMs {
-        self.at
-    }
-
-    /// The allocation the reservation is on.
-    #[must_use]
-    pub fn allocation(&self) -> &Arc<Allocation> {
-        &self.allocation
-    }
-
-    /// Posts the actual cost at every level and gives the holds back. When `actual` is above
-    /// the hold it is posted all the same: the provider's bill is the truth.
-    pub fn settle(mut self, actual: Nanos) -> Settlement {
-        self.armed = false;
-        let mut settlement = Settlement::default();
-        let cells = self.allocation.budget_cells();
-        for (i, (hold, cell)) in self.holds.iter().zip(cells).enumerate() {
-            let Some((before, after)) = cell.settle(*hold, actual.0) else {
-                continue;
-            };
-            if let Some((limit, percent)) = cell.crossed(hold.period, before, after) {
-                let level = Level::ALL.get(i).copied().unwrap_or(Level::Allocation);
-                if let Some(slot) = settlement.crossed.get_mut(i) {
-                    *slot = Some(SoftLimitCrossed {
-                        level,
-                        name: self.allocation.level_name(level).clone(),
-                        period: cell.period,
-                        period_index: hold.period,
-                        spent: Nanos(after),
-                        limit: Nanos(limit),
-                        percent,
-                    });
-                }
-            }
-        }
-        settlement
-    }
-
-    /// Gives the holds back without spending anything (the same as dropping).
-    pub fn release(self) {}
-
-    /// Posts usage that happened at its own instants (a job's accounting, which may fall in
-    /// another period than the hold was taken in) and then gives the holds back. Each posting
-    /// goes into the period of its instant at every level, as [`book`] does; the holds are
-    /// released after every posting is written, so an admission check never sees the hold gone
-    /// before the spend is there. Postings above the hold are posted all the same: usage that
-    /// happened is a fact.
-    pub fn settle_at(mut self, postings: &[(UnixMs, Nanos)]) -> Settlement {
-        self.armed = false;
-        let settlement = post(&self.allocation, postings);
-        for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
-            cell.release(*hold);
-        }
-        settlement
-    }
-}
-
-/// Books usage that already happened: `amount` is added to the spend of `at`'s period at
-/// every level, with no limit check. Accounting records (a job that ran, storage that was
-/// held) are facts, so they are always booked, and may take spend past a limit; refusing
-/// belongs to authorization before the usage starts. A period already over gets nothing (its
-/// spend is history, kept by the usage event); the live table holds current periods only.
-pub fn book(allocation: &Arc<Allocation>, at: UnixMs, amount: Nanos) -> Settlement {
-    post(allocation, &[(at, amount)])
-}
-
-fn post(allocation: &Allocation, postings: &[(UnixMs, Nanos)]) -> Settlement {
-    let mut settlement = Settlement::default();
-    for (i, cell) in allocation.budget_cells().into_iter().enumerate() {
-        for &(at, amount) in postings {
-            let hold = Hold {
-                nanos: 0,
-                period: cell.period.index(at),
-            };
-            let Some((before, after)) = cell.settle(hold, amount.0) else {
-                continue;
-            };
-            if let Some((limit, percent)) = cell.crossed(hold.period, before, after) {
-                let level = Level::ALL.get(i).copied().unwrap_or(Level::Allocation);
-                if let Some(slot) = settlement.crossed.get_mut(i) {
-                    *slot = Some(SoftLimitCrossed {
-                        level,
-                        name: allocation.level_name(level).clone(),
-                        period: cell.period,
-                        period_index: hold.period,
-                        spent: Nanos(after),
-                        limit: Nanos(limit),
-                        percent,
-                    });
-                }
-            }
-        }
-    }
-    settlement
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.armed {
-            for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
-                cell.release(*hold);
-            }
-        }
-    }
+/// Why a budget refused a reservation: which level, how much was asked, how much is left.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "budget exceeded at {level} `{name}`: requested {requested}, remaining {remaining} of {limit} this {period}",
+    level = level.as_str(), period = period.as_str()
+)]
+pub struct BudgetExhausted {
+    /// The level that refused.
+    pub level: Level,
+    /// The allocation's, project's or team's name.
+    pub name: Arc<str>,
+    /// The budget period of that level.
+    pub period: Period,
+    /// The limit of that level for the period.
+    pub limit: Nanos,
+    /// The amount the reservation asked to hold: a call's estimated bound, or the cost of
+    /// an authorized quantity.
+    pub requested: Nanos,
+    /// What was left (limit minus spent minus in-flight reservations).
+    pub remaining: Nanos,
+    /// When the level's period ends and its budget starts afresh; `None` for `total`.
+    pub resets_at: Option<UnixMs>,
 }
 
 #[cfg(test)]
 #[cfg(not(loom))]
 mod tests {
     use super::*;
-    use crate::identity::{Directory, test_directory};
-    use crate::time::MS_PER_DAY;
 
-    const JAN_15: UnixMs = UnixMs(1_768_435_200_000); // 2026-01-15T00:00:00Z
-
-    fn setup(alloc: u64, project: Option<u64>, team: Option<u64>) -> (Directory, Arc<Allocation>) {
-        test_directory(
-            BudgetSpec::limited(Nanos(alloc), Period::Month),
-            project.map_or(BudgetSpec::unlimited(Period::Month), |l| {
-                BudgetSpec::limited(Nanos(l), Period::Month)
-            }),
-            team.map_or(BudgetSpec::unlimited(Period::Total), |l| {
-                BudgetSpec::limited(Nanos(l), Period::Total)
-            }),
-        )
-        .unwrap()
-    }
-
-    fn snap(a: &Allocation, level: Level, now: UnixMs) -> BudgetSnapshot {
-        a.budget_cells()[Level::ALL.iter().position(|l| *l == level).unwrap()].snapshot(now)
-    }
-
-    #[test]
-    fn settle_commits_and_drop_releases() {
-        let (_dir, a) = setup(1_000, None, None);
-        let r = reserve(&a, JAN_15, Nanos(600)).unwrap();
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).in_flight, Nanos(600));
-        // A second 600 does not fit while the first is held.
-        let refused = reserve(&a, JAN_15, Nanos(600)).unwrap_err();
-        assert_eq!(
-            (refused.level, refused.remaining, refused.requested),
-            (Level::Allocation, Nanos(400), Nanos(600))
-        );
-        assert_eq!(refused.resets_at, Some(UnixMs(1_769_904_000_000))); // 2026-02-01
-        r.settle(Nanos(250));
-        let s = snap(&a, Level::Allocation, JAN_15);
-        assert_eq!(
-            (s.spent, s.in_flight, s.remaining),
-            (Nanos(250), Nanos(0), Some(Nanos(750)))
-        );
-        // Project and team count the spend though they have no limit.
-        assert_eq!(snap(&a, Level::Project, JAN_15).spent, Nanos(250));
-        assert_eq!(snap(&a, Level::Team, JAN_15).spent, Nanos(250));
-        {
-            let _cancelled = reserve(&a, JAN_15, Nanos(700)).unwrap();
-            assert_eq!(
-                snap(&a, Level::Allocation, JAN_15).remaining,
-                Some(Nanos(50))
-            );
-        }
-        assert_eq!(
-            snap(&a, Level::Allocation, JAN_15).remaining,
-            Some(Nanos(750))
-        );
-    }
-
-    #[test]
-    fn booked_usage_is_a_fact_and_settle_at_posts_where_the_usage_was() {
-        let (_dir, a) = setup(1_000, None, None);
-        // Booking checks no limit: usage that happened is posted, past the limit too.
-        let crossed: Vec<_> = book(&a, JAN_15, Nanos(900))
-            .soft_limits_crossed()
-            .map(|c| c.level)
-            .collect();
-        assert_eq!(crossed, vec![Level::Allocation]);
-        book(&a, JAN_15, Nanos(300));
-        let s = snap(&a, Level::Allocation, JAN_15);
-        assert_eq!((s.spent, s.remaining), (Nanos(1_200), Some(Nanos(0))));
-        assert!(
-            reserve(&a, JAN_15, Nanos(1)).is_err(),
-            "over the limit, nothing more is admitted"
-        );
-        assert_eq!(snap(&a, Level::Team, JAN_15).spent, Nanos(1_200));
-        // A period already over gets nothing: its spend is history.
-        let december = UnixMs(JAN_15.0 - 20 * MS_PER_DAY);
-        book(&a, december, Nanos(50));
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(1_200));
-
-        // A hold taken in January, settled by a job that ran into February: the hold comes
-        // back, the spend goes into the job's own period.
-        let (_dir, a) = setup(1_000, None, None);
-        let hold = reserve(&a, JAN_15, Nanos(700)).unwrap();
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).in_flight, Nanos(700));
-        let feb_2 = UnixMs(JAN_15.0 + 18 * MS_PER_DAY);
-        hold.settle_at(&[(JAN_15, Nanos(100))]);
-        let jan = snap(&a, Level::Allocation, JAN_15);
-        assert_eq!((jan.spent, jan.in_flight), (Nanos(100), Nanos(0)));
-        let hold = reserve(&a, JAN_15, Nanos(800)).unwrap();
-        hold.settle_at(&[(feb_2, Nanos(250))]);
-        // The cell moved on to February with the posting; January's spend is history.
-        let feb = snap(&a, Level::Allocation, feb_2);
-        assert_eq!((feb.spent, feb.in_flight), (Nanos(250), Nanos(0)));
-        assert_eq!(snap(&a, Level::Project, feb_2).spent, Nanos(250));
-    }
-
-    #[test]
-    fn the_refusing_level_is_named_and_nothing_stays_held() {
-        let (_dir, a) = setup(1_000, Some(500), Some(10_000));
-        let refused = reserve(&a, JAN_15, Nanos(600)).unwrap_err();
-        assert_eq!(refused.level, Level::Project);
-        assert_eq!(&*refused.name, "proj");
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).in_flight, Nanos(0));
-        let (_dir, a) = setup(1_000, Some(1_000), Some(300));
-        let refused = reserve(&a, JAN_15, Nanos(301)).unwrap_err();
-        assert_eq!(
-            (refused.level, refused.period, refused.resets_at),
-            (Level::Team, Period::Total, None)
-        );
-        for level in Level::ALL {
-            assert_eq!(snap(&a, level, JAN_15).in_flight, Nanos(0), "{level:?}");
-        }
-    }
-
-    #[test]
-    fn rollover_starts_afresh_and_old_holds_settle_into_history() {
-        let (_dir, a) = setup(1_000, None, None);
-        reserve(&a, JAN_15, Nanos(900)).unwrap().settle(Nanos(900));
-        assert!(reserve(&a, JAN_15, Nanos(200)).is_err());
-        let straddling = reserve(&a, JAN_15, Nanos(100)).unwrap();
-        let feb_1 = UnixMs(1_769_904_000_000);
-        let last_ms_of_jan = feb_1.plus_ms(-1);
-        assert!(reserve(&a, last_ms_of_jan, Nanos(200)).is_err());
-        // On the boundary the month is fresh, less what is in flight.
-        let s = snap(&a, Level::Allocation, feb_1);
-        assert_eq!((s.spent, s.in_flight), (Nanos(0), Nanos(100)));
-        let fresh = reserve(&a, feb_1, Nanos(900)).unwrap();
-        // The January hold settles into January: February's spend is untouched by it.
-        straddling.settle(Nanos(100));
-        fresh.settle(Nanos(10));
-        let s = snap(&a, Level::Allocation, feb_1);
-        assert_eq!(
-            (s.spent, s.in_flight, s.period_index),
-            (Nanos(10), Nanos(0), Period::Month.index(feb_1))
-        );
-        // The team's total budget never rolls over.
-        assert_eq!(snap(&a, Level::Team, feb_1).spent, Nanos(1_010));
-    }
-
-    #[test]
-    fn soft_limit_fires_once_per_period_and_level() {
-        let (_dir, a) = setup(1_000, Some(2_000), None);
-        let crossed = |s: Settlement| {
-            s.soft_limits_crossed()
-                .map(|c| (c.level, c.spent))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            crossed(reserve(&a, JAN_15, Nanos(100)).unwrap().settle(Nanos(799))),
-            vec![]
-        );
-        assert_eq!(
-            crossed(reserve(&a, JAN_15, Nanos(100)).unwrap().settle(Nanos(1))),
-            vec![(Level::Allocation, Nanos(800))]
-        );
-        assert_eq!(
-            crossed(reserve(&a, JAN_15, Nanos(100)).unwrap().settle(Nanos(100))),
-            vec![]
-        );
-        // Lowering then raising the limit does not fire twice in one period.
-        a.budget.set_limit(Some(Nanos(5_000)));
-        a.budget.set_limit(Some(Nanos(1_000)));
-        assert_eq!(
-            crossed(reserve(&a, JAN_15, Nanos(50)).unwrap().settle(Nanos(50))),
-            vec![]
-        );
-        // Next month it fires again; a jump past the whole limit still counts as crossing.
-        let feb = JAN_15.plus_ms(31 * MS_PER_DAY);
-        let r = reserve(&a, feb, Nanos(100)).unwrap();
-        assert_eq!(
-            crossed(r.settle(Nanos(1_700))),
-            vec![
-                (Level::Allocation, Nanos(1_700)),
-                (Level::Project, Nanos(1_700))
-            ]
-        );
-    }
-
-    #[test]
-    fn soft_limit_fires_when_the_limit_drops_below_spend_or_is_tiny() {
-        let (_dir, a) = setup(1_000, None, None);
-        let fired = |s: Settlement| s.soft_limits_crossed().count();
-        assert_eq!(
-            fired(reserve(&a, JAN_15, Nanos(700)).unwrap().settle(Nanos(700))),
-            0
-        );
-        a.budget.set_limit(Some(Nanos(750)));
-        assert_eq!(
-            fired(reserve(&a, JAN_15, Nanos(10)).unwrap().settle(Nanos(1))),
-            1
-        );
-        assert_eq!(
-            fired(reserve(&a, JAN_15, Nanos(10)).unwrap().settle(Nanos(1))),
-            0
-        );
-        let (_dir, tiny) = setup(1, None, None);
-        assert_eq!(
-            fired(reserve(&tiny, JAN_15, Nanos(1)).unwrap().settle(Nanos(0))),
-            0
-        );
-        assert_eq!(
-            fired(reserve(&tiny, JAN_15, Nanos(1)).unwrap().settle(Nanos(1))),
-            1
-        );
-    }
-
-    #[test]
-    fn restore_spent_only_raises() {
-        let (_dir, a) = setup(1_000, None, None);
-        let p = Period::Month.index(JAN_15);
-        a.budget.restore_spent(p, Nanos(700));
-        a.budget.restore_spent(p, Nanos(600));
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(700));
-        assert!(reserve(&a, JAN_15, Nanos(301)).is_err());
-        // A restore for a past period never overwrites the present.
-        a.budget.restore_spent(p - 1, Nanos(999));
-        assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(700));
-    }
-
-    #[test]
-    fn overage_is_posted_in_full() {
-        let (_dir, a) = setup(1_000, None, None);
-        reserve(&a, JAN_15, Nanos(100))
-            .unwrap()
-            .settle(Nanos(1_500));
-        let s = snap(&a, Level::Allocation, JAN_15);
-        assert_eq!((s.spent, s.remaining), (Nanos(1_500), Some(Nanos(0))));
-        assert!(reserve(&a, JAN_15, Nanos(1)).is_err());
-    }
+    const JAN_15: UnixMs = UnixMs(1_768_435_200_000);
 
     #[test]
     #[should_panic(expected = "release of a 5 nanos hold with 0 nanos held")]
@@ -880,285 +464,5 @@ mod tests {
         };
         cell.release(hold);
         cell.release(hold);
-    }
-
-    /// One step of the model-based test.
-    #[derive(Clone, Debug)]
-    enum Step {
-        Reserve(u64),
-        /// Settle the reservation at this index (modulo those open) with this cost.
-        Settle(usize, u64),
-        /// Drop the reservation at this index (modulo those open) unsettled.
-        Drop(usize),
-        Book(u64),
-        /// Set the limit of this level (modulo three), or take it away.
-        SetLimit(usize, Option<u64>),
-    }
-
-    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
-        use proptest::prelude::*;
-        prop_oneof![
-            4 => (0u64..600).prop_map(Step::Reserve),
-            3 => (any::<usize>(), 0u64..900).prop_map(|(i, c)| Step::Settle(i, c)),
-            2 => any::<usize>().prop_map(Step::Drop),
-            1 => (0u64..300).prop_map(Step::Book),
-            1 => (any::<usize>(), proptest::option::of(0u64..3_000))
-                .prop_map(|(l, v)| Step::SetLimit(l, v)),
-        ]
-    }
-
-    /// The naive reference: per level, the limit, spend and what each open reservation holds.
-    #[derive(Debug)]
-    struct Books {
-        limits: [Option<u64>; 3],
-        spent: [u64; 3],
-        /// Per open reservation, its hold at each level (nothing where there was no limit).
-        open: Vec<[u64; 3]>,
-    }
-
-    impl Books {
-        fn in_flight(&self, level: usize) -> u64 {
-            self.open.iter().map(|holds| holds[level]).sum()
-        }
-
-        fn admits(&self, amount: u64) -> bool {
-            (0..3).all(|l| {
-                self.limits[l]
-                    .is_none_or(|limit| self.spent[l] + self.in_flight(l) + amount <= limit)
-            })
-        }
-    }
-
-    proptest::proptest! {
-        /// Budget conservation against a naive reference, one step at a time: the cells admit
-        /// exactly what the reference admits; what each holds is exactly the sum of the open
-        /// reservations' holds (never below zero: the release assertion runs on every settle
-        /// and drop); spend is exactly what was settled and booked.
-        #[test]
-        fn holds_and_spend_balance_against_a_reference(
-            limits in proptest::array::uniform3(proptest::option::of(0u64..3_000)),
-            steps in proptest::collection::vec(step(), 1..120),
-        ) {
-            let spec = |limit: Option<u64>, period| BudgetSpec {
-                limit: limit.map(Nanos),
-                ..BudgetSpec::unlimited(period)
-            };
-            let (_dir, a) = test_directory(
-                spec(limits[0], Period::Month),
-                spec(limits[1], Period::Month),
-                spec(limits[2], Period::Total),
-            )
-            .unwrap();
-            let mut books = Books { limits, spent: [0; 3], open: Vec::new() };
-            let mut open: Vec<Reservation> = Vec::new();
-            for step in steps {
-                match step {
-                    Step::Reserve(amount) => {
-                        let admitted = reserve(&a, JAN_15, Nanos(amount));
-                        let expected = books.admits(amount);
-                        proptest::prop_assert_eq!(admitted.is_ok(), expected, "{:?}", books);
-                        if let Ok(r) = admitted {
-                            // An unlimited cell holds nothing.
-                            let holds = books.limits.map(|l| l.map_or(0, |_| amount));
-                            books.open.push(holds);
-                            open.push(r);
-                        }
-                    }
-                    Step::Settle(i, cost) if !open.is_empty() => {
-                        let i = i % open.len();
-                        books.open.swap_remove(i);
-                        let _ = open.swap_remove(i).settle(Nanos(cost));
-                        books.spent = books.spent.map(|s| s + cost);
-                    }
-                    Step::Drop(i) if !open.is_empty() => {
-                        let i = i % open.len();
-                        books.open.swap_remove(i);
-                        drop(open.swap_remove(i));
-                    }
-                    Step::Settle(..) | Step::Drop(_) => {}
-                    Step::Book(amount) => {
-                        let _ = book(&a, JAN_15, Nanos(amount));
-                        books.spent = books.spent.map(|s| s + amount);
-                    }
-                    Step::SetLimit(level, limit) => {
-                        let level = level % 3;
-                        a.budget_cells()[level].set_limit(limit.map(Nanos));
-                        books.limits[level] = limit;
-                    }
-                }
-                for (l, level) in Level::ALL.into_iter().enumerate() {
-                    let s = snap(&a, level, JAN_15);
-                    let held = books.in_flight(l);
-                    proptest::prop_assert_eq!(s.in_flight.0, held, "{:?} held", level);
-                    proptest::prop_assert_eq!(s.spent.0, books.spent[l], "{:?} spent", level);
-                }
-            }
-            drop(open);
-            for level in Level::ALL {
-                let held = snap(&a, level, JAN_15).in_flight;
-                proptest::prop_assert_eq!(held, Nanos(0), "{:?} leaked", level);
-            }
-        }
-    }
-
-    /// Many threads race reserve/settle/cancel on one allocation, across a month boundary:
-    /// spend never passes the limit in any period, and the books balance exactly.
-    #[test]
-    fn racing_threads_never_overspend() {
-        use std::sync::atomic::{AtomicU64 as StdU64, Ordering::Relaxed};
-        let threads = 8;
-        let rounds = 20_000u64;
-        for run in 0..8u64 {
-            let limit = 1_000_000u64;
-            let (_dir, a) = setup(limit, Some(limit * 3 / 2), Some(limit * 10));
-            let jan_settled = Arc::new(StdU64::new(0));
-            let feb_settled = Arc::new(StdU64::new(0));
-            let feb_1 = UnixMs(1_769_904_000_000);
-            std::thread::scope(|s| {
-                for t in 0..threads {
-                    let a = Arc::clone(&a);
-                    let (jan, feb) = (Arc::clone(&jan_settled), Arc::clone(&feb_settled));
-                    s.spawn(move || {
-                        // A tiny xorshift: seeded per run and thread, printed on failure.
-                        let mut x = (run + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t + 1);
-                        for i in 0..rounds {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            let now = if i < rounds / 2 {
-                                feb_1.plus_ms(-((x % 50) as i64) - 1)
-                            } else {
-                                feb_1.plus_ms((x % 50) as i64)
-                            };
-                            let estimate = 1 + x % 5_000;
-                            let Ok(r) = reserve(&a, now, Nanos(estimate)) else {
-                                continue;
-                            };
-                            let actual = (x >> 20) % (estimate + 1);
-                            assert!(r.at() >= now);
-                            if x % 7 == 0 {
-                                drop(r);
-                            } else {
-                                let month = Period::Month.index(r.at());
-                                r.settle(Nanos(actual));
-                                let is_feb = month == Period::Month.index(feb_1);
-                                if is_feb {
-                                    feb.fetch_add(actual, Relaxed)
-                                } else {
-                                    jan.fetch_add(actual, Relaxed)
-                                };
-                            }
-                        }
-                    });
-                }
-            });
-            let s = snap(&a, Level::Allocation, feb_1);
-            assert!(
-                s.spent.0 <= limit,
-                "run {run}: spent {} over limit {limit}",
-                s.spent.0
-            );
-            assert_eq!(s.in_flight, Nanos(0), "run {run}: holds leaked");
-            assert_eq!(
-                s.spent.0,
-                feb_settled.load(Relaxed),
-                "run {run}: February's books do not balance"
-            );
-            let team = snap(&a, Level::Team, feb_1);
-            assert_eq!(
-                team.spent.0,
-                jan_settled.load(Relaxed) + feb_settled.load(Relaxed),
-                "run {run}: team total"
-            );
-            assert!(
-                jan_settled.load(Relaxed) <= limit,
-                "run {run}: January over limit"
-            );
-        }
-    }
-}
-
-#[cfg(test)]
-#[cfg(loom)]
-mod loom_tests {
-    use super::*;
-    use crate::identity::test_directory;
-
-    const T: UnixMs = UnixMs(1_768_435_200_000);
-
-    /// Two racing reserve/settle pairs: the limit holds in every interleaving loom explores.
-    #[test]
-    fn loom_limit_holds_under_races() {
-        loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Month),
-                BudgetSpec::unlimited(Period::Month),
-                BudgetSpec::unlimited(Period::Total),
-            )
-            .unwrap();
-            let other = {
-                let a = Arc::clone(&a);
-                loom::thread::spawn(move || {
-                    reserve(&a, T, Nanos(6)).map(|r| r.settle(Nanos(6))).is_ok()
-                })
-            };
-            let mine = reserve(&a, T, Nanos(6)).map(|r| r.settle(Nanos(5))).is_ok();
-            let theirs = other.join().unwrap();
-            let s = a.budget.snapshot(T);
-            assert!(s.spent.0 <= 10, "spent {}", s.spent.0);
-            assert_eq!(s.in_flight, Nanos(0));
-            // At least one fits; both fit only one after the other (5 + 6 > 10 never both held).
-            assert!(mine || theirs);
-            assert_eq!(s.spent.0, u64::from(mine) * 5 + u64::from(theirs) * 6);
-        });
-    }
-
-    /// A cancelled reservation racing another: the hold always comes back.
-    #[test]
-    fn loom_cancel_gives_back() {
-        loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Month),
-                BudgetSpec::unlimited(Period::Month),
-                BudgetSpec::unlimited(Period::Total),
-            )
-            .unwrap();
-            let other = {
-                let a = Arc::clone(&a);
-                loom::thread::spawn(move || drop(reserve(&a, T, Nanos(8))))
-            };
-            let mine = reserve(&a, T, Nanos(8)).map(|r| r.settle(Nanos(8))).is_ok();
-            other.join().unwrap();
-            let s = a.budget.snapshot(T);
-            assert_eq!(s.in_flight, Nanos(0));
-            assert_eq!(s.spent.0, if mine { 8 } else { 0 });
-        });
-    }
-
-    /// A rollover racing a settle: the old period's settle never lands in the new period.
-    #[test]
-    fn loom_rollover_is_exact() {
-        loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Day),
-                BudgetSpec::unlimited(Period::Day),
-                BudgetSpec::unlimited(Period::Day),
-            )
-            .unwrap();
-            let old = reserve(&a, T, Nanos(5)).unwrap();
-            let a2 = Arc::clone(&a);
-            let next_day = T.plus_ms(crate::time::MS_PER_DAY);
-            let h = loom::thread::spawn(move || {
-                reserve(&a2, next_day, Nanos(10))
-                    .map(|r| r.settle(Nanos(10)))
-                    .is_ok()
-            });
-            old.settle(Nanos(5));
-            let fresh_ok = h.join().unwrap();
-            let s = a.budget.snapshot(next_day);
-            // Whatever the interleaving, the new day holds only the new day's spend.
-            assert_eq!(s.spent.0, if fresh_ok { 10 } else { 0 });
-            assert_eq!(s.in_flight, Nanos(0));
-        });
     }
 }

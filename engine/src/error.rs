@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::budget::Level;
-use crate::money::Nanos;
-use crate::time::{Period, UnixMs};
+pub use crate::budget::BudgetExhausted;
+use crate::time::UnixMs;
 
 /// `Result` with the engine's [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,30 +111,6 @@ pub enum Error {
         /// Random bytes the caller passed.
         got: usize,
     },
-}
-
-/// Why a budget refused a reservation: which level, how much was asked, how much is left.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "budget exceeded at {level} `{name}`: requested {requested}, remaining {remaining} of {limit} this {period}",
-    level = level.as_str(), period = period.as_str()
-)]
-pub struct BudgetExhausted {
-    /// The level that refused.
-    pub level: Level,
-    /// The allocation's, project's or team's name.
-    pub name: Arc<str>,
-    /// The budget period of that level.
-    pub period: Period,
-    /// The limit of that level for the period.
-    pub limit: Nanos,
-    /// The amount the reservation asked to hold: a call's estimated bound, or the cost of
-    /// an authorized quantity.
-    pub requested: Nanos,
-    /// What was left (limit minus spent minus in-flight reservations).
-    pub remaining: Nanos,
-    /// When the level's period ends and its budget starts afresh; `None` for `total`.
-    pub resets_at: Option<UnixMs>,
 }
 
 /// Why a presented key was refused. All answer 401; the reason is for logs and events.

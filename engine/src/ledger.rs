@@ -20,13 +20,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::budget::Reservation;
 use crate::event::{Charged, EventId, EventKind, UsageEvent};
 use crate::identity::Allocation;
 use crate::ids::KeyId;
 use crate::limits::{RECORD_ID_BYTES_MAX, RECORD_NAME_BYTES_MAX};
 use crate::money::{DecimalError, Micros, Nanos};
 use crate::ratecard::{Cost, ResourceUnit, Site};
+use crate::reservation::Reservation;
 use crate::time::{UnixMs, parse_rfc3339};
 
 /// A record's id, chosen by its source and stable across resends (`slurm:hpc1:4242:gpu_hour`):
@@ -630,8 +630,9 @@ impl ReservationBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{BudgetSpec, Level, reserve};
+    use crate::budget::{BudgetSpec, Level};
     use crate::identity::test_directory;
+    use crate::reservation::reserve;
     use crate::time::Period;
     use proptest::prelude::*;
     use serde_json::json;

@@ -6,7 +6,7 @@
 //!
 //! The request path through the engine is: [`KeyStore::resolve`] a presented key, check the
 //! model ([`VirtualKey::check_model`]) and its price ([`RateCard::at`]), bound the cost
-//! ([`estimate::estimate`]), [`budget::reserve`] it at every level, and after the call
+//! ([`estimate::estimate`]), [`reservation::reserve`] it at every level, and after the call
 //! [`Reservation::settle`] the actual cost ([`ModelPrice::cost`]) and record a [`UsageEvent`].
 #![warn(missing_docs)]
 
@@ -22,15 +22,15 @@ pub mod limits;
 pub mod money;
 pub mod ratecard;
 pub mod ratelimit;
+pub mod reservation;
 mod sync;
 pub mod time;
 pub mod tokens;
 
 pub use budget::{
-    BudgetCell, BudgetSnapshot, BudgetSpec, Level, Reservation, Settlement, SoftLimitCrossed, book,
-    reserve,
+    BudgetCell, BudgetExhausted, BudgetSnapshot, BudgetSpec, Level, SoftLimitCrossed,
 };
-pub use error::{BudgetExhausted, Error, KeyRejection, Result};
+pub use error::{Error, KeyRejection, Result};
 pub use event::{Charged, EventId, EventKind, Status, UsageEvent, UsageSource};
 pub use identity::{
     Allocation, AllocationSpec, AllowList, Directory, KeyHash, KeyLimits, KeySecret, KeySpec,
@@ -40,6 +40,7 @@ pub use ids::{KeyId, ModelRef};
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};
 pub use ratelimit::{Gcra, RetryAfter};
+pub use reservation::{Reservation, Settlement, book, reserve};
 pub use sync::wide_atomics_lock_free;
 pub use time::{Period, UnixMs};
 pub use tokens::{TokenUsage, Tokens};
