@@ -18,6 +18,8 @@ use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period};
 use toml::Spanned;
 
 use crate::limits;
+use crate::providers::config::RawProvider;
+pub use crate::providers::config::{ProviderConfig, ProviderKind, Vertex};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -129,74 +131,6 @@ pub struct LedgerConfig {
     pub batch_records_max: usize,
     /// Largest `/v1/usage` body.
     pub body_bytes_max: usize,
-}
-
-/// What an upstream speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// The OpenAI API: OpenAI itself, vLLM, Ollama, TGI, NIM, llama.cpp.
-    Openai,
-    /// Anthropic's Messages API.
-    Anthropic,
-    /// Azure OpenAI: the OpenAI API on deployments, `api-key` header, `api-version` query.
-    Azure,
-    /// AWS Bedrock's Converse API, SigV4-signed with the standard AWS environment variables.
-    Bedrock,
-    /// Google's `generateContent`: the Gemini API (`x-goog-api-key`), or Vertex AI when a
-    /// `project` and `location` are set (an OAuth access token as the bearer).
-    Gemini,
-}
-
-impl ProviderKind {
-    /// The name used in config and listings.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Openai => "openai",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Azure => "azure",
-            ProviderKind::Bedrock => "bedrock",
-            ProviderKind::Gemini => "gemini",
-        }
-    }
-}
-
-/// One `[[provider]]`.
-#[derive(Clone, Debug)]
-pub struct ProviderConfig {
-    /// The name models are prefixed with (`openai` in `openai/gpt-4o`).
-    pub name: String,
-    /// Its wire format.
-    pub kind: ProviderKind,
-    /// Base URL, including any path prefix (`https://api.openai.com/v1`).
-    pub base_url: String,
-    /// Environment variable with the credential; `None` for an upstream without one.
-    pub api_key_env: Option<String>,
-    /// Azure's `api-version` query parameter (required for `azure`).
-    pub api_version: Option<String>,
-    /// The AWS region (required for `bedrock`).
-    pub region: Option<String>,
-    /// Vertex AI's project and location (`gemini` only; both or neither).
-    pub vertex: Option<Vertex>,
-    /// An `openai` upstream that also serves Anthropic's Messages API under its base URL
-    /// (`{base_url}/messages`: llama.cpp's server, recent vLLM), so `/v1/messages` reaches it.
-    pub anthropic_messages: bool,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Time to the response head.
-    pub first_byte_timeout: Duration,
-    /// Longest silence inside a response body.
-    pub idle_timeout: Duration,
-}
-
-/// Where a `gemini` provider lives on Vertex AI.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vertex {
-    /// The Google Cloud project id.
-    pub project: String,
-    /// The location (`us-central1`, or `global`).
-    pub location: String,
 }
 
 /// One `[[team]]`.
@@ -457,24 +391,6 @@ fn default_data_dir() -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: Spanned<String>,
-    kind: ProviderKind,
-    base_url: Option<Spanned<String>>,
-    api_key_env: Option<String>,
-    api_version: Option<String>,
-    region: Option<String>,
-    project: Option<String>,
-    location: Option<String>,
-    #[serde(default)]
-    anthropic_messages: bool,
-    connect_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAlias {
     name: Spanned<String>,
     model: Spanned<String>,
@@ -556,49 +472,6 @@ struct RawAllocation {
     models: Vec<Spanned<String>>,
     #[serde(default = "unlimited")]
     budget: Spanned<RawBudget>,
-}
-
-/// A `gemini` provider's Vertex AI placement: both `project` and `location`, or neither (the
-/// Gemini API); other kinds take neither. An error names the field.
-fn vertex_of(
-    kind: ProviderKind,
-    project: Option<&String>,
-    location: Option<&String>,
-) -> std::result::Result<Option<Vertex>, (&'static str, String)> {
-    let name_ok = |v: &str| {
-        !v.is_empty()
-            && v.len() <= 64
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    match (kind, project, location) {
-        (_, None, None) => Ok(None),
-        (ProviderKind::Gemini, Some(project), Some(location)) => {
-            if !name_ok(project) {
-                return Err(("project", "must be a Google Cloud project id".into()));
-            }
-            if !name_ok(location) {
-                return Err((
-                    "location",
-                    "must be a location like \"us-central1\" or \"global\"".into(),
-                ));
-            }
-            Ok(Some(Vertex {
-                project: project.clone(),
-                location: location.clone(),
-            }))
-        }
-        (ProviderKind::Gemini, Some(_), None) => Err((
-            "location",
-            "Vertex AI needs `location` beside `project`".into(),
-        )),
-        (ProviderKind::Gemini, None, Some(_)) => Err((
-            "project",
-            "Vertex AI needs `project` beside `location`".into(),
-        )),
-        (_, Some(_), _) => Err(("project", "`project` is for gemini providers only".into())),
-        (_, None, Some(_)) => Err(("location", "`location` is for gemini providers only".into())),
-    }
 }
 
 fn ms(value: Option<u64>, default: Duration) -> Duration {
@@ -749,137 +622,8 @@ impl RawConfig {
             ));
         }
 
-        let mut providers: Vec<ProviderConfig> = Vec::new();
-        for (i, raw) in self.provider.into_iter().enumerate() {
-            let span = raw.span();
-            let raw = raw.into_inner();
-            let name = raw.name.get_ref().clone();
-            // The provider is the first part of `provider/model`: the same rule as model names.
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !name_ok {
-                return Err(err(
-                    format!("provider[{i}].name"),
-                    raw.name.span(),
-                    "must be 1 to 64 lower-case letters, digits, `-` or `_`".into(),
-                ));
-            }
-            if providers.iter().any(|p| p.name == name) {
-                return Err(err(
-                    format!("provider[{i}].name"),
-                    raw.name.span(),
-                    format!("provider `{name}` is defined twice"),
-                ));
-            }
-            let region_ok = raw.region.as_deref().is_some_and(|r| {
-                !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-            match (raw.kind, &raw.region) {
-                (ProviderKind::Bedrock, _) if !region_ok => {
-                    return Err(err(
-                        format!("provider[{i}].region"),
-                        span,
-                        "a bedrock provider needs `region` (like \"us-east-1\")".into(),
-                    ));
-                }
-                (
-                    ProviderKind::Openai
-                    | ProviderKind::Anthropic
-                    | ProviderKind::Azure
-                    | ProviderKind::Gemini,
-                    Some(_),
-                ) => {
-                    return Err(err(
-                        format!("provider[{i}].region"),
-                        span,
-                        "`region` is for bedrock providers only".into(),
-                    ));
-                }
-                _ => {}
-            }
-            if raw.anthropic_messages && raw.kind != ProviderKind::Openai {
-                return Err(err(
-                    format!("provider[{i}].anthropic_messages"),
-                    span,
-                    "only an `openai` provider can also serve Anthropic's Messages API".into(),
-                ));
-            }
-            let vertex = vertex_of(raw.kind, raw.project.as_ref(), raw.location.as_ref()).map_err(
-                |(field, reason)| err(format!("provider[{i}].{field}"), span.clone(), reason),
-            )?;
-            let (base_url, base_span) = match (&raw.base_url, raw.kind, &raw.region) {
-                (Some(url), _, _) => (url.get_ref().trim_end_matches('/').to_owned(), url.span()),
-                (None, ProviderKind::Gemini, _) => (
-                    crate::providers::gemini::default_base_url(vertex.as_ref()),
-                    span.clone(),
-                ),
-                (None, ProviderKind::Bedrock, Some(region)) => (
-                    format!("https://bedrock-runtime.{region}.amazonaws.com"),
-                    span.clone(),
-                ),
-                (None, _, _) => {
-                    return Err(err(
-                        format!("provider[{i}].base_url"),
-                        span,
-                        "missing field `base_url`".into(),
-                    ));
-                }
-            };
-            if let Err(reason) = crate::providers::client::check_base_url(&base_url) {
-                return Err(err(format!("provider[{i}].base_url"), base_span, reason));
-            }
-            if let Some(var) = &raw.api_key_env
-                && var.is_empty()
-            {
-                return Err(err(
-                    format!("provider[{i}].api_key_env"),
-                    span,
-                    "must name an environment variable".into(),
-                ));
-            }
-            match (raw.kind, &raw.api_version) {
-                (ProviderKind::Azure, None) => {
-                    return Err(err(
-                        format!("provider[{i}].api_version"),
-                        span,
-                        "an azure provider needs `api_version` (like \"2024-10-21\")".into(),
-                    ));
-                }
-                (
-                    ProviderKind::Openai
-                    | ProviderKind::Anthropic
-                    | ProviderKind::Bedrock
-                    | ProviderKind::Gemini,
-                    Some(_),
-                ) => {
-                    return Err(err(
-                        format!("provider[{i}].api_version"),
-                        span,
-                        "`api_version` is for azure providers only".into(),
-                    ));
-                }
-                _ => {}
-            }
-            providers.push(ProviderConfig {
-                name,
-                kind: raw.kind,
-                base_url,
-                api_key_env: raw.api_key_env,
-                api_version: raw.api_version,
-                region: raw.region,
-                vertex,
-                anthropic_messages: raw.anthropic_messages,
-                connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
-                first_byte_timeout: ms(
-                    raw.first_byte_timeout_ms,
-                    limits::UPSTREAM_FIRST_BYTE_TIMEOUT,
-                ),
-                idle_timeout: ms(raw.idle_timeout_ms, limits::UPSTREAM_IDLE_TIMEOUT),
-            });
-        }
+        let providers = crate::providers::config::providers(self.provider)
+            .map_err(|e| err(e.field, e.span, e.reason))?;
 
         let mut aliases: Vec<(String, ModelRef)> = Vec::new();
         for (i, raw) in self.alias.into_iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod azure;
 pub mod bedrock;
 pub mod chat;
 pub mod client;
+pub mod config;
 pub mod gemini;
 pub mod openai;
 pub mod read;
@@ -25,7 +26,7 @@ use tollgate_engine::UnixMs;
 
 pub use self::chat::TranslateError;
 pub use self::client::{SetupError, SliceBody, Upstream};
-use crate::config::{ProviderConfig, ProviderKind};
+pub use self::config::{ProviderConfig, ProviderKind};
 use crate::http::route::Api;
 use crate::providers::read::Reader;
 
