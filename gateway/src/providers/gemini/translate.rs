@@ -1657,38 +1657,39 @@ mod tests {
         assert!(!out.contains("finish_reason\":\"stop"));
     }
 
-    /// Posts `body` to the mock provider at `address`; the whole answer.
-    async fn post(address: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Vec<u8> {
-        use http_body_util::BodyExt as _;
-        let request = http::Request::post(format!("http://{address}{path}"))
-            .header("x-goog-api-key", "k")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tollgate_loadtest::http::client().request(request),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(answer.status(), 200);
-        answer
-            .into_body()
+    /// Google's answers in a tool loop, as the mock provider (which answers as Google does)
+    /// wrote them: a whole answer whose function call carries a thought signature, with cached
+    /// and thinking tokens; then the stream answering the tool's result, cut by
+    /// `maxOutputTokens`. The same loop through the gateway, against the mock that refuses what
+    /// Google refuses, is the end-to-end test of Gemini tool calls.
+    const RECORDED_CALL: &str = r#"{"candidates":[{"content":{"parts":[{"text":" hello hello hello"},{"functionCall":{"args":{"city":"Oslo"},"name":"weather"},"thoughtSignature":"bW9jay1zaWduYXR1cmU="}],"role":"model"},"finishReason":"STOP","index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"cachedContentTokenCount":1,"candidatesTokenCount":3,"promptTokenCount":5,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}],"thoughtsTokenCount":2,"totalTokenCount":10}}"#;
+
+    const RECORDED_STREAM: [&str; 4] = [
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":1,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":34}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":2,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":35}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":3,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":36}}"#,
+        r#"{"candidates":[{"content":{"parts":[],"role":"model"},"finishReason":"MAX_TOKENS","index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":3,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":36}}"#,
+    ];
+
+    /// The recorded stream as it comes over the wire: each response one `data:` event.
+    fn recorded_stream() -> String {
+        RECORDED_STREAM
+            .iter()
+            .map(|response| format!("data: {response}\n\n"))
             .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec()
     }
 
-    /// The translation against the mock provider, which refuses what Google refuses (unknown
-    /// fields, bad roles, unsigned function calls): a tool loop, whole and streamed.
-    #[tokio::test]
-    async fn translations_round_trip_through_the_mock_provider() {
-        use tollgate_loadtest::mock;
-        let listener = mock::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(mock::serve(listener, mock::MockConfig::default()));
+    /// What the Gemini API takes at the top level of a request this test sends.
+    const GOOGLE_FIELDS: [&str; 5] = [
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "generationConfig",
+    ];
+
+    #[test]
+    fn a_tool_loop_translates_both_ways_and_sends_the_signature_back() {
         let mut request = json!({
             "model": "google/gemini-2.5-flash",
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}],
@@ -1697,19 +1698,17 @@ mod tests {
             "tool_choice": "auto",
             "max_tokens": 3,
             "user": "u",
-            "stream_options": {"include_usage": true},
-            "mock": {"tool_use": {"name": "weather", "input": {"city": "Oslo"}}, "cached_tokens": 1,
-                     "thoughts_tokens": 2}
+            "stream_options": {"include_usage": true}
         });
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-        let answer = post(
-            address,
-            path,
-            chat_to_generate(request.to_string().as_bytes(), 64).unwrap(),
-        )
-        .await;
+        let first = translate(request.clone());
+        let mut fields: Vec<&String> = first.as_object().unwrap().keys().collect();
+        fields.sort();
+        let mut expected = GOOGLE_FIELDS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(fields, expected, "no OpenAI-only field reaches Google");
+
         let chat: Value = serde_json::from_slice(
-            &generate_to_chat(&answer, "google/gemini-2.5-flash", 0).unwrap(),
+            &generate_to_chat(RECORDED_CALL.as_bytes(), "google/gemini-2.5-flash", 0).unwrap(),
         )
         .unwrap();
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
@@ -1724,33 +1723,53 @@ mod tests {
         assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
         let message = chat["choices"][0]["message"].clone();
         let id = message["tool_calls"][0]["id"].clone();
+        assert_eq!(id, "call_mock-gemini-response_0");
 
         // The client runs the tool and sends the conversation back, the assistant turn as it got it.
         let messages = request["messages"].as_array_mut().unwrap();
         messages.push(message);
         messages.push(json!({"role": "tool", "tool_call_id": id, "content": "Rain"}));
-        request["mock"] = json!({});
-        let stream_path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
-        let body = chat_to_generate(request.to_string().as_bytes(), 64).unwrap();
-        let stream = post(address, stream_path, body).await;
+        let second = translate(request);
+        let mut fields: Vec<&String> = second.as_object().unwrap().keys().collect();
+        fields.sort();
+        assert_eq!(fields, expected);
+        let contents = second["contents"].as_array().unwrap();
+        assert_eq!(contents.len(), 3, "user, model, the tool's result as user");
+        let call = &contents[1]["parts"][1];
+        assert_eq!(contents[1]["role"], "model");
+        assert_eq!(
+            call["functionCall"],
+            json!({"id": "call_mock-gemini-response_0", "name": "weather", "args": {"city": "Oslo"}})
+        );
+        assert_eq!(
+            call["thoughtSignature"], "bW9jay1zaWduYXR1cmU=",
+            "Gemini 3 refuses a replayed call without the signature it gave"
+        );
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"],
+            json!({"id": "call_mock-gemini-response_0", "name": "weather", "response": {"result": "Rain"}})
+        );
+
         let mut t = StreamTranslator::new("google/gemini-2.5-flash", 0, true, 1024);
         let mut out = String::new();
         let mut framer = crate::providers::sse::Framer::default();
         let mut events = Vec::new();
         framer
-            .push(bytes::Bytes::from(stream), &mut events)
+            .push(bytes::Bytes::from(recorded_stream()), &mut events)
             .unwrap();
+        assert_eq!(events.len(), 4);
         for event in &events {
             t.event(&crate::providers::sse::parse(event).data, &mut out);
         }
         t.finish(&mut out);
-        assert_eq!(t.kept.text, mock::WORD.repeat(3));
+        assert_eq!(t.kept.text, " hello".repeat(3));
         let chunks = chunks(&out);
         assert_eq!(
             chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
             "length"
         );
         assert_eq!(chunks[chunks.len() - 1]["usage"]["completion_tokens"], 3);
+        assert_eq!(chunks[chunks.len() - 1]["usage"]["prompt_tokens"], 33);
         assert_eq!(t.usage.map(|u| u.output.0), Some(3));
     }
 
