@@ -40,9 +40,9 @@ pub struct Config {
     pub origin: String,
     /// The rate card file, resolved against the config's folder.
     pub rate_card: PathBuf,
-    /// `[server]`.
+    /// `[server]`: the listener and the bounds on what a client may send.
     pub server: ServerConfig,
-    /// `[admin]`.
+    /// `[admin]`: where the admin token is read from.
     pub admin: AdminConfig,
     /// Where keys, allocations created at run time and the audit log live (`[state] dir`).
     pub state_dir: PathBuf,
@@ -160,12 +160,13 @@ pub struct TeamConfig {
     pub rate: RateConfig,
 }
 
-/// Requests and tokens per minute; `None` is no limit.
+/// Rate limits, each a per-minute rate enforced by GCRA (a burst may use a minute's worth at
+/// once); `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateConfig {
-    /// Requests per minute.
+    /// Requests admitted per minute.
     pub requests_per_minute: Option<NonZeroU32>,
-    /// Tokens (in and out) per minute.
+    /// Tokens per minute, prompt and completion together.
     pub tokens_per_minute: Option<NonZeroU32>,
 }
 

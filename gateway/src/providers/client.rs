@@ -106,7 +106,7 @@ pub enum SetupError {
     /// The credential's environment variable is unset or not a header value.
     #[error("provider `{provider}`: environment variable `{var}` is not set or not valid")]
     Credential {
-        /// The provider's name.
+        /// Which `[[provider]]` table to fix, by name.
         provider: String,
         /// The variable's name (never its value).
         var: String,
@@ -114,9 +114,9 @@ pub enum SetupError {
     /// The base URL does not parse.
     #[error("provider `{provider}`: {reason}")]
     BaseUrl {
-        /// The provider's name.
+        /// Which `[[provider]]` table to fix, by name.
         provider: String,
-        /// What is wrong with it.
+        /// What is wrong with it, as the URL parser says.
         reason: String,
     },
     /// The system's TLS roots could not be loaded.
@@ -125,7 +125,8 @@ pub enum SetupError {
 }
 
 impl Upstream {
-    /// Builds the provider's client.
+    /// Builds the provider's client: its connect timeout from the table, at most
+    /// `UPSTREAM_IDLE_CONNECTIONS_MAX` idle connections kept.
     pub fn new(config: &ProviderConfig) -> Result<Upstream, SetupError> {
         let base: Uri = config.base_url.parse().map_err(|e| SetupError::BaseUrl {
             provider: config.name.clone(),

@@ -55,7 +55,7 @@ pub struct ProviderConfig {
     /// The name models are prefixed with (`openai` in `openai/gpt-4o`): 1 to 64 lower-case
     /// letters, digits, `-` or `_`, unique in the file.
     pub name: String,
-    /// Its wire format.
+    /// What it speaks, and so which adapter serves it.
     pub kind: ProviderKind,
     /// Base URL, including any path prefix (`https://api.openai.com/v1`), without a trailing
     /// `/`; `http` or `https`, with a host and no query.

@@ -4,8 +4,9 @@
 //! wrote the body, or translated), where a call goes and how it is authenticated, and makes the
 //! [`read::Reader`] of each answer. It works on bytes: a native call's body is the client's own
 //! slices with the model renamed (see `proxy::admit`), never a parsed tree. Generic code never
-//! names a provider: [`Provider::new`] is the one place a [`ProviderKind`] is matched. A new
-//! dialect is its folder and one line there.
+//! names a provider: [`Provider::new`] is the one place a [`ProviderKind`] is matched outside
+//! the validation of a `[[provider]]` table ([`config`]). A new dialect is its folder, one line
+//! there and one in [`config`].
 
 pub mod anthropic;
 pub mod azure;
@@ -86,11 +87,11 @@ pub trait Adapter: Send + Sync {
 
 /// A configured provider: its adapter and its pooled client.
 pub struct Provider {
-    /// Its config.
+    /// The `[[provider]]` table it was made from; its timeouts bound every call.
     pub config: ProviderConfig,
     /// Its name, as models name it (`name/model`).
     pub name: Arc<str>,
-    /// Its dialect.
+    /// What it speaks: the routes it serves, paths, credentials, readers.
     pub adapter: Box<dyn Adapter>,
     /// Its HTTP client and base URL.
     pub upstream: Upstream,

@@ -25,7 +25,7 @@ pub const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 /// The version sent when the client named none.
 const VERSION_DEFAULT: HeaderValue = HeaderValue::from_static("2023-06-01");
 
-/// Anthropic.
+/// Anthropic's API: the key as `x-api-key`, and an `anthropic-version` on every call.
 #[derive(Debug)]
 pub struct Anthropic {
     credential: Option<HeaderValue>,
