@@ -297,6 +297,97 @@ fn check_base_url(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The `[[provider]]` tables of `text`, checked.
+    fn check(text: &str) -> Result<Vec<ProviderConfig>, Invalid> {
+        #[derive(Deserialize)]
+        struct File {
+            provider: Vec<Spanned<RawProvider>>,
+        }
+        providers(toml::from_str::<File>(text).unwrap().provider)
+    }
+
+    fn refusal(table: &str) -> (String, String) {
+        let e = check(&format!("[[provider]]\nname = \"p\"\n{table}")).unwrap_err();
+        (e.field, e.reason)
+    }
+
+    #[test]
+    fn a_field_of_one_kind_is_refused_on_every_other() {
+        for (table, field, owner) in [
+            (
+                "kind = \"openai\"\nbase_url = \"http://x\"\nregion = \"r\"",
+                "region",
+                "bedrock",
+            ),
+            (
+                "kind = \"gemini\"\napi_version = \"1\"",
+                "api_version",
+                "azure",
+            ),
+            (
+                "kind = \"azure\"\nbase_url = \"http://x\"\napi_version = \"1\"\nlocation = \"l\"",
+                "location",
+                "gemini",
+            ),
+        ] {
+            let (path, reason) = refusal(table);
+            assert_eq!(path, format!("provider[0].{field}"));
+            assert_eq!(reason, format!("`{field}` is for {owner} providers only"));
+        }
+        assert_eq!(
+            refusal("kind = \"anthropic\"\nbase_url = \"http://x\"\nanthropic_messages = true").0,
+            "provider[0].anthropic_messages"
+        );
+    }
+
+    #[test]
+    fn checks_run_in_a_fixed_order_and_the_first_failure_is_reported() {
+        // An azure table without a base URL or an API version: the base URL is checked first.
+        assert_eq!(refusal("kind = \"azure\"").0, "provider[0].base_url");
+        assert_eq!(
+            refusal("kind = \"azure\"\nbase_url = \"http://x\"").0,
+            "provider[0].api_version"
+        );
+        // The region comes before Vertex AI's fields, and both before the base URL.
+        assert_eq!(
+            refusal("kind = \"gemini\"\nregion = \"r\"\nproject = \"p\"").0,
+            "provider[0].region"
+        );
+        assert_eq!(
+            refusal("kind = \"gemini\"\nproject = \"p\"\nbase_url = \"ftp://x\"").0,
+            "provider[0].location"
+        );
+        let e = check(
+            "[[provider]]\nname = \"p\"\nkind = \"gemini\"\n[[provider]]\nname = \"p\"\nkind = \"azure\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("provider[1].name", "provider `p` is defined twice")
+        );
+    }
+
+    #[test]
+    fn kinds_whose_endpoint_follows_from_their_fields_need_no_base_url() {
+        let providers = check(
+            "[[provider]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"eu-west-1\"\n\
+             [[provider]]\nname = \"g\"\nkind = \"gemini\"\n\
+             [[provider]]\nname = \"v\"\nkind = \"gemini\"\nproject = \"p\"\nlocation = \"global\"\n\
+             [[provider]]\nname = \"o\"\nkind = \"openai\"\nbase_url = \"http://h:1/v1///\"",
+        )
+        .unwrap();
+        let urls: Vec<&str> = providers.iter().map(|p| p.base_url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://bedrock-runtime.eu-west-1.amazonaws.com",
+                "https://generativelanguage.googleapis.com",
+                "https://aiplatform.googleapis.com",
+                "http://h:1/v1",
+            ]
+        );
+    }
+
     #[test]
     fn base_urls_are_checked() {
         assert!(check_base_url("http://127.0.0.1:8000/v1").is_ok());
