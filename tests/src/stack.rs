@@ -419,8 +419,6 @@ impl Stack {
             "dead/m",
             "azure/prod-4o",
             "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
-            "gemini/gemini-2.5-flash",
-            "vertex/gemini-2.5-flash",
         ]
         .iter()
         .chain(models)

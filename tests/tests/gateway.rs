@@ -564,6 +564,46 @@ fn gemini_and_vertex_are_translated_both_ways_and_metered_from_their_own_usage()
 }
 
 #[test]
+fn gemini_tool_calls_go_back_with_their_thought_signatures() {
+    let mut stack = Stack::start("gemini-tools", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let mut request = chat("gemini/gemini-2.5-flash", 3);
+    request["tools"] = json!([{"type": "function", "function": {"name": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    request["mock"] = json!({"tool_use": {"name": "weather", "input": {"city": "Oslo"}}});
+    let answer = post_json(address, "/v1/chat/completions", &key, &request);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let message = body["choices"][0]["message"].clone();
+    let call = &message["tool_calls"][0];
+    assert_eq!(call["function"]["arguments"], "{\"city\":\"Oslo\"}");
+    assert!(
+        call["extra_content"]["google"]["thought_signature"].is_string(),
+        "{message}"
+    );
+    // The client runs the tool and sends the conversation back, the assistant turn as it got
+    // it. The mock refuses, as Gemini 3 does, a replayed function call without its signature
+    // and a function response without the function's name: a 200 means both went back.
+    let id = call["id"].clone();
+    let messages = request["messages"].as_array_mut().unwrap();
+    messages.push(message);
+    messages.push(json!({"role": "tool", "tool_call_id": id, "content": "Rain"}));
+    request["mock"] = json!({});
+    request["stream"] = json!(true);
+    let answer = post_json(address, "/v1/chat/completions", &key, &request);
+    let text = answer.text();
+    assert_eq!(answer.status, 200, "{text}");
+    assert_eq!(text.matches(" hello").count(), 3, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(statuses(&events), BTreeMap::from([("ok".to_owned(), 2)]));
+    assert!(events.iter().all(|e| e["usage_source"] == "provider"));
+}
+
+#[test]
 fn unknowable_usage_is_billed_at_its_bound_and_flagged_and_tokens_per_minute_limit() {
     let mut stack = Stack::start("unknown-usage", ORG, "");
     let (key, _) = stack.create_key("open", json!({"tokens_per_minute": 20}));

@@ -1,13 +1,22 @@
 //! `tollgate.toml`: the gateway's config, parsed into typed values before anything starts.
 //!
-//! A bad file stops start-up with `file:line:column: `field.path`: reason`. Secrets never live
-//! in the file: a provider names the environment variable holding its key, and so does the admin
-//! token. Relative paths are taken from the config file's folder, so a config and its rate card
-//! travel together.
+//! A bad file stops start-up with `file:line:column: `field.path`: reason`; each section is
+//! checked by its own function, in the order the sections depend on each other (providers
+//! before the aliases that name them, teams before projects before allocations), and the
+//! first error stops. Secrets never live in the file: a provider names the environment
+//! variable holding its key, and so does the admin token. Relative paths are taken from the
+//! config file's folder, so a config and its rate card travel together.
+//!
+//! A `[[provider]]` table is its component's: [`ProviderConfig`] and its checks live in
+//! `providers::config` (re-exported here), and this module only places their errors in the file.
+//! `tollgate sink`'s own file is [`SinkConfig`].
+
+mod sink;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,24 +26,27 @@ use tollgate_engine::money::deserialize_amount;
 use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period};
 use toml::Spanned;
 
+pub use self::sink::SinkConfig;
 use crate::limits;
+use crate::providers::config::RawProvider;
+pub use crate::providers::config::{ProviderConfig, ProviderKind, Vertex};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The whole config, validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where the file was read from (for messages).
+    /// Where the file was read from, as error messages and listings name it.
     pub origin: String,
-    /// The rate card file.
+    /// The rate card file, resolved against the config's folder.
     pub rate_card: PathBuf,
-    /// HTTP server settings.
+    /// `[server]`: the listener and the bounds on what a client may send.
     pub server: ServerConfig,
-    /// The admin API.
+    /// `[admin]`: where the admin token is read from.
     pub admin: AdminConfig,
-    /// Where keys, allocations created at run time and the audit log live.
+    /// Where keys, allocations created at run time and the audit log live (`[state] dir`).
     pub state_dir: PathBuf,
-    /// Where usage events go.
+    /// `[events]`: the durable log every usage event is appended to.
     pub events: EventsConfig,
     /// Parquet output of the event log (`None`: off).
     pub parquet: Option<ParquetConfig>,
@@ -44,60 +56,61 @@ pub struct Config {
     /// How often other replicas' spend, read from the topic, is applied to the budget table
     /// (`None`: no reconciliation; only with `[kafka]`).
     pub reconcile_interval: Option<Duration>,
-    /// The resource ledger (`/v1/usage`).
+    /// `[ledger]`: the resource ledger (`/v1/usage`).
     pub ledger: LedgerConfig,
-    /// Upstreams by name.
+    /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
-    /// Fixed model aliases.
+    /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
     pub aliases: Vec<(String, ModelRef)>,
-    /// The organisation tree and its budgets.
+    /// The organisation tree's top level (`[[team]]`), names unique.
     pub teams: Vec<TeamConfig>,
-    /// Projects.
+    /// `[[project]]`s, each owned by a team above.
     pub projects: Vec<ProjectConfig>,
-    /// Allocations.
+    /// `[[allocation]]`s, each owned by a project above; keys charge them.
     pub allocations: Vec<AllocationConfig>,
 }
 
-/// `[server]`.
+/// `[server]`: the listener and the bounds on what a client may send.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port (printed at start).
     pub listen: SocketAddr,
-    /// Largest request body.
+    /// Largest request body in bytes; a larger one gets 413.
     pub body_bytes_max: usize,
-    /// Largest request head.
+    /// Largest request head in bytes; at least 8192.
     pub header_bytes_max: usize,
     /// Time for a client to send its head.
     pub header_timeout: Duration,
     /// Time for a client to send its body.
     pub body_timeout: Duration,
-    /// Requests in flight at once.
+    /// Requests in flight at once, at least 1; past it, 503 with `Retry-After`.
     pub requests_in_flight_max: usize,
-    /// Graceful shutdown's wait for in-flight streams.
+    /// Graceful shutdown's wait for in-flight streams before they are cut.
     pub drain_timeout: Duration,
 }
 
-/// `[admin]`.
+/// `[admin]`: the admin API and the CLI's access to it.
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
-    /// The environment variable holding the admin token.
+    /// The environment variable holding the admin token (unset or empty: every admin call is
+    /// refused).
     pub token_env: String,
 }
 
-/// `[events]`.
+/// `[events]`: the durable usage-event log.
 #[derive(Clone, Debug)]
 pub struct EventsConfig {
-    /// Folder of the local event log.
+    /// Folder of the local event log, resolved against the config's folder.
     pub dir: PathBuf,
-    /// Events waiting for the writer before new requests are refused.
+    /// Appended events waiting for their sync before new requests get 503; at least 1.
     pub queued_max: usize,
     /// Longest an event waits before it is synced (group commit).
     pub sync_interval: Duration,
     /// How often the spend checkpoint is written and consumed segments removed.
     pub checkpoint_interval: Duration,
-    /// Size at which a segment is sealed.
+    /// Size in bytes at which a segment is sealed; at least 1024.
     pub segment_bytes_max: u64,
-    /// The log's cap on disk: admission stops at it.
+    /// The log's cap on disk in bytes: admission stops at it; at least 1.
     pub log_bytes_max: u64,
 }
 
@@ -108,142 +121,78 @@ pub struct ParquetConfig {
     pub dir: PathBuf,
     /// How often the synced log is written out.
     pub roll_interval: Duration,
-    /// Most events in one file.
+    /// Most events in one file; at least 1.
     pub rows_max: usize,
-    /// Most bytes of events (as logged) in one file.
+    /// Most bytes of events (as logged) in one file; at least 1.
     pub bytes_max: usize,
 }
 
 /// `[ledger]`: resource usage records and the holds taken to authorize them.
 #[derive(Clone, Debug)]
 pub struct LedgerConfig {
-    /// How long a hold taken by `/v1/usage/authorize` waits for the usage that settles it.
+    /// How long a hold taken by `/v1/usage/authorize` waits for the usage that settles it;
+    /// above zero.
     pub reservation_ttl: Duration,
-    /// Holds kept at once.
+    /// Holds kept at once; at least 1.
     pub reservations_max: usize,
-    /// How far back record ids are remembered, and so the oldest usage a record may report.
+    /// How far back record ids are remembered, and so the oldest usage a record may report:
+    /// whole days, 1 to 3650.
     pub record_window: Duration,
-    /// Record ids remembered at once.
+    /// Record ids remembered at once; at least 1.
     pub records_max: usize,
-    /// Records in one `/v1/usage` batch.
+    /// Records in one `/v1/usage` batch; at least 1.
     pub batch_records_max: usize,
-    /// Largest `/v1/usage` body.
+    /// Largest `/v1/usage` body in bytes; at least 1024.
     pub body_bytes_max: usize,
 }
 
-/// What an upstream speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// The OpenAI API: OpenAI itself, vLLM, Ollama, TGI, NIM, llama.cpp.
-    Openai,
-    /// Anthropic's Messages API.
-    Anthropic,
-    /// Azure OpenAI: the OpenAI API on deployments, `api-key` header, `api-version` query.
-    Azure,
-    /// AWS Bedrock's Converse API, SigV4-signed with the standard AWS environment variables.
-    Bedrock,
-    /// Google's `generateContent`: the Gemini API (`x-goog-api-key`), or Vertex AI when a
-    /// `project` and `location` are set (an OAuth access token as the bearer).
-    Gemini,
-}
-
-impl ProviderKind {
-    /// The name used in config and listings.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Openai => "openai",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Azure => "azure",
-            ProviderKind::Bedrock => "bedrock",
-            ProviderKind::Gemini => "gemini",
-        }
-    }
-}
-
-/// One `[[provider]]`.
-#[derive(Clone, Debug)]
-pub struct ProviderConfig {
-    /// The name models are prefixed with (`openai` in `openai/gpt-4o`).
-    pub name: String,
-    /// Its wire format.
-    pub kind: ProviderKind,
-    /// Base URL, including any path prefix (`https://api.openai.com/v1`).
-    pub base_url: String,
-    /// Environment variable with the credential; `None` for an upstream without one.
-    pub api_key_env: Option<String>,
-    /// Azure's `api-version` query parameter (required for `azure`).
-    pub api_version: Option<String>,
-    /// The AWS region (required for `bedrock`).
-    pub region: Option<String>,
-    /// Vertex AI's project and location (`gemini` only; both or neither).
-    pub vertex: Option<Vertex>,
-    /// An `openai` upstream that also serves Anthropic's Messages API under its base URL
-    /// (`{base_url}/messages`: llama.cpp's server, recent vLLM), so `/v1/messages` reaches it.
-    pub anthropic_messages: bool,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Time to the response head.
-    pub first_byte_timeout: Duration,
-    /// Longest silence inside a response body.
-    pub idle_timeout: Duration,
-}
-
-/// Where a `gemini` provider lives on Vertex AI.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vertex {
-    /// The Google Cloud project id.
-    pub project: String,
-    /// The location (`us-central1`, or `global`).
-    pub location: String,
-}
-
-/// One `[[team]]`.
+/// One `[[team]]`: the organisation tree's top level, with a budget and rate limits shared by
+/// all its keys.
 #[derive(Clone, Debug)]
 pub struct TeamConfig {
-    /// Name.
+    /// Unique among teams; see [`is_name`].
     pub name: String,
-    /// Organisation.
+    /// The organisation it reports to (free text; empty when the file names none).
     pub org: String,
-    /// Budget.
+    /// The team's budget, over all its projects.
     pub budget: BudgetSpec,
     /// Team-wide limits, shared by all its keys.
     pub rate: RateConfig,
 }
 
-/// Requests and tokens per minute; `None` is no limit.
+/// Rate limits, each a per-minute rate enforced by GCRA (a burst may use a minute's worth at
+/// once); `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateConfig {
-    /// Requests per minute.
+    /// Requests admitted per minute.
     pub requests_per_minute: Option<NonZeroU32>,
-    /// Tokens (in and out) per minute.
+    /// Tokens per minute, prompt and completion together.
     pub tokens_per_minute: Option<NonZeroU32>,
 }
 
-/// One `[[project]]`.
+/// One `[[project]]`: a team's unit of work, with its own budget inside the team's.
 #[derive(Clone, Debug)]
 pub struct ProjectConfig {
-    /// Name.
+    /// Unique among projects; see [`is_name`].
     pub name: String,
-    /// Owning team.
+    /// The owning team's name (checked to exist).
     pub team: String,
-    /// Budget.
+    /// The project's budget, over all its allocations.
     pub budget: BudgetSpec,
 }
 
-/// One `[[allocation]]`.
+/// One `[[allocation]]`: what a key charges; the budget, the cost center and the models allowed.
 #[derive(Clone, Debug)]
 pub struct AllocationConfig {
-    /// Name.
+    /// Unique among allocations; see [`is_name`].
     pub name: String,
-    /// Owning project.
+    /// The owning project's name (checked to exist).
     pub project: String,
-    /// Cost center charged.
+    /// Cost center its spend is charged back to (free text).
     pub cost_center: String,
     /// Allow-list (`provider/model` or `provider/*`); empty allows every priced model.
     pub models: Vec<String>,
-    /// Budget.
+    /// The allocation's own budget.
     pub budget: BudgetSpec,
 }
 
@@ -258,13 +207,26 @@ impl Config {
     /// Parses and validates config text; relative paths are resolved against `base`.
     pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<Config> {
         let raw: RawConfig = parse_toml(text, origin)?;
-        raw.validate(text, origin, base)
+        raw.validate(&Source { text, origin }, base)
     }
 
     /// The provider named `name`.
     #[must_use]
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// The text being validated and where it came from, so an error can name its line.
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Source<'_> {
+    /// The error for `field`, placed at `span` of the text.
+    fn error(&self, field: &str, span: Range<usize>, reason: impl Into<String>) -> Error {
+        config_error(self.text, self.origin, field, Some(span), reason.into())
     }
 }
 
@@ -297,6 +259,63 @@ struct RawConfig {
     allocation: Vec<Spanned<RawAllocation>>,
 }
 
+impl RawConfig {
+    /// Checks each section in turn; the first error stops.
+    fn validate(self, source: &Source<'_>, base: &Path) -> Result<Config> {
+        let server = self.server.validate(source)?;
+        let providers = crate::providers::config::providers(self.provider)
+            .map_err(|e| source.error(&e.field, e.span, e.reason))?;
+        let aliases = aliases(self.alias, &providers, source)?;
+        let teams = teams(self.team, source)?;
+        let projects = projects(self.project, &teams, source)?;
+        let allocations = allocations(self.allocation, &projects, source)?;
+        let reconcile_interval = self.kafka.as_ref().and_then(RawKafka::reconcile_interval);
+        let kafka = self.kafka.map(|k| k.validate(source)).transpose()?;
+        let ledger = self
+            .ledger
+            .validate()
+            .map_err(|(field, reason)| source.error(&format!("ledger.{field}"), 0..0, reason))?;
+        Ok(Config {
+            origin: source.origin.to_owned(),
+            rate_card: resolve(base, self.rate_card.get_ref()),
+            server,
+            admin: AdminConfig {
+                token_env: self.admin.token_env,
+            },
+            state_dir: resolve(base, &self.state.dir),
+            events: self.events.resolve(base),
+            parquet: self.parquet.resolve(base),
+            kafka,
+            reconcile_interval,
+            ledger,
+            providers,
+            aliases,
+            teams,
+            projects,
+            allocations,
+        })
+    }
+}
+
+fn ms(value: Option<u64>, default: Duration) -> Duration {
+    value.map_or(default, Duration::from_millis)
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+// ---- [server] ----
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -327,6 +346,36 @@ impl Default for RawServer {
 fn default_listen() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:8080".to_owned())
 }
+
+impl RawServer {
+    fn validate(&self, source: &Source<'_>) -> Result<ServerConfig> {
+        let listen = self.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+            source.error(
+                "server.listen",
+                self.listen.span(),
+                format!("not an address like \"127.0.0.1:8080\": {e}"),
+            )
+        })?;
+        let header_bytes_max = self.header_bytes_max.unwrap_or(limits::HEADER_BYTES_MAX);
+        if header_bytes_max < 8192 {
+            return Err(source.error("server.header_bytes_max", 0..0, "must be at least 8192"));
+        }
+        Ok(ServerConfig {
+            listen,
+            body_bytes_max: self.body_bytes_max.unwrap_or(limits::BODY_BYTES_MAX),
+            header_bytes_max,
+            header_timeout: ms(self.header_timeout_ms, limits::HEADER_TIMEOUT),
+            body_timeout: ms(self.body_timeout_ms, limits::BODY_TIMEOUT),
+            requests_in_flight_max: self
+                .requests_in_flight_max
+                .unwrap_or(limits::REQUESTS_IN_FLIGHT_MAX)
+                .max(1),
+            drain_timeout: ms(self.drain_timeout_ms, limits::DRAIN_TIMEOUT),
+        })
+    }
+}
+
+// ---- [admin] and [state] ----
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,6 +415,8 @@ fn default_state_dir() -> String {
     "state".to_owned()
 }
 
+// ---- [events] ----
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEvents {
@@ -395,33 +446,30 @@ fn default_events_dir() -> String {
     "events".to_owned()
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLedger {
-    reservation_ttl_ms: Option<u64>,
-    reservations_max: Option<usize>,
-    record_window_days: Option<u64>,
-    records_max: Option<usize>,
-    batch_records_max: Option<usize>,
-    body_bytes_max: Option<usize>,
+impl RawEvents {
+    /// Defaults filled in and raised to their floors; nothing here is refused.
+    fn resolve(&self, base: &Path) -> EventsConfig {
+        EventsConfig {
+            dir: resolve(base, &self.dir),
+            queued_max: self.queued_max.unwrap_or(limits::EVENTS_QUEUED_MAX).max(1),
+            sync_interval: ms(self.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
+            checkpoint_interval: ms(
+                self.checkpoint_interval_ms,
+                limits::EVENTS_CHECKPOINT_INTERVAL,
+            ),
+            segment_bytes_max: self
+                .segment_bytes_max
+                .unwrap_or(limits::EVENTS_SEGMENT_BYTES_MAX)
+                .max(1024),
+            log_bytes_max: self
+                .log_bytes_max
+                .unwrap_or(limits::EVENTS_LOG_BYTES_MAX)
+                .max(1),
+        }
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKafka {
-    brokers: Spanned<String>,
-    #[serde(default = "default_topic")]
-    topic: String,
-    delivery_timeout_ms: Option<u64>,
-    replica: Option<Spanned<String>>,
-    #[serde(default = "default_true")]
-    reconcile: bool,
-    reconcile_interval_ms: Option<u64>,
-}
-
-fn default_topic() -> String {
-    "tollgate.usage".to_owned()
-}
+// ---- [parquet] ----
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -447,31 +495,122 @@ impl Default for RawParquet {
     }
 }
 
-fn default_true() -> bool {
-    true
-}
-
 fn default_data_dir() -> String {
     "data".to_owned()
 }
 
+impl RawParquet {
+    /// `None` when turned off; defaults filled in and raised to their floors otherwise.
+    fn resolve(&self, base: &Path) -> Option<ParquetConfig> {
+        self.enabled.then(|| ParquetConfig {
+            dir: resolve(base, &self.dir),
+            roll_interval: ms(self.roll_interval_ms, limits::PARQUET_ROLL_INTERVAL),
+            rows_max: self.rows_max.unwrap_or(limits::PARQUET_ROWS_MAX).max(1),
+            bytes_max: self.bytes_max.unwrap_or(limits::PARQUET_BYTES_MAX).max(1),
+        })
+    }
+}
+
+// ---- [kafka] ----
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: Spanned<String>,
-    kind: ProviderKind,
-    base_url: Option<Spanned<String>>,
-    api_key_env: Option<String>,
-    api_version: Option<String>,
-    region: Option<String>,
-    project: Option<String>,
-    location: Option<String>,
-    #[serde(default)]
-    anthropic_messages: bool,
-    connect_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
+struct RawKafka {
+    brokers: Spanned<String>,
+    #[serde(default = "default_topic")]
+    topic: String,
+    delivery_timeout_ms: Option<u64>,
+    replica: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    reconcile: bool,
+    reconcile_interval_ms: Option<u64>,
 }
+
+fn default_topic() -> String {
+    "tollgate.usage".to_owned()
+}
+
+impl RawKafka {
+    /// How often other replicas' spend is applied; `None` when reconciliation is off.
+    fn reconcile_interval(&self) -> Option<Duration> {
+        self.reconcile
+            .then(|| ms(self.reconcile_interval_ms, limits::RECONCILE_INTERVAL))
+    }
+
+    fn validate(self, source: &Source<'_>) -> Result<tollgate_sink::kafka::KafkaConfig> {
+        if self.brokers.get_ref().trim().is_empty() {
+            return Err(source.error(
+                "kafka.brokers",
+                self.brokers.span(),
+                "must list at least one broker (host:port)",
+            ));
+        }
+        if let Some(replica) = self.replica.as_ref().filter(|r| !is_name(r.get_ref())) {
+            return Err(source.error(
+                "kafka.replica",
+                replica.span(),
+                "letters, digits, `-`, `_`, `.` and `@`, at most 128",
+            ));
+        }
+        Ok(tollgate_sink::kafka::KafkaConfig {
+            brokers: self.brokers.into_inner(),
+            topic: self.topic,
+            delivery_timeout: ms(self.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
+            origin: self.replica.map(Spanned::into_inner).unwrap_or_default(),
+        })
+    }
+}
+
+// ---- [ledger] ----
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    reservation_ttl_ms: Option<u64>,
+    reservations_max: Option<usize>,
+    record_window_days: Option<u64>,
+    records_max: Option<usize>,
+    batch_records_max: Option<usize>,
+    body_bytes_max: Option<usize>,
+}
+
+impl RawLedger {
+    /// The section, or the field (under `ledger.`) that is out of range and why.
+    fn validate(&self) -> Result<LedgerConfig, (&'static str, &'static str)> {
+        let days = self
+            .record_window_days
+            .unwrap_or(limits::LEDGER_RECORD_WINDOW_DAYS);
+        if !(1..=3650).contains(&days) {
+            return Err(("record_window_days", "must be between 1 and 3650"));
+        }
+        let ttl = ms(self.reservation_ttl_ms, limits::LEDGER_RESERVATION_TTL);
+        if ttl.is_zero() {
+            return Err(("reservation_ttl_ms", "must be at least 1"));
+        }
+        Ok(LedgerConfig {
+            reservation_ttl: ttl,
+            reservations_max: self
+                .reservations_max
+                .unwrap_or(limits::LEDGER_RESERVATIONS_MAX)
+                .max(1),
+            record_window: Duration::from_secs(days * 86_400),
+            records_max: self
+                .records_max
+                .unwrap_or(limits::LEDGER_RECORDS_MAX)
+                .max(1),
+            batch_records_max: self
+                .batch_records_max
+                .unwrap_or(limits::LEDGER_BATCH_RECORDS_MAX)
+                .max(1),
+            body_bytes_max: self
+                .body_bytes_max
+                .unwrap_or(limits::LEDGER_BODY_BYTES_MAX)
+                .max(1024),
+        })
+    }
+}
+
+// ---- [[alias]] ----
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -480,7 +619,41 @@ struct RawAlias {
     model: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+/// Each alias: a name used once, for a `provider/model` of a provider above.
+fn aliases(
+    tables: Vec<Spanned<RawAlias>>,
+    providers: &[ProviderConfig],
+    source: &Source<'_>,
+) -> Result<Vec<(String, ModelRef)>> {
+    let mut aliases: Vec<(String, ModelRef)> = Vec::with_capacity(tables.len());
+    for (i, raw) in tables.into_iter().enumerate() {
+        let raw = raw.into_inner();
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() || aliases.iter().any(|(n, _)| *n == name) {
+            return Err(source.error(
+                &format!("alias[{i}].name"),
+                raw.name.span(),
+                "must be a non-empty name used once",
+            ));
+        }
+        let field = format!("alias[{i}].model");
+        let target = ModelRef::parse(raw.model.get_ref())
+            .map_err(|e| source.error(&field, raw.model.span(), e.to_string()))?;
+        if !providers.iter().any(|p| p.name == target.provider()) {
+            return Err(source.error(
+                &field,
+                raw.model.span(),
+                format!("no provider named `{}`", target.provider()),
+            ));
+        }
+        aliases.push((name, target));
+    }
+    Ok(aliases)
+}
+
+// ---- [[team]], [[project]], [[allocation]] ----
+
+#[derive(Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBudget {
     #[serde(default, deserialize_with = "some_amount")]
@@ -501,16 +674,6 @@ fn default_period() -> Period {
 
 fn default_soft_limit() -> u8 {
     80
-}
-
-impl RawBudget {
-    fn spec(&self) -> BudgetSpec {
-        BudgetSpec {
-            limit: self.limit,
-            period: self.period,
-            soft_limit_percent: self.soft_limit_percent,
-        }
-    }
 }
 
 fn unlimited() -> Spanned<RawBudget> {
@@ -558,532 +721,90 @@ struct RawAllocation {
     budget: Spanned<RawBudget>,
 }
 
-/// A `gemini` provider's Vertex AI placement: both `project` and `location`, or neither (the
-/// Gemini API); other kinds take neither. An error names the field.
-fn vertex_of(
-    kind: ProviderKind,
-    project: Option<&String>,
-    location: Option<&String>,
-) -> std::result::Result<Option<Vertex>, (&'static str, String)> {
-    let name_ok = |v: &str| {
-        !v.is_empty()
-            && v.len() <= 64
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    match (kind, project, location) {
-        (_, None, None) => Ok(None),
-        (ProviderKind::Gemini, Some(project), Some(location)) => {
-            if !name_ok(project) {
-                return Err(("project", "must be a Google Cloud project id".into()));
-            }
-            if !name_ok(location) {
-                return Err((
-                    "location",
-                    "must be a location like \"us-central1\" or \"global\"".into(),
-                ));
-            }
-            Ok(Some(Vertex {
-                project: project.clone(),
-                location: location.clone(),
-            }))
-        }
-        (ProviderKind::Gemini, Some(_), None) => Err((
-            "location",
-            "Vertex AI needs `location` beside `project`".into(),
-        )),
-        (ProviderKind::Gemini, None, Some(_)) => Err((
-            "project",
-            "Vertex AI needs `project` beside `location`".into(),
-        )),
-        (_, Some(_), _) => Err(("project", "`project` is for gemini providers only".into())),
-        (_, None, Some(_)) => Err(("location", "`location` is for gemini providers only".into())),
+fn teams(tables: Vec<Spanned<RawTeam>>, source: &Source<'_>) -> Result<Vec<TeamConfig>> {
+    let mut names = HashSet::new();
+    let mut teams = Vec::with_capacity(tables.len());
+    for (i, raw) in tables.into_iter().enumerate() {
+        let raw = raw.into_inner();
+        teams.push(TeamConfig {
+            name: checked_name(&raw.name, &mut names, "team", i, source)?,
+            org: raw.org,
+            budget: budget(&raw.budget, &format!("team[{i}].budget"), source)?,
+            rate: RateConfig {
+                requests_per_minute: raw.requests_per_minute,
+                tokens_per_minute: raw.tokens_per_minute,
+            },
+        });
     }
+    Ok(teams)
 }
 
-fn ms(value: Option<u64>, default: Duration) -> Duration {
-    value.map_or(default, Duration::from_millis)
-}
-
-/// `tollgate sink`'s config: where the topic is, and where and how Parquet files are written.
-/// Its own small file, since a sink runs apart from any gateway.
-#[derive(Debug)]
-pub struct SinkConfig {
-    /// What the sink consumes and writes.
-    pub consume: tollgate_sink::consume::ConsumeConfig,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSinkConfig {
-    kafka: RawSinkKafka,
-    #[serde(default)]
-    parquet: RawSinkParquet,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSinkKafka {
-    brokers: Spanned<String>,
-    #[serde(default = "default_topic")]
-    topic: String,
-    #[serde(default = "default_group")]
-    group_id: String,
-}
-
-fn default_group() -> String {
-    tollgate_sink::consume::defaults::GROUP_ID.to_owned()
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSinkParquet {
-    dir: Option<String>,
-    rows_max: Option<usize>,
-    bytes_max: Option<usize>,
-    roll_interval_ms: Option<u64>,
-    dedup_window: Option<usize>,
-}
-
-impl SinkConfig {
-    /// Reads and validates `path`; relative paths are taken from its folder.
-    pub fn load(path: &Path) -> Result<SinkConfig> {
-        let text = read_config_file(path)?;
-        let origin = path.display().to_string();
-        let base = path.parent().unwrap_or(Path::new("."));
-        let raw: RawSinkConfig = parse_toml(&text, &origin)?;
-        if raw.kafka.brokers.get_ref().trim().is_empty() {
-            return Err(config_error(
-                &text,
-                &origin,
-                "kafka.brokers",
-                Some(raw.kafka.brokers.span()),
-                "name at least one broker (host:port)".into(),
+/// Each project, owned by one of `teams`.
+fn projects(
+    tables: Vec<Spanned<RawProject>>,
+    teams: &[TeamConfig],
+    source: &Source<'_>,
+) -> Result<Vec<ProjectConfig>> {
+    let mut names = HashSet::new();
+    let mut projects = Vec::with_capacity(tables.len());
+    for (i, raw) in tables.into_iter().enumerate() {
+        let raw = raw.into_inner();
+        let name = checked_name(&raw.name, &mut names, "project", i, source)?;
+        if !teams.iter().any(|t| t.name == *raw.team.get_ref()) {
+            return Err(source.error(
+                &format!("project[{i}].team"),
+                raw.team.span(),
+                format!("no team named `{}`", raw.team.get_ref()),
             ));
         }
-        let positive = |value: Option<usize>, field: &str, default: usize| match value {
-            Some(0) => Err(config_error(
-                &text,
-                &origin,
-                field,
-                None,
-                "must be above 0".into(),
-            )),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        };
-        use tollgate_sink::consume::defaults;
-        let parquet = raw.parquet;
-        Ok(SinkConfig {
-            consume: tollgate_sink::consume::ConsumeConfig {
-                brokers: raw.kafka.brokers.into_inner(),
-                topic: raw.kafka.topic,
-                group_id: raw.kafka.group_id,
-                data_dir: resolve(base, parquet.dir.as_deref().unwrap_or("data")),
-                rows_max: positive(parquet.rows_max, "parquet.rows_max", defaults::ROWS_MAX)?,
-                bytes_max: positive(parquet.bytes_max, "parquet.bytes_max", defaults::BYTES_MAX)?,
-                roll_interval: parquet
-                    .roll_interval_ms
-                    .map_or(defaults::ROLL_INTERVAL, Duration::from_millis),
-                dedup_window: positive(
-                    parquet.dedup_window,
-                    "parquet.dedup_window",
-                    defaults::DEDUP_WINDOW,
-                )?,
-            },
-        })
+        projects.push(ProjectConfig {
+            name,
+            team: raw.team.into_inner(),
+            budget: budget(&raw.budget, &format!("project[{i}].budget"), source)?,
+        });
     }
+    Ok(projects)
 }
 
-fn resolve(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
-impl RawConfig {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one pass over the file's sections, in order"
-    )]
-    fn validate(self, text: &str, origin: &str, base: &Path) -> Result<Config> {
-        let err = |field: String, span: std::ops::Range<usize>, reason: String| {
-            config_error(text, origin, &field, Some(span), reason)
-        };
-        let listen = self
-            .server
-            .listen
-            .get_ref()
-            .parse::<SocketAddr>()
-            .map_err(|e| {
-                err(
-                    "server.listen".into(),
-                    self.server.listen.span(),
-                    format!("not an address like \"127.0.0.1:8080\": {e}"),
-                )
-            })?;
-        let server = ServerConfig {
-            listen,
-            body_bytes_max: self.server.body_bytes_max.unwrap_or(limits::BODY_BYTES_MAX),
-            header_bytes_max: self
-                .server
-                .header_bytes_max
-                .unwrap_or(limits::HEADER_BYTES_MAX),
-            header_timeout: ms(self.server.header_timeout_ms, limits::HEADER_TIMEOUT),
-            body_timeout: ms(self.server.body_timeout_ms, limits::BODY_TIMEOUT),
-            requests_in_flight_max: self
-                .server
-                .requests_in_flight_max
-                .unwrap_or(limits::REQUESTS_IN_FLIGHT_MAX)
-                .max(1),
-            drain_timeout: ms(self.server.drain_timeout_ms, limits::DRAIN_TIMEOUT),
-        };
-        if server.header_bytes_max < 8192 {
-            return Err(err(
-                "server.header_bytes_max".into(),
-                0..0,
-                "must be at least 8192".into(),
+/// Each allocation, owned by one of `projects`, its allow-list entries parsed.
+fn allocations(
+    tables: Vec<Spanned<RawAllocation>>,
+    projects: &[ProjectConfig],
+    source: &Source<'_>,
+) -> Result<Vec<AllocationConfig>> {
+    let mut names = HashSet::new();
+    let mut allocations = Vec::with_capacity(tables.len());
+    for (i, raw) in tables.into_iter().enumerate() {
+        let raw = raw.into_inner();
+        let name = checked_name(&raw.name, &mut names, "allocation", i, source)?;
+        if !projects.iter().any(|p| p.name == *raw.project.get_ref()) {
+            return Err(source.error(
+                &format!("allocation[{i}].project"),
+                raw.project.span(),
+                format!("no project named `{}`", raw.project.get_ref()),
             ));
         }
-
-        let mut providers: Vec<ProviderConfig> = Vec::new();
-        for (i, raw) in self.provider.into_iter().enumerate() {
-            let span = raw.span();
-            let raw = raw.into_inner();
-            let name = raw.name.get_ref().clone();
-            // The provider is the first part of `provider/model`: the same rule as model names.
-            let name_ok = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !name_ok {
-                return Err(err(
-                    format!("provider[{i}].name"),
-                    raw.name.span(),
-                    "must be 1 to 64 lower-case letters, digits, `-` or `_`".into(),
+        for (j, model) in raw.models.iter().enumerate() {
+            if model.get_ref() == "*" {
+                continue;
+            }
+            if let Err(e) = tollgate_engine::AllowList::parse(&[model.get_ref()]) {
+                return Err(source.error(
+                    &format!("allocation[{i}].models[{j}]"),
+                    model.span(),
+                    e.to_string(),
                 ));
             }
-            if providers.iter().any(|p| p.name == name) {
-                return Err(err(
-                    format!("provider[{i}].name"),
-                    raw.name.span(),
-                    format!("provider `{name}` is defined twice"),
-                ));
-            }
-            let region_ok = raw.region.as_deref().is_some_and(|r| {
-                !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-            match (raw.kind, &raw.region) {
-                (ProviderKind::Bedrock, _) if !region_ok => {
-                    return Err(err(
-                        format!("provider[{i}].region"),
-                        span,
-                        "a bedrock provider needs `region` (like \"us-east-1\")".into(),
-                    ));
-                }
-                (
-                    ProviderKind::Openai
-                    | ProviderKind::Anthropic
-                    | ProviderKind::Azure
-                    | ProviderKind::Gemini,
-                    Some(_),
-                ) => {
-                    return Err(err(
-                        format!("provider[{i}].region"),
-                        span,
-                        "`region` is for bedrock providers only".into(),
-                    ));
-                }
-                _ => {}
-            }
-            if raw.anthropic_messages && raw.kind != ProviderKind::Openai {
-                return Err(err(
-                    format!("provider[{i}].anthropic_messages"),
-                    span,
-                    "only an `openai` provider can also serve Anthropic's Messages API".into(),
-                ));
-            }
-            let vertex = vertex_of(raw.kind, raw.project.as_ref(), raw.location.as_ref()).map_err(
-                |(field, reason)| err(format!("provider[{i}].{field}"), span.clone(), reason),
-            )?;
-            let (base_url, base_span) = match (&raw.base_url, raw.kind, &raw.region) {
-                (Some(url), _, _) => (url.get_ref().trim_end_matches('/').to_owned(), url.span()),
-                (None, ProviderKind::Gemini, _) => (
-                    crate::providers::gemini::default_base_url(vertex.as_ref()),
-                    span.clone(),
-                ),
-                (None, ProviderKind::Bedrock, Some(region)) => (
-                    format!("https://bedrock-runtime.{region}.amazonaws.com"),
-                    span.clone(),
-                ),
-                (None, _, _) => {
-                    return Err(err(
-                        format!("provider[{i}].base_url"),
-                        span,
-                        "missing field `base_url`".into(),
-                    ));
-                }
-            };
-            if let Err(reason) = crate::providers::client::check_base_url(&base_url) {
-                return Err(err(format!("provider[{i}].base_url"), base_span, reason));
-            }
-            if let Some(var) = &raw.api_key_env
-                && var.is_empty()
-            {
-                return Err(err(
-                    format!("provider[{i}].api_key_env"),
-                    span,
-                    "must name an environment variable".into(),
-                ));
-            }
-            match (raw.kind, &raw.api_version) {
-                (ProviderKind::Azure, None) => {
-                    return Err(err(
-                        format!("provider[{i}].api_version"),
-                        span,
-                        "an azure provider needs `api_version` (like \"2024-10-21\")".into(),
-                    ));
-                }
-                (
-                    ProviderKind::Openai
-                    | ProviderKind::Anthropic
-                    | ProviderKind::Bedrock
-                    | ProviderKind::Gemini,
-                    Some(_),
-                ) => {
-                    return Err(err(
-                        format!("provider[{i}].api_version"),
-                        span,
-                        "`api_version` is for azure providers only".into(),
-                    ));
-                }
-                _ => {}
-            }
-            providers.push(ProviderConfig {
-                name,
-                kind: raw.kind,
-                base_url,
-                api_key_env: raw.api_key_env,
-                api_version: raw.api_version,
-                region: raw.region,
-                vertex,
-                anthropic_messages: raw.anthropic_messages,
-                connect_timeout: ms(raw.connect_timeout_ms, limits::UPSTREAM_CONNECT_TIMEOUT),
-                first_byte_timeout: ms(
-                    raw.first_byte_timeout_ms,
-                    limits::UPSTREAM_FIRST_BYTE_TIMEOUT,
-                ),
-                idle_timeout: ms(raw.idle_timeout_ms, limits::UPSTREAM_IDLE_TIMEOUT),
-            });
         }
-
-        let mut aliases: Vec<(String, ModelRef)> = Vec::new();
-        for (i, raw) in self.alias.into_iter().enumerate() {
-            let raw = raw.into_inner();
-            let name = raw.name.get_ref().clone();
-            if name.is_empty() || aliases.iter().any(|(n, _)| *n == name) {
-                return Err(err(
-                    format!("alias[{i}].name"),
-                    raw.name.span(),
-                    "must be a non-empty name used once".into(),
-                ));
-            }
-            let target = ModelRef::parse(raw.model.get_ref())
-                .map_err(|e| err(format!("alias[{i}].model"), raw.model.span(), e.to_string()))?;
-            if !providers.iter().any(|p| p.name == target.provider()) {
-                return Err(err(
-                    format!("alias[{i}].model"),
-                    raw.model.span(),
-                    format!("no provider named `{}`", target.provider()),
-                ));
-            }
-            aliases.push((name, target));
-        }
-
-        let mut names = HashSet::new();
-        let mut teams = Vec::new();
-        for (i, raw) in self.team.into_iter().enumerate() {
-            let raw = raw.into_inner();
-            let name = checked_name(&raw.name, &mut names, "team", i, &err)?;
-            teams.push(TeamConfig {
-                name,
-                org: raw.org,
-                budget: budget(&raw.budget, &format!("team[{i}].budget"), &err)?,
-                rate: RateConfig {
-                    requests_per_minute: raw.requests_per_minute,
-                    tokens_per_minute: raw.tokens_per_minute,
-                },
-            });
-        }
-        names.clear();
-        let mut projects = Vec::new();
-        for (i, raw) in self.project.into_iter().enumerate() {
-            let raw = raw.into_inner();
-            let name = checked_name(&raw.name, &mut names, "project", i, &err)?;
-            if !teams.iter().any(|t| t.name == *raw.team.get_ref()) {
-                return Err(err(
-                    format!("project[{i}].team"),
-                    raw.team.span(),
-                    format!("no team named `{}`", raw.team.get_ref()),
-                ));
-            }
-            projects.push(ProjectConfig {
-                name,
-                team: raw.team.into_inner(),
-                budget: budget(&raw.budget, &format!("project[{i}].budget"), &err)?,
-            });
-        }
-        names.clear();
-        let mut allocations = Vec::new();
-        for (i, raw) in self.allocation.into_iter().enumerate() {
-            let raw = raw.into_inner();
-            let name = checked_name(&raw.name, &mut names, "allocation", i, &err)?;
-            if !projects.iter().any(|p| p.name == *raw.project.get_ref()) {
-                return Err(err(
-                    format!("allocation[{i}].project"),
-                    raw.project.span(),
-                    format!("no project named `{}`", raw.project.get_ref()),
-                ));
-            }
-            for (j, model) in raw.models.iter().enumerate() {
-                if model.get_ref() == "*" {
-                    continue;
-                }
-                if let Err(e) = tollgate_engine::AllowList::parse(&[model.get_ref()]) {
-                    return Err(err(
-                        format!("allocation[{i}].models[{j}]"),
-                        model.span(),
-                        e.to_string(),
-                    ));
-                }
-            }
-            allocations.push(AllocationConfig {
-                name,
-                project: raw.project.into_inner(),
-                cost_center: raw.cost_center,
-                models: raw.models.into_iter().map(Spanned::into_inner).collect(),
-                budget: budget(&raw.budget, &format!("allocation[{i}].budget"), &err)?,
-            });
-        }
-
-        Ok(Config {
-            origin: origin.to_owned(),
-            rate_card: resolve(base, self.rate_card.get_ref()),
-            server,
-            admin: AdminConfig {
-                token_env: self.admin.token_env,
-            },
-            state_dir: resolve(base, &self.state.dir),
-            events: EventsConfig {
-                dir: resolve(base, &self.events.dir),
-                queued_max: self
-                    .events
-                    .queued_max
-                    .unwrap_or(limits::EVENTS_QUEUED_MAX)
-                    .max(1),
-                sync_interval: ms(self.events.sync_interval_ms, limits::EVENTS_SYNC_INTERVAL),
-                checkpoint_interval: ms(
-                    self.events.checkpoint_interval_ms,
-                    limits::EVENTS_CHECKPOINT_INTERVAL,
-                ),
-                segment_bytes_max: self
-                    .events
-                    .segment_bytes_max
-                    .unwrap_or(limits::EVENTS_SEGMENT_BYTES_MAX)
-                    .max(1024),
-                log_bytes_max: self
-                    .events
-                    .log_bytes_max
-                    .unwrap_or(limits::EVENTS_LOG_BYTES_MAX)
-                    .max(1),
-            },
-            reconcile_interval: self
-                .kafka
-                .as_ref()
-                .filter(|k| k.reconcile)
-                .map(|k| ms(k.reconcile_interval_ms, limits::RECONCILE_INTERVAL)),
-            kafka: match self.kafka {
-                None => None,
-                Some(raw) if raw.brokers.get_ref().trim().is_empty() => {
-                    return Err(err(
-                        "kafka.brokers".into(),
-                        raw.brokers.span(),
-                        "must list at least one broker (host:port)".into(),
-                    ));
-                }
-                Some(raw) if raw.replica.as_ref().is_some_and(|r| !is_name(r.get_ref())) => {
-                    let span = raw.replica.as_ref().map_or(0..0, Spanned::span);
-                    return Err(err(
-                        "kafka.replica".into(),
-                        span,
-                        "letters, digits, `-`, `_`, `.` and `@`, at most 128".into(),
-                    ));
-                }
-                Some(raw) => Some(tollgate_sink::kafka::KafkaConfig {
-                    brokers: raw.brokers.into_inner(),
-                    topic: raw.topic,
-                    delivery_timeout: ms(raw.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
-                    origin: raw.replica.map(Spanned::into_inner).unwrap_or_default(),
-                }),
-            },
-            ledger: ledger(&self.ledger).map_err(|(field, reason)| {
-                err(format!("ledger.{field}"), 0..0, reason.to_owned())
-            })?,
-            parquet: self.parquet.enabled.then(|| ParquetConfig {
-                dir: resolve(base, &self.parquet.dir),
-                roll_interval: ms(self.parquet.roll_interval_ms, limits::PARQUET_ROLL_INTERVAL),
-                rows_max: self
-                    .parquet
-                    .rows_max
-                    .unwrap_or(limits::PARQUET_ROWS_MAX)
-                    .max(1),
-                bytes_max: self
-                    .parquet
-                    .bytes_max
-                    .unwrap_or(limits::PARQUET_BYTES_MAX)
-                    .max(1),
-            }),
-            providers,
-            aliases,
-            teams,
-            projects,
-            allocations,
-        })
+        allocations.push(AllocationConfig {
+            name,
+            project: raw.project.into_inner(),
+            cost_center: raw.cost_center,
+            models: raw.models.into_iter().map(Spanned::into_inner).collect(),
+            budget: budget(&raw.budget, &format!("allocation[{i}].budget"), source)?,
+        });
     }
-}
-
-fn ledger(raw: &RawLedger) -> Result<LedgerConfig, (&'static str, &'static str)> {
-    let days = raw
-        .record_window_days
-        .unwrap_or(limits::LEDGER_RECORD_WINDOW_DAYS);
-    if !(1..=3650).contains(&days) {
-        return Err(("record_window_days", "must be between 1 and 3650"));
-    }
-    let ttl = ms(raw.reservation_ttl_ms, limits::LEDGER_RESERVATION_TTL);
-    if ttl.is_zero() {
-        return Err(("reservation_ttl_ms", "must be at least 1"));
-    }
-    Ok(LedgerConfig {
-        reservation_ttl: ttl,
-        reservations_max: raw
-            .reservations_max
-            .unwrap_or(limits::LEDGER_RESERVATIONS_MAX)
-            .max(1),
-        record_window: Duration::from_secs(days * 86_400),
-        records_max: raw.records_max.unwrap_or(limits::LEDGER_RECORDS_MAX).max(1),
-        batch_records_max: raw
-            .batch_records_max
-            .unwrap_or(limits::LEDGER_BATCH_RECORDS_MAX)
-            .max(1),
-        body_bytes_max: raw
-            .body_bytes_max
-            .unwrap_or(limits::LEDGER_BODY_BYTES_MAX)
-            .max(1024),
-    })
+    Ok(allocations)
 }
 
 /// An allow-list from config or API entries: none (or `["*"]`) allows every priced model.
@@ -1095,7 +816,7 @@ pub fn allow_list<S: AsRef<str>>(entries: &[S]) -> Result<tollgate_engine::Allow
     }
 }
 
-/// Names of teams, projects, allocations and providers: what fits in a metric label, a path
+/// Names of teams, projects, allocations and replicas: what fits in a metric label, a path
 /// segment and a Parquet partition without quoting.
 #[must_use]
 pub fn is_name(name: &str) -> bool {
@@ -1106,24 +827,26 @@ pub fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
+/// `section[index].name`: one [`is_name`], not in `seen` (the section's names so far).
 fn checked_name(
     raw: &Spanned<String>,
     seen: &mut HashSet<String>,
     section: &str,
     index: usize,
-    err: &impl Fn(String, std::ops::Range<usize>, String) -> Error,
+    source: &Source<'_>,
 ) -> Result<String> {
     let name = raw.get_ref();
+    let field = format!("{section}[{index}].name");
     if !is_name(name) {
-        return Err(err(
-            format!("{section}[{index}].name"),
+        return Err(source.error(
+            &field,
             raw.span(),
-            "must be 1 to 128 letters, digits, `-`, `_`, `.` or `@`".into(),
+            "must be 1 to 128 letters, digits, `-`, `_`, `.` or `@`",
         ));
     }
     if !seen.insert(name.clone()) {
-        return Err(err(
-            format!("{section}[{index}].name"),
+        return Err(source.error(
+            &field,
             raw.span(),
             format!("{section} `{name}` is defined twice"),
         ));
@@ -1131,20 +854,25 @@ fn checked_name(
     Ok(name.clone())
 }
 
-fn budget(
-    raw: &Spanned<RawBudget>,
-    field: &str,
-    err: &impl Fn(String, std::ops::Range<usize>, String) -> Error,
-) -> Result<BudgetSpec> {
-    let spec = raw.get_ref().spec();
-    if spec.soft_limit_percent == 0 || spec.soft_limit_percent > 100 {
-        return Err(err(
-            format!("{field}.soft_limit_percent"),
+/// A budget table at `field`, its soft limit a percentage from 1 to 100.
+fn budget(raw: &Spanned<RawBudget>, field: &str, source: &Source<'_>) -> Result<BudgetSpec> {
+    let RawBudget {
+        limit,
+        period,
+        soft_limit_percent,
+    } = *raw.get_ref();
+    if !(1..=100).contains(&soft_limit_percent) {
+        return Err(source.error(
+            &format!("{field}.soft_limit_percent"),
             raw.span(),
-            "must be between 1 and 100".into(),
+            "must be between 1 and 100",
         ));
     }
-    Ok(spec)
+    Ok(BudgetSpec {
+        limit,
+        period,
+        soft_limit_percent,
+    })
 }
 
 #[cfg(test)]
@@ -1280,37 +1008,6 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 other => panic!("{section}: {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn the_example_sink_config_is_valid_and_bad_ones_say_where() {
-        let manifest = std::env::var("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
-        let dir = Path::new(&manifest).join("config");
-        let config = SinkConfig::load(&dir.join("sink.example.toml")).unwrap();
-        let consume = &config.consume;
-        assert_eq!(consume.brokers, "127.0.0.1:9092");
-        assert_eq!(consume.group_id, "tollgate-sink");
-        assert_eq!(consume.data_dir, dir.join("data"));
-        assert_eq!(consume.roll_interval, Duration::from_secs(60));
-        let temp =
-            std::env::temp_dir().join(format!("tollgate-sink-config-{}", std::process::id()));
-        std::fs::create_dir_all(&temp).unwrap();
-        let check = |text: &str, expect: &str| {
-            let path = temp.join("sink.toml");
-            std::fs::write(&path, text).unwrap();
-            let message = SinkConfig::load(&path).unwrap_err().to_string();
-            assert!(message.contains(expect), "{message}");
-            assert!(message.contains("sink.toml:"), "{message}");
-        };
-        check("[parquet]\ndir = \"x\"\n", "kafka");
-        check("[kafka]\nbrokers = \" \"\n", "kafka.brokers");
-        check(
-            "[kafka]\nbrokers = \"b:1\"\n[parquet]\nrows_max = 0\n",
-            "parquet.rows_max",
-        );
-        check("[kafka]\nbrokers = \"b:1\"\ntopics = \"t\"\n", "topics");
-        std::fs::remove_dir_all(&temp).unwrap();
     }
 
     #[test]

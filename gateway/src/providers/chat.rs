@@ -1,7 +1,9 @@
 //! The OpenAI chat-completions side of every translation: the request fields OpenAI defines,
 //! its conversation split into the system prompt and alternating turns, tool calls and their
-//! dense indexes, and the assistant message of a whole answer. Each provider that is reached
-//! through translation (Anthropic, Bedrock, Gemini) writes its own side with these.
+//! dense indexes, the assistant message and envelope of a whole answer, and the chunks of a
+//! streamed one ([`ChunkWriter`]). Each provider that is reached through translation
+//! (Anthropic, Bedrock, Gemini) writes its own side with these, so what OpenAI's clients read
+//! is written in one place.
 
 use serde_json::{Map, Value, json};
 
@@ -119,9 +121,19 @@ pub(crate) fn stop_sequences(request: &Value) -> Option<Value> {
     }
 }
 
-/// Top-level fields of OpenAI's chat-completions request: translated above or, having no
-/// Anthropic counterpart, dropped. Anything else is the client's provider-specific extra.
-pub(crate) const OPENAI_CHAT_FIELDS: [&str; 30] = [
+/// The top-level fields of `request` that OpenAI's chat-completions API does not define: the
+/// client's provider-specific extras (sent with the SDK's `extra_body`), which a translation
+/// passes on; OpenAI's own fields are translated or dropped.
+pub(crate) fn extra_fields(request: &Value) -> impl Iterator<Item = (&String, &Value)> {
+    request
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| !OPENAI_CHAT_FIELDS.contains(&name.as_str()))
+}
+
+/// Top-level fields of OpenAI's chat-completions request.
+const OPENAI_CHAT_FIELDS: [&str; 30] = [
     "model",
     "messages",
     "max_tokens",
@@ -180,6 +192,104 @@ pub(crate) fn assistant_message(text: &str, tool_calls: Vec<Value>) -> Value {
         message.insert("tool_calls".into(), Value::Array(tool_calls));
     }
     Value::Object(message)
+}
+
+/// A whole `chat.completion` answering for `model` (the client's name for it).
+pub(crate) fn completion(
+    id: &str,
+    model: &str,
+    created_s: i64,
+    choices: Value,
+    usage: Value,
+) -> Option<Vec<u8>> {
+    let completion = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created_s,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    });
+    serde_json::to_vec(&completion).ok()
+}
+
+/// The `chat.completion.chunk` events of one translated stream, written as server-sent events
+/// (`data: {...}` and a blank line). Every chunk carries the same id, `created` and model (the
+/// client's name for it); a translator that learns the provider's id from its first event sets
+/// [`ChunkWriter::id`] before the first chunk.
+#[derive(Debug)]
+pub(crate) struct ChunkWriter {
+    /// `chatcmpl-...`, the id of every chunk written from now on.
+    pub id: String,
+    model: String,
+    created_s: i64,
+}
+
+impl ChunkWriter {
+    /// A writer of chunks of `id` answering for `model`.
+    pub(crate) fn new(id: impl Into<String>, model: &str, created_s: i64) -> ChunkWriter {
+        ChunkWriter {
+            id: id.into(),
+            model: model.to_owned(),
+            created_s,
+        }
+    }
+
+    /// A chunk of choice `index`: `delta`, and `finish` (`null` until the choice ends).
+    pub(crate) fn delta(&self, out: &mut String, index: u64, delta: Value, finish: Value) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created_s,
+            "model": self.model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+        });
+        event(out, &chunk);
+    }
+
+    /// The chunk that opens choice `index`: the assistant's role and empty content.
+    pub(crate) fn role(&self, out: &mut String, index: u64) {
+        self.delta(
+            out,
+            index,
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        );
+    }
+
+    /// The chunk that ends choice `index` with `finish`, its delta empty.
+    pub(crate) fn finish(&self, out: &mut String, index: u64, finish: Value) {
+        self.delta(out, index, json!({}), finish);
+    }
+
+    /// The end of the stream: the usage chunk (no choices) when `usage` is given (the client
+    /// asked for it and it is known), then `[DONE]`.
+    pub(crate) fn end(&self, out: &mut String, usage: Option<Value>) {
+        if let Some(usage) = usage {
+            let chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created_s,
+                "model": self.model,
+                "choices": [],
+                "usage": usage,
+            });
+            event(out, &chunk);
+        }
+        out.push_str("data: [DONE]\n\n");
+    }
+
+    /// An error event, as OpenAI sends one in the middle of a stream (`{"error": {...}}`).
+    pub(crate) fn error(out: &mut String, error: &Value) {
+        event(out, error);
+    }
+}
+
+/// One server-sent event carrying `data`.
+fn event(out: &mut String, data: &Value) {
+    out.push_str("data: ");
+    out.push_str(&data.to_string());
+    out.push_str("\n\n");
 }
 
 /// OpenAI's tool-call indexes (dense, from 0) for a provider's content-block indexes; the id

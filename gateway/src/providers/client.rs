@@ -19,8 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::ProviderConfig;
 use crate::limits::UPSTREAM_IDLE_CONNECTIONS_MAX;
+use crate::providers::config::ProviderConfig;
 
 /// A request body made of slices of the client's body (shared, not copied) and the few bytes
 /// the gateway rewrote.
@@ -106,7 +106,7 @@ pub enum SetupError {
     /// The credential's environment variable is unset or not a header value.
     #[error("provider `{provider}`: environment variable `{var}` is not set or not valid")]
     Credential {
-        /// The provider's name.
+        /// Which `[[provider]]` table to fix, by name.
         provider: String,
         /// The variable's name (never its value).
         var: String,
@@ -114,9 +114,9 @@ pub enum SetupError {
     /// The base URL does not parse.
     #[error("provider `{provider}`: {reason}")]
     BaseUrl {
-        /// The provider's name.
+        /// Which `[[provider]]` table to fix, by name.
         provider: String,
-        /// What is wrong with it.
+        /// What is wrong with it, as the URL parser says.
         reason: String,
     },
     /// The system's TLS roots could not be loaded.
@@ -124,26 +124,9 @@ pub enum SetupError {
     Tls(std::io::Error),
 }
 
-/// Checks that a base URL is `http` or `https` with a host (config validation).
-pub fn check_base_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("`{url}` must start with http:// or https://")),
-    }
-    if uri.authority().is_none() {
-        return Err(format!("`{url}` has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("`{url}` must not have a query"));
-    }
-    Ok(())
-}
-
 impl Upstream {
-    /// Builds the provider's client.
+    /// Builds the provider's client: its connect timeout from the table, at most
+    /// `UPSTREAM_IDLE_CONNECTIONS_MAX` idle connections kept.
     pub fn new(config: &ProviderConfig) -> Result<Upstream, SetupError> {
         let base: Uri = config.base_url.parse().map_err(|e| SetupError::BaseUrl {
             provider: config.name.clone(),
@@ -232,15 +215,6 @@ const FORWARDED_HEADERS: [HeaderName; 4] = [
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-
-    #[test]
-    fn base_urls_are_checked() {
-        assert!(check_base_url("http://127.0.0.1:8000/v1").is_ok());
-        assert!(check_base_url("https://api.openai.com/v1").is_ok());
-        assert!(check_base_url("ftp://x").is_err());
-        assert!(check_base_url("api.openai.com").is_err());
-        assert!(check_base_url("http://x/v1?a=b").is_err());
-    }
 
     #[tokio::test]
     async fn slice_bodies_send_their_chunks_in_order() {

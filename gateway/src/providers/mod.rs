@@ -4,14 +4,16 @@
 //! wrote the body, or translated), where a call goes and how it is authenticated, and makes the
 //! [`read::Reader`] of each answer. It works on bytes: a native call's body is the client's own
 //! slices with the model renamed (see `proxy::admit`), never a parsed tree. Generic code never
-//! names a provider: [`Provider::new`] is the one place a [`ProviderKind`] is matched. A new
-//! dialect is its folder and one line there.
+//! names a provider: [`Provider::new`] is the one place a [`ProviderKind`] is matched outside
+//! the validation of a `[[provider]]` table ([`config`]). A new dialect is its folder, one line
+//! there and one in [`config`].
 
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod chat;
 pub mod client;
+pub mod config;
 pub mod gemini;
 pub mod openai;
 pub mod read;
@@ -25,7 +27,7 @@ use tollgate_engine::UnixMs;
 
 pub use self::chat::TranslateError;
 pub use self::client::{SetupError, SliceBody, Upstream};
-use crate::config::{ProviderConfig, ProviderKind};
+pub use self::config::{ProviderConfig, ProviderKind};
 use crate::http::route::Api;
 use crate::providers::read::Reader;
 
@@ -85,11 +87,11 @@ pub trait Adapter: Send + Sync {
 
 /// A configured provider: its adapter and its pooled client.
 pub struct Provider {
-    /// Its config.
+    /// The `[[provider]]` table it was made from; its timeouts bound every call.
     pub config: ProviderConfig,
     /// Its name, as models name it (`name/model`).
     pub name: Arc<str>,
-    /// Its dialect.
+    /// What it speaks: the routes it serves, paths, credentials, readers.
     pub adapter: Box<dyn Adapter>,
     /// Its HTTP client and base URL.
     pub upstream: Upstream,

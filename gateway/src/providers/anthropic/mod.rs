@@ -8,13 +8,14 @@ use http::Request;
 use http::header::{HeaderName, HeaderValue};
 use tollgate_engine::UnixMs;
 
-use crate::config::ProviderConfig;
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
 use crate::providers::read::{
     Reader, Reading, Rewrite, Tally as _, TranslatedEvents, Translator, Whole, no_usage,
 };
-use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, credential, native_reader};
+use crate::providers::{
+    Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, credential, native_reader,
+};
 
 use self::read::AnthropicTally;
 
@@ -24,7 +25,7 @@ pub const VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 /// The version sent when the client named none.
 const VERSION_DEFAULT: HeaderValue = HeaderValue::from_static("2023-06-01");
 
-/// Anthropic.
+/// Anthropic's API: the key as `x-api-key`, and an `anthropic-version` on every call.
 #[derive(Debug)]
 pub struct Anthropic {
     credential: Option<HeaderValue>,

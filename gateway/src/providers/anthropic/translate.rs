@@ -12,8 +12,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::providers::chat::{
-    Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message, bad,
-    conversation, max_tokens, stop_sequences, tool_call,
+    ChunkWriter, Conversation, Dialect, ToolCalls, TranslateError, assistant_message, bad,
+    completion, conversation, extra_fields, max_tokens, stop_sequences, tool_call,
 };
 
 /// Anthropic's way of writing a conversation.
@@ -51,18 +51,7 @@ pub fn chat_to_messages(
                 .collect(),
         ),
     );
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("stream", "stream"),
-    ] {
-        if let Some(v) = request.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
-    if let Some(stop) = stop_sequences(&request) {
-        out.insert("stop_sequences".into(), stop);
-    }
+    sampling(&request, &mut out);
     if request
         .get("n")
         .and_then(Value::as_u64)
@@ -72,64 +61,87 @@ pub fn chat_to_messages(
             "`n` greater than 1 is not supported for Anthropic models",
         ));
     }
-    if let Some(fields) = request.as_object() {
-        for (name, value) in fields {
-            if !OPENAI_CHAT_FIELDS.contains(&name.as_str()) && !out.contains_key(name) {
-                out.insert(name.clone(), value.clone());
-            }
+    // A client's extra never replaces a field translated above.
+    for (name, value) in extra_fields(&request) {
+        if !out.contains_key(name) {
+            out.insert(name.clone(), value.clone());
         }
     }
     if let Some(user) = request.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
     if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        let mut converted = Vec::with_capacity(tools.len());
-        for (i, tool) in tools.iter().enumerate() {
-            let function = tool
-                .get("function")
-                .ok_or_else(|| bad(format!("tools[{i}] has no `function`")))?;
-            let mut t = Map::new();
-            t.insert(
-                "name".into(),
-                function
-                    .get("name")
-                    .cloned()
-                    .ok_or_else(|| bad(format!("tools[{i}].function.name is missing")))?,
-            );
-            if let Some(d) = function.get("description") {
-                t.insert("description".into(), d.clone());
-            }
-            t.insert(
-                "input_schema".into(),
-                function
-                    .get("parameters")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            );
-            converted.push(Value::Object(t));
-        }
-        out.insert("tools".into(), Value::Array(converted));
-        let parallel = request.get("parallel_tool_calls").and_then(Value::as_bool);
-        let mut choice = match request.get("tool_choice") {
-            None | Some(Value::Null) => json!({"type": "auto"}),
-            Some(Value::String(s)) if s == "auto" => json!({"type": "auto"}),
-            Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
-            Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
-            Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")) {
-                Some(name) => json!({"type": "tool", "name": name}),
-                None => return Err(bad("tool_choice object needs function.name")),
-            },
-            Some(other) => return Err(bad(format!("tool_choice {other} is not supported"))),
-        };
-        if parallel == Some(false)
-            && let Some(c) = choice.as_object_mut()
-            && c.get("type") != Some(&json!("none"))
-        {
-            c.insert("disable_parallel_tool_use".into(), json!(true));
-        }
-        out.insert("tool_choice".into(), choice);
+        out.insert("tools".into(), Value::Array(tool_definitions(tools)?));
+        out.insert("tool_choice".into(), tool_choice(&request)?);
     }
     serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
+}
+
+/// The sampling fields Messages shares with OpenAI (`stop` as `stop_sequences`), and `stream`.
+fn sampling(request: &Value, out: &mut Map<String, Value>) {
+    for field in ["temperature", "top_p", "stream"] {
+        if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(stop) = stop_sequences(request) {
+        out.insert("stop_sequences".into(), stop);
+    }
+}
+
+/// OpenAI's function tools as Anthropic's: `parameters` as `input_schema` (an empty object
+/// schema when none is given).
+fn tool_definitions(tools: &[Value]) -> Result<Vec<Value>, TranslateError> {
+    let mut definitions = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let function = tool
+            .get("function")
+            .ok_or_else(|| bad(format!("tools[{i}] has no `function`")))?;
+        let mut definition = Map::new();
+        definition.insert(
+            "name".into(),
+            function
+                .get("name")
+                .cloned()
+                .ok_or_else(|| bad(format!("tools[{i}].function.name is missing")))?,
+        );
+        if let Some(d) = function.get("description") {
+            definition.insert("description".into(), d.clone());
+        }
+        definition.insert(
+            "input_schema".into(),
+            function
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        );
+        definitions.push(Value::Object(definition));
+    }
+    Ok(definitions)
+}
+
+/// OpenAI's `tool_choice` (`auto` when unset) as Anthropic's; `parallel_tool_calls: false`
+/// becomes `disable_parallel_tool_use` on any choice but `none`.
+fn tool_choice(request: &Value) -> Result<Value, TranslateError> {
+    let mut choice = match request.get("tool_choice") {
+        None | Some(Value::Null) => json!({"type": "auto"}),
+        Some(Value::String(s)) if s == "auto" => json!({"type": "auto"}),
+        Some(Value::String(s)) if s == "none" => json!({"type": "none"}),
+        Some(Value::String(s)) if s == "required" => json!({"type": "any"}),
+        Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")) {
+            Some(name) => json!({"type": "tool", "name": name}),
+            None => return Err(bad("tool_choice object needs function.name")),
+        },
+        Some(other) => return Err(bad(format!("tool_choice {other} is not supported"))),
+    };
+    let parallel = request.get("parallel_tool_calls").and_then(Value::as_bool);
+    if parallel == Some(false)
+        && let Some(c) = choice.as_object_mut()
+        && c.get("type") != Some(&json!("none"))
+    {
+        c.insert("disable_parallel_tool_use".into(), json!(true));
+    }
+    Ok(choice)
 }
 
 /// OpenAI message content (a string or parts) as Anthropic content blocks.
@@ -215,19 +227,15 @@ pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u
         }
     }
     let reply = assistant_message(&text, tool_calls);
-    let answer = json!({
-        "id": format!("chatcmpl-{}", message.get("id").and_then(Value::as_str).unwrap_or("")),
-        "object": "chat.completion",
-        "created": created_s,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": reply,
-            "finish_reason": finish_reason(message.get("stop_reason").and_then(Value::as_str)),
-        }],
-        "usage": openai_usage(message.get("usage").unwrap_or(&Value::Null)),
-    });
-    serde_json::to_vec(&answer).ok()
+    let id = message.get("id").and_then(Value::as_str).unwrap_or("");
+    let finish = finish_reason(message.get("stop_reason").and_then(Value::as_str));
+    completion(
+        &format!("chatcmpl-{id}"),
+        model,
+        created_s,
+        json!([{"index": 0, "message": reply, "finish_reason": finish}]),
+        openai_usage(message.get("usage").unwrap_or(&Value::Null)),
+    )
 }
 
 /// An Anthropic error body in OpenAI's envelope.
@@ -246,14 +254,13 @@ pub fn error_to_openai(body: &[u8]) -> Option<Vec<u8>> {
 /// Turns Anthropic stream events into `chat.completion.chunk` events, one event at a time.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    created_s: i64,
+    /// Its id is the message's, from `message_start`.
+    chunks: ChunkWriter,
     include_usage: bool,
-    id: String,
+    /// The usage of `message_start` and `message_delta`, the later count of each winning.
     usage: Map<String, Value>,
     /// Anthropic content-block index -> OpenAI tool-call index.
     tool_calls: ToolCalls,
-    finish: Value,
 }
 
 impl StreamTranslator {
@@ -261,25 +268,11 @@ impl StreamTranslator {
     #[must_use]
     pub fn new(model: &str, created_s: i64, include_usage: bool) -> StreamTranslator {
         StreamTranslator {
-            model: model.to_owned(),
-            created_s,
+            chunks: ChunkWriter::new("chatcmpl-tollgate", model, created_s),
             include_usage,
-            id: String::from("chatcmpl-tollgate"),
             usage: Map::new(),
             tool_calls: ToolCalls::default(),
-            finish: Value::Null,
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Value) -> String {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created_s,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        format!("data: {chunk}\n\n")
     }
 
     /// The OpenAI events (possibly none) for one Anthropic event's `data`.
@@ -288,72 +281,74 @@ impl StreamTranslator {
             return;
         };
         match event.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                if let Some(id) = event.pointer("/message/id").and_then(Value::as_str) {
-                    self.id = format!("chatcmpl-{id}");
-                }
-                if let Some(Value::Object(usage)) = event.pointer("/message/usage") {
-                    self.usage.extend(usage.clone());
-                }
-                out.push_str(&self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
-            }
-            Some("content_block_start") => {
-                let block = event.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-                    let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let delta = self.tool_calls.start(
-                        index,
-                        block.get("id").unwrap_or(&Value::Null),
-                        block.get("name").unwrap_or(&Value::Null),
-                    );
-                    out.push_str(&self.chunk(delta, Value::Null));
-                }
-            }
-            Some("content_block_delta") => {
-                let delta = event.get("delta").unwrap_or(&Value::Null);
-                match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let text = delta.get("text").cloned().unwrap_or(json!(""));
-                        out.push_str(&self.chunk(json!({"content": text}), Value::Null));
-                    }
-                    Some("input_json_delta") => {
-                        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let partial = delta.get("partial_json").unwrap_or(&Value::Null);
-                        if let Some(chunk) = self.tool_calls.arguments(index, partial) {
-                            out.push_str(&self.chunk(chunk, Value::Null));
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            Some("message_start") => self.message_start(&event, out),
+            Some("content_block_start") => self.block_start(&event, out),
+            Some("content_block_delta") => self.block_delta(&event, out),
             Some("message_delta") => {
                 if let Some(Value::Object(usage)) = event.get("usage") {
                     self.usage.extend(usage.clone());
                 }
-                self.finish =
-                    finish_reason(event.pointer("/delta/stop_reason").and_then(Value::as_str));
-                out.push_str(&self.chunk(json!({}), self.finish.clone()));
+                let stop_reason = event.pointer("/delta/stop_reason").and_then(Value::as_str);
+                self.chunks.finish(out, 0, finish_reason(stop_reason));
             }
             Some("message_stop") => {
-                if self.include_usage {
-                    let chunk = json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created_s,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": openai_usage(&Value::Object(self.usage.clone())),
-                    });
-                    out.push_str(&format!("data: {chunk}\n\n"));
-                }
-                out.push_str("data: [DONE]\n\n");
+                let usage = self
+                    .include_usage
+                    .then(|| openai_usage(&Value::Object(self.usage.clone())));
+                self.chunks.end(out, usage);
             }
             Some("error") => {
                 let error = json!({"error": {
                     "message": event.pointer("/error/message").cloned().unwrap_or(json!("")),
                     "type": event.pointer("/error/type").cloned().unwrap_or(json!("api_error")),
                 }});
-                out.push_str(&format!("data: {error}\n\n"));
+                ChunkWriter::error(out, &error);
+            }
+            _ => {}
+        }
+    }
+
+    /// The message's id and first usage; the assistant's role.
+    fn message_start(&mut self, event: &Value, out: &mut String) {
+        if let Some(id) = event.pointer("/message/id").and_then(Value::as_str) {
+            self.chunks.id = format!("chatcmpl-{id}");
+        }
+        if let Some(Value::Object(usage)) = event.pointer("/message/usage") {
+            self.usage.extend(usage.clone());
+        }
+        self.chunks.role(out, 0);
+    }
+
+    /// A `tool_use` block opens a tool call; a text block needs no chunk of its own.
+    fn block_start(&mut self, event: &Value, out: &mut String) {
+        let block = event.get("content_block").unwrap_or(&Value::Null);
+        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+            return;
+        }
+        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let delta = self.tool_calls.start(
+            index,
+            block.get("id").unwrap_or(&Value::Null),
+            block.get("name").unwrap_or(&Value::Null),
+        );
+        self.chunks.delta(out, 0, delta, Value::Null);
+    }
+
+    /// Text, or a fragment of the arguments of the tool call the block opened.
+    fn block_delta(&mut self, event: &Value, out: &mut String) {
+        let delta = event.get("delta").unwrap_or(&Value::Null);
+        match delta.get("type").and_then(Value::as_str) {
+            Some("text_delta") => {
+                let text = delta.get("text").cloned().unwrap_or(json!(""));
+                self.chunks
+                    .delta(out, 0, json!({ "content": text }), Value::Null);
+            }
+            Some("input_json_delta") => {
+                let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let partial = delta.get("partial_json").unwrap_or(&Value::Null);
+                if let Some(chunk) = self.tool_calls.arguments(index, partial) {
+                    self.chunks.delta(out, 0, chunk, Value::Null);
+                }
             }
             _ => {}
         }

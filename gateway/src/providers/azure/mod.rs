@@ -1,16 +1,19 @@
 //! Azure OpenAI: OpenAI's dialect on deployment paths (`/openai/deployments/{name}/...`) with
 //! an `api-version` and an `api-key` header; the Responses API on Azure's v1 surface.
 
+pub mod config;
+
 use http::Request;
 use http::header::{HeaderName, HeaderValue};
 use tollgate_engine::UnixMs;
 
-use crate::config::ProviderConfig;
 use crate::http::route::Api;
 use crate::providers::client::percent_encode_segment;
 use crate::providers::openai::{route_path, serves_openai};
 use crate::providers::read::Reader;
-use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, credential, native_reader};
+use crate::providers::{
+    Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, credential, native_reader,
+};
 
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
 

@@ -4,13 +4,12 @@
 use serde_json::{Map, Value, json};
 use tollgate_engine::TokenUsage;
 
-use crate::providers::text::Kept;
-
 use crate::providers::bedrock::eventstream::Frame;
 use crate::providers::chat::{
-    Conversation, Dialect, OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message,
-    conversation, max_tokens, stop_sequences, tool_call,
+    ChunkWriter, Conversation, Dialect, ToolCalls, TranslateError, assistant_message, bad,
+    completion, conversation, extra_fields, max_tokens, stop_sequences, tool_call,
 };
+use crate::providers::text::Kept;
 
 /// Converse's way of writing a conversation.
 const BEDROCK: Dialect = Dialect {
@@ -19,9 +18,8 @@ const BEDROCK: Dialect = Dialect {
     tool_result: |id, content| json!({"toolResult": {"toolUseId": id, "content": content}}),
 };
 
-fn bad(message: impl Into<String>) -> TranslateError {
-    TranslateError(message.into())
-}
+/// The id of every translated answer: Converse gives none.
+const CHAT_ID: &str = "chatcmpl-bedrock";
 
 /// Rewrites an OpenAI chat-completions body into a Converse body.
 pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>, TranslateError> {
@@ -50,8 +48,27 @@ pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>,
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }
+    out.insert(
+        "inferenceConfig".into(),
+        inference_config(&request, max_tokens_default),
+    );
+    if let Some(config) = tool_config(&request) {
+        out.insert("toolConfig".into(), config);
+    }
+    // Converse takes what it does not define in one object, passed to the model as written.
+    let extra: Map<String, Value> = extra_fields(&request)
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if !extra.is_empty() {
+        out.insert("additionalModelRequestFields".into(), Value::Object(extra));
+    }
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
+}
+
+/// The sampling fields as `inferenceConfig`; `maxTokens` always set.
+fn inference_config(request: &Value, max_tokens_default: u64) -> Value {
     let mut inference = Map::new();
-    let max_tokens = max_tokens(&request, max_tokens_default);
+    let max_tokens = max_tokens(request, max_tokens_default);
     inference.insert("maxTokens".into(), json!(max_tokens));
     if let Some(t) = request.get("temperature").filter(|v| v.is_number()) {
         inference.insert("temperature".into(), t.clone());
@@ -59,62 +76,58 @@ pub fn chat_to_converse(body: &[u8], max_tokens_default: u64) -> Result<Vec<u8>,
     if let Some(p) = request.get("top_p").filter(|v| v.is_number()) {
         inference.insert("topP".into(), p.clone());
     }
-    if let Some(stop) = stop_sequences(&request) {
+    if let Some(stop) = stop_sequences(request) {
         inference.insert("stopSequences".into(), stop);
     }
-    out.insert("inferenceConfig".into(), Value::Object(inference));
+    Value::Object(inference)
+}
+
+/// OpenAI's `tools` and `tool_choice` as `toolConfig`; none when there are no tools or the
+/// client turned them off (`"none"`, which Converse cannot say).
+fn tool_config(request: &Value) -> Option<Value> {
     let choice = request.get("tool_choice");
-    let tools_off = matches!(choice, Some(Value::String(s)) if s == "none");
-    if let Some(tools) = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .filter(|_| !tools_off)
-    {
-        let specs: Vec<Value> = tools
-            .iter()
-            .map(|tool| {
-                let function = tool.get("function").unwrap_or(&Value::Null);
-                let mut spec = Map::new();
-                spec.insert("name".into(), function.get("name").cloned().unwrap_or(json!("")));
-                if let Some(d) = function.get("description") {
-                    spec.insert("description".into(), d.clone());
-                }
-                spec.insert(
-                    "inputSchema".into(),
-                    json!({"json": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}))}),
-                );
-                json!({"toolSpec": Value::Object(spec)})
-            })
-            .collect();
-        let mut config = Map::new();
-        config.insert("tools".into(), Value::Array(specs));
-        match choice {
-            Some(Value::String(s)) if s == "required" => {
-                config.insert("toolChoice".into(), json!({"any": {}}));
-            }
-            Some(Value::Object(o)) => {
-                if let Some(name) = o.get("function").and_then(|f| f.get("name")) {
-                    config.insert("toolChoice".into(), json!({"tool": {"name": name}}));
-                }
-            }
-            _ => {
-                config.insert("toolChoice".into(), json!({"auto": {}}));
+    if matches!(choice, Some(Value::String(s)) if s == "none") {
+        return None;
+    }
+    let tools = request.get("tools").and_then(Value::as_array)?;
+    let mut config = Map::new();
+    config.insert(
+        "tools".into(),
+        Value::Array(tools.iter().map(tool_spec).collect()),
+    );
+    match choice {
+        Some(Value::String(s)) if s == "required" => {
+            config.insert("toolChoice".into(), json!({"any": {}}));
+        }
+        Some(Value::Object(o)) => {
+            if let Some(name) = o.get("function").and_then(|f| f.get("name")) {
+                config.insert("toolChoice".into(), json!({"tool": {"name": name}}));
             }
         }
-        out.insert("toolConfig".into(), Value::Object(config));
-    }
-    let mut extra = Map::new();
-    if let Some(fields) = request.as_object() {
-        for (name, value) in fields {
-            if !OPENAI_CHAT_FIELDS.contains(&name.as_str()) {
-                extra.insert(name.clone(), value.clone());
-            }
+        _ => {
+            config.insert("toolChoice".into(), json!({"auto": {}}));
         }
     }
-    if !extra.is_empty() {
-        out.insert("additionalModelRequestFields".into(), Value::Object(extra));
+    Some(Value::Object(config))
+}
+
+/// One OpenAI function tool as a `toolSpec`; a tool without parameters takes an empty object.
+fn tool_spec(tool: &Value) -> Value {
+    let function = tool.get("function").unwrap_or(&Value::Null);
+    let mut spec = Map::new();
+    spec.insert(
+        "name".into(),
+        function.get("name").cloned().unwrap_or(json!("")),
+    );
+    if let Some(d) = function.get("description") {
+        spec.insert("description".into(), d.clone());
     }
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
+    let schema = function
+        .get("parameters")
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    spec.insert("inputSchema".into(), json!({ "json": schema }));
+    json!({"toolSpec": Value::Object(spec)})
 }
 
 fn blocks_of(content: Option<&Value>, index: usize) -> Result<Vec<Value>, TranslateError> {
@@ -217,16 +230,14 @@ pub fn converse_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
     }
     let message = assistant_message(&text, tool_calls);
     let usage = answer.get("usage").and_then(usage_of).unwrap_or_default();
-    let chat = json!({
-        "id": "chatcmpl-bedrock",
-        "object": "chat.completion",
-        "created": created_s,
-        "model": model,
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": finish_reason(answer.get("stopReason").and_then(Value::as_str))}],
-        "usage": openai_usage(&usage),
-    });
-    serde_json::to_vec(&chat).ok()
+    let finish = finish_reason(answer.get("stopReason").and_then(Value::as_str));
+    completion(
+        CHAT_ID,
+        model,
+        created_s,
+        json!([{"index": 0, "message": message, "finish_reason": finish}]),
+        openai_usage(&usage),
+    )
 }
 
 /// A Bedrock error body (`{"message": ...}`, the type in `x-amzn-ErrorType`) in OpenAI's
@@ -249,10 +260,10 @@ pub fn error_to_openai(body: &[u8], error_type: Option<&str>) -> Vec<u8> {
 /// ConverseStream frames to `chat.completion.chunk` events, with what metering needs.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    created_s: i64,
+    chunks: ChunkWriter,
     include_usage: bool,
     tool_calls: ToolCalls,
+    /// `[DONE]` is written, so [`StreamTranslator::finish`] writes nothing more.
     done: bool,
     /// Usage from the `metadata` event.
     pub usage: Option<TokenUsage>,
@@ -261,7 +272,8 @@ pub struct StreamTranslator {
 }
 
 impl StreamTranslator {
-    /// A translator answering for `model`.
+    /// A translator answering for `model`; `include_usage` when the client asked for usage;
+    /// at most `text_bytes_max` of text kept for counting.
     #[must_use]
     pub fn new(
         model: &str,
@@ -270,8 +282,7 @@ impl StreamTranslator {
         text_bytes_max: usize,
     ) -> StreamTranslator {
         StreamTranslator {
-            model: model.to_owned(),
-            created_s,
+            chunks: ChunkWriter::new(CHAT_ID, model, created_s),
             include_usage,
             tool_calls: ToolCalls::default(),
             done: false,
@@ -280,81 +291,20 @@ impl StreamTranslator {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Value) -> String {
-        let chunk = json!({
-            "id": "chatcmpl-bedrock",
-            "object": "chat.completion.chunk",
-            "created": self.created_s,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        format!("data: {chunk}\n\n")
-    }
-
     /// Translates one frame; returns whether it carried generated text.
     pub fn frame(&mut self, frame: &Frame, out: &mut String) -> bool {
         let payload: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
-        match frame.header(":message-type") {
-            Some("event") => {}
-            _ => {
-                let kind = frame
-                    .header(":exception-type")
-                    .or_else(|| frame.header(":error-code"))
-                    .unwrap_or("error");
-                let message = payload
-                    .get("message")
-                    .cloned()
-                    .or_else(|| frame.header(":error-message").map(|m| json!(m)))
-                    .unwrap_or(json!(""));
-                out.push_str(&format!(
-                    "data: {}\n\n",
-                    json!({"error": {"message": message, "type": kind}})
-                ));
-                return false;
-            }
+        if frame.header(":message-type") != Some("event") {
+            exception(frame, &payload, out);
+            return false;
         }
         match frame.header(":event-type") {
-            Some("messageStart") => {
-                out.push_str(&self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
-            }
-            Some("contentBlockStart") => {
-                if let Some(tool) = payload.pointer("/start/toolUse") {
-                    let index = payload
-                        .get("contentBlockIndex")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
-                    let delta = self.tool_calls.start(
-                        index,
-                        tool.get("toolUseId").unwrap_or(&Value::Null),
-                        tool.get("name").unwrap_or(&Value::Null),
-                    );
-                    out.push_str(&self.chunk(delta, Value::Null));
-                }
-            }
-            Some("contentBlockDelta") => {
-                let index = payload
-                    .get("contentBlockIndex")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if let Some(text) = payload.pointer("/delta/text").and_then(Value::as_str) {
-                    self.kept.keep(text);
-                    out.push_str(&self.chunk(json!({"content": text}), Value::Null));
-                    return true;
-                }
-                if let Some(input) = payload
-                    .pointer("/delta/toolUse/input")
-                    .and_then(Value::as_str)
-                {
-                    self.kept.keep(input);
-                    if let Some(delta) = self.tool_calls.arguments(index, &json!(input)) {
-                        out.push_str(&self.chunk(delta, Value::Null));
-                    }
-                    return true;
-                }
-            }
+            Some("messageStart") => self.chunks.role(out, 0),
+            Some("contentBlockStart") => self.block_start(&payload, out),
+            Some("contentBlockDelta") => return self.block_delta(&payload, out),
             Some("messageStop") => {
                 let finish = finish_reason(payload.get("stopReason").and_then(Value::as_str));
-                out.push_str(&self.chunk(json!({}), finish));
+                self.chunks.finish(out, 0, finish);
             }
             Some("metadata") => {
                 self.usage = payload.get("usage").and_then(usage_of);
@@ -365,27 +315,72 @@ impl StreamTranslator {
         false
     }
 
+    /// A block that starts a tool call opens it; a text block has no start event.
+    fn block_start(&mut self, payload: &Value, out: &mut String) {
+        let Some(tool) = payload.pointer("/start/toolUse") else {
+            return;
+        };
+        let index = payload
+            .get("contentBlockIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let delta = self.tool_calls.start(
+            index,
+            tool.get("toolUseId").unwrap_or(&Value::Null),
+            tool.get("name").unwrap_or(&Value::Null),
+        );
+        self.chunks.delta(out, 0, delta, Value::Null);
+    }
+
+    /// Text, or a fragment of a tool call's input; returns whether it carried either.
+    fn block_delta(&mut self, payload: &Value, out: &mut String) -> bool {
+        let index = payload
+            .get("contentBlockIndex")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if let Some(text) = payload.pointer("/delta/text").and_then(Value::as_str) {
+            self.kept.keep(text);
+            self.chunks
+                .delta(out, 0, json!({ "content": text }), Value::Null);
+            return true;
+        }
+        if let Some(input) = payload
+            .pointer("/delta/toolUse/input")
+            .and_then(Value::as_str)
+        {
+            self.kept.keep(input);
+            if let Some(delta) = self.tool_calls.arguments(index, &json!(input)) {
+                self.chunks.delta(out, 0, delta, Value::Null);
+            }
+            return true;
+        }
+        false
+    }
+
     /// Ends the OpenAI stream (usage chunk if asked, then `[DONE]`), once.
     pub fn finish(&mut self, out: &mut String) {
         if self.done {
             return;
         }
         self.done = true;
-        if self.include_usage
-            && let Some(usage) = &self.usage
-        {
-            let chunk = json!({
-                "id": "chatcmpl-bedrock",
-                "object": "chat.completion.chunk",
-                "created": self.created_s,
-                "model": self.model,
-                "choices": [],
-                "usage": openai_usage(usage),
-            });
-            out.push_str(&format!("data: {chunk}\n\n"));
-        }
-        out.push_str("data: [DONE]\n\n");
+        let usage = self.usage.as_ref().filter(|_| self.include_usage);
+        self.chunks.end(out, usage.map(openai_usage));
     }
+}
+
+/// An exception or error frame as an OpenAI error event: its type from the headers, its
+/// message from the payload or the headers.
+fn exception(frame: &Frame, payload: &Value, out: &mut String) {
+    let kind = frame
+        .header(":exception-type")
+        .or_else(|| frame.header(":error-code"))
+        .unwrap_or("error");
+    let message = payload
+        .get("message")
+        .cloned()
+        .or_else(|| frame.header(":error-message").map(|m| json!(m)))
+        .unwrap_or(json!(""));
+    ChunkWriter::error(out, &json!({"error": {"message": message, "type": kind}}));
 }
 
 #[cfg(test)]

@@ -25,12 +25,12 @@ const FRAME_BYTES_MAX: u32 = 24 * 1024 * 1024 + 128 * 1024 + 16;
 pub struct Frame {
     /// Headers whose values are strings (the ones Bedrock sends); others are skipped.
     pub headers: Vec<(String, String)>,
-    /// The payload.
+    /// The payload: JSON for Converse's events and exceptions.
     pub payload: Bytes,
 }
 
 impl Frame {
-    /// A header's value.
+    /// The value of header `name` (`:event-type`, `:message-type`), if the frame has it.
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -8,6 +8,7 @@
 //! Anthropic's: `inputTokens` are uncached, cache reads and writes are summed into `input`.
 //! Requests are signed with SigV4 ([`sigv4`]) or carry a Bedrock API key as a bearer token.
 
+pub mod config;
 pub mod converse;
 pub mod eventstream;
 pub mod sigv4;
@@ -17,12 +18,11 @@ use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
 use tollgate_engine::UnixMs;
 
-use crate::config::ProviderConfig;
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
 use crate::providers::client::percent_encode_segment;
 use crate::providers::read::{Pushed, ReadError, Reader, Reading, Rewrite, Whole, no_usage};
-use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, credential};
+use crate::providers::{Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, credential};
 
 use self::eventstream::{Decoder, Frame};
 use self::sigv4::Credentials;

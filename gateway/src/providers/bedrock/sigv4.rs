@@ -13,11 +13,11 @@ pub const SIGNING_SERVICE: &str = "bedrock";
 /// AWS credentials (from the environment; never logged).
 #[derive(Clone)]
 pub struct Credentials {
-    /// Access key id.
+    /// `AWS_ACCESS_KEY_ID`: names the key in the `Authorization` header.
     pub access_key_id: String,
-    /// Secret access key.
+    /// `AWS_SECRET_ACCESS_KEY`: derives the signing key; never sent.
     pub secret_access_key: String,
-    /// Session token of temporary credentials.
+    /// `AWS_SESSION_TOKEN`, set for temporary credentials: sent as `x-amz-security-token`.
     pub session_token: Option<String>,
 }
 

@@ -6,32 +6,26 @@
 //! stream (one whole response per event, no `[DONE]`); on Vertex AI
 //! `/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:...`.
 
+pub mod config;
 pub mod translate;
 
 use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
 use tollgate_engine::UnixMs;
 
-use crate::config::{ProviderConfig, Vertex};
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
 use crate::providers::client::percent_encode_segment;
 use crate::providers::read::{
     Reader, Reading, Rewrite, TranslatedEvents, Translator, Whole, no_usage,
 };
-use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, TranslateError, credential};
+use crate::providers::{
+    Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, TranslateError, credential,
+};
+
+use self::config::Vertex;
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
-
-/// The base URL when the config names none.
-#[must_use]
-pub fn default_base_url(vertex: Option<&Vertex>) -> String {
-    match vertex {
-        None => "https://generativelanguage.googleapis.com".to_owned(),
-        Some(v) if v.location == "global" => "https://aiplatform.googleapis.com".to_owned(),
-        Some(v) => format!("https://{}-aiplatform.googleapis.com", v.location),
-    }
-}
 
 /// A Gemini provider, on the Gemini API or on Vertex AI.
 #[derive(Debug)]

@@ -15,7 +15,7 @@
 //!   signature travels to OpenAI clients as `extra_content.google.thought_signature` on the tool
 //!   call (the shape Google's own OpenAI layer uses) and comes back from there.
 //!
-//! The conversation is walked here rather than through `translate::conversation`: a
+//! The conversation is walked here rather than through `chat::conversation`: a
 //! `functionResponse` needs the function's name, found from the earlier call's id, and the
 //! signatures ride on the calls, neither of which that shared walk can carry.
 
@@ -24,16 +24,11 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use tollgate_engine::TokenUsage;
 
-use crate::providers::text::Kept;
-
 use crate::providers::chat::{
-    OPENAI_CHAT_FIELDS, ToolCalls, TranslateError, assistant_message, max_tokens, stop_sequences,
-    tool_call,
+    ChunkWriter, ToolCalls, TranslateError, assistant_message, bad, completion, extra_fields,
+    max_tokens, stop_sequences, tool_call,
 };
-
-fn bad(message: impl Into<String>) -> TranslateError {
-    TranslateError(message.into())
-}
+use crate::providers::text::Kept;
 
 /// The placeholder signature Google documents for a function call it did not sign itself
 /// (history from another model, or a client that dropped the signature): without one, Gemini 3
@@ -69,9 +64,9 @@ fn thinking_budget(effort: &str) -> Option<u64> {
 pub fn chat_to_generate(body: &[u8], output_tokens_max: u64) -> Result<Vec<u8>, TranslateError> {
     let request: Value =
         serde_json::from_slice(body).map_err(|e| bad(format!("request body: {e}")))?;
-    let fields = request
-        .as_object()
-        .ok_or_else(|| bad("request body must be a JSON object"))?;
+    if !request.is_object() {
+        return Err(bad("request body must be a JSON object"));
+    }
     let Contents { system, turns } = contents(&request)?;
     if turns.is_empty() {
         return Err(bad("`messages` has no user or assistant content"));
@@ -99,13 +94,13 @@ pub fn chat_to_generate(body: &[u8], output_tokens_max: u64) -> Result<Vec<u8>, 
         out.insert("toolConfig".into(), config);
     }
     let mut generation = generation_config(&request, output_tokens_max)?;
-    for (name, value) in fields {
+    for (name, value) in extra_fields(&request) {
         if name == "generationConfig" {
             let extra = value
                 .as_object()
                 .ok_or_else(|| bad("`generationConfig` must be an object"))?;
             generation.extend(extra.clone());
-        } else if !OPENAI_CHAT_FIELDS.contains(&name.as_str()) && !out.contains_key(name) {
+        } else if !out.contains_key(name) {
             out.insert(name.clone(), value.clone());
         }
     }
@@ -638,54 +633,20 @@ pub fn generate_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
         .get("responseId")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let mut choices = Vec::new();
     let mut calls_total = 0u64;
     let candidates = answer.get("candidates").and_then(Value::as_array);
-    for (position, candidate) in candidates.into_iter().flatten().enumerate() {
-        let index = candidate
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(position as u64);
-        let mut text = String::new();
-        let mut thoughts = String::new();
-        let mut tool_calls = Vec::new();
-        let parts = candidate
-            .pointer("/content/parts")
-            .and_then(Value::as_array);
-        for part in parts.into_iter().flatten() {
-            if let Some(call) = part.get("functionCall") {
-                let mut openai = tool_call(
-                    Some(&call_id(call, response_id, calls_total)),
-                    call.get("name"),
-                    Some(call.get("args").unwrap_or(&json!({}))),
-                );
-                calls_total += 1;
-                if let (Some(extra), Some(fields)) = (extra_content(part), openai.as_object_mut()) {
-                    fields.insert("extra_content".into(), extra);
-                }
-                tool_calls.push(openai);
-            } else if let Some(t) = part.get("text").and_then(Value::as_str) {
-                if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                    thoughts.push_str(t);
-                } else {
-                    text.push_str(t);
-                }
-            }
-        }
-        let called = !tool_calls.is_empty();
-        let mut message = assistant_message(&text, tool_calls);
-        if !thoughts.is_empty()
-            && let Some(fields) = message.as_object_mut()
-        {
-            fields.insert("reasoning_content".into(), json!(thoughts));
-        }
-        let reason = candidate.get("finishReason").and_then(Value::as_str);
-        choices.push(json!({
-            "index": index,
-            "message": message,
-            "finish_reason": finish_reason(reason, called),
-        }));
-    }
+    let mut choices: Vec<Value> = candidates
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(position, candidate)| {
+            let index = candidate
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            whole_choice(index, candidate, response_id, &mut calls_total)
+        })
+        .collect();
     if choices.is_empty() {
         // A blocked prompt is a 200 with `promptFeedback.blockReason` and no candidates.
         let blocked = answer.pointer("/promptFeedback/blockReason").is_some();
@@ -699,15 +660,58 @@ pub fn generate_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<
         .get("usageMetadata")
         .and_then(usage_of)
         .unwrap_or_default();
-    let chat = json!({
-        "id": chat_id(response_id),
-        "object": "chat.completion",
-        "created": created_s,
-        "model": model,
-        "choices": choices,
-        "usage": openai_usage(&usage),
-    });
-    serde_json::to_vec(&chat).ok()
+    completion(
+        &chat_id(response_id),
+        model,
+        created_s,
+        Value::Array(choices),
+        openai_usage(&usage),
+    )
+}
+
+/// One candidate of a whole answer as OpenAI choice `index`: its text, its thoughts as
+/// `reasoning_content`, its function calls as tool calls (numbered from `calls_total`, which
+/// counts the calls of the whole answer).
+fn whole_choice(index: u64, candidate: &Value, response_id: &str, calls_total: &mut u64) -> Value {
+    let mut text = String::new();
+    let mut thoughts = String::new();
+    let mut tool_calls = Vec::new();
+    let parts = candidate
+        .pointer("/content/parts")
+        .and_then(Value::as_array);
+    for part in parts.into_iter().flatten() {
+        if let Some(call) = part.get("functionCall") {
+            let mut openai = tool_call(
+                Some(&call_id(call, response_id, *calls_total)),
+                call.get("name"),
+                Some(call.get("args").unwrap_or(&json!({}))),
+            );
+            *calls_total += 1;
+            if let (Some(extra), Some(fields)) = (extra_content(part), openai.as_object_mut()) {
+                fields.insert("extra_content".into(), extra);
+            }
+            tool_calls.push(openai);
+        } else if let Some(t) = part.get("text").and_then(Value::as_str) {
+            if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                thoughts.push_str(t);
+            } else {
+                text.push_str(t);
+            }
+        }
+    }
+    let called = !tool_calls.is_empty();
+    let mut message = assistant_message(&text, tool_calls);
+    if !thoughts.is_empty()
+        && let Some(fields) = message.as_object_mut()
+    {
+        fields.insert("reasoning_content".into(), json!(thoughts));
+    }
+    let reason = candidate.get("finishReason").and_then(Value::as_str);
+    json!({
+        "index": index,
+        "message": message,
+        "finish_reason": finish_reason(reason, called),
+    })
 }
 
 fn chat_id(response_id: &str) -> String {
@@ -771,8 +775,8 @@ struct Choice {
 /// `chat.completion.chunk` events, with what metering needs.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    created_s: i64,
+    /// Its id is the response's, once a response names one.
+    chunks: ChunkWriter,
     include_usage: bool,
     response_id: String,
     started: bool,
@@ -799,8 +803,7 @@ impl StreamTranslator {
         text_bytes_max: usize,
     ) -> StreamTranslator {
         StreamTranslator {
-            model: model.to_owned(),
-            created_s,
+            chunks: ChunkWriter::new(chat_id(""), model, created_s),
             include_usage,
             response_id: String::new(),
             started: false,
@@ -812,17 +815,6 @@ impl StreamTranslator {
             usage: None,
             kept: Kept::new(text_bytes_max),
         }
-    }
-
-    fn chunk(&self, index: u64, delta: Value, finish: Value) -> String {
-        let chunk = json!({
-            "id": chat_id(&self.response_id),
-            "object": "chat.completion.chunk",
-            "created": self.created_s,
-            "model": self.model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
-        });
-        format!("data: {chunk}\n\n")
     }
 
     /// The state of candidate `index`, if there is room for it.
@@ -867,13 +859,14 @@ impl StreamTranslator {
         }
         if let Some(error) = response.get("error").filter(|e| e.is_object()) {
             self.errored = true;
-            out.push_str(&format!("data: {}\n\n", openai_error(error)));
+            ChunkWriter::error(out, &openai_error(error));
             return false;
         }
         if self.response_id.is_empty()
             && let Some(id) = response.get("responseId").and_then(Value::as_str)
         {
             self.response_id = id.to_owned();
+            self.chunks.id = chat_id(id);
         }
         if let Some(Value::Object(counts)) = response.get("usageMetadata") {
             for key in USAGE_COUNTS
@@ -888,7 +881,7 @@ impl StreamTranslator {
         }
         if !self.started {
             self.started = true;
-            out.push_str(&self.chunk(0, json!({"role": "assistant", "content": ""}), Value::Null));
+            self.chunks.role(out, 0);
         }
         let mut carried = false;
         let candidates = response.get("candidates").and_then(Value::as_array);
@@ -904,7 +897,7 @@ impl StreamTranslator {
             && !self.choices[at].finished
         {
             self.choices[at].finished = true;
-            out.push_str(&self.chunk(0, json!({}), json!("content_filter")));
+            self.chunks.finish(out, 0, json!("content_filter"));
         }
         carried
     }
@@ -936,9 +929,9 @@ impl StreamTranslator {
                     call.insert("extra_content".into(), extra);
                 }
                 let fragment = choice.tool_calls.arguments(ordinal, &json!(arguments));
-                out.push_str(&self.chunk(index, start, Value::Null));
+                self.chunks.delta(out, index, start, Value::Null);
                 if let Some(fragment) = fragment {
-                    out.push_str(&self.chunk(index, fragment, Value::Null));
+                    self.chunks.delta(out, index, fragment, Value::Null);
                 }
                 self.kept.keep(&arguments);
                 carried = true;
@@ -953,7 +946,8 @@ impl StreamTranslator {
                 };
                 let mut delta = Map::new();
                 delta.insert(key.into(), json!(text));
-                out.push_str(&self.chunk(index, Value::Object(delta), Value::Null));
+                self.chunks
+                    .delta(out, index, Value::Object(delta), Value::Null);
                 self.kept.keep(text);
                 carried = true;
             }
@@ -963,7 +957,7 @@ impl StreamTranslator {
         {
             self.choices[at].finished = true;
             let finish = finish_reason(Some(reason), self.choices[at].calls > 0);
-            out.push_str(&self.chunk(index, json!({}), finish));
+            self.chunks.finish(out, index, finish);
         }
         carried
     }
@@ -980,11 +974,7 @@ impl StreamTranslator {
         if !self.errored {
             if !self.started {
                 self.started = true;
-                out.push_str(&self.chunk(
-                    0,
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                ));
+                self.chunks.role(out, 0);
             }
             if self.choices.is_empty() {
                 let _ = self.choice(0);
@@ -992,27 +982,15 @@ impl StreamTranslator {
             for choice in &self.choices {
                 if !choice.finished {
                     let finish = finish_reason(Some("STOP"), choice.calls > 0);
-                    out.push_str(&self.chunk(choice.index, json!({}), finish));
+                    self.chunks.finish(out, choice.index, finish);
                 }
             }
             for choice in &mut self.choices {
                 choice.finished = true;
             }
         }
-        if self.include_usage
-            && let Some(usage) = &self.usage
-        {
-            let chunk = json!({
-                "id": chat_id(&self.response_id),
-                "object": "chat.completion.chunk",
-                "created": self.created_s,
-                "model": self.model,
-                "choices": [],
-                "usage": openai_usage(usage),
-            });
-            out.push_str(&format!("data: {chunk}\n\n"));
-        }
-        out.push_str("data: [DONE]\n\n");
+        let usage = self.usage.as_ref().filter(|_| self.include_usage);
+        self.chunks.end(out, usage.map(openai_usage));
     }
 }
 
@@ -1679,38 +1657,39 @@ mod tests {
         assert!(!out.contains("finish_reason\":\"stop"));
     }
 
-    /// Posts `body` to the mock provider at `address`; the whole answer.
-    async fn post(address: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Vec<u8> {
-        use http_body_util::BodyExt as _;
-        let request = http::Request::post(format!("http://{address}{path}"))
-            .header("x-goog-api-key", "k")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        let answer = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            tollgate_loadtest::http::client().request(request),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        assert_eq!(answer.status(), 200);
-        answer
-            .into_body()
+    /// Google's answers in a tool loop, as the mock provider (which answers as Google does)
+    /// wrote them: a whole answer whose function call carries a thought signature, with cached
+    /// and thinking tokens; then the stream answering the tool's result, cut by
+    /// `maxOutputTokens`. The same loop through the gateway, against the mock that refuses what
+    /// Google refuses, is the end-to-end test of Gemini tool calls.
+    const RECORDED_CALL: &str = r#"{"candidates":[{"content":{"parts":[{"text":" hello hello hello"},{"functionCall":{"args":{"city":"Oslo"},"name":"weather"},"thoughtSignature":"bW9jay1zaWduYXR1cmU="}],"role":"model"},"finishReason":"STOP","index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"cachedContentTokenCount":1,"candidatesTokenCount":3,"promptTokenCount":5,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}],"thoughtsTokenCount":2,"totalTokenCount":10}}"#;
+
+    const RECORDED_STREAM: [&str; 4] = [
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":1,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":34}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":2,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":35}}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" hello"}],"role":"model"},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":3,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":36}}"#,
+        r#"{"candidates":[{"content":{"parts":[],"role":"model"},"finishReason":"MAX_TOKENS","index":0}],"modelVersion":"gemini-2.5-flash","responseId":"mock-gemini-response","usageMetadata":{"candidatesTokenCount":3,"promptTokenCount":33,"promptTokensDetails":[{"modality":"TEXT","tokenCount":33}],"totalTokenCount":36}}"#,
+    ];
+
+    /// The recorded stream as it comes over the wire: each response one `data:` event.
+    fn recorded_stream() -> String {
+        RECORDED_STREAM
+            .iter()
+            .map(|response| format!("data: {response}\n\n"))
             .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec()
     }
 
-    /// The translation against the mock provider, which refuses what Google refuses (unknown
-    /// fields, bad roles, unsigned function calls): a tool loop, whole and streamed.
-    #[tokio::test]
-    async fn translations_round_trip_through_the_mock_provider() {
-        use tollgate_loadtest::mock;
-        let listener = mock::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(mock::serve(listener, mock::MockConfig::default()));
+    /// What the Gemini API takes at the top level of a request this test sends.
+    const GOOGLE_FIELDS: [&str; 5] = [
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "generationConfig",
+    ];
+
+    #[test]
+    fn a_tool_loop_translates_both_ways_and_sends_the_signature_back() {
         let mut request = json!({
             "model": "google/gemini-2.5-flash",
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}],
@@ -1719,19 +1698,17 @@ mod tests {
             "tool_choice": "auto",
             "max_tokens": 3,
             "user": "u",
-            "stream_options": {"include_usage": true},
-            "mock": {"tool_use": {"name": "weather", "input": {"city": "Oslo"}}, "cached_tokens": 1,
-                     "thoughts_tokens": 2}
+            "stream_options": {"include_usage": true}
         });
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
-        let answer = post(
-            address,
-            path,
-            chat_to_generate(request.to_string().as_bytes(), 64).unwrap(),
-        )
-        .await;
+        let first = translate(request.clone());
+        let mut fields: Vec<&String> = first.as_object().unwrap().keys().collect();
+        fields.sort();
+        let mut expected = GOOGLE_FIELDS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(fields, expected, "no OpenAI-only field reaches Google");
+
         let chat: Value = serde_json::from_slice(
-            &generate_to_chat(&answer, "google/gemini-2.5-flash", 0).unwrap(),
+            &generate_to_chat(RECORDED_CALL.as_bytes(), "google/gemini-2.5-flash", 0).unwrap(),
         )
         .unwrap();
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
@@ -1746,33 +1723,53 @@ mod tests {
         assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
         let message = chat["choices"][0]["message"].clone();
         let id = message["tool_calls"][0]["id"].clone();
+        assert_eq!(id, "call_mock-gemini-response_0");
 
         // The client runs the tool and sends the conversation back, the assistant turn as it got it.
         let messages = request["messages"].as_array_mut().unwrap();
         messages.push(message);
         messages.push(json!({"role": "tool", "tool_call_id": id, "content": "Rain"}));
-        request["mock"] = json!({});
-        let stream_path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
-        let body = chat_to_generate(request.to_string().as_bytes(), 64).unwrap();
-        let stream = post(address, stream_path, body).await;
+        let second = translate(request);
+        let mut fields: Vec<&String> = second.as_object().unwrap().keys().collect();
+        fields.sort();
+        assert_eq!(fields, expected);
+        let contents = second["contents"].as_array().unwrap();
+        assert_eq!(contents.len(), 3, "user, model, the tool's result as user");
+        let call = &contents[1]["parts"][1];
+        assert_eq!(contents[1]["role"], "model");
+        assert_eq!(
+            call["functionCall"],
+            json!({"id": "call_mock-gemini-response_0", "name": "weather", "args": {"city": "Oslo"}})
+        );
+        assert_eq!(
+            call["thoughtSignature"], "bW9jay1zaWduYXR1cmU=",
+            "Gemini 3 refuses a replayed call without the signature it gave"
+        );
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"],
+            json!({"id": "call_mock-gemini-response_0", "name": "weather", "response": {"result": "Rain"}})
+        );
+
         let mut t = StreamTranslator::new("google/gemini-2.5-flash", 0, true, 1024);
         let mut out = String::new();
         let mut framer = crate::providers::sse::Framer::default();
         let mut events = Vec::new();
         framer
-            .push(bytes::Bytes::from(stream), &mut events)
+            .push(bytes::Bytes::from(recorded_stream()), &mut events)
             .unwrap();
+        assert_eq!(events.len(), 4);
         for event in &events {
             t.event(&crate::providers::sse::parse(event).data, &mut out);
         }
         t.finish(&mut out);
-        assert_eq!(t.kept.text, mock::WORD.repeat(3));
+        assert_eq!(t.kept.text, " hello".repeat(3));
         let chunks = chunks(&out);
         assert_eq!(
             chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
             "length"
         );
         assert_eq!(chunks[chunks.len() - 1]["usage"]["completion_tokens"], 3);
+        assert_eq!(chunks[chunks.len() - 1]["usage"]["prompt_tokens"], 33);
         assert_eq!(t.usage.map(|u| u.output.0), Some(3));
     }
 

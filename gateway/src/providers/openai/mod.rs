@@ -8,10 +8,11 @@ use http::Request;
 use http::header::{self, HeaderValue};
 use tollgate_engine::UnixMs;
 
-use crate::config::ProviderConfig;
 use crate::http::route::Api;
 use crate::providers::read::Reader;
-use crate::providers::{Adapter, Answer, Serve, SetupError, SliceBody, credential, native_reader};
+use crate::providers::{
+    Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, credential, native_reader,
+};
 
 /// The path of an OpenAI route under an OpenAI-style base URL (which ends in `/v1`).
 #[must_use]
