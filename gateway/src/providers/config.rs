@@ -3,7 +3,7 @@
 //!
 //! The fields every kind reads are checked here. A field only one kind reads is checked by that
 //! kind's folder (`gemini::config`: Vertex AI's project and location; `bedrock::config`: the
-//! region; `azure::config`: the API version) and refused on every other kind. Checks run in a
+//! region; `openai::azure::config`: the API version) and refused on every other kind. Checks run in a
 //! fixed order and the first failure is the one reported. This file and
 //! [`Provider::new`](super::Provider::new) are the only places that name every kind.
 
@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::limits;
 pub use crate::providers::gemini::config::Vertex;
-use crate::providers::{azure, bedrock, gemini};
+use crate::providers::{bedrock, gemini, openai};
 
 /// What an upstream speaks: which adapter [`Provider::new`](super::Provider::new) makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -189,7 +189,7 @@ impl RawProvider {
             ));
         }
         let api_version = match kind {
-            ProviderKind::Azure => Some(azure::config::api_version(self.api_version)?),
+            ProviderKind::Azure => Some(openai::azure::config::api_version(self.api_version)?),
             _ => only_for(ProviderKind::Azure, "api_version", self.api_version)?,
         };
         let ms = |value: Option<u64>, default| value.map_or(default, Duration::from_millis);

@@ -9,7 +9,6 @@
 //! there and one in [`config`].
 
 pub mod anthropic;
-pub mod azure;
 pub mod bedrock;
 pub mod chat;
 pub mod client;
@@ -115,7 +114,7 @@ impl Provider {
     ) -> Result<Provider, SetupError> {
         let adapter: Box<dyn Adapter> = match config.kind {
             ProviderKind::Openai => Box::new(openai::OpenAi::new(&config, &env)?),
-            ProviderKind::Azure => Box::new(azure::Azure::new(&config, &env)?),
+            ProviderKind::Azure => Box::new(openai::azure::Azure::new(&config, &env)?),
             ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(&config, &env)?),
             ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(&config, &env)?),
             ProviderKind::Gemini => Box::new(gemini::Gemini::new(&config, &env)?),

@@ -1,7 +1,11 @@
-//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, TGI, NIM, llama.cpp): the
-//! gateway's OpenAI routes pass through natively, and `/v1/messages` too for a server that
-//! also speaks Anthropic's Messages API (`anthropic_messages = true`, as llama.cpp does).
+//! OpenAI's API, and every server that speaks it: OpenAI and the OpenAI-compatible servers
+//! (vLLM, Ollama, TGI, NIM, llama.cpp), whose OpenAI routes pass through natively, and
+//! `/v1/messages` too for a server that also speaks Anthropic's Messages API
+//! (`anthropic_messages = true`, as llama.cpp does); and [`azure`], the same dialect on Azure
+//! OpenAI's deployment paths. One dialect, one folder: its routes, paths and reader are shared
+//! by both adapters without a provider folder reaching into another.
 
+pub mod azure;
 pub mod read;
 
 use http::Request;

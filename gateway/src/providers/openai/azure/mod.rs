@@ -7,9 +7,9 @@ use http::Request;
 use http::header::{HeaderName, HeaderValue};
 use tollgate_engine::UnixMs;
 
+use super::{route_path, serves_openai};
 use crate::http::route::Api;
 use crate::providers::client::percent_encode_segment;
-use crate::providers::openai::{route_path, serves_openai};
 use crate::providers::read::Reader;
 use crate::providers::{
     Adapter, Answer, ProviderConfig, Serve, SetupError, SliceBody, credential, native_reader,
