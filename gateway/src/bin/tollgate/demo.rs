@@ -49,7 +49,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     for by in ["team", "model"] {
         writeln!(out, "Chargeback by {by} (from the Parquet files):")?;
         drop(out);
-        crate::report(&parquet, None, None, by, "table")?;
+        crate::report::print(&parquet, None, None, by, "table")?;
         out = std::io::stdout().lock();
         writeln!(out)?;
     }
