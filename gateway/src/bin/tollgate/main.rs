@@ -1,5 +1,7 @@
-//! The `tollgate` binary: the gateway server (`serve`), the admin CLI (`keys`, `providers`,
-//! `models`, `spend`) that speaks to a running gateway's admin API, and rate-card tooling.
+//! The `tollgate` binary: the gateway server (`serve`), the Kafka-to-Parquet `sink`, the
+//! one-process `demo`, the admin CLI (`keys`, `providers`, `models`, `allocations`, `budgets`,
+//! `spend`, `rate-card reload`) that speaks to a running gateway's admin API, `import` into
+//! its ledger, and tools that read files (`report`, `rate-card check`, `events dump`).
 //!
 //! Binaries own their I/O: this is the one place that reads arguments, prints, and exits with
 //! a status, and it reports errors with `anyhow` context, never a panic. This file parses the

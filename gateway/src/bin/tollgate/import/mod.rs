@@ -126,9 +126,9 @@ impl Import {
 /// One bad line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineError {
-    /// 1-based line.
+    /// The line's number, 1-based and counting the header.
     pub line: usize,
-    /// What is wrong.
+    /// What is wrong with it, naming the field or column.
     pub reason: String,
 }
 
@@ -218,26 +218,26 @@ impl Mapping {
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// I/O.
+    /// The file could not be opened or read.
     #[error("reading {path}: {source}")]
     Io {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
-        /// Cause.
+        /// The operating system's error.
         source: std::io::Error,
     },
-    /// Larger than the limit.
+    /// The file is larger than an import may be; it is refused before it is parsed.
     #[error("{path} is larger than the {limit_bytes}-byte limit of an import")]
     TooLarge {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
-        /// The limit.
+        /// The cap that was passed, in bytes.
         limit_bytes: u64,
     },
-    /// Not UTF-8.
+    /// The file is not UTF-8 text.
     #[error("{path} is not UTF-8 text")]
     NotText {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
     },
 }
