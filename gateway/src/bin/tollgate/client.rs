@@ -12,26 +12,27 @@ const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL or request could not be built.
+    /// The URL or request could not be built (a malformed `--url`, or no TLS roots).
     #[error("bad request to {url}: {reason}")]
     Request {
-        /// URL.
+        /// The full URL: the base URL and the path.
         url: String,
-        /// Why.
+        /// The request builder's or TLS setup's error, in words.
         reason: String,
     },
-    /// The gateway could not be reached.
+    /// The gateway could not be reached, or its answer broke off or passed
+    /// [`ANSWER_BYTES_MAX`].
     #[error("cannot reach tollgate at {url}: {reason}")]
     Unreachable {
-        /// URL.
+        /// The full URL called.
         url: String,
-        /// Why.
+        /// The connection's or the body read's error, in words.
         reason: String,
     },
     /// The gateway answered with an error.
     #[error("tollgate answered {status}: {message}")]
     Refused {
-        /// Status.
+        /// The HTTP status, never a success.
         status: StatusCode,
         /// The error message from the body.
         message: String,

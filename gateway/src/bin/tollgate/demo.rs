@@ -8,14 +8,17 @@
 //! Parquet files. Nothing outlives the command: every part is a task of this process.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tollgate_gateway::config::Config;
 use tollgate_gateway::runtime;
-use tollgate_loadtest::harness::{self, Options};
+use tollgate_loadtest::harness::{self, HarnessError, Options};
 use tollgate_loadtest::mock::{self, MockConfig};
+use tollgate_loadtest::report::Report;
+use tollgate_loadtest::scenario::Scenario;
 
 /// Marks a folder as the demo's own, so a second run may clear it.
 const MARKER: &str = ".tollgate-demo";
@@ -32,6 +35,8 @@ pub struct DemoOptions {
     pub agents: Option<u32>,
 }
 
+/// Runs the demo in `options.data`: the gateway under load, its books checked, the chargeback
+/// printed; an error if the books did not balance.
 pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     let dir = prepare(&options.data)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -43,16 +48,34 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     let token = admin_token();
     let outcome = runtime.block_on(demo(&dir, options, &token))?;
     drop(runtime);
-    let mut out = std::io::stdout().lock();
-    writeln!(out)?;
-    let parquet = dir.join("data");
+    print_chargeback(&dir.join("data"))?;
+    print_where_to_look(&dir)?;
+    anyhow::ensure!(
+        outcome.balanced,
+        "the books did not balance: {}",
+        outcome.problems
+    );
+    Ok(())
+}
+
+/// The chargeback by team and by model, read back from the Parquet files in `parquet`.
+fn print_chargeback(parquet: &Path) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock())?;
     for by in ["team", "model"] {
-        writeln!(out, "Chargeback by {by} (from the Parquet files):")?;
-        drop(out);
-        crate::report(&parquet, None, None, by, "table")?;
-        out = std::io::stdout().lock();
-        writeln!(out)?;
+        writeln!(
+            std::io::stdout().lock(),
+            "Chargeback by {by} (from the Parquet files):"
+        )?;
+        crate::report::print(parquet, None, None, by, "table")?;
+        writeln!(std::io::stdout().lock())?;
     }
+    Ok(())
+}
+
+/// Where the demo left its Parquet files, load report and config, and how to read them.
+fn print_where_to_look(dir: &Path) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let parquet = dir.join("data");
     let glob = parquet.join("usage").join("**").join("*.parquet");
     writeln!(
         out,
@@ -76,76 +99,35 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         dir.join("tollgate.toml").display()
     )?;
     out.flush()?;
-    anyhow::ensure!(
-        outcome.balanced,
-        "the books did not balance: {}",
-        outcome.problems
-    );
     Ok(())
 }
 
+/// Whether the load test's books balanced, and if not, what did not.
 struct Outcome {
+    /// Every check of the books passed.
     balanced: bool,
+    /// The failed checks, `; `-separated (`not checked` when the books were not read).
     problems: String,
 }
 
+/// The demo's async part: mock provider and gateway up, the fleet's load, the gateway stopped
+/// as on SIGTERM, the load report written and printed.
 async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<Outcome> {
     let mock_listener = mock::bind("127.0.0.1:0".parse()?)
         .await
         .context("starting the mock provider")?;
     let mock_address = mock_listener.local_addr()?;
     let mock_task = tokio::spawn(mock::serve(mock_listener, MockConfig::default()));
-    let config_path = dir.join("tollgate.toml");
-    std::fs::write(dir.join("rates.toml"), RATES).context("writing rates.toml")?;
-    std::fs::write(&config_path, config_text(&format!("http://{mock_address}")))
-        .context("writing tollgate.toml")?;
-    let config = Config::load(&config_path)?;
-    // The same start and stop as `tollgate serve`: the same background tasks, the same order.
-    let running = runtime::start(config, |var| {
-        if var == ADMIN_TOKEN_ENV {
-            Some(token.to_owned())
-        } else {
-            std::env::var(var).ok()
-        }
-    })
-    .await?;
+    let running = start_gateway(dir, mock_address, token).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(running.serve(listener, async move {
         let _ = stopped.await;
     }));
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "tollgate demo in {}", dir.display())?;
-        writeln!(out, "  mock provider  http://{mock_address}")?;
-        writeln!(
-            out,
-            "  gateway        http://{address}  (event log, Parquet every second)"
-        )?;
-        writeln!(
-            out,
-            "  load           agent-fleet for {} s; one allocation runs out and gets 402s",
-            options.seconds
-        )?;
-        writeln!(out)?;
-        out.flush()?;
-    }
+    print_banner(dir, mock_address, address, options.seconds)?;
     let scenario = tollgate_loadtest::scenario::load("agent-fleet")?;
-    let result = harness::run(Options {
-        scenario,
-        gateway: format!("http://{address}"),
-        admin_token: token.to_owned(),
-        direct: None,
-        direct_key: None,
-        parquet_dir: Some(dir.join("data")),
-        seconds: Some(options.seconds),
-        agents: options.agents,
-        progress: true,
-        tag: Some("demo".to_owned()),
-        settle: Duration::from_secs(30),
-    })
-    .await;
+    let result = run_fleet(scenario, dir, address, options, token).await;
     // The gateway stops as `serve` does on SIGTERM, whatever the load did: drain, last sync,
     // last Parquet file.
     let _ = stop.send(());
@@ -163,6 +145,78 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
         None => (false, "not checked".to_owned()),
     };
     Ok(Outcome { balanced, problems })
+}
+
+/// Writes the demo's rate card and config into `dir` and starts the gateway on them, as
+/// `tollgate serve` does, with `token` as its admin token.
+async fn start_gateway(
+    dir: &Path,
+    mock_address: SocketAddr,
+    token: &str,
+) -> anyhow::Result<runtime::Running> {
+    let config_path = dir.join("tollgate.toml");
+    std::fs::write(dir.join("rates.toml"), RATES).context("writing rates.toml")?;
+    std::fs::write(&config_path, config_text(&format!("http://{mock_address}")))
+        .context("writing tollgate.toml")?;
+    let config = Config::load(&config_path)?;
+    // The same start and stop as `tollgate serve`: the same background tasks, the same order.
+    let running = runtime::start(config, |var| {
+        if var == ADMIN_TOKEN_ENV {
+            Some(token.to_owned())
+        } else {
+            std::env::var(var).ok()
+        }
+    })
+    .await?;
+    Ok(running)
+}
+
+/// What is running where, and what the load will do.
+fn print_banner(
+    dir: &Path,
+    mock_address: SocketAddr,
+    address: SocketAddr,
+    seconds: u32,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "tollgate demo in {}", dir.display())?;
+    writeln!(out, "  mock provider  http://{mock_address}")?;
+    writeln!(
+        out,
+        "  gateway        http://{address}  (event log, Parquet every second)"
+    )?;
+    writeln!(
+        out,
+        "  load           agent-fleet for {seconds} s; one allocation runs out and gets 402s"
+    )?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The agent-fleet `scenario` against the gateway at `address`, its books checked
+/// against the Parquet files in `dir`.
+async fn run_fleet(
+    scenario: Scenario,
+    dir: &Path,
+    address: SocketAddr,
+    options: &DemoOptions,
+    token: &str,
+) -> Result<Report, HarnessError> {
+    harness::run(Options {
+        scenario,
+        gateway: format!("http://{address}"),
+        admin_token: token.to_owned(),
+        direct: None,
+        direct_key: None,
+        parquet_dir: Some(dir.join("data")),
+        seconds: Some(options.seconds),
+        agents: options.agents,
+        progress: true,
+        tag: Some("demo".to_owned()),
+        settle: Duration::from_secs(30),
+    })
+    .await
 }
 
 /// Makes `dir` ready: created when missing, cleared when it is an earlier demo's, refused when

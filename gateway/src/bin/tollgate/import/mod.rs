@@ -10,18 +10,103 @@
 //! Quantities are exact: sources that count (seconds, GPUs, cores) are multiplied out in
 //! integers; sources that write floating-point text (OpenCost) are read digit by digit. Either
 //! way the result is rounded once, to the nearest micro-unit with halves rounded up.
+//!
+//! [`run`] is the command: it reads and parses the whole file, then [`send`] checks every
+//! record with the gateway as a dry run before it books any.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Read as _;
 use std::path::Path;
 
+use anyhow::Context as _;
 use tollgate_engine::ledger::UsageRecord;
+
+use crate::args::ImportCommand;
 
 pub mod number;
 pub mod opencost;
+pub mod send;
 pub mod slurm;
 pub mod storage;
+
+/// `tollgate import slurm|opencost|storage`: the file read and parsed whole with the command's
+/// options, then its records sent.
+pub fn run(command: ImportCommand) -> anyhow::Result<()> {
+    let read = |file: &Path| read_file(file, tollgate_gateway::limits::IMPORT_FILE_BYTES_MAX);
+    let mapping = |pairs: &[String]| Mapping::parse(pairs).map_err(anyhow::Error::msg);
+    let (file, parsed, send) = match command {
+        ImportCommand::Slurm {
+            file,
+            cluster,
+            map,
+            core_hours,
+            node_hours,
+            utc_offset,
+            send,
+        } => {
+            let options = slurm::Options {
+                cluster,
+                accounts: mapping(&map).context("--map")?,
+                core_hours: match core_hours.as_str() {
+                    "billing" => slurm::CoreHours::Billing,
+                    "cpu" => slurm::CoreHours::Cpu,
+                    other => anyhow::bail!("--core-hours {other}: choose billing or cpu"),
+                },
+                node_hours,
+                utc_offset_minutes: utc_offset_minutes(&utc_offset)
+                    .with_context(|| format!("--utc-offset {utc_offset}"))?,
+            };
+            let parsed = slurm::parse(&read(&file)?, &options);
+            (file, parsed, send)
+        }
+        ImportCommand::Opencost {
+            file,
+            allocation_from,
+            map,
+            cluster,
+            send,
+        } => {
+            let options = opencost::Options {
+                allocation_from: opencost::AllocationFrom::parse(&allocation_from)
+                    .map_err(anyhow::Error::msg)
+                    .context("--allocation-from")?,
+                map: mapping(&map).context("--map")?,
+                cluster,
+            };
+            let parsed = opencost::parse(&read(&file)?, &options);
+            (file, parsed, send)
+        }
+        ImportCommand::Storage { file, map, send } => {
+            let parsed = storage::parse(&read(&file)?, &mapping(&map).context("--map")?);
+            (file, parsed, send)
+        }
+    };
+    let parsed = parsed.with_context(|| format!("{}", file.display()))?;
+    send::send_records(&file, &parsed, &send)
+}
+
+/// `+01:00`, `-05:30`, `Z` into minutes east of UTC.
+fn utc_offset_minutes(text: &str) -> anyhow::Result<i32> {
+    if text == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.split_at_checked(1) {
+        Some(("+", rest)) => (1, rest),
+        Some(("-", rest)) => (-1, rest),
+        _ => anyhow::bail!("write the offset as +HH:MM or -HH:MM"),
+    };
+    let (hours, minutes) = rest
+        .split_once(':')
+        .context("write the offset as +HH:MM or -HH:MM")?;
+    let hours: i32 = hours.parse().context("hours")?;
+    let minutes: i32 = minutes.parse().context("minutes")?;
+    anyhow::ensure!(
+        (0..=14).contains(&hours) && (0..60).contains(&minutes),
+        "an offset is at most 14 hours"
+    );
+    Ok(sign * (hours * 60 + minutes))
+}
 
 /// What a file held: records to send, each with its line, and what was skipped, by reason.
 #[derive(Debug, Default)]
@@ -41,9 +126,9 @@ impl Import {
 /// One bad line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineError {
-    /// 1-based line.
+    /// The line's number, 1-based and counting the header.
     pub line: usize,
-    /// What is wrong.
+    /// What is wrong with it, naming the field or column.
     pub reason: String,
 }
 
@@ -133,26 +218,26 @@ impl Mapping {
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// I/O.
+    /// The file could not be opened or read.
     #[error("reading {path}: {source}")]
     Io {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
-        /// Cause.
+        /// The operating system's error.
         source: std::io::Error,
     },
-    /// Larger than the limit.
+    /// The file is larger than an import may be; it is refused before it is parsed.
     #[error("{path} is larger than the {limit_bytes}-byte limit of an import")]
     TooLarge {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
-        /// The limit.
+        /// The cap that was passed, in bytes.
         limit_bytes: u64,
     },
-    /// Not UTF-8.
+    /// The file is not UTF-8 text.
     #[error("{path} is not UTF-8 text")]
     NotText {
-        /// The file.
+        /// The file, as given on the command line.
         path: String,
     },
 }

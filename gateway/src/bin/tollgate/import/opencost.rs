@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tollgate_engine::ledger::{RecordId, UsageRecord, parse_name};
 use tollgate_engine::time::parse_rfc3339;
-use tollgate_engine::{ResourceUnit, Site};
+use tollgate_engine::{Micros, ResourceUnit, Site};
 
 use super::number::micros_of;
 use super::{Import, ImportError, Mapping};
@@ -185,48 +185,19 @@ pub fn parse(text: &str, options: &Options) -> Result<Import, ImportError> {
     errors.into_result(import)
 }
 
+/// The records of one OpenCost allocation: one per unit it used more than nothing of.
 fn allocation(raw: &RawValue, options: &Options) -> Result<Vec<UsageRecord>, String> {
     let a: Allocation<'_> = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    let quantities = quantities(&a)?;
+    if quantities.is_empty() {
+        return Ok(Vec::new());
+    }
     let properties = a.properties.unwrap_or(Properties {
         cluster: None,
         namespace: None,
         labels: None,
     });
-    let mut quantities = Vec::new();
-    for (unit, field, raw, divisor) in [
-        (ResourceUnit::CoreHour, "cpuCoreHours", a.cpu_core_hours, 1),
-        (ResourceUnit::GpuHour, "gpuHours", a.gpu_hours, 1),
-        (
-            ResourceUnit::GbMonth,
-            "pvByteHours",
-            a.pv_byte_hours,
-            BYTE_HOURS_PER_GB_MONTH,
-        ),
-    ] {
-        // OpenCost writes null for a value it could not compute (NaN): nothing to bill.
-        let Some(raw) = raw.filter(|r| r.get() != "null") else {
-            continue;
-        };
-        let quantity = micros_of(raw.get(), divisor).map_err(|e| format!("{field}: {e}"))?;
-        if quantity.0 > 0 {
-            quantities.push((unit, quantity));
-        }
-    }
-    if quantities.is_empty() {
-        return Ok(Vec::new());
-    }
-    let source = match &options.allocation_from {
-        AllocationFrom::Namespace => properties.namespace.clone().ok_or(
-            "no properties.namespace (aggregate by namespace, or choose --allocation-from)",
-        )?,
-        AllocationFrom::Name => a.name.clone(),
-        AllocationFrom::Label(label) => properties
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(label))
-            .cloned()
-            .ok_or_else(|| format!("no label `{label}` in properties.labels"))?,
-    };
+    let source = allocation_source(&a.name, &properties, &options.allocation_from)?;
     let allocation =
         parse_name("allocation", options.map.allocation(&source)).map_err(|e| e.to_string())?;
     let cluster = properties
@@ -265,6 +236,53 @@ fn allocation(raw: &RawValue, options: &Options) -> Result<Vec<UsageRecord>, Str
         });
     }
     Ok(records)
+}
+
+/// Core-hours, GPU-hours and GB-months of an allocation, only those above nothing; a value
+/// OpenCost wrote as null (it could not compute it) counts as nothing.
+fn quantities(a: &Allocation<'_>) -> Result<Vec<(ResourceUnit, Micros)>, String> {
+    let mut quantities = Vec::new();
+    for (unit, field, raw, divisor) in [
+        (ResourceUnit::CoreHour, "cpuCoreHours", a.cpu_core_hours, 1),
+        (ResourceUnit::GpuHour, "gpuHours", a.gpu_hours, 1),
+        (
+            ResourceUnit::GbMonth,
+            "pvByteHours",
+            a.pv_byte_hours,
+            BYTE_HOURS_PER_GB_MONTH,
+        ),
+    ] {
+        // OpenCost writes null for a value it could not compute (NaN): nothing to bill.
+        let Some(raw) = raw.filter(|r| r.get() != "null") else {
+            continue;
+        };
+        let quantity = micros_of(raw.get(), divisor).map_err(|e| format!("{field}: {e}"))?;
+        if quantity.0 > 0 {
+            quantities.push((unit, quantity));
+        }
+    }
+    Ok(quantities)
+}
+
+/// The name `--allocation-from` picks for an allocation, before `--map` renames it.
+fn allocation_source(
+    name: &str,
+    properties: &Properties,
+    from: &AllocationFrom,
+) -> Result<String, String> {
+    match from {
+        AllocationFrom::Namespace => properties.namespace.clone().ok_or_else(|| {
+            "no properties.namespace (aggregate by namespace, or choose --allocation-from)"
+                .to_owned()
+        }),
+        AllocationFrom::Name => Ok(name.to_owned()),
+        AllocationFrom::Label(label) => properties
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(label))
+            .cloned()
+            .ok_or_else(|| format!("no label `{label}` in properties.labels")),
+    }
 }
 
 #[cfg(test)]

@@ -106,102 +106,23 @@ pub fn parse(text: &str, options: &Options) -> Result<Import, ImportError> {
     let mut import = Import::default();
     let mut errors = ImportError::default();
     let mut lines = numbered_lines(text).filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_line, header)) = lines.next() else {
-        errors.push(
-            1,
-            "empty file: expected a header line of sacct --parsable2 columns",
-        );
-        return Err(errors);
+    let header = match Header::parse(lines.next(), options) {
+        Ok(header) => header,
+        Err((line, reason)) => {
+            errors.push(line, reason);
+            return Err(errors);
+        }
     };
-    let columns: Vec<&str> = header.split('|').map(str::trim).collect();
-    let position = |name: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(name));
-    let missing: Vec<&str> = REQUIRED
-        .iter()
-        .copied()
-        .filter(|c| position(c).is_none())
-        .collect();
-    if !missing.is_empty() {
-        errors.push(
-            header_line,
-            format!(
-                "the header lacks {}; run sacct --parsable2 --format {}",
-                missing.join(", "),
-                REQUIRED.join(",")
-            ),
-        );
-        return Err(errors);
-    }
-    let cluster_column = position("Cluster");
-    if cluster_column.is_none() && options.cluster.is_none() {
-        errors.push(
-            header_line,
-            "no Cluster column: add it to --format or pass --cluster",
-        );
-        return Err(errors);
-    }
-    let user_column = position("User");
-    let at = |name: &str| position(name).unwrap_or(usize::MAX);
-    let [job, account, partition, tres, elapsed, start, end, state] = REQUIRED.map(at);
     let mut first_line_of: HashMap<String, usize> = HashMap::new();
     for (number, line) in lines {
         let fields: Vec<&str> = line.split('|').collect();
-        if fields.len() != columns.len() {
-            errors.push(
-                number,
-                format!(
-                    "{} fields where the header has {} (is this --parsable2 output?)",
-                    fields.len(),
-                    columns.len()
-                ),
-            );
-            continue;
-        }
-        let field = |i: usize| fields.get(i).map_or("", |f| f.trim());
-        let job_id = field(job);
-        if job_id.is_empty() || !job_id.starts_with(|c: char| c.is_ascii_digit()) {
-            errors.push(number, format!("`{job_id}` is not a job id"));
-            continue;
-        }
-        if job_id.contains('.') {
-            // A step of a job whose allocation line is billed.
-            import.skip("job steps (billed with their job)");
-            continue;
-        }
-        let state_word = field(state)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('+')
-            .to_ascii_uppercase();
-        if NOT_FINISHED.contains(&state_word.as_str()) {
-            import.skip("jobs not finished (pending, running, requeued, suspended)");
-            continue;
-        }
-        if !FINISHED.contains(&state_word.as_str()) {
-            errors.push(number, format!("unknown job state `{}`", field(state)));
-            continue;
-        }
-        match job_line(
-            &fields,
-            options,
-            cluster_column,
-            user_column,
-            Columns {
-                job,
-                account,
-                partition,
-                tres,
-                elapsed,
-                start,
-                end,
-            },
-        ) {
-            Ok(records) if records.is_empty() => import.skip("jobs that used nothing billable"),
-            Ok(records) => {
-                if let Some(first) = first_line_of.insert(job_id.to_owned(), number) {
+        match read_line(&fields, &header, options) {
+            Ok(Line::Skipped(reason)) => import.skip(reason),
+            Ok(Line::Job { id, records }) => {
+                if let Some(first) = first_line_of.insert(id.to_owned(), number) {
                     errors.push(
                         number,
-                        format!("job {job_id} appears twice (also on line {first})"),
+                        format!("job {id} appears twice (also on line {first})"),
                     );
                     continue;
                 }
@@ -215,6 +136,21 @@ pub fn parse(text: &str, options: &Options) -> Result<Import, ImportError> {
     errors.into_result(import)
 }
 
+/// Where each column is, found once from the header line.
+struct Header {
+    /// Fields on every line.
+    width: usize,
+    /// The `Cluster` column, if the file has one (else `--cluster` names it).
+    cluster: Option<usize>,
+    /// The `User` column, if the file has one.
+    user: Option<usize>,
+    /// The `State` column.
+    state: usize,
+    /// The other required columns.
+    columns: Columns,
+}
+
+/// The required columns a job's records are made from.
 #[derive(Clone, Copy)]
 struct Columns {
     job: usize,
@@ -226,22 +162,177 @@ struct Columns {
     end: usize,
 }
 
+impl Header {
+    /// Reads the first non-blank line, or says on which line (and why) the file cannot be read.
+    fn parse(first: Option<(usize, &str)>, options: &Options) -> Result<Header, (usize, String)> {
+        let Some((header_line, header)) = first else {
+            return Err((
+                1,
+                "empty file: expected a header line of sacct --parsable2 columns".into(),
+            ));
+        };
+        let columns: Vec<&str> = header.split('|').map(str::trim).collect();
+        let position = |name: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(name));
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|c| position(c).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err((
+                header_line,
+                format!(
+                    "the header lacks {}; run sacct --parsable2 --format {}",
+                    missing.join(", "),
+                    REQUIRED.join(",")
+                ),
+            ));
+        }
+        let cluster = position("Cluster");
+        if cluster.is_none() && options.cluster.is_none() {
+            return Err((
+                header_line,
+                "no Cluster column: add it to --format or pass --cluster".into(),
+            ));
+        }
+        let at = |name: &str| position(name).unwrap_or(usize::MAX);
+        let [job, account, partition, tres, elapsed, start, end, state] = REQUIRED.map(at);
+        Ok(Header {
+            width: columns.len(),
+            cluster,
+            user: position("User"),
+            state,
+            columns: Columns {
+                job,
+                account,
+                partition,
+                tres,
+                elapsed,
+                start,
+                end,
+            },
+        })
+    }
+}
+
+/// What one line after the header is.
+enum Line<'a> {
+    /// Passed over on purpose, for the reason given (counted, not an error).
+    Skipped(&'static str),
+    /// A finished job's allocation line and its records.
+    Job {
+        /// The job's id, which no other line may repeat.
+        id: &'a str,
+        /// At least one record.
+        records: Vec<UsageRecord>,
+    },
+}
+
+/// The trimmed field `i` of a line, empty where the line has none.
+fn field<'a>(fields: &[&'a str], i: usize) -> &'a str {
+    fields.get(i).map_or("", |f| f.trim())
+}
+
+/// Reads one line: a job step or an unfinished job is skipped, a finished job becomes its
+/// records, anything else is the reason it is refused.
+fn read_line<'a>(
+    fields: &[&'a str],
+    header: &Header,
+    options: &Options,
+) -> Result<Line<'a>, String> {
+    if fields.len() != header.width {
+        return Err(format!(
+            "{} fields where the header has {} (is this --parsable2 output?)",
+            fields.len(),
+            header.width
+        ));
+    }
+    let job_id = field(fields, header.columns.job);
+    if job_id.is_empty() || !job_id.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("`{job_id}` is not a job id"));
+    }
+    if job_id.contains('.') {
+        // A step of a job whose allocation line is billed.
+        return Ok(Line::Skipped("job steps (billed with their job)"));
+    }
+    let state = field(fields, header.state);
+    let state_word = state
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('+')
+        .to_ascii_uppercase();
+    if NOT_FINISHED.contains(&state_word.as_str()) {
+        return Ok(Line::Skipped(
+            "jobs not finished (pending, running, requeued, suspended)",
+        ));
+    }
+    if !FINISHED.contains(&state_word.as_str()) {
+        return Err(format!("unknown job state `{state}`"));
+    }
+    let records = job_line(fields, options, header)?;
+    if records.is_empty() {
+        return Ok(Line::Skipped("jobs that used nothing billable"));
+    }
+    Ok(Line::Job {
+        id: job_id,
+        records,
+    })
+}
+
 /// The records of one finished job's allocation line.
 fn job_line(
     fields: &[&str],
     options: &Options,
-    cluster_column: Option<usize>,
-    user_column: Option<usize>,
-    c: Columns,
+    header: &Header,
 ) -> Result<Vec<UsageRecord>, String> {
-    let field = |i: usize| fields.get(i).map_or("", |f| f.trim());
-    let elapsed: u64 = field(c.elapsed).parse().map_err(|_| {
-        format!(
-            "ElapsedRaw `{}` is not a number of seconds",
-            field(c.elapsed)
-        )
-    })?;
-    let tres = parse_tres(field(c.tres))?;
+    let c = header.columns;
+    let wanted = quantities(field(fields, c.tres), field(fields, c.elapsed), options)?;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let start = local_time(field(fields, c.start), options.utc_offset_minutes)
+        .map_err(|e| format!("Start: {e}"))?;
+    let end = local_time(field(fields, c.end), options.utc_offset_minutes)
+        .map_err(|e| format!("End: {e}"))?;
+    if end < start {
+        return Err(format!("End {end} is before Start {start}"));
+    }
+    let owner = Owner::parse(fields, options, header)?;
+    let job = field(fields, c.job);
+    wanted
+        .into_iter()
+        .map(|(unit, quantity)| {
+            Ok(UsageRecord {
+                id: RecordId::parse(&format!("slurm:{}:{job}:{}", owner.cluster, unit.as_str()))?,
+                allocation: Arc::clone(&owner.allocation),
+                unit,
+                quantity,
+                start,
+                end,
+                site: Site {
+                    cluster: Some(Arc::clone(&owner.cluster)),
+                    partition: owner.partition.clone(),
+                    instance_type: None,
+                },
+                user: owner.user.clone(),
+                reservation: None,
+            })
+        })
+        .collect()
+}
+
+/// The GPU-, core- and node-hours of a job from its `AllocTRES` and `ElapsedRaw`, only the
+/// units it used more than nothing of.
+fn quantities(
+    tres: &str,
+    elapsed: &str,
+    options: &Options,
+) -> Result<Vec<(ResourceUnit, Micros)>, String> {
+    let elapsed: u64 = elapsed
+        .parse()
+        .map_err(|_| format!("ElapsedRaw `{elapsed}` is not a number of seconds"))?;
+    let tres = parse_tres(tres)?;
     let gpus = tres.get("gres/gpu").copied().unwrap_or_else(|| {
         tres.iter()
             .filter(|(k, _)| k.starts_with("gres/gpu:"))
@@ -270,56 +361,51 @@ fn job_line(
             wanted.push((unit, quantity));
         }
     }
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    let start = local_time(field(c.start), options.utc_offset_minutes)
-        .map_err(|e| format!("Start: {e}"))?;
-    let end =
-        local_time(field(c.end), options.utc_offset_minutes).map_err(|e| format!("End: {e}"))?;
-    if end < start {
-        return Err(format!("End {end} is before Start {start}"));
-    }
-    let cluster = match cluster_column {
-        Some(i) => field(i).to_owned(),
-        None => options.cluster.clone().unwrap_or_default(),
-    };
-    let cluster = parse_name("Cluster", &cluster).map_err(|e| e.to_string())?;
-    let account = field(c.account);
-    if account.is_empty() {
-        return Err("the job has no Account to charge".into());
-    }
-    let allocation =
-        parse_name("Account", options.accounts.allocation(account)).map_err(|e| e.to_string())?;
-    let partition = match field(c.partition) {
-        "" => None,
-        p => Some(parse_name("Partition", p).map_err(|e| e.to_string())?),
-    };
-    let user = match user_column.map(field) {
-        None | Some("") => None,
-        Some(u) => Some(parse_name("User", u).map_err(|e| e.to_string())?),
-    };
-    let job = field(c.job);
-    wanted
-        .into_iter()
-        .map(|(unit, quantity)| {
-            Ok(UsageRecord {
-                id: RecordId::parse(&format!("slurm:{cluster}:{job}:{}", unit.as_str()))?,
-                allocation: Arc::clone(&allocation),
-                unit,
-                quantity,
-                start,
-                end,
-                site: Site {
-                    cluster: Some(Arc::clone(&cluster)),
-                    partition: partition.clone(),
-                    instance_type: None,
-                },
-                user: user.clone(),
-                reservation: None,
-            })
+    Ok(wanted)
+}
+
+/// Whom a job's records charge and where it ran, each name checked.
+struct Owner {
+    /// The job's account, renamed by `--map`.
+    allocation: Arc<str>,
+    /// From the `Cluster` column, else `--cluster`.
+    cluster: Arc<str>,
+    /// `None` where the line names no partition.
+    partition: Option<Arc<str>>,
+    /// `None` where the file has no `User` column or the line names no user.
+    user: Option<Arc<str>>,
+}
+
+impl Owner {
+    /// Reads the job's cluster, account, partition and user.
+    fn parse(fields: &[&str], options: &Options, header: &Header) -> Result<Owner, String> {
+        let c = header.columns;
+        let cluster = match header.cluster {
+            Some(i) => field(fields, i).to_owned(),
+            None => options.cluster.clone().unwrap_or_default(),
+        };
+        let cluster = parse_name("Cluster", &cluster).map_err(|e| e.to_string())?;
+        let account = field(fields, c.account);
+        if account.is_empty() {
+            return Err("the job has no Account to charge".into());
+        }
+        let allocation = parse_name("Account", options.accounts.allocation(account))
+            .map_err(|e| e.to_string())?;
+        let partition = match field(fields, c.partition) {
+            "" => None,
+            p => Some(parse_name("Partition", p).map_err(|e| e.to_string())?),
+        };
+        let user = match header.user.map(|i| field(fields, i)) {
+            None | Some("") => None,
+            Some(u) => Some(parse_name("User", u).map_err(|e| e.to_string())?),
+        };
+        Ok(Owner {
+            allocation,
+            cluster,
+            partition,
+            user,
         })
-        .collect()
+    }
 }
 
 /// `billing=8,cpu=8,gres/gpu=2,mem=64G,node=2` into counts of the entries tollgate reads

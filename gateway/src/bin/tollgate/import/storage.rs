@@ -102,63 +102,24 @@ pub fn parse(text: &str, map: &Mapping) -> Result<Import, ImportError> {
     let mut import = Import::default();
     let mut errors = ImportError::default();
     let mut lines = numbered_lines(text).filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_line, header)) = lines.next() else {
-        errors.push(
-            1,
-            "empty file: expected a header like month,project,gb_months",
-        );
-        return Err(errors);
-    };
-    let columns: Vec<String> = match split_csv(header) {
-        Ok(c) => c
-            .into_iter()
-            .map(|c| c.trim().to_ascii_lowercase())
-            .collect(),
-        Err(reason) => {
-            errors.push(header_line, reason);
+    let header = match Header::parse(lines.next()) {
+        Ok(header) => header,
+        Err((line, reason)) => {
+            errors.push(line, reason);
             return Err(errors);
         }
     };
-    let unknown: Vec<&str> = columns
-        .iter()
-        .map(String::as_str)
-        .filter(|c| !KNOWN.contains(c))
-        .collect();
-    let position = |name: &str| columns.iter().position(|c| c == name);
-    let (month, gb_months) = (position("month"), position("gb_months"));
-    let (project, allocation) = (position("project"), position("allocation"));
-    let (Some(month), Some(gb_months), true, true) = (
-        month,
-        gb_months,
-        project.is_some() || allocation.is_some(),
-        unknown.is_empty(),
-    ) else {
-        errors.push(
-            header_line,
-            format!(
-                "the header needs month, gb_months and project or allocation (cluster and tier \
-                 are optional){}",
-                if unknown.is_empty() {
-                    String::new()
-                } else {
-                    format!("; unknown column(s): {}", unknown.join(", "))
-                }
-            ),
-        );
-        return Err(errors);
-    };
-    let (cluster, tier) = (position("cluster"), position("tier"));
     let mut first_line_of: HashMap<String, usize> = HashMap::new();
     for (number, line) in lines {
         let fields = match split_csv(line) {
-            Ok(fields) if fields.len() == columns.len() => fields,
+            Ok(fields) if fields.len() == header.width => fields,
             Ok(fields) => {
                 errors.push(
                     number,
                     format!(
                         "{} fields where the header has {}",
                         fields.len(),
-                        columns.len()
+                        header.width
                     ),
                 );
                 continue;
@@ -173,9 +134,7 @@ pub fn parse(text: &str, map: &Mapping) -> Result<Import, ImportError> {
                 .map(|f| f.trim())
                 .filter(|f| !f.is_empty())
         };
-        match row(
-            &field, month, gb_months, project, allocation, cluster, tier, map,
-        ) {
+        match row(&field, &header, map) {
             Ok(None) => import.skip("rows of zero GB-months"),
             Ok(Some(record)) => {
                 if let Some(first) = first_line_of.insert(record.id.as_str().to_owned(), number) {
@@ -196,22 +155,85 @@ pub fn parse(text: &str, map: &Mapping) -> Result<Import, ImportError> {
     errors.into_result(import)
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the columns of one row, found once from the header"
-)]
+/// Where each column is, found once from the header line.
+struct Header {
+    /// Fields on every line.
+    width: usize,
+    /// The `month` column.
+    month: usize,
+    /// The `gb_months` column.
+    gb_months: usize,
+    /// The `project` column; it or `allocation` is there.
+    project: Option<usize>,
+    /// The `allocation` column; it or `project` is there.
+    allocation: Option<usize>,
+    /// The optional `cluster` column.
+    cluster: Option<usize>,
+    /// The optional `tier` column, priced as the partition.
+    tier: Option<usize>,
+}
+
+impl Header {
+    /// Reads the first non-blank line, or says on which line (and why) the file cannot be read.
+    fn parse(first: Option<(usize, &str)>) -> Result<Header, (usize, String)> {
+        let Some((header_line, header)) = first else {
+            return Err((
+                1,
+                "empty file: expected a header like month,project,gb_months".into(),
+            ));
+        };
+        let columns: Vec<String> = split_csv(header)
+            .map_err(|reason| (header_line, reason))?
+            .into_iter()
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        let unknown: Vec<&str> = columns
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !KNOWN.contains(c))
+            .collect();
+        let position = |name: &str| columns.iter().position(|c| c == name);
+        let (month, gb_months) = (position("month"), position("gb_months"));
+        let (project, allocation) = (position("project"), position("allocation"));
+        let (Some(month), Some(gb_months), true, true) = (
+            month,
+            gb_months,
+            project.is_some() || allocation.is_some(),
+            unknown.is_empty(),
+        ) else {
+            return Err((
+                header_line,
+                format!(
+                    "the header needs month, gb_months and project or allocation (cluster and \
+                     tier are optional){}",
+                    if unknown.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; unknown column(s): {}", unknown.join(", "))
+                    }
+                ),
+            ));
+        };
+        Ok(Header {
+            width: columns.len(),
+            month,
+            gb_months,
+            project,
+            allocation,
+            cluster: position("cluster"),
+            tier: position("tier"),
+        })
+    }
+}
+
+/// One row's record, `None` for zero GB-months; `field` gives a column's non-empty text.
 fn row<'a>(
     field: &impl Fn(Option<usize>) -> Option<&'a str>,
-    month: usize,
-    gb_months: usize,
-    project: Option<usize>,
-    allocation: Option<usize>,
-    cluster: Option<usize>,
-    tier: Option<usize>,
+    header: &Header,
     map: &Mapping,
 ) -> Result<Option<UsageRecord>, String> {
-    let (start, end) = month_span(field(Some(month)).unwrap_or_default())?;
-    let quantity_text = field(Some(gb_months)).ok_or("gb_months is empty")?;
+    let (start, end) = month_span(field(Some(header.month)).unwrap_or_default())?;
+    let quantity_text = field(Some(header.gb_months)).ok_or("gb_months is empty")?;
     if quantity_text.starts_with('-') {
         return Err(format!("gb_months `{quantity_text}` is negative"));
     }
@@ -220,8 +242,9 @@ fn row<'a>(
     if quantity.0 == 0 {
         return Ok(None);
     }
-    let (owner, allocation) = match (field(project), field(allocation)) {
-        (_, Some(a)) => (field(project).unwrap_or(a), a),
+    let project = field(header.project);
+    let (owner, allocation) = match (project, field(header.allocation)) {
+        (_, Some(a)) => (project.unwrap_or(a), a),
         (Some(p), None) => (p, map.allocation(p)),
         (None, None) => return Err("neither project nor allocation is given".into()),
     };
@@ -231,8 +254,8 @@ fn row<'a>(
             .map(|v| parse_name(label, v).map_err(|e| e.to_string()))
             .transpose()
     };
-    let cluster = name("cluster", field(cluster))?;
-    let tier = name("tier", field(tier))?;
+    let cluster = name("cluster", field(header.cluster))?;
+    let tier = name("tier", field(header.tier))?;
     let c = start.to_civil();
     let id = format!(
         "storage:{}:{owner}:{}:{:04}-{:02}",
