@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 pub enum Command {
     /// Everything in one go on embedded defaults: mock provider, gateway, event log and
     /// Parquet, an agent fleet running out of budget, the books checked, the chargeback printed.
+    #[cfg(feature = "demo")]
     Demo {
         /// Folder for its config, state, events, Parquet files and load report (an earlier
         /// demo's folder is cleared; any other non-empty folder is refused).

@@ -17,6 +17,7 @@ use crate::args::{Command, EventsCommand, ListCommand, RateCardCommand};
 mod admin;
 mod args;
 mod client;
+#[cfg(feature = "demo")]
 mod demo;
 mod events;
 mod import;
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
 /// Runs the command asked for.
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo {
             data,
             seconds,
