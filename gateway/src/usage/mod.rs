@@ -643,29 +643,35 @@ fn authorize(
         return Ok((StatusCode::OK, answer));
     }
     let id = ReservationId(u128::from_be_bytes(gateway.random::<16>()));
-    let expires_at = now.plus_ms(ttl_ms);
     let hold = Hold {
         reservation,
         unit: request.unit,
         quantity: request.quantity,
         amount: cost.billed,
         taken_at: now,
-        expires_at,
+        expires_at: now.plus_ms(ttl_ms),
     };
-    lock(&ledger.book).insert(id, hold).map_err(|_| {
-        Failure::Overloaded("the reservation book is full (ledger.reservations_max)")
-    })?;
+    let kept = keep(ledger, id, hold)?;
     if let Some(fields) = answer.as_object_mut() {
-        let kept = json!({
-            "id": id.to_string(),
-            "amount": cost.billed.to_string(),
-            "amount_nanos": cost.billed.0,
-            "expires_at": format_rfc3339_s(expires_at),
-            "expires_at_ms": expires_at.0,
-        });
         fields.insert("reservation".into(), kept);
     }
     Ok((StatusCode::CREATED, answer))
+}
+
+/// Keeps `hold` in the book under `id` until it is settled, released or expires; what the
+/// answer says of it.
+fn keep(ledger: &Ledger, id: ReservationId, hold: Hold) -> Result<Value, Failure> {
+    let (amount, expires_at) = (hold.amount, hold.expires_at);
+    lock(&ledger.book).insert(id, hold).map_err(|_| {
+        Failure::Overloaded("the reservation book is full (ledger.reservations_max)")
+    })?;
+    Ok(json!({
+        "id": id.to_string(),
+        "amount": amount.to_string(),
+        "amount_nanos": amount.0,
+        "expires_at": format_rfc3339_s(expires_at),
+        "expires_at_ms": expires_at.0,
+    }))
 }
 
 /// `DELETE /v1/usage/reservations/{id}`: gives a hold back whole.
