@@ -7,7 +7,7 @@
 //! to the nano-unit: the harness's own record, the Parquet files (read here with the parquet
 //! crate, as a data team would) and the gateway's budget table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,41 @@ pub async fn prepare(
     agents: u32,
     tag: &str,
 ) -> Result<Setup, BooksError> {
+    let mut prices = Prices {
+        models: model_prices(admin).await?,
+        ..Prices::default()
+    };
+    let allocations = create_allocations(admin, scenario, tag).await?;
+    prices.adjustment_ppm = adjustments(admin, &allocations).await?;
+    // Agents over allocations by weight (largest remainder), then keys over agents.
+    let weights: Vec<u64> = scenario
+        .fleet
+        .allocations
+        .iter()
+        .map(|a| u64::from(a.agents_weight))
+        .collect();
+    let counts = apportion(u64::from(agents), &weights);
+    let mut fleet = Vec::new();
+    for (index, (name, &count)) in allocations.iter().zip(&counts).enumerate() {
+        let keys = create_keys(admin, scenario, name, count).await?;
+        let allocation = u16::try_from(index)
+            .map_err(|_| BooksError::Answer("more than 65535 allocations".into()))?;
+        for agent in 0..count {
+            let key = keys[usize::try_from(agent).unwrap_or(0) % keys.len()].clone();
+            fleet.push(Agent { allocation, key });
+        }
+    }
+    Ok(Setup {
+        allocations,
+        agents: fleet,
+        prices,
+    })
+}
+
+/// The input and output prices per million tokens of every model the gateway lists.
+async fn model_prices(admin: &Admin) -> Result<BTreeMap<String, (u64, u64)>, BooksError> {
     let models = admin.get("models").await?;
-    let mut prices = Prices::default();
+    let mut prices = BTreeMap::new();
     for model in models["models"].as_array().into_iter().flatten() {
         let price = |field: &str| {
             model[field]
@@ -73,12 +106,22 @@ pub async fn prepare(
                 .ok_or_else(|| BooksError::Answer(format!("models: `{field}` of {model}")))
         };
         if let Some(name) = model["model"].as_str() {
-            prices.models.insert(
+            prices.insert(
                 name.to_owned(),
                 (price("input_per_mtok")?, price("output_per_mtok")?),
             );
         }
     }
+    Ok(prices)
+}
+
+/// Creates the scenario's allocations, named `<name>-<tag>`, each with its limit (if any)
+/// over the whole run; returns their names.
+async fn create_allocations(
+    admin: &Admin,
+    scenario: &Scenario,
+    tag: &str,
+) -> Result<Vec<String>, BooksError> {
     let mut allocations = Vec::new();
     for shape in &scenario.fleet.allocations {
         let name = format!("{}-{tag}", shape.name);
@@ -94,8 +137,14 @@ pub async fn prepare(
             .await?;
         allocations.push(name);
     }
+    Ok(allocations)
+}
+
+/// Each allocation's price adjustment (ppm), as the gateway lists it, in `allocations` order.
+async fn adjustments(admin: &Admin, allocations: &[String]) -> Result<Vec<i64>, BooksError> {
     let listed = admin.get("allocations").await?;
-    for name in &allocations {
+    let mut adjustments = Vec::with_capacity(allocations.len());
+    for name in allocations {
         let ppm = listed["allocations"]
             .as_array()
             .into_iter()
@@ -103,49 +152,39 @@ pub async fn prepare(
             .find(|a| a["name"].as_str() == Some(name))
             .and_then(|a| a["price_adjustment_ppm"].as_i64())
             .ok_or_else(|| BooksError::Answer(format!("allocation {name} not listed")))?;
-        prices.adjustment_ppm.push(ppm);
+        adjustments.push(ppm);
     }
-    // Agents over allocations by weight (largest remainder), then keys over agents.
-    let weights: Vec<u64> = scenario
-        .fleet
-        .allocations
-        .iter()
-        .map(|a| u64::from(a.agents_weight))
-        .collect();
-    let counts = apportion(u64::from(agents), &weights);
-    let mut fleet = Vec::new();
-    for (index, (name, &count)) in allocations.iter().zip(&counts).enumerate() {
-        let keys_wanted = u32::try_from(count)
-            .unwrap_or(u32::MAX)
-            .clamp(1, KEYS_PER_ALLOCATION_MAX);
-        let mut keys = Vec::new();
-        for user in 0..keys_wanted {
-            let created = admin
-                .post(
-                    "keys",
-                    Some(&json!({
-                        "allocation": name, "user": format!("{name}-user{user}"),
-                        "agent": scenario.name,
-                    })),
-                )
-                .await?;
-            let key = created["key"]
-                .as_str()
-                .ok_or_else(|| BooksError::Answer(format!("keys: no secret in {created}")))?;
-            keys.push(std::sync::Arc::<str>::from(key));
-        }
-        let allocation = u16::try_from(index)
-            .map_err(|_| BooksError::Answer("more than 65535 allocations".into()))?;
-        for agent in 0..count {
-            let key = keys[usize::try_from(agent).unwrap_or(0) % keys.len()].clone();
-            fleet.push(Agent { allocation, key });
-        }
+    Ok(adjustments)
+}
+
+/// Keys for the `agents` of allocation `name`: one per agent, at least one and at most
+/// [`KEYS_PER_ALLOCATION_MAX`] (agents share them), each for a user of its own.
+async fn create_keys(
+    admin: &Admin,
+    scenario: &Scenario,
+    name: &str,
+    agents: u64,
+) -> Result<Vec<std::sync::Arc<str>>, BooksError> {
+    let keys_wanted = u32::try_from(agents)
+        .unwrap_or(u32::MAX)
+        .clamp(1, KEYS_PER_ALLOCATION_MAX);
+    let mut keys = Vec::new();
+    for user in 0..keys_wanted {
+        let created = admin
+            .post(
+                "keys",
+                Some(&json!({
+                    "allocation": name, "user": format!("{name}-user{user}"),
+                    "agent": scenario.name,
+                })),
+            )
+            .await?;
+        let key = created["key"]
+            .as_str()
+            .ok_or_else(|| BooksError::Answer(format!("keys: no secret in {created}")))?;
+        keys.push(std::sync::Arc::<str>::from(key));
     }
-    Ok(Setup {
-        allocations,
-        agents: fleet,
-        prices,
-    })
+    Ok(keys)
 }
 
 /// Splits `total` over `weights` in proportion, by largest remainder (sums exactly to
@@ -215,99 +254,133 @@ pub async fn check(
     parquet_dir: &Path,
     settle: Duration,
 ) -> Result<Books, BooksError> {
-    let mut books = Books {
-        attempts: attempts.len() as u64,
-        ..Books::default()
-    };
-    let answered: Vec<&Attempt> = attempts.iter().filter(|a| a.request_id.is_some()).collect();
-    books.answered = answered.len() as u64;
-    books.unanswered = books.attempts - books.answered;
-    for attempt in attempts.iter().filter(|a| a.status == 402) {
-        if let Some(name) = allocations.get(usize::from(attempt.allocation)) {
-            *books.refused_by_allocation.entry(name.clone()).or_insert(0) += 1;
-        }
-    }
+    let mut books = Books::of_attempts(allocations, attempts);
     let names: HashSet<&str> = allocations.iter().map(String::as_str).collect();
-    // Events of calls counted after their last byte land moments later: poll until the files
-    // hold every answered call and nothing is in flight, or the wait runs out.
-    let deadline = Instant::now() + settle;
-    let (rows, spent) = loop {
-        admin.post("events/flush", None).await?;
-        let rows = read_rows(parquet_dir, &names)?;
-        let (spent, in_flight) = budget_of(&admin.get("allocations").await?, &names);
-        if (rows.len() as u64 >= books.answered && in_flight == 0) || Instant::now() >= deadline {
-            break (rows, spent);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (rows, spent) = settled(admin, parquet_dir, &names, books.answered, settle).await?;
     books.parquet_events = rows.len() as u64;
     books.gateway_spent_nanos = spent;
-    let mut by_request: HashMap<&str, (u32, i128)> = HashMap::new();
-    for (request_id, cost) in &rows {
-        let entry = by_request.entry(request_id.as_str()).or_insert((0, 0));
-        entry.0 += 1;
-        entry.1 += cost;
-        books.parquet_cost_nanos += u128::try_from(*cost).unwrap_or(0);
-        if *cost < 0 {
-            books
-                .problems
-                .push(format!("event of {request_id} has a negative cost"));
+    books.compare(attempts, &rows);
+    Ok(books)
+}
+
+/// The files' events and the table's spend once they have settled: events of calls counted
+/// after their last byte land moments later, so this polls until the files hold every one of
+/// the `answered` calls and nothing is in flight, or `settle` runs out.
+async fn settled(
+    admin: &Admin,
+    parquet_dir: &Path,
+    names: &HashSet<&str>,
+    answered: u64,
+    settle: Duration,
+) -> Result<(Vec<(String, i128)>, u128), BooksError> {
+    let deadline = Instant::now() + settle;
+    loop {
+        admin.post("events/flush", None).await?;
+        let rows = read_rows(parquet_dir, names)?;
+        let (spent, in_flight) = budget_of(&admin.get("allocations").await?, names);
+        if (rows.len() as u64 >= answered && in_flight == 0) || Instant::now() >= deadline {
+            return Ok((rows, spent));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Books {
+    /// The harness's side alone: attempts made, answered and not, and refusals for budget
+    /// by allocation.
+    fn of_attempts(allocations: &[String], attempts: &[Attempt]) -> Books {
+        let mut books = Books {
+            attempts: attempts.len() as u64,
+            ..Books::default()
+        };
+        books.answered = attempts.iter().filter(|a| a.request_id.is_some()).count() as u64;
+        books.unanswered = books.attempts - books.answered;
+        for attempt in attempts.iter().filter(|a| a.status == 402) {
+            if let Some(name) = allocations.get(usize::from(attempt.allocation)) {
+                *books.refused_by_allocation.entry(name.clone()).or_insert(0) += 1;
+            }
+        }
+        books
+    }
+
+    /// Compares the answered attempts with the files' `rows` (`(request_id, cost)`) and the
+    /// totals with each other, adding every disagreement to `problems`.
+    fn compare(&mut self, attempts: &[Attempt], rows: &[(String, i128)]) {
+        let mut by_request: HashMap<&str, (u32, i128)> = HashMap::new();
+        for (request_id, cost) in rows {
+            let entry = by_request.entry(request_id.as_str()).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 += cost;
+            self.parquet_cost_nanos += u128::try_from(*cost).unwrap_or(0);
+            if *cost < 0 {
+                self.problems
+                    .push(format!("event of {request_id} has a negative cost"));
+            }
+        }
+        let seen = self.match_answers(attempts, &by_request);
+        let strangers = rows
+            .iter()
+            .filter(|(id, _)| !seen.contains(id.as_str()))
+            .count() as u64;
+        if strangers > self.unanswered {
+            self.problems.push(format!(
+                "{strangers} events match no call the harness made ({} calls went unanswered)",
+                self.unanswered
+            ));
+        }
+        if self.parquet_cost_nanos != self.gateway_spent_nanos {
+            self.problems.push(format!(
+                "Parquet total {} != budget table {} (nano-units)",
+                self.parquet_cost_nanos, self.gateway_spent_nanos
+            ));
+        }
+        if self.harness_cost_nanos != self.parquet_cost_of_priced_nanos {
+            self.problems.push(format!(
+                "harness priced {} calls at {} but their events cost {} (nano-units)",
+                self.priced, self.harness_cost_nanos, self.parquet_cost_of_priced_nanos
+            ));
         }
     }
-    let mut missing = 0u64;
-    let mut seen: HashSet<&str> = HashSet::new();
-    for attempt in &answered {
-        let id = attempt.request_id.as_deref().unwrap_or_default();
-        if !seen.insert(id) {
-            books
-                .problems
-                .push(format!("request id {id} answered twice"));
-            continue;
-        }
-        match by_request.get(id) {
-            None => missing += 1,
-            Some(&(count, cost)) => {
-                if count > 1 {
-                    books
-                        .problems
-                        .push(format!("request {id}: {count} events (doubled)"));
-                }
-                if let Some(priced) = attempt.cost_nanos {
-                    books.priced += 1;
-                    books.harness_cost_nanos += priced;
-                    books.parquet_cost_of_priced_nanos += u128::try_from(cost).unwrap_or(0);
+
+    /// Finds each answered attempt's events (`by_request`: their count and cost): none is
+    /// lost, one is doubled, and the harness's price is set beside the events' cost. Returns
+    /// the request ids answered.
+    fn match_answers<'a>(
+        &mut self,
+        attempts: &'a [Attempt],
+        by_request: &HashMap<&str, (u32, i128)>,
+    ) -> HashSet<&'a str> {
+        let mut missing = 0u64;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for attempt in attempts.iter().filter(|a| a.request_id.is_some()) {
+            let id = attempt.request_id.as_deref().unwrap_or_default();
+            if !seen.insert(id) {
+                self.problems
+                    .push(format!("request id {id} answered twice"));
+                continue;
+            }
+            match by_request.get(id) {
+                None => missing += 1,
+                Some(&(count, cost)) => {
+                    if count > 1 {
+                        self.problems
+                            .push(format!("request {id}: {count} events (doubled)"));
+                    }
+                    if let Some(priced) = attempt.cost_nanos {
+                        self.priced += 1;
+                        self.harness_cost_nanos += priced;
+                        self.parquet_cost_of_priced_nanos += u128::try_from(cost).unwrap_or(0);
+                    }
                 }
             }
         }
+        if missing > 0 {
+            self.problems.push(format!(
+                "{missing} answered calls have no event in the Parquet files (lost)"
+            ));
+        }
+        seen
     }
-    if missing > 0 {
-        books.problems.push(format!(
-            "{missing} answered calls have no event in the Parquet files (lost)"
-        ));
-    }
-    let strangers = rows
-        .iter()
-        .filter(|(id, _)| !seen.contains(id.as_str()))
-        .count() as u64;
-    if strangers > books.unanswered {
-        books.problems.push(format!(
-            "{strangers} events match no call the harness made ({} calls went unanswered)",
-            books.unanswered
-        ));
-    }
-    if books.parquet_cost_nanos != books.gateway_spent_nanos {
-        books.problems.push(format!(
-            "Parquet total {} != budget table {} (nano-units)",
-            books.parquet_cost_nanos, books.gateway_spent_nanos
-        ));
-    }
-    if books.harness_cost_nanos != books.parquet_cost_of_priced_nanos {
-        books.problems.push(format!(
-            "harness priced {} calls at {} but their events cost {} (nano-units)",
-            books.priced, books.harness_cost_nanos, books.parquet_cost_of_priced_nanos
-        ));
-    }
-    Ok(books)
 }
 
 /// Spend and in-flight holds (nano-units) of the named allocations.
@@ -400,6 +473,77 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn attempt(allocation: u16, id: Option<&str>, status: u16, cost: Option<u128>) -> Attempt {
+        Attempt {
+            allocation,
+            request_id: id.map(Box::from),
+            status,
+            broken: false,
+            usage: None,
+            cost_nanos: cost,
+        }
+    }
+
+    #[test]
+    fn balanced_books_have_no_problems() {
+        let allocations = ["a-t".to_owned(), "b-t".to_owned()];
+        let attempts = [
+            attempt(0, Some("r1"), 200, Some(10)),
+            attempt(1, Some("r2"), 402, None),
+            attempt(0, None, 0, None),
+        ];
+        let mut books = Books::of_attempts(&allocations, &attempts);
+        assert_eq!(
+            (books.attempts, books.answered, books.unanswered),
+            (3, 2, 1)
+        );
+        assert_eq!(books.refused_by_allocation.get("b-t"), Some(&1));
+        books.gateway_spent_nanos = 10;
+        books.compare(&attempts, &[("r1".into(), 10), ("r2".into(), 0)]);
+        assert!(books.balanced(), "{:?}", books.problems);
+        assert_eq!(
+            (
+                books.priced,
+                books.harness_cost_nanos,
+                books.parquet_cost_nanos
+            ),
+            (1, 10, 10)
+        );
+    }
+
+    #[test]
+    fn lost_doubled_and_stray_events_and_unequal_totals_are_problems() {
+        let allocations = ["a-t".to_owned()];
+        let attempts = [
+            attempt(0, Some("r1"), 200, Some(10)),
+            attempt(0, Some("r1"), 200, Some(10)),
+            attempt(0, Some("r2"), 200, Some(5)),
+            attempt(0, Some("r3"), 200, None),
+            attempt(0, None, 0, None),
+        ];
+        let mut books = Books::of_attempts(&allocations, &attempts);
+        books.gateway_spent_nanos = 7;
+        let rows = [
+            ("r1".to_owned(), 4),
+            ("r1".to_owned(), 4),
+            ("x1".to_owned(), 1),
+            ("x2".to_owned(), -1),
+        ];
+        books.compare(&attempts, &rows);
+        assert_eq!(
+            books.problems,
+            [
+                "event of x2 has a negative cost",
+                "request r1: 2 events (doubled)",
+                "request id r1 answered twice",
+                "2 answered calls have no event in the Parquet files (lost)",
+                "2 events match no call the harness made (1 calls went unanswered)",
+                "Parquet total 9 != budget table 7 (nano-units)",
+                "harness priced 1 calls at 10 but their events cost 8 (nano-units)",
+            ]
+        );
+    }
 
     #[test]
     fn agents_are_apportioned_exactly() {

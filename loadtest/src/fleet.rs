@@ -509,17 +509,9 @@ struct Outcome {
     retry_after: Option<Duration>,
 }
 
+/// Sends one attempt of `call` for `agent` and waits for its whole answer (at most
+/// [`ATTEMPT_TIMEOUT`]), then prices it from the usage it reports.
 async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: Bytes) -> Outcome {
-    let target = &shared.plan.target;
-    let url = format!("{}{}", target.base_url, call.api.path());
-    let mut builder = Request::post(url).header(header::CONTENT_TYPE, "application/json");
-    builder = if call.api == Api::Messages {
-        builder
-            .header("x-api-key", &*agent.key)
-            .header("anthropic-version", "2023-06-01")
-    } else {
-        builder.header(header::AUTHORIZATION, format!("Bearer {}", agent.key))
-    };
     let mut attempt = Attempt {
         allocation: agent.allocation,
         request_id: None,
@@ -528,7 +520,7 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
         usage: None,
         cost_nanos: None,
     };
-    let Ok(request) = builder.body(Full::new(body)) else {
+    let Ok(request) = request(&shared.plan.target, agent, call, body) else {
         attempt.broken = true;
         return Outcome {
             attempt,
@@ -538,47 +530,18 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
     };
     shared.sent.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let mut first_byte = None;
-    let mut retry_after = None;
-    let exchange = async {
-        let response = shared.client.request(request).await.ok()?;
-        attempt.status = response.status().as_u16();
-        attempt.request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(Into::into);
-        retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut body = response.into_body();
-        let mut answer: Vec<u8> = Vec::new();
-        loop {
-            match body.frame().await {
-                None => break,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if first_byte.is_none() && !data.is_empty() {
-                            first_byte = Some(started.elapsed());
-                        }
-                        if answer.len() + data.len() > ANSWER_BYTES_MAX {
-                            return None;
-                        }
-                        answer.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(_)) => return None,
-            }
-        }
-        Some(answer)
-    };
-    let answer = tokio::time::timeout(ATTEMPT_TIMEOUT, exchange)
-        .await
-        .ok()
-        .flatten();
+    let mut seen = Seen::default();
+    // On a timeout the exchange is dropped; what it saw of the answer until then stays in
+    // `seen`.
+    let answer = tokio::time::timeout(
+        ATTEMPT_TIMEOUT,
+        exchange(&shared.client, request, started, &mut seen),
+    )
+    .await
+    .ok()
+    .flatten();
+    attempt.status = seen.status;
+    attempt.request_id = seen.request_id;
     match answer {
         // No answer at all (status 0), or one that broke off: its cost is the gateway's to say.
         None => attempt.broken = attempt.status != 0 || attempt.request_id.is_some(),
@@ -601,9 +564,85 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
     }
     Outcome {
         attempt,
-        first_byte: if stream { first_byte } else { None },
-        retry_after,
+        first_byte: if stream { seen.first_byte } else { None },
+        retry_after: seen.retry_after,
     }
+}
+
+/// The request of one attempt: the call's path on the target, its body, and the agent's key
+/// where the call's API expects it.
+fn request(
+    target: &Target,
+    agent: &Agent,
+    call: &Call,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let url = format!("{}{}", target.base_url, call.api.path());
+    let builder = Request::post(url).header(header::CONTENT_TYPE, "application/json");
+    let builder = if call.api == Api::Messages {
+        builder
+            .header("x-api-key", &*agent.key)
+            .header("anthropic-version", "2023-06-01")
+    } else {
+        builder.header(header::AUTHORIZATION, format!("Bearer {}", agent.key))
+    };
+    builder.body(Full::new(body))
+}
+
+/// What an exchange saw of its answer, as it went: kept when it is cut short.
+#[derive(Default)]
+struct Seen {
+    /// HTTP status; 0 until the head arrives.
+    status: u16,
+    /// The gateway's `x-request-id`.
+    request_id: Option<Box<str>>,
+    /// `Retry-After`, in whole seconds.
+    retry_after: Option<Duration>,
+    /// When the first byte of the body arrived, from `started`.
+    first_byte: Option<Duration>,
+}
+
+/// Sends `request` and reads its whole body (at most [`ANSWER_BYTES_MAX`]), noting the head
+/// and the first byte in `seen`; `None` when no answer came or it broke off.
+async fn exchange(
+    client: &Client,
+    request: Request<Full<Bytes>>,
+    started: Instant,
+    seen: &mut Seen,
+) -> Option<Vec<u8>> {
+    let response = client.request(request).await.ok()?;
+    seen.status = response.status().as_u16();
+    seen.request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(Into::into);
+    seen.retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = response.into_body();
+    let mut answer: Vec<u8> = Vec::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if seen.first_byte.is_none() && !data.is_empty() {
+                        seen.first_byte = Some(started.elapsed());
+                    }
+                    if answer.len() + data.len() > ANSWER_BYTES_MAX {
+                        return None;
+                    }
+                    answer.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return None,
+        }
+    }
+    Some(answer)
 }
 
 fn record(

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::Uri;
 
 use crate::books::{self, BooksError, Setup};
-use crate::fleet::{self, Plan, Target};
+use crate::fleet::{self, Attempt, Plan, Target};
 use crate::http::Admin;
 use crate::report::{Added, Figures, Report};
-use crate::scenario::{Load, Scenario};
+use crate::scenario::{Load, Overhead, Scenario};
 
 /// What to run and where.
 #[derive(Clone, Debug)]
@@ -64,17 +64,7 @@ pub enum HarnessError {
 
 /// Runs `options` and returns the report (written by the caller).
 pub async fn run(options: Options) -> Result<Report, HarnessError> {
-    let mut scenario = options.scenario.clone();
-    if let Some(seconds) = options.seconds {
-        scenario.seconds = seconds;
-        if let Some(overhead) = &mut scenario.overhead {
-            overhead.seconds_per_run = seconds;
-        }
-    }
-    if let Some(agents) = options.agents {
-        scenario.fleet.agents = agents;
-    }
-    let scenario = Arc::new(scenario);
+    let scenario = Arc::new(overridden(&options));
     let tag = options.tag.clone().unwrap_or_else(fresh_tag);
     let client = crate::http::client();
     let admin = Admin::new(client.clone(), &options.gateway, &options.admin_token);
@@ -103,25 +93,80 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
         added: None,
         books: None,
     };
-    let mut attempts = Vec::new();
-    if let Some(overhead) = scenario.overhead.clone() {
-        let direct = direct.ok_or(HarnessError::NoDirect)?;
-        let proxy = start_proxy(&direct).await?;
+    let runs = Runs {
+        scenario: &scenario,
+        setup: &setup,
+        client: &client,
+        options: &options,
+    };
+    let attempts = match scenario.overhead.clone() {
+        Some(overhead) => {
+            let direct = direct.ok_or(HarnessError::NoDirect)?;
+            runs.overhead(&overhead, &direct, &gateway, &mut report)
+                .await?
+        }
+        None => {
+            runs.agents(agents, &gateway, direct.as_ref(), &mut report)
+                .await
+        }
+    };
+    if let Some(dir) = &options.parquet_dir {
+        report.books =
+            Some(books::check(&admin, &setup.allocations, &attempts, dir, options.settle).await?);
+    }
+    Ok(report)
+}
+
+/// The scenario with the command line's seconds and agents in place of its own.
+fn overridden(options: &Options) -> Scenario {
+    let mut scenario = options.scenario.clone();
+    if let Some(seconds) = options.seconds {
+        scenario.seconds = seconds;
+        if let Some(overhead) = &mut scenario.overhead {
+            overhead.seconds_per_run = seconds;
+        }
+    }
+    if let Some(agents) = options.agents {
+        scenario.fleet.agents = agents;
+    }
+    scenario
+}
+
+/// What every run of one harness invocation shares.
+struct Runs<'a> {
+    scenario: &'a Arc<Scenario>,
+    setup: &'a Setup,
+    client: &'a crate::http::Client,
+    options: &'a Options,
+}
+
+impl Runs<'_> {
+    /// The `overhead` comparison: at each connection count, the provider direct, the bare
+    /// proxy and the gateway, one after the other. Returns the gateway's attempts.
+    async fn overhead(
+        &self,
+        overhead: &Overhead,
+        direct: &Target,
+        gateway: &Target,
+        report: &mut Report,
+    ) -> Result<Vec<Attempt>, HarnessError> {
+        let mut attempts = Vec::new();
+        let proxy = start_proxy(direct).await?;
         for &connections in &overhead.connections {
-            for target in [&direct, &proxy.0, &gateway] {
+            for target in [direct, &proxy.0, gateway] {
                 let mut plan = plan(
-                    &scenario,
+                    self.scenario,
                     target,
-                    &setup,
+                    self.setup,
                     connections,
                     overhead.seconds_per_run,
                     overhead.warmup_s,
-                    options.progress,
+                    self.options.progress,
                 );
                 if !target.provider_prefixed {
-                    plan = unmetered(plan, options.direct_key.as_deref());
+                    plan = unmetered(plan, self.options.direct_key.as_deref());
                 }
-                let record = fleet::run(plan, client.clone()).await;
+                let record = fleet::run(plan, self.client.clone()).await;
                 report
                     .runs
                     .push(Figures::of(target.name, connections, &record));
@@ -131,33 +176,46 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
             }
         }
         proxy.1.abort();
-    } else {
+        Ok(attempts)
+    }
+
+    /// An agent scenario: the fleet through the gateway, then (given the provider) the same
+    /// load direct, and what the gateway added. Returns the gateway's attempts.
+    async fn agents(
+        &self,
+        agents: u32,
+        gateway: &Target,
+        direct: Option<&Target>,
+        report: &mut Report,
+    ) -> Vec<Attempt> {
+        let seconds = self.scenario.seconds;
+        let progress = self.options.progress;
         let metered = plan(
-            &scenario,
-            &gateway,
-            &setup,
+            self.scenario,
+            gateway,
+            self.setup,
             agents,
-            scenario.seconds,
+            seconds,
             0,
-            options.progress,
+            progress,
         );
-        let record = fleet::run(metered, client.clone()).await;
+        let record = fleet::run(metered, self.client.clone()).await;
         report.runs.push(Figures::of("gateway", agents, &record));
-        attempts = record.attempts;
-        if let Some(direct) = &direct {
+        let attempts = record.attempts;
+        if let Some(direct) = direct {
             let plan = unmetered(
                 plan(
-                    &scenario,
+                    self.scenario,
                     direct,
-                    &setup,
+                    self.setup,
                     agents,
-                    scenario.seconds,
+                    seconds,
                     0,
-                    options.progress,
+                    progress,
                 ),
-                options.direct_key.as_deref(),
+                self.options.direct_key.as_deref(),
             );
-            let record = fleet::run(plan, client.clone()).await;
+            let record = fleet::run(plan, self.client.clone()).await;
             let figures = Figures::of("direct", agents, &record);
             let gateway = &report.runs[0];
             report.added = Some(Added {
@@ -166,12 +224,8 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
             });
             report.runs.push(figures);
         }
+        attempts
     }
-    if let Some(dir) = &options.parquet_dir {
-        report.books =
-            Some(books::check(&admin, &setup.allocations, &attempts, dir, options.settle).await?);
-    }
-    Ok(report)
 }
 
 fn plan(

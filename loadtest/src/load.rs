@@ -144,10 +144,43 @@ fn target(url: &str) -> Result<(Uri, http::uri::Authority, SocketAddr), LoadErro
     Ok((uri, authority, address))
 }
 
+/// The one request every connection sends, over and over.
+#[derive(Clone)]
+struct Post {
+    uri: Uri,
+    /// For `Host`.
+    authority: http::uri::Authority,
+    /// Sent as a bearer token.
+    key: Option<String>,
+    body: Bytes,
+}
+
+impl Post {
+    fn of(config: &LoadConfig) -> Result<(Post, SocketAddr), LoadError> {
+        let (uri, authority, address) = target(&config.url)?;
+        let post = Post {
+            uri,
+            authority,
+            key: config.key.clone(),
+            body: body(config),
+        };
+        Ok((post, address))
+    }
+
+    fn request(&self) -> Result<Request<Full<Bytes>>, http::Error> {
+        let mut request = Request::post(self.uri.clone())
+            .header(header::HOST, self.authority.as_str())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.key {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        request.body(Full::new(self.body.clone()))
+    }
+}
+
 /// Runs the load and reports.
 pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
-    let (uri, authority, address) = target(&config.url)?;
-    let body = body(config);
+    let (post, address) = Post::of(config)?;
     let start = Instant::now() + config.warmup;
     let end = start + config.duration;
     let per_connection_max = config
@@ -155,22 +188,9 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
         .div_ceil(config.connections.max(1) as u64);
     let mut tasks = Vec::with_capacity(config.connections);
     for _ in 0..config.connections.max(1) {
-        let uri = uri.clone();
-        let authority = authority.clone();
-        let body = body.clone();
-        let key = config.key.clone();
+        let post = post.clone();
         tasks.push(tokio::spawn(async move {
-            connection(
-                address,
-                uri,
-                authority,
-                body,
-                key,
-                start,
-                end,
-                per_connection_max,
-            )
-            .await
+            connection(address, post, start, end, per_connection_max).await
         }));
     }
     let mut report = LoadReport::default();
@@ -189,13 +209,12 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport, LoadError> {
     Ok(report)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one connection's whole brief")]
+/// One connection's loop: send `post`, read the whole answer, record it if it was sent at or
+/// after `start`, until `end` or `requests_max` recorded answers; a broken connection is
+/// opened again.
 async fn connection(
     address: SocketAddr,
-    uri: Uri,
-    authority: http::uri::Authority,
-    body: Bytes,
-    key: Option<String>,
+    post: Post,
     start: Instant,
     end: Instant,
     requests_max: u64,
@@ -220,58 +239,70 @@ async fn connection(
             sender = None;
             continue;
         }
-        let mut request = Request::post(uri.clone())
-            .header(header::HOST, authority.as_str())
-            .header(header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &key {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        let Ok(request) = request.body(Full::new(body.clone())) else {
+        let Ok(request) = post.request() else {
             note(&mut report, "building the request".into());
             break;
         };
         let sent = Instant::now();
-        let outcome = async {
-            let response = s.send_request(request).await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            let collected = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, collected.to_bytes()))
-        }
-        .await;
+        let outcome = exchange(s, request).await;
         let latency = sent.elapsed();
-        let recording = sent >= start;
-        match outcome {
-            Ok((status, _)) if status.is_success() => {
-                if recording {
-                    report.ok += 1;
-                    recorded += 1;
-                    report
-                        .latencies_us
-                        .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
-                }
-            }
-            Ok((status, answer)) => {
-                if recording {
-                    recorded += 1;
-                    note(
-                        &mut report,
-                        format!("{status}: {}", String::from_utf8_lossy(&answer)),
-                    );
-                }
-            }
-            Err(e) => {
-                sender = None;
-                if recording {
-                    note(&mut report, e);
-                }
-            }
+        if outcome.is_err() {
+            sender = None;
+        }
+        if sent >= start {
+            recorded += u64::from(report.record(outcome, latency));
         }
     }
     report
+}
+
+/// Sends `request` and reads the whole answer: its status and body, or why there was none.
+async fn exchange(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, collected.to_bytes()))
+}
+
+impl LoadReport {
+    /// Records one exchange that took `latency`: a 2xx with its latency, any other answer or
+    /// a failure as an error. Returns whether it counts against the request bound (an answer
+    /// does, a failure does not).
+    fn record(
+        &mut self,
+        outcome: Result<(http::StatusCode, Bytes), String>,
+        latency: Duration,
+    ) -> bool {
+        match outcome {
+            Ok((status, _)) if status.is_success() => {
+                self.ok += 1;
+                self.latencies_us
+                    .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+                true
+            }
+            Ok((status, answer)) => {
+                note(
+                    self,
+                    format!("{status}: {}", String::from_utf8_lossy(&answer)),
+                );
+                true
+            }
+            Err(e) => {
+                note(self, e);
+                false
+            }
+        }
+    }
 }
 
 /// What holding many streams open measured.
@@ -293,57 +324,20 @@ pub async fn hold<F: std::future::Future<Output = ()>>(
     config: &LoadConfig,
     holding: impl FnOnce(&HoldReport) -> F,
 ) -> Result<HoldReport, LoadError> {
-    let (uri, authority, address) = target(&config.url)?;
-    let body = body(config);
+    let (post, address) = Post::of(config)?;
     let started = Instant::now();
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(1024);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let (uri, authority, body, key) = (
-            uri.clone(),
-            authority.clone(),
-            body.clone(),
-            config.key.clone(),
-        );
+        let post = post.clone();
         let opened = opened_tx.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let first = async {
-                let mut sender = open(address).await?;
-                let mut request = Request::post(uri)
-                    .header(header::HOST, authority.as_str())
-                    .header(header::CONTENT_TYPE, "application/json");
-                if let Some(key) = &key {
-                    request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
-                }
-                let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("status {}", response.status()));
-                }
-                let mut body = response.into_body();
-                match body.frame().await {
-                    Some(Ok(_)) => Ok((sender, body)),
-                    Some(Err(e)) => Err(e.to_string()),
-                    None => Err("stream ended before its first bytes".into()),
-                }
-            }
-            .await;
-            match first {
-                Ok(open_stream) => {
+            match open_stream(address, &post).await {
+                Ok(stream) => {
                     let _ = opened.send(Ok(())).await;
-                    // Hold the stream (reading as it comes) until told to let go.
-                    let (_sender, mut body) = open_stream;
-                    loop {
-                        tokio::select! {
-                            _ = stop.changed() => break,
-                            frame = body.frame() => if frame.is_none() { break },
-                        }
-                    }
+                    hold_stream(stream, stop).await;
                 }
                 Err(e) => {
                     let _ = opened.send(Err(e)).await;
@@ -372,6 +366,39 @@ pub async fn hold<F: std::future::Future<Output = ()>>(
         let _ = task.await;
     }
     Ok(report)
+}
+
+/// A streamed answer that has sent its first bytes, with the connection it holds.
+type OpenStream = (http1::SendRequest<Full<Bytes>>, hyper::body::Incoming);
+
+/// Opens a connection and sends `post`; the stream once its first bytes came.
+async fn open_stream(address: SocketAddr, post: &Post) -> Result<OpenStream, String> {
+    let mut sender = open(address).await?;
+    let request = post.request().map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.into_body();
+    match body.frame().await {
+        Some(Ok(_)) => Ok((sender, body)),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("stream ended before its first bytes".into()),
+    }
+}
+
+/// Holds the stream (reading as it comes) until it ends or `stop` changes.
+async fn hold_stream(stream: OpenStream, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let (_sender, mut body) = stream;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            frame = body.frame() => if frame.is_none() { break },
+        }
+    }
 }
 
 fn note(report: &mut LoadReport, error: String) {

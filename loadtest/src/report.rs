@@ -180,6 +180,29 @@ impl Report {
             let _ = writeln!(out, "{}\n", self.description);
         }
         let _ = writeln!(out, "Load: {}. Run tag: `{}`.\n", self.load, self.tag);
+        self.runs_table(&mut out);
+        self.outcomes(&mut out);
+        if let Some(added) = self.added {
+            let _ = writeln!(
+                out,
+                "\nThe gateway added {:.3} ms at the median and {:.3} ms at p99 over the provider called direct.",
+                added.p50_ms, added.p99_ms
+            );
+        }
+        match &self.books {
+            Some(books) => books_section(books, &mut out),
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nBooks not checked (no gateway data directory given)."
+                );
+            }
+        }
+        out
+    }
+
+    /// A table row per run: throughput, latency and TTFT quantiles, retries and losses.
+    fn runs_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "| target | agents | ok | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | TTFT p50 ms | TTFT p99 ms | retries | broken | not sent |"
@@ -208,6 +231,10 @@ impl Report {
                 run.not_sent,
             );
         }
+    }
+
+    /// Each run's outcomes by status.
+    fn outcomes(&self, out: &mut String) {
         let _ = writeln!(out, "\n## Outcomes by status\n");
         for run in &self.runs {
             let mix: Vec<String> = run
@@ -223,68 +250,11 @@ impl Report {
                 mix.join(", ")
             );
         }
-        if let Some(added) = self.added {
-            let _ = writeln!(
-                out,
-                "\nThe gateway added {:.3} ms at the median and {:.3} ms at p99 over the provider called direct.",
-                added.p50_ms, added.p99_ms
-            );
-        }
-        match &self.books {
-            Some(books) => {
-                let _ = writeln!(out, "\n## Books\n");
-                let _ = writeln!(
-                    out,
-                    "- calls made: {} ({} answered, {} without an answer)",
-                    books.attempts, books.answered, books.unanswered
-                );
-                let _ = writeln!(
-                    out,
-                    "- events in Parquet: {}, total {} nano-units",
-                    books.parquet_events, books.parquet_cost_nanos
-                );
-                let _ = writeln!(
-                    out,
-                    "- budget table: {} nano-units",
-                    books.gateway_spent_nanos
-                );
-                let _ = writeln!(
-                    out,
-                    "- priced by the harness: {} calls, {} nano-units (their events: {})",
-                    books.priced, books.harness_cost_nanos, books.parquet_cost_of_priced_nanos
-                );
-                for (allocation, refused) in &books.refused_by_allocation {
-                    let _ = writeln!(
-                        out,
-                        "- {allocation} ran out of budget: {refused} calls refused with 402 `budget_exceeded`"
-                    );
-                }
-                if books.balanced() {
-                    let _ = writeln!(out, "\n**Balanced**: nothing lost, nothing doubled.");
-                } else {
-                    let _ = writeln!(out, "\n**Not balanced:**\n");
-                    for problem in &books.problems {
-                        let _ = writeln!(out, "- {problem}");
-                    }
-                }
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "\nBooks not checked (no gateway data directory given)."
-                );
-            }
-        }
-        out
     }
 
     /// Latency percentiles (p50, p99) and throughput per second of every run, one panel each.
     #[must_use]
     pub fn svg(&self) -> String {
-        const WIDTH: f64 = 900.0;
-        const PANEL: f64 = 220.0;
-        const LEFT: f64 = 70.0;
-        const RIGHT: f64 = 20.0;
         let runs: Vec<&Figures> = self
             .runs
             .iter()
@@ -303,109 +273,161 @@ impl Report {
         );
         let mut top = 40.0;
         for run in runs {
-            let seconds = run.timeline.len().max(2) as f64 - 1.0;
-            let x = |second: u64| LEFT + (WIDTH - LEFT - RIGHT) * second as f64 / seconds.max(1.0);
-            let latency_max = run
-                .timeline
-                .iter()
-                .map(|t| t.p99_ms)
-                .fold(0.0_f64, f64::max)
-                .max(0.001);
-            let rate_max = run
-                .timeline
-                .iter()
-                .map(|t| (t.ok + t.failed) as f64)
-                .fold(0.0_f64, f64::max)
-                .max(1.0);
-            let panels = [
-                (
-                    format!("{} ({} agents): latency, ms", run.target, run.agents),
-                    latency_max,
-                    vec![
-                        (
-                            "p50",
-                            "#1f77b4",
-                            run.timeline.iter().map(|t| t.p50_ms).collect::<Vec<_>>(),
-                        ),
-                        (
-                            "p99",
-                            "#d62728",
-                            run.timeline.iter().map(|t| t.p99_ms).collect(),
-                        ),
-                    ],
-                ),
-                (
-                    format!("{}: answers per second", run.target),
-                    rate_max,
-                    vec![
-                        (
-                            "2xx",
-                            "#2ca02c",
-                            run.timeline.iter().map(|t| t.ok as f64).collect::<Vec<_>>(),
-                        ),
-                        (
-                            "other",
-                            "#ff7f0e",
-                            run.timeline.iter().map(|t| t.failed as f64).collect(),
-                        ),
-                    ],
-                ),
-            ];
-            for (title, max, series) in panels {
-                let bottom = top + PANEL - 30.0;
-                let y = |v: f64| bottom - (PANEL - 50.0) * (v / max);
-                let _ = writeln!(
-                    out,
-                    r#"<text x="{LEFT}" y="{}">{}</text>"#,
-                    top + 12.0,
-                    escape(&title)
-                );
-                let _ = writeln!(
-                    out,
-                    r##"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="#444"/><line x1="{LEFT}" y1="{}" x2="{LEFT}" y2="{bottom}" stroke="#444"/>"##,
-                    WIDTH - RIGHT,
-                    top + 20.0
-                );
-                let _ = writeln!(
-                    out,
-                    r#"<text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">0</text>"#,
-                    LEFT - 6.0,
-                    y(max) + 4.0,
-                    short(max),
-                    LEFT - 6.0,
-                    bottom + 4.0
-                );
-                let _ = writeln!(
-                    out,
-                    r#"<text x="{}" y="{}" text-anchor="end">{} s</text>"#,
-                    WIDTH - RIGHT,
-                    bottom + 16.0,
-                    run.timeline.len()
-                );
-                for (index, (name, colour, values)) in series.iter().enumerate() {
-                    let points: Vec<String> = values
-                        .iter()
-                        .enumerate()
-                        .map(|(s, v)| format!("{:.1},{:.1}", x(s as u64), y(*v)))
-                        .collect();
-                    let _ = writeln!(
-                        out,
-                        r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
-                        points.join(" ")
-                    );
-                    let _ = writeln!(
-                        out,
-                        r#"<text x="{}" y="{}" fill="{colour}">{name}</text>"#,
-                        WIDTH - RIGHT - 60.0 + index as f64 * 30.0,
-                        top + 12.0
-                    );
-                }
+            for panel in Panel::both(run) {
+                panel.write(run, top, &mut out);
                 top += PANEL;
             }
             top += 40.0;
         }
         out.push_str("</svg>\n");
         out
+    }
+}
+
+/// The books: the three views of the run's spend, the refusals, and whether they balance.
+fn books_section(books: &Books, out: &mut String) {
+    let _ = writeln!(out, "\n## Books\n");
+    let _ = writeln!(
+        out,
+        "- calls made: {} ({} answered, {} without an answer)",
+        books.attempts, books.answered, books.unanswered
+    );
+    let _ = writeln!(
+        out,
+        "- events in Parquet: {}, total {} nano-units",
+        books.parquet_events, books.parquet_cost_nanos
+    );
+    let _ = writeln!(
+        out,
+        "- budget table: {} nano-units",
+        books.gateway_spent_nanos
+    );
+    let _ = writeln!(
+        out,
+        "- priced by the harness: {} calls, {} nano-units (their events: {})",
+        books.priced, books.harness_cost_nanos, books.parquet_cost_of_priced_nanos
+    );
+    for (allocation, refused) in &books.refused_by_allocation {
+        let _ = writeln!(
+            out,
+            "- {allocation} ran out of budget: {refused} calls refused with 402 `budget_exceeded`"
+        );
+    }
+    if books.balanced() {
+        let _ = writeln!(out, "\n**Balanced**: nothing lost, nothing doubled.");
+    } else {
+        let _ = writeln!(out, "\n**Not balanced:**\n");
+        for problem in &books.problems {
+            let _ = writeln!(out, "- {problem}");
+        }
+    }
+}
+
+/// The chart's width, in SVG units.
+const WIDTH: f64 = 900.0;
+/// One panel's height.
+const PANEL: f64 = 220.0;
+/// Room left of the plot for the scale.
+const LEFT: f64 = 70.0;
+/// Room right of the plot.
+const RIGHT: f64 = 20.0;
+
+/// One panel of the chart: a title, the top of its scale, and its named, coloured series (a
+/// value per second).
+struct Panel {
+    title: String,
+    max: f64,
+    series: [(&'static str, &'static str, Vec<f64>); 2],
+}
+
+impl Panel {
+    /// A run's two panels: latency (p50, p99) and answers per second (2xx, other).
+    fn both(run: &Figures) -> [Panel; 2] {
+        let latency_max = run
+            .timeline
+            .iter()
+            .map(|t| t.p99_ms)
+            .fold(0.0_f64, f64::max)
+            .max(0.001);
+        let rate_max = run
+            .timeline
+            .iter()
+            .map(|t| (t.ok + t.failed) as f64)
+            .fold(0.0_f64, f64::max)
+            .max(1.0);
+        let series = |get: fn(&Tick) -> f64| run.timeline.iter().map(get).collect::<Vec<_>>();
+        [
+            Panel {
+                title: format!("{} ({} agents): latency, ms", run.target, run.agents),
+                max: latency_max,
+                series: [
+                    ("p50", "#1f77b4", series(|t| t.p50_ms)),
+                    ("p99", "#d62728", series(|t| t.p99_ms)),
+                ],
+            },
+            Panel {
+                title: format!("{}: answers per second", run.target),
+                max: rate_max,
+                series: [
+                    ("2xx", "#2ca02c", series(|t| t.ok as f64)),
+                    ("other", "#ff7f0e", series(|t| t.failed as f64)),
+                ],
+            },
+        ]
+    }
+
+    /// Writes the panel at `top`: its title, axes, scale, and a line per series.
+    fn write(&self, run: &Figures, top: f64, out: &mut String) {
+        let seconds = run.timeline.len().max(2) as f64 - 1.0;
+        let x = |second: u64| LEFT + (WIDTH - LEFT - RIGHT) * second as f64 / seconds.max(1.0);
+        let bottom = top + PANEL - 30.0;
+        let y = |v: f64| bottom - (PANEL - 50.0) * (v / self.max);
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{}">{}</text>"#,
+            top + 12.0,
+            escape(&self.title)
+        );
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="#444"/><line x1="{LEFT}" y1="{}" x2="{LEFT}" y2="{bottom}" stroke="#444"/>"##,
+            WIDTH - RIGHT,
+            top + 20.0
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">0</text>"#,
+            LEFT - 6.0,
+            y(self.max) + 4.0,
+            short(self.max),
+            LEFT - 6.0,
+            bottom + 4.0
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{} s</text>"#,
+            WIDTH - RIGHT,
+            bottom + 16.0,
+            run.timeline.len()
+        );
+        for (index, (name, colour, values)) in self.series.iter().enumerate() {
+            let points: Vec<String> = values
+                .iter()
+                .enumerate()
+                .map(|(s, v)| format!("{:.1},{:.1}", x(s as u64), y(*v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                points.join(" ")
+            );
+            let _ = writeln!(
+                out,
+                r#"<text x="{}" y="{}" fill="{colour}">{name}</text>"#,
+                WIDTH - RIGHT - 60.0 + index as f64 * 30.0,
+                top + 12.0
+            );
+        }
     }
 }
 

@@ -341,88 +341,33 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
         path: origin.to_owned(),
         message: e.to_string().trim_end().to_owned(),
     })?;
-    let invalid = |field: &'static str, message: String| ScenarioError::Invalid {
+    check(&scenario).map_err(|(field, message)| ScenarioError::Invalid {
         path: origin.to_owned(),
         field,
         message,
-    };
+    })?;
+    Ok(scenario)
+}
+
+/// A value out of range: the field and what is wrong.
+type Problem = (&'static str, String);
+
+/// Every range a parsed scenario must be within; the first problem, section by section.
+fn check(scenario: &Scenario) -> Result<(), Problem> {
     if !is_name(&scenario.name) {
-        return Err(invalid(
-            "name",
-            "letters, digits and dashes, at most 32".into(),
-        ));
+        return Err(("name", "letters, digits and dashes, at most 32".into()));
     }
     if scenario.seconds == 0 || scenario.seconds > 86_400 {
-        return Err(invalid("seconds", "between 1 and 86400".into()));
+        return Err(("seconds", "between 1 and 86400".into()));
     }
-    let fleet = &scenario.fleet;
-    if fleet.agents == 0 || fleet.agents > AGENTS_MAX {
-        return Err(invalid(
-            "fleet.agents",
-            format!("between 1 and {AGENTS_MAX}"),
-        ));
-    }
-    if fleet.allocations.is_empty() {
-        return Err(invalid(
-            "fleet.allocation",
-            "at least one allocation".into(),
-        ));
-    }
-    let mut names = HashSet::new();
-    for allocation in &fleet.allocations {
-        if !is_name(&allocation.name) || !names.insert(allocation.name.as_str()) {
-            return Err(invalid(
-                "fleet.allocation.name",
-                format!(
-                    "`{}` is not a unique name of letters, digits and dashes",
-                    allocation.name
-                ),
-            ));
-        }
-        if let Some(limit) = &allocation.limit {
-            parse_nanos(limit).map_err(|m| invalid("fleet.allocation.limit", m))?;
-        }
-    }
-    if fleet.allocations.iter().all(|a| a.agents_weight == 0) {
-        return Err(invalid(
-            "fleet.allocation.agents_weight",
-            "some allocation needs agents".into(),
-        ));
-    }
-    if scenario.calls.is_empty() || scenario.calls.iter().all(|c| c.weight == 0) {
-        return Err(invalid("call", "at least one call with a weight".into()));
-    }
-    for call in &scenario.calls {
-        if call.stream_percent > 100 {
-            return Err(invalid("call.stream_percent", "at most 100".into()));
-        }
-        if !call.model.contains('/') {
-            return Err(invalid(
-                "call.model",
-                format!("`{}` is not provider/model", call.model),
-            ));
-        }
-    }
-    let task = &scenario.task;
-    if task.steps_min == 0 || task.steps_min > task.steps_max || task.steps_max > 1_000 {
-        return Err(invalid(
-            "task.steps_min",
-            "1 <= steps_min <= steps_max <= 1000".into(),
-        ));
-    }
-    if task.context_tokens_max > CONTEXT_TOKENS_MAX
-        || task.context_tokens_start > task.context_tokens_max
-    {
-        return Err(invalid(
-            "task.context_tokens_max",
-            format!("context_tokens_start <= context_tokens_max <= {CONTEXT_TOKENS_MAX}"),
-        ));
-    }
+    check_fleet(&scenario.fleet)?;
+    check_calls(&scenario.calls)?;
+    check_task(&scenario.task)?;
     if scenario.retry.attempts_max == 0 || scenario.retry.attempts_max > 10 {
-        return Err(invalid("retry.attempts_max", "between 1 and 10".into()));
+        return Err(("retry.attempts_max", "between 1 and 10".into()));
     }
     if scenario.mock.error_percent > 100 || scenario.mock.reset_percent > 100 {
-        return Err(invalid("mock", "percentages are at most 100".into()));
+        return Err(("mock", "percentages are at most 100".into()));
     }
     if let Load::Open {
         rate_per_s,
@@ -430,7 +375,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
     } = scenario.load
         && (rate_per_s == 0 || in_flight_max == 0)
     {
-        return Err(invalid(
+        return Err((
             "load",
             "open mode needs rate_per_s and in_flight_max above 0".into(),
         ));
@@ -443,12 +388,83 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
                 .any(|&c| c == 0 || c > AGENTS_MAX)
             || overhead.seconds_per_run == 0)
     {
-        return Err(invalid(
+        return Err((
             "overhead",
             "connections (each 1 or more) and seconds_per_run are needed".into(),
         ));
     }
-    Ok(scenario)
+    Ok(())
+}
+
+/// Agents within [`AGENTS_MAX`]; allocations named once each, their limits exact amounts,
+/// some of them given agents.
+fn check_fleet(fleet: &Fleet) -> Result<(), Problem> {
+    if fleet.agents == 0 || fleet.agents > AGENTS_MAX {
+        return Err(("fleet.agents", format!("between 1 and {AGENTS_MAX}")));
+    }
+    if fleet.allocations.is_empty() {
+        return Err(("fleet.allocation", "at least one allocation".into()));
+    }
+    let mut names = HashSet::new();
+    for allocation in &fleet.allocations {
+        if !is_name(&allocation.name) || !names.insert(allocation.name.as_str()) {
+            return Err((
+                "fleet.allocation.name",
+                format!(
+                    "`{}` is not a unique name of letters, digits and dashes",
+                    allocation.name
+                ),
+            ));
+        }
+        if let Some(limit) = &allocation.limit {
+            parse_nanos(limit).map_err(|m| ("fleet.allocation.limit", m))?;
+        }
+    }
+    if fleet.allocations.iter().all(|a| a.agents_weight == 0) {
+        return Err((
+            "fleet.allocation.agents_weight",
+            "some allocation needs agents".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Some call with a weight; each a `provider/model` streamed at most always.
+fn check_calls(calls: &[Call]) -> Result<(), Problem> {
+    if calls.is_empty() || calls.iter().all(|c| c.weight == 0) {
+        return Err(("call", "at least one call with a weight".into()));
+    }
+    for call in calls {
+        if call.stream_percent > 100 {
+            return Err(("call.stream_percent", "at most 100".into()));
+        }
+        if !call.model.contains('/') {
+            return Err((
+                "call.model",
+                format!("`{}` is not provider/model", call.model),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Steps between 1 and 1000; the context growing within [`CONTEXT_TOKENS_MAX`].
+fn check_task(task: &Task) -> Result<(), Problem> {
+    if task.steps_min == 0 || task.steps_min > task.steps_max || task.steps_max > 1_000 {
+        return Err((
+            "task.steps_min",
+            "1 <= steps_min <= steps_max <= 1000".into(),
+        ));
+    }
+    if task.context_tokens_max > CONTEXT_TOKENS_MAX
+        || task.context_tokens_start > task.context_tokens_max
+    {
+        return Err((
+            "task.context_tokens_max",
+            format!("context_tokens_start <= context_tokens_max <= {CONTEXT_TOKENS_MAX}"),
+        ));
+    }
+    Ok(())
 }
 
 fn is_name(text: &str) -> bool {
