@@ -7,7 +7,9 @@
 #
 # With TOLLGATE_BEFORE_BIN naming another build's `tollgate` binary, that gateway runs too, on
 # the same config and mock, as the target "tollgate-before": a change measured against the code
-# before it, in the same run.
+# before it, in the same run. It is measured just before this build's gateway, or just after it
+# with TOLLGATE_BEFORE_LAST=1 (the slot measured second pays for the first one's background
+# work, so compare the mean of both orders).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-10}"
@@ -110,10 +112,14 @@ for args in "--connections 1" "--connections 32" "--connections 1 --prompt-bytes
   run direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$key" $args
   # shellcheck disable=SC2086
   run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$key" $args
-  if [ -n "$before" ]; then
+  if [ -n "$before" ] && [ -z "${TOLLGATE_BEFORE_LAST:-}" ]; then
     # shellcheck disable=SC2086
     run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" $args
   fi
   # shellcheck disable=SC2086
   run tollgate "http://127.0.0.1:$gateway_port/v1/chat/completions" "$key" $args
+  if [ -n "$before" ] && [ -n "${TOLLGATE_BEFORE_LAST:-}" ]; then
+    # shellcheck disable=SC2086
+    run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" $args
+  fi
 done
