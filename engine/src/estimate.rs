@@ -60,6 +60,43 @@ pub fn estimate(price: &ModelPrice, adjustment: Adjustment, shape: RequestShape)
     }
 }
 
+/// The most completion tokens a request of `shape` can be allowed so that its bound stays
+/// within `budget` (at most what `shape` asks, or the model's cap): what its `max_tokens` is
+/// lowered to when only part of its bound can be held. Zero when even the prompt does not fit.
+#[must_use]
+pub fn output_tokens_within(
+    price: &ModelPrice,
+    adjustment: Adjustment,
+    shape: RequestShape,
+    budget: Nanos,
+) -> u64 {
+    let full = estimate(price, adjustment, shape);
+    if full.cost_max <= budget {
+        return full.output_tokens_max.0;
+    }
+    let with = |tokens: u64| {
+        let capped = RequestShape {
+            max_output_tokens: Some(tokens),
+            ..shape
+        };
+        estimate(price, adjustment, capped).cost_max
+    };
+    // The bound grows with the tokens allowed: the largest count within the budget, by halves.
+    let (mut fits, mut over) = (0u64, full.output_tokens_max.0);
+    if with(0) > budget {
+        return 0;
+    }
+    while over - fits > 1 {
+        let mid = fits + (over - fits) / 2;
+        if with(mid) <= budget {
+            fits = mid;
+        } else {
+            over = mid;
+        }
+    }
+    fits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +152,49 @@ mod tests {
         assert_eq!(over.output_tokens_max, Tokens(64_000));
     }
 
+    #[test]
+    fn the_output_allowed_is_the_most_whose_bound_fits() {
+        let p = claude();
+        let shape = RequestShape {
+            body_bytes: 1_000,
+            extra_input_tokens: 0,
+            max_output_tokens: Some(10_000),
+        };
+        let full = estimate(&p, Adjustment::NONE, shape);
+        assert_eq!(
+            output_tokens_within(&p, Adjustment::NONE, shape, full.cost_max),
+            10_000
+        );
+        // The prompt bound is 1,000 tokens at 3.75 = 3,750,000 nanos; each output token 15,000.
+        let budget = Nanos(3_750_000 + 15_000 * 321 + 14_999);
+        assert_eq!(
+            output_tokens_within(&p, Adjustment::NONE, shape, budget),
+            321
+        );
+        assert_eq!(
+            output_tokens_within(&p, Adjustment::NONE, shape, Nanos(3_749_999)),
+            0
+        );
+    }
+
     proptest! {
+        /// The output allowed within any budget has a bound within it, and one token more
+        /// would not (unless the request's own cap was reached).
+        #[test]
+        fn the_output_allowed_is_tight(body in 0u64..100_000, asked in 0u64..100_000, budget in 0u64..10_000_000_000) {
+            let p = claude();
+            let shape = RequestShape { body_bytes: body, extra_input_tokens: 0, max_output_tokens: Some(asked) };
+            let k = output_tokens_within(&p, Adjustment::NONE, shape, Nanos(budget));
+            let at = |t: u64| estimate(&p, Adjustment::NONE, RequestShape { max_output_tokens: Some(t), ..shape }).cost_max;
+            if at(0) <= Nanos(budget) {
+                prop_assert!(at(k) <= Nanos(budget));
+                let cap = estimate(&p, Adjustment::NONE, shape).output_tokens_max.0;
+                prop_assert!(k == cap || at(k + 1) > Nanos(budget));
+            } else {
+                prop_assert_eq!(k, 0);
+            }
+        }
+
         /// Whatever split of cached, cache-written and reasoning tokens the provider reports,
         /// usage within the bound costs no more than the estimate.
         #[test]

@@ -40,7 +40,7 @@ pub use ids::{KeyId, ModelRef};
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};
 pub use ratelimit::{Gcra, RetryAfter};
-pub use reservation::{Reservation, Settlement, book, reserve};
+pub use reservation::{Ask, Refused, Reservation, Settlement, book, reserve, reserve_within};
 pub use sync::wide_atomics_lock_free;
 pub use time::{Period, UnixMs};
 pub use tokens::{TokenUsage, Tokens};

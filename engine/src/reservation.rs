@@ -38,25 +38,87 @@ impl Settlement {
     }
 }
 
+/// What a reservation asks to hold at every level: at least `least`, and as much of `most` as
+/// there is room for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    /// The least the hold may be: what the caller cannot do with less (a call's prompt and a
+    /// small output floor; an authorization's whole amount).
+    pub least: Nanos,
+    /// The most it needs: a call's bound.
+    pub most: Nanos,
+}
+
+impl Ask {
+    /// All of `amount`, or nothing.
+    #[must_use]
+    pub fn exactly(amount: Nanos) -> Ask {
+        Ask {
+            least: amount,
+            most: amount,
+        }
+    }
+}
+
+/// Why a reservation held nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Settled spend alone leaves no room for the least the caller asked at this level: the
+    /// period's budget is spent.
+    Exhausted(Box<BudgetExhausted>),
+    /// There would be room for the least, but holds in flight take it: the budget is busy,
+    /// and the room comes back as those calls settle.
+    Busy(Box<BudgetExhausted>),
+}
+
+impl Refused {
+    /// The level that refused and its figures, spent or busy alike.
+    #[must_use]
+    pub fn into_exhausted(self) -> Box<BudgetExhausted> {
+        match self {
+            Refused::Exhausted(at) | Refused::Busy(at) => at,
+        }
+    }
+}
+
 /// Reserves `amount` at every level of `allocation`'s budget in `now`'s periods, or refuses
-/// with the first level (most specific first) that has no room, holding nothing.
-///
-/// The reservation's [`Reservation::at`] is `now`, or the start of a later period if another
-/// thread's clock has already opened one; the usage event must carry that instant so it lands
-/// in the same period as the spend the table posts.
+/// with the first level (most specific first) that has no room, holding nothing: all or
+/// nothing, a spent level and a busy one alike. See [`reserve_within`].
 pub fn reserve(
     allocation: &Arc<Allocation>,
     now: UnixMs,
     amount: Nanos,
 ) -> Result<Reservation, Box<BudgetExhausted>> {
+    reserve_within(allocation, now, Ask::exactly(amount)).map_err(Refused::into_exhausted)
+}
+
+/// Reserves between `ask.least` and `ask.most` at every level of `allocation`'s budget in
+/// `now`'s periods: the same amount everywhere, the most every limited level has room for. Or
+/// refuses with the first level (most specific first) that has no room for the least, holding
+/// nothing, and says whether that level is spent or only busy.
+///
+/// The reservation's [`Reservation::at`] is `now`, or the start of a later period if another
+/// thread's clock has already opened one; the usage event must carry that instant so it lands
+/// in the same period as the spend the table posts.
+pub fn reserve_within(
+    allocation: &Arc<Allocation>,
+    now: UnixMs,
+    ask: Ask,
+) -> Result<Reservation, Refused> {
+    let most = ask.most.max(ask.least);
     let cells = allocation.budget_cells();
     let mut at = now;
-    let mut holds = [Hold::default(); 3];
     let mut retries = 0;
     'attempt: loop {
+        let mut holds = [Hold::default(); 3];
+        // Each level is asked for at most what the levels before it granted.
+        let mut granted = most.0;
         for (i, cell) in cells.iter().enumerate() {
-            let refusal = match cell.try_reserve(cell.period.index(at), amount.0) {
+            let refusal = match cell.try_reserve(cell.period.index(at), ask.least.0, granted) {
                 Ok(hold) => {
+                    if hold.limited {
+                        granted = hold.nanos;
+                    }
                     if let Some(slot) = holds.get_mut(i) {
                         *slot = hold;
                     }
@@ -67,28 +129,45 @@ pub fn reserve(
             for (taken, cell) in holds.iter().zip(cells).take(i) {
                 cell.release(*taken);
             }
-            holds = [Hold::default(); 3];
+            let refused = |limit, remaining, period| {
+                refusal_at(allocation, i, cell, ask.least, limit, remaining, period)
+            };
             match refusal {
                 Refusal::Ahead { period } if retries < CLOCK_CATCH_UP_RETRIES_MAX => {
                     retries += 1;
                     at = cell.period.start(period).map_or(at, |start| start.max(at));
                     continue 'attempt;
                 }
-                Refusal::Ahead { period } => {
-                    // Clocks racing past every retry: refuse as if full, never mis-book spend.
-                    return Err(exhausted(allocation, i, cell, amount, 0, 0, period));
-                }
+                // Clocks racing past every retry: refuse as if spent, never mis-book spend.
+                Refusal::Ahead { period } => return Err(Refused::Exhausted(refused(0, 0, period))),
                 Refusal::Exhausted {
                     limit,
                     remaining,
                     period,
-                } => {
-                    return Err(exhausted(
-                        allocation, i, cell, amount, limit, remaining, period,
-                    ));
-                }
+                } => return Err(Refused::Exhausted(refused(limit, remaining, period))),
+                Refusal::Busy {
+                    limit,
+                    remaining,
+                    period,
+                } => return Err(Refused::Busy(refused(limit, remaining, period))),
             }
         }
+        // Levels before the tightest one granted more: give the difference back, so every
+        // limited level holds the same amount.
+        for (hold, cell) in holds.iter_mut().zip(cells) {
+            if hold.limited && hold.nanos > granted {
+                cell.release(Hold {
+                    nanos: hold.nanos - granted,
+                    ..*hold
+                });
+                hold.nanos = granted;
+            }
+        }
+        debug_assert!(
+            granted >= ask.least.0 || holds.iter().all(|h| !h.limited),
+            "a hold of {granted} nanos below the least asked, {}",
+            ask.least
+        );
         return Ok(Reservation {
             allocation: Arc::clone(allocation),
             holds,
@@ -98,7 +177,8 @@ pub fn reserve(
     }
 }
 
-fn exhausted(
+/// The refusal of the level at `index`, for a reservation that asked at least `requested`.
+fn refusal_at(
     allocation: &Allocation,
     index: usize,
     cell: &BudgetCell,
@@ -120,10 +200,17 @@ fn exhausted(
 }
 
 impl Reservation {
-    /// The amount held (the same at every level that has a limit).
+    /// The amount held (the same at every level that has a limit; zero when none has one).
     #[must_use]
     pub fn held(&self) -> Nanos {
         Nanos(self.holds.iter().map(|h| h.nanos).max().unwrap_or(0))
+    }
+
+    /// The amount held when some level has a limit (and so bounds what the call may cost);
+    /// `None` when no level has one.
+    #[must_use]
+    pub fn bounded_at(&self) -> Option<Nanos> {
+        self.holds.iter().any(|h| h.limited).then(|| self.held())
     }
 
     /// The instant the reservation was booked at: the caller's `now`, moved forward only when
@@ -202,6 +289,7 @@ fn post(allocation: &Allocation, postings: &[(UnixMs, Nanos)]) -> Settlement {
             let hold = Hold {
                 nanos: 0,
                 period: cell.period.index(at),
+                limited: false,
             };
             let Some((before, after)) = cell.settle(hold, amount.0) else {
                 continue;
@@ -261,6 +349,104 @@ mod tests {
 
     fn snap(a: &Allocation, level: Level, now: UnixMs) -> BudgetSnapshot {
         a.budget_cells()[Level::ALL.iter().position(|l| *l == level).unwrap()].snapshot(now)
+    }
+
+    fn ask(least: u64, most: u64) -> Ask {
+        Ask {
+            least: Nanos(least),
+            most: Nanos(most),
+        }
+    }
+
+    #[test]
+    fn a_call_holds_what_there_is_room_for_and_a_busy_budget_is_not_a_spent_one() {
+        let (_dir, a) = setup(1_000, None, None);
+        // The bound is 5,000; the room is 1,000: all of it is held.
+        let first = reserve_within(&a, JAN_15, ask(100, 5_000)).unwrap();
+        assert_eq!(first.held(), Nanos(1_000));
+        // Nothing is spent, so the next call is told the budget is busy, not exhausted.
+        let Err(Refused::Busy(busy)) = reserve_within(&a, JAN_15, ask(100, 5_000)) else {
+            panic!("room is held, not spent");
+        };
+        assert_eq!((busy.remaining, busy.requested), (Nanos(0), Nanos(100)));
+        // Once the first settles, the room it did not use comes back.
+        first.settle(Nanos(300));
+        let second = reserve_within(&a, JAN_15, ask(100, 5_000)).unwrap();
+        assert_eq!(second.held(), Nanos(700));
+        second.settle(Nanos(650));
+        // 950 spent: 50 left, less than the least a call needs. That is spent, not busy.
+        let Err(Refused::Exhausted(spent)) = reserve_within(&a, JAN_15, ask(100, 5_000)) else {
+            panic!("950 of 1,000 spent leaves no room for 100");
+        };
+        assert_eq!(
+            (spent.remaining, spent.level),
+            (Nanos(50), Level::Allocation)
+        );
+        // A call that needs no more than what is left still gets it: to the last nano.
+        let last = reserve_within(&a, JAN_15, ask(50, 5_000)).unwrap();
+        assert_eq!(last.held(), Nanos(50));
+        last.settle(Nanos(50));
+        assert_eq!(snap(&a, Level::Allocation, JAN_15).spent, Nanos(1_000));
+    }
+
+    #[test]
+    fn every_level_holds_the_same_amount_the_tightest_one_had_room_for() {
+        let (_dir, a) = setup(1_000, Some(400), Some(10_000));
+        let r = reserve_within(&a, JAN_15, ask(10, 900)).unwrap();
+        assert_eq!(r.held(), Nanos(400));
+        for level in Level::ALL {
+            assert_eq!(snap(&a, level, JAN_15).in_flight, Nanos(400), "{level:?}");
+        }
+        // The project is the busy level now; the allocation, above it, is not even asked.
+        let Err(Refused::Busy(busy)) = reserve_within(&a, JAN_15, ask(10, 900)) else {
+            panic!("the project's room is held");
+        };
+        assert_eq!(busy.level, Level::Project);
+        drop(r);
+        for level in Level::ALL {
+            assert_eq!(snap(&a, level, JAN_15).in_flight, Nanos(0), "{level:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Calls that hold what fits and settle at most their hold never take a level's spend
+        /// past its limit; a refusal says exhausted exactly when settled spend leaves no room
+        /// for the least the call asked, and every hold is at least that least.
+        #[test]
+        fn partial_holds_never_pass_a_limit_and_name_spent_and_busy_right(
+            limits in proptest::array::uniform3(0u64..5_000),
+            calls in proptest::collection::vec((0u64..800, 0u64..3_000, 0u64..=100, proptest::bool::ANY), 1..80),
+        ) {
+            let (_dir, a) = setup(limits[0], Some(limits[1]), Some(limits[2]));
+            let mut open: Vec<Reservation> = Vec::new();
+            for (least, extra, used_percent, settle_now) in calls {
+                match reserve_within(&a, JAN_15, ask(least, least + extra)) {
+                    Ok(r) => {
+                        proptest::prop_assert!(r.held().0 >= least);
+                        proptest::prop_assert!(r.held().0 <= least + extra);
+                        open.push(r);
+                    }
+                    Err(refused) => {
+                        let is_spent = matches!(refused, Refused::Exhausted(_));
+                        let at = refused.into_exhausted();
+                        let s = snap(&a, at.level, JAN_15);
+                        let limit = s.limit.unwrap_or(Nanos(u64::MAX)).0;
+                        proptest::prop_assert_eq!(is_spent, s.spent.0 + least > limit);
+                    }
+                }
+                if settle_now && !open.is_empty() {
+                    let r = open.swap_remove(0);
+                    let actual = r.held().0 * used_percent / 100;
+                    r.settle(Nanos(actual));
+                }
+                for level in Level::ALL {
+                    let s = snap(&a, level, JAN_15);
+                    if let Some(limit) = s.limit {
+                        proptest::prop_assert!(s.spent.0 + s.in_flight.0 <= limit.0);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! starts and stops it all. The engine decides; this crate does the I/O.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -139,3 +139,21 @@ pub const IMPORT_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Records `tollgate import` sends per request by default.
 pub const IMPORT_BATCH_RECORDS: usize = 1_000;
+
+/// Default longest wait for budget held by calls in flight (`admission.wait_ms_max`): long
+/// enough for typical calls ahead to finish, short of an SDK's own timeout.
+pub const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// The most `admission.wait_ms_max` may be.
+pub const ADMISSION_WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// Default most calls waiting for budget at once, across allocations (`admission.queued_max`).
+pub const ADMISSION_QUEUED_MAX: usize = 1024;
+
+/// Default output tokens a call must be able to afford (`admission.output_floor_tokens`).
+pub const ADMISSION_OUTPUT_FLOOR_TOKENS: u64 = 16;
+
+/// How often a waiting call at the head of its line tries again without being woken: a
+/// safety net for room freed where no wake-up is sent (another allocation's call settling at
+/// the shared project or team level, a ledger hold expiring).
+pub const ADMISSION_RETRY_INTERVAL: Duration = Duration::from_millis(20);

@@ -102,9 +102,15 @@ pub enum Counter {
     ReconciledNanos,
     /// Other replicas' events for an allocation this replica does not know (not applied).
     ReconcileUnknownAllocation,
+    /// Calls that waited in line for budget held by calls in flight.
+    BudgetWaited,
+    /// Calls refused with `429 budget_busy` (their wait ran out, or the lines were full).
+    BudgetBusy,
+    /// Calls admitted with their `max_tokens` lowered to what the budget's room affords.
+    BudgetClamped,
 }
 
-const COUNTERS: [(Counter, &str, &str); 14] = [
+const COUNTERS: [(Counter, &str, &str); 17] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -174,6 +180,21 @@ const COUNTERS: [(Counter, &str, &str); 14] = [
         Counter::ReconcileUnknownAllocation,
         "tollgate_reconcile_unknown_allocation_total",
         "Other replicas' usage events for an allocation this replica does not know.",
+    ),
+    (
+        Counter::BudgetWaited,
+        "tollgate_budget_waited_total",
+        "Calls that waited in line for budget held by calls in flight.",
+    ),
+    (
+        Counter::BudgetBusy,
+        "tollgate_budget_busy_total",
+        "Calls refused with 429 budget_busy: the budget had room, held by calls in flight.",
+    ),
+    (
+        Counter::BudgetClamped,
+        "tollgate_budget_clamped_total",
+        "Calls admitted with max_tokens lowered to what the budget's room affords.",
     ),
 ];
 
@@ -258,6 +279,8 @@ pub struct Gauges {
     pub record_ids: u64,
     /// Bytes the durable event log takes on disk.
     pub event_log_bytes: u64,
+    /// Calls waiting in line for budget held by calls in flight.
+    pub budget_waiting: u64,
 }
 
 impl Metrics {
@@ -352,6 +375,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP tollgate_budget_waiting Calls waiting in line for budget held by calls in flight.\n# TYPE tollgate_budget_waiting gauge\ntollgate_budget_waiting {}",
+            gauges.budget_waiting
+        );
+        let _ = writeln!(
+            out,
             "# HELP tollgate_events_queued Usage events appended to the log and not yet synced (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
             gauges.events_queued
         );
@@ -399,6 +427,7 @@ mod tests {
         metrics.upstream(7, Some(3));
         let text = metrics.render(Gauges {
             in_flight: 2,
+            budget_waiting: 0,
             events_queued: 5,
             reservations_held: 3,
             record_ids: 7,

@@ -20,6 +20,7 @@ use tollgate_engine::{
     VirtualKey,
 };
 
+use crate::admission::Waiting;
 use crate::clock::now_ms;
 use crate::config::{Config, RateConfig, allow_list};
 use crate::events::emit::Emitter;
@@ -72,6 +73,8 @@ pub struct Gateway {
     /// Slots for requests in flight (`server.requests_in_flight_max`); a request without one
     /// is shed with 503.
     pub in_flight: Arc<Semaphore>,
+    /// Calls waiting for budget held by calls in flight, in line by allocation.
+    pub waiting: Waiting,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Rates>,
     epoch: Instant,
@@ -129,6 +132,7 @@ impl Gateway {
             emitter,
             metrics,
             in_flight: Arc::new(Semaphore::new(config.server.requests_in_flight_max)),
+            waiting: Waiting::new(config.admission),
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),

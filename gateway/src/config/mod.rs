@@ -58,6 +58,8 @@ pub struct Config {
     pub reconcile_interval: Option<Duration>,
     /// `[ledger]`: the resource ledger (`/v1/usage`).
     pub ledger: LedgerConfig,
+    /// `[admission]`: how a call waits for budget held by calls in flight.
+    pub admission: AdmissionConfig,
     /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
@@ -248,6 +250,8 @@ struct RawConfig {
     #[serde(default)]
     ledger: RawLedger,
     #[serde(default)]
+    admission: RawAdmission,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -275,6 +279,10 @@ impl RawConfig {
             .ledger
             .validate()
             .map_err(|(field, reason)| source.error(&format!("ledger.{field}"), 0..0, reason))?;
+        let admission = self
+            .admission
+            .validate()
+            .map_err(|(field, reason)| source.error(&format!("admission.{field}"), 0..0, reason))?;
         Ok(Config {
             origin: source.origin.to_owned(),
             rate_card: resolve(base, self.rate_card.get_ref()),
@@ -288,6 +296,7 @@ impl RawConfig {
             kafka,
             reconcile_interval,
             ledger,
+            admission,
             providers,
             aliases,
             teams,
@@ -606,6 +615,62 @@ impl RawLedger {
                 .body_bytes_max
                 .unwrap_or(limits::LEDGER_BODY_BYTES_MAX)
                 .max(1024),
+        })
+    }
+}
+
+// ---- [admission] ----
+
+/// `[admission]`: when every level has room for a call's least cost but holds in flight take
+/// it, the call waits in its allocation's line (first come, first served) for those calls to
+/// settle, and is refused with `429 budget_busy` only once its wait runs out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// Longest a call waits for room held by calls in flight (`wait_ms_max`); 0: never waits.
+    pub wait_max: Duration,
+    /// Calls waiting at once, across allocations (`queued_max`); more get 429 at once.
+    pub queued_max: usize,
+    /// Output tokens a call must be able to afford to be admitted (`output_floor_tokens`): at
+    /// the end of a budget its `max_tokens` is lowered to what the room affords, never below
+    /// this.
+    pub output_floor_tokens: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            wait_max: limits::ADMISSION_WAIT_MAX,
+            queued_max: limits::ADMISSION_QUEUED_MAX,
+            output_floor_tokens: limits::ADMISSION_OUTPUT_FLOOR_TOKENS,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    wait_ms_max: Option<u64>,
+    queued_max: Option<usize>,
+    output_floor_tokens: Option<u64>,
+}
+
+impl RawAdmission {
+    /// The section, or the field (under `admission.`) that is out of range and why.
+    fn validate(&self) -> Result<AdmissionConfig, (&'static str, &'static str)> {
+        let wait_max = ms(self.wait_ms_max, limits::ADMISSION_WAIT_MAX);
+        if wait_max > limits::ADMISSION_WAIT_LIMIT {
+            return Err(("wait_ms_max", "must be at most 600000 (ten minutes)"));
+        }
+        let output_floor_tokens = self
+            .output_floor_tokens
+            .unwrap_or(limits::ADMISSION_OUTPUT_FLOOR_TOKENS);
+        if output_floor_tokens == 0 {
+            return Err(("output_floor_tokens", "must be at least 1"));
+        }
+        Ok(AdmissionConfig {
+            wait_max,
+            queued_max: self.queued_max.unwrap_or(limits::ADMISSION_QUEUED_MAX),
+            output_floor_tokens,
         })
     }
 }

@@ -71,6 +71,13 @@ pub enum Failure {
     /// A budget level has no room.
     #[error("{0}")]
     BudgetExceeded(Box<BudgetExhausted>, BudgetScope),
+    /// Every level has room for the call, but calls in flight hold it and did not give it back
+    /// within `admission.wait_ms_max`: worth retrying, which is why it is a 429.
+    #[error(
+        "budget busy at {level} `{name}`: calls in flight hold what is left; retry after {retry_after_s} s",
+        level = .0.level.as_str(), name = .0.name, retry_after_s = .2
+    )]
+    BudgetBusy(Box<BudgetExhausted>, BudgetScope, u64),
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -225,6 +232,12 @@ impl Failure {
                 "budget_exceeded",
                 Status::BudgetExceeded,
             ),
+            Failure::BudgetBusy(..) => class(
+                S::TOO_MANY_REQUESTS,
+                "budget_busy",
+                "rate_limit_error",
+                Status::RateLimited,
+            ),
             Failure::BadRequest(_) => class(
                 S::BAD_REQUEST,
                 "invalid_request_error",
@@ -322,7 +335,8 @@ impl Failure {
     #[must_use]
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
-            Failure::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            Failure::RateLimited { retry_after_s, .. }
+            | Failure::BudgetBusy(_, _, retry_after_s) => Some(*retry_after_s),
             Failure::Overloaded(_) => Some(1),
             _ => None,
         }
@@ -349,8 +363,10 @@ impl Failure {
                 "message": message,
             }),
         };
-        if let (Failure::BudgetExceeded(exhausted, scope), Some(fields)) =
-            (self, inner.as_object_mut())
+        if let (
+            Failure::BudgetExceeded(exhausted, scope) | Failure::BudgetBusy(exhausted, scope, _),
+            Some(fields),
+        ) = (self, inner.as_object_mut())
         {
             fields.insert("team".into(), json!(&*scope.team));
             fields.insert("project".into(), json!(&*scope.project));

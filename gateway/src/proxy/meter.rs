@@ -103,6 +103,8 @@ impl Ticket {
         let (usage, source) = measured.usage();
         let (version, cost) = price(&card, &key, &model, &usage, measured, bound, at);
         let settlement = reservation.settle(cost.billed);
+        // What the hold did not use is room for the next call in line.
+        gateway.waiting.settled(&key.allocation.name);
         for crossed in settlement.soft_limits_crossed() {
             gateway.emitter.alert(crossed, at);
         }

@@ -14,20 +14,23 @@ pub mod json_scan;
 pub mod meter;
 pub mod models;
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
-use tollgate_engine::estimate::{Estimate, RequestShape, estimate};
+use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
-    ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status, UnixMs, VirtualKey, reserve,
+    Ask, ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status, UnixMs, VirtualKey,
+    reserve_within,
 };
 
 use self::json_scan::{Member, Scanned};
 use self::meter::{Measured, Metered, Ticket, refusal_event};
+use crate::admission::NotAdmitted;
 use crate::clock::now_ms;
 use crate::http::auth::presented_key;
 use crate::http::body::{self, BodyLimits};
@@ -211,6 +214,20 @@ struct Prepared {
     hide_usage: bool,
     /// The most the answer can produce, for the reservation.
     output_tokens_max: Option<u64>,
+    /// Choices asked for (`n`, at least 1): a cap on completion tokens applies to each.
+    choices: u64,
+    /// The completion tokens per choice the body was capped at, when only part of the call's
+    /// bound could be held (told to the client in a header).
+    output_cap: Option<u64>,
+}
+
+/// What admission held for a call.
+struct Held {
+    reservation: Reservation,
+    /// The call's bound: what it could cost uncapped.
+    bound: Estimate,
+    /// Completion tokens per choice the call is capped at, when the hold is short of the bound.
+    output_cap: Option<u64>,
 }
 
 impl Call<'_> {
@@ -229,9 +246,28 @@ impl Call<'_> {
             .map_err(Failure::BadRequest)?;
         let card = self.gateway.card.load_full();
         let (version, price) = self.price(&card, &model)?;
-        let upstream = self.prepare(&body, &scanned, &members, &model, price, serve)?;
+        let mut upstream = self.prepare(&body, &scanned, &members, &model, price, serve)?;
         self.rate_limit(&key)?;
-        let (reservation, bound) = self.reserve(&key, version, price, &body, &upstream)?;
+        let held = self.reserve(&key, version, price, &body, &upstream).await?;
+        if let Some(cap) = held.output_cap {
+            // Only part of the bound could be held: the answer is capped at what the hold
+            // affords, so the provider itself stops there. The capped body is the client's
+            // with its cap lowered (or added), prepared as any other.
+            let capped = Bytes::from(
+                splice(&body, &mut cap_edits(&scanned, &members, self.api, cap)).concat(),
+            );
+            let scanned =
+                json_scan::scan(&capped, WANTED).map_err(|e| Failure::BadRequest(e.to_string()))?;
+            let members = Members::of(&scanned)?;
+            upstream = self.prepare(&capped, &scanned, &members, &model, price, serve)?;
+            upstream.output_cap = Some(cap);
+            self.gateway.metrics.add(Counter::BudgetClamped, 1);
+        }
+        let Held {
+            reservation,
+            bound,
+            output_cap: _,
+        } = held;
         Ok(Admitted {
             api: self.api,
             bound: bound.cost_max,
@@ -360,6 +396,8 @@ impl Call<'_> {
             include_usage,
             hide_usage,
             output_tokens_max,
+            choices,
+            output_cap: None,
         })
     }
 
@@ -392,15 +430,18 @@ impl Call<'_> {
         Ok(())
     }
 
-    /// Holds the most the call can cost, at allocation, project and team.
-    fn reserve(
+    /// Holds what the call can cost at allocation, project and team: its whole bound when
+    /// there is room, else what there is, at least its least cost (its prompt and
+    /// `admission.output_floor_tokens` of output), waiting in line while calls in flight hold
+    /// the room. A hold short of the bound caps the call's output at what it affords.
+    async fn reserve(
         &self,
         key: &VirtualKey,
         version: &RateVersion,
         price: &ModelPrice,
         body: &Bytes,
         upstream: &Prepared,
-    ) -> Result<(Reservation, Estimate), Failure> {
+    ) -> Result<Held, Failure> {
         let allocation = &key.allocation;
         let adjustment =
             version.adjustment(&allocation.project.team.name, &allocation.project.name);
@@ -414,18 +455,88 @@ impl Call<'_> {
             },
         };
         let bound = estimate(price, adjustment, shape);
-        let reservation = reserve(allocation, self.now, bound.cost_max).map_err(|exhausted| {
-            Failure::BudgetExceeded(
-                exhausted,
-                BudgetScope {
-                    team: Arc::clone(&allocation.project.team.name),
-                    project: Arc::clone(&allocation.project.name),
-                    allocation: Arc::clone(&allocation.name),
-                },
-            )
+        let floor = self.gateway.config.admission.output_floor_tokens;
+        let least_shape = RequestShape {
+            max_output_tokens: Some(floor.min(bound.output_tokens_max.0)),
+            ..shape
+        };
+        let ask = Ask {
+            least: estimate(price, adjustment, least_shape).cost_max,
+            most: bound.cost_max,
+        };
+        let admitted = self
+            .gateway
+            .waiting
+            .admit(&allocation.name, || {
+                reserve_within(allocation, now_ms(), ask)
+            })
+            .await;
+        self.count_wait(&admitted);
+        let (reservation, _waited) = admitted.map_err(|refusal| {
+            let scope = BudgetScope {
+                team: Arc::clone(&allocation.project.team.name),
+                project: Arc::clone(&allocation.project.name),
+                allocation: Arc::clone(&allocation.name),
+            };
+            match refusal {
+                NotAdmitted::Spent(at) => Failure::BudgetExceeded(at, scope),
+                NotAdmitted::Busy { at, .. } => Failure::BudgetBusy(at, scope, 1),
+            }
         })?;
-        Ok((reservation, bound))
+        let output_cap = match reservation.bounded_at() {
+            Some(held) if held < bound.cost_max && self.api != Api::Embeddings => {
+                let total = output_tokens_within(price, adjustment, shape, held);
+                Some((total / upstream.choices).max(1))
+            }
+            _ => None,
+        };
+        Ok(Held {
+            reservation,
+            bound,
+            output_cap,
+        })
     }
+
+    /// Counts a call that waited for budget, or was refused as busy.
+    fn count_wait(&self, admitted: &Result<(Reservation, Duration), NotAdmitted>) {
+        let metrics = &self.gateway.metrics;
+        match admitted {
+            Err(NotAdmitted::Busy { .. }) => metrics.add(Counter::BudgetBusy, 1),
+            Ok((_, waited)) if !waited.is_zero() => metrics.add(Counter::BudgetWaited, 1),
+            Ok(_) | Err(NotAdmitted::Spent(_)) => {}
+        }
+    }
+}
+
+/// The edits that cap a call's completion tokens at `cap` per choice: every cap the client set
+/// is lowered to it, or the route's own cap is added when the client set none.
+fn cap_edits(
+    scanned: &Scanned<7>,
+    members: &Members<'_>,
+    api: Api,
+    cap: u64,
+) -> Vec<(Range<usize>, Bytes)> {
+    let value = Bytes::from(cap.to_string());
+    let mut edits: Vec<(Range<usize>, Bytes)> = [
+        members.max_completion_tokens,
+        members.max_tokens,
+        members.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|member| (member.value.clone(), value.clone()))
+    .collect();
+    if edits.is_empty() {
+        let field = match api {
+            Api::Responses => "max_output_tokens",
+            Api::ChatCompletions | Api::Completions | Api::Messages | Api::Embeddings => {
+                "max_tokens"
+            }
+        };
+        let added = Bytes::from(format!(",\"{field}\":{cap}"));
+        edits.push((scanned.close..scanned.close, added));
+    }
+    edits
 }
 
 /// A native call's body: the client's own bytes, the model renamed to the provider's name and,
@@ -500,6 +611,8 @@ async fn forward(
         include_usage,
         hide_usage,
         output_tokens_max: _,
+        choices: _,
+        output_cap,
     } = upstream;
     let sent = send(
         &provider,
@@ -517,16 +630,23 @@ async fn forward(
         stream,
         include_usage,
         hide_usage,
+        output_cap,
     };
     relay(&provider, response, ticket, asked, protocol)
 }
 
-/// What the client asked of the answer's shape.
+/// What the client asked of the answer's shape, and the cap admission put on it.
 struct Asked {
     stream: bool,
     include_usage: bool,
     hide_usage: bool,
+    output_cap: Option<u64>,
 }
+
+/// The header telling a client its call's completion tokens were capped (per choice) at what
+/// its budget's room affords.
+pub const MAX_TOKENS_CLAMPED: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-max-tokens-clamped");
 
 /// Sends the prepared body to the provider, signed, and waits at most its first-byte timeout
 /// for the answer's head. A failure is the status to record and what to tell the client.
@@ -605,6 +725,9 @@ fn relay(
     let mut out = Response::builder().status(parts.status);
     if let Some(headers) = out.headers_mut() {
         answer_headers(headers, &parts.headers, &request_id);
+        if let Some(cap) = asked.output_cap {
+            headers.insert(MAX_TOKENS_CLAMPED, HeaderValue::from(cap));
+        }
         match reader.rewritten_as() {
             Some(content_type) => {
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

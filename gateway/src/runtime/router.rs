@@ -86,6 +86,7 @@ fn metrics(control: &Control) -> Response<ResponseBody> {
         reservations_held,
         record_ids,
         event_log_bytes: gateway.emitter.log_bytes(),
+        budget_waiting: gateway.waiting.queued() as u64,
     };
     plain(
         StatusCode::OK,

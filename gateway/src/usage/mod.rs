@@ -28,8 +28,8 @@ use tollgate_engine::ledger::{
     micros_decimal, parse_name,
 };
 use tollgate_engine::{
-    Allocation, Cost, Micros, Nanos, RateCard, ResourceUnit, Scopes, Site, UnixMs, UsageEvent,
-    VirtualKey,
+    Allocation, Cost, Micros, Nanos, RateCard, Refused, ResourceUnit, Scopes, Site, UnixMs,
+    UsageEvent, VirtualKey,
 };
 
 use crate::clock::now_ms;
@@ -618,8 +618,15 @@ fn authorize(
             now,
         )
         .map_err(|e| Failure::ResourceNotPriced(e.to_string()))?;
-    let reservation = tollgate_engine::reserve(&allocation, now, cost.billed)
-        .map_err(|exhausted| Failure::BudgetExceeded(exhausted, scope_of(&allocation)))?;
+    // An authorization is all or nothing, and never waits: a busy budget is told apart from a
+    // spent one, so the caller retries the first.
+    let ask = tollgate_engine::Ask::exactly(cost.billed);
+    let reservation = tollgate_engine::reserve_within(&allocation, now, ask).map_err(
+        |refused| match refused {
+            Refused::Exhausted(at) => Failure::BudgetExceeded(at, scope_of(&allocation)),
+            Refused::Busy(at) => Failure::BudgetBusy(at, scope_of(&allocation), 1),
+        },
+    )?;
     // Room left once this usage is counted (the hold is in flight while it lives).
     let left = remaining(&allocation, now);
     let mut answer = json!({

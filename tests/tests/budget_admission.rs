@@ -1,0 +1,219 @@
+//! A budget spent to the last cent and never past it: calls whose room is only held by calls
+//! in flight wait in line instead of getting 402, a call held short of its bound is capped at
+//! what the hold affords, and a wait that runs out is a retryable `429 budget_busy`.
+//!
+//! Each test runs the real gateway and mock provider; the mock answers `answer_tokens` tokens
+//! whatever `max_tokens` allows, as a model that finishes early does.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tollgate_tests::http::post_json;
+use tollgate_tests::stack::{ORG, Stack};
+
+/// The org of the shared stack, with one allocation of `limit` (a decimal in the card's
+/// currency) that never resets.
+fn org(limit: &str) -> String {
+    format!(
+        "{ORG}\n[[allocation]]\nname = \"shared\"\nproject = \"chatbot\"\nbudget = {{ limit = \"{limit}\", period = \"total\" }}\n"
+    )
+}
+
+/// What the clients saw, by status, with the 402 bodies.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    clamped: u64,
+    refused: Vec<Value>,
+    other: Vec<String>,
+}
+
+/// `clients` threads each send `request` until the budget refuses them with 402.
+fn race(stack: &Stack, key: &str, clients: usize, request: &Value) -> Seen {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let address = stack.address();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (key, request, seen) = (key.to_owned(), request.clone(), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let answer = post_json(address, "/v1/chat/completions", &key, &request);
+                    let mut seen = seen.lock().unwrap();
+                    match answer.status {
+                        200 => {
+                            seen.ok += 1;
+                            if answer.header("x-tollgate-max-tokens-clamped").is_some() {
+                                seen.clamped += 1;
+                            }
+                        }
+                        402 => {
+                            seen.refused.push(answer.json()["error"].clone());
+                            return;
+                        }
+                        status => seen.other.push(format!("{status}: {}", answer.text())),
+                    }
+                }
+                panic!("the budget never ran out");
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
+}
+
+/// Nanos of a decimal amount of the card's currency.
+fn nanos(decimal: &str) -> u64 {
+    let (whole, fraction) = decimal.split_once('.').unwrap_or((decimal, ""));
+    let fraction = format!("{fraction:0<9}");
+    whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction[..9].parse::<u64>().unwrap()
+}
+
+/// The books after a race: the events of the admitted calls sum to the table's spend, which
+/// is within the limit; every 402 was a budget spent (no room for the least the call needed).
+fn check_books(stack: &mut Stack, seen: &Seen, limit_nanos: u64) -> u64 {
+    let spent = stack.spent_nanos("shared");
+    stack.stop();
+    assert!(
+        seen.other.is_empty(),
+        "only 200 and 402: {:?}",
+        &seen.other[..seen.other.len().min(3)]
+    );
+    assert!(spent <= limit_nanos, "spent {spent} of {limit_nanos}");
+    for body in &seen.refused {
+        assert_eq!(body["type"], "budget_exceeded");
+        let (remaining, requested) = (
+            nanos(body["remaining"].as_str().unwrap()),
+            nanos(body["requested"].as_str().unwrap()),
+        );
+        assert!(remaining < requested, "402 with room for the call: {body}");
+    }
+    let events = stack.events();
+    let ok: Vec<_> = events.iter().filter(|e| e["status"] == "ok").collect();
+    assert_eq!(ok.len() as u64, seen.ok);
+    let cost: u64 = ok.iter().map(|e| e["cost_nanos"].as_u64().unwrap()).sum();
+    assert_eq!(cost, spent, "events and budget table agree to the nano");
+    spent
+}
+
+#[test]
+fn sixty_four_streams_with_a_large_max_tokens_spend_the_budget_before_any_402() {
+    // 0.05: the bound of one call (2,048 output tokens at gpt-4o's price) is 0.0205, its
+    // answer of 10 tokens costs about 0.0002, so two bounds fill the limit where 250 answers do.
+    let mut stack = Stack::start("budget-last-cent", &org("0.05"), "");
+    let (key, _) = stack.create_key("shared", json!({}));
+    let request = json!({
+        "model": "openai/gpt-4o", "max_tokens": 2048, "stream": true,
+        "messages": [{"role": "user", "content": "race"}],
+        "mock": {"answer_tokens": 10, "token_ms": 1},
+    });
+    let seen = race(&stack, &key, 64, &request);
+    let limit = nanos("0.05");
+    let spent = check_books(&mut stack, &seen, limit);
+    assert_eq!(seen.refused.len(), 64, "every client ends on a 402");
+    // What is left is less than one call's least cost (its prompt bound and 16 output tokens).
+    let least = seen
+        .refused
+        .iter()
+        .map(|b| nanos(b["requested"].as_str().unwrap()))
+        .max()
+        .unwrap();
+    assert!(
+        spent + least > limit,
+        "spent {spent}, least {least}, limit {limit}"
+    );
+    assert!(
+        spent * 100 >= limit * 98,
+        "spent {spent} of {limit} before the first 402"
+    );
+    assert!(seen.ok >= 200, "{} calls served", seen.ok);
+}
+
+#[test]
+fn calls_that_name_no_maximum_are_capped_at_what_is_left_not_refused() {
+    // No max_tokens: each call's bound is the model's cap (16,384 tokens at 10 per million,
+    // 0.16), more than the whole limit. Every call is admitted with what is left, capped.
+    let mut stack = Stack::start("budget-no-max", &org("0.01"), "");
+    let (key, _) = stack.create_key("shared", json!({}));
+    let request = json!({
+        "model": "openai/gpt-4o",
+        "messages": [{"role": "user", "content": "how much is left?"}],
+        "mock": {"answer_tokens": 20},
+    });
+    let seen = race(&stack, &key, 8, &request);
+    let limit = nanos("0.01");
+    let spent = check_books(&mut stack, &seen, limit);
+    assert!(seen.ok >= 30, "{} calls served", seen.ok);
+    assert_eq!(
+        seen.clamped, seen.ok,
+        "every call held less than its bound, so each was capped"
+    );
+    let least = seen
+        .refused
+        .iter()
+        .map(|b| nanos(b["requested"].as_str().unwrap()))
+        .max()
+        .unwrap();
+    assert!(
+        spent + least > limit,
+        "spent {spent}, least {least}, limit {limit}"
+    );
+}
+
+#[test]
+fn a_wait_that_runs_out_is_a_retryable_429_budget_busy_with_the_budgets_figures() {
+    let mut stack = Stack::start(
+        "budget-busy",
+        &org("0.02"),
+        "\n[admission]\nwait_ms_max = 300\n",
+    );
+    let (key, _) = stack.create_key("shared", json!({}));
+    let address = stack.address();
+    // One slow stream holds its whole bound (0.0205 asked, 0.02 there: all of it) for 3 s.
+    let holder = {
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let slow = json!({
+                "model": "openai/gpt-4o", "max_tokens": 2048, "stream": true,
+                "messages": [{"role": "user", "content": "hold"}],
+                "mock": {"answer_tokens": 30, "token_ms": 100},
+            });
+            post_json(address, "/v1/chat/completions", &key, &slow)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let quick = json!({
+        "model": "openai/gpt-4o", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "now?"}],
+    });
+    let busy = post_json(address, "/v1/chat/completions", &key, &quick);
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    let error = &busy.json()["error"];
+    assert_eq!(error["type"], "budget_busy");
+    assert_eq!(
+        (error["allocation"].as_str(), error["level"].as_str()),
+        (Some("shared"), Some("allocation"))
+    );
+    assert_eq!(nanos(error["remaining"].as_str().unwrap()), 0, "{error}");
+    // The same on Anthropic's route, in its envelope (its SDKs retry a 429 of any type).
+    let messages = json!({
+        "model": "anthropic/claude-sonnet-4-5", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "now?"}],
+    });
+    let busy = post_json(address, "/v1/messages", &key, &messages);
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.json()["error"]["type"], "rate_limit_error");
+    // Once the stream is done, the room it did not use is there again.
+    let held = holder.join().unwrap();
+    assert_eq!(held.status, 200);
+    let after = post_json(address, "/v1/chat/completions", &key, &quick);
+    assert_eq!(after.status, 200, "{}", after.text());
+    let metrics = tollgate_tests::http::request(address, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("tollgate_budget_busy_total 2"),
+        "{metrics}"
+    );
+    stack.stop();
+}
