@@ -152,17 +152,7 @@ pub fn reserve_within(
                 } => return Err(Refused::Busy(refused(limit, remaining, period))),
             }
         }
-        // Levels before the tightest one granted more: give the difference back, so every
-        // limited level holds the same amount.
-        for (hold, cell) in holds.iter_mut().zip(cells) {
-            if hold.limited && hold.nanos > granted {
-                cell.release(Hold {
-                    nanos: hold.nanos - granted,
-                    ..*hold
-                });
-                hold.nanos = granted;
-            }
-        }
+        even_out(&mut holds, &cells, granted);
         debug_assert!(
             granted >= ask.least.0 || holds.iter().all(|h| !h.limited),
             "a hold of {granted} nanos below the least asked, {}",
@@ -174,6 +164,20 @@ pub fn reserve_within(
             at,
             armed: true,
         });
+    }
+}
+
+/// Levels before the tightest one granted more than `granted`: gives the difference back, so
+/// every limited level holds the same amount.
+fn even_out(holds: &mut [Hold; 3], cells: &[&BudgetCell; 3], granted: u64) {
+    for (hold, cell) in holds.iter_mut().zip(cells) {
+        if hold.limited && hold.nanos > granted {
+            cell.release(Hold {
+                nanos: hold.nanos - granted,
+                ..*hold
+            });
+            hold.nanos = granted;
+        }
     }
 }
 

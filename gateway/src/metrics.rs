@@ -283,6 +283,50 @@ pub struct Gauges {
     pub budget_waiting: u64,
 }
 
+impl Gauges {
+    /// Each gauge in Prometheus text, with its help.
+    fn render(&self, out: &mut String) {
+        let gauges = [
+            (
+                "tollgate_requests_in_flight",
+                "Requests being served.",
+                self.in_flight,
+            ),
+            (
+                "tollgate_budget_waiting",
+                "Calls waiting in line for budget held by calls in flight.",
+                self.budget_waiting,
+            ),
+            (
+                "tollgate_events_queued",
+                "Usage events appended to the log and not yet synced (the event backlog).",
+                self.events_queued,
+            ),
+            (
+                "tollgate_event_log_bytes",
+                "Bytes the durable event log takes on disk (new requests get 503 at events.log_bytes_max).",
+                self.event_log_bytes,
+            ),
+            (
+                "tollgate_usage_reservations_held",
+                "Budget holds kept for authorized resource usage.",
+                self.reservations_held,
+            ),
+            (
+                "tollgate_usage_record_ids",
+                "Usage-record ids remembered for deduplication (bounded by ledger.records_max).",
+                self.record_ids,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+    }
+}
+
 impl Metrics {
     /// Counts one finished request by route and status.
     pub fn request(&self, api: Option<Api>, status: Status) {
@@ -368,36 +412,7 @@ impl Metrics {
                 cell.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_requests_in_flight Requests being served.\n# TYPE tollgate_requests_in_flight gauge\ntollgate_requests_in_flight {}",
-            gauges.in_flight
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_budget_waiting Calls waiting in line for budget held by calls in flight.\n# TYPE tollgate_budget_waiting gauge\ntollgate_budget_waiting {}",
-            gauges.budget_waiting
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_events_queued Usage events appended to the log and not yet synced (the event backlog).\n# TYPE tollgate_events_queued gauge\ntollgate_events_queued {}",
-            gauges.events_queued
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_event_log_bytes Bytes the durable event log takes on disk (new requests get 503 at events.log_bytes_max).\n# TYPE tollgate_event_log_bytes gauge\ntollgate_event_log_bytes {}",
-            gauges.event_log_bytes
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_usage_reservations_held Budget holds kept for authorized resource usage.\n# TYPE tollgate_usage_reservations_held gauge\ntollgate_usage_reservations_held {}",
-            gauges.reservations_held
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_usage_record_ids Usage-record ids remembered for deduplication (bounded by ledger.records_max).\n# TYPE tollgate_usage_record_ids gauge\ntollgate_usage_record_ids {}",
-            gauges.record_ids
-        );
+        gauges.render(&mut out);
         self.upstream_latency.render(
             &mut out,
             "tollgate_upstream_latency_ms",

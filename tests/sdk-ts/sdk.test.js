@@ -84,3 +84,28 @@ test("a spent budget is a 402 with tollgate's body in both SDKs", async () => {
   const bad = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: "tg_nope", maxRetries: 0 });
   await assert.rejects(bad.chat.completions.create({ model: "openai/gpt-4o", messages }), OpenAI.AuthenticationError);
 });
+
+test("a busy budget is a retryable 429 in both SDKs, and their retries get through", async () => {
+  const holding = stack.holdBudget("busy", 2);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const key = await stack.key("busy");
+  const once = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: key, maxRetries: 0 });
+  await assert.rejects(
+    once.chat.completions.create({ model: "openai/gpt-4o-mini", messages, max_tokens: 5 }),
+    (error) => {
+      assert.ok(error instanceof OpenAI.RateLimitError);
+      assert.equal(error.error.type, "budget_busy");
+      assert.ok(Number(error.headers.get("retry-after")) >= 1);
+      return true;
+    },
+  );
+  const onceAnthropic = new Anthropic({ baseURL: stack.url, apiKey: key, maxRetries: 0 });
+  await assert.rejects(
+    onceAnthropic.messages.create({ model: "anthropic/claude-sonnet-4-5", max_tokens: 5, messages }),
+    Anthropic.RateLimitError,
+  );
+  const patient = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: key, maxRetries: 8 });
+  const answer = await patient.chat.completions.create({ model: "openai/gpt-4o-mini", messages, max_tokens: 5 });
+  assert.equal(answer.choices[0].message.content, " hello".repeat(5));
+  await holding;
+});

@@ -45,6 +45,8 @@ export async function startStack() {
     `rate_card = "rates.toml"
 [server]
 listen = "127.0.0.1:0"
+[admission]
+wait_ms_max = 300
 [[provider]]
 name = "openai"
 kind = "openai"
@@ -67,6 +69,10 @@ project = "chatbot"
 name = "tiny"
 project = "chatbot"
 budget = { limit = "0.000001", period = "day" }
+[[allocation]]
+name = "busy"
+project = "chatbot"
+budget = { limit = "0.02", period = "total" }
 `,
   );
   const gateway = await start(binary("TOLLGATE_BIN"), ["serve", "--config", join(dir, "tollgate.toml")], {
@@ -88,6 +94,21 @@ budget = { limit = "0.000001", period = "day" }
     url,
     admin,
     key: async (allocation) => (await admin("POST", "/admin/v1/keys", { allocation, user: "ts" })).key,
+    // A slow stream on `allocation` holding its whole room for about `seconds`; resolves at
+    // the stream's end.
+    holdBudget: async (allocation, seconds) => {
+      const key = (await admin("POST", "/admin/v1/keys", { allocation, user: "ts" })).key;
+      const answer = await fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "openai/gpt-4o", max_tokens: 4096, stream: true,
+          messages: [{ role: "user", content: "hold" }],
+          mock: { answer_tokens: 10, token_ms: Math.round(seconds * 100) },
+        }),
+      });
+      return answer.text();
+    },
     stop: async () => {
       const exited = new Promise((resolve) => gateway.child.on("exit", resolve));
       gateway.child.kill("SIGTERM");

@@ -60,6 +60,16 @@ project = "chatbot"
 name = "tiny"
 project = "chatbot"
 budget = { limit = "0.000001", period = "day" }
+
+[[allocation]]
+name = "busy-openai"
+project = "chatbot"
+budget = { limit = "0.02", period = "total" }
+
+[[allocation]]
+name = "busy-anthropic"
+project = "chatbot"
+budget = { limit = "0.02", period = "total" }
 """
 
 
@@ -99,6 +109,10 @@ class Stack:
 
 [server]
 listen = "127.0.0.1:0"
+
+[admission]
+# Short, so a busy budget's 429 comes quickly.
+wait_ms_max = 300
 
 [[provider]]
 name = "openai"
@@ -141,6 +155,28 @@ base_url = "http://{mock_address}"
 
     def key(self, allocation, **extra):
         return self.admin("POST", "/admin/v1/keys", {"allocation": allocation, "user": "sdk", **extra})["key"]
+
+    def hold_budget(self, allocation, seconds):
+        """Starts a slow stream on `allocation` that holds its whole room for about `seconds`;
+        returns the thread (join it to wait for the stream's end)."""
+        key = self.key(allocation)
+        body = json.dumps({
+            "model": "openai/gpt-4o", "max_tokens": 4096, "stream": True,
+            "messages": [{"role": "user", "content": "hold"}],
+            "mock": {"answer_tokens": 10, "token_ms": int(seconds * 100)},
+        }).encode()
+
+        def stream():
+            request = urllib.request.Request(
+                self.url + "/v1/chat/completions", data=body, method="POST",
+                headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                answer.read()
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        return thread
 
     def parquet_dir(self):
         return self.directory / "data" / "usage"

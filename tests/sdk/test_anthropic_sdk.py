@@ -38,3 +38,20 @@ def test_refusals(stack):
     error = refused.value.body["error"]
     assert error["type"] == "budget_exceeded"
     assert error["allocation"] == "tiny"
+
+
+def test_a_busy_budget_is_a_retryable_429_and_the_sdk_gets_through_by_retrying(stack):
+    import time
+
+    holder = stack.hold_budget("busy-anthropic", seconds=2)
+    time.sleep(0.5)
+    key = stack.key("busy-anthropic")
+    once = anthropic.Anthropic(base_url=stack.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as busy:
+        once.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+    assert busy.value.body["error"]["allocation"] == "busy-anthropic"
+    assert int(busy.value.response.headers["retry-after"]) >= 1
+    patient = anthropic.Anthropic(base_url=stack.url, api_key=key, max_retries=8)
+    answer = patient.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+    assert answer.usage.output_tokens == 5
+    holder.join(30)

@@ -85,3 +85,23 @@ def test_a_spent_budget_is_a_402_with_our_body(stack):
     assert body["level"] == "allocation"
     assert body["period"] == "day"
     assert body["resets_at"].endswith("T00:00:00Z")
+
+
+def test_a_busy_budget_is_a_retryable_429_and_the_sdk_gets_through_by_retrying(stack):
+    """Room held by a call in flight is busy, not spent: the SDK sees its own RateLimitError
+    (a 429 with Retry-After), and with its retries on, gets through once the room is back."""
+    import time
+
+    holder = stack.hold_budget("busy-openai", seconds=2)
+    time.sleep(0.5)
+    key = stack.key("busy-openai")
+    once = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as busy:
+        once.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+    assert busy.value.code == "budget_busy"
+    assert busy.value.body["allocation"] == "busy-openai"
+    assert int(busy.value.response.headers["retry-after"]) >= 1
+    patient = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=8)
+    answer = patient.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+    assert answer.choices[0].message.content == " hello" * 5
+    holder.join(30)

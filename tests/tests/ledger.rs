@@ -339,11 +339,12 @@ fn authorize_refuses_what_the_budget_cannot_take_and_holds_settle_release_or_exp
     let reservation = held["reservation"]["id"].as_str().unwrap().to_owned();
     assert!(reservation.starts_with("rsv_"));
     assert_eq!(in_flight(), "4.00");
-    assert_eq!(
-        authorize(gpus("4", json!({}))).status,
-        402,
-        "8.00 more does not fit beside the hold"
-    );
+    // 8.00 more does not fit beside the hold, but would once it is settled: the budget is
+    // busy, not spent, and the caller is told to retry.
+    let busy = authorize(gpus("4", json!({})));
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.json()["error"]["type"], "budget_busy");
+    assert_eq!(busy.json()["error"]["remaining"], "6.00");
     // The job ran 1.5 GPU-hours: its accounting settles the hold at actual.
     let mut done = record(
         "slurm:hpc1:77:gpu_hour",

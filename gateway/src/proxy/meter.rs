@@ -280,6 +280,9 @@ pub enum MeterError {
     Read(#[from] ReadError),
 }
 
+/// One frame of a metered body, or why it stopped.
+type FrameResult = Result<Frame<Bytes>, BodyError>;
+
 /// Most bytes gathered from pieces the upstream has ready before they are sent on.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
@@ -332,6 +335,22 @@ impl Metered {
         Ok(pushed.out)
     }
 
+    /// A failure seen while pieces were gathered, sent once hyper has flushed them: first a
+    /// `Pending` (hyper flushes what it holds; the wake brings it straight back), then the error.
+    fn poll_failure(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Option<FrameResult>>> {
+        self.failed.as_ref()?;
+        if !self.flushed_before_failing {
+            self.flushed_before_failing = true;
+            cx.waker().wake_by_ref();
+            return Some(Poll::Pending);
+        }
+        let failure = self.failed.take()?;
+        Some(Poll::Ready(Some(Err(failure.into()))))
+    }
+
     /// The upstream's body ended whole: what the reader still holds (a translated stream's
     /// last events) joins what is ready, and the ticket is finished.
     fn end_of_stream(&mut self, mut ready: Option<BytesMut>) -> Option<BytesMut> {
@@ -382,16 +401,8 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        if this.failed.is_some() {
-            if !this.flushed_before_failing {
-                // Pending makes hyper flush what it holds; the wake brings it straight back.
-                this.flushed_before_failing = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if let Some(failure) = this.failed.take() {
-                return Poll::Ready(Some(Err(failure.into())));
-            }
+        if let Some(failing) = this.poll_failure(cx) {
+            return failing;
         }
         // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
         let mut ready: Option<BytesMut> = None;

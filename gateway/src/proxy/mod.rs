@@ -268,9 +268,14 @@ impl Call<'_> {
             bound,
             output_cap: _,
         } = held;
+        // What a call whose usage cannot be known is billed: its bound, or its hold when it
+        // was capped to that, so it never costs more than it held.
+        let billed_if_unknown = reservation
+            .bounded_at()
+            .map_or(bound.cost_max, |held| held.min(bound.cost_max));
         Ok(Admitted {
             api: self.api,
-            bound: bound.cost_max,
+            bound: billed_if_unknown,
             key,
             model,
             reservation,

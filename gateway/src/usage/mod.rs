@@ -28,8 +28,8 @@ use tollgate_engine::ledger::{
     micros_decimal, parse_name,
 };
 use tollgate_engine::{
-    Allocation, Cost, Micros, Nanos, RateCard, Refused, ResourceUnit, Scopes, Site, UnixMs,
-    UsageEvent, VirtualKey,
+    Allocation, Cost, Micros, Nanos, RateCard, Refused, Reservation, ResourceUnit, Scopes, Site,
+    UnixMs, UsageEvent, VirtualKey,
 };
 
 use crate::clock::now_ms;
@@ -618,15 +618,7 @@ fn authorize(
             now,
         )
         .map_err(|e| Failure::ResourceNotPriced(e.to_string()))?;
-    // An authorization is all or nothing, and never waits: a busy budget is told apart from a
-    // spent one, so the caller retries the first.
-    let ask = tollgate_engine::Ask::exactly(cost.billed);
-    let reservation = tollgate_engine::reserve_within(&allocation, now, ask).map_err(
-        |refused| match refused {
-            Refused::Exhausted(at) => Failure::BudgetExceeded(at, scope_of(&allocation)),
-            Refused::Busy(at) => Failure::BudgetBusy(at, scope_of(&allocation), 1),
-        },
-    )?;
+    let reservation = hold_exactly(&allocation, now, cost.billed)?;
     // Room left once this usage is counted (the hold is in flight while it lives).
     let left = remaining(&allocation, now);
     let mut answer = json!({
@@ -663,6 +655,20 @@ fn authorize(
         fields.insert("reservation".into(), kept);
     }
     Ok((StatusCode::CREATED, answer))
+}
+
+/// Holds `amount` at every level of `allocation`, all or nothing, without waiting: a busy
+/// budget is told apart from a spent one, so the caller knows to retry the first.
+fn hold_exactly(
+    allocation: &Arc<Allocation>,
+    now: UnixMs,
+    amount: Nanos,
+) -> Result<Reservation, Failure> {
+    let ask = tollgate_engine::Ask::exactly(amount);
+    tollgate_engine::reserve_within(allocation, now, ask).map_err(|refused| match refused {
+        Refused::Exhausted(at) => Failure::BudgetExceeded(at, scope_of(allocation)),
+        Refused::Busy(at) => Failure::BudgetBusy(at, scope_of(allocation), 1),
+    })
 }
 
 /// Keeps `hold` in the book under `id` until it is settled, released or expires; what the
