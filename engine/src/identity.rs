@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::budget::{BudgetCell, BudgetSpec, Level};
+use crate::budget::{BudgetCell, BudgetSnapshot, BudgetSpec, Level};
 use crate::error::{Error, KeyRejection, Result};
 use crate::ids::{KeyId, ModelRef};
 use crate::limits::{ALLOW_LIST_ENTRIES_MAX, KEY_SECRET_BYTES, PRESENTED_KEY_BYTES_MAX};
@@ -82,6 +82,20 @@ impl Allocation {
             &self.project.budget,
             &self.project.team.budget,
         ]
+    }
+
+    /// The limited level with the least room left at `now`, holds in flight counted, and its
+    /// counters: where a caller stands. `None` when no level has a limit.
+    #[must_use]
+    pub fn tightest(&self, now: UnixMs) -> Option<(Level, BudgetSnapshot)> {
+        Level::ALL
+            .into_iter()
+            .zip(self.budget_cells())
+            .filter_map(|(level, cell)| {
+                let snapshot = cell.snapshot(now);
+                snapshot.remaining.map(|_| (level, snapshot))
+            })
+            .min_by_key(|(_, snapshot)| snapshot.remaining)
     }
 
     /// The name of the allocation, its project or its team.

@@ -217,3 +217,52 @@ fn a_wait_that_runs_out_is_a_retryable_429_budget_busy_with_the_budgets_figures(
     );
     stack.stop();
 }
+
+#[test]
+fn every_answer_says_where_the_budget_stands_at_its_tightest_level() {
+    // The allocation's 1.00 a month is tighter than its project's and team's (no limit).
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"shared\"\nproject = \"chatbot\"\nbudget = {{ limit = \"1.00\", period = \"month\" }}\n"
+    );
+    let mut stack = Stack::start("budget-headers", &org, "");
+    let (key, _) = stack.create_key("shared", json!({}));
+    let request = json!({
+        "model": "openai/gpt-4o", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "where do I stand?"}],
+    });
+    let first = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tollgate-budget-level"), Some("allocation"));
+    assert_eq!(first.header("x-tollgate-budget-limit"), Some("1.00"));
+    assert!(
+        first
+            .header("x-tollgate-budget-resets-at")
+            .unwrap()
+            .ends_with("T00:00:00Z")
+    );
+    // Remaining counts this call's own hold: the limit less its bound.
+    let remaining = nanos(first.header("x-tollgate-budget-remaining").unwrap());
+    assert!(
+        remaining < nanos("1.00") && remaining > nanos("0.99"),
+        "{remaining}"
+    );
+    // The next call sees less: the first call's spend (or, until it settles, its hold) and its
+    // own hold, of the same bound.
+    let second = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    let remaining_after = nanos(second.header("x-tollgate-budget-remaining").unwrap());
+    let bound = nanos("1.00") - remaining;
+    assert!(
+        remaining_after < remaining,
+        "{remaining_after} after {remaining}"
+    );
+    assert!(
+        remaining_after >= nanos("1.00") - 2 * bound,
+        "{remaining_after}, bound {bound}"
+    );
+    // A key on an allocation with no limit anywhere gets no budget headers.
+    let (open, _) = stack.create_key("open", json!({}));
+    let unlimited = post_json(stack.address(), "/v1/chat/completions", &open, &request);
+    assert_eq!(unlimited.status, 200, "{}", unlimited.text());
+    assert_eq!(unlimited.header("x-tollgate-budget-level"), None);
+    stack.stop();
+}

@@ -337,10 +337,7 @@ impl Metered {
 
     /// A failure seen while pieces were gathered, sent once hyper has flushed them: first a
     /// `Pending` (hyper flushes what it holds; the wake brings it straight back), then the error.
-    fn poll_failure(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Option<Poll<Option<FrameResult>>> {
+    fn poll_failure(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<FrameResult>>> {
         self.failed.as_ref()?;
         if !self.flushed_before_failing {
             self.flushed_before_failing = true;

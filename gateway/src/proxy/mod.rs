@@ -24,8 +24,8 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
-    Ask, ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status, UnixMs, VirtualKey,
-    reserve_within,
+    Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status,
+    UnixMs, VirtualKey, reserve_within,
 };
 
 use self::json_scan::{Member, Scanned};
@@ -145,6 +145,8 @@ struct Call<'g> {
 /// A call that passed every check and holds its budget.
 struct Admitted {
     api: Api,
+    /// Where the caller's budget stands once this call is held: its tightest level.
+    budget: Option<(Level, BudgetSnapshot)>,
     bound: tollgate_engine::Nanos,
     key: Arc<VirtualKey>,
     model: ModelRef,
@@ -275,6 +277,7 @@ impl Call<'_> {
             .map_or(bound.cost_max, |held| held.min(bound.cost_max));
         Ok(Admitted {
             api: self.api,
+            budget: key.allocation.tightest(now_ms()),
             bound: billed_if_unknown,
             key,
             model,
@@ -584,6 +587,7 @@ async fn forward(
 ) -> Response<ResponseBody> {
     let Admitted {
         api,
+        budget,
         bound,
         key,
         model,
@@ -636,6 +640,7 @@ async fn forward(
         include_usage,
         hide_usage,
         output_cap,
+        budget,
     };
     relay(&provider, response, ticket, asked, protocol)
 }
@@ -646,6 +651,7 @@ struct Asked {
     include_usage: bool,
     hide_usage: bool,
     output_cap: Option<u64>,
+    budget: Option<(Level, BudgetSnapshot)>,
 }
 
 /// The header telling a client its call's completion tokens were capped (per choice) at what
@@ -733,6 +739,9 @@ fn relay(
         if let Some(cap) = asked.output_cap {
             headers.insert(MAX_TOKENS_CLAMPED, HeaderValue::from(cap));
         }
+        if let Some((level, snapshot)) = &asked.budget {
+            budget_headers(headers, *level, snapshot);
+        }
         match reader.rewritten_as() {
             Some(content_type) => {
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -751,6 +760,30 @@ fn relay(
         .unwrap_or_else(|e| {
             error_response(protocol, &request_id, &Failure::Internal(e.to_string()))
         })
+}
+
+/// Where the caller's budget stands, at its tightest level: `x-tollgate-budget-level`,
+/// `-limit`, `-remaining` (holds in flight counted, this call's included) and `-resets-at`
+/// (absent for a `total` budget).
+fn budget_headers(out: &mut HeaderMap, level: Level, snapshot: &BudgetSnapshot) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(http::HeaderName::from_static(name), value);
+        }
+    };
+    set("x-tollgate-budget-level", level.as_str().to_owned());
+    if let Some(limit) = snapshot.limit {
+        set("x-tollgate-budget-limit", limit.to_string());
+    }
+    if let Some(remaining) = snapshot.remaining {
+        set("x-tollgate-budget-remaining", remaining.to_string());
+    }
+    if let Some(resets_at) = snapshot.resets_at {
+        set(
+            "x-tollgate-budget-resets-at",
+            tollgate_engine::time::format_rfc3339_s(resets_at),
+        );
+    }
 }
 
 /// The provider's headers a client gets, and the request id.
