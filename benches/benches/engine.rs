@@ -11,8 +11,9 @@ use tollgate_engine::estimate::{RequestShape, estimate};
 use tollgate_engine::identity::test_directory;
 use tollgate_engine::tokens::count_tokens;
 use tollgate_engine::{
-    Adjustment, AllocationSpec, AllowList, BudgetSpec, Directory, KeyLimits, KeySpec, KeyStore,
-    ModelRef, Nanos, Period, RateCard, TokenUsage, UnixMs, UsageEvent, reserve,
+    Adjustment, AllocationSpec, AllowList, Ask, BudgetSpec, Directory, KeyLimits, KeySpec,
+    KeyStore, ModelRef, Nanos, Period, RateCard, TokenUsage, UnixMs, UsageEvent, reserve,
+    reserve_within,
 };
 
 #[global_allocator]
@@ -103,6 +104,21 @@ fn reserve_settle(c: &mut Criterion) {
         let (_dir, empty) = test_directory(limited(0), limited(0), limited(0)).unwrap();
         b.iter(|| black_box(reserve(&empty, NOW, Nanos(black_box(1_000))).is_err()))
     });
+    // A call whose bound is more than the room: it holds what the tightest level has (the
+    // project's 500,000), the allocation's larger grant is evened out.
+    let (_dir, tight) = test_directory(
+        limited(u64::MAX / 2),
+        limited(500_000),
+        limited(u64::MAX / 2),
+    )
+    .unwrap();
+    g.bench_function("partial_hold_three_limits", |b| {
+        let ask = Ask {
+            least: Nanos(1_000),
+            most: Nanos(black_box(900_000)),
+        };
+        b.iter(|| reserve_within(&tight, NOW, ask).unwrap().settle(Nanos(700)))
+    });
 
     // A second thread hammers the same allocation for the whole measurement.
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,6 +165,7 @@ fn reserve_settle(c: &mut Criterion) {
                 cost_center: "cc".into(),
                 models: AllowList::Any,
                 budget: limited(u64::MAX / 2),
+                tight: Default::default(),
             })
             .unwrap()
         })

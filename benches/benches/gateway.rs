@@ -1,5 +1,6 @@
 //! Criterion benches of the gateway's per-request work that does not touch a socket: reading a
-//! large body's routing fields, splicing the upstream body, metering a streamed chunk.
+//! large body's routing fields, splicing the upstream body, metering a streamed chunk, and
+//! admission through the budget's wait line.
 //!
 //! `cargo bench -p tollgate-benches --bench gateway`
 
@@ -87,5 +88,44 @@ fn stream_reader(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, scan, stream, stream_reader);
+/// Admission through the budget's wait line when no call waits anywhere (the usual case): the
+/// line's cost is one atomic load beside the reservation itself, and a settle's wake-up one
+/// more. The future completes at its first poll, so it is polled by hand with a no-op waker.
+fn admission(c: &mut Criterion) {
+    use std::future::Future as _;
+    use std::task::{Context, Poll, Waker};
+    use tollgate_engine::identity::test_directory;
+    use tollgate_engine::{Ask, BudgetSpec, Nanos, Period, UnixMs, reserve_within};
+    use tollgate_gateway::admission::Waiting;
+    use tollgate_gateway::config::AdmissionConfig;
+
+    let now = UnixMs(1_768_435_200_000);
+    let limited = BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month);
+    let (_dir, allocation) = test_directory(limited, limited, limited).unwrap();
+    let waiting = Waiting::new(AdmissionConfig::default());
+    let ask = Ask::exactly(Nanos(1_000));
+    let mut context = Context::from_waker(Waker::noop());
+    c.bench_function("admission/empty line, reserve and settle", |b| {
+        b.iter(|| {
+            let admitted = waiting.admit(&allocation.name, true, || {
+                reserve_within(&allocation, now, ask)
+            });
+            let mut admitted = std::pin::pin!(admitted);
+            let Poll::Ready(Ok((reservation, _))) = admitted.as_mut().poll(&mut context) else {
+                panic!("an empty line admits at the first poll");
+            };
+            reservation.settle(Nanos(700));
+            waiting.settled(&allocation.name);
+        })
+    });
+    c.bench_function("admission/reserve and settle alone, for comparison", |b| {
+        b.iter(|| {
+            reserve_within(&allocation, now, black_box(ask))
+                .unwrap()
+                .settle(Nanos(700))
+        })
+    });
+}
+
+criterion_group!(benches, scan, stream, stream_reader, admission);
 criterion_main!(benches);

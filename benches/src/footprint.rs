@@ -53,6 +53,7 @@ fn main() {
             cost_center: format!("cc-{:04}", a % 1_000),
             models: AllowList::Any,
             budget: limited(1 << 40),
+            tight: Default::default(),
         })
         .unwrap();
     }

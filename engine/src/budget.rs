@@ -40,6 +40,33 @@ use crate::time::{Period, UnixMs};
 // loads and read-modify-writes, and the ordering argument above is then plainly sound.
 const ORDER: Ordering = Ordering::SeqCst;
 
+/// What a call whose whole bound does not fit in its budget's room does (an allocation's
+/// `tight`). A call that cannot be stopped mid-way can still be held short of its bound when
+/// its output is capped at what the hold affords.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tight {
+    /// Held what there is (at least its least cost), its output capped to fit: the default.
+    #[default]
+    Clamp,
+    /// Waits in line until its whole bound fits, then is held all of it.
+    Wait,
+    /// Held all of its bound at once, or refused (429 when calls in flight hold the room).
+    Refuse,
+}
+
+impl Tight {
+    /// The name in configs and the admin API.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tight::Clamp => "clamp",
+            Tight::Wait => "wait",
+            Tight::Refuse => "refuse",
+        }
+    }
+}
+
 /// Which level of the hierarchy a budget sits on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,6 +152,10 @@ pub struct BudgetCell {
     warned_period: AtomicI64,
     pub(crate) period: Period,
     soft_limit_percent: u8,
+    /// The allocation's `tight` policy when this is an allocation's cell (kept here, in the
+    /// cell's padding, so an allocation stays in its allocator size class; a project's or
+    /// team's cell keeps the default and nothing reads it).
+    tight: Tight,
 }
 
 /// Why one cell did not take a hold.
@@ -234,7 +265,23 @@ impl BudgetCell {
             warned_period: AtomicI64::new(i64::MIN),
             period: spec.period,
             soft_limit_percent: spec.soft_limit_percent.min(100),
+            tight: Tight::Clamp,
         }
+    }
+
+    /// A fresh cell for an allocation whose calls follow `tight`.
+    #[must_use]
+    pub fn with_tight(spec: BudgetSpec, tight: Tight) -> BudgetCell {
+        BudgetCell {
+            tight,
+            ..BudgetCell::new(spec)
+        }
+    }
+
+    /// The `tight` policy kept with the cell ([`BudgetCell::with_tight`]).
+    #[must_use]
+    pub fn tight(&self) -> Tight {
+        self.tight
     }
 
     /// The cell's period kind.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::budget::{BudgetCell, BudgetSnapshot, BudgetSpec, Level};
+use crate::budget::{BudgetCell, BudgetSnapshot, BudgetSpec, Level, Tight};
 use crate::error::{Error, KeyRejection, Result};
 use crate::ids::{KeyId, ModelRef};
 use crate::limits::{ALLOW_LIST_ENTRIES_MAX, KEY_SECRET_BYTES, PRESENTED_KEY_BYTES_MAX};
@@ -63,11 +63,18 @@ pub struct Allocation {
     pub cost_center: Arc<str>,
     /// Models it may use; a key's own list narrows it further.
     pub models: AllowList,
-    /// Its own budget counters (the project's and team's are reached through `project`).
+    /// Its own budget counters (the project's and team's are reached through `project`), and
+    /// its `tight` policy ([`Allocation::tight`]).
     pub budget: BudgetCell,
 }
 
 impl Allocation {
+    /// What its calls do when their whole bound does not fit.
+    #[must_use]
+    pub fn tight(&self) -> Tight {
+        self.budget.tight()
+    }
+
     /// The team, through the project.
     #[must_use]
     pub fn team(&self) -> &Arc<Team> {
@@ -192,6 +199,8 @@ pub struct AllocationSpec {
     pub models: AllowList,
     /// Its own limit and period (the project's and team's are theirs).
     pub budget: BudgetSpec,
+    /// What its calls do when their whole bound does not fit.
+    pub tight: Tight,
 }
 
 /// Teams, projects and allocations by name. Written by the admin path, read by reporting;
@@ -245,7 +254,7 @@ impl Directory {
             project,
             cost_center: self.intern_cost_center(&spec.cost_center),
             models: spec.models,
-            budget: BudgetCell::new(spec.budget),
+            budget: BudgetCell::with_tight(spec.budget, spec.tight),
         });
         insert_new(
             &self.allocations,
@@ -929,6 +938,7 @@ pub fn test_directory(
         cost_center: "cc-1".into(),
         models: AllowList::Any,
         budget: allocation,
+        tight: Tight::Clamp,
     })?;
     Ok((dir, allocation))
 }
@@ -1132,6 +1142,7 @@ mod tests {
                 cost_center: "cc".into(),
                 models: AllowList::parse(&["openai/*", "anthropic/claude-sonnet-4-5"]).unwrap(),
                 budget: BudgetSpec::unlimited(Period::Month),
+                tight: Tight::Clamp,
             })
             .unwrap();
         let store = KeyStore::new();

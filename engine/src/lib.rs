@@ -28,7 +28,7 @@ pub mod time;
 pub mod tokens;
 
 pub use budget::{
-    BudgetCell, BudgetExhausted, BudgetSnapshot, BudgetSpec, Level, SoftLimitCrossed,
+    BudgetCell, BudgetExhausted, BudgetSnapshot, BudgetSpec, Level, SoftLimitCrossed, Tight,
 };
 pub use error::{Error, KeyRejection, Result};
 pub use event::{Charged, EventId, EventKind, Status, UsageEvent, UsageSource};

@@ -74,17 +74,19 @@ impl Waiting {
     /// Reserves for a call on `allocation` with `attempt` (which reserves at every level or
     /// says why not): at once when the allocation has no line and the budget has room, else
     /// in line until there is room, the budget is found spent, or the wait runs out.
-    /// Returns the reservation and how long the call waited for it.
+    /// Returns the reservation and how long the call waited for it. A call that may not `wait`
+    /// is busy at once when holds in flight take the room, and joins no line.
     pub async fn admit(
         &self,
         allocation: &Arc<str>,
+        wait: bool,
         mut attempt: impl FnMut() -> Result<Reservation, Refused>,
     ) -> Result<(Reservation, Duration), NotAdmitted> {
-        if self.queued.load(Ordering::Acquire) == 0 || !self.has_line(allocation) {
+        if !wait || self.queued.load(Ordering::Acquire) == 0 || !self.has_line(allocation) {
             match attempt() {
                 Ok(reservation) => return Ok((reservation, Duration::ZERO)),
                 Err(Refused::Exhausted(at)) => return Err(NotAdmitted::Spent(at)),
-                Err(Refused::Busy(at)) if self.config.wait_max.is_zero() => {
+                Err(Refused::Busy(at)) if !wait || self.config.wait_max.is_zero() => {
                     return Err(NotAdmitted::Busy {
                         at,
                         waited: Duration::ZERO,
@@ -269,7 +271,7 @@ mod tests {
         };
         let started = Instant::now();
         let (second, waited) = waiting
-            .admit(&name, || reserve_within(&a, NOW, ask(600)))
+            .admit(&name, true, || reserve_within(&a, NOW, ask(600)))
             .await
             .unwrap();
         assert_eq!(waited, Duration::from_secs(1));
@@ -283,7 +285,7 @@ mod tests {
         second.settle(Nanos(600));
         // 900 spent: a call needing 600 is refused as spent, at once.
         let refused = waiting
-            .admit(&name, || reserve_within(&a, NOW, ask(600)))
+            .admit(&name, true, || reserve_within(&a, NOW, ask(600)))
             .await;
         assert!(matches!(refused, Err(NotAdmitted::Spent(_))), "{refused:?}");
     }
@@ -302,7 +304,7 @@ mod tests {
         // Nothing settles: the wait runs out as busy, never as spent.
         let started = Instant::now();
         let Err(NotAdmitted::Busy { waited, at }) = waiting
-            .admit(&a.name, || reserve_within(&a, NOW, ask(10)))
+            .admit(&a.name, true, || reserve_within(&a, NOW, ask(10)))
             .await
         else {
             panic!("the room is held, not spent");
@@ -317,7 +319,7 @@ mod tests {
             let (waiting, a, order) = (Arc::clone(&waiting), Arc::clone(&a), Arc::clone(&order));
             calls.push(tokio::spawn(async move {
                 let (r, _) = waiting
-                    .admit(&a.name, || reserve_within(&a, NOW, ask(400)))
+                    .admit(&a.name, true, || reserve_within(&a, NOW, ask(400)))
                     .await
                     .unwrap();
                 let served = order.fetch_add(1, Ordering::SeqCst);
@@ -352,7 +354,7 @@ mod tests {
             let (waiting, a) = (Arc::clone(&waiting), Arc::clone(&a));
             tokio::spawn(async move {
                 waiting
-                    .admit(&a.name, || reserve_within(&a, NOW, ask(50)))
+                    .admit(&a.name, true, || reserve_within(&a, NOW, ask(50)))
                     .await
                     .map(drop)
             })
@@ -361,7 +363,7 @@ mod tests {
         assert_eq!(waiting.queued(), 1);
         let started = Instant::now();
         let full = waiting
-            .admit(&a.name, || reserve_within(&a, NOW, ask(50)))
+            .admit(&a.name, true, || reserve_within(&a, NOW, ask(50)))
             .await;
         assert!(matches!(full, Err(NotAdmitted::Busy { waited, .. }) if waited.is_zero()));
         assert_eq!(

@@ -221,6 +221,7 @@ fn directory_of(config: &Config) -> Result<Directory, tollgate_engine::Error> {
             cost_center: allocation.cost_center.clone(),
             models: allow_list(&allocation.models)?,
             budget: allocation.budget,
+            tight: allocation.tight,
         })?;
     }
     Ok(directory)

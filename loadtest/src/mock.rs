@@ -9,7 +9,7 @@
 //! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
 //! `"garbage": true` answers 200 with a body that is not JSON, `"reset_after": n` breaks the
-//! connection after n streamed tokens, `"answer_tokens": n` (OpenAI's routes) answers n tokens
+//! connection after n streamed tokens, `"answer_tokens": n` (OpenAI's and Anthropic's routes) answers n tokens
 //! when `max_tokens` allows more (a model that finishes early),
 //! `"cached_tokens"` and `"reasoning_tokens"` add those counts (`"thoughts_tokens"` too for
 //! Gemini, whose thoughts count apart from the candidates), and (Anthropic, Bedrock, Gemini)

@@ -29,7 +29,7 @@ struct Seen {
 }
 
 /// `clients` threads each send `request` until the budget refuses them with 402.
-fn race(stack: &Stack, key: &str, clients: usize, request: &Value) -> Seen {
+fn race(stack: &Stack, path: &'static str, key: &str, clients: usize, request: &Value) -> Seen {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let address = stack.address();
     let threads: Vec<_> = (0..clients)
@@ -37,7 +37,7 @@ fn race(stack: &Stack, key: &str, clients: usize, request: &Value) -> Seen {
             let (key, request, seen) = (key.to_owned(), request.clone(), Arc::clone(&seen));
             std::thread::spawn(move || {
                 for _ in 0..20_000 {
-                    let answer = post_json(address, "/v1/chat/completions", &key, &request);
+                    let answer = post_json(address, path, &key, &request);
                     let mut seen = seen.lock().unwrap();
                     match answer.status {
                         200 => {
@@ -47,6 +47,7 @@ fn race(stack: &Stack, key: &str, clients: usize, request: &Value) -> Seen {
                             }
                         }
                         402 => {
+                            // OpenAI's envelope holds the fields in `error`, Anthropic's too.
                             seen.refused.push(answer.json()["error"].clone());
                             return;
                         }
@@ -97,10 +98,10 @@ fn check_books(stack: &mut Stack, seen: &Seen, limit_nanos: u64) -> u64 {
     spent
 }
 
-#[test]
-fn sixty_four_streams_with_a_large_max_tokens_spend_the_budget_before_any_402() {
-    // 0.05: the bound of one call (2,048 output tokens at gpt-4o's price) is 0.0205, its
-    // answer of 10 tokens costs about 0.0002, so two bounds fill the limit where 250 answers do.
+/// `clients` streams with `max_tokens` 2048 and 10-token answers race a 0.05 allocation: the
+/// bound of one call (2,048 output tokens at gpt-4o's price) is 0.0205 and its answer costs
+/// about 0.0002, so two bounds fill the limit where 250 answers do.
+fn streams_spend_the_budget_before_any_402(clients: usize) {
     let mut stack = Stack::start("budget-last-cent", &org("0.05"), "");
     let (key, _) = stack.create_key("shared", json!({}));
     let request = json!({
@@ -108,10 +109,10 @@ fn sixty_four_streams_with_a_large_max_tokens_spend_the_budget_before_any_402() 
         "messages": [{"role": "user", "content": "race"}],
         "mock": {"answer_tokens": 10, "token_ms": 1},
     });
-    let seen = race(&stack, &key, 64, &request);
+    let seen = race(&stack, "/v1/chat/completions", &key, clients, &request);
     let limit = nanos("0.05");
     let spent = check_books(&mut stack, &seen, limit);
-    assert_eq!(seen.refused.len(), 64, "every client ends on a 402");
+    assert_eq!(seen.refused.len(), clients, "every client ends on a 402");
     // What is left is less than one call's least cost (its prompt bound and 16 output tokens).
     let least = seen
         .refused
@@ -131,6 +132,54 @@ fn sixty_four_streams_with_a_large_max_tokens_spend_the_budget_before_any_402() 
 }
 
 #[test]
+fn sixty_four_streams_with_a_large_max_tokens_spend_the_budget_before_any_402() {
+    streams_spend_the_budget_before_any_402(64);
+}
+
+#[test]
+fn two_hundred_fifty_six_streams_spend_the_budget_before_any_402() {
+    streams_spend_the_budget_before_any_402(256);
+}
+
+#[test]
+fn fifty_coding_agent_sessions_are_all_served_until_the_money_is_spent() {
+    // Claude Code's shape: /v1/messages, max_tokens 32000, a large system prompt and tools,
+    // short answers. Each call's bound is about 0.56 (32,000 output tokens at 15 per million,
+    // and the prompt's bytes at the dearest prompt price): nine fill 5.00, which pays for
+    // over 300 such answers.
+    let mut stack = Stack::start("budget-agents", &org("5.00"), "");
+    let (key, _) = stack.create_key("shared", json!({}));
+    let system = "You are a coding agent. ".repeat(800);
+    let request = json!({
+        "model": "anthropic/claude-sonnet-4-5", "max_tokens": 32000,
+        "system": system,
+        "tools": [{"name": "read_file", "description": "Reads a file.",
+                   "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+        "messages": [{"role": "user", "content": "Fix the failing test."}],
+        "mock": {"answer_tokens": 20, "token_ms": 1},
+    });
+    let seen = race(&stack, "/v1/messages", &key, 50, &request);
+    let limit = nanos("5.00");
+    let spent = check_books(&mut stack, &seen, limit);
+    assert_eq!(seen.refused.len(), 50, "every session ends on a 402");
+    let least = seen
+        .refused
+        .iter()
+        .map(|b| nanos(b["requested"].as_str().unwrap()))
+        .max()
+        .unwrap();
+    assert!(
+        spent + least > limit,
+        "spent {spent}, least {least}, limit {limit}"
+    );
+    assert!(
+        spent * 100 >= limit * 97,
+        "spent {spent} of {limit} before the first 402"
+    );
+    assert!(seen.ok >= 250, "{} calls served", seen.ok);
+}
+
+#[test]
 fn calls_that_name_no_maximum_are_capped_at_what_is_left_not_refused() {
     // No max_tokens: each call's bound is the model's cap (16,384 tokens at 10 per million,
     // 0.16), more than the whole limit. Every call is admitted with what is left, capped.
@@ -141,7 +190,7 @@ fn calls_that_name_no_maximum_are_capped_at_what_is_left_not_refused() {
         "messages": [{"role": "user", "content": "how much is left?"}],
         "mock": {"answer_tokens": 20},
     });
-    let seen = race(&stack, &key, 8, &request);
+    let seen = race(&stack, "/v1/chat/completions", &key, 8, &request);
     let limit = nanos("0.01");
     let spent = check_books(&mut stack, &seen, limit);
     assert!(seen.ok >= 30, "{} calls served", seen.ok);
@@ -264,5 +313,92 @@ fn every_answer_says_where_the_budget_stands_at_its_tightest_level() {
     let unlimited = post_json(stack.address(), "/v1/chat/completions", &open, &request);
     assert_eq!(unlimited.status, 200, "{}", unlimited.text());
     assert_eq!(unlimited.header("x-tollgate-budget-level"), None);
+    stack.stop();
+}
+
+#[test]
+fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_capped() {
+    // Two allocations of 0.05 whose calls need their whole bound (0.0205 each): `wait` lines
+    // a call up until it fits, `refuse` turns it away at once as busy. A third, made through
+    // the admin API, keeps its policy across a restart.
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"patient\"\nproject = \"chatbot\"\ntight = \"wait\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n\
+         \n[[allocation]]\nname = \"strict\"\nproject = \"chatbot\"\ntight = \"refuse\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n"
+    );
+    let mut stack = Stack::start("budget-tight", &org, "\n[admission]\nwait_ms_max = 5000\n");
+    let address = stack.address();
+    let slow = json!({
+        "model": "openai/gpt-4o", "max_tokens": 2048, "stream": true,
+        "messages": [{"role": "user", "content": "hold"}],
+        "mock": {"answer_tokens": 10, "token_ms": 100},
+    });
+    let quick = json!({
+        "model": "openai/gpt-4o", "max_tokens": 2048,
+        "messages": [{"role": "user", "content": "hold"}],
+        "mock": {"answer_tokens": 10},
+    });
+    for (allocation, waits) in [("patient", true), ("strict", false)] {
+        let (key, _) = stack.create_key(allocation, json!({}));
+        // Two slow streams hold two whole bounds (0.041); 0.009 is left, less than a bound.
+        let holders: Vec<_> = (0..2)
+            .map(|_| {
+                let (key, slow) = (key.clone(), slow.clone());
+                std::thread::spawn(move || post_json(address, "/v1/chat/completions", &key, &slow))
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let answer = post_json(address, "/v1/chat/completions", &key, &quick);
+        if waits {
+            // Served once a stream settles (about a second), whole: never capped.
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            assert_eq!(answer.header("x-tollgate-max-tokens-clamped"), None);
+            assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+        } else {
+            assert_eq!(answer.status, 429, "{}", answer.text());
+            assert_eq!(answer.json()["error"]["type"], "budget_busy");
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(500),
+                "no wait"
+            );
+        }
+        for holder in holders {
+            let held = holder.join().unwrap();
+            assert_eq!(held.status, 200);
+            assert_eq!(
+                held.header("x-tollgate-max-tokens-clamped"),
+                None,
+                "a whole bound"
+            );
+        }
+    }
+    let made = stack.admin(
+        "POST",
+        "/admin/v1/allocations",
+        Some(json!({"name": "made", "project": "chatbot", "tight": "refuse"})),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    assert_eq!(made.json()["tight"], "refuse");
+    let bad = stack.admin(
+        "POST",
+        "/admin/v1/allocations",
+        Some(json!({"name": "bad", "project": "chatbot", "tight": "sometimes"})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    stack.restart();
+    let listed = stack.admin("GET", "/admin/v1/allocations", None).json();
+    let tight = |name: &str| {
+        listed["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()["tight"]
+            .clone()
+    };
+    assert_eq!(
+        (tight("made"), tight("patient"), tight("open")),
+        (json!("refuse"), json!("wait"), json!("clamp"))
+    );
     stack.stop();
 }

@@ -120,3 +120,85 @@ fn llama_cpp_behind_the_gateway_on_every_route() {
         .sum();
     assert_eq!(sum, spent);
 }
+
+/// The race of the budget-starvation report, against the real server: 64 clients streaming
+/// with `max_tokens` 2048 and short answers (a JSON schema ends them after a few tokens) on
+/// one allocation. Each call's bound (2,048 tokens at 2 per million, the prompt's bytes at one
+/// per million) is about 0.0045, so two bounds fill the 0.01 limit where some 300 answers do. No
+/// call may get a 402 while the allocation has room for it, none may push spend past the
+/// limit, and the books must agree to the nano.
+#[test]
+fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
+    let Some(llama) = start_llama() else { return };
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"shared\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.01\", period = \"total\" }}\n"
+    );
+    let mut stack = Stack::start_with("llama-race", &org, "", &provider(llama.address), &[MODEL]);
+    let (key, _) = stack.create_key("shared", json!({}));
+    let address = stack.address();
+    let request = json!({
+        "model": MODEL, "max_tokens": 2048, "stream": true, "temperature": 0,
+        "messages": [{"role": "user", "content": "ok?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+            "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}},
+    });
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (key, request) = (key.clone(), request.clone());
+            std::thread::spawn(move || {
+                let mut served = 0u64;
+                for _ in 0..10_000 {
+                    let answer = post_json(address, "/v1/chat/completions", &key, &request);
+                    match answer.status {
+                        200 => {
+                            assert!(
+                                answer.text().ends_with("data: [DONE]\n\n"),
+                                "a whole stream"
+                            );
+                            served += 1;
+                        }
+                        402 => return (served, answer.json()["error"].clone()),
+                        other => panic!("{other}: {}", answer.text()),
+                    }
+                }
+                panic!("the budget never ran out");
+            })
+        })
+        .collect();
+    let results: Vec<(u64, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let spent = stack.spent_nanos("shared");
+    stack.stop();
+    let served: u64 = results.iter().map(|(n, _)| n).sum();
+    let limit = 10_000_000u64;
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    let events = stack.events();
+    let ok: Vec<_> = events.iter().filter(|e| e["status"] == "ok").collect();
+    assert_eq!(ok.len() as u64, served);
+    let cost: u64 = ok.iter().map(|e| e["cost_nanos"].as_u64().unwrap()).sum();
+    assert_eq!(cost, spent, "events and budget table agree to the nano");
+    // Every 402 came once the room left was less than the call's least cost.
+    let least = results
+        .iter()
+        .map(|(_, body)| {
+            assert_eq!(body["type"], "budget_exceeded");
+            let digits = |field: &str| {
+                let text = body[field].as_str().unwrap();
+                let (whole, fraction) = text.split_once('.').unwrap();
+                whole.parse::<u64>().unwrap() * 1_000_000_000
+                    + format!("{fraction:0<9}")[..9].parse::<u64>().unwrap()
+            };
+            assert!(
+                digits("remaining") < digits("requested"),
+                "402 with room: {body}"
+            );
+            digits("requested")
+        })
+        .max()
+        .unwrap();
+    assert!(spent + least > limit, "spent {spent}, least {least}");
+    assert!(
+        spent * 100 >= limit * 95,
+        "spent {spent} of {limit} before the first 402"
+    );
+    assert!(served >= 100, "{served} calls served");
+}

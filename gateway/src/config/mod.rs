@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate_engine::config::{config_error, parse_toml, read_config_file};
 use tollgate_engine::money::deserialize_amount;
-use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period};
+use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
 pub use self::sink::SinkConfig;
@@ -196,6 +196,9 @@ pub struct AllocationConfig {
     pub models: Vec<String>,
     /// The allocation's own budget.
     pub budget: BudgetSpec,
+    /// `tight`: what its calls do when their whole bound does not fit (`clamp`, `wait`,
+    /// `refuse`; default `clamp`).
+    pub tight: Tight,
 }
 
 impl Config {
@@ -784,6 +787,8 @@ struct RawAllocation {
     models: Vec<Spanned<String>>,
     #[serde(default = "unlimited")]
     budget: Spanned<RawBudget>,
+    #[serde(default)]
+    tight: Tight,
 }
 
 fn teams(tables: Vec<Spanned<RawTeam>>, source: &Source<'_>) -> Result<Vec<TeamConfig>> {
@@ -867,6 +872,7 @@ fn allocations(
             cost_center: raw.cost_center,
             models: raw.models.into_iter().map(Spanned::into_inner).collect(),
             budget: budget(&raw.budget, &format!("allocation[{i}].budget"), source)?,
+            tight: raw.tight,
         });
     }
     Ok(allocations)

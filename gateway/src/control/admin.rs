@@ -250,6 +250,8 @@ struct CreateAllocation {
     models: Vec<String>,
     #[serde(default)]
     budget: Option<BudgetRequest>,
+    #[serde(default)]
+    tight: tollgate_engine::Tight,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +305,7 @@ fn create_allocation(
             period: budget.period.unwrap_or(tollgate_engine::Period::Month),
             soft_limit_percent: soft,
         },
+        tight: request.tight,
     };
     // Applied first (it checks names and the project), journaled once it holds.
     crate::control::journal::apply(&record, &control.gateway.directory).map_err(|e| match e {
@@ -496,6 +499,7 @@ fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
                 "budget": budget(&a.budget, now),
                 "project_budget": budget(&a.project.budget, now),
                 "team_budget": budget(&a.project.team.budget, now),
+                "tight": a.tight().as_str(),
     })
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tollgate_engine::{
     Allocation, AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits,
-    KeySpec, KeyStore, Level, Nanos, Scopes, UnixMs, VirtualKey,
+    KeySpec, KeyStore, Level, Nanos, Scopes, Tight, UnixMs, VirtualKey,
 };
 
 /// The journal of admin changes in the state folder: one JSON record a line, replayed at start.
@@ -85,6 +85,10 @@ pub enum Record {
         models: Vec<String>,
         /// Its limit, soft limit and period.
         budget: BudgetSpec,
+        /// What its calls do when their whole bound does not fit (added within the journal's
+        /// format: records without it read as the default, `clamp`).
+        #[serde(default, skip_serializing_if = "is_clamp")]
+        tight: Tight,
     },
     /// A budget limit was changed.
     SetLimit {
@@ -95,6 +99,10 @@ pub enum Record {
         /// The new limit; `None` counts without limiting.
         limit: Option<Nanos>,
     },
+}
+
+fn is_clamp(tight: &Tight) -> bool {
+    *tight == Tight::Clamp
 }
 
 /// Why the journal could not be read or written.
@@ -350,6 +358,7 @@ pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engi
             cost_center,
             models,
             budget,
+            tight,
         } => {
             directory.add_allocation(AllocationSpec {
                 name: name.clone(),
@@ -357,6 +366,7 @@ pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engi
                 cost_center: cost_center.clone(),
                 models: crate::config::allow_list(models)?,
                 budget: *budget,
+                tight: *tight,
             })?;
         }
         Record::SetLimit { level, name, limit } => {

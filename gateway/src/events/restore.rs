@@ -311,6 +311,7 @@ mod tests {
                 cost_center: String::new(),
                 models: tollgate_engine::AllowList::Any,
                 budget: spec(Some(1_000_000), Period::Month),
+                tight: Default::default(),
             })
             .unwrap();
         directory

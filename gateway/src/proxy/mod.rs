@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
     Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status,
-    UnixMs, VirtualKey, reserve_within,
+    Tight, UnixMs, VirtualKey, reserve_within,
 };
 
 use self::json_scan::{Member, Scanned};
@@ -468,14 +468,20 @@ impl Call<'_> {
             max_output_tokens: Some(floor.min(bound.output_tokens_max.0)),
             ..shape
         };
-        let ask = Ask {
-            least: estimate(price, adjustment, least_shape).cost_max,
-            most: bound.cost_max,
+        // The allocation's `tight` policy: clamp takes what there is down to the least cost;
+        // wait and refuse take the whole bound, refuse without waiting for it.
+        let ask = match allocation.tight() {
+            Tight::Clamp => Ask {
+                least: estimate(price, adjustment, least_shape).cost_max,
+                most: bound.cost_max,
+            },
+            Tight::Wait | Tight::Refuse => Ask::exactly(bound.cost_max),
         };
+        let wait = allocation.tight() != Tight::Refuse;
         let admitted = self
             .gateway
             .waiting
-            .admit(&allocation.name, || {
+            .admit(&allocation.name, wait, || {
                 reserve_within(allocation, now_ms(), ask)
             })
             .await;
