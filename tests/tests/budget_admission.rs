@@ -11,6 +11,10 @@ use serde_json::{Value, json};
 use tollgate_tests::http::post_json;
 use tollgate_tests::stack::{ORG, Stack};
 
+/// While calls hold whole bounds only a few are in flight at a time and the rest wait in line;
+/// a race's wait is long enough for the line to drain on a loaded machine.
+const LONG_WAIT: &str = "\n[admission]\nwait_ms_max = 120000\n";
+
 /// The org of the shared stack, with one allocation of `limit` (a decimal in the card's
 /// currency) that never resets.
 fn org(limit: &str) -> String {
@@ -102,7 +106,7 @@ fn check_books(stack: &mut Stack, seen: &Seen, limit_nanos: u64) -> u64 {
 /// bound of one call (2,048 output tokens at gpt-4o's price) is 0.0205 and its answer costs
 /// about 0.0002, so two bounds fill the limit where 250 answers do.
 fn streams_spend_the_budget_before_any_402(clients: usize) {
-    let mut stack = Stack::start("budget-last-cent", &org("0.05"), "");
+    let mut stack = Stack::start("budget-last-cent", &org("0.05"), LONG_WAIT);
     let (key, _) = stack.create_key("shared", json!({}));
     let request = json!({
         "model": "openai/gpt-4o", "max_tokens": 2048, "stream": true,
@@ -147,7 +151,7 @@ fn fifty_coding_agent_sessions_are_all_served_until_the_money_is_spent() {
     // short answers. Each call's bound is about 0.56 (32,000 output tokens at 15 per million,
     // and the prompt's bytes at the dearest prompt price): nine fill 5.00, which pays for
     // over 300 such answers.
-    let mut stack = Stack::start("budget-agents", &org("5.00"), "");
+    let mut stack = Stack::start("budget-agents", &org("5.00"), LONG_WAIT);
     let (key, _) = stack.create_key("shared", json!({}));
     let system = "You are a coding agent. ".repeat(800);
     let request = json!({
@@ -183,7 +187,7 @@ fn fifty_coding_agent_sessions_are_all_served_until_the_money_is_spent() {
 fn calls_that_name_no_maximum_are_capped_at_what_is_left_not_refused() {
     // No max_tokens: each call's bound is the model's cap (16,384 tokens at 10 per million,
     // 0.16), more than the whole limit. Every call is admitted with what is left, capped.
-    let mut stack = Stack::start("budget-no-max", &org("0.01"), "");
+    let mut stack = Stack::start("budget-no-max", &org("0.01"), LONG_WAIT);
     let (key, _) = stack.create_key("shared", json!({}));
     let request = json!({
         "model": "openai/gpt-4o",

@@ -133,7 +133,16 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
     let org = format!(
         "{ORG}\n[[allocation]]\nname = \"shared\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.01\", period = \"total\" }}\n"
     );
-    let mut stack = Stack::start_with("llama-race", &org, "", &provider(llama.address), &[MODEL]);
+    // While calls hold whole bounds, a few are in flight at a time and the rest wait in line:
+    // the wait is long enough for the line to drain on a loaded machine.
+    let admission = "\n[admission]\nwait_ms_max = 120000\n";
+    let mut stack = Stack::start_with(
+        "llama-race",
+        &org,
+        admission,
+        &provider(llama.address),
+        &[MODEL],
+    );
     let (key, _) = stack.create_key("shared", json!({}));
     let address = stack.address();
     let request = json!({
