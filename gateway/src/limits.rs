@@ -34,6 +34,12 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Idle pooled connections kept per upstream host.
 pub const UPSTREAM_IDLE_CONNECTIONS_MAX: usize = 256;
 
+/// How long a pooled upstream connection may sit idle before it is dropped rather than reused:
+/// under the 5 s after which llama.cpp's server, uvicorn (vLLM) and Node close an idle
+/// keep-alive connection, so a call is never sent on a connection the server is closing
+/// (which fails as "connection closed before message completed", a 502 to the client).
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A non-streaming upstream answer is kept (as shared slices, no copy) to read its usage; past
 /// this size it is still forwarded, and its usage is counted instead.
 pub const RESPONSE_METER_BYTES_MAX: usize = 16 * 1024 * 1024;

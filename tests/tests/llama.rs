@@ -167,6 +167,12 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
                             served += 1;
                         }
                         402 => return (served, answer.json()["error"].clone()),
+                        // llama.cpp now and then closes a pooled connection as a call is
+                        // sent on it; the call costs nothing and the client retries, as the
+                        // SDKs do on a 502 (the gateway retrying it itself is routing's job).
+                        502 => {
+                            assert_eq!(answer.json()["error"]["type"], "upstream_error");
+                        }
                         other => panic!("{other}: {}", answer.text()),
                     }
                 }
@@ -183,8 +189,19 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
     let events = stack.events();
     let ok: Vec<_> = events.iter().filter(|e| e["status"] == "ok").collect();
     assert_eq!(ok.len() as u64, served);
-    let cost: u64 = ok.iter().map(|e| e["cost_nanos"].as_u64().unwrap()).sum();
+    let cost: u64 = events
+        .iter()
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
     assert_eq!(cost, spent, "events and budget table agree to the nano");
+    let failed = events
+        .iter()
+        .filter(|e| e["status"] == "upstream_error")
+        .count() as u64;
+    assert!(
+        failed * 20 <= served,
+        "{failed} upstream errors in {served} calls"
+    );
     // Every 402 came once the room left was less than the call's least cost.
     let least = results
         .iter()

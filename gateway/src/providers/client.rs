@@ -17,9 +17,9 @@ use http_body::{Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::limits::UPSTREAM_IDLE_CONNECTIONS_MAX;
+use crate::limits::{UPSTREAM_IDLE_CONNECTIONS_MAX, UPSTREAM_POOL_IDLE_TIMEOUT};
 use crate::providers::config::ProviderConfig;
 
 /// A request body made of slices of the client's body (shared, not copied) and the few bytes
@@ -144,6 +144,8 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(UPSTREAM_IDLE_CONNECTIONS_MAX)
+            .pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
             .build(https);
         Ok(Upstream { base, client })
     }
