@@ -8,7 +8,9 @@
 //! head; the head also retries every [`ADMISSION_RETRY_INTERVAL`], for room freed where no
 //! wake-up is sent (a call of another allocation settling at the shared project or team, a
 //! ledger hold expiring). A call leaves its line when it is admitted, refused, out of time
-//! (`429 budget_busy`), or dropped because its client hung up.
+//! (`429 budget_busy`), or dropped because its client hung up. A call whose wait runs out
+//! tries once more wherever it stands before it gives up: served then out of turn rather than
+//! refused with room there.
 //!
 //! **Invariant:** nothing here reserves or gives back budget; it only orders the attempts.
 //! With no line anywhere (the usual case) a call pays one atomic load for all of this.
@@ -50,6 +52,18 @@ pub enum NotAdmitted {
     },
 }
 
+/// What an attempt that ends the call's turn comes to, after `waited`.
+fn settled_by(
+    tried: Result<Reservation, Refused>,
+    waited: Duration,
+) -> Result<(Reservation, Duration), NotAdmitted> {
+    match tried {
+        Ok(reservation) => Ok((reservation, waited)),
+        Err(Refused::Exhausted(at)) => Err(NotAdmitted::Spent(at)),
+        Err(Refused::Busy(at)) => Err(NotAdmitted::Busy { at, waited }),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -83,16 +97,9 @@ impl Waiting {
         mut attempt: impl FnMut() -> Result<Reservation, Refused>,
     ) -> Result<(Reservation, Duration), NotAdmitted> {
         if !wait || self.queued.load(Ordering::Acquire) == 0 || !self.has_line(allocation) {
-            match attempt() {
-                Ok(reservation) => return Ok((reservation, Duration::ZERO)),
-                Err(Refused::Exhausted(at)) => return Err(NotAdmitted::Spent(at)),
-                Err(Refused::Busy(at)) if !wait || self.config.wait_max.is_zero() => {
-                    return Err(NotAdmitted::Busy {
-                        at,
-                        waited: Duration::ZERO,
-                    });
-                }
-                Err(Refused::Busy(_)) => {}
+            let tried = attempt();
+            if !matches!(tried, Err(Refused::Busy(_))) || !wait || self.config.wait_max.is_zero() {
+                return settled_by(tried, Duration::ZERO);
             }
         }
         self.wait(allocation, attempt).await
@@ -116,40 +123,19 @@ impl Waiting {
         let deadline = started + self.config.wait_max;
         let Some(place) = self.join(allocation) else {
             // Every line is full: busy at once, with the figures of one more try.
-            return match attempt() {
-                Ok(reservation) => Ok((reservation, Duration::ZERO)),
-                Err(Refused::Exhausted(at)) => Err(NotAdmitted::Spent(at)),
-                Err(Refused::Busy(at)) => Err(NotAdmitted::Busy {
-                    at,
-                    waited: Duration::ZERO,
-                }),
-            };
+            return settled_by(attempt(), Duration::ZERO);
         };
         loop {
             if place.at_head() {
-                match attempt() {
-                    Ok(reservation) => return Ok((reservation, started.elapsed())),
-                    Err(Refused::Exhausted(at)) => return Err(NotAdmitted::Spent(at)),
-                    Err(Refused::Busy(at)) if Instant::now() >= deadline => {
-                        return Err(NotAdmitted::Busy {
-                            at,
-                            waited: started.elapsed(),
-                        });
-                    }
-                    Err(Refused::Busy(_)) => {}
+                let tried = attempt();
+                if !matches!(tried, Err(Refused::Busy(_))) || Instant::now() >= deadline {
+                    return settled_by(tried, started.elapsed());
                 }
             }
             let now = Instant::now();
             if now >= deadline {
                 // Out of time before reaching the head: the figures of one last try.
-                return match attempt() {
-                    Ok(reservation) => Ok((reservation, started.elapsed())),
-                    Err(Refused::Exhausted(at)) => Err(NotAdmitted::Spent(at)),
-                    Err(Refused::Busy(at)) => Err(NotAdmitted::Busy {
-                        at,
-                        waited: started.elapsed(),
-                    }),
-                };
+                return settled_by(attempt(), started.elapsed());
             }
             let pause = ADMISSION_RETRY_INTERVAL.min(deadline - now);
             tokio::select! {
