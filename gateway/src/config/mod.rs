@@ -1082,6 +1082,53 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
     }
 
     #[test]
+    fn the_admission_section_and_an_allocations_tight_are_checked() {
+        let with = |section: &str| {
+            Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
+        };
+        assert_eq!(with("").unwrap().admission, AdmissionConfig::default());
+        let config =
+            with("[admission]\nwait_ms_max = 0\nqueued_max = 5\noutput_floor_tokens = 1\n")
+                .unwrap();
+        assert_eq!(
+            config.admission,
+            AdmissionConfig {
+                wait_max: Duration::ZERO,
+                queued_max: 5,
+                output_floor_tokens: 1,
+            }
+        );
+        for (section, field) in [
+            (
+                "[admission]\nwait_ms_max = 600001\n",
+                "admission.wait_ms_max",
+            ),
+            (
+                "[admission]\noutput_floor_tokens = 0\n",
+                "admission.output_floor_tokens",
+            ),
+            ("[admission]\nwait = 5\n", "admission.wait"),
+        ] {
+            match with(section) {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field, "{section}"),
+                other => panic!("{section}: {other:?}"),
+            }
+        }
+        let tight = "[[team]]\nname = \"t2\"\n[[project]]\nname = \"p2\"\nteam = \"t2\"\n\
+                     [[allocation]]\nname = \"a2\"\nproject = \"p2\"\ntight = ";
+        let config = with(&format!("{tight}\"refuse\"\n")).unwrap();
+        let a2 = config.allocations.iter().find(|a| a.name == "a2").unwrap();
+        assert_eq!(a2.tight, Tight::Refuse);
+        let message = with(&format!("{tight}\"sometimes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("tight") && message.contains("sometimes"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn kafka_reconciliation_is_on_by_default_and_replica_names_are_checked() {
         let with = |section: &str| {
             Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
