@@ -88,6 +88,14 @@ impl Drop for TempDir {
     }
 }
 
+/// A decimal amount of the rate card's currency, as the gateway writes it ("0.000123"), in
+/// nano-units.
+pub fn nanos(decimal: &str) -> u64 {
+    let (whole, fraction) = decimal.split_once('.').unwrap_or((decimal, ""));
+    let padded = format!("{fraction:0<9}");
+    whole.parse::<u64>().unwrap() * 1_000_000_000 + padded[..9].parse::<u64>().unwrap()
+}
+
 /// A small file's text (at most 64 MiB: test outputs, reports).
 pub fn read_text(path: &Path) -> String {
     use std::io::Read as _;

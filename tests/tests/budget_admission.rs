@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tollgate_tests::http::post_json;
+use tollgate_tests::nanos;
 use tollgate_tests::stack::{ORG, Stack};
 
 /// While calls hold whole bounds only a few are in flight at a time and the rest wait in line;
@@ -68,13 +69,6 @@ fn race(stack: &Stack, path: &'static str, key: &str, clients: usize, request: &
     Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
 }
 
-/// Nanos of a decimal amount of the card's currency.
-fn nanos(decimal: &str) -> u64 {
-    let (whole, fraction) = decimal.split_once('.').unwrap_or((decimal, ""));
-    let fraction = format!("{fraction:0<9}");
-    whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction[..9].parse::<u64>().unwrap()
-}
-
 /// The books after a race: the events of the admitted calls sum to the table's spend, which
 /// is within the limit; every 402 was a budget spent (no room for the least the call needed).
 fn check_books(stack: &mut Stack, seen: &Seen, limit_nanos: u64) -> u64 {
@@ -102,6 +96,26 @@ fn check_books(stack: &mut Stack, seen: &Seen, limit_nanos: u64) -> u64 {
     spent
 }
 
+/// After a race every client ended on a 402, and what is left is less than one call's least
+/// cost (its prompt bound and 16 output tokens): at least `percent` of the limit was spent.
+fn assert_spent_to_the_end(seen: &Seen, clients: usize, spent: u64, limit: u64, percent: u64) {
+    assert_eq!(seen.refused.len(), clients, "every client ends on a 402");
+    let least = seen
+        .refused
+        .iter()
+        .map(|b| nanos(b["requested"].as_str().unwrap()))
+        .max()
+        .unwrap();
+    assert!(
+        spent + least > limit,
+        "spent {spent}, least {least}, limit {limit}"
+    );
+    assert!(
+        spent * 100 >= limit * percent,
+        "spent {spent} of {limit} before the first 402"
+    );
+}
+
 /// `clients` streams with `max_tokens` 2048 and 10-token answers race a 0.05 allocation: the
 /// bound of one call (2,048 output tokens at gpt-4o's price) is 0.0205 and its answer costs
 /// about 0.0002, so two bounds fill the limit where 250 answers do.
@@ -116,22 +130,7 @@ fn streams_spend_the_budget_before_any_402(clients: usize) {
     let seen = race(&stack, "/v1/chat/completions", &key, clients, &request);
     let limit = nanos("0.05");
     let spent = check_books(&mut stack, &seen, limit);
-    assert_eq!(seen.refused.len(), clients, "every client ends on a 402");
-    // What is left is less than one call's least cost (its prompt bound and 16 output tokens).
-    let least = seen
-        .refused
-        .iter()
-        .map(|b| nanos(b["requested"].as_str().unwrap()))
-        .max()
-        .unwrap();
-    assert!(
-        spent + least > limit,
-        "spent {spent}, least {least}, limit {limit}"
-    );
-    assert!(
-        spent * 100 >= limit * 98,
-        "spent {spent} of {limit} before the first 402"
-    );
+    assert_spent_to_the_end(&seen, clients, spent, limit, 98);
     assert!(seen.ok >= 200, "{} calls served", seen.ok);
 }
 
@@ -165,21 +164,7 @@ fn fifty_coding_agent_sessions_are_all_served_until_the_money_is_spent() {
     let seen = race(&stack, "/v1/messages", &key, 50, &request);
     let limit = nanos("5.00");
     let spent = check_books(&mut stack, &seen, limit);
-    assert_eq!(seen.refused.len(), 50, "every session ends on a 402");
-    let least = seen
-        .refused
-        .iter()
-        .map(|b| nanos(b["requested"].as_str().unwrap()))
-        .max()
-        .unwrap();
-    assert!(
-        spent + least > limit,
-        "spent {spent}, least {least}, limit {limit}"
-    );
-    assert!(
-        spent * 100 >= limit * 97,
-        "spent {spent} of {limit} before the first 402"
-    );
+    assert_spent_to_the_end(&seen, 50, spent, limit, 97);
     assert!(seen.ok >= 250, "{} calls served", seen.ok);
 }
 
@@ -202,16 +187,8 @@ fn calls_that_name_no_maximum_are_capped_at_what_is_left_not_refused() {
         seen.clamped, seen.ok,
         "every call held less than its bound, so each was capped"
     );
-    let least = seen
-        .refused
-        .iter()
-        .map(|b| nanos(b["requested"].as_str().unwrap()))
-        .max()
-        .unwrap();
-    assert!(
-        spent + least > limit,
-        "spent {spent}, least {least}, limit {limit}"
-    );
+    // The least cost here is the prompt's bound and 16 tokens, about 5 % of the limit.
+    assert_spent_to_the_end(&seen, 8, spent, limit, 90);
 }
 
 #[test]

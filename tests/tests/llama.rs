@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use tollgate_tests::http::{self, post_json};
+use tollgate_tests::nanos;
 use tollgate_tests::stack::{ORG, Stack, start_llama};
 
 const MODEL: &str = "llama/tiny-random-llama";
@@ -207,12 +208,7 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
         .iter()
         .map(|(_, body)| {
             assert_eq!(body["type"], "budget_exceeded");
-            let digits = |field: &str| {
-                let text = body[field].as_str().unwrap();
-                let (whole, fraction) = text.split_once('.').unwrap();
-                whole.parse::<u64>().unwrap() * 1_000_000_000
-                    + format!("{fraction:0<9}")[..9].parse::<u64>().unwrap()
-            };
+            let digits = |field: &str| nanos(body[field].as_str().unwrap());
             assert!(
                 digits("remaining") < digits("requested"),
                 "402 with room: {body}"

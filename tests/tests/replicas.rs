@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tollgate_tests::http::post_json;
+use tollgate_tests::nanos;
 use tollgate_tests::stack::{Kafka, ORG, Stack};
 
 const LIMIT_NANOS: u64 = 200_000_000; // "0.20"
@@ -183,11 +184,4 @@ fn replicas_on_one_topic_converge_and_overshoot_within_the_formula() {
         overshoot <= bound,
         "overshoot {overshoot} above the formula's {bound}"
     );
-}
-
-/// "0.000123" in nano-units.
-fn nanos(text: &str) -> u64 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let padded = format!("{fraction:0<9}");
-    whole.parse::<u64>().unwrap() * 1_000_000_000 + padded[..9].parse::<u64>().unwrap()
 }

@@ -25,13 +25,11 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
     } else {
         Protocol::OpenAi
     };
-    // hyper bounds its read buffer; this is the exact, configured bound on the head.
-    let limit = gateway.config.server.header_bytes_max;
-    if head_bytes(&request) > limit {
+    // Refused before any handler: no key or model is known yet.
+    let refuse = |failure: Failure| {
         let now = now_ms();
         let request_id = gateway.request_id(now);
-        let failure = Failure::HeadTooLarge { limit_bytes: limit };
-        return proxy::reject(
+        proxy::reject(
             gateway,
             protocol,
             &request_id,
@@ -40,7 +38,12 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
             None,
             None,
             &failure,
-        );
+        )
+    };
+    // hyper bounds its read buffer; this is the exact, configured bound on the head.
+    let limit = gateway.config.server.header_bytes_max;
+    if head_bytes(&request) > limit {
+        return refuse(Failure::HeadTooLarge { limit_bytes: limit });
     }
     match route(request.method(), request.uri().path()) {
         Route::Model(api) => proxy::model_call(Arc::clone(gateway), api, request).await,
@@ -54,23 +57,11 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
         unserved @ (Route::WrongMethod | Route::NotFound) => {
             let method = request.method().to_string();
             let path: String = request.uri().path().chars().take(256).collect();
-            let failure = if unserved == Route::WrongMethod {
+            refuse(if unserved == Route::WrongMethod {
                 Failure::MethodNotAllowed { method, path }
             } else {
                 Failure::NotFound { method, path }
-            };
-            let now = now_ms();
-            let request_id = gateway.request_id(now);
-            proxy::reject(
-                gateway,
-                protocol,
-                &request_id,
-                now,
-                Instant::now(),
-                None,
-                None,
-                &failure,
-            )
+            })
         }
     }
 }
