@@ -105,66 +105,92 @@ pub fn reserve_within(
     now: UnixMs,
     ask: Ask,
 ) -> Result<Reservation, Refused> {
-    let most = ask.most.max(ask.least);
-    let cells = allocation.budget_cells();
     let mut at = now;
     let mut retries = 0;
-    'attempt: loop {
-        let mut holds = [Hold::default(); 3];
-        // Each level is asked for at most what the levels before it granted.
-        let mut granted = most.0;
-        for (i, cell) in cells.iter().enumerate() {
-            let refusal = match cell.try_reserve(cell.period.index(at), ask.least.0, granted) {
-                Ok(hold) => {
-                    if hold.limited {
-                        granted = hold.nanos;
-                    }
-                    if let Some(slot) = holds.get_mut(i) {
-                        *slot = hold;
-                    }
-                    continue;
-                }
-                Err(refusal) => refusal,
-            };
-            for (taken, cell) in holds.iter().zip(cells).take(i) {
-                cell.release(*taken);
+    loop {
+        match hold_everywhere(allocation, at, ask) {
+            Ok(holds) => {
+                return Ok(Reservation {
+                    allocation: Arc::clone(allocation),
+                    holds,
+                    at,
+                    armed: true,
+                });
             }
-            let refused = |limit, remaining, period| {
-                refusal_at(allocation, i, cell, ask.least, limit, remaining, period)
-            };
-            match refusal {
-                Refusal::Ahead { period } if retries < CLOCK_CATCH_UP_RETRIES_MAX => {
-                    retries += 1;
-                    at = cell.period.start(period).map_or(at, |start| start.max(at));
-                    continue 'attempt;
-                }
-                // Clocks racing past every retry: refuse as if spent, never mis-book spend.
-                Refusal::Ahead { period } => return Err(Refused::Exhausted(refused(0, 0, period))),
-                Refusal::Exhausted {
-                    limit,
-                    remaining,
-                    period,
-                } => return Err(Refused::Exhausted(refused(limit, remaining, period))),
-                Refusal::Busy {
-                    limit,
-                    remaining,
-                    period,
-                } => return Err(Refused::Busy(refused(limit, remaining, period))),
+            Err(Taken::Ahead { start, .. }) if retries < CLOCK_CATCH_UP_RETRIES_MAX => {
+                retries += 1;
+                at = start.map_or(at, |start| start.max(at));
             }
+            // Clocks racing past every retry: refuse as if spent, never mis-book spend.
+            Err(Taken::Ahead { refused, .. }) => return Err(Refused::Exhausted(refused)),
+            Err(Taken::Refused(refused)) => return Err(refused),
         }
-        even_out(&mut holds, &cells, granted);
-        debug_assert!(
-            granted >= ask.least.0 || holds.iter().all(|h| !h.limited),
-            "a hold of {granted} nanos below the least asked, {}",
-            ask.least
-        );
-        return Ok(Reservation {
-            allocation: Arc::clone(allocation),
-            holds,
-            at,
-            armed: true,
+    }
+}
+
+/// Why [`hold_everywhere`] took nothing.
+enum Taken {
+    /// A level is already in a later period than `at`, which starts at `start`; `refused`
+    /// is that level, with no room, for when the clock cannot catch up.
+    Ahead {
+        start: Option<UnixMs>,
+        refused: Box<BudgetExhausted>,
+    },
+    /// A level had no room for the least asked.
+    Refused(Refused),
+}
+
+/// Holds between `ask.least` and `ask.most` at every level in `at`'s periods, the same amount
+/// everywhere, or nothing.
+fn hold_everywhere(allocation: &Allocation, at: UnixMs, ask: Ask) -> Result<[Hold; 3], Taken> {
+    let most = ask.most.max(ask.least);
+    let cells = allocation.budget_cells();
+    let mut holds = [Hold::default(); 3];
+    // Each level is asked for at most what the levels before it granted.
+    let mut granted = most.0;
+    for (i, cell) in cells.iter().enumerate() {
+        let refusal = match cell.try_reserve(cell.period.index(at), ask.least.0, granted) {
+            Ok(hold) => {
+                if hold.limited {
+                    granted = hold.nanos;
+                }
+                if let Some(slot) = holds.get_mut(i) {
+                    *slot = hold;
+                }
+                continue;
+            }
+            Err(refusal) => refusal,
+        };
+        for (taken, cell) in holds.iter().zip(cells).take(i) {
+            cell.release(*taken);
+        }
+        let refused = |limit, remaining, period| {
+            refusal_at(allocation, i, cell, ask.least, limit, remaining, period)
+        };
+        return Err(match refusal {
+            Refusal::Ahead { period } => Taken::Ahead {
+                start: cell.period.start(period),
+                refused: refused(0, 0, period),
+            },
+            Refusal::Exhausted {
+                limit,
+                remaining,
+                period,
+            } => Taken::Refused(Refused::Exhausted(refused(limit, remaining, period))),
+            Refusal::Busy {
+                limit,
+                remaining,
+                period,
+            } => Taken::Refused(Refused::Busy(refused(limit, remaining, period))),
         });
     }
+    even_out(&mut holds, &cells, granted);
+    debug_assert!(
+        granted >= ask.least.0 || holds.iter().all(|h| !h.limited),
+        "a hold of {granted} nanos below the least asked, {}",
+        ask.least
+    );
+    Ok(holds)
 }
 
 /// Levels before the tightest one granted more than `granted`: gives the difference back, so
@@ -256,6 +282,31 @@ impl Reservation {
             }
         }
         settlement
+    }
+
+    /// Holds more, between `ask.least` and `ask.most`, at every level in the periods the
+    /// reservation was booked in: the same amount everywhere, or nothing (the hold stays as
+    /// it was). What a streamed call asks as its running cost nears its hold. A level that has
+    /// since moved into a later period refuses: its period's limit can no longer be checked,
+    /// so the hold does not grow past it.
+    ///
+    /// # Errors
+    /// The first level (most specific first) with no room for `ask.least`, spent or busy.
+    pub fn extend(&mut self, ask: Ask) -> Result<(), Refused> {
+        let more =
+            hold_everywhere(&self.allocation, self.at, ask).map_err(|taken| match taken {
+                Taken::Ahead { refused, .. } => Refused::Exhausted(refused),
+                Taken::Refused(refused) => refused,
+            })?;
+        for (hold, more) in self.holds.iter_mut().zip(more) {
+            debug_assert!(
+                more.nanos == 0 || more.period == hold.period,
+                "an extension in another period than its hold"
+            );
+            hold.nanos = hold.nanos.saturating_add(more.nanos);
+            hold.limited |= more.limited;
+        }
+        Ok(())
     }
 
     /// Gives the holds back without spending anything (the same as dropping).
@@ -890,6 +941,43 @@ mod loom_tests {
             // At least one fits; both fit only one after the other (5 + 6 > 10 never both held).
             assert!(mine || theirs);
             assert_eq!(s.spent.0, u64::from(mine) * 5 + u64::from(theirs) * 6);
+        });
+    }
+
+    /// Two streams extending their holds at once: the limit holds, and an extension that
+    /// does not fit leaves its hold as it was.
+    #[test]
+    fn loom_extensions_race_within_the_limit() {
+        loom::model(|| {
+            let (_dir, a) = test_directory(
+                BudgetSpec::limited(Nanos(10), Period::Month),
+                BudgetSpec::unlimited(Period::Month),
+                BudgetSpec::unlimited(Period::Total),
+            )
+            .unwrap();
+            // A reader may see a settle's spend before its release and refuse for a moment
+            // (the safe side of the protocol), so a reservation may not be taken at all.
+            let extend = |a: Arc<Allocation>| {
+                let Ok(mut r) = reserve(&a, T, Nanos(3)) else {
+                    return (false, 0);
+                };
+                let grew = r.extend(Ask::exactly(Nanos(4))).is_ok();
+                let held = r.held();
+                r.settle(held);
+                (grew, held.0)
+            };
+            let other = {
+                let a = Arc::clone(&a);
+                loom::thread::spawn(move || extend(a))
+            };
+            let mine = extend(Arc::clone(&a));
+            let theirs = other.join().unwrap();
+            let s = a.budget.snapshot(T);
+            // 3 + 3 + 4 fits 10; both extensions never do.
+            assert!(!(mine.0 && theirs.0));
+            assert!(s.spent.0 <= 10, "spent {}", s.spent.0);
+            assert_eq!(s.spent.0, mine.1 + theirs.1);
+            assert_eq!(s.in_flight, Nanos(0));
         });
     }
 
