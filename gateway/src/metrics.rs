@@ -108,9 +108,11 @@ pub enum Counter {
     BudgetBusy,
     /// Calls admitted with their `max_tokens` lowered to what the budget's room affords.
     BudgetClamped,
+    /// Streamed calls the gateway ended when their hold could not be extended.
+    BudgetStopped,
 }
 
-const COUNTERS: [(Counter, &str, &str); 17] = [
+const COUNTERS: [(Counter, &str, &str); 18] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -195,6 +197,11 @@ const COUNTERS: [(Counter, &str, &str); 17] = [
         Counter::BudgetClamped,
         "tollgate_budget_clamped_total",
         "Calls admitted with max_tokens lowered to what the budget's room affords.",
+    ),
+    (
+        Counter::BudgetStopped,
+        "tollgate_budget_stopped_total",
+        "Streamed calls the gateway ended when their budget hold could not be extended.",
     ),
 ];
 

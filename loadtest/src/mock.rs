@@ -380,6 +380,19 @@ struct OpenAiAnswer {
     tool: Option<Value>,
     /// Break the connection after this many streamed tokens.
     reset_after: Option<u64>,
+    /// The answer runs to the cap it was given (else it ends on its own, before it).
+    at_cap: bool,
+}
+
+/// Why an answer ended, as the provider says it: at the cap it was given, or at its own end.
+fn finish_reason(api: Api, at_cap: bool, tool: bool) -> &'static str {
+    match (api, at_cap, tool) {
+        (Api::Messages, _, true) => "tool_use",
+        (Api::Messages, true, false) => "max_tokens",
+        (Api::Messages, false, false) => "end_turn",
+        (_, true, _) => "length",
+        (_, false, _) => "stop",
+    }
 }
 
 impl OpenAiAnswer {
@@ -401,11 +414,12 @@ impl OpenAiAnswer {
                 .unwrap_or("mock")
                 .to_owned()
         });
-        let tokens_out = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        let cap = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| request.get(*k).and_then(Value::as_u64))
             .unwrap_or(defaults.tokens)
             .min(TOKENS_MAX);
+        let tokens_out = cap;
         let tokens_out = if api == Api::Embeddings {
             0
         } else {
@@ -425,6 +439,7 @@ impl OpenAiAnswer {
         OpenAiAnswer {
             api,
             model,
+            at_cap: tokens_out == cap,
             usage,
             stream: request.get("stream").and_then(Value::as_bool) == Some(true),
             include_usage: request
@@ -455,7 +470,13 @@ impl OpenAiAnswer {
             (Api::Chat | Api::Completions | Api::Responses | Api::Messages, false) => {
                 json_response(
                     StatusCode::OK,
-                    &whole(self.api, &self.model, &self.usage, self.tool.as_ref()),
+                    &whole(
+                        self.api,
+                        &self.model,
+                        &self.usage,
+                        self.tool.as_ref(),
+                        self.at_cap,
+                    ),
                 )
             }
             (_, true) => streamed(self),
@@ -555,8 +576,9 @@ fn text(tokens: u64) -> String {
     WORD.repeat(usize::try_from(tokens).unwrap_or(0))
 }
 
-fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>) -> Value {
+fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>, at_cap: bool) -> Value {
     let content = text(usage.output);
+    let finish = finish_reason(api, at_cap, tool.is_some());
     match api {
         Api::Messages => {
             let mut blocks = vec![json!({"type": "text", "text": content})];
@@ -569,7 +591,7 @@ fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>) -> Value {
                 "role": "assistant",
                 "model": model,
                 "content": blocks,
-                "stop_reason": if tool.is_some() { "tool_use" } else { "end_turn" },
+                "stop_reason": finish,
                 "stop_sequence": null,
                 "usage": usage.anthropic(usage.output),
             })
@@ -591,7 +613,7 @@ fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>) -> Value {
             "object": "text_completion",
             "created": 0,
             "model": model,
-            "choices": [{"index": 0, "text": content, "finish_reason": "length", "logprobs": null}],
+            "choices": [{"index": 0, "text": content, "finish_reason": finish, "logprobs": null}],
             "usage": usage.openai(),
         }),
         Api::Chat | Api::Embeddings => json!({
@@ -602,7 +624,7 @@ fn whole(api: Api, model: &str, usage: &Usage, tool: Option<&Value>) -> Value {
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": content},
-                "finish_reason": "length",
+                "finish_reason": finish,
             }],
             "usage": usage.openai(),
         }),
@@ -733,7 +755,7 @@ impl OpenAiAnswer {
             )],
             Api::Chat | Api::Completions | Api::Embeddings => {
                 let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]});
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason(self.api, self.at_cap, false)}]});
                 let mut events = vec![sse(None, &last)];
                 if self.include_usage && !usage.omit {
                     events.push(sse(None, &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage.openai()})));
@@ -772,11 +794,7 @@ impl OpenAiAnswer {
                 &json!({"type": "content_block_stop", "index": 1}),
             ));
         }
-        let stop_reason = if self.tool.is_some() {
-            "tool_use"
-        } else {
-            "end_turn"
-        };
+        let stop_reason = finish_reason(self.api, self.at_cap, self.tool.is_some());
         let delta_usage = if self.usage.omit {
             json!({})
         } else {

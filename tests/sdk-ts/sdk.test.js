@@ -41,7 +41,10 @@ test("streamed chat completion hides the gateway's usage chunk", async () => {
 });
 
 test("an Anthropic model through the OpenAI SDK", async () => {
-  const answer = await openai.chat.completions.create({ model: "anthropic/claude-sonnet-4-5", messages, max_tokens: 2 });
+  // The model ends on its own (2 tokens) before its cap (4): Anthropic's end_turn is "stop".
+  const answer = await openai.chat.completions.create({
+    model: "anthropic/claude-sonnet-4-5", messages, max_tokens: 4, mock: { answer_tokens: 2 },
+  });
   assert.equal(answer.choices[0].message.content, " hello".repeat(2));
   assert.equal(answer.choices[0].finish_reason, "stop");
 });
@@ -108,4 +111,37 @@ test("a busy budget is a retryable 429 in both SDKs, and their retries get throu
   const answer = await patient.chat.completions.create({ model: "openai/gpt-4o-mini", messages, max_tokens: 5 });
   assert.equal(answer.choices[0].message.content, " hello".repeat(5));
   await holding;
+});
+
+test("a stream the budget ends is a normal end in both SDKs: length, and max_tokens", async () => {
+  // Each answer (2,000 tokens) costs more than what the allocation (0.04) has left: the
+  // gateway ends the stream where the budget ends, as the provider ends one at its limit.
+  const key = await stack.key("stop");
+  const openaiStopped = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: key, maxRetries: 0 });
+  const stream = await openaiStopped.chat.completions.create({
+    model: "openai/gpt-4o", messages, max_tokens: 4096, stream: true,
+    stream_options: { include_usage: true }, mock: { answer_tokens: 2000 },
+  });
+  let text = "";
+  const finishes = [];
+  let usage;
+  for await (const chunk of stream) {
+    if (chunk.choices.length > 0) {
+      text += chunk.choices[0].delta.content ?? "";
+      if (chunk.choices[0].finish_reason) finishes.push(chunk.choices[0].finish_reason);
+    }
+    usage = chunk.usage ?? usage;
+  }
+  assert.deepEqual(finishes, ["length"]);
+  assert.ok(usage.completion_tokens > 0 && usage.completion_tokens < 2000, JSON.stringify(usage));
+  assert.equal(text, " hello".repeat(usage.completion_tokens));
+
+  const anthropicStopped = new Anthropic({ baseURL: stack.url, apiKey: key, maxRetries: 0 });
+  const messageStream = anthropicStopped.messages.stream({
+    model: "anthropic/claude-sonnet-4-5", max_tokens: 4096, messages, mock: { answer_tokens: 2000 },
+  });
+  const final = await messageStream.finalMessage();
+  assert.equal(final.stop_reason, "max_tokens");
+  assert.ok(final.usage.output_tokens > 0 && final.usage.output_tokens < 2000);
+  assert.equal(final.content[0].text, " hello".repeat(final.usage.output_tokens));
 });

@@ -73,6 +73,10 @@ budget = { limit = "0.000001", period = "day" }
 name = "busy"
 project = "chatbot"
 budget = { limit = "0.02", period = "total" }
+[[allocation]]
+name = "stop"
+project = "chatbot"
+budget = { limit = "0.04", period = "total" }
 `,
   );
   const gateway = await start(binary("TOLLGATE_BIN"), ["serve", "--config", join(dir, "tollgate.toml")], {

@@ -70,6 +70,16 @@ budget = { limit = "0.02", period = "total" }
 name = "busy-anthropic"
 project = "chatbot"
 budget = { limit = "0.02", period = "total" }
+
+[[allocation]]
+name = "stop-openai"
+project = "chatbot"
+budget = { limit = "0.02", period = "total" }
+
+[[allocation]]
+name = "stop-anthropic"
+project = "chatbot"
+budget = { limit = "0.02", period = "total" }
 """
 
 

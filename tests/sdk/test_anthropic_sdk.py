@@ -27,6 +27,21 @@ def test_streamed_message(client):
     assert final.usage.output_tokens == 4
 
 
+def test_a_stream_the_budget_ends_is_a_normal_end_at_max_tokens(stack):
+    # The answer (2,000 tokens) costs more than the allocation's 0.02: the gateway ends the
+    # stream where the budget ends, as Anthropic ends one at max_tokens.
+    client = anthropic.Anthropic(base_url=stack.url, api_key=stack.key("stop-anthropic"), max_retries=0)
+    with client.messages.stream(
+        model=MODEL, max_tokens=4096, messages=MESSAGES, extra_body={"mock": {"answer_tokens": 2000}},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "max_tokens"
+    assert 0 < final.usage.output_tokens < 2000
+    assert text == " hello" * final.usage.output_tokens
+    assert stack.spent_nanos("stop-anthropic") <= 20_000_000
+
+
 def test_refusals(stack):
     bad = anthropic.Anthropic(base_url=stack.url, api_key="tg_not_a_key", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):

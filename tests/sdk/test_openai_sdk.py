@@ -105,3 +105,25 @@ def test_a_busy_budget_is_a_retryable_429_and_the_sdk_gets_through_by_retrying(s
     answer = patient.chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5)
     assert answer.choices[0].message.content == " hello" * 5
     holder.join(30)
+
+
+def test_a_stream_the_budget_ends_is_a_normal_end_at_length(stack):
+    # The answer (2,000 tokens) costs more than the allocation's 0.02: the gateway ends the
+    # stream where the budget ends, as OpenAI ends one at max_tokens, with the usage chunk.
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=stack.key("stop-openai"), max_retries=0)
+    chunks = list(client.chat.completions.create(
+        model="openai/gpt-4o", max_tokens=4096, stream=True, stream_options={"include_usage": True},
+        messages=MESSAGES, extra_body={"mock": {"answer_tokens": 2000}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    usage = chunks[-1].usage
+    assert 0 < usage.completion_tokens < 2000
+    assert text == " hello" * usage.completion_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+    stack.flush()
+    assert stack.spent_nanos("stop-openai") <= 20_000_000
+    event = next(e for e in stack.events() if e.get("allocation") == "stop-openai" and e["status"] == "ok")
+    assert event["tokens_out"] == usage.completion_tokens
+    assert event["cost_nanos"] == stack.spent_nanos("stop-openai")

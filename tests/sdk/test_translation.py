@@ -18,8 +18,9 @@ def client(stack):
 
 
 def test_chat_completion_from_an_anthropic_model(client):
+    # The model ends on its own (4 tokens) before its cap (8): Anthropic's end_turn is "stop".
     answer = client.chat.completions.create(
-        model=MODEL, max_tokens=4,
+        model=MODEL, max_tokens=8, extra_body={"mock": {"answer_tokens": 4}},
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
     assert answer.object == "chat.completion"
     assert answer.model == MODEL
@@ -29,6 +30,7 @@ def test_chat_completion_from_an_anthropic_model(client):
 
 
 def test_streamed_chat_completion_from_an_anthropic_model(client):
+    # The answer runs to its cap: Anthropic's max_tokens is "length".
     chunks = list(client.chat.completions.create(
         model=MODEL, max_tokens=3, stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "Hi"}]))
@@ -36,7 +38,7 @@ def test_streamed_chat_completion_from_an_anthropic_model(client):
     assert text == " hello" * 3
     assert chunks[-1].usage.completion_tokens == 3
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == ["stop"]
+    assert finishes == ["length"]
 
 
 def test_tool_calls_round_trip(client):

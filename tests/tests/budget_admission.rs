@@ -29,8 +29,46 @@ fn org(limit: &str) -> String {
 struct Seen {
     ok: u64,
     clamped: u64,
+    /// Streams the gateway ended at the budget, as the provider ends one at its limit.
+    stopped: u64,
     refused: Vec<Value>,
     other: Vec<String>,
+}
+
+/// How a streamed answer ended: `Some(true)` stopped at the output limit (OpenAI's
+/// `finish_reason: "length"`, Anthropic's `stop_reason: "max_tokens"`), `Some(false)` at its
+/// own end; `None` when it is not a whole stream (no `[DONE]` or `message_stop` last, or no
+/// finish at all). Not a stream: `Some(false)`.
+fn stream_end(body: &str) -> Option<bool> {
+    if !body.starts_with("data:") && !body.starts_with("event:") {
+        return Some(false);
+    }
+    let datas: Vec<Value> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let openai = body.trim_end().ends_with("data: [DONE]");
+    let anthropic = datas.last().is_some_and(|d| d["type"] == "message_stop");
+    let reasons: Vec<&Value> = if openai {
+        datas
+            .iter()
+            .filter_map(|d| d["choices"].get(0))
+            .map(|c| &c["finish_reason"])
+            .filter(|r| !r.is_null())
+            .collect()
+    } else {
+        datas
+            .iter()
+            .filter(|d| d["type"] == "message_delta")
+            .map(|d| &d["delta"]["stop_reason"])
+            .collect()
+    };
+    match (openai || anthropic, reasons.as_slice()) {
+        (true, [reason]) => Some(*reason == "length" || *reason == "max_tokens"),
+        _ => None,
+    }
 }
 
 /// `clients` threads each send `request` until the budget refuses them with 402.
@@ -49,6 +87,11 @@ fn race(stack: &Stack, path: &'static str, key: &str, clients: usize, request: &
                             seen.ok += 1;
                             if answer.header("x-tollgate-max-tokens-clamped").is_some() {
                                 seen.clamped += 1;
+                            }
+                            match stream_end(&answer.text()) {
+                                Some(true) => seen.stopped += 1,
+                                Some(false) => {}
+                                None => seen.other.push(format!("cut: {}", answer.text())),
                             }
                         }
                         402 => {
@@ -132,6 +175,50 @@ fn streams_spend_the_budget_before_any_402(clients: usize) {
     let spent = check_books(&mut stack, &seen, limit);
     assert_spent_to_the_end(&seen, clients, spent, limit, 98);
     assert!(seen.ok >= 200, "{} calls served", seen.ok);
+}
+
+/// Streams whose answers outrun their holds: 64 clients, 300-token answers under a 4,096
+/// `max_tokens`, on 0.10. The first call holds its whole bound (0.041); the next ones get what
+/// is left, and as their answers run past it they are stopped, cleanly, where the hold could
+/// not grow. Spend goes to the last cent: the 402s come only when less than one call's least
+/// cost is left, and the limit is never passed.
+#[test]
+fn streams_that_outrun_their_hold_are_ended_as_at_max_tokens_and_never_pass_the_limit() {
+    let mut stack = Stack::start("budget-stop", &org("0.10"), LONG_WAIT);
+    let (key, _) = stack.create_key("shared", json!({}));
+    let request = json!({
+        "model": "openai/gpt-4o", "max_tokens": 4096, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "a long answer"}],
+        "mock": {"answer_tokens": 300, "token_ms": 1},
+    });
+    let seen = race(&stack, "/v1/chat/completions", &key, 64, &request);
+    let limit = nanos("0.10");
+    let spent = check_books(&mut stack, &seen, limit);
+    assert_spent_to_the_end(&seen, 64, spent, limit, 99);
+    assert!(seen.stopped > 0, "no stream outran its hold");
+    assert!(
+        seen.ok > seen.stopped,
+        "{} of {} stopped",
+        seen.stopped,
+        seen.ok
+    );
+}
+
+#[test]
+fn anthropic_streams_that_outrun_their_hold_end_with_max_tokens() {
+    let mut stack = Stack::start("budget-stop-messages", &org("5.00"), LONG_WAIT);
+    let (key, _) = stack.create_key("shared", json!({}));
+    let request = json!({
+        "model": "anthropic/claude-sonnet-4-5", "max_tokens": 32000, "stream": true,
+        "messages": [{"role": "user", "content": "a long answer"}],
+        "mock": {"answer_tokens": 3000, "token_ms": 0},
+    });
+    let seen = race(&stack, "/v1/messages", &key, 16, &request);
+    let limit = nanos("5.00");
+    let spent = check_books(&mut stack, &seen, limit);
+    assert_spent_to_the_end(&seen, 16, spent, limit, 99);
+    assert!(seen.stopped > 0, "no stream outran its hold");
 }
 
 #[test]

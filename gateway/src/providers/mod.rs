@@ -152,6 +152,15 @@ pub fn credential(
     Ok(Some(header))
 }
 
+/// Whether a streamed call of `route` served this way can be ended by the gateway mid-way
+/// ([`Reader::stop`]): native chat-completions and Messages streams, whose readers
+/// ([`native_reader`]) end them as the provider does at its output limit. Other streams
+/// (translated ones, completions, responses) are capped at admission instead.
+#[must_use]
+pub fn stops_streams(route: Api, serve: &Serve) -> bool {
+    matches!(serve, Serve::Native { .. }) && matches!(route, Api::ChatCompletions | Api::Messages)
+}
+
 /// The reader of a native answer in the route's own dialect: OpenAI's for its routes,
 /// Anthropic's for `/v1/messages`. Error answers pass through as the provider wrote them.
 #[must_use]
@@ -167,6 +176,10 @@ pub fn native_reader(answer: &Answer<'_>) -> Box<dyn Reader> {
             false,
         )),
         (Api::Messages, false) => Box::new(Whole::passed(anthropic::read::usage_of_body)),
+        (Api::ChatCompletions, true) => Box::new(Events::new(
+            openai::read::OpenAiTally::chat(STREAM_TEXT_BYTES_MAX, answer.include_usage),
+            answer.hide_usage,
+        )),
         (_, true) => Box::new(Events::new(
             openai::read::OpenAiTally::new(STREAM_TEXT_BYTES_MAX),
             answer.hide_usage,

@@ -89,6 +89,14 @@ pub trait Reader: Send {
     /// The content type the client gets when the answer is rewritten into another API's
     /// format; `None` when the provider's bytes (and their length) pass through.
     fn rewritten_as(&self) -> Option<&'static str>;
+    /// Bytes of generated text (tool-call arguments included) read so far: what a streamed
+    /// call's running cost is counted from.
+    fn text_bytes(&self) -> u64;
+    /// The gateway ends the answer here, before the provider's own end: the events the
+    /// provider itself sends when it stops at its output limit, with `usage` where the
+    /// client's API reports it. `None` when this answer cannot be ended that way (a whole
+    /// answer; a stream the gateway caps instead, see [`crate::providers::stops_streams`]).
+    fn stop(&mut self, usage: &TokenUsage) -> Option<Bytes>;
 }
 
 /// Reads a whole answer's usage in one dialect.
@@ -225,6 +233,14 @@ impl Reader for Whole {
     fn rewritten_as(&self) -> Option<&'static str> {
         self.rewrites.then_some("application/json")
     }
+
+    fn text_bytes(&self) -> u64 {
+        self.kept_bytes as u64
+    }
+
+    fn stop(&mut self, _usage: &TokenUsage) -> Option<Bytes> {
+        None
+    }
 }
 
 /// What one streamed event told a tally.
@@ -242,6 +258,11 @@ pub trait Tally: Send {
     fn observe(&mut self, data: &[u8]) -> Observed;
     /// How the stream's tokens are known so far.
     fn reading(&mut self) -> Reading;
+    /// Bytes of generated text seen so far.
+    fn text_bytes(&self) -> u64;
+    /// The events that end the stream at the output limit, reporting `usage` where the
+    /// dialect does; `None` when the tally cannot end its stream.
+    fn stop(&mut self, usage: &TokenUsage) -> Option<String>;
 }
 
 /// Server-sent events passed through as they come, read by a dialect's tally on the way.
@@ -306,6 +327,14 @@ impl<T: Tally> Reader for Events<T> {
     fn rewritten_as(&self) -> Option<&'static str> {
         None
     }
+
+    fn text_bytes(&self) -> u64 {
+        self.tally.text_bytes()
+    }
+
+    fn stop(&mut self, usage: &TokenUsage) -> Option<Bytes> {
+        self.tally.stop(usage).map(Bytes::from)
+    }
 }
 
 /// A dialect's stream rewritten into OpenAI's `chat.completion.chunk` events.
@@ -317,6 +346,8 @@ pub trait Translator: Send {
     fn finish(&mut self, out: &mut String);
     /// How the stream's tokens are known.
     fn reading(&mut self) -> Reading;
+    /// Bytes of generated text seen so far.
+    fn text_bytes(&self) -> u64;
 }
 
 /// Server-sent events translated one at a time.
@@ -369,6 +400,15 @@ impl<T: Translator> Reader for TranslatedEvents<T> {
 
     fn rewritten_as(&self) -> Option<&'static str> {
         Some("text/event-stream")
+    }
+
+    fn text_bytes(&self) -> u64 {
+        self.translator.text_bytes()
+    }
+
+    fn stop(&mut self, _usage: &TokenUsage) -> Option<Bytes> {
+        // Translated streams are capped at admission, not stopped.
+        None
     }
 }
 

@@ -20,11 +20,12 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tollgate_engine::tokens::{Exactness, count_tokens};
 use tollgate_engine::{
-    Charged, Cost, EventKind, ModelRef, Nanos, RateCard, Reservation, Status, TokenUsage, Tokens,
-    UnixMs, UsageEvent, UsageSource, VirtualKey,
+    Charged, Cost, EventKind, ModelRef, Nanos, Next, RateCard, Reservation, Status, StreamBudget,
+    TokenUsage, Tokens, UnixMs, UsageEvent, UsageSource, VirtualKey,
 };
 
 use crate::http::response::BodyError;
@@ -42,8 +43,8 @@ pub struct Ticket {
     pub key: Arc<VirtualKey>,
     /// The budget held for the call.
     pub reservation: Reservation,
-    /// The most the call can cost (what was reserved where a level has a limit): what a call
-    /// whose usage cannot be known is billed.
+    /// The most the call can cost: what a call whose usage cannot be known is billed, or its
+    /// hold when that is less (a capped or stopped call never costs more than it held).
     pub bound: Nanos,
     /// The rate card the call is priced with (the one in force when it was admitted).
     pub card: Arc<RateCard>,
@@ -101,6 +102,9 @@ impl Ticket {
         } = self;
         let at = reservation.at();
         let (usage, source) = measured.usage();
+        let bound = reservation
+            .bounded_at()
+            .map_or(bound, |held| held.min(bound));
         let (version, cost) = price(&card, &key, &model, &usage, measured, bound, at);
         let settlement = reservation.settle(cost.billed);
         // What the hold did not use is room for the next call in line.
@@ -162,39 +166,7 @@ impl Ticket {
         ttft: Option<Duration>,
     ) {
         let count = move |ticket: Ticket| {
-            let model = ticket.model.model();
-            let (input, input_exactness) = match reported_input {
-                Some(usage) => (usage, Exactness::Exact),
-                None => {
-                    let (text, messages) = prompt_text(&ticket.request_body);
-                    let (tokens, exactness) = count_tokens(model, &text);
-                    // Chat framing: a few tokens per message and for the reply's priming.
-                    let framing = messages.saturating_mul(4).saturating_add(3);
-                    let total = tokens.0.saturating_add(framing);
-                    (TokenUsage::new(total, 0, 0, 0, 0), exactness)
-                }
-            };
-            let (kept, output_exactness) = count_tokens(model, &output_text);
-            // Text past the kept part: at the density of the kept part (4 bytes a token if
-            // nothing was kept).
-            let beyond = if output_text.is_empty() {
-                beyond_bytes.div_ceil(4)
-            } else {
-                let scaled = u128::from(beyond_bytes) * u128::from(kept.0);
-                u64::try_from(scaled.div_ceil(output_text.len() as u128)).unwrap_or(u64::MAX)
-            };
-            let exact = input_exactness == Exactness::Exact
-                && output_exactness == Exactness::Exact
-                && beyond_bytes == 0;
-            let exactness = if exact {
-                Exactness::Exact
-            } else {
-                Exactness::Estimate
-            };
-            let usage = TokenUsage {
-                output: Tokens(kept.0.saturating_add(beyond)),
-                ..input
-            };
+            let (usage, exactness) = ticket.count(&output_text, beyond_bytes, reported_input);
             ticket.finish(status, Measured::Counted(usage, exactness), ttft);
         };
         match tokio::runtime::Handle::try_current() {
@@ -203,6 +175,51 @@ impl Ticket {
             }
             Err(_) => count(self),
         }
+    }
+
+    /// The call's tokens counted: the prompt from the client's body (unless the provider
+    /// reported it), the output from the text streamed, kept up to a cap, and `beyond_bytes`
+    /// past it. Slow on long text: never on an async thread.
+    fn count(
+        &self,
+        output_text: &str,
+        beyond_bytes: u64,
+        reported_input: Option<TokenUsage>,
+    ) -> (TokenUsage, Exactness) {
+        let model = self.model.model();
+        let (input, input_exactness) = match reported_input {
+            Some(usage) => (usage, Exactness::Exact),
+            None => {
+                let (text, messages) = prompt_text(&self.request_body);
+                let (tokens, exactness) = count_tokens(model, &text);
+                // Chat framing: a few tokens per message and for the reply's priming.
+                let framing = messages.saturating_mul(4).saturating_add(3);
+                let total = tokens.0.saturating_add(framing);
+                (TokenUsage::new(total, 0, 0, 0, 0), exactness)
+            }
+        };
+        let (kept, output_exactness) = count_tokens(model, output_text);
+        // Text past the kept part: at the density of the kept part (4 bytes a token if
+        // nothing was kept).
+        let beyond = if output_text.is_empty() {
+            beyond_bytes.div_ceil(4)
+        } else {
+            let scaled = u128::from(beyond_bytes) * u128::from(kept.0);
+            u64::try_from(scaled.div_ceil(output_text.len() as u128)).unwrap_or(u64::MAX)
+        };
+        let exact = input_exactness == Exactness::Exact
+            && output_exactness == Exactness::Exact
+            && beyond_bytes == 0;
+        let exactness = if exact {
+            Exactness::Exact
+        } else {
+            Exactness::Estimate
+        };
+        let usage = TokenUsage {
+            output: Tokens(kept.0.saturating_add(beyond)),
+            ..input
+        };
+        (usage, exactness)
     }
 }
 
@@ -288,7 +305,9 @@ const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
 /// The upstream's body on its way to the client, read by the provider's [`Reader`].
 pub struct Metered {
-    upstream: Incoming,
+    /// `None` once the gateway has stopped the stream: dropping it closes the upstream
+    /// request, so the provider stops generating.
+    upstream: Option<Incoming>,
     /// An upstream failure seen while pieces were gathered: sent after them, once hyper has
     /// had a chance to flush them (an error aborts the connection with what is unwritten).
     failed: Option<MeterError>,
@@ -300,6 +319,27 @@ pub struct Metered {
     idle_timeout: Duration,
     ticket: Option<Ticket>,
     ttft: Option<Duration>,
+    /// A streamed call admitted with less than its bound held: its running cost, kept under
+    /// the hold.
+    budget: Option<StreamBudget>,
+    /// Generated bytes the budget has counted.
+    text_bytes_counted: u64,
+    /// The gateway stopped the stream: the count of what was streamed, then the closing
+    /// events.
+    stopping: Stopping,
+}
+
+/// Where a stream the gateway ends stands.
+enum Stopping {
+    /// Not stopped.
+    No,
+    /// Stopped: what was streamed is being counted (off the async threads), and the call is
+    /// settled with that count; the closing events report it.
+    Counting(JoinHandle<TokenUsage>),
+    /// Stopped, and settled with the usage the provider had already reported.
+    Counted(TokenUsage),
+    /// The closing events are sent.
+    Closed,
 }
 
 impl Metered {
@@ -312,9 +352,10 @@ impl Metered {
         reader: Box<dyn Reader>,
         error_answer: bool,
         idle_timeout: Duration,
+        budget: Option<StreamBudget>,
     ) -> Metered {
         Metered {
-            upstream,
+            upstream: Some(upstream),
             failed: None,
             flushed_before_failing: false,
             error_answer,
@@ -323,6 +364,9 @@ impl Metered {
             idle_timeout,
             ticket: Some(ticket),
             ttft: None,
+            budget,
+            text_bytes_counted: 0,
+            stopping: Stopping::No,
         }
     }
 
@@ -332,7 +376,73 @@ impl Metered {
         if pushed.text && self.ttft.is_none() {
             self.ttft = self.ticket.as_ref().map(|t| t.sent.elapsed());
         }
+        self.keep_within_budget();
         Ok(pushed.out)
+    }
+
+    /// Counts the piece's generated bytes against the call's hold, extending it as needed;
+    /// when it cannot be extended, stops the stream: the upstream request is closed, what was
+    /// streamed is counted and settled, and the closing events follow what is ready.
+    fn keep_within_budget(&mut self) {
+        let (Some(budget), Some(ticket)) = (&mut self.budget, &mut self.ticket) else {
+            return;
+        };
+        let text_bytes = self.reader.text_bytes();
+        let piece = text_bytes.saturating_sub(self.text_bytes_counted);
+        if piece == 0 {
+            return;
+        }
+        self.text_bytes_counted = text_bytes;
+        if budget.take(&mut ticket.reservation, piece) == Next::Go {
+            return;
+        }
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        self.upstream = None;
+        self.budget = None;
+        ticket.gateway.metrics.add(Counter::BudgetStopped, 1);
+        let ttft = self.ttft;
+        let counted = match self.reader.reading() {
+            Reading::Reported(usage) => {
+                ticket.finish(Status::Ok, Measured::Provider(usage), ttft);
+                self.stopping = Stopping::Counted(usage);
+                return;
+            }
+            Reading::Text {
+                text,
+                beyond_bytes,
+                input,
+            } => tokio::task::spawn_blocking(move || {
+                let (usage, exactness) = ticket.count(&text, beyond_bytes, input);
+                ticket.finish(Status::Ok, Measured::Counted(usage, exactness), ttft);
+                usage
+            }),
+            Reading::Unreadable => tokio::task::spawn_blocking(move || {
+                let (usage, exactness) = ticket.count("", 0, None);
+                ticket.finish(Status::Ok, Measured::Counted(usage, exactness), ttft);
+                usage
+            }),
+        };
+        self.stopping = Stopping::Counting(counted);
+    }
+
+    /// A stream the gateway stopped: once its count is in, the closing events, then the end.
+    fn poll_stopping(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<FrameResult>>> {
+        let usage = match &mut self.stopping {
+            Stopping::No => return None,
+            Stopping::Closed => return Some(Poll::Ready(None)),
+            Stopping::Counted(usage) => *usage,
+            Stopping::Counting(counted) => match Pin::new(counted).poll(cx) {
+                Poll::Pending => return Some(Poll::Pending),
+                // Were the count's task to fail, the hold is given back and the stream
+                // closes without counts.
+                Poll::Ready(counted) => counted.unwrap_or_default(),
+            },
+        };
+        self.stopping = Stopping::Closed;
+        let closing = self.reader.stop(&usage).unwrap_or_default();
+        Some(Poll::Ready(Some(Ok(Frame::data(closing)))))
     }
 
     /// A failure seen while pieces were gathered, sent once hyper has flushed them: first a
@@ -401,6 +511,9 @@ impl Body for Metered {
         if let Some(failing) = this.poll_failure(cx) {
             return failing;
         }
+        if let Some(stopping) = this.poll_stopping(cx) {
+            return stopping;
+        }
         // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
         let mut ready: Option<BytesMut> = None;
         let emit = |ready: Option<BytesMut>| ready.map(|r| Ok(Frame::data(r.freeze())));
@@ -414,7 +527,14 @@ impl Body for Metered {
             }
         };
         loop {
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
+            let Some(upstream) = this.upstream.as_mut() else {
+                // Stopped by the budget: what is ready goes first, the closing events next.
+                if ready.is_some() {
+                    return Poll::Ready(emit(ready));
+                }
+                return this.poll_stopping(cx).unwrap_or(Poll::Ready(None));
+            };
+            match Pin::new(upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
@@ -458,13 +578,17 @@ impl Body for Metered {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ticket.is_none() && self.upstream.is_end_stream()
+        match (&self.upstream, &self.stopping) {
+            (Some(upstream), Stopping::No) => self.ticket.is_none() && upstream.is_end_stream(),
+            (_, Stopping::Closed) => true,
+            (None, _) | (_, Stopping::Counting(_) | Stopping::Counted(_)) => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.reader.rewritten_as() {
-            None => self.upstream.size_hint(),
-            Some(_) => SizeHint::default(),
+        match (&self.upstream, self.reader.rewritten_as()) {
+            (Some(upstream), None) => upstream.size_hint(),
+            _ => SizeHint::default(),
         }
     }
 }

@@ -24,8 +24,8 @@ use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
-    Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Reservation, Status,
-    Tight, UnixMs, VirtualKey, reserve_within,
+    Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused, Reservation,
+    Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
 };
 
 use self::json_scan::{Member, Scanned};
@@ -38,7 +38,7 @@ use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::http::response::{REQUEST_ID, ResponseBody, error_response};
 use crate::http::route::Api;
 use crate::metrics::Counter;
-use crate::providers::{Answer, Provider, Serve, SliceBody};
+use crate::providers::{Answer, Provider, Serve, SliceBody, stops_streams};
 use crate::state::Gateway;
 
 /// The error response for `failure`, with its usage event.
@@ -154,6 +154,8 @@ struct Admitted {
     card: Arc<RateCard>,
     provider: Arc<Provider>,
     upstream: Prepared,
+    /// A stream admitted short of its bound: its running cost, kept under its hold.
+    stream_budget: Option<StreamBudget>,
     forwarded_headers: HeaderMap,
     request_body: Bytes,
 }
@@ -221,6 +223,9 @@ struct Prepared {
     /// The completion tokens per choice the body was capped at, when only part of the call's
     /// bound could be held (told to the client in a header).
     output_cap: Option<u64>,
+    /// A stream the gateway can end mid-way ([`crate::providers::stops_streams`]): admitted
+    /// with what there is room for, it is stopped when its hold cannot grow, not capped.
+    stoppable: bool,
 }
 
 /// What admission held for a call.
@@ -230,6 +235,8 @@ struct Held {
     bound: Estimate,
     /// Completion tokens per choice the call is capped at, when the hold is short of the bound.
     output_cap: Option<u64>,
+    /// A stoppable stream's running cost, when the hold is short of the bound.
+    budget: Option<StreamBudget>,
 }
 
 impl Call<'_> {
@@ -269,22 +276,19 @@ impl Call<'_> {
             reservation,
             bound,
             output_cap: _,
+            budget: stream_budget,
         } = held;
-        // What a call whose usage cannot be known is billed: its bound, or its hold when it
-        // was capped to that, so it never costs more than it held.
-        let billed_if_unknown = reservation
-            .bounded_at()
-            .map_or(bound.cost_max, |held| held.min(bound.cost_max));
         Ok(Admitted {
             api: self.api,
             budget: key.allocation.tightest(now_ms()),
-            bound: billed_if_unknown,
+            bound: bound.cost_max,
             key,
             model,
             reservation,
             card,
             provider,
             upstream,
+            stream_budget,
             forwarded_headers: parts.headers,
             request_body: body,
         })
@@ -384,6 +388,7 @@ impl Call<'_> {
             .and_then(|m| json_scan::read::<serde_json::Value>(body, m))
             .and_then(|v| v.get("include_usage")?.as_bool())
             .unwrap_or(false);
+        let stoppable = stream && stops_streams(self.api, &serve);
         let (chunks, hide_usage) = match serve {
             Serve::Translated(translate) => {
                 let translated = translate(body, model.model(), price.max_output_tokens)
@@ -406,6 +411,7 @@ impl Call<'_> {
             output_tokens_max,
             choices,
             output_cap: None,
+            stoppable,
         })
     }
 
@@ -468,22 +474,27 @@ impl Call<'_> {
             max_output_tokens: Some(floor.min(bound.output_tokens_max.0)),
             ..shape
         };
-        // The allocation's `tight` policy: clamp takes what there is down to the least cost;
-        // wait and refuse take the whole bound, refuse without waiting for it.
-        let ask = match allocation.tight() {
-            Tight::Clamp => Ask {
-                least: estimate(price, adjustment, least_shape).cost_max,
-                most: bound.cost_max,
-            },
-            Tight::Wait | Tight::Refuse => Ask::exactly(bound.cost_max),
+        // The allocation's `tight` policy. Clamp holds the whole bound while the budget has
+        // it, waiting in line while calls in flight hold it, so no answer is cut for want of
+        // room that is coming back; only when settled spend leaves less than the bound does it
+        // take what there is, down to the least cost (the end of the budget). Wait and refuse
+        // take the whole bound, refuse without waiting for it.
+        let whole = Ask::exactly(bound.cost_max);
+        let rest = Ask {
+            least: estimate(price, adjustment, least_shape).cost_max,
+            most: bound.cost_max,
         };
-        let wait = allocation.tight() != Tight::Refuse;
+        let tight = allocation.tight();
+        let attempt = || match reserve_within(allocation, now_ms(), whole) {
+            Err(Refused::Exhausted(_)) if tight == Tight::Clamp => {
+                reserve_within(allocation, now_ms(), rest)
+            }
+            held => held,
+        };
         let admitted = self
             .gateway
             .waiting
-            .admit(&allocation.name, wait, || {
-                reserve_within(allocation, now_ms(), ask)
-            })
+            .admit(&allocation.name, tight != Tight::Refuse, attempt)
             .await;
         self.count_wait(&admitted);
         let (reservation, _waited) = admitted.map_err(|refusal| {
@@ -497,17 +508,25 @@ impl Call<'_> {
                 NotAdmitted::Busy { at, .. } => Failure::BudgetBusy(at, scope, 1),
             }
         })?;
-        let output_cap = match reservation.bounded_at() {
-            Some(held) if held < bound.cost_max && self.api != Api::Embeddings => {
-                let total = output_tokens_within(price, adjustment, shape, held);
-                Some((total / upstream.choices).max(1))
+        let short = reservation
+            .bounded_at()
+            .is_some_and(|held| held < bound.cost_max && self.api != Api::Embeddings);
+        let (output_cap, budget) = match (short, reservation.bounded_at()) {
+            // A stream that can be stopped goes on as far as its hold can grow.
+            (true, _) if upstream.stoppable => {
+                (None, Some(StreamBudget::new(price, adjustment, shape)))
             }
-            _ => None,
+            (true, Some(held)) => {
+                let total = output_tokens_within(price, adjustment, shape, held);
+                (Some((total / upstream.choices).max(1)), None)
+            }
+            _ => (None, None),
         };
         Ok(Held {
             reservation,
             bound,
             output_cap,
+            budget,
         })
     }
 
@@ -601,6 +620,7 @@ async fn forward(
         card,
         provider,
         upstream,
+        stream_budget,
         forwarded_headers,
         request_body,
     } = admitted;
@@ -628,6 +648,7 @@ async fn forward(
         output_tokens_max: _,
         choices: _,
         output_cap,
+        stoppable: _,
     } = upstream;
     let sent = send(
         &provider,
@@ -647,6 +668,7 @@ async fn forward(
         hide_usage,
         output_cap,
         budget,
+        stream_budget,
     };
     relay(&provider, response, ticket, asked, protocol)
 }
@@ -658,6 +680,7 @@ struct Asked {
     hide_usage: bool,
     output_cap: Option<u64>,
     budget: Option<(Level, BudgetSnapshot)>,
+    stream_budget: Option<StreamBudget>,
 }
 
 /// The header telling a client its call's completion tokens were capped (per choice) at what
@@ -761,7 +784,10 @@ fn relay(
         }
     }
     let idle = provider.config.idle_timeout;
-    let metered = Metered::new(body, ticket, reader, !success, idle);
+    // Only a stream that came back as one can be stopped; any other answer is settled at
+    // what it reports, as a whole.
+    let stream_budget = asked.stream_budget.filter(|_| success && is_sse);
+    let metered = Metered::new(body, ticket, reader, !success, idle, stream_budget);
     out.body(ResponseBody::Streamed(Box::pin(metered)))
         .unwrap_or_else(|e| {
             error_response(protocol, &request_id, &Failure::Internal(e.to_string()))

@@ -117,4 +117,8 @@ impl Translator for Chunks {
     fn reading(&mut self) -> Reading {
         self.tally.reading()
     }
+
+    fn text_bytes(&self) -> u64 {
+        self.tally.text_bytes()
+    }
 }

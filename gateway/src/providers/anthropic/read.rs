@@ -5,6 +5,7 @@
 //! writes apart; `input` is their sum, with reads and writes its subsets.
 
 use serde::Deserialize;
+use serde_json::json;
 use tollgate_engine::TokenUsage;
 
 use crate::providers::read::{Observed, Reading, Tally};
@@ -63,6 +64,7 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
 struct Event {
     #[serde(rename = "type")]
     kind: Option<String>,
+    index: Option<u64>,
     message: Option<MessageStart>,
     usage: Option<Usage>,
     delta: Option<serde_json::Value>,
@@ -77,6 +79,11 @@ struct MessageStart {
 #[derive(Debug)]
 pub struct AnthropicTally {
     usage: Option<Usage>,
+    /// `message_delta` has reported the completion's count: before it, `message_start`'s
+    /// `output_tokens` is a placeholder (1), not the answer's count.
+    completed: bool,
+    /// The content block started and not yet stopped, by index.
+    open_block: Option<u64>,
     /// Text streamed so far, up to a cap.
     pub kept: Kept,
 }
@@ -87,13 +94,18 @@ impl AnthropicTally {
     pub fn new(text_bytes_max: usize) -> AnthropicTally {
         AnthropicTally {
             usage: None,
+            completed: false,
+            open_block: None,
             kept: Kept::new(text_bytes_max),
         }
     }
 
-    /// The usage reported, once both the prompt and the completion counts are known.
+    /// The usage reported, once `message_delta` has given the completion's count.
     fn reported(&self) -> Option<TokenUsage> {
         let usage = self.usage?;
+        if !self.completed {
+            return None;
+        }
         usage.output_tokens?;
         usage.normalise()
     }
@@ -116,7 +128,18 @@ impl Tally for AnthropicTally {
         };
         let usage = match event.kind.as_deref() {
             Some("message_start") => event.message.and_then(|m| m.usage),
-            Some("message_delta") => event.usage,
+            Some("message_delta") => {
+                self.completed |= event.usage.is_some_and(|u| u.output_tokens.is_some());
+                event.usage
+            }
+            Some("content_block_start") => {
+                self.open_block = event.index;
+                None
+            }
+            Some("content_block_stop") => {
+                self.open_block = None;
+                None
+            }
             _ => None,
         };
         if let Some(later) = usage {
@@ -143,6 +166,40 @@ impl Tally for AnthropicTally {
                 input: self.reported_input(),
             },
         }
+    }
+
+    fn text_bytes(&self) -> u64 {
+        self.kept.seen_bytes()
+    }
+
+    /// What Anthropic sends when a message reaches `max_tokens`: the open block stopped,
+    /// `message_delta` with `stop_reason: "max_tokens"` and the completion's count, then
+    /// `message_stop`.
+    fn stop(&mut self, usage: &TokenUsage) -> Option<String> {
+        let mut out = String::new();
+        let mut event = |name: &str, data: serde_json::Value| {
+            out.push_str("event: ");
+            out.push_str(name);
+            out.push_str("\ndata: ");
+            out.push_str(&data.to_string());
+            out.push_str("\n\n");
+        };
+        if let Some(index) = self.open_block.take() {
+            event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+        event(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+                "usage": {"output_tokens": usage.output.0},
+            }),
+        );
+        event("message_stop", json!({"type": "message_stop"}));
+        Some(out)
     }
 }
 
@@ -182,6 +239,45 @@ mod tests {
             tally.reading(),
             Reading::Reported(TokenUsage::new(112, 100, 0, 15, 0))
         );
+    }
+
+    #[test]
+    fn a_stream_is_ended_as_anthropic_ends_one_at_max_tokens() {
+        let mut tally = AnthropicTally::new(1024);
+        tally.observe(
+            br#"{"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        );
+        tally.observe(br#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#);
+        tally.observe(
+            br#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"hi there"}}"#,
+        );
+        assert_eq!(tally.text_bytes(), 8);
+        // message_start's output count is a placeholder: a cut stream is counted, not read.
+        assert!(matches!(tally.reading(), Reading::Text { .. }));
+        let out = tally.stop(&TokenUsage::new(12, 0, 0, 2, 0)).unwrap();
+        let events: Vec<(&str, serde_json::Value)> = out
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (name, data) = e.split_once('\n').unwrap();
+                let data = data.strip_prefix("data: ").unwrap();
+                (
+                    name.strip_prefix("event: ").unwrap(),
+                    serde_json::from_str(data).unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            ["content_block_stop", "message_delta", "message_stop"]
+        );
+        assert_eq!(events[0].1["index"], 1);
+        assert_eq!(events[1].1["delta"]["stop_reason"], "max_tokens");
+        assert_eq!(events[1].1["usage"]["output_tokens"], 2);
+        // With no block open, none is stopped.
+        let out = tally.stop(&TokenUsage::default()).unwrap();
+        assert!(out.starts_with("event: message_delta"), "{out}");
     }
 
     #[test]

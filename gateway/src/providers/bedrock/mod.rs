@@ -16,7 +16,7 @@ pub mod sigv4;
 use bytes::Bytes;
 use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
-use tollgate_engine::UnixMs;
+use tollgate_engine::{TokenUsage, UnixMs};
 
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
@@ -245,5 +245,14 @@ impl Reader for Frames {
 
     fn rewritten_as(&self) -> Option<&'static str> {
         Some("text/event-stream")
+    }
+
+    fn text_bytes(&self) -> u64 {
+        self.translator.kept.seen_bytes()
+    }
+
+    fn stop(&mut self, _usage: &TokenUsage) -> Option<Bytes> {
+        // Translated streams are capped at admission, not stopped.
+        None
     }
 }

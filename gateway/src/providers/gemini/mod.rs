@@ -144,4 +144,8 @@ impl Translator for Stream {
     fn reading(&mut self) -> Reading {
         Reading::of_stream(self.0.usage, &mut self.0.kept)
     }
+
+    fn text_bytes(&self) -> u64 {
+        self.0.kept.seen_bytes()
+    }
 }

@@ -4,7 +4,10 @@
 //! Normalisation (see [`TokenUsage`]): OpenAI reports `input` as every prompt token with the
 //! cached ones a subset, and `output` with reasoning a subset, which is the engine's own form.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::json;
 use tollgate_engine::TokenUsage;
 
 use crate::providers::read::{Observed, Reading, Tally};
@@ -67,7 +70,13 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
 }
 
 #[derive(Deserialize)]
-struct Chunk {
+struct Chunk<'a> {
+    /// The stream's id, model and creation time, repeated on every chunk.
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    created: Option<i64>,
     #[serde(default)]
     choices: Vec<ChunkChoice>,
     usage: Option<OpenAiUsage>,
@@ -85,6 +94,8 @@ struct ResponseObject {
 
 #[derive(Deserialize)]
 struct ChunkChoice {
+    #[serde(default)]
+    index: u64,
     delta: Option<serde_json::Value>,
     text: Option<String>,
 }
@@ -95,6 +106,21 @@ pub struct OpenAiTally {
     usage: Option<TokenUsage>,
     /// Text streamed so far, up to a cap.
     pub kept: Kept,
+    /// Set for a chat-completions stream, which the gateway can end as OpenAI does at
+    /// `max_tokens`.
+    chat: Option<ChatStream>,
+}
+
+/// What ending a chat-completions stream needs: the fields its chunks repeat, the choices
+/// seen, and whether the client asked for the usage chunk.
+#[derive(Debug, Default)]
+struct ChatStream {
+    include_usage: bool,
+    id: String,
+    model: String,
+    created: i64,
+    /// Highest choice index seen, plus one.
+    choices: u64,
 }
 
 impl OpenAiTally {
@@ -104,16 +130,82 @@ impl OpenAiTally {
         OpenAiTally {
             usage: None,
             kept: Kept::new(text_bytes_max),
+            chat: None,
         }
+    }
+
+    /// A tally of a chat-completions stream, which [`Tally::stop`] can end; `include_usage`
+    /// when the client asked for the usage chunk.
+    #[must_use]
+    pub fn chat(text_bytes_max: usize, include_usage: bool) -> OpenAiTally {
+        OpenAiTally {
+            chat: Some(ChatStream {
+                include_usage,
+                ..ChatStream::default()
+            }),
+            ..OpenAiTally::new(text_bytes_max)
+        }
+    }
+}
+
+impl ChatStream {
+    /// Takes the repeated fields from the first chunk that has them, and counts choices.
+    fn observe(&mut self, chunk: &Chunk<'_>) {
+        if self.id.is_empty()
+            && let Some(id) = &chunk.id
+        {
+            id.as_ref().clone_into(&mut self.id);
+            if let Some(model) = &chunk.model {
+                model.as_ref().clone_into(&mut self.model);
+            }
+            self.created = chunk.created.unwrap_or(0);
+        }
+        for choice in &chunk.choices {
+            self.choices = self.choices.max(choice.index.saturating_add(1));
+        }
+    }
+
+    /// The chunks OpenAI ends a stream with at `max_tokens`: every choice finished with
+    /// `length`, the usage chunk if asked for, then `[DONE]`.
+    fn stop(&self, usage: &TokenUsage) -> String {
+        let chunk = |choices: serde_json::Value| {
+            json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+            })
+        };
+        let finished: Vec<serde_json::Value> = (0..self.choices.max(1))
+            .map(|index| json!({"index": index, "delta": {}, "finish_reason": "length"}))
+            .collect();
+        let mut out = format!("data: {}\n\n", chunk(json!(finished)));
+        if self.include_usage {
+            let mut last = chunk(json!([]));
+            last["usage"] = json!({
+                "prompt_tokens": usage.input.0,
+                "completion_tokens": usage.output.0,
+                "total_tokens": usage.input.0.saturating_add(usage.output.0),
+                "prompt_tokens_details": {"cached_tokens": usage.cached.0},
+                "completion_tokens_details": {"reasoning_tokens": usage.reasoning.0},
+            });
+            out.push_str(&format!("data: {last}\n\n"));
+        }
+        out.push_str("data: [DONE]\n\n");
+        out
     }
 }
 
 impl Tally for OpenAiTally {
     fn observe(&mut self, data: &[u8]) -> Observed {
         let mut observed = Observed::default();
-        let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
             return observed;
         };
+        if let Some(chat) = &mut self.chat {
+            chat.observe(&chunk);
+        }
         let text_before = self.kept.seen_bytes();
         for choice in &chunk.choices {
             if let Some(delta) = &choice.delta {
@@ -143,6 +235,14 @@ impl Tally for OpenAiTally {
     fn reading(&mut self) -> Reading {
         Reading::of_stream(self.usage, &mut self.kept)
     }
+
+    fn text_bytes(&self) -> u64 {
+        self.kept.seen_bytes()
+    }
+
+    fn stop(&mut self, usage: &TokenUsage) -> Option<String> {
+        self.chat.as_ref().map(|chat| chat.stop(usage))
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +270,59 @@ mod tests {
         );
         assert_eq!(usage_of_body(b"{\"choices\":[]}"), None);
         assert_eq!(usage_of_body(b"not json"), None);
+    }
+
+    fn events(out: &str) -> Vec<serde_json::Value> {
+        out.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_chat_stream_is_ended_as_openai_ends_one_at_max_tokens() {
+        let mut tally = OpenAiTally::chat(1024, true);
+        tally.observe(
+            br#"{"id":"chatcmpl-9","object":"chat.completion.chunk","created":7,"model":"gpt-4o-2024","choices":[{"index":0,"delta":{"content":"Hel"}},{"index":1,"delta":{"content":"Yo"}}]}"#,
+        );
+        assert_eq!(tally.text_bytes(), 5);
+        let out = tally.stop(&TokenUsage::new(12, 2, 0, 3, 0)).unwrap();
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+        let [finish, usage] = events(&out).try_into().unwrap();
+        for chunk in [&finish, &usage] {
+            assert_eq!(
+                (&chunk["id"], &chunk["model"], &chunk["created"]),
+                (
+                    &serde_json::json!("chatcmpl-9"),
+                    &serde_json::json!("gpt-4o-2024"),
+                    &serde_json::json!(7)
+                )
+            );
+        }
+        let reasons: Vec<_> = finish["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["index"].as_u64().unwrap(),
+                    c["finish_reason"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(reasons, [(0, "length"), (1, "length")]);
+        assert_eq!(usage["choices"], serde_json::json!([]));
+        assert_eq!(usage["usage"]["prompt_tokens"], 12);
+        assert_eq!(usage["usage"]["completion_tokens"], 3);
+        assert_eq!(usage["usage"]["total_tokens"], 15);
+        // No usage chunk for a client that did not ask; other routes' streams are not ended.
+        let mut quiet = OpenAiTally::chat(1024, false);
+        assert_eq!(
+            events(&quiet.stop(&TokenUsage::default()).unwrap()).len(),
+            1
+        );
+        assert_eq!(OpenAiTally::new(1024).stop(&TokenUsage::default()), None);
     }
 
     #[test]
