@@ -1,6 +1,6 @@
 //! Criterion benches of the engine's hot paths: key resolve, reserve+settle (alone, raced by a
-//! second thread, spread over a million allocations), cost, estimate, event JSON and token
-//! counting. Figures and the machine they came from are in BENCHMARKS.md.
+//! second thread, spread over a million allocations, grown once), a stream's piece against its
+//! hold, cost, estimate, event JSON and token counting. Figures and the machine they came from are in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use tollgate_engine::identity::test_directory;
 use tollgate_engine::tokens::count_tokens;
 use tollgate_engine::{
     Adjustment, AllocationSpec, AllowList, Ask, BudgetSpec, Directory, KeyLimits, KeySpec,
-    KeyStore, ModelRef, Nanos, Period, RateCard, TokenUsage, UnixMs, UsageEvent, reserve,
-    reserve_within,
+    KeyStore, ModelRef, Nanos, Period, RateCard, StreamBudget, TokenUsage, UnixMs, UsageEvent,
+    reserve, reserve_within,
 };
 
 #[global_allocator]
@@ -120,6 +120,14 @@ fn reserve_settle(c: &mut Criterion) {
         // Given back unspent, so the project's room is the same at every iteration.
         b.iter(|| reserve_within(&tight, NOW, ask).unwrap().release())
     });
+    // A streamed call's hold grown once at every level before it settles.
+    g.bench_function("reserve_extend_settle_three_limits", |b| {
+        b.iter(|| {
+            let mut r = reserve(&three_levels, NOW, Nanos(black_box(1_000))).unwrap();
+            r.extend(Ask::exactly(Nanos(black_box(1_000)))).unwrap();
+            r.settle(Nanos(1_700))
+        })
+    });
 
     // A second thread hammers the same allocation for the whole measurement.
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,6 +227,49 @@ fn pricing(c: &mut Criterion) {
         })
     });
     let price = card.at(NOW).unwrap().model(model.as_str()).unwrap();
+    // What a stream held short of its bound pays per upstream piece: its running cost against
+    // a hold that covers it (the piece path), and a hold grown by the piece (the extension).
+    g.bench_function("stream_piece_within_hold", |b| {
+        let (_dir, roomy) = test_directory(
+            BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Total),
+        )
+        .unwrap();
+        let shape = RequestShape {
+            body_bytes: 400_000,
+            extra_input_tokens: 0,
+            max_output_tokens: Some(32_000),
+        };
+        let mut running = StreamBudget::new(price, Adjustment::NONE, shape);
+        let mut held = reserve(&roomy, NOW, Nanos(running.bound().0 - 1)).unwrap();
+        b.iter(|| running.take(&mut held, black_box(0)))
+    });
+    g.bench_function("stream_piece_extending_the_hold", |b| {
+        let (_dir, roomy) = test_directory(
+            BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Total),
+        )
+        .unwrap();
+        let shape = RequestShape {
+            body_bytes: 1_000,
+            extra_input_tokens: 0,
+            max_output_tokens: Some(u64::MAX / 4),
+        };
+        b.iter_batched(
+            || {
+                let running = StreamBudget::new(price, Adjustment::NONE, shape);
+                let held = reserve(&roomy, NOW, Nanos(1)).unwrap();
+                (running, held)
+            },
+            |(mut running, mut held)| {
+                running.take(&mut held, black_box(64));
+                held
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.bench_function("estimate", |b| {
         let shape = RequestShape {
             body_bytes: 400_000,
