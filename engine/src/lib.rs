@@ -17,6 +17,7 @@ pub mod estimate;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod learned;
 pub mod ledger;
 pub mod limits;
 pub mod money;
@@ -38,6 +39,7 @@ pub use identity::{
     KeyStore, Scopes, VirtualKey,
 };
 pub use ids::{KeyId, ModelRef};
+pub use learned::OutputSketch;
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};
 pub use ratelimit::{Gcra, RetryAfter};

@@ -227,7 +227,7 @@ mod tests {
         AdmissionConfig {
             wait_max: Duration::from_millis(wait_ms),
             queued_max,
-            output_floor_tokens: 16,
+            ..AdmissionConfig::default()
         }
     }
 

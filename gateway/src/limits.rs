@@ -163,3 +163,16 @@ pub const ADMISSION_OUTPUT_FLOOR_TOKENS: u64 = 16;
 /// safety net for room freed where no wake-up is sent (another allocation's call settling at
 /// the shared project or team level, a ledger hold expiring).
 pub const ADMISSION_RETRY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Default percentile of what a key's (or agent's) streams of a model generated that admission
+/// holds instead of their declared maximum (`admission.learned_percentile`; 0 holds the
+/// declared maximum).
+pub const ADMISSION_LEARNED_PERCENTILE: u8 = 99;
+
+/// Default streams a key (or agent) must have finished on a model before what they generated
+/// is held instead of the declared maximum (`admission.learned_samples_min`).
+pub const ADMISSION_LEARNED_SAMPLES_MIN: u32 = 20;
+
+/// Most keys and agents, times models, whose output is learned apart; past it a new one is
+/// held at what the model's streams generate across every key. Each costs about 300 bytes.
+pub const LEARNED_SUBJECTS_MAX: usize = 16_384;

@@ -24,6 +24,7 @@ use crate::admission::Waiting;
 use crate::clock::now_ms;
 use crate::config::{Config, RateConfig, allow_list};
 use crate::events::emit::Emitter;
+use crate::expected::Expected;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 
@@ -75,6 +76,8 @@ pub struct Gateway {
     pub in_flight: Arc<Semaphore>,
     /// Calls waiting for budget held by calls in flight, in line by allocation.
     pub waiting: Waiting,
+    /// What streams really generate, by key (or agent) and model: what a stream holds.
+    pub expected: Expected,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Rates>,
     epoch: Instant,
@@ -133,6 +136,7 @@ impl Gateway {
             metrics,
             in_flight: Arc::new(Semaphore::new(config.server.requests_in_flight_max)),
             waiting: Waiting::new(config.admission),
+            expected: Expected::new(&config.admission),
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),

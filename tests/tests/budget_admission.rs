@@ -470,3 +470,69 @@ fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_cappe
     );
     stack.stop();
 }
+
+/// The value of a counter on `/metrics`.
+fn counter(stack: &Stack, name: &str) -> u64 {
+    let metrics =
+        tollgate_tests::http::request(stack.address(), "GET", "/metrics", &[], b"").text();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// What streams really generate, learned: a key whose streams answer 50 tokens under a
+/// `max_tokens` of 4,096 holds about 50 tokens' worth once 20 of them have finished, so 16
+/// streams run at once on a budget where two whole bounds would not fit; and one that runs far
+/// longer than learned grows its hold as it flows and ends on its own, not stopped. (With
+/// `learned_percentile = 0` the same streams wait in line, one at a time, and some get 429.)
+#[test]
+fn streams_hold_what_their_key_really_generates_once_learned() {
+    let mut stack = Stack::start("budget-learned", &org("0.08"), "");
+    let (key, _) = stack.create_key("shared", json!({}));
+    let stream = |answer_tokens: u64, token_ms: u64| {
+        json!({
+            "model": "openai/gpt-4o", "max_tokens": 4096, "stream": true,
+            "messages": [{"role": "user", "content": "learn"}],
+            "mock": {"answer_tokens": answer_tokens, "token_ms": token_ms},
+        })
+    };
+    let address = stack.address();
+    for _ in 0..20 {
+        let answer = post_json(address, "/v1/chat/completions", &key, &stream(50, 0));
+        assert_eq!(answer.status, 200);
+    }
+    let waited = counter(&stack, "tollgate_budget_waited_total");
+    // 16 at once, a second each: whole bounds (0.041 each) would let one run at a time in
+    // what the first 20 left.
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (key, request) = (key.clone(), stream(50, 20));
+            std::thread::spawn(move || post_json(address, "/v1/chat/completions", &key, &request))
+        })
+        .collect();
+    for thread in threads {
+        let answer = thread.join().unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(stream_end(&answer.text()), Some(false), "ended on its own");
+    }
+    assert_eq!(
+        counter(&stack, "tollgate_budget_waited_total"),
+        waited,
+        "no stream waited: each held what it generates, not its bound"
+    );
+    // Thirty times longer than learned: the hold grows as it flows.
+    let long = post_json(address, "/v1/chat/completions", &key, &stream(1500, 0));
+    assert_eq!(long.status, 200);
+    assert_eq!(stream_end(&long.text()), Some(false), "grown, not stopped");
+    assert_eq!(counter(&stack, "tollgate_budget_stopped_total"), 0);
+    let spent = stack.spent_nanos("shared");
+    stack.stop();
+    let events = stack.events();
+    let cost: u64 = events
+        .iter()
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cost, spent, "events and budget table agree to the nano");
+    assert!(spent <= nanos("0.08"));
+}

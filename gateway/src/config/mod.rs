@@ -637,6 +637,13 @@ pub struct AdmissionConfig {
     /// the end of a budget its `max_tokens` is lowered to what the room affords, never below
     /// this.
     pub output_floor_tokens: u64,
+    /// The percentile of what a key's (or agent's) streams of a model generated that a stream
+    /// holds instead of its declared maximum (`learned_percentile`, 1 to 100; 0 holds the
+    /// declared maximum).
+    pub learned_percentile: u8,
+    /// Streams a key (or agent) and model must have finished before their percentile is held
+    /// (`learned_samples_min`); until then the model's, across keys, is.
+    pub learned_samples_min: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -645,6 +652,8 @@ impl Default for AdmissionConfig {
             wait_max: limits::ADMISSION_WAIT_MAX,
             queued_max: limits::ADMISSION_QUEUED_MAX,
             output_floor_tokens: limits::ADMISSION_OUTPUT_FLOOR_TOKENS,
+            learned_percentile: limits::ADMISSION_LEARNED_PERCENTILE,
+            learned_samples_min: limits::ADMISSION_LEARNED_SAMPLES_MIN,
         }
     }
 }
@@ -655,6 +664,8 @@ struct RawAdmission {
     wait_ms_max: Option<u64>,
     queued_max: Option<usize>,
     output_floor_tokens: Option<u64>,
+    learned_percentile: Option<u8>,
+    learned_samples_min: Option<u32>,
 }
 
 impl RawAdmission {
@@ -670,10 +681,24 @@ impl RawAdmission {
         if output_floor_tokens == 0 {
             return Err(("output_floor_tokens", "must be at least 1"));
         }
+        let learned_percentile = self
+            .learned_percentile
+            .unwrap_or(limits::ADMISSION_LEARNED_PERCENTILE);
+        if learned_percentile > 100 {
+            return Err(("learned_percentile", "must be 0 (off) to 100"));
+        }
+        let learned_samples_min = self
+            .learned_samples_min
+            .unwrap_or(limits::ADMISSION_LEARNED_SAMPLES_MIN);
+        if learned_samples_min == 0 {
+            return Err(("learned_samples_min", "must be at least 1"));
+        }
         Ok(AdmissionConfig {
             wait_max,
             queued_max: self.queued_max.unwrap_or(limits::ADMISSION_QUEUED_MAX),
             output_floor_tokens,
+            learned_percentile,
+            learned_samples_min,
         })
     }
 }
@@ -1088,7 +1113,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         };
         assert_eq!(with("").unwrap().admission, AdmissionConfig::default());
         let config =
-            with("[admission]\nwait_ms_max = 0\nqueued_max = 5\noutput_floor_tokens = 1\n")
+            with("[admission]\nwait_ms_max = 0\nqueued_max = 5\noutput_floor_tokens = 1\nlearned_percentile = 0\nlearned_samples_min = 3\n")
                 .unwrap();
         assert_eq!(
             config.admission,
@@ -1096,6 +1121,8 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 wait_max: Duration::ZERO,
                 queued_max: 5,
                 output_floor_tokens: 1,
+                learned_percentile: 0,
+                learned_samples_min: 3,
             }
         );
         for (section, field) in [
@@ -1106,6 +1133,14 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             (
                 "[admission]\noutput_floor_tokens = 0\n",
                 "admission.output_floor_tokens",
+            ),
+            (
+                "[admission]\nlearned_percentile = 101\n",
+                "admission.learned_percentile",
+            ),
+            (
+                "[admission]\nlearned_samples_min = 0\n",
+                "admission.learned_samples_min",
             ),
             ("[admission]\nwait = 5\n", "admission.wait"),
         ] {

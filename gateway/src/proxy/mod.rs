@@ -29,7 +29,7 @@ use tollgate_engine::{
 };
 
 use self::json_scan::{Member, Scanned};
-use self::meter::{Measured, Metered, Ticket, refusal_event};
+use self::meter::{Measured, Metered, Metering, Ticket, refusal_event};
 use crate::admission::NotAdmitted;
 use crate::clock::now_ms;
 use crate::http::auth::presented_key;
@@ -257,7 +257,9 @@ impl Call<'_> {
         let (version, price) = self.price(&card, &model)?;
         let mut upstream = self.prepare(&body, &scanned, &members, &model, price, serve)?;
         self.rate_limit(&key)?;
-        let held = self.reserve(&key, version, price, &body, &upstream).await?;
+        let held = self
+            .reserve(&key, &model, version, price, &body, &upstream)
+            .await?;
         if let Some(cap) = held.output_cap {
             // Only part of the bound could be held: the answer is capped at what the hold
             // affords, so the provider itself stops there. The capped body is the client's
@@ -451,6 +453,7 @@ impl Call<'_> {
     async fn reserve(
         &self,
         key: &VirtualKey,
+        model: &ModelRef,
         version: &RateVersion,
         price: &ModelPrice,
         body: &Bytes,
@@ -479,12 +482,26 @@ impl Call<'_> {
         // room that is coming back; only when settled spend leaves less than the bound does it
         // take what there is, down to the least cost (the end of the budget). Wait and refuse
         // take the whole bound, refuse without waiting for it.
-        let whole = Ask::exactly(bound.cost_max);
+        // A stream that can be stopped holds what its key's streams of the model really
+        // generate (a high percentile), when that is known and less than its bound: if it runs
+        // longer its hold grows as it flows.
+        let tight = allocation.tight();
+        let learned = (upstream.stoppable && tight == Tight::Clamp)
+            .then(|| self.gateway.expected.bytes(key, model))
+            .flatten()
+            .filter(|&bytes| bytes < bound.output_tokens_max.0);
+        let expected = learned.map_or(bound.cost_max, |bytes| {
+            let learned_shape = RequestShape {
+                max_output_tokens: Some(bytes.max(floor)),
+                ..shape
+            };
+            estimate(price, adjustment, learned_shape).cost_max
+        });
+        let whole = Ask::exactly(expected);
         let rest = Ask {
             least: estimate(price, adjustment, least_shape).cost_max,
             most: bound.cost_max,
         };
-        let tight = allocation.tight();
         let attempt = || match reserve_within(allocation, now_ms(), whole) {
             Err(Refused::Exhausted(_)) if tight == Tight::Clamp => {
                 reserve_within(allocation, now_ms(), rest)
@@ -648,7 +665,7 @@ async fn forward(
         output_tokens_max: _,
         choices: _,
         output_cap,
-        stoppable: _,
+        stoppable,
     } = upstream;
     let sent = send(
         &provider,
@@ -669,6 +686,7 @@ async fn forward(
         output_cap,
         budget,
         stream_budget,
+        stoppable,
     };
     relay(&provider, response, ticket, asked, protocol)
 }
@@ -681,6 +699,7 @@ struct Asked {
     output_cap: Option<u64>,
     budget: Option<(Level, BudgetSnapshot)>,
     stream_budget: Option<StreamBudget>,
+    stoppable: bool,
 }
 
 /// The header telling a client its call's completion tokens were capped (per choice) at what
@@ -784,10 +803,15 @@ fn relay(
         }
     }
     let idle = provider.config.idle_timeout;
-    // Only a stream that came back as one can be stopped; any other answer is settled at
-    // what it reports, as a whole.
-    let stream_budget = asked.stream_budget.filter(|_| success && is_sse);
-    let metered = Metered::new(body, ticket, reader, !success, idle, stream_budget);
+    // Only a stream that came back as one can be stopped, or teaches what streams generate;
+    // any other answer is settled at what it reports, as a whole.
+    let metering = Metering {
+        error_answer: !success,
+        idle_timeout: idle,
+        budget: asked.stream_budget.filter(|_| success && is_sse),
+        learns: asked.stoppable && success && is_sse,
+    };
+    let metered = Metered::new(body, ticket, reader, metering);
     out.body(ResponseBody::Streamed(Box::pin(metered)))
         .unwrap_or_else(|e| {
             error_response(protocol, &request_id, &Failure::Internal(e.to_string()))
