@@ -125,3 +125,99 @@ impl Expected {
         across.record(bytes, self.percent, self.samples_min);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate_engine::identity::{Scopes, test_directory};
+    use tollgate_engine::{AllowList, BudgetSpec, KeyLimits, KeySpec, KeyStore, Period, UnixMs};
+
+    use super::*;
+
+    fn key(
+        store: &KeyStore,
+        allocation: &Arc<tollgate_engine::Allocation>,
+        agent: Option<&str>,
+        seed: u8,
+    ) -> Arc<VirtualKey> {
+        let spec = KeySpec {
+            user: "ada".into(),
+            agent: agent.map(Into::into),
+            expires_at: None,
+            models: AllowList::Any,
+            limits: KeyLimits::default(),
+            scopes: Scopes::NONE,
+            created_at: UnixMs(0),
+            revoked: false,
+        };
+        store.create(allocation, spec, &[seed; 20]).unwrap().0
+    }
+
+    #[test]
+    fn a_subject_learns_apart_and_a_new_one_starts_from_the_model() {
+        let (_dir, allocation) = test_directory(
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Total),
+        )
+        .unwrap();
+        let store = KeyStore::new();
+        let (short, long) = (
+            key(&store, &allocation, None, 1),
+            key(&store, &allocation, None, 2),
+        );
+        let (agent_a, agent_b) = (
+            key(&store, &allocation, Some("coder"), 3),
+            key(&store, &allocation, Some("coder"), 4),
+        );
+        let fresh = key(&store, &allocation, None, 5);
+        let model = ModelRef::parse("openai/gpt-4o").unwrap();
+        let other = ModelRef::parse("openai/gpt-4o-mini").unwrap();
+        let expected = Expected::new(&AdmissionConfig {
+            learned_samples_min: 5,
+            ..AdmissionConfig::default()
+        });
+        for _ in 0..4 {
+            expected.record(&short, &model, 100);
+        }
+        assert_eq!(
+            expected.bytes(&short, &model),
+            None,
+            "four streams are too few"
+        );
+        expected.record(&short, &model, 100);
+        // 100's bucket reaches 111: a percentile is read at its bucket's top.
+        assert_eq!(expected.bytes(&short, &model), Some(111));
+        for _ in 0..50 {
+            expected.record(&long, &model, 10_000);
+        }
+        let long_bytes = expected.bytes(&long, &model).unwrap();
+        assert!((10_000..=12_500).contains(&long_bytes), "{long_bytes}");
+        // The short key keeps its own; a key with none holds the model's, across keys (99 %).
+        assert_eq!(expected.bytes(&short, &model), Some(111));
+        assert_eq!(expected.bytes(&fresh, &model), Some(long_bytes));
+        assert_eq!(
+            expected.bytes(&fresh, &other),
+            None,
+            "nothing learned of that model"
+        );
+        // Two keys of one agent learn together.
+        for _ in 0..3 {
+            expected.record(&agent_a, &other, 700);
+            expected.record(&agent_b, &other, 700);
+        }
+        assert!(
+            expected
+                .bytes(&agent_b, &other)
+                .is_some_and(|b| (700..=875).contains(&b))
+        );
+        // Off: nothing is learned or held.
+        let off = Expected::new(&AdmissionConfig {
+            learned_percentile: 0,
+            ..AdmissionConfig::default()
+        });
+        for _ in 0..50 {
+            off.record(&short, &model, 100);
+        }
+        assert_eq!(off.bytes(&short, &model), None);
+    }
+}
