@@ -381,7 +381,40 @@ fn every_answer_says_where_the_budget_stands_at_its_tightest_level() {
     let unlimited = post_json(stack.address(), "/v1/chat/completions", &open, &request);
     assert_eq!(unlimited.status, 200, "{}", unlimited.text());
     assert_eq!(unlimited.header("x-tollgate-budget-level"), None);
+    // Whole answers say what they cost, on every route, and it is what the books say; a
+    // stream's cost comes in its usage chunk, not a header.
+    let message = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "and what did it cost?"}]});
+    let whole = post_json(stack.address(), "/v1/messages", &key, &message);
+    let streamed = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &json!({"model": "openai/gpt-4o", "max_tokens": 5, "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(streamed.header("x-tollgate-cost"), None);
+    let text = streamed.text();
+    let usage_chunk: Value = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line.strip_prefix("data: ")?).ok())
+        .find(|chunk| chunk["usage"].is_object())
+        .expect("the usage chunk asked for");
     stack.stop();
+    let mut costs: Vec<u64> = [&first, &second, &unlimited, &whole]
+        .iter()
+        .map(|answer| nanos(answer.header("x-tollgate-cost").expect("a cost header")))
+        .collect();
+    costs.push(nanos(usage_chunk["usage"]["cost"].as_str().unwrap()));
+    let events = stack.events();
+    let booked: Vec<u64> = events
+        .iter()
+        .filter(|e| e["status"] == "ok")
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .collect();
+    assert_eq!(costs, booked);
+    assert!(costs.iter().all(|&c| c > 0));
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub use self::chat::TranslateError;
 pub use self::client::{SetupError, SliceBody, Upstream};
 pub use self::config::{ProviderConfig, ProviderKind};
 use crate::http::route::Api;
-use crate::providers::read::Reader;
+use crate::providers::read::{Pricer, Reader};
 
 /// Rewrites an OpenAI chat-completions body for the provider: `(body, the provider's model
 /// name, the completion cap to set when the client set none)`.
@@ -68,6 +68,8 @@ pub struct Answer<'a> {
     pub headers: &'a HeaderMap,
     /// Seconds since the epoch, for a translated answer's `created`.
     pub created_s: i64,
+    /// Prices the call's usage, for the usage chunk a client asked for.
+    pub pricer: Option<Pricer>,
 }
 
 /// One provider's dialect.
@@ -177,7 +179,11 @@ pub fn native_reader(answer: &Answer<'_>) -> Box<dyn Reader> {
         )),
         (Api::Messages, false) => Box::new(Whole::passed(anthropic::read::usage_of_body)),
         (Api::ChatCompletions, true) => Box::new(Events::new(
-            openai::read::OpenAiTally::chat(STREAM_TEXT_BYTES_MAX, answer.include_usage),
+            openai::read::OpenAiTally::chat(
+                STREAM_TEXT_BYTES_MAX,
+                answer.include_usage,
+                answer.pricer.clone(),
+            ),
             answer.hide_usage,
         )),
         (_, true) => Box::new(Events::new(

@@ -7,8 +7,10 @@
 //! one at a time by a dialect's [`Translator`] ([`TranslatedEvents`]). A provider with a
 //! framing of its own (Bedrock's binary event stream) brings its own reader.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
-use tollgate_engine::TokenUsage;
+use tollgate_engine::{Nanos, TokenUsage};
 
 use crate::limits::RESPONSE_METER_BYTES_MAX;
 use crate::providers::Answer;
@@ -46,6 +48,33 @@ impl Reading {
                 input: None,
             },
         }
+    }
+}
+
+/// Prices a call's usage as its settle will: what a stream's usage chunk tells the client the
+/// call cost (`usage.cost`, a decimal in the rate card's currency).
+#[derive(Clone)]
+pub struct Pricer(Arc<PriceFn>);
+
+/// What a [`Pricer`] calls: usage in, its billed cost out.
+type PriceFn = dyn Fn(&TokenUsage) -> Option<Nanos> + Send + Sync;
+
+impl Pricer {
+    /// A pricer of `price`.
+    pub fn new(price: impl Fn(&TokenUsage) -> Option<Nanos> + Send + Sync + 'static) -> Pricer {
+        Pricer(Arc::new(price))
+    }
+
+    /// What `usage` costs, as a decimal; `None` when it cannot be priced.
+    #[must_use]
+    pub fn cost(&self, usage: &TokenUsage) -> Option<String> {
+        (self.0)(usage).map(|cost| cost.to_string())
+    }
+}
+
+impl std::fmt::Debug for Pricer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pricer")
     }
 }
 
@@ -250,6 +279,8 @@ pub struct Observed {
     pub usage_only: bool,
     /// The event carried generated text or tool-call arguments.
     pub text: bool,
+    /// The event to send instead of the provider's (its usage chunk with the cost added).
+    pub rewritten: Option<Bytes>,
 }
 
 /// A dialect's reading of its own server-sent events: usage, and text for counting.
@@ -298,6 +329,7 @@ impl<T: Tally> Reader for Events<T> {
             if observed.usage_only && self.hide_usage {
                 continue;
             }
+            let event = observed.rewritten.unwrap_or(event);
             // One event passes as the same bytes; several are joined into one piece.
             match (&mut joined, pushed.out.take()) {
                 (None, None) => pushed.out = Some(event),

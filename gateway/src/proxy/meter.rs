@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tollgate_engine::tokens::{Exactness, count_tokens};
@@ -66,6 +66,9 @@ pub struct Ticket {
     pub http_status: u16,
     /// The in-flight slot, given back when the ticket is finished.
     pub permit: OwnedSemaphorePermit,
+    /// Told the call's cost once it is settled: a whole answer waits for it to carry
+    /// `x-tollgate-cost`.
+    pub cost_to: Option<oneshot::Sender<Nanos>>,
 }
 
 /// How a call's tokens were known.
@@ -99,6 +102,7 @@ impl Ticket {
             request_body: _,
             http_status,
             permit,
+            cost_to,
         } = self;
         let at = reservation.at();
         let (usage, source) = measured.usage();
@@ -107,6 +111,10 @@ impl Ticket {
             .map_or(bound, |held| held.min(bound));
         let (version, cost) = price(&card, &key, &model, &usage, measured, bound, at);
         let settlement = reservation.settle(cost.billed);
+        if let Some(to) = cost_to {
+            // The answer may be gone (the client hung up): then no one is told.
+            to.send(cost.billed).ok();
+        }
         // What the hold did not use is room for the next call in line.
         gateway.waiting.settled(&key.allocation.name);
         for crossed in settlement.soft_limits_crossed() {

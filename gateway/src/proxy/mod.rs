@@ -14,14 +14,19 @@ pub mod json_scan;
 pub mod meter;
 pub mod models;
 
+use std::collections::VecDeque;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
     Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused, Reservation,
@@ -35,9 +40,11 @@ use crate::clock::now_ms;
 use crate::http::auth::presented_key;
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
-use crate::http::response::{REQUEST_ID, ResponseBody, error_response};
+use crate::http::response::{BodyError, REQUEST_ID, ResponseBody, error_response};
 use crate::http::route::Api;
+use crate::limits::RESPONSE_METER_BYTES_MAX;
 use crate::metrics::Counter;
+use crate::providers::read::Pricer;
 use crate::providers::{Answer, Provider, Serve, SliceBody, stops_streams};
 use crate::state::Gateway;
 
@@ -641,7 +648,7 @@ async fn forward(
         forwarded_headers,
         request_body,
     } = admitted;
-    let ticket = Ticket {
+    let mut ticket = Ticket {
         gateway: Arc::clone(&gateway),
         key,
         reservation,
@@ -656,6 +663,7 @@ async fn forward(
         request_body,
         http_status: 0,
         permit,
+        cost_to: None,
     };
     let Prepared {
         body,
@@ -688,7 +696,97 @@ async fn forward(
         stream_budget,
         stoppable,
     };
-    relay(&provider, response, ticket, asked, protocol)
+    if stream {
+        return relay(&provider, response, ticket, asked)
+            .map(|metered| ResponseBody::Streamed(Box::pin(metered)));
+    }
+    // A whole answer is held until its cost is known, so its head can carry it.
+    let (cost_to, cost) = oneshot::channel();
+    ticket.cost_to = Some(cost_to);
+    whole_answer(relay(&provider, response, ticket, asked), cost).await
+}
+
+/// The header carrying a whole answer's cost, a decimal in the rate card's currency.
+pub const COST: http::HeaderName = http::HeaderName::from_static("x-tollgate-cost");
+
+/// A whole answer, held until it has arrived and its call is settled, then sent with its cost
+/// (`x-tollgate-cost`) and length. One larger than `RESPONSE_METER_BYTES_MAX`, or cut by the
+/// upstream, is sent as it stands without the cost: what arrived, then the rest or the cut.
+async fn whole_answer(
+    answer: Response<Metered>,
+    cost: oneshot::Receiver<tollgate_engine::Nanos>,
+) -> Response<ResponseBody> {
+    let (mut head, mut metered) = answer.into_parts();
+    let mut held: VecDeque<Bytes> = VecDeque::new();
+    let mut held_bytes = 0usize;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut metered).poll_frame(cx)).await;
+        let cut = match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    held_bytes += data.len();
+                    held.push_back(data);
+                }
+                if held_bytes <= RESPONSE_METER_BYTES_MAX {
+                    continue;
+                }
+                None
+            }
+            Some(Err(failure)) => Some(failure),
+        };
+        let rest = Prefixed {
+            held,
+            failure: cut,
+            rest: metered,
+        };
+        return Response::from_parts(head, ResponseBody::Streamed(Box::pin(rest)));
+    }
+    if let Ok(cost) = cost.await
+        && let Ok(value) = HeaderValue::from_str(&cost.to_string())
+    {
+        head.headers.insert(COST, value);
+    }
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(held_bytes));
+    let body = match held.len() {
+        1 => held.pop_front().unwrap_or_default(),
+        _ => Bytes::from(held.into_iter().fold(
+            Vec::with_capacity(held_bytes),
+            |mut all, piece| {
+                all.extend_from_slice(&piece);
+                all
+            },
+        )),
+    };
+    Response::from_parts(head, ResponseBody::full(body))
+}
+
+/// What a whole answer held before it had to be sent as it stands, then the rest of it (or the
+/// upstream's cut, after what arrived).
+struct Prefixed {
+    held: VecDeque<Bytes>,
+    failure: Option<BodyError>,
+    rest: Metered,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(piece) = this.held.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        if let Some(failure) = this.failure.take() {
+            return Poll::Ready(Some(Err(failure)));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
 }
 
 /// What the client asked of the answer's shape, and the cap admission put on it.
@@ -758,8 +856,7 @@ fn relay(
     response: Response<Incoming>,
     mut ticket: Ticket,
     asked: Asked,
-    protocol: Protocol,
-) -> Response<ResponseBody> {
+) -> Response<Metered> {
     let (parts, body) = response.into_parts();
     ticket.http_status = parts.status.as_u16();
     let success = parts.status.is_success();
@@ -779,11 +876,11 @@ fn relay(
         hide_usage: asked.hide_usage && is_sse,
         headers: &parts.headers,
         created_s: now_ms().0 / 1000,
+        pricer: asked.include_usage.then(|| pricer_of(&ticket)),
     });
-    let request_id = Arc::clone(&ticket.request_id);
     let mut out = Response::builder().status(parts.status);
     if let Some(headers) = out.headers_mut() {
-        answer_headers(headers, &parts.headers, &request_id);
+        answer_headers(headers, &parts.headers, &ticket.request_id);
         if let Some(cap) = asked.output_cap {
             headers.insert(MAX_TOKENS_CLAMPED, HeaderValue::from(cap));
         }
@@ -812,10 +909,30 @@ fn relay(
         learns: asked.stoppable && success && is_sse,
     };
     let metered = Metered::new(body, ticket, reader, metering);
-    out.body(ResponseBody::Streamed(Box::pin(metered)))
-        .unwrap_or_else(|e| {
-            error_response(protocol, &request_id, &Failure::Internal(e.to_string()))
-        })
+    // The head's parts are a status and headers already checked; a builder error cannot
+    // happen, and the answer goes out with the status alone were it to.
+    let status = parts.status;
+    match out.body(()) {
+        Ok(head) => head.map(|()| metered),
+        Err(_) => {
+            let mut bare = Response::new(metered);
+            *bare.status_mut() = status;
+            bare
+        }
+    }
+}
+
+/// Prices usage as the call's settle does: its card, model, team and project, at its instant.
+fn pricer_of(ticket: &Ticket) -> Pricer {
+    let card = Arc::clone(&ticket.card);
+    let model = ticket.model.clone();
+    let project = &ticket.key.allocation.project;
+    let (team, project) = (Arc::clone(&project.team.name), Arc::clone(&project.name));
+    let at = ticket.reservation.at();
+    Pricer::new(move |usage| {
+        let (_, cost) = card.price_tokens(&model, usage, &team, &project, at).ok()?;
+        Some(cost.billed)
+    })
 }
 
 /// Where the caller's budget stands, at its tightest level: `x-tollgate-budget-level`,

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 hide_usage: shape & 8 == 0,
                 headers: &headers,
                 created_s: 0,
+                pricer: None,
             };
             let mut reader = provider.adapter.reader(&answer);
             let mut failed = false;

@@ -6,11 +6,12 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate_engine::TokenUsage;
 
-use crate::providers::read::{Observed, Reading, Tally};
+use crate::providers::read::{Observed, Pricer, Reading, Tally};
 use crate::providers::text::Kept;
 
 #[derive(Deserialize, Default)]
@@ -116,6 +117,8 @@ pub struct OpenAiTally {
 #[derive(Debug, Default)]
 struct ChatStream {
     include_usage: bool,
+    /// Prices the usage chunk: the client is told the call's cost in `usage.cost`.
+    pricer: Option<Pricer>,
     id: String,
     model: String,
     created: i64,
@@ -135,12 +138,13 @@ impl OpenAiTally {
     }
 
     /// A tally of a chat-completions stream, which [`Tally::stop`] can end; `include_usage`
-    /// when the client asked for the usage chunk.
+    /// when the client asked for the usage chunk, which `pricer` adds the call's cost to.
     #[must_use]
-    pub fn chat(text_bytes_max: usize, include_usage: bool) -> OpenAiTally {
+    pub fn chat(text_bytes_max: usize, include_usage: bool, pricer: Option<Pricer>) -> OpenAiTally {
         OpenAiTally {
             chat: Some(ChatStream {
                 include_usage,
+                pricer,
                 ..ChatStream::default()
             }),
             ..OpenAiTally::new(text_bytes_max)
@@ -163,6 +167,21 @@ impl ChatStream {
         for choice in &chunk.choices {
             self.choices = self.choices.max(choice.index.saturating_add(1));
         }
+    }
+
+    /// The provider's usage chunk (`data`) with the call's cost added to its usage, as an
+    /// event; `None` when the client did not ask for it or there is no pricer.
+    fn priced(&self, data: &[u8], usage: &TokenUsage) -> Option<Bytes> {
+        let cost = self.pricer.as_ref()?.cost(usage)?;
+        if !self.include_usage {
+            return None;
+        }
+        let mut chunk: serde_json::Value = serde_json::from_slice(data).ok()?;
+        chunk
+            .get_mut("usage")?
+            .as_object_mut()?
+            .insert("cost".into(), json!(cost));
+        Some(Bytes::from(format!("data: {chunk}\n\n")))
     }
 
     /// The chunks OpenAI ends a stream with at `max_tokens`: every choice finished with
@@ -190,6 +209,9 @@ impl ChatStream {
                 "prompt_tokens_details": {"cached_tokens": usage.cached.0},
                 "completion_tokens_details": {"reasoning_tokens": usage.reasoning.0},
             });
+            if let Some(cost) = self.pricer.as_ref().and_then(|p| p.cost(usage)) {
+                last["usage"]["cost"] = json!(cost);
+            }
             out.push_str(&format!("data: {last}\n\n"));
         }
         out.push_str("data: [DONE]\n\n");
@@ -228,6 +250,11 @@ impl Tally for OpenAiTally {
         if let Some(usage) = usage.and_then(OpenAiUsage::normalise) {
             self.usage = Some(usage);
             observed.usage_only = chunk.choices.is_empty() && chunk.kind.is_none();
+            if observed.usage_only
+                && let Some(chat) = &self.chat
+            {
+                observed.rewritten = chat.priced(data, &usage);
+            }
         }
         observed
     }
@@ -282,7 +309,13 @@ mod tests {
 
     #[test]
     fn a_chat_stream_is_ended_as_openai_ends_one_at_max_tokens() {
-        let mut tally = OpenAiTally::chat(1024, true);
+        let mut tally = OpenAiTally::chat(
+            1024,
+            true,
+            Some(Pricer::new(|u| {
+                Some(tollgate_engine::Nanos(u.output.0 * 1_000))
+            })),
+        );
         tally.observe(
             br#"{"id":"chatcmpl-9","object":"chat.completion.chunk","created":7,"model":"gpt-4o-2024","choices":[{"index":0,"delta":{"content":"Hel"}},{"index":1,"delta":{"content":"Yo"}}]}"#,
         );
@@ -316,13 +349,36 @@ mod tests {
         assert_eq!(usage["usage"]["prompt_tokens"], 12);
         assert_eq!(usage["usage"]["completion_tokens"], 3);
         assert_eq!(usage["usage"]["total_tokens"], 15);
+        assert_eq!(usage["usage"]["cost"], "0.000003");
         // No usage chunk for a client that did not ask; other routes' streams are not ended.
-        let mut quiet = OpenAiTally::chat(1024, false);
+        let mut quiet = OpenAiTally::chat(1024, false, None);
         assert_eq!(
             events(&quiet.stop(&TokenUsage::default()).unwrap()).len(),
             1
         );
         assert_eq!(OpenAiTally::new(1024).stop(&TokenUsage::default()), None);
+    }
+
+    #[test]
+    fn the_usage_chunk_a_client_asked_for_says_what_the_call_cost() {
+        let pricer = Pricer::new(|u| Some(tollgate_engine::Nanos(u.input.0 * 2_000_000)));
+        let mut tally = OpenAiTally::chat(1024, true, Some(pricer.clone()));
+        let seen = tally.observe(
+            br#"{"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#,
+        );
+        assert!(seen.usage_only);
+        let rewritten = seen.rewritten.unwrap();
+        let data = std::str::from_utf8(&rewritten)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
+        let chunk: serde_json::Value = serde_json::from_str(data.trim_end()).unwrap();
+        assert_eq!(chunk["usage"]["cost"], "0.01");
+        assert_eq!(chunk["usage"]["prompt_tokens"], 5);
+        // A usage chunk the gateway asked for (the client did not) is not priced: it is hidden.
+        let mut hidden = OpenAiTally::chat(1024, false, Some(pricer));
+        let seen = hidden.observe(br#"{"choices":[],"usage":{"prompt_tokens":5}}"#);
+        assert!(seen.usage_only && seen.rewritten.is_none());
     }
 
     #[test]
@@ -335,7 +391,8 @@ mod tests {
             seen,
             Observed {
                 usage_only: false,
-                text: true
+                text: true,
+                rewritten: None,
             }
         );
         tally.observe(
@@ -348,7 +405,8 @@ mod tests {
             seen,
             Observed {
                 usage_only: true,
-                text: false
+                text: false,
+                rewritten: None,
             }
         );
         assert_eq!(tally.observe(b"[DONE]"), Observed::default());
