@@ -1,5 +1,7 @@
 """The official OpenAI Python SDK, pointed at tollgate by its base URL alone."""
 
+from decimal import Decimal
+
 import openai
 import pytest
 
@@ -34,6 +36,15 @@ def test_streaming_with_usage(client):
         stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens == 3
     assert chunks[-1].choices == []
+    # The call's cost rides in the usage chunk, a decimal string in the card's currency.
+    assert Decimal(chunks[-1].usage.cost) > 0
+
+
+def test_a_whole_answer_says_what_it_cost(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=3)
+    assert Decimal(raw.headers["x-tollgate-cost"]) > 0
+    assert raw.parse().usage.completion_tokens == 3
 
 
 def test_completions_embeddings_and_responses(client):
@@ -119,6 +130,7 @@ def test_a_stream_the_budget_ends_is_a_normal_end_at_length(stack):
     assert finishes == ["length"]
     usage = chunks[-1].usage
     assert 0 < usage.completion_tokens < 2000
+    assert Decimal(usage.cost) * 10**9 == stack.spent_nanos("stop-openai")
     assert text == " hello" * usage.completion_tokens
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert len({c.id for c in chunks}) == 1

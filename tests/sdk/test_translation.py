@@ -1,6 +1,7 @@
 """The OpenAI SDK calling an Anthropic model: requests and answers translated both ways."""
 
 import json
+from decimal import Decimal
 
 import openai
 import pytest
@@ -37,6 +38,7 @@ def test_streamed_chat_completion_from_an_anthropic_model(client):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == " hello" * 3
     assert chunks[-1].usage.completion_tokens == 3
+    assert Decimal(chunks[-1].usage.cost) > 0
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
 

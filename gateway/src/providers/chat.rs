@@ -6,6 +6,9 @@
 //! is written in one place.
 
 use serde_json::{Map, Value, json};
+use tollgate_engine::TokenUsage;
+
+use crate::providers::read::Pricer;
 
 /// Why a request could not be translated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +169,18 @@ const OPENAI_CHAT_FIELDS: [&str; 30] = [
     "functions",
 ];
 
+/// OpenAI's usage object for `usage`: prompt and completion tokens, their total, the cached
+/// prompt tokens and the reasoning completion tokens.
+pub(crate) fn openai_usage(usage: &TokenUsage) -> Value {
+    json!({
+        "prompt_tokens": usage.input.0,
+        "completion_tokens": usage.output.0,
+        "total_tokens": usage.input.0.saturating_add(usage.output.0),
+        "prompt_tokens_details": {"cached_tokens": usage.cached.0},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning.0},
+    })
+}
+
 /// OpenAI's tool call of a whole answer: the arguments are the input as a JSON string.
 pub(crate) fn tool_call(id: Option<&Value>, name: Option<&Value>, input: Option<&Value>) -> Value {
     json!({
@@ -223,6 +238,8 @@ pub(crate) struct ChunkWriter {
     pub id: String,
     model: String,
     created_s: i64,
+    /// Prices the usage chunk: the client is told the call's cost in `usage.cost`.
+    pricer: Option<Pricer>,
 }
 
 impl ChunkWriter {
@@ -232,7 +249,13 @@ impl ChunkWriter {
             id: id.into(),
             model: model.to_owned(),
             created_s,
+            pricer: None,
         }
+    }
+
+    /// The same writer, its usage chunk priced by `pricer`.
+    pub(crate) fn priced(self, pricer: Option<Pricer>) -> ChunkWriter {
+        ChunkWriter { pricer, ..self }
     }
 
     /// A chunk of choice `index`: `delta`, and `finish` (`null` until the choice ends).
@@ -263,9 +286,14 @@ impl ChunkWriter {
     }
 
     /// The end of the stream: the usage chunk (no choices) when `usage` is given (the client
-    /// asked for it and it is known), then `[DONE]`.
-    pub(crate) fn end(&self, out: &mut String, usage: Option<Value>) {
+    /// asked for it and it is known), with the call's cost when priced, then `[DONE]`.
+    pub(crate) fn end(&self, out: &mut String, usage: Option<&TokenUsage>) {
         if let Some(usage) = usage {
+            let mut shown = openai_usage(usage);
+            if let Some(cost) = self.pricer.as_ref().and_then(|p| p.cost(usage)) {
+                shown["cost"] = json!(cost);
+            }
+            let usage = shown;
             let chunk = json!({
                 "id": self.id,
                 "object": "chat.completion.chunk",

@@ -86,7 +86,8 @@ impl Adapter for Anthropic {
                     answer.model,
                     answer.created_s,
                     answer.include_usage,
-                ),
+                )
+                .priced(answer.pricer.clone()),
             }));
         }
         Box::new(Whole::to_chat(

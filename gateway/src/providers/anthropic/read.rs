@@ -47,6 +47,12 @@ impl Usage {
     }
 }
 
+/// Anthropic's usage object as the engine's usage; `None` when it names no prompt count.
+#[must_use]
+pub fn usage_of_value(usage: &serde_json::Value) -> Option<TokenUsage> {
+    Usage::deserialize(usage).ok()?.normalise()
+}
+
 /// The usage in a whole Messages answer.
 #[must_use]
 pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {

@@ -11,10 +11,12 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::providers::anthropic::read;
 use crate::providers::chat::{
     ChunkWriter, Conversation, Dialect, ToolCalls, TranslateError, assistant_message, bad,
-    completion, conversation, extra_fields, max_tokens, stop_sequences, tool_call,
+    completion, conversation, extra_fields, max_tokens, openai_usage, stop_sequences, tool_call,
 };
+use crate::providers::read::Pricer;
 
 /// Anthropic's way of writing a conversation.
 const ANTHROPIC: Dialect = Dialect {
@@ -190,17 +192,9 @@ fn finish_reason(stop_reason: Option<&str>) -> Value {
     }
 }
 
-fn openai_usage(usage: &Value) -> Value {
-    let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let read = n("cache_read_input_tokens");
-    let prompt = n("input_tokens") + read + n("cache_creation_input_tokens");
-    let completion = n("output_tokens");
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": read},
-    })
+/// OpenAI's usage object for Anthropic's (cache reads and writes summed into the prompt).
+fn openai_usage_of(usage: &Value) -> Value {
+    openai_usage(&read::usage_of_value(usage).unwrap_or_default())
 }
 
 /// A whole Anthropic message as a `chat.completion` answering for `model`.
@@ -234,7 +228,7 @@ pub fn message_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u
         model,
         created_s,
         json!([{"index": 0, "message": reply, "finish_reason": finish}]),
-        openai_usage(message.get("usage").unwrap_or(&Value::Null)),
+        openai_usage_of(message.get("usage").unwrap_or(&Value::Null)),
     )
 }
 
@@ -275,6 +269,16 @@ impl StreamTranslator {
         }
     }
 
+    /// The same translator, its usage chunk priced by `pricer` (the call's cost in
+    /// `usage.cost`).
+    #[must_use]
+    pub fn priced(self, pricer: Option<Pricer>) -> StreamTranslator {
+        StreamTranslator {
+            chunks: self.chunks.priced(pricer),
+            ..self
+        }
+    }
+
     /// The OpenAI events (possibly none) for one Anthropic event's `data`.
     pub fn event(&mut self, data: &[u8], out: &mut String) {
         let Ok(event) = serde_json::from_slice::<Value>(data) else {
@@ -294,8 +298,9 @@ impl StreamTranslator {
             Some("message_stop") => {
                 let usage = self
                     .include_usage
-                    .then(|| openai_usage(&Value::Object(self.usage.clone())));
-                self.chunks.end(out, usage);
+                    .then(|| read::usage_of_value(&Value::Object(self.usage.clone())))
+                    .flatten();
+                self.chunks.end(out, usage.as_ref());
             }
             Some("error") => {
                 let error = json!({"error": {
@@ -470,7 +475,9 @@ mod tests {
         );
         assert_eq!(
             chat["usage"],
-            json!({"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "prompt_tokens_details": {"cached_tokens": 90}})
+            json!({"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+                   "prompt_tokens_details": {"cached_tokens": 90},
+                   "completion_tokens_details": {"reasoning_tokens": 0}})
         );
     }
 

@@ -7,8 +7,9 @@ use tollgate_engine::TokenUsage;
 use crate::providers::bedrock::eventstream::Frame;
 use crate::providers::chat::{
     ChunkWriter, Conversation, Dialect, ToolCalls, TranslateError, assistant_message, bad,
-    completion, conversation, extra_fields, max_tokens, stop_sequences, tool_call,
+    completion, conversation, extra_fields, max_tokens, openai_usage, stop_sequences, tool_call,
 };
+use crate::providers::read::Pricer;
 use crate::providers::text::Kept;
 
 /// Converse's way of writing a conversation.
@@ -196,15 +197,6 @@ pub fn usage_of(usage: &Value) -> Option<TokenUsage> {
     ))
 }
 
-fn openai_usage(usage: &TokenUsage) -> Value {
-    json!({
-        "prompt_tokens": usage.input.0,
-        "completion_tokens": usage.output.0,
-        "total_tokens": usage.input.0 + usage.output.0,
-        "prompt_tokens_details": {"cached_tokens": usage.cached.0},
-    })
-}
-
 /// A whole Converse answer as a `chat.completion` for `model`.
 #[must_use]
 pub fn converse_to_chat(body: &[u8], model: &str, created_s: i64) -> Option<Vec<u8>> {
@@ -291,6 +283,16 @@ impl StreamTranslator {
         }
     }
 
+    /// The same translator, its usage chunk priced by `pricer` (the call's cost in
+    /// `usage.cost`).
+    #[must_use]
+    pub fn priced(self, pricer: Option<Pricer>) -> StreamTranslator {
+        StreamTranslator {
+            chunks: self.chunks.priced(pricer),
+            ..self
+        }
+    }
+
     /// Translates one frame; returns whether it carried generated text.
     pub fn frame(&mut self, frame: &Frame, out: &mut String) -> bool {
         let payload: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
@@ -364,7 +366,7 @@ impl StreamTranslator {
         }
         self.done = true;
         let usage = self.usage.as_ref().filter(|_| self.include_usage);
-        self.chunks.end(out, usage.map(openai_usage));
+        self.chunks.end(out, usage);
     }
 }
 

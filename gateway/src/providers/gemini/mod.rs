@@ -112,7 +112,8 @@ impl Adapter for Gemini {
                     answer.created_s,
                     answer.include_usage,
                     STREAM_TEXT_BYTES_MAX,
-                ),
+                )
+                .priced(answer.pricer.clone()),
             )));
         }
         Box::new(Whole::to_chat(

@@ -26,8 +26,9 @@ use tollgate_engine::TokenUsage;
 
 use crate::providers::chat::{
     ChunkWriter, ToolCalls, TranslateError, assistant_message, bad, completion, extra_fields,
-    max_tokens, stop_sequences, tool_call,
+    max_tokens, openai_usage, stop_sequences, tool_call,
 };
+use crate::providers::read::Pricer;
 use crate::providers::text::Kept;
 
 /// The placeholder signature Google documents for a function call it did not sign itself
@@ -570,16 +571,6 @@ pub fn usage_of(usage_metadata: &Value) -> Option<TokenUsage> {
     ))
 }
 
-fn openai_usage(usage: &TokenUsage) -> Value {
-    json!({
-        "prompt_tokens": usage.input.0,
-        "completion_tokens": usage.output.0,
-        "total_tokens": usage.input.0.saturating_add(usage.output.0),
-        "prompt_tokens_details": {"cached_tokens": usage.cached.0},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning.0},
-    })
-}
-
 // ---- Answers ----
 
 /// OpenAI's finish reason for a Gemini one; a candidate that called a function says so with
@@ -817,6 +808,16 @@ impl StreamTranslator {
         }
     }
 
+    /// The same translator, its usage chunk priced by `pricer` (the call's cost in
+    /// `usage.cost`).
+    #[must_use]
+    pub fn priced(self, pricer: Option<Pricer>) -> StreamTranslator {
+        StreamTranslator {
+            chunks: self.chunks.priced(pricer),
+            ..self
+        }
+    }
+
     /// The state of candidate `index`, if there is room for it.
     fn choice(&mut self, index: u64) -> Option<usize> {
         if let Some(at) = self.choices.iter().position(|c| c.index == index) {
@@ -990,7 +991,7 @@ impl StreamTranslator {
             }
         }
         let usage = self.usage.as_ref().filter(|_| self.include_usage);
-        self.chunks.end(out, usage.map(openai_usage));
+        self.chunks.end(out, usage);
     }
 }
 
