@@ -31,6 +31,7 @@ fn key_spec() -> KeySpec {
         scopes: tollgate_engine::identity::Scopes::NONE,
         created_at: NOW,
         revoked: false,
+        tight: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn main() {
             scopes: tollgate_engine::identity::Scopes::NONE,
             created_at: UnixMs(1_768_435_200_000),
             revoked: false,
+            tight: None,
         };
         let alloc = dir
             .allocation(&format!("alloc-{:07}", k % ALLOCATIONS))

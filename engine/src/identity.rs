@@ -534,6 +534,9 @@ pub struct KeySpec {
     pub created_at: UnixMs,
     /// Restored already revoked: published unusable, never usable for an instant.
     pub revoked: bool,
+    /// How its calls are held when their whole bound does not fit; `None` follows its
+    /// allocation's.
+    pub tight: Option<Tight>,
 }
 
 /// A virtual key as stored: hash, display prefix, owner, allocation and limits.
@@ -560,6 +563,9 @@ pub struct VirtualKey {
     pub limits: KeyLimits,
     /// What it may do besides calling models.
     pub scopes: Scopes,
+    /// Its own `tight` policy, over its allocation's (one byte, in the padding after its
+    /// scopes).
+    tight: Option<Tight>,
 }
 
 /// `expiry` of a key that never expires.
@@ -572,6 +578,19 @@ impl VirtualKey {
     #[must_use]
     pub fn id(&self) -> KeyId {
         self.hash.id()
+    }
+
+    /// How the key's calls are held when their whole bound does not fit: its own policy, or
+    /// its allocation's.
+    #[must_use]
+    pub fn tight(&self) -> Tight {
+        self.tight.unwrap_or_else(|| self.allocation.tight())
+    }
+
+    /// Its own `tight` policy, if it has one (what the admin API lists and the journal keeps).
+    #[must_use]
+    pub fn own_tight(&self) -> Option<Tight> {
+        self.tight
     }
 
     /// The SHA-256 of the secret: all that is stored of it.
@@ -674,6 +693,7 @@ impl VirtualKey {
             models: spec.models,
             limits: spec.limits,
             scopes: spec.scopes,
+            tight: spec.tight,
         }
     }
 }
@@ -970,6 +990,7 @@ mod tests {
             scopes: Scopes::NONE,
             created_at: UnixMs(0),
             revoked: false,
+            tight: None,
         }
     }
 

@@ -101,6 +101,7 @@ proptest! {
         let spec = tollgate_engine::KeySpec {
             user: "u".into(), agent: None, expires_at: None, models: AllowList::Any,
             limits: Default::default(), scopes: Default::default(), created_at: UnixMs(0), revoked: false,
+            tight: None,
         };
         store.create(&alloc, spec, &[3u8; 20]).unwrap();
         prop_assert!(store.resolve(&text, UnixMs(0)).is_err());

@@ -148,6 +148,7 @@ mod tests {
             scopes: Scopes::NONE,
             created_at: UnixMs(0),
             revoked: false,
+            tight: None,
         };
         store.create(allocation, spec, &[seed; 20]).unwrap().0
     }

@@ -420,11 +420,13 @@ fn every_answer_says_where_the_budget_stands_at_its_tightest_level() {
 #[test]
 fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_capped() {
     // Two allocations of 0.05 whose calls need their whole bound (0.0205 each): `wait` lines
-    // a call up until it fits, `refuse` turns it away at once as busy. A third, made through
-    // the admin API, keeps its policy across a restart.
+    // a call up until it fits, `refuse` turns it away at once as busy; a key of a third, which
+    // clamps, refuses for itself. Another allocation, made through the admin API, and the key
+    // keep their policies across a restart.
     let org = format!(
         "{ORG}\n[[allocation]]\nname = \"patient\"\nproject = \"chatbot\"\ntight = \"wait\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n\
-         \n[[allocation]]\nname = \"strict\"\nproject = \"chatbot\"\ntight = \"refuse\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n"
+         \n[[allocation]]\nname = \"strict\"\nproject = \"chatbot\"\ntight = \"refuse\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n\
+         \n[[allocation]]\nname = \"lenient\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.05\", period = \"total\" }}\n"
     );
     let mut stack = Stack::start("budget-tight", &org, "\n[admission]\nwait_ms_max = 5000\n");
     let address = stack.address();
@@ -438,8 +440,16 @@ fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_cappe
         "messages": [{"role": "user", "content": "hold"}],
         "mock": {"answer_tokens": 10},
     });
-    for (allocation, waits) in [("patient", true), ("strict", false)] {
-        let (key, _) = stack.create_key(allocation, json!({}));
+    let mut strict_key_id = String::new();
+    for (allocation, key_tight, waits) in [
+        ("patient", json!({}), true),
+        ("strict", json!({}), false),
+        ("lenient", json!({"tight": "refuse"}), false),
+    ] {
+        let (key, id) = stack.create_key(allocation, key_tight);
+        if allocation == "lenient" {
+            strict_key_id = id;
+        }
         // Two slow streams hold two whole bounds (0.041); 0.009 is left, less than a bound.
         let holders: Vec<_> = (0..2)
             .map(|_| {
@@ -501,6 +511,20 @@ fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_cappe
         (tight("made"), tight("patient"), tight("open")),
         (json!("refuse"), json!("wait"), json!("clamp"))
     );
+    let keys = stack.admin("GET", "/admin/v1/keys", None).json();
+    let strict_key = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == strict_key_id.as_str())
+        .unwrap();
+    assert_eq!(strict_key["tight"], "refuse", "{strict_key}");
+    let bad = stack.admin(
+        "POST",
+        "/admin/v1/keys",
+        Some(json!({"allocation": "lenient", "user": "u", "tight": "sometimes"})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
     stack.stop();
 }
 

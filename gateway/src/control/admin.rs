@@ -112,6 +112,8 @@ struct CreateKey {
     /// `["metering"]`: may also record and authorize resource usage.
     #[serde(default)]
     scopes: Vec<String>,
+    /// `clamp`, `wait` or `refuse`: the key's own policy over its allocation's.
+    tight: Option<tollgate_engine::Tight>,
 }
 
 fn create_key(
@@ -130,6 +132,7 @@ fn create_key(
             scopes: old.scopes,
             created_at: now,
             revoked: false,
+            tight: old.own_tight(),
         },
         None => {
             let request: CreateKey = serde_json::from_slice(body)
@@ -172,6 +175,7 @@ fn create_key(
                     .map_err(|e| Failure::BadRequest(format!("`scopes`: {e}")))?,
                 created_at: now,
                 revoked: false,
+                tight: request.tight,
             };
             return insert_key(control, &allocation, spec, now, None);
         }
@@ -443,6 +447,7 @@ fn describe(key: &VirtualKey) -> Value {
         "requests_per_minute": key.limits.requests_per_minute,
         "tokens_per_minute": key.limits.tokens_per_minute,
         "scopes": key.scopes.names(),
+        "tight": key.tight().as_str(),
         "created_at": format_rfc3339_s(key.created_at),
         "expires_at": key.expires_at().map(format_rfc3339_s),
         "revoked": key.is_revoked(),

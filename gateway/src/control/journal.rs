@@ -61,6 +61,10 @@ pub enum Record {
         /// What it may do besides calling models (`metering`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         scopes: Vec<String>,
+        /// Its own `tight` policy over its allocation's (added within the journal's format:
+        /// records without it follow the allocation's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tight: Option<Tight>,
         /// When it was made, in Unix milliseconds.
         created_at_ms: i64,
     },
@@ -236,6 +240,7 @@ pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
         requests_per_minute: spec.limits.requests_per_minute,
         tokens_per_minute: spec.limits.tokens_per_minute,
         scopes: spec.scopes.names().into_iter().map(str::to_owned).collect(),
+        tight: spec.tight,
         created_at_ms: spec.created_at.0,
     }
 }
@@ -318,6 +323,7 @@ fn restored_key(
         requests_per_minute,
         tokens_per_minute,
         scopes,
+        tight,
         created_at_ms,
     } = record
     else {
@@ -344,6 +350,7 @@ fn restored_key(
         scopes,
         created_at: UnixMs(created_at_ms),
         revoked: revoked.contains(&id),
+        tight,
     };
     Ok(Some((allocation, hash, prefix, spec)))
 }

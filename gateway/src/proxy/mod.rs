@@ -492,7 +492,7 @@ impl Call<'_> {
         // A stream that can be stopped holds what its key's streams of the model really
         // generate (a high percentile), when that is known and less than its bound: if it runs
         // longer its hold grows as it flows.
-        let tight = allocation.tight();
+        let tight = key.tight();
         let learned = (upstream.stoppable && tight == Tight::Clamp)
             .then(|| self.gateway.expected.bytes(key, model))
             .flatten()
