@@ -121,16 +121,10 @@ impl Ticket {
             gateway.emitter.alert(crossed, at);
         }
         charge_tokens(&gateway, &key, &usage);
-        let metrics = &gateway.metrics;
-        metrics.request(Some(api), status);
-        metrics.tokens(&usage);
-        metrics.add(Counter::SpendNanos, cost.billed.0);
-        match source {
-            UsageSource::Unknown => metrics.add(Counter::UsageUnknown, 1),
-            UsageSource::Counted | UsageSource::Estimated => metrics.add(Counter::UsageCounted, 1),
-            UsageSource::Provider | UsageSource::None => {}
-        }
-        metrics.upstream(millis(sent.elapsed()), ttft.map(millis));
+        count(&gateway, api, status, &usage, source, cost.billed);
+        gateway
+            .metrics
+            .upstream(millis(sent.elapsed()), ttft.map(millis));
         let now = crate::clock::now_ms();
         let event = UsageEvent {
             attempt,
@@ -271,6 +265,27 @@ fn price(
     }
 }
 
+/// Counts a finished call in the metrics: its request, tokens, spend, and how its usage was
+/// known.
+fn count(
+    gateway: &Gateway,
+    api: Api,
+    status: Status,
+    usage: &TokenUsage,
+    source: UsageSource,
+    billed: Nanos,
+) {
+    let metrics = &gateway.metrics;
+    metrics.request(Some(api), status);
+    metrics.tokens(usage);
+    metrics.add(Counter::SpendNanos, billed.0);
+    match source {
+        UsageSource::Unknown => metrics.add(Counter::UsageUnknown, 1),
+        UsageSource::Counted | UsageSource::Estimated => metrics.add(Counter::UsageCounted, 1),
+        UsageSource::Provider | UsageSource::None => {}
+    }
+}
+
 /// Charges the call's tokens to the key's and the team's tokens-per-minute limits.
 fn charge_tokens(gateway: &Gateway, key: &VirtualKey, usage: &TokenUsage) {
     let now_us = gateway.monotonic_us();
@@ -307,6 +322,11 @@ pub enum MeterError {
 
 /// One frame of a metered body, or why it stopped.
 type FrameResult = Result<Frame<Bytes>, BodyError>;
+
+/// The pieces gathered, as one frame.
+fn emit(ready: Option<BytesMut>) -> Option<FrameResult> {
+    ready.map(|r| Ok(Frame::data(r.freeze())))
+}
 
 /// Most bytes gathered from pieces the upstream has ready before they are sent on.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -485,6 +505,21 @@ impl Metered {
         Some(Poll::Ready(Some(Err(failure.into()))))
     }
 
+    /// A failure after the pieces in `ready`: they still reach the client, and the failure
+    /// follows them (see [`Metered::poll_failure`]).
+    fn fail_after(
+        &mut self,
+        ready: Option<BytesMut>,
+        failure: MeterError,
+    ) -> Poll<Option<FrameResult>> {
+        if ready.is_some() {
+            self.failed = Some(failure);
+            Poll::Ready(emit(ready))
+        } else {
+            Poll::Ready(Some(Err(failure.into())))
+        }
+    }
+
     /// The upstream's body ended whole: what the reader still holds (a translated stream's
     /// last events) joins what is ready, and the ticket is finished.
     fn end_of_stream(&mut self, mut ready: Option<BytesMut>) -> Option<BytesMut> {
@@ -550,16 +585,6 @@ impl Body for Metered {
         }
         // Pieces the upstream has ready now are sent as one: fewer writes when it bursts.
         let mut ready: Option<BytesMut> = None;
-        let emit = |ready: Option<BytesMut>| ready.map(|r| Ok(Frame::data(r.freeze())));
-        // What came before a failure still reaches the client; the failure follows it.
-        let fail = |this: &mut Metered, ready: Option<BytesMut>, failure: MeterError| {
-            if ready.is_some() {
-                this.failed = Some(failure);
-                Poll::Ready(emit(ready))
-            } else {
-                Poll::Ready(Some(Err(failure.into())))
-            }
-        };
         loop {
             let Some(upstream) = this.upstream.as_mut() else {
                 // Stopped by the budget: what is ready goes first, the closing events next.
@@ -586,13 +611,13 @@ impl Body for Metered {
                         Ok(None) => {}
                         Err(e) => {
                             this.end(Status::UpstreamError);
-                            return fail(this, ready, e.into());
+                            return this.fail_after(ready, e.into());
                         }
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.end(Status::UpstreamError);
-                    return fail(this, ready, MeterError::Upstream(e));
+                    return this.fail_after(ready, MeterError::Upstream(e));
                 }
                 Poll::Ready(None) => {
                     let ready = this.end_of_stream(ready);

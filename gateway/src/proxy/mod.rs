@@ -246,6 +246,41 @@ struct Held {
     budget: Option<StreamBudget>,
 }
 
+/// A call's price and shape, for bounding what it can cost.
+struct Priced<'p> {
+    price: &'p ModelPrice,
+    adjustment: tollgate_engine::Adjustment,
+    shape: RequestShape,
+}
+
+impl Priced<'_> {
+    /// The call's bound with its completion tokens capped at `output_tokens` (its own cap, or
+    /// the model's, when `None`).
+    fn cost_with(&self, output_tokens: Option<u64>) -> Estimate {
+        let shape = match output_tokens {
+            Some(tokens) => RequestShape {
+                max_output_tokens: Some(tokens),
+                ..self.shape
+            },
+            None => self.shape,
+        };
+        estimate(self.price, self.adjustment, shape)
+    }
+}
+
+/// The refusal of a call its allocation's budget did not admit: spent (402) or busy (429).
+fn not_admitted(allocation: &tollgate_engine::Allocation, refusal: NotAdmitted) -> Failure {
+    let scope = BudgetScope {
+        team: Arc::clone(&allocation.project.team.name),
+        project: Arc::clone(&allocation.project.name),
+        allocation: Arc::clone(&allocation.name),
+    };
+    match refusal {
+        NotAdmitted::Spent(at) => Failure::BudgetExceeded(at, scope),
+        NotAdmitted::Busy { at, .. } => Failure::BudgetBusy(at, scope, 1),
+    }
+}
+
 impl Call<'_> {
     async fn admit(&mut self, request: Request<Incoming>) -> Result<Admitted, Failure> {
         let key = self.authenticate(request.headers())?;
@@ -453,10 +488,10 @@ impl Call<'_> {
         Ok(())
     }
 
-    /// Holds what the call can cost at allocation, project and team: its whole bound when
-    /// there is room, else what there is, at least its least cost (its prompt and
-    /// `admission.output_floor_tokens` of output), waiting in line while calls in flight hold
-    /// the room. A hold short of the bound caps the call's output at what it affords.
+    /// Holds what the call can cost at allocation, project and team (see [`Call::asks`]),
+    /// waiting in line while calls in flight hold the room. A hold short of the bound stops a
+    /// stoppable stream where it can grow no more, and caps any other call's output at what it
+    /// affords.
     async fn reserve(
         &self,
         key: &VirtualKey,
@@ -467,49 +502,23 @@ impl Call<'_> {
         upstream: &Prepared,
     ) -> Result<Held, Failure> {
         let allocation = &key.allocation;
-        let adjustment =
-            version.adjustment(&allocation.project.team.name, &allocation.project.name);
-        let shape = RequestShape {
-            body_bytes: body.len() as u64,
-            extra_input_tokens: 0,
-            max_output_tokens: if self.api == Api::Embeddings {
-                Some(0)
-            } else {
-                upstream.output_tokens_max
+        let priced = Priced {
+            price,
+            adjustment: version.adjustment(&allocation.project.team.name, &allocation.project.name),
+            shape: RequestShape {
+                body_bytes: body.len() as u64,
+                extra_input_tokens: 0,
+                max_output_tokens: if self.api == Api::Embeddings {
+                    Some(0)
+                } else {
+                    upstream.output_tokens_max
+                },
             },
         };
-        let bound = estimate(price, adjustment, shape);
-        let floor = self.gateway.config.admission.output_floor_tokens;
-        let least_shape = RequestShape {
-            max_output_tokens: Some(floor.min(bound.output_tokens_max.0)),
-            ..shape
-        };
-        // The allocation's `tight` policy. Clamp holds the whole bound while the budget has
-        // it, waiting in line while calls in flight hold it, so no answer is cut for want of
-        // room that is coming back; only when settled spend leaves less than the bound does it
-        // take what there is, down to the least cost (the end of the budget). Wait and refuse
-        // take the whole bound, refuse without waiting for it.
-        // A stream that can be stopped holds what its key's streams of the model really
-        // generate (a high percentile), when that is known and less than its bound: if it runs
-        // longer its hold grows as it flows.
+        let bound = priced.cost_with(None);
         let tight = key.tight();
-        let learned = (upstream.stoppable && tight == Tight::Clamp)
-            .then(|| self.gateway.expected.bytes(key, model))
-            .flatten()
-            .filter(|&bytes| bytes < bound.output_tokens_max.0);
-        let expected = learned.map_or(bound.cost_max, |bytes| {
-            let learned_shape = RequestShape {
-                max_output_tokens: Some(bytes.max(floor)),
-                ..shape
-            };
-            estimate(price, adjustment, learned_shape).cost_max
-        });
-        let whole = Ask::exactly(expected);
-        let rest = Ask {
-            least: estimate(price, adjustment, least_shape).cost_max,
-            most: bound.cost_max,
-        };
-        let attempt = || match reserve_within(allocation, now_ms(), whole) {
+        let (first, rest) = self.asks(key, model, &priced, &bound, upstream.stoppable);
+        let attempt = || match reserve_within(allocation, now_ms(), first) {
             Err(Refused::Exhausted(_)) if tight == Tight::Clamp => {
                 reserve_within(allocation, now_ms(), rest)
             }
@@ -521,30 +530,22 @@ impl Call<'_> {
             .admit(&allocation.name, tight != Tight::Refuse, attempt)
             .await;
         self.count_wait(&admitted);
-        let (reservation, _waited) = admitted.map_err(|refusal| {
-            let scope = BudgetScope {
-                team: Arc::clone(&allocation.project.team.name),
-                project: Arc::clone(&allocation.project.name),
-                allocation: Arc::clone(&allocation.name),
-            };
-            match refusal {
-                NotAdmitted::Spent(at) => Failure::BudgetExceeded(at, scope),
-                NotAdmitted::Busy { at, .. } => Failure::BudgetBusy(at, scope, 1),
-            }
-        })?;
+        let (reservation, _waited) =
+            admitted.map_err(|refusal| not_admitted(allocation, refusal))?;
         let short = reservation
             .bounded_at()
-            .is_some_and(|held| held < bound.cost_max && self.api != Api::Embeddings);
-        let (output_cap, budget) = match (short, reservation.bounded_at()) {
+            .filter(|held| *held < bound.cost_max && self.api != Api::Embeddings);
+        let (output_cap, budget) = match short {
             // A stream that can be stopped goes on as far as its hold can grow.
-            (true, _) if upstream.stoppable => {
-                (None, Some(StreamBudget::new(price, adjustment, shape)))
-            }
-            (true, Some(held)) => {
-                let total = output_tokens_within(price, adjustment, shape, held);
+            Some(_) if upstream.stoppable => (
+                None,
+                Some(StreamBudget::new(price, priced.adjustment, priced.shape)),
+            ),
+            Some(held) => {
+                let total = output_tokens_within(price, priced.adjustment, priced.shape, held);
                 (Some((total / upstream.choices).max(1)), None)
             }
-            _ => (None, None),
+            None => (None, None),
         };
         Ok(Held {
             reservation,
@@ -552,6 +553,43 @@ impl Call<'_> {
             output_cap,
             budget,
         })
+    }
+
+    /// What the call asks to hold first, and what it asks when settled spend leaves less than
+    /// that (the budget's end).
+    ///
+    /// Under `clamp` (the default): first the whole bound, or for a stoppable stream what its
+    /// key's streams of the model really generate (a high percentile) when that is known and
+    /// less, so no answer is cut for want of room that is coming back; at the end, what there
+    /// is, down to the least cost (its prompt and `admission.output_floor_tokens` of output).
+    /// Under `wait` and `refuse`: the whole bound, and nothing less.
+    fn asks(
+        &self,
+        key: &VirtualKey,
+        model: &ModelRef,
+        priced: &Priced<'_>,
+        bound: &Estimate,
+        stoppable: bool,
+    ) -> (Ask, Ask) {
+        let whole = Ask::exactly(bound.cost_max);
+        if key.tight() != Tight::Clamp {
+            return (whole, whole);
+        }
+        let floor = self.gateway.config.admission.output_floor_tokens;
+        let learned = stoppable
+            .then(|| self.gateway.expected.bytes(key, model))
+            .flatten()
+            .filter(|&bytes| bytes < bound.output_tokens_max.0);
+        let first = learned.map_or(whole, |bytes| {
+            Ask::exactly(priced.cost_with(Some(bytes.max(floor))).cost_max)
+        });
+        let rest = Ask {
+            least: priced
+                .cost_with(Some(floor.min(bound.output_tokens_max.0)))
+                .cost_max,
+            most: bound.cost_max,
+        };
+        (first, rest)
     }
 
     /// Counts a call that waited for budget, or was refused as busy.
@@ -648,7 +686,7 @@ async fn forward(
         forwarded_headers,
         request_body,
     } = admitted;
-    let mut ticket = Ticket {
+    let ticket = Ticket {
         gateway: Arc::clone(&gateway),
         key,
         reservation,
@@ -675,18 +713,6 @@ async fn forward(
         output_cap,
         stoppable,
     } = upstream;
-    let sent = send(
-        &provider,
-        api,
-        ticket.model.model(),
-        stream,
-        body,
-        &forwarded_headers,
-    );
-    let response = match sent.await {
-        Ok(response) => response,
-        Err((status, failure)) => return ticket.fail(status, protocol, &failure),
-    };
     let asked = Asked {
         stream,
         include_usage,
@@ -696,14 +722,40 @@ async fn forward(
         stream_budget,
         stoppable,
     };
-    if stream {
-        return relay(&provider, response, ticket, asked)
+    exchange(&provider, ticket, body, &forwarded_headers, asked, protocol).await
+}
+
+/// Sends the call upstream and relays the answer: a stream as it comes, a whole answer once
+/// it has arrived and its cost is known.
+async fn exchange(
+    provider: &Provider,
+    mut ticket: Ticket,
+    body: SliceBody,
+    forwarded_headers: &HeaderMap,
+    asked: Asked,
+    protocol: Protocol,
+) -> Response<ResponseBody> {
+    let model = ticket.model.model();
+    let sent = send(
+        provider,
+        ticket.api,
+        model,
+        asked.stream,
+        body,
+        forwarded_headers,
+    );
+    let response = match sent.await {
+        Ok(response) => response,
+        Err((status, failure)) => return ticket.fail(status, protocol, &failure),
+    };
+    if asked.stream {
+        return relay(provider, response, ticket, asked)
             .map(|metered| ResponseBody::Streamed(Box::pin(metered)));
     }
     // A whole answer is held until its cost is known, so its head can carry it.
     let (cost_to, cost) = oneshot::channel();
     ticket.cost_to = Some(cost_to);
-    whole_answer(relay(&provider, response, ticket, asked), cost).await
+    whole_answer(relay(provider, response, ticket, asked), cost).await
 }
 
 /// The header carrying a whole answer's cost, a decimal in the rate card's currency.
