@@ -350,16 +350,18 @@ impl BudgetCell {
         }
     }
 
-    /// Takes a hold of `amount` if it fits under the limit in period `now_period`.
     /// Takes a hold of as much of `most` as fits under the limit in period `now_period`, and at
     /// least `least` (`least <= most`). When `least` does not fit, tells apart a spent budget
     /// (settled spend alone leaves no room for `least`) from a busy one (holds in flight take
-    /// the room, and give it back as they settle).
+    /// the room, and give it back as they settle). `own` is what the caller already holds here
+    /// (a hold being extended): it is counted as spent in telling them apart, since it is not
+    /// coming back to the caller.
     pub(crate) fn try_reserve(
         &self,
         now_period: i64,
         least: u64,
         most: u64,
+        own: u64,
     ) -> Result<Hold, Refusal> {
         loop {
             let released = self.released_total.load(ORDER);
@@ -385,7 +387,7 @@ impl BudgetCell {
             // nothing: `used + least`, not `room`, which saturates at zero.
             if used.saturating_add(least) > limit {
                 let remaining = room;
-                return Err(if spent.saturating_add(least) > limit {
+                return Err(if spent.saturating_add(own).saturating_add(least) > limit {
                     Refusal::Exhausted {
                         limit,
                         remaining,
@@ -563,7 +565,7 @@ mod tests {
     #[should_panic(expected = "release of a 5 nanos hold with 0 nanos held")]
     fn a_hold_given_back_twice_is_a_bug() {
         let cell = BudgetCell::new(BudgetSpec::limited(Nanos(100), Period::Month));
-        let Ok(hold) = cell.try_reserve(Period::Month.index(JAN_15), 5, 5) else {
+        let Ok(hold) = cell.try_reserve(Period::Month.index(JAN_15), 5, 5, 0) else {
             panic!("5 of 100 fits");
         };
         cell.release(hold);

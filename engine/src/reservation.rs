@@ -108,7 +108,7 @@ pub fn reserve_within(
     let mut at = now;
     let mut retries = 0;
     loop {
-        match hold_everywhere(allocation, at, ask) {
+        match hold_everywhere(allocation, at, ask, [0; 3]) {
             Ok(holds) => {
                 return Ok(Reservation {
                     allocation: Arc::clone(allocation),
@@ -141,15 +141,22 @@ enum Taken {
 }
 
 /// Holds between `ask.least` and `ask.most` at every level in `at`'s periods, the same amount
-/// everywhere, or nothing.
-fn hold_everywhere(allocation: &Allocation, at: UnixMs, ask: Ask) -> Result<[Hold; 3], Taken> {
+/// everywhere, or nothing. `own` is what the caller already holds at each level (an
+/// extension's hold), counted as spent when a refusal tells spent from busy.
+fn hold_everywhere(
+    allocation: &Allocation,
+    at: UnixMs,
+    ask: Ask,
+    own: [u64; 3],
+) -> Result<[Hold; 3], Taken> {
     let most = ask.most.max(ask.least);
     let cells = allocation.budget_cells();
     let mut holds = [Hold::default(); 3];
     // Each level is asked for at most what the levels before it granted.
     let mut granted = most.0;
     for (i, cell) in cells.iter().enumerate() {
-        let refusal = match cell.try_reserve(cell.period.index(at), ask.least.0, granted) {
+        let own = own.get(i).copied().unwrap_or(0);
+        let refusal = match cell.try_reserve(cell.period.index(at), ask.least.0, granted, own) {
             Ok(hold) => {
                 if hold.limited {
                     granted = hold.nanos;
@@ -291,10 +298,13 @@ impl Reservation {
     /// so the hold does not grow past it.
     ///
     /// # Errors
-    /// The first level (most specific first) with no room for `ask.least`, spent or busy.
+    /// The first level (most specific first) with no room for `ask.least`: spent when its
+    /// settled spend and this reservation's own hold leave none, busy when other holds in
+    /// flight take it.
     pub fn extend(&mut self, ask: Ask) -> Result<(), Refused> {
+        let own = self.holds.map(|hold| hold.nanos);
         let more =
-            hold_everywhere(&self.allocation, self.at, ask).map_err(|taken| match taken {
+            hold_everywhere(&self.allocation, self.at, ask, own).map_err(|taken| match taken {
                 Taken::Ahead { refused, .. } => Refused::Exhausted(refused),
                 Taken::Refused(refused) => refused,
             })?;

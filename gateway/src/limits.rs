@@ -176,3 +176,8 @@ pub const ADMISSION_LEARNED_SAMPLES_MIN: u32 = 20;
 /// Most keys and agents, times models, whose output is learned apart; past it a new one is
 /// held at what the model's streams generate across every key. Each costs about 300 bytes.
 pub const LEARNED_SUBJECTS_MAX: usize = 16_384;
+
+/// Default longest a stream is held back while calls in flight hold the room its hold needs to
+/// grow (`admission.extend_wait_ms_max`): long enough for calls ahead to settle, short enough
+/// that streams all waiting on each other at a budget's end are stopped soon.
+pub const ADMISSION_EXTEND_WAIT_MAX: Duration = Duration::from_secs(2);

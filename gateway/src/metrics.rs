@@ -110,9 +110,11 @@ pub enum Counter {
     BudgetClamped,
     /// Streamed calls the gateway ended when their hold could not be extended.
     BudgetStopped,
+    /// Streamed calls held back while calls in flight held the room their hold needed.
+    BudgetStreamWaited,
 }
 
-const COUNTERS: [(Counter, &str, &str); 18] = [
+const COUNTERS: [(Counter, &str, &str); 19] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -202,6 +204,11 @@ const COUNTERS: [(Counter, &str, &str); 18] = [
         Counter::BudgetStopped,
         "tollgate_budget_stopped_total",
         "Streamed calls the gateway ended when their budget hold could not be extended.",
+    ),
+    (
+        Counter::BudgetStreamWaited,
+        "tollgate_budget_stream_waited_total",
+        "Streamed calls held back while calls in flight held the room their hold needed.",
     ),
 ];
 

@@ -644,6 +644,9 @@ pub struct AdmissionConfig {
     /// Streams a key (or agent) and model must have finished before their percentile is held
     /// (`learned_samples_min`); until then the model's, across keys, is.
     pub learned_samples_min: u32,
+    /// Longest a stream is held back while calls in flight hold the room its hold needs to
+    /// grow (`extend_wait_ms_max`), before it is stopped; 0 stops it at once.
+    pub extend_wait_max: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -654,6 +657,7 @@ impl Default for AdmissionConfig {
             output_floor_tokens: limits::ADMISSION_OUTPUT_FLOOR_TOKENS,
             learned_percentile: limits::ADMISSION_LEARNED_PERCENTILE,
             learned_samples_min: limits::ADMISSION_LEARNED_SAMPLES_MIN,
+            extend_wait_max: limits::ADMISSION_EXTEND_WAIT_MAX,
         }
     }
 }
@@ -666,6 +670,7 @@ struct RawAdmission {
     output_floor_tokens: Option<u64>,
     learned_percentile: Option<u8>,
     learned_samples_min: Option<u32>,
+    extend_wait_ms_max: Option<u64>,
 }
 
 impl RawAdmission {
@@ -693,12 +698,17 @@ impl RawAdmission {
         if learned_samples_min == 0 {
             return Err(("learned_samples_min", "must be at least 1"));
         }
+        let extend_wait_max = ms(self.extend_wait_ms_max, limits::ADMISSION_EXTEND_WAIT_MAX);
+        if extend_wait_max > limits::ADMISSION_WAIT_LIMIT {
+            return Err(("extend_wait_ms_max", "must be at most 600000 (ten minutes)"));
+        }
         Ok(AdmissionConfig {
             wait_max,
             queued_max: self.queued_max.unwrap_or(limits::ADMISSION_QUEUED_MAX),
             output_floor_tokens,
             learned_percentile,
             learned_samples_min,
+            extend_wait_max,
         })
     }
 }
@@ -1113,7 +1123,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         };
         assert_eq!(with("").unwrap().admission, AdmissionConfig::default());
         let config =
-            with("[admission]\nwait_ms_max = 0\nqueued_max = 5\noutput_floor_tokens = 1\nlearned_percentile = 0\nlearned_samples_min = 3\n")
+            with("[admission]\nwait_ms_max = 0\nqueued_max = 5\noutput_floor_tokens = 1\nlearned_percentile = 0\nlearned_samples_min = 3\nextend_wait_ms_max = 250\n")
                 .unwrap();
         assert_eq!(
             config.admission,
@@ -1123,6 +1133,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 output_floor_tokens: 1,
                 learned_percentile: 0,
                 learned_samples_min: 3,
+                extend_wait_max: Duration::from_millis(250),
             }
         );
         for (section, field) in [
@@ -1141,6 +1152,10 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             (
                 "[admission]\nlearned_samples_min = 0\n",
                 "admission.learned_samples_min",
+            ),
+            (
+                "[admission]\nextend_wait_ms_max = 600001\n",
+                "admission.extend_wait_ms_max",
             ),
             ("[admission]\nwait = 5\n", "admission.wait"),
         ] {

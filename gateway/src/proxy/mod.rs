@@ -952,6 +952,7 @@ fn relay(
         }
     }
     let idle = provider.config.idle_timeout;
+    let extend_wait = ticket.gateway.config.admission.extend_wait_max;
     // Only a stream that came back as one can be stopped, or teaches what streams generate;
     // any other answer is settled at what it reports, as a whole.
     let metering = Metering {
@@ -959,6 +960,7 @@ fn relay(
         idle_timeout: idle,
         budget: asked.stream_budget.filter(|_| success && is_sse),
         learns: asked.stoppable && success && is_sse,
+        extend_wait,
     };
     let metered = Metered::new(body, ticket, reader, metering);
     // The head's parts are a status and headers already checked; a builder error cannot
