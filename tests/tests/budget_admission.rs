@@ -610,3 +610,67 @@ fn streams_hold_what_their_key_really_generates_once_learned() {
     assert_eq!(cost, spent, "events and budget table agree to the nano");
     assert!(spent <= nanos("0.08"));
 }
+
+/// Chat streams translated from Anthropic, Bedrock and Gemini are stopped in the stream too:
+/// each model's answer costs more than its own allocation of 0.01, and each ends as OpenAI
+/// ends a stream at `max_tokens`, its usage chunk saying what was streamed and what it cost,
+/// which is what the books say.
+#[test]
+fn translated_chat_streams_are_stopped_as_at_max_tokens_with_their_usage() {
+    let models = [
+        "anthropic/claude-sonnet-4-5",
+        "bedrock/anthropic.claude-3-haiku-20240307-v1:0",
+        "gemini/gemini-2.5-flash",
+    ];
+    let mut org = ORG.to_owned();
+    for i in 0..models.len() {
+        org.push_str(&format!(
+            "\n[[allocation]]\nname = \"t{i}\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.01\", period = \"total\" }}\n"
+        ));
+    }
+    let mut stack = Stack::start("budget-stop-translated", &org, "");
+    let mut costs = Vec::new();
+    for (i, model) in models.iter().enumerate() {
+        let (key, _) = stack.create_key(&format!("t{i}"), json!({}));
+        // The mock's Bedrock and Gemini answer as many tokens as allowed; Anthropic's 8,000.
+        let request = json!({
+            "model": model, "max_tokens": 8000, "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "a long answer"}],
+            "mock": {"answer_tokens": 8000},
+        });
+        let answer = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+        assert_eq!(answer.status, 200, "{model}: {}", answer.text());
+        let text = answer.text();
+        assert_eq!(
+            stream_end(&text),
+            Some(true),
+            "{model}: stopped as at max_tokens"
+        );
+        let chunks: Vec<Value> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line.strip_prefix("data: ")?).ok())
+            .collect();
+        let usage = &chunks.last().unwrap()["usage"];
+        let streamed = text.matches("hello").count() as u64;
+        let completion = usage["completion_tokens"].as_u64().unwrap();
+        assert!(completion > 0 && completion < 8000, "{model}: {usage}");
+        assert_eq!(
+            completion, streamed,
+            "{model}: the tokens streamed, counted"
+        );
+        costs.push(nanos(usage["cost"].as_str().unwrap()));
+        assert!(
+            stack.spent_nanos(&format!("t{i}")) <= nanos("0.01"),
+            "{model}"
+        );
+    }
+    stack.stop();
+    let booked: Vec<u64> = stack
+        .events()
+        .iter()
+        .filter(|e| e["status"] == "ok")
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .collect();
+    assert_eq!(costs, booked);
+}

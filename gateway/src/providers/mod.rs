@@ -154,13 +154,13 @@ pub fn credential(
     Ok(Some(header))
 }
 
-/// Whether a streamed call of `route` served this way can be ended by the gateway mid-way
-/// ([`Reader::stop`]): native chat-completions and Messages streams, whose readers
-/// ([`native_reader`]) end them as the provider does at its output limit. Other streams
-/// (translated ones, completions, responses) are capped at admission instead.
+/// Whether a streamed call of `route` can be ended by the gateway mid-way ([`Reader::stop`]):
+/// chat-completions streams, native or translated, and Messages streams (always native), whose
+/// readers end them as the provider does at its output limit. Completions and responses
+/// streams are capped at admission instead.
 #[must_use]
-pub fn stops_streams(route: Api, serve: &Serve) -> bool {
-    matches!(serve, Serve::Native { .. }) && matches!(route, Api::ChatCompletions | Api::Messages)
+pub fn stops_streams(route: Api) -> bool {
+    matches!(route, Api::ChatCompletions | Api::Messages)
 }
 
 /// The reader of a native answer in the route's own dialect: OpenAI's for its routes,

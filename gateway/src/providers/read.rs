@@ -380,6 +380,9 @@ pub trait Translator: Send {
     fn reading(&mut self) -> Reading;
     /// Bytes of generated text seen so far.
     fn text_bytes(&self) -> u64;
+    /// The gateway ends the stream here: the OpenAI chunks that end it at the output limit,
+    /// reporting `usage` if the client asked for it.
+    fn stop(&mut self, usage: &TokenUsage, out: &mut String);
 }
 
 /// Server-sent events translated one at a time.
@@ -438,9 +441,10 @@ impl<T: Translator> Reader for TranslatedEvents<T> {
         self.translator.text_bytes()
     }
 
-    fn stop(&mut self, _usage: &TokenUsage) -> Option<Bytes> {
-        // Translated streams are capped at admission, not stopped.
-        None
+    fn stop(&mut self, usage: &TokenUsage) -> Option<Bytes> {
+        let mut out = String::new();
+        self.translator.stop(usage, &mut out);
+        Some(Bytes::from(out))
     }
 }
 

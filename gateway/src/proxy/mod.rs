@@ -432,7 +432,7 @@ impl Call<'_> {
             .and_then(|m| json_scan::read::<serde_json::Value>(body, m))
             .and_then(|v| v.get("include_usage")?.as_bool())
             .unwrap_or(false);
-        let stoppable = stream && stops_streams(self.api, &serve);
+        let stoppable = stream && stops_streams(self.api);
         let (chunks, hide_usage) = match serve {
             Serve::Translated(translate) => {
                 let translated = translate(body, model.model(), price.max_output_tokens)
@@ -953,13 +953,15 @@ fn relay(
     }
     let idle = provider.config.idle_timeout;
     let extend_wait = ticket.gateway.config.admission.extend_wait_max;
-    // Only a stream that came back as one can be stopped, or teaches what streams generate;
-    // any other answer is settled at what it reports, as a whole.
+    // Only a stream that came back as one (server-sent events, or a provider's own framing
+    // read as them) can be stopped, or teaches what streams generate; any other answer is
+    // settled at what it reports, as a whole.
+    let streamed = success && (is_sse || reader.rewritten_as() == Some("text/event-stream"));
     let metering = Metering {
         error_answer: !success,
         idle_timeout: idle,
-        budget: asked.stream_budget.filter(|_| success && is_sse),
-        learns: asked.stoppable && success && is_sse,
+        budget: asked.stream_budget.filter(|_| streamed),
+        learns: asked.stoppable && streamed,
         extend_wait,
     };
     let metered = Metered::new(body, ticket, reader, metering);

@@ -6,7 +6,7 @@ pub mod translate;
 
 use http::Request;
 use http::header::{HeaderName, HeaderValue};
-use tollgate_engine::UnixMs;
+use tollgate_engine::{TokenUsage, UnixMs};
 
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
@@ -121,5 +121,9 @@ impl Translator for Chunks {
 
     fn text_bytes(&self) -> u64 {
         self.tally.text_bytes()
+    }
+
+    fn stop(&mut self, usage: &TokenUsage, out: &mut String) {
+        self.translator.stop(usage, out);
     }
 }

@@ -10,6 +10,7 @@
 //! define (`top_k`, `thinking`, sent with the SDK's `extra_body`) pass through to the provider.
 
 use serde_json::{Map, Value, json};
+use tollgate_engine::TokenUsage;
 
 use crate::providers::anthropic::read;
 use crate::providers::chat::{
@@ -311,6 +312,14 @@ impl StreamTranslator {
             }
             _ => {}
         }
+    }
+
+    /// The gateway ends the stream here (its budget's end): every open choice finished with
+    /// `length`, as at `max_tokens`, the usage chunk with `usage` if the client asked, and
+    /// `[DONE]`.
+    pub fn stop(&mut self, usage: &TokenUsage, out: &mut String) {
+        self.chunks.finish(out, 0, json!("length"));
+        self.chunks.end(out, self.include_usage.then_some(usage));
     }
 
     /// The message's id and first usage; the assistant's role.

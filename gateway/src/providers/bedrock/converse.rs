@@ -359,6 +359,18 @@ impl StreamTranslator {
         false
     }
 
+    /// The gateway ends the stream here (its budget's end): every open choice finished with
+    /// `length`, as at `max_tokens`, the usage chunk with `usage` if the client asked, and
+    /// `[DONE]`.
+    pub fn stop(&mut self, usage: &TokenUsage, out: &mut String) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.chunks.finish(out, 0, json!("length"));
+        self.chunks.end(out, self.include_usage.then_some(usage));
+    }
+
     /// Ends the OpenAI stream (usage chunk if asked, then `[DONE]`), once.
     pub fn finish(&mut self, out: &mut String) {
         if self.done {

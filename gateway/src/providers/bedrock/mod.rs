@@ -252,8 +252,9 @@ impl Reader for Frames {
         self.translator.kept.seen_bytes()
     }
 
-    fn stop(&mut self, _usage: &TokenUsage) -> Option<Bytes> {
-        // Translated streams are capped at admission, not stopped.
-        None
+    fn stop(&mut self, usage: &TokenUsage) -> Option<Bytes> {
+        let mut out = String::new();
+        self.translator.stop(usage, &mut out);
+        Some(Bytes::from(out))
     }
 }

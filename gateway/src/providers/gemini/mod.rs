@@ -11,7 +11,7 @@ pub mod translate;
 
 use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
-use tollgate_engine::UnixMs;
+use tollgate_engine::{TokenUsage, UnixMs};
 
 use crate::http::route::Api;
 use crate::limits::STREAM_TEXT_BYTES_MAX;
@@ -148,5 +148,9 @@ impl Translator for Stream {
 
     fn text_bytes(&self) -> u64 {
         self.0.kept.seen_bytes()
+    }
+
+    fn stop(&mut self, usage: &TokenUsage, out: &mut String) {
+        self.0.stop(usage, out);
     }
 }

@@ -963,6 +963,30 @@ impl StreamTranslator {
         carried
     }
 
+    /// The gateway ends the stream here (its budget's end): every open choice finished with
+    /// `length`, as at `max_tokens`, the usage chunk with `usage` if the client asked, and
+    /// `[DONE]`.
+    pub fn stop(&mut self, usage: &TokenUsage, out: &mut String) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if !self.started {
+            self.started = true;
+            self.chunks.role(out, 0);
+        }
+        if self.choices.is_empty() {
+            let _ = self.choice(0);
+        }
+        for choice in &mut self.choices {
+            if !choice.finished {
+                choice.finished = true;
+                self.chunks.finish(out, choice.index, json!("length"));
+            }
+        }
+        self.chunks.end(out, self.include_usage.then_some(usage));
+    }
+
     /// Ends the OpenAI stream, once: a finish chunk for each candidate Google did not finish
     /// (a stream cut short, or one whose last chunk carried no `finishReason`), the usage chunk
     /// when the client asked for it and usage is known, then `[DONE]`. After an error event no
