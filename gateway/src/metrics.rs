@@ -295,6 +295,8 @@ pub struct Gauges {
     pub event_log_bytes: u64,
     /// Calls waiting in line for budget held by calls in flight.
     pub budget_waiting: u64,
+    /// Keys whose rate limiters are kept (keys with limits that have called, not revoked).
+    pub key_limiters: u64,
 }
 
 impl Gauges {
@@ -325,6 +327,11 @@ impl Gauges {
                 "tollgate_usage_reservations_held",
                 "Budget holds kept for authorized resource usage.",
                 self.reservations_held,
+            ),
+            (
+                "tollgate_key_limiters",
+                "Keys whose requests- or tokens-per-minute limiters are kept (revoked keys are forgotten).",
+                self.key_limiters,
             ),
             (
                 "tollgate_usage_record_ids",
@@ -457,6 +464,7 @@ mod tests {
         let text = metrics.render(Gauges {
             in_flight: 2,
             budget_waiting: 0,
+            key_limiters: 1,
             events_queued: 5,
             reservations_held: 3,
             record_ids: 7,

@@ -170,6 +170,18 @@ impl Gateway {
         ))
     }
 
+    /// Forgets a revoked key's limits: a revoked or rotated key never calls again, so its
+    /// limiter would only take room.
+    pub fn forget_key(&self, id: KeyId) {
+        self.key_rates.remove(&id);
+    }
+
+    /// Keys whose requests- or tokens-per-minute limiters are kept.
+    #[must_use]
+    pub fn key_limiters(&self) -> usize {
+        self.key_rates.len()
+    }
+
     /// The shared limits of `team`, if it has any.
     #[must_use]
     pub fn team_rates(&self, team: &str) -> Option<&Rates> {

@@ -277,19 +277,22 @@ impl Log {
         self.active.sync_data().map_err(io_at(&path))?;
         let base = self.next_offset;
         let next = segment_path(&self.dir, base);
-        self.active = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&next)
             .map_err(io_at(&next))?;
+        // The new file's name must survive a crash too: records written to a segment the
+        // folder does not list are lost with it. Until it is synced the sealed segment stays
+        // active, so a failed roll is tried again by the next append.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(&self.dir))?;
+        self.active = file;
         self.segments.push(base);
         self.sealed_bytes += self.active_bytes;
         self.active_bytes = 0;
-        // The new file's name must survive a crash too.
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
         Ok(())
     }
 

@@ -373,3 +373,37 @@ fn a_malformed_translated_body_costs_no_rate_limit_token() {
     assert_eq!(answer.status, 429, "{}", answer.text());
     stack.stop();
 }
+
+/// The gauge on `/metrics` named `name`.
+fn gauge(stack: &Stack, name: &str) -> u64 {
+    let metrics =
+        tollgate_tests::http::request(stack.address(), "GET", "/metrics", &[], b"").text();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+#[test]
+fn a_revoked_or_rotated_key_leaves_no_rate_limiter_behind() {
+    let mut stack = Stack::start("forgotten-limiters", ORG, "");
+    let address = stack.address();
+    let call = chat("openai/gpt-4o-mini", json!({"max_tokens": 2}));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (key, id) = stack.create_key("open", json!({"requests_per_minute": 100}));
+        assert_eq!(
+            post_json(address, "/v1/chat/completions", &key, &call).status,
+            200
+        );
+        ids.push(id);
+    }
+    assert_eq!(gauge(&stack, "tollgate_key_limiters"), 3);
+    let revoked = stack.admin("POST", &format!("/admin/v1/keys/{}/revoke", ids[0]), None);
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let rotated = stack.admin("POST", &format!("/admin/v1/keys/{}/rotate", ids[1]), None);
+    assert_eq!(rotated.status, 201, "{}", rotated.text());
+    // The rotated key's successor has not called yet: one limiter is left, the third key's.
+    assert_eq!(gauge(&stack, "tollgate_key_limiters"), 1);
+    stack.stop();
+}

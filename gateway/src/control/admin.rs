@@ -413,6 +413,7 @@ fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(),
         .keys
         .revoke(id)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
+    control.gateway.forget_key(id);
     Ok(())
 }
 

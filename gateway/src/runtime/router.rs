@@ -78,6 +78,7 @@ fn metrics(control: &Control) -> Response<ResponseBody> {
         record_ids,
         event_log_bytes: gateway.emitter.log_bytes(),
         budget_waiting: gateway.waiting.queued() as u64,
+        key_limiters: gateway.key_limiters() as u64,
     };
     plain(
         StatusCode::OK,
