@@ -181,3 +181,7 @@ pub const LEARNED_SUBJECTS_MAX: usize = 16_384;
 /// grow (`admission.extend_wait_ms_max`): long enough for calls ahead to settle, short enough
 /// that streams all waiting on each other at a budget's end are stopped soon.
 pub const ADMISSION_EXTEND_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// Least time between two operator lines about calls refused without a valid key: a flood of
+/// them costs a line a second, each line counting what it stands for.
+pub const UNAUTHENTICATED_REPORT_INTERVAL_MS: i64 = 1_000;

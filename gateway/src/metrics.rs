@@ -262,6 +262,7 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES],
+    unauthenticated: [[AtomicU64; Unauthenticated::ALL.len()]; ROUTES],
     tokens: [AtomicU64; 5],
     counters: [AtomicU64; COUNTERS.len()],
     upstream_latency: Histogram,
@@ -272,10 +273,50 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            unauthenticated: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             tokens: std::array::from_fn(|_| AtomicU64::new(0)),
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             upstream_latency: Histogram::new(),
             ttft: Histogram::new(),
+        }
+    }
+}
+
+/// Why a call named no valid key: what `tollgate_unauthenticated_requests_total` counts
+/// instead of an event each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// No key was presented.
+    Missing,
+    /// The key is not of tollgate's form, or not known.
+    Unknown,
+    /// The key has expired.
+    Expired,
+    /// The key was revoked.
+    Revoked,
+    /// Refused before a key was read (a head too large, no such route).
+    BeforeKey,
+}
+
+impl Unauthenticated {
+    /// Every reason, in metric order.
+    pub const ALL: [Unauthenticated; 5] = [
+        Unauthenticated::Missing,
+        Unauthenticated::Unknown,
+        Unauthenticated::Expired,
+        Unauthenticated::Revoked,
+        Unauthenticated::BeforeKey,
+    ];
+
+    /// The label in metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => "missing_key",
+            Unauthenticated::Unknown => "unknown_key",
+            Unauthenticated::Expired => "expired_key",
+            Unauthenticated::Revoked => "revoked_key",
+            Unauthenticated::BeforeKey => "before_key",
         }
     }
 }
@@ -360,6 +401,21 @@ impl Metrics {
         }
     }
 
+    /// Counts one call refused without a valid key, by route and reason.
+    pub fn unauthenticated(&self, api: Option<Api>, reason: Unauthenticated) {
+        let reason_index = Unauthenticated::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        if let Some(cell) = self
+            .unauthenticated
+            .get(route_index(api))
+            .and_then(|row| row.get(reason_index))
+        {
+            cell.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Adds a call's tokens.
     pub fn tokens(&self, usage: &TokenUsage) {
         let values = [
@@ -411,6 +467,20 @@ impl Metrics {
                         out,
                         "tollgate_requests_total{{route=\"{route}\",status=\"{}\"}} {n}",
                         status_label(*status)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tollgate_unauthenticated_requests_total Requests refused without a valid key, by route and reason (counted, not recorded as usage events).\n# TYPE tollgate_unauthenticated_requests_total counter\n");
+        for (r, row) in self.unauthenticated.iter().enumerate() {
+            let route = Api::ALL.get(r).map_or("other", |a| a.as_str());
+            for (reason, cell) in Unauthenticated::ALL.iter().zip(row) {
+                let n = cell.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_unauthenticated_requests_total{{route=\"{route}\",reason=\"{}\"}} {n}",
+                        reason.as_str()
                     );
                 }
             }

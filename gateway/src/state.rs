@@ -25,7 +25,9 @@ use crate::clock::now_ms;
 use crate::config::{Config, RateConfig, allow_list};
 use crate::events::emit::Emitter;
 use crate::expected::Expected;
+use crate::limits::UNAUTHENTICATED_REPORT_INTERVAL_MS;
 use crate::metrics::Metrics;
+use crate::operator::Sampled;
 use crate::providers::Provider;
 
 /// Requests- and tokens-per-minute limits of one key or team.
@@ -78,6 +80,9 @@ pub struct Gateway {
     pub waiting: Waiting,
     /// What streams really generate, by key (or agent) and model: what a stream holds.
     pub expected: Expected,
+    /// Calls refused without a valid key: counted in metrics, and told the operator in at most
+    /// one line a second.
+    pub unauthenticated: Sampled,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Rates>,
     epoch: Instant,
@@ -137,6 +142,7 @@ impl Gateway {
             in_flight: Arc::new(Semaphore::new(config.server.requests_in_flight_max)),
             waiting: Waiting::new(config.admission),
             expected: Expected::new(&config.admission),
+            unauthenticated: Sampled::every(UNAUTHENTICATED_REPORT_INTERVAL_MS),
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),

@@ -168,7 +168,7 @@ fn streams_hide_the_usage_chunk_the_gateway_asked_for() {
 }
 
 #[test]
-fn every_refusal_has_its_status_its_envelope_and_an_event() {
+fn every_refusal_has_its_status_and_envelope_and_each_with_a_key_its_event() {
     let org = format!(
         "{ORG}\n[[allocation]]\nname = \"tiny\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.000001\", period = \"day\" }}\n"
     );
@@ -300,14 +300,22 @@ fn every_refusal_has_its_status_its_envelope_and_an_event() {
     assert_eq!(broke.json()["error"]["type"], "budget_exceeded");
     assert_eq!(broke.json()["error"]["allocation"], "tiny");
 
+    // The call with a made-up key, and the one to no route (no key read), are counted by
+    // route and reason, not recorded as events.
+    let metrics = http::request(address, "GET", "/metrics", &[], b"").text();
+    for line in [
+        "tollgate_unauthenticated_requests_total{route=\"chat_completions\",reason=\"unknown_key\"} 1",
+        "tollgate_unauthenticated_requests_total{route=\"other\",reason=\"before_key\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     stack.stop();
     let counts = statuses(&stack.events());
     let expected: BTreeMap<String, usize> = [
-        ("invalid_api_key", 1),
         ("model_not_allowed", 1),
         ("model_not_priced", 1),
         ("rate_limited", 1),
-        ("bad_request", 4),
+        ("bad_request", 3),
         ("budget_exceeded", 2),
         ("ok", 1),
     ]

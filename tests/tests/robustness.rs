@@ -97,7 +97,8 @@ fn malformed_requests_are_refused_clearly() {
             .to_owned();
         assert!(message.contains(expected), "{message:?} lacks {expected:?}");
     }
-    // A head larger than the cap (64 KiB by default) is refused, with an event.
+    // A head larger than the cap (64 KiB by default) is refused; with no key read, it is
+    // counted, not an event.
     let big = "x".repeat(100_000);
     let answer = http::request(address, "GET", "/healthz", &[("x-filler", &big)], b"");
     assert_eq!(answer.status, 431);
@@ -108,12 +109,15 @@ fn malformed_requests_are_refused_clearly() {
         "ok\n"
     );
     let metrics = http::request(address, "GET", "/metrics", &[], b"").text();
-    assert!(
-        metrics.contains("tollgate_requests_total{route=\"other\",status=\"bad_request\"} 7"),
-        "{metrics}"
-    );
+    for line in [
+        "tollgate_requests_total{route=\"chat_completions\",status=\"bad_request\"} 6",
+        "tollgate_requests_total{route=\"other\",status=\"bad_request\"} 1",
+        "tollgate_unauthenticated_requests_total{route=\"other\",reason=\"before_key\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     stack.stop();
-    assert_eq!(stack.events().len(), 7);
+    assert_eq!(stack.events().len(), 6);
 }
 
 #[test]
@@ -242,18 +246,12 @@ fn kill_dash_nine_loses_no_event_and_no_spend() {
     );
     let spent = stack.spent_nanos("open");
     // Every answered call's event was appended before its answer completed: a SIGKILL now,
-    // with no shutdown and no last sync, loses none of them.
+    // with no shutdown and no last sync, loses none of them. (The call with a wrong key is
+    // counted, not an event.)
     stack.kill_and_restart();
     let events = stack.events();
-    assert_eq!(events.len(), 21);
+    assert_eq!(events.len(), 20);
     assert_eq!(events.iter().filter(|e| e["status"] == "ok").count(), 20);
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e["status"] == "invalid_api_key")
-            .count(),
-        1
-    );
     assert_eq!(
         stack.spent_nanos("open"),
         spent,
@@ -406,4 +404,61 @@ fn a_revoked_or_rotated_key_leaves_no_rate_limiter_behind() {
     // The rotated key's successor has not called yet: one limiter is left, the third key's.
     assert_eq!(gauge(&stack, "tollgate_key_limiters"), 1);
     stack.stop();
+}
+
+#[test]
+fn a_flood_of_made_up_keys_is_counted_and_writes_no_event() {
+    let mut stack = Stack::start("unauthenticated-flood", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let call = chat("openai/gpt-4o-mini", json!({"max_tokens": 2}));
+    assert_eq!(
+        post_json(address, "/v1/chat/completions", &key, &call).status,
+        200
+    );
+    let log_bytes = gauge(&stack, "tollgate_event_log_bytes");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let call = call.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let made_up = format!("tg_{t}{i:0>40}");
+                    let answer = post_json(address, "/v1/chat/completions", &made_up, &call);
+                    assert_eq!(answer.status, 401);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let missing = http::request(
+        address,
+        "POST",
+        "/v1/messages",
+        &[],
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(missing.status, 401);
+    let metrics = http::request(address, "GET", "/metrics", &[], b"").text();
+    for line in [
+        "tollgate_unauthenticated_requests_total{route=\"chat_completions\",reason=\"unknown_key\"} 2000",
+        "tollgate_unauthenticated_requests_total{route=\"messages\",reason=\"missing_key\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert_eq!(
+        gauge(&stack, "tollgate_event_log_bytes"),
+        log_bytes,
+        "not a byte written"
+    );
+    // A good caller is served and recorded as before.
+    assert_eq!(
+        post_json(address, "/v1/chat/completions", &key, &call).status,
+        200
+    );
+    stack.stop();
+    let events = stack.events();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e["status"] == "ok"));
 }

@@ -29,8 +29,8 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::{
-    Ask, BudgetSnapshot, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused, Reservation,
-    Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
+    Ask, BudgetSnapshot, KeyRejection, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused,
+    Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
 };
 
 use self::json_scan::{Member, Scanned};
@@ -43,18 +43,22 @@ use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::http::response::{BodyError, REQUEST_ID, ResponseBody, error_response};
 use crate::http::route::Api;
 use crate::limits::RESPONSE_METER_BYTES_MAX;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Unauthenticated};
 use crate::providers::read::Pricer;
 use crate::providers::{Answer, Provider, Serve, SliceBody, stops_streams};
 use crate::state::Gateway;
 
-/// The error response for `failure`, with its usage event.
+/// The error response for `failure`, with its usage event when a valid key is known. A call
+/// that named no valid key (or was refused before one was read) is counted by route and reason
+/// and told the operator in a sampled line, but is not a usage event: a flood of made-up keys
+/// must not fill the event log.
 #[expect(
     clippy::too_many_arguments,
     reason = "the facts known about a refused call"
 )]
 pub fn reject(
     gateway: &Gateway,
+    api: Option<Api>,
     protocol: Protocol,
     request_id: &Arc<str>,
     now: UnixMs,
@@ -64,12 +68,32 @@ pub fn reject(
     failure: &Failure,
 ) -> Response<ResponseBody> {
     let class = failure.class();
-    gateway.metrics.request(None, class.event_status);
+    gateway.metrics.request(api, class.event_status);
+    let Some(key) = key else {
+        let reason = match failure {
+            Failure::InvalidApiKey(KeyRejection::Missing) => Unauthenticated::Missing,
+            Failure::InvalidApiKey(KeyRejection::Unknown) => Unauthenticated::Unknown,
+            Failure::InvalidApiKey(KeyRejection::Expired) => Unauthenticated::Expired,
+            Failure::InvalidApiKey(KeyRejection::Revoked) => Unauthenticated::Revoked,
+            _ => Unauthenticated::BeforeKey,
+        };
+        gateway.metrics.unauthenticated(api, reason);
+        gateway.unauthenticated.note(now.0, |count| {
+            let route = api.map_or("another route", Api::as_str);
+            format!(
+                "{count} calls refused without a valid key since the last report \
+                 (the latest: {route}, {}, status {})",
+                reason.as_str(),
+                class.status.as_u16()
+            )
+        });
+        return error_response(protocol, request_id, failure);
+    };
     gateway.emitter.usage(&refusal_event(
         gateway,
         now,
         Arc::clone(request_id),
-        key,
+        Some(key),
         model,
         class.event_status,
         class.status.as_u16(),
@@ -118,6 +142,7 @@ pub async fn model_call(
             let (key, model) = (call.key.clone(), call.model.clone());
             return reject(
                 &gateway,
+                Some(api),
                 protocol,
                 &request_id,
                 now,

@@ -23,6 +23,7 @@ pub fn list(gateway: &Gateway, headers: &HeaderMap) -> Response<ResponseBody> {
             let request_id = gateway.request_id(now);
             return reject(
                 gateway,
+                None,
                 Protocol::OpenAi,
                 &request_id,
                 now,

@@ -31,6 +31,7 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
         let request_id = gateway.request_id(now);
         proxy::reject(
             gateway,
+            None,
             protocol,
             &request_id,
             now,
