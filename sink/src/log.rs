@@ -357,6 +357,13 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// The first offset the log still holds (older segments may have been removed); 0 for an
+    /// empty log.
+    #[must_use]
+    pub fn first_offset(&self) -> u64 {
+        self.segments.first().copied().unwrap_or(0)
+    }
+
     fn open_at(&mut self, offset: u64) -> Result<(), LogError> {
         let index = self.segments.partition_point(|base| *base <= offset);
         let base = index

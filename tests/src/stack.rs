@@ -516,6 +516,12 @@ model = "openai/gpt-4o-mini"
     }
 
     fn launch(&mut self) {
+        self.gateway = Some(Process::spawn(self.serve_command()));
+    }
+
+    /// `tollgate serve` on this stack's config and environment, not started: for a test that
+    /// starts it itself (with more arguments, or to see it refuse).
+    pub fn serve_command(&self) -> Command {
         let mut command = Command::new(tollgate_bin().unwrap());
         command
             .args(["serve", "--config"])
@@ -529,7 +535,17 @@ model = "openai/gpt-4o-mini"
                 "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
             )
             .env_remove("AWS_SESSION_TOKEN");
-        self.gateway = Some(Process::spawn(command));
+        command
+    }
+
+    /// Kills the gateway with SIGKILL (no shutdown, no last sync), leaving it down.
+    pub fn kill(&mut self) {
+        drop(self.gateway.take());
+    }
+
+    /// Starts the gateway again on the same files (after [`Stack::kill`]).
+    pub fn start_again(&mut self) {
+        self.launch();
     }
 
     /// The gateway's address.

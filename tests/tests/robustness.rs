@@ -465,3 +465,73 @@ fn a_flood_of_made_up_keys_is_counted_and_writes_no_event() {
     assert_eq!(events.len(), 2);
     assert!(events.iter().all(|e| e["status"] == "ok"));
 }
+
+#[test]
+fn a_lost_state_folder_refuses_the_start_instead_of_giving_budget_back() {
+    // Small segments, a checkpoint every 100 ms and Parquet rolled every 200 ms: sealed
+    // segments are removed as soon as every reader is past them.
+    let mut stack = Stack::start(
+        "state-lost",
+        ORG,
+        "\n[events]\nsegment_bytes_max = 1024\ncheckpoint_interval_ms = 100\n\n[parquet]\nroll_interval_ms = 200\n",
+    );
+    let (key, _) = stack.create_key("open", json!({}));
+    let call = chat("openai/gpt-4o-mini", json!({"max_tokens": 3}));
+    for _ in 0..100 {
+        assert_eq!(
+            post_json(stack.address(), "/v1/chat/completions", &key, &call).status,
+            200
+        );
+    }
+    let spent = stack.spent_nanos("open");
+    let log_dir = stack.path().join("events/log");
+    let first_segment_gone = || !log_dir.join(format!("{:020}.log", 0)).exists();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !first_segment_gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment was ever removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stack.kill();
+    for file in ["spend.checkpoint", "spend.prev"] {
+        let _ = std::fs::remove_file(stack.path().join("state").join(file));
+    }
+    // Refused, saying what is missing and how to go on.
+    let refused = stack
+        .serve_command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("cannot be restored"), "{said}");
+    assert!(said.contains("--accept-spend-loss"), "{said}");
+    // An operator who means it starts anyway and is told so; the budget has less spend.
+    let mut accepting = stack.serve_command();
+    accepting.arg("--accept-spend-loss");
+    let accepted = tollgate_tests::stack::Process::spawn(accepting);
+    let allocations = tollgate_tests::http::request(
+        accepted.address,
+        "GET",
+        "/admin/v1/allocations",
+        &[(
+            "authorization",
+            &format!("Bearer {}", tollgate_tests::stack::ADMIN_TOKEN),
+        )],
+        b"",
+    )
+    .json();
+    let restored = allocations["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "open")
+        .unwrap()["budget"]["spent_nanos"]
+        .as_u64()
+        .unwrap();
+    assert!(restored < spent, "restored {restored} of {spent}");
+    assert!(accepted.terminate());
+}

@@ -61,6 +61,34 @@ pub enum StartError {
     /// Reading other replicas' spend from Kafka could not start.
     #[error(transparent)]
     Reconcile(#[from] tollgate_sink::reconcile::ReconcileError),
+    /// The spend checkpoint is gone (or both copies are unreadable) and the event log no longer
+    /// starts where the fold needs it: starting would hand that spend back to the budgets.
+    #[error(
+        "the spend of events {from} to {first} cannot be restored: the spend checkpoint in \
+         {state_dir} (spend.checkpoint, spend.prev) is missing or unreadable and the event log \
+         in {events_dir} starts at offset {first}. Starting would give that spend back to the \
+         budgets. Restore the state folder from a backup, or start once with \
+         --accept-spend-loss to restore only what the log still holds (those events remain in \
+         the Parquet files and the Kafka topic, for reports and reconciliation)"
+    )]
+    SpendLost {
+        /// `state_dir` as configured.
+        state_dir: String,
+        /// `events.dir` as configured.
+        events_dir: String,
+        /// The offset the fold needs the log from.
+        from: u64,
+        /// The first offset the log holds.
+        first: u64,
+    },
+}
+
+/// How a start treats what it finds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions {
+    /// Start even when the spend checkpoint is gone and the log no longer holds the events
+    /// before it: the budgets get that spend back (`tollgate serve --accept-spend-loss`).
+    pub accept_spend_loss: bool,
 }
 
 /// A started gateway: its state, and its background tasks in the order they stop.
@@ -85,6 +113,7 @@ impl std::fmt::Debug for Running {
 pub async fn start(
     config: Config,
     env: impl Fn(&str) -> Option<String>,
+    options: StartOptions,
 ) -> Result<Running, StartError> {
     let events_error = |source| StartError::Events {
         dir: config.events.dir.display().to_string(),
@@ -101,10 +130,7 @@ pub async fn start(
     let gateway = Gateway::new(config, &env, emitter, metrics)?;
     let (journal, _restored) =
         Journal::open(&gateway.config.state_dir, &gateway.directory, &gateway.keys)?;
-    let index = restore_spend(&gateway).map_err(|source| StartError::Events {
-        dir: gateway.config.events.dir.display().to_string(),
-        source,
-    })?;
+    let index = restore_spend(&gateway, options)?;
     let ledger = Arc::new(Ledger::new(gateway.config.ledger.clone(), index));
     let gateway = Arc::new(gateway);
 
@@ -141,20 +167,40 @@ pub async fn start(
 /// Folds the spend of the budgets' current periods and the ids of booked records back in,
 /// from the spend checkpoint and the log after it, and hands the fold on to the syncer's
 /// checkpointing.
-fn restore_spend(gateway: &Gateway) -> std::io::Result<RecordIndex> {
+///
+/// A log that no longer starts where the fold needs it (the checkpoint gone, its segments
+/// removed) refuses the start, unless `options.accept_spend_loss`.
+fn restore_spend(gateway: &Gateway, options: StartOptions) -> Result<RecordIndex, StartError> {
     let config = &gateway.config;
     let mut index = Ledger::index_for(&config.ledger);
     let checkpoint = config.state_dir.join(CHECKPOINT_FILE);
     let mut folded = Folded::load(&checkpoint).unwrap_or_default();
     let from = folded.next_offset;
+    let records = gateway.emitter.read_from(from);
+    let first = records.first_offset();
+    if first > from {
+        let lost = StartError::SpendLost {
+            state_dir: config.state_dir.display().to_string(),
+            events_dir: config.events.dir.display().to_string(),
+            from,
+            first,
+        };
+        if !options.accept_spend_loss {
+            return Err(lost);
+        }
+        crate::operator::report(&format!("starting with --accept-spend-loss: {lost}"));
+    }
     restore::restore_spend(
         &gateway.directory,
         &mut folded,
-        gateway.emitter.read_from(from),
+        records,
         now_ms(),
         &mut index,
     )
-    .map_err(std::io::Error::other)?;
+    .map_err(|e| StartError::Events {
+        dir: config.events.dir.display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
     gateway.emitter.maintain(Maintenance::new(
         folded,
         checkpoint,

@@ -36,6 +36,10 @@ pub enum Command {
         /// The config file.
         #[arg(long, short, default_value = "tollgate.toml")]
         config: PathBuf,
+        /// Start even when the spend checkpoint is gone and the event log no longer holds the
+        /// events before it: the budgets get that spend back. For an operator who means it.
+        #[arg(long)]
+        accept_spend_loss: bool,
     },
     /// Virtual keys (admin API).
     #[command(subcommand)]

@@ -160,14 +160,14 @@ async fn start_gateway(
         .context("writing tollgate.toml")?;
     let config = Config::load(&config_path)?;
     // The same start and stop as `tollgate serve`: the same background tasks, the same order.
-    let running = runtime::start(config, |var| {
+    let env = |var: &str| {
         if var == ADMIN_TOKEN_ENV {
             Some(token.to_owned())
         } else {
             std::env::var(var).ok()
         }
-    })
-    .await?;
+    };
+    let running = runtime::start(config, env, runtime::StartOptions::default()).await?;
     Ok(running)
 }
 

@@ -63,7 +63,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             agents,
         }),
         Command::Sink { config } => serve::sink(&config),
-        Command::Serve { config } => serve::serve(&config),
+        Command::Serve {
+            config,
+            accept_spend_loss,
+        } => serve::serve(
+            &config,
+            tollgate_gateway::runtime::StartOptions { accept_spend_loss },
+        ),
         Command::Keys(command) => admin::keys(command),
         Command::Providers(ListCommand::List { admin }) => admin::providers(&admin),
         Command::Models(ListCommand::List { admin }) => admin::models(&admin),

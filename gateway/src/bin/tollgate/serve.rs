@@ -13,7 +13,7 @@ use tollgate_gateway::config::Config;
 use tollgate_gateway::runtime;
 
 /// Runs the gateway of the config at `path` until SIGTERM or SIGINT.
-pub fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+pub fn serve(path: &std::path::Path, options: runtime::StartOptions) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -24,7 +24,7 @@ pub fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let served = runtime.block_on(async {
-        let running = runtime::start(config, |var| std::env::var(var).ok()).await?;
+        let running = runtime::start(config, |var| std::env::var(var).ok(), options).await?;
         let shutdown = shutdown_signal()?;
         let listen = running.control.gateway.config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
