@@ -103,6 +103,17 @@ pub fn parse(event: &[u8]) -> Event<'_> {
     parsed
 }
 
+/// The `data:` payloads of an OpenAI-style stream as JSON, `[DONE]` left out: what a test of a
+/// reader or translator reads its output with.
+#[cfg(test)]
+pub(crate) fn json_data(out: &str) -> Vec<serde_json::Value> {
+    out.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -372,6 +372,7 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::sse::json_data;
 
     fn translate(request: Value) -> Value {
         let bytes =
@@ -506,12 +507,7 @@ mod tests {
         ] {
             t.event(event.to_string().as_bytes(), &mut out);
         }
-        let chunks: Vec<Value> = out
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
+        let chunks = json_data(&out);
         assert!(out.ends_with("data: [DONE]\n\n"));
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");

@@ -1022,6 +1022,7 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::sse::json_data;
     use proptest::prelude::*;
 
     fn translate(request: Value) -> Value {
@@ -1033,15 +1034,6 @@ mod tests {
         chat_to_generate(request.to_string().as_bytes(), 1)
             .unwrap_err()
             .0
-    }
-
-    /// The `data:` payloads of an OpenAI stream, `[DONE]` left out.
-    fn chunks(out: &str) -> Vec<Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
     }
 
     #[test]
@@ -1524,7 +1516,7 @@ mod tests {
             "finish ends the stream once"
         );
         assert!(out.ends_with("data: [DONE]\n\n"));
-        let chunks = chunks(&out);
+        let chunks = json_data(&out);
         assert!(
             chunks
                 .iter()
@@ -1607,7 +1599,7 @@ mod tests {
             &mut out
         ));
         t.finish(&mut out);
-        let chunks = chunks(&out);
+        let chunks = json_data(&out);
         let last = &chunks[chunks.len() - 2];
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert_eq!(chunks[chunks.len() - 1]["usage"]["prompt_tokens"], 12);
@@ -1626,7 +1618,7 @@ mod tests {
         let mut empty = StreamTranslator::new("m", 0, true, 4);
         let mut out = String::new();
         empty.finish(&mut out);
-        let chunks = self::chunks(&out);
+        let chunks = json_data(&out);
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
     }
@@ -1641,7 +1633,7 @@ mod tests {
             &mut out
         ));
         t.finish(&mut out);
-        let chunks = chunks(&out);
+        let chunks = json_data(&out);
         assert_eq!(chunks[2]["error"]["message"], "The model is overloaded.");
         assert_eq!(chunks[2]["error"]["code"], "UNAVAILABLE");
         assert!(!out.contains("finish_reason\":\"stop"));
@@ -1657,7 +1649,7 @@ mod tests {
             &mut out,
         );
         t.finish(&mut out);
-        let chunks = chunks(&out);
+        let chunks = json_data(&out);
         assert_eq!(chunks[2]["choices"][0]["index"], 1);
         assert_eq!(chunks[2]["choices"][0]["delta"]["content"], "b");
         assert_eq!(chunks[3]["choices"][0]["index"], 1);
@@ -1788,7 +1780,7 @@ mod tests {
         }
         t.finish(&mut out);
         assert_eq!(t.kept.text, " hello".repeat(3));
-        let chunks = chunks(&out);
+        let chunks = json_data(&out);
         assert_eq!(
             chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
             "length"

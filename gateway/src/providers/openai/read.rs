@@ -275,6 +275,7 @@ impl Tally for OpenAiTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::sse::json_data;
 
     #[test]
     fn usage_in_both_spellings() {
@@ -299,14 +300,6 @@ mod tests {
         assert_eq!(usage_of_body(b"not json"), None);
     }
 
-    fn events(out: &str) -> Vec<serde_json::Value> {
-        out.split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
-    }
-
     #[test]
     fn a_chat_stream_is_ended_as_openai_ends_one_at_max_tokens() {
         let mut tally = OpenAiTally::chat(
@@ -322,7 +315,7 @@ mod tests {
         assert_eq!(tally.text_bytes(), 5);
         let out = tally.stop(&TokenUsage::new(12, 2, 0, 3, 0)).unwrap();
         assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
-        let [finish, usage] = events(&out).try_into().unwrap();
+        let [finish, usage] = json_data(&out).try_into().unwrap();
         for chunk in [&finish, &usage] {
             assert_eq!(
                 (&chunk["id"], &chunk["model"], &chunk["created"]),
@@ -353,7 +346,7 @@ mod tests {
         // No usage chunk for a client that did not ask; other routes' streams are not ended.
         let mut quiet = OpenAiTally::chat(1024, false, None);
         assert_eq!(
-            events(&quiet.stop(&TokenUsage::default()).unwrap()).len(),
+            json_data(&quiet.stop(&TokenUsage::default()).unwrap()).len(),
             1
         );
         assert_eq!(OpenAiTally::new(1024).stop(&TokenUsage::default()), None);
