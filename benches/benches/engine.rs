@@ -230,13 +230,13 @@ fn pricing(c: &mut Criterion) {
     let price = card.at(NOW).unwrap().model(model.as_str()).unwrap();
     // What a stream held short of its bound pays per upstream piece: its running cost against
     // a hold that covers it (the piece path), and a hold grown by the piece (the extension).
+    let (_dir, roomy) = test_directory(
+        BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month),
+        BudgetSpec::unlimited(Period::Month),
+        BudgetSpec::unlimited(Period::Total),
+    )
+    .unwrap();
     g.bench_function("stream_piece_within_hold", |b| {
-        let (_dir, roomy) = test_directory(
-            BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month),
-            BudgetSpec::unlimited(Period::Month),
-            BudgetSpec::unlimited(Period::Total),
-        )
-        .unwrap();
         let shape = RequestShape {
             body_bytes: 400_000,
             extra_input_tokens: 0,
@@ -247,12 +247,6 @@ fn pricing(c: &mut Criterion) {
         b.iter(|| running.take(&mut held, black_box(0)))
     });
     g.bench_function("stream_piece_extending_the_hold", |b| {
-        let (_dir, roomy) = test_directory(
-            BudgetSpec::limited(Nanos(u64::MAX / 2), Period::Month),
-            BudgetSpec::unlimited(Period::Month),
-            BudgetSpec::unlimited(Period::Total),
-        )
-        .unwrap();
         let shape = RequestShape {
             body_bytes: 1_000,
             extra_input_tokens: 0,

@@ -927,16 +927,21 @@ mod loom_tests {
 
     const T: UnixMs = UnixMs(1_768_435_200_000);
 
+    /// An allocation of 10 nanos a month, its project and team unlimited.
+    fn ten_a_month() -> (crate::identity::Directory, Arc<Allocation>) {
+        test_directory(
+            BudgetSpec::limited(Nanos(10), Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Total),
+        )
+        .unwrap()
+    }
+
     /// Two racing reserve/settle pairs: the limit holds in every interleaving loom explores.
     #[test]
     fn loom_limit_holds_under_races() {
         loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Month),
-                BudgetSpec::unlimited(Period::Month),
-                BudgetSpec::unlimited(Period::Total),
-            )
-            .unwrap();
+            let (_dir, a) = ten_a_month();
             let other = {
                 let a = Arc::clone(&a);
                 loom::thread::spawn(move || {
@@ -959,12 +964,7 @@ mod loom_tests {
     #[test]
     fn loom_extensions_race_within_the_limit() {
         loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Month),
-                BudgetSpec::unlimited(Period::Month),
-                BudgetSpec::unlimited(Period::Total),
-            )
-            .unwrap();
+            let (_dir, a) = ten_a_month();
             // A reader may see a settle's spend before its release and refuse for a moment
             // (the safe side of the protocol), so a reservation may not be taken at all.
             let extend = |a: Arc<Allocation>| {
@@ -995,12 +995,7 @@ mod loom_tests {
     #[test]
     fn loom_cancel_gives_back() {
         loom::model(|| {
-            let (_dir, a) = test_directory(
-                BudgetSpec::limited(Nanos(10), Period::Month),
-                BudgetSpec::unlimited(Period::Month),
-                BudgetSpec::unlimited(Period::Total),
-            )
-            .unwrap();
+            let (_dir, a) = ten_a_month();
             let other = {
                 let a = Arc::clone(&a);
                 loom::thread::spawn(move || drop(reserve(&a, T, Nanos(8))))

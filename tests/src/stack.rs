@@ -600,6 +600,15 @@ model = "openai/gpt-4o-mini"
         )
     }
 
+    /// The value of an unlabelled counter or gauge on `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let metrics = http::request(self.address(), "GET", "/metrics", &[], b"").text();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    }
+
     /// The allocation's spend this period, in nanos, from the live budget table.
     pub fn spent_nanos(&self, allocation: &str) -> u64 {
         let answer = self.admin("GET", "/admin/v1/allocations", None);

@@ -545,16 +545,6 @@ fn an_allocation_may_ask_for_whole_bounds_waited_for_or_refused_instead_of_cappe
     stack.stop();
 }
 
-/// The value of a counter on `/metrics`.
-fn counter(stack: &Stack, name: &str) -> u64 {
-    let metrics =
-        tollgate_tests::http::request(stack.address(), "GET", "/metrics", &[], b"").text();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-}
-
 /// What streams really generate, learned: a key whose streams answer 50 tokens under a
 /// `max_tokens` of 4,096 holds about 50 tokens' worth once 20 of them have finished, so 16
 /// streams run at once on a budget where two whole bounds would not fit; and one that runs far
@@ -576,7 +566,7 @@ fn streams_hold_what_their_key_really_generates_once_learned() {
         let answer = post_json(address, "/v1/chat/completions", &key, &stream(50, 0));
         assert_eq!(answer.status, 200);
     }
-    let waited = counter(&stack, "tollgate_budget_waited_total");
+    let waited = stack.metric("tollgate_budget_waited_total");
     // 16 at once, a second each: whole bounds (0.041 each) would let one run at a time in
     // what the first 20 left.
     let threads: Vec<_> = (0..16)
@@ -591,7 +581,7 @@ fn streams_hold_what_their_key_really_generates_once_learned() {
         assert_eq!(stream_end(&answer.text()), Some(false), "ended on its own");
     }
     assert_eq!(
-        counter(&stack, "tollgate_budget_waited_total"),
+        stack.metric("tollgate_budget_waited_total"),
         waited,
         "no stream waited: each held what it generates, not its bound"
     );
@@ -599,7 +589,7 @@ fn streams_hold_what_their_key_really_generates_once_learned() {
     let long = post_json(address, "/v1/chat/completions", &key, &stream(1500, 0));
     assert_eq!(long.status, 200);
     assert_eq!(stream_end(&long.text()), Some(false), "grown, not stopped");
-    assert_eq!(counter(&stack, "tollgate_budget_stopped_total"), 0);
+    assert_eq!(stack.metric("tollgate_budget_stopped_total"), 0);
     let spent = stack.spent_nanos("shared");
     stack.stop();
     let events = stack.events();

@@ -372,16 +372,6 @@ fn a_malformed_translated_body_costs_no_rate_limit_token() {
     stack.stop();
 }
 
-/// The gauge on `/metrics` named `name`.
-fn gauge(stack: &Stack, name: &str) -> u64 {
-    let metrics =
-        tollgate_tests::http::request(stack.address(), "GET", "/metrics", &[], b"").text();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-}
-
 #[test]
 fn a_revoked_or_rotated_key_leaves_no_rate_limiter_behind() {
     let mut stack = Stack::start("forgotten-limiters", ORG, "");
@@ -396,13 +386,13 @@ fn a_revoked_or_rotated_key_leaves_no_rate_limiter_behind() {
         );
         ids.push(id);
     }
-    assert_eq!(gauge(&stack, "tollgate_key_limiters"), 3);
+    assert_eq!(stack.metric("tollgate_key_limiters"), 3);
     let revoked = stack.admin("POST", &format!("/admin/v1/keys/{}/revoke", ids[0]), None);
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     let rotated = stack.admin("POST", &format!("/admin/v1/keys/{}/rotate", ids[1]), None);
     assert_eq!(rotated.status, 201, "{}", rotated.text());
     // The rotated key's successor has not called yet: one limiter is left, the third key's.
-    assert_eq!(gauge(&stack, "tollgate_key_limiters"), 1);
+    assert_eq!(stack.metric("tollgate_key_limiters"), 1);
     stack.stop();
 }
 
@@ -420,7 +410,7 @@ fn a_flood_of_made_up_keys_is_counted_and_writes_no_event() {
     let flushed = |stack: &Stack| {
         let flush = stack.admin("POST", "/admin/v1/events/flush", None);
         assert_eq!(flush.status, 200, "{}", flush.text());
-        gauge(stack, "tollgate_event_log_bytes")
+        stack.metric("tollgate_event_log_bytes")
     };
     let log_bytes = flushed(&stack);
     assert!(log_bytes > 0);
