@@ -122,7 +122,7 @@ impl Ticket {
             gateway.emitter.alert(crossed, at);
         }
         charge_tokens(&gateway, &key, &usage);
-        count(&gateway, api, status, &usage, source, cost.billed);
+        count_in_metrics(&gateway, api, status, &usage, source, cost.billed);
         gateway
             .metrics
             .upstream(millis(sent.elapsed()), ttft.map(millis));
@@ -268,7 +268,7 @@ fn price(
 
 /// Counts a finished call in the metrics: its request, tokens, spend, and how its usage was
 /// known.
-fn count(
+fn count_in_metrics(
     gateway: &Gateway,
     api: Api,
     status: Status,
