@@ -11,13 +11,12 @@ use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use tollgate_engine::{KeyId, KeyLimits, KeySpec, UnixMs, VirtualKey};
+use tollgate_engine::{KeyId, KeySpec, UnixMs, VirtualKey};
 
 use crate::clock::now_ms;
-use crate::config::allow_list;
 use crate::control::Control;
+use crate::control::bodies::{AllocationRequest, KeyRequest, allocation_request, limit_request};
 use crate::control::journal::{Record, create_record};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{Failure, Protocol};
@@ -94,28 +93,6 @@ async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Fa
     body::read(&parts.headers, body, limits).await
 }
 
-/// `POST /admin/v1/keys`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKey {
-    allocation: String,
-    user: String,
-    agent: Option<String>,
-    /// `30d`, `12h`, `90m`.
-    expires_in: Option<String>,
-    /// RFC 3339.
-    expires_at: Option<String>,
-    #[serde(default)]
-    models: Vec<String>,
-    requests_per_minute: Option<std::num::NonZeroU32>,
-    tokens_per_minute: Option<std::num::NonZeroU32>,
-    /// `["metering"]`: may also record and authorize resource usage.
-    #[serde(default)]
-    scopes: Vec<String>,
-    /// `clamp`, `wait` or `refuse`: the key's own policy over its allocation's.
-    tight: Option<tollgate_engine::Tight>,
-}
-
 fn create_key(
     control: &Control,
     body: &[u8],
@@ -135,49 +112,13 @@ fn create_key(
             tight: old.own_tight(),
         },
         None => {
-            let request: CreateKey = serde_json::from_slice(body)
-                .map_err(|e| Failure::BadRequest(format!("key request: {e}")))?;
-            if request.user.trim().is_empty() {
-                return Err(Failure::BadRequest("`user` must not be empty".into()));
-            }
-            let expires_at = match (&request.expires_in, &request.expires_at) {
-                (Some(_), Some(_)) => {
-                    return Err(Failure::BadRequest(
-                        "give `expires_in` or `expires_at`, not both".into(),
-                    ));
-                }
-                (Some(text), None) => {
-                    let ms = parse_duration_ms(text).map_err(Failure::BadRequest)?;
-                    Some(now.plus_ms(ms))
-                }
-                (None, Some(text)) => Some(
-                    tollgate_engine::time::parse_rfc3339(text)
-                        .map_err(|e| Failure::BadRequest(format!("`expires_at`: {e}")))?,
-                ),
-                (None, None) => None,
-            };
+            let request = KeyRequest::parse(body, now)?;
             let allocation = control
                 .gateway
                 .directory
                 .allocation(&request.allocation)
                 .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
-            let spec = KeySpec {
-                user: request.user,
-                agent: request.agent,
-                expires_at,
-                models: allow_list(&request.models)
-                    .map_err(|e| Failure::BadRequest(e.to_string()))?,
-                limits: KeyLimits {
-                    requests_per_minute: request.requests_per_minute,
-                    tokens_per_minute: request.tokens_per_minute,
-                },
-                scopes: tollgate_engine::Scopes::parse(&request.scopes)
-                    .map_err(|e| Failure::BadRequest(format!("`scopes`: {e}")))?,
-                created_at: now,
-                revoked: false,
-                tight: request.tight,
-            };
-            return insert_key(control, &allocation, spec, now, None);
+            return insert_key(control, &allocation, request.spec, now, None);
         }
     };
     let allocation = replaces.map(|k| Arc::clone(&k.allocation));
@@ -242,75 +183,16 @@ fn insert_key(
     Ok((StatusCode::CREATED, answer))
 }
 
-/// `POST /admin/v1/allocations`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateAllocation {
-    name: String,
-    project: String,
-    #[serde(default)]
-    cost_center: String,
-    #[serde(default)]
-    models: Vec<String>,
-    #[serde(default)]
-    budget: Option<BudgetRequest>,
-    #[serde(default)]
-    tight: tollgate_engine::Tight,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BudgetRequest {
-    #[serde(default, deserialize_with = "some_amount")]
-    limit: Option<tollgate_engine::Nanos>,
-    #[serde(default)]
-    period: Option<tollgate_engine::Period>,
-    #[serde(default)]
-    soft_limit_percent: Option<u8>,
-}
-
-fn some_amount<'de, D: serde::Deserializer<'de>>(
-    de: D,
-) -> Result<Option<tollgate_engine::Nanos>, D::Error> {
-    tollgate_engine::money::deserialize_amount(de).map(Some)
-}
-
 fn create_allocation(
     control: &Control,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    let request: CreateAllocation = serde_json::from_slice(body)
-        .map_err(|e| Failure::BadRequest(format!("allocation request: {e}")))?;
-    if !crate::config::is_name(&request.name) {
-        return Err(Failure::BadRequest(format!(
-            "`{}` is not a valid allocation name",
-            request.name
-        )));
-    }
-    let budget = request.budget.unwrap_or(BudgetRequest {
-        limit: None,
-        period: None,
-        soft_limit_percent: None,
-    });
-    let soft = budget.soft_limit_percent.unwrap_or(80);
-    if soft == 0 || soft > 100 {
-        return Err(Failure::BadRequest(
-            "`soft_limit_percent` must be between 1 and 100".into(),
-        ));
-    }
-    let record = Record::CreateAllocation {
-        name: request.name.clone(),
-        project: request.project.clone(),
-        cost_center: request.cost_center,
-        models: request.models,
-        budget: tollgate_engine::BudgetSpec {
-            limit: budget.limit,
-            period: budget.period.unwrap_or(tollgate_engine::Period::Month),
-            soft_limit_percent: soft,
-        },
-        tight: request.tight,
-    };
+    let AllocationRequest {
+        name,
+        project,
+        record,
+    } = allocation_request(body)?;
     // Applied first (it checks names and the project), journaled once it holds.
     crate::control::journal::apply(&record, &control.gateway.directory).map_err(|e| match e {
         tollgate_engine::Error::Unknown { .. } => Failure::AdminNotFound(e.to_string()),
@@ -318,7 +200,7 @@ fn create_allocation(
     })?;
     let audit = json!({
         "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
-        "allocation": request.name, "project": request.project,
+        "allocation": name, "project": project,
     });
     control
         .journal
@@ -327,7 +209,7 @@ fn create_allocation(
     let allocation = control
         .gateway
         .directory
-        .allocation(&request.name)
+        .allocation(&name)
         .map_err(|e| Failure::Internal(e.to_string()))?;
     Ok((StatusCode::CREATED, describe_allocation(&allocation, now)))
 }
@@ -351,31 +233,17 @@ fn set_limit(
             )));
         }
     };
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetLimit {
-        #[serde(deserialize_with = "some_amount")]
-        limit: Option<tollgate_engine::Nanos>,
-    }
-    let request: SetLimit = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields))
-            if fields.get("limit") == Some(&Value::Null) && fields.len() == 1 =>
-        {
-            SetLimit { limit: None }
-        }
-        _ => serde_json::from_slice(body)
-            .map_err(|e| Failure::BadRequest(format!("budget request: {e}")))?,
-    };
+    let limit = limit_request(body)?;
     let record = Record::SetLimit {
         level,
         name: name.to_owned(),
-        limit: request.limit,
+        limit,
     };
     crate::control::journal::apply(&record, &control.gateway.directory)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     let audit = json!({
         "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
-        "level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string()),
+        "level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string()),
     });
     control
         .journal
@@ -383,7 +251,7 @@ fn set_limit(
         .map_err(|e| Failure::Internal(e.to_string()))?;
     Ok((
         StatusCode::OK,
-        json!({"level": level.as_str(), "name": name, "limit": request.limit.map(|l| l.to_string())}),
+        json!({"level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string())}),
     ))
 }
 
@@ -617,42 +485,4 @@ fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value
         StatusCode::OK,
         json!({"added": added, "rate_card": rate_card(control)}),
     ))
-}
-
-/// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 30d, 12h or 90m"))?;
-    let unit_ms = match unit {
-        "d" => 86_400_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1_000,
-        _ => return Err(format!("`{text}` is not a duration like 30d, 12h or 90m")),
-    };
-    n.checked_mul(unit_ms)
-        .filter(|ms| *ms > 0 && *ms <= 100 * 365 * 86_400_000)
-        .ok_or_else(|| format!("`{text}` must be between 1 s and 100 years"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
-        assert_eq!(parse_duration_ms("12h"), Ok(12 * 3_600_000));
-        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
-        assert!(parse_duration_ms("0d").is_err());
-        assert!(parse_duration_ms("d").is_err());
-        assert!(parse_duration_ms("3w").is_err());
-        assert!(parse_duration_ms("99999999999999d").is_err());
-    }
 }

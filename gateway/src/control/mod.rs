@@ -5,6 +5,7 @@
 //! reaches back into it.
 
 pub mod admin;
+pub mod bodies;
 pub mod journal;
 pub mod reconcile;
 pub mod ship;

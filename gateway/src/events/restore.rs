@@ -202,9 +202,32 @@ impl Folded {
     /// Reads the checkpoint at `path`, or the one before it (`<path>.prev`) when that one is
     /// damaged; `None` when neither can be read (the log is then folded from its start, and
     /// reported). Log segments are removed only below both, so either restores exactly.
+    ///
+    /// A damaged newest checkpoint is moved aside (`<path>.damaged`, kept for the operator):
+    /// left in place, the next save would make it `.prev` over the good one, and a second
+    /// damage before the save after would leave no checkpoint that covers the log's start.
     #[must_use]
     pub fn load(path: &Path) -> Option<Folded> {
-        Folded::load_one(path).or_else(|| Folded::load_one(&previous(path)))
+        if let Some(folded) = Folded::load_one(path) {
+            return Some(folded);
+        }
+        let folded = Folded::load_one(&previous(path))?;
+        if path.exists() {
+            let aside = path.with_extension("damaged");
+            match std::fs::rename(path, &aside) {
+                Ok(()) => crate::operator::report(&format!(
+                    "{}: damaged, moved to {}; restored from {}",
+                    path.display(),
+                    aside.display(),
+                    previous(path).display()
+                )),
+                Err(e) => crate::operator::report(&format!(
+                    "{}: damaged and could not be moved aside ({e})",
+                    path.display()
+                )),
+            }
+        }
+        Some(folded)
     }
 
     fn load_one(path: &Path) -> Option<Folded> {
@@ -370,7 +393,18 @@ mod tests {
         for damaged in [&b"{\"v\": 1, \"next_off"[..], b"\xff\xfe", b"{\"v\": 9}"] {
             std::fs::write(&path, damaged).unwrap();
             assert_eq!(Folded::load(&path), Some(checkpointed.clone()));
+            assert!(!path.exists(), "the damaged newest is moved aside");
+            let aside = std::fs::metadata(path.with_extension("damaged")).unwrap();
+            assert_eq!(aside.len(), damaged.len() as u64, "kept for the operator");
         }
+        // So the save after keeps the good one as `.prev`, not the damaged one.
+        restored.save(&path).unwrap();
+        assert_eq!(
+            Folded::load_one(&previous(&path)),
+            Some(checkpointed.clone())
+        );
+        std::fs::write(&path, b"{").unwrap();
+        assert_eq!(Folded::load(&path), Some(checkpointed.clone()));
         std::fs::write(previous(&path), b"{").unwrap();
         assert_eq!(Folded::load(&path), None);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();

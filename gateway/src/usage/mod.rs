@@ -1,7 +1,8 @@
 //! The resource ledger's HTTP edge: `POST /v1/usage` books batches of GPU-, core-, node-hour
 //! and GB-month records, `POST /v1/usage/authorize` answers whether an allocation can afford
 //! some usage now (and may hold the amount), `DELETE /v1/usage/reservations/{id}` gives a hold
-//! back.
+//! back. [`import`] reads what sites already have (`sacct`, OpenCost, a storage CSV) into the
+//! records `tollgate import` sends here.
 //!
 //! A batch goes through two phases. The first parses and prices every record with no side
 //! effect: a bad record refuses the whole batch with a 400 naming its index and field. The
@@ -21,19 +22,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_engine::ledger::{
-    Hold, RecordKey, ReservationId, Seen, UsageRecord, deserialize_quantity, fingerprint,
-    micros_decimal, parse_name,
+    Hold, RecordKey, ReservationId, Seen, UsageRecord, fingerprint, micros_decimal,
 };
 use tollgate_engine::{
-    Allocation, Cost, Micros, Nanos, RateCard, Refused, Reservation, ResourceUnit, Scopes, Site,
-    UnixMs, UsageEvent, VirtualKey,
+    Allocation, Cost, Nanos, RateCard, Refused, Reservation, Scopes, UnixMs, UsageEvent, VirtualKey,
 };
 
 use crate::clock::now_ms;
-use crate::config::LedgerConfig;
 use crate::http::auth::{AdminToken, presented_key};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
@@ -44,14 +41,14 @@ use crate::metrics::Counter;
 use crate::state::Gateway;
 use tollgate_engine::time::format_rfc3339_s;
 
+pub mod bodies;
+pub mod import;
 mod ledger;
 
+use bodies::{AuthorizeRequest, BatchRequest, bad};
 pub(crate) use ledger::duration_ms;
 use ledger::lock;
 pub use ledger::{Ledger, Sweeper};
-
-/// Longest hold a caller may ask for with `ttl_ms`: a month-long job and its queue.
-const RESERVATION_TTL_MS_MAX: u64 = 31 * 86_400_000;
 
 /// Serves one ledger request.
 pub async fn handle(
@@ -164,16 +161,6 @@ fn remaining(allocation: &Allocation, now: UnixMs) -> Option<Nanos> {
         .min()
 }
 
-/// `POST /v1/usage`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch {
-    records: Vec<Value>,
-    /// Check and price everything, book nothing.
-    #[serde(default)]
-    dry_run: bool,
-}
-
 /// A record that passed the first phase: typed, priced, its event built.
 struct Priced {
     record: UsageRecord,
@@ -214,39 +201,17 @@ impl Outcome {
     }
 }
 
-fn bad(index: usize, field: &str, reason: impl Into<String>) -> Failure {
-    Failure::BadRecord {
-        index,
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// Phase one: every record parsed, checked and priced, or the first bad one named.
+/// Phase one: every record checked and priced, or the first bad one named.
 fn price_batch(
     gateway: &Gateway,
     ledger: &Ledger,
     submitter: &Submitter,
-    records: &[Value],
+    records: Vec<UsageRecord>,
     now: UnixMs,
 ) -> Result<Vec<Priced>, Failure> {
     let card = gateway.card.load_full();
-    let mut first_index: HashMap<RecordKey, usize> = HashMap::with_capacity(records.len());
     let mut priced = Vec::with_capacity(records.len());
-    for (i, value) in records.iter().enumerate() {
-        let record =
-            UsageRecord::from_json(value).map_err(|e| bad(i, &e.field, e.reason.clone()))?;
-        let key = record.id.key();
-        if let Some(first) = first_index.insert(key, i) {
-            return Err(bad(
-                i,
-                "id",
-                format!(
-                    "`{}` is also the id of records[{first}]; a batch names each record once",
-                    record.id.as_str()
-                ),
-            ));
-        }
+    for (i, record) in records.into_iter().enumerate() {
         let checked = Checked {
             index: i,
             record,
@@ -337,22 +302,13 @@ async fn record(
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    let batch: Batch = serde_json::from_slice(body)
-        .map_err(|e| Failure::BadRequest(format!("usage batch: {e}")))?;
-    let records_max = ledger.config.batch_records_max;
-    if batch.records.len() > records_max {
-        return Err(Failure::BadRequest(format!(
-            "a batch holds at most {records_max} records; this one has {}",
-            batch.records.len()
-        )));
-    }
-    let priced = price_batch(gateway, ledger, submitter, &batch.records, now)?;
-    if !batch.dry_run
-        && let Some(reason) = gateway.emitter.refusal()
-    {
+    let batch = BatchRequest::parse(body, ledger.config.batch_records_max)?;
+    let dry_run = batch.dry_run;
+    let priced = price_batch(gateway, ledger, submitter, batch.records, now)?;
+    if !dry_run && let Some(reason) = gateway.emitter.refusal() {
         return Err(Failure::Overloaded(reason));
     }
-    let booked = book(gateway, ledger, &priced, batch.dry_run)?;
+    let booked = book(gateway, ledger, &priced, dry_run)?;
     // Answered once the events are on disk: a client told "booked" never needs to resend.
     if booked.appended && !gateway.emitter.sync().await {
         return Err(Failure::Internal(
@@ -361,7 +317,7 @@ async fn record(
     }
     Ok((
         StatusCode::OK,
-        answer(gateway, &priced, &booked, batch.dry_run, now),
+        answer(gateway, &priced, &booked, dry_run, now),
     ))
 }
 
@@ -540,68 +496,17 @@ fn settle_holds(gateway: &Gateway, holds: TakenHolds) {
     }
 }
 
-/// `POST /v1/usage/authorize`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Authorize {
-    allocation: String,
-    unit: ResourceUnit,
-    #[serde(deserialize_with = "deserialize_quantity")]
-    quantity: Micros,
-    #[serde(default)]
-    cluster: Option<String>,
-    #[serde(default)]
-    partition: Option<String>,
-    #[serde(default)]
-    instance_type: Option<String>,
-    /// Hold the amount until usage naming the reservation settles it, or it expires.
-    #[serde(default)]
-    reserve: bool,
-    /// How long the hold lasts (default `ledger.reservation_ttl_ms`).
-    #[serde(default)]
-    ttl_ms: Option<u64>,
-}
-
-impl Authorize {
-    /// Where the usage runs, each name checked like a record's.
-    fn site(&mut self) -> Result<Site, Failure> {
-        let name = |field: &str, value: Option<String>| {
-            value
-                .map(|v| parse_name(field, &v))
-                .transpose()
-                .map_err(|e| Failure::BadRequest(e.to_string()))
-        };
-        Ok(Site {
-            cluster: name("cluster", self.cluster.take())?,
-            partition: name("partition", self.partition.take())?,
-            instance_type: name("instance_type", self.instance_type.take())?,
-        })
-    }
-
-    /// How long the hold lasts: as asked, within bounds, else the configured default.
-    fn ttl_ms(&self, config: &LedgerConfig) -> Result<i64, Failure> {
-        match self.ttl_ms {
-            None => Ok(duration_ms(config.reservation_ttl)),
-            Some(ms) if (1..=RESERVATION_TTL_MS_MAX).contains(&ms) => {
-                Ok(i64::try_from(ms).unwrap_or(i64::MAX))
-            }
-            Some(_) => Err(Failure::BadRequest(format!(
-                "`ttl_ms` must be between 1 and {RESERVATION_TTL_MS_MAX}"
-            ))),
-        }
-    }
-}
-
 fn authorize(
     gateway: &Gateway,
     ledger: &Ledger,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    let mut request: Authorize = serde_json::from_slice(body)
-        .map_err(|e| Failure::BadRequest(format!("authorize request: {e}")))?;
-    let site = request.site()?;
-    let ttl_ms = request.ttl_ms(&ledger.config)?;
+    let request = AuthorizeRequest::parse(body)?;
+    let ttl_ms = request
+        .ttl_ms
+        .unwrap_or_else(|| duration_ms(ledger.config.reservation_ttl));
+    let site = &request.site;
     let allocation = gateway
         .directory
         .allocation(&request.allocation)
@@ -612,7 +517,7 @@ fn authorize(
         .price_resource(
             request.unit,
             request.quantity,
-            &site,
+            site,
             &project.team.name,
             &project.name,
             now,

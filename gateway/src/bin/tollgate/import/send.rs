@@ -13,10 +13,10 @@ use http::Method;
 use serde_json::{Value, json};
 use tollgate_engine::ledger::UsageRecord;
 
-use super::Import;
 use crate::args::SendArgs;
 use crate::client;
 use crate::print::{self, decimal, field};
+use tollgate_gateway::usage::import::Import;
 
 /// Sends the records in batches: first all of them as a dry run (so a record the gateway
 /// refuses stops the import before anything is booked, named by its line), then for real.
