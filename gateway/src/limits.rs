@@ -57,6 +57,10 @@ pub const JSON_DEPTH_MAX: usize = 128;
 /// Appended usage events waiting for their sync (`events.queued_max`); past it new requests
 /// get 503 until the disk catches up.
 pub const EVENTS_QUEUED_MAX: usize = 65_536;
+/// Usage events kept in memory while the log cannot be written (a full or failing disk),
+/// appended by the syncer once it can. New calls are refused meanwhile, so only calls already
+/// in flight add to it; past this many an event is lost (counted and reported).
+pub const EVENTS_HELD_BACK_MAX: usize = 65_536;
 
 /// Longest an event waits in the writer before it is synced (`events.sync_interval_ms`).
 pub const EVENTS_SYNC_INTERVAL: Duration = Duration::from_millis(10);

@@ -328,6 +328,8 @@ pub struct Gauges {
     pub in_flight: u64,
     /// Usage events waiting for the writer.
     pub events_queued: u64,
+    /// Usage events held in memory while the log cannot be written.
+    pub events_held_back: u64,
     /// Budget holds kept for authorized usage.
     pub reservations_held: u64,
     /// Usage-record ids remembered for deduplication.
@@ -353,6 +355,11 @@ impl Gauges {
                 "tollgate_budget_waiting",
                 "Calls waiting in line for budget held by calls in flight.",
                 self.budget_waiting,
+            ),
+            (
+                "tollgate_events_held_back",
+                "Usage events of answered calls held in memory while the log cannot be written (a full disk).",
+                self.events_held_back,
             ),
             (
                 "tollgate_events_queued",
@@ -536,6 +543,7 @@ mod tests {
             budget_waiting: 0,
             key_limiters: 1,
             events_queued: 5,
+            events_held_back: 0,
             reservations_held: 3,
             record_ids: 7,
             event_log_bytes: 4096,

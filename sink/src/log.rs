@@ -82,6 +82,8 @@ pub struct Log {
     /// costs nothing).
     sealed_bytes: u64,
     next_offset: u64,
+    /// A failed write may have left part of a record past `active_bytes`, not yet cut off.
+    torn: bool,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -182,6 +184,7 @@ impl Log {
             active_bytes: good_bytes,
             sealed_bytes,
             next_offset: last_base + count,
+            torn: false,
         };
         Ok((log, recovery))
     }
@@ -241,6 +244,7 @@ impl Log {
                 .map(|p| p.as_ref().len() + HEADER_BYTES as usize)
                 .sum(),
         );
+        let mut buffered = 0;
         for payload in payloads {
             let payload = payload.as_ref();
             let len = u32::try_from(payload.len())
@@ -248,26 +252,41 @@ impl Log {
                 .filter(|len| *len <= RECORD_BYTES_MAX)
                 .ok_or(LogError::TooLarge(payload.len()))?;
             if self.active_bytes + buffer.len() as u64 >= self.segment_bytes_max {
-                self.write(&buffer)?;
+                self.write(&buffer, buffered)?;
                 buffer.clear();
+                buffered = 0;
                 self.roll()?;
             }
             buffer.extend_from_slice(&len.to_le_bytes());
             buffer.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
             buffer.extend_from_slice(payload);
-            self.next_offset += 1;
+            buffered += 1;
         }
-        self.write(&buffer)?;
+        self.write(&buffer, buffered)?;
         Ok(first)
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+    /// Writes `records` whole records to the active segment. A write cut short (a full disk)
+    /// is cut back off, so the segment still ends on a record boundary and the offsets handed
+    /// out stay those of the records on disk: the next append goes on from there.
+    fn write(&mut self, bytes: &[u8], records: u64) -> Result<(), LogError> {
+        let path = self.active_path();
+        if self.torn {
+            self.active
+                .set_len(self.active_bytes)
+                .map_err(io_at(&path))?;
+            self.torn = false;
+        }
         if bytes.is_empty() {
             return Ok(());
         }
-        let path = self.active_path();
-        self.active.write_all(bytes).map_err(io_at(&path))?;
+        if let Err(e) = self.active.write_all(bytes) {
+            // Shrinking needs no space; should it fail anyway, every append tries it first.
+            self.torn = self.active.set_len(self.active_bytes).is_err();
+            return Err(io_at(&path)(e));
+        }
         self.active_bytes += bytes.len() as u64;
+        self.next_offset += records;
         Ok(())
     }
 

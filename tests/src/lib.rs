@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use arrow_array::cast::AsArray as _;
+
+pub mod fault;
 pub mod http;
 pub mod stack;
 
@@ -136,4 +139,37 @@ pub fn duckdb_row(sql: &str) -> Option<Vec<String>> {
     let row: Vec<String> = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("DuckDB printed {:?}: {e}", out.stdout));
     Some(row)
+}
+
+/// Every `(event_id, cost)` in the Parquet files under `data/usage`.
+pub fn parquet_rows(data: &Path) -> Vec<(String, i128)> {
+    let mut found = Vec::new();
+    let mut stack = vec![data.join("usage")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                for batch in
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .unwrap()
+                        .build()
+                        .unwrap()
+                {
+                    let batch = batch.unwrap();
+                    let ids = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+                    let cost = batch
+                        .column_by_name("cost")
+                        .unwrap()
+                        .as_primitive::<arrow_array::types::Decimal128Type>();
+                    for row in 0..batch.num_rows() {
+                        found.push((ids.value(row).to_owned(), cost.value(row)));
+                    }
+                }
+            }
+        }
+    }
+    found
 }

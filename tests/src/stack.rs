@@ -404,6 +404,21 @@ impl Stack {
         providers: &str,
         models: &[&str],
     ) -> Stack {
+        let mut stack = Stack::prepared(name, org, server, providers, models);
+        stack.launch();
+        stack
+    }
+
+    /// As [`Stack::start_with`], its files written and its mock started but the gateway not
+    /// yet: for a test that readies something under [`Stack::path`] first (a small file system
+    /// for a folder), then calls [`Stack::launch`].
+    pub fn prepared(
+        name: &str,
+        org: &str,
+        server: &str,
+        providers: &str,
+        models: &[&str],
+    ) -> Stack {
         let dir = TempDir::new(name).unwrap();
         let mock = start_mock();
         // The example card, plus prices for the test-only providers (appended to the version in
@@ -506,16 +521,15 @@ model = "openai/gpt-4o-mini"
             mock = mock.address
         );
         std::fs::write(dir.path().join("tollgate.toml"), config).unwrap();
-        let mut stack = Stack {
+        Stack {
             dir,
             mock,
             gateway: None,
-        };
-        stack.launch();
-        stack
+        }
     }
 
-    fn launch(&mut self) {
+    /// Starts the gateway of a stack made by [`Stack::prepared`].
+    pub fn launch(&mut self) {
         self.gateway = Some(Process::spawn(self.serve_command()));
     }
 

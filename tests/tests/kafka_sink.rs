@@ -8,46 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow_array::cast::AsArray as _;
-use arrow_array::types::Decimal128Type;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use tollgate_engine::{EventId, Nanos, UnixMs, UsageEvent};
 use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, Kafka, ORG, Stack};
-use tollgate_tests::{TempDir, duckdb_row, loadtest_bin, read_text, tollgate_bin};
-
-/// Every `(event_id, cost)` in the Parquet files under `data/usage`.
-fn rows(data: &Path) -> Vec<(String, i128)> {
-    let mut found = Vec::new();
-    let mut stack = vec![data.join("usage")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                for batch in ParquetRecordBatchReaderBuilder::try_new(file)
-                    .unwrap()
-                    .build()
-                    .unwrap()
-                {
-                    let batch = batch.unwrap();
-                    let ids = batch.column_by_name("event_id").unwrap().as_string::<i32>();
-                    let cost = batch
-                        .column_by_name("cost")
-                        .unwrap()
-                        .as_primitive::<Decimal128Type>();
-                    for row in 0..batch.num_rows() {
-                        found.push((ids.value(row).to_owned(), cost.value(row)));
-                    }
-                }
-            }
-        }
-    }
-    found
-}
+use tollgate_tests::{
+    TempDir, duckdb_row, loadtest_bin, parquet_rows as rows, read_text, tollgate_bin,
+};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

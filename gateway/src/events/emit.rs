@@ -16,8 +16,11 @@
 //! byte is sent. New requests are refused (503) while more than `events.queued_max` appended
 //! events wait for their sync, or while the log is at `events.log_bytes_max` (a broker away for
 //! long; warned from 80 %): a disk that cannot keep up, or fills, slows admission, never loses
-//! events.
+//! events. When a write fails (the disk is full), new calls are refused the same way until the
+//! log can be written again; the events of calls already in flight are held back in memory (up
+//! to `EVENTS_HELD_BACK_MAX`) and appended by the syncer as soon as the disk takes them.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::Path;
@@ -33,6 +36,7 @@ use tollgate_sink::log::{Log, LogReader, Recovery};
 
 use crate::config::{EventsConfig, ParquetConfig};
 use crate::events::restore::Folded;
+use crate::limits::EVENTS_HELD_BACK_MAX;
 
 use crate::metrics::{Counter, Metrics};
 use crate::operator::report;
@@ -65,6 +69,10 @@ struct Shared {
     log_bytes_max: u64,
     /// Whether the 80 % warning is out (said once per crossing).
     log_warned: AtomicBool,
+    /// Set when an append fails (a full disk), cleared once the held-back events are in.
+    unwritable: AtomicBool,
+    /// Encoded events of calls answered while the log could not be written, oldest first.
+    held_back: Mutex<VecDeque<Vec<u8>>>,
 }
 
 /// What the syncer keeps besides syncing: the fold of the log for the spend checkpoint.
@@ -176,6 +184,8 @@ impl Emitter {
             log_bytes: AtomicU64::new(log_bytes),
             log_bytes_max: events.log_bytes_max,
             log_warned: AtomicBool::new(false),
+            unwritable: AtomicBool::new(false),
+            held_back: Mutex::new(VecDeque::new()),
         });
         let syncer = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -197,7 +207,9 @@ impl Emitter {
     /// Why a new request may not be admitted now, if it may not.
     #[must_use]
     pub fn refusal(&self) -> Option<&'static str> {
-        if self.queued() >= self.queued_max {
+        if self.shared.unwritable.load(Ordering::Relaxed) {
+            Some("the usage event log cannot be written (is its disk full?)")
+        } else if self.queued() >= self.queued_max {
             Some("usage event backlog is full")
         } else if self.shared.log_bytes.load(Ordering::Relaxed) >= self.shared.log_bytes_max {
             Some("usage event log is at its disk cap (a reader such as Kafka is behind)")
@@ -235,29 +247,55 @@ impl Emitter {
         usize::try_from(self.shared.unsynced.load(Ordering::Relaxed)).unwrap_or(usize::MAX)
     }
 
-    /// Appends a usage event. On return it is with the operating system.
+    /// Appends a usage event. On return it is with the operating system, or, while the log
+    /// cannot be written, held back in memory for the syncer to append once it can.
     pub fn usage(&self, event: &UsageEvent) {
-        // A failure is counted and reported by `append`; a model call has been answered by now.
-        let _ = self.append(event);
+        // A model call has been answered by now: its event must not be dropped.
+        let _ = self.write(event.to_json(), true);
     }
 
     /// Appends a usage event; `false` (counted and reported) if it could not be written, for
     /// callers that can still refuse (a usage batch).
     pub fn append(&self, event: &UsageEvent) -> bool {
-        let payload = event.to_json();
-        let appended = lock(&self.shared.log).append(&[payload]);
-        match appended {
-            Ok(_) => {
-                self.shared.unsynced.fetch_add(1, Ordering::Relaxed);
-                self.shared.metrics.add(Counter::EventsWritten, 1);
-                true
-            }
-            Err(e) => {
-                self.shared.metrics.add(Counter::EventsLost, 1);
-                report(&format!("appending a usage event: {e}"));
-                false
+        self.write(event.to_json(), false)
+    }
+
+    /// Events held back in memory for want of a writable log.
+    #[must_use]
+    pub fn held_back(&self) -> usize {
+        lock(&self.shared.held_back).len()
+    }
+
+    fn write(&self, payload: Vec<u8>, hold_back: bool) -> bool {
+        let mut log = lock(&self.shared.log);
+        // Behind events already held back, a new one waits its turn.
+        if !self.shared.unwritable.load(Ordering::Acquire) {
+            match log.append(&[&payload]) {
+                Ok(_) => {
+                    self.shared.unsynced.fetch_add(1, Ordering::Relaxed);
+                    self.shared.metrics.add(Counter::EventsWritten, 1);
+                    return true;
+                }
+                Err(e) => {
+                    self.shared.unwritable.store(true, Ordering::Release);
+                    report(&format!(
+                        "appending a usage event: {e}; new calls are refused until the log \
+                         can be written, and the events of calls in flight are held back"
+                    ));
+                }
             }
         }
+        drop(log);
+        if !hold_back {
+            return false;
+        }
+        let mut held_back = lock(&self.shared.held_back);
+        if held_back.len() < EVENTS_HELD_BACK_MAX {
+            held_back.push_back(payload);
+            return true;
+        }
+        self.shared.metrics.add(Counter::EventsLost, 1);
+        false
     }
 
     /// Records a soft-limit warning.
@@ -318,6 +356,26 @@ impl Writer {
             .join()
             .map_err(|_| io::Error::other("event syncer thread panicked"))
     }
+}
+
+/// Appends the events held back while the log could not be written, oldest first, as far as
+/// the disk takes them; once all are in, the log takes new calls again.
+fn append_held_back(shared: &Shared) {
+    if !shared.unwritable.load(Ordering::Acquire) {
+        return;
+    }
+    let mut log = lock(&shared.log);
+    let mut held_back = lock(&shared.held_back);
+    while let Some(payload) = held_back.front() {
+        if log.append(&[payload]).is_err() {
+            return;
+        }
+        held_back.pop_front();
+        shared.unsynced.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.add(Counter::EventsWritten, 1);
+    }
+    shared.unwritable.store(false, Ordering::Release);
+    report("the usage event log can be written again; new calls are admitted");
 }
 
 /// Syncs the active segment and the alerts without holding the log while the disk works.
@@ -458,11 +516,19 @@ fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         }
+        append_held_back(shared);
         if shared.unsynced.load(Ordering::Acquire) > 0 {
             let _ = sync_now(shared);
         }
         if shared.stopping.load(Ordering::Acquire) {
             let _ = sync_now(shared);
+            let lost = lock(&shared.held_back).len();
+            if lost > 0 {
+                shared.metrics.add(Counter::EventsLost, lost as u64);
+                report(&format!(
+                    "stopping with {lost} usage events the log could not take: they are lost"
+                ));
+            }
             roll_parquet(shared);
             maintain(shared, true);
             return;

@@ -75,6 +75,7 @@ fn metrics(control: &Control) -> Response<ResponseBody> {
         in_flight: (gateway.config.server.requests_in_flight_max
             - gateway.in_flight.available_permits()) as u64,
         events_queued: gateway.emitter.queued() as u64,
+        events_held_back: gateway.emitter.held_back() as u64,
         reservations_held,
         record_ids,
         event_log_bytes: gateway.emitter.log_bytes(),

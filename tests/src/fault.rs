@@ -1,0 +1,226 @@
+//! Fault injection for the reliability suite (RELIABILITY.md): small file systems that fill up,
+//! clients that keep calling while something breaks, the books checked afterwards, and the
+//! figures each fault test reports.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::http;
+
+/// A small file system (tmpfs) mounted over a folder, unmounted when dropped.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` at `dir` (made if absent). Mounting needs root, which CI
+    /// has: elsewhere the test is skipped with a loud message, and under `CI=true` it fails.
+    pub fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: mounting a small tmpfs failed (the fault tests need root)"
+            );
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs at {} (needs root)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(SmallDisk {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills the disk with a filler file until it refuses a write; the filler's path.
+    pub fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        // Down to the last byte: a write of any size now fails.
+        while file.write_all(&chunk[..1]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// One fault's figures, as RELIABILITY.md's table shows them.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// The fault, as the table names it.
+    pub fault: &'static str,
+    /// Calls answered 200 (each owes exactly one event).
+    pub answered: u64,
+    /// Answered calls without their event.
+    pub lost: u64,
+    /// Events recorded twice.
+    pub doubled: u64,
+    /// Spend past the allocation's limit, in nano-units.
+    pub over_limit_nanos: u64,
+    /// From the end of the fault to the first call answered 200 again, in milliseconds.
+    pub recover_ms: Option<u64>,
+    /// What else the test saw (refusals, latencies, memory).
+    pub note: String,
+}
+
+impl Figures {
+    /// Prints the figures (`--nocapture` shows them) and appends them as a JSON line to the
+    /// file `TOLLGATE_RELIABILITY_OUT` names, if any (`tests/reliability.sh` sets it).
+    pub fn report(&self) {
+        let line = serde_json::json!({
+            "fault": self.fault,
+            "answered": self.answered,
+            "lost": self.lost,
+            "doubled": self.doubled,
+            "over_limit_nanos": self.over_limit_nanos,
+            "recover_ms": self.recover_ms,
+            "note": self.note,
+        });
+        println!("reliability: {line}");
+        if let Ok(path) = std::env::var("TOLLGATE_RELIABILITY_OUT") {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            writeln!(file, "{line}").unwrap();
+        }
+    }
+}
+
+/// One call as a client saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The status, 0 when the connection failed before an answer.
+    pub status: u16,
+    /// The answer's `x-request-id`.
+    pub request_id: Option<String>,
+    /// When it was answered.
+    pub at: Instant,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// Clients calling a chat route in a loop (each call on a new connection) until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Seen>>>,
+}
+
+impl Load {
+    /// `clients` threads posting `body` to `address` with `key`, streamed and not in turn.
+    pub fn start(address: SocketAddr, key: &str, clients: usize, body: &Value) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|i| {
+                let (stop, key) = (Arc::clone(&stop), key.to_owned());
+                let mut body = body.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut n = i;
+                    while !stop.load(Ordering::Relaxed) {
+                        body["stream"] = Value::Bool(n % 2 == 0);
+                        n += 1;
+                        let started = Instant::now();
+                        let answer = std::panic::catch_unwind(|| {
+                            http::post_json(address, "/v1/chat/completions", &key, &body)
+                        });
+                        let (status, request_id) = match answer {
+                            Ok(a) => (a.status, a.header("x-request-id").map(str::to_owned)),
+                            Err(_) => (0, None),
+                        };
+                        seen.push(Seen {
+                            status,
+                            request_id,
+                            at: Instant::now(),
+                            took: started.elapsed(),
+                        });
+                        if status != 200 {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients and gives every call they made, in no particular order.
+    pub fn stop(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+/// The books of calls answered against events logged: (answered, lost, doubled). An answered
+/// call is lost when no event carries its request id; an event is doubled when its `event_id`
+/// or its call's request id (for events of answered calls) comes twice.
+pub fn books(seen: &[Seen], events: &[Value]) -> (u64, u64, u64) {
+    let answered: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.status == 200)
+        .filter_map(|s| s.request_id.as_deref())
+        .collect();
+    let mut per_request: HashMap<&str, u64> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut doubled = 0;
+    for event in events {
+        if !ids.insert(event["event_id"].as_str().unwrap_or_default()) {
+            doubled += 1;
+        }
+        *per_request
+            .entry(event["request_id"].as_str().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let lost = answered
+        .iter()
+        .filter(|id| !per_request.contains_key(*id))
+        .count() as u64;
+    doubled += answered
+        .iter()
+        .map(|id| per_request.get(id).copied().unwrap_or(0).saturating_sub(1))
+        .sum::<u64>();
+    (answered.len() as u64, lost, doubled)
+}
+
+/// The first call answered 200 at or after `from`: how long after `from` it was answered.
+pub fn recovered_after(seen: &[Seen], from: Instant) -> Option<Duration> {
+    seen.iter()
+        .filter(|s| s.status == 200 && s.at >= from)
+        .map(|s| s.at - from)
+        .min()
+}
+
+/// The statuses seen between two instants, counted.
+pub fn statuses_between(seen: &[Seen], from: Instant, to: Instant) -> HashMap<u16, u64> {
+    let mut counts = HashMap::new();
+    for s in seen.iter().filter(|s| s.at >= from && s.at < to) {
+        *counts.entry(s.status).or_default() += 1;
+    }
+    counts
+}
