@@ -14,6 +14,10 @@ pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 
 /// Time allowed for a client to send its request head (`server.header_timeout_ms`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel keeps waiting to be accepted (capped by `net.core.somaxconn`). A
+/// short queue drops the handshakes of a burst of new connections, and each dropped client
+/// waits a retransmission (a second or more) before it is let in.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Time allowed for a client to send its whole body (`server.body_timeout_ms`).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);

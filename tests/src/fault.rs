@@ -7,8 +7,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,8 @@ pub struct Seen {
     pub status: u16,
     /// The answer's `x-request-id`.
     pub request_id: Option<String>,
+    /// Whether the body ended as HTTP says it ends (a stream cut by a crash does not).
+    pub complete: bool,
     /// When it was answered.
     pub at: Instant,
     /// How long it took.
@@ -125,16 +127,35 @@ pub struct Seen {
 /// Clients calling a chat route in a loop (each call on a new connection) until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    address: Arc<Mutex<SocketAddr>>,
     threads: Vec<JoinHandle<Vec<Seen>>>,
 }
 
 impl Load {
-    /// `clients` threads posting `body` to `address` with `key`, streamed and not in turn.
+    /// `clients` threads posting `body` to `address` with `key`, streamed and not in turn,
+    /// each pausing 5 ms after a call that was not answered 200 (as a client backs off).
     pub fn start(address: SocketAddr, key: &str, clients: usize, body: &Value) -> Load {
+        Load::spawn(address, key, clients, body, Duration::from_millis(5))
+    }
+
+    /// As [`Load::start`], without the pause: clients that never back off.
+    pub fn flood(address: SocketAddr, key: &str, clients: usize, body: &Value) -> Load {
+        Load::spawn(address, key, clients, body, Duration::ZERO)
+    }
+
+    fn spawn(
+        address: SocketAddr,
+        key: &str,
+        clients: usize,
+        body: &Value,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Mutex::new(address));
         let threads = (0..clients)
             .map(|i| {
                 let (stop, key) = (Arc::clone(&stop), key.to_owned());
+                let shared = Arc::clone(&shared);
                 let mut body = body.clone();
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
@@ -143,28 +164,43 @@ impl Load {
                         body["stream"] = Value::Bool(n % 2 == 0);
                         n += 1;
                         let started = Instant::now();
+                        let address = *shared.lock().unwrap();
                         let answer = std::panic::catch_unwind(|| {
                             http::post_json(address, "/v1/chat/completions", &key, &body)
                         });
-                        let (status, request_id) = match answer {
-                            Ok(a) => (a.status, a.header("x-request-id").map(str::to_owned)),
-                            Err(_) => (0, None),
+                        let (status, request_id, complete) = match answer {
+                            Ok(a) => (
+                                a.status,
+                                a.header("x-request-id").map(str::to_owned),
+                                a.complete,
+                            ),
+                            Err(_) => (0, None, false),
                         };
                         seen.push(Seen {
                             status,
                             request_id,
+                            complete,
                             at: Instant::now(),
                             took: started.elapsed(),
                         });
-                        if status != 200 {
-                            std::thread::sleep(Duration::from_millis(5));
+                        if status != 200 && !pause.is_zero() {
+                            std::thread::sleep(pause);
                         }
                     }
                     seen
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            address: shared,
+            threads,
+        }
+    }
+
+    /// Points the clients at a gateway's new address (after a restart).
+    pub fn retarget(&self, address: SocketAddr) {
+        *self.address.lock().unwrap() = address;
     }
 
     /// Stops the clients and gives every call they made, in no particular order.
@@ -177,13 +213,14 @@ impl Load {
     }
 }
 
-/// The books of calls answered against events logged: (answered, lost, doubled). An answered
-/// call is lost when no event carries its request id; an event is doubled when its `event_id`
-/// or its call's request id (for events of answered calls) comes twice.
+/// The books of calls answered against events logged: (answered, lost, doubled). A call is
+/// answered when its 200 answer came whole (a stream cut by a crash did not end, and owes no
+/// event: see [`cut`]); it is lost when no event carries its request id; an event is doubled
+/// when its `event_id` or its call's request id (for events of answered calls) comes twice.
 pub fn books(seen: &[Seen], events: &[Value]) -> (u64, u64, u64) {
     let answered: Vec<&str> = seen
         .iter()
-        .filter(|s| s.status == 200)
+        .filter(|s| s.status == 200 && s.complete)
         .filter_map(|s| s.request_id.as_deref())
         .collect();
     let mut per_request: HashMap<&str, u64> = HashMap::new();
@@ -208,6 +245,13 @@ pub fn books(seen: &[Seen], events: &[Value]) -> (u64, u64, u64) {
     (answered.len() as u64, lost, doubled)
 }
 
+/// Streams whose 200 began but never ended (the gateway died under them).
+pub fn cut(seen: &[Seen]) -> u64 {
+    seen.iter()
+        .filter(|s| s.status == 200 && !s.complete)
+        .count() as u64
+}
+
 /// The first call answered 200 at or after `from`: how long after `from` it was answered.
 pub fn recovered_after(seen: &[Seen], from: Instant) -> Option<Duration> {
     seen.iter()
@@ -223,4 +267,24 @@ pub fn statuses_between(seen: &[Seen], from: Instant, to: Instant) -> HashMap<u1
         *counts.entry(s.status).or_default() += 1;
     }
     counts
+}
+
+/// A process's resident memory, in KiB (Linux's `VmRSS`).
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = crate::read_text(Path::new(&format!("/proc/{pid}/status")));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `p`-th percentile (0 to 100) of durations, in microseconds.
+pub fn percentile_us(took: &mut [Duration], p: usize) -> u64 {
+    if took.is_empty() {
+        return 0;
+    }
+    took.sort_unstable();
+    let i = ((took.len() - 1) * p) / 100;
+    took[i].as_micros() as u64
 }

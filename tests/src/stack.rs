@@ -57,6 +57,11 @@ impl Process {
         Process { child, address }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
@@ -560,6 +565,11 @@ model = "openai/gpt-4o-mini"
     /// Starts the gateway again on the same files (after [`Stack::kill`]).
     pub fn start_again(&mut self) {
         self.launch();
+    }
+
+    /// The gateway's process id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("gateway running").pid()
     }
 
     /// The gateway's address.

@@ -130,3 +130,266 @@ fn a_full_parquet_disk_delays_the_files_and_loses_nothing() {
     assert_eq!(distinct.len(), events.len());
     assert_eq!(filed, logged, "Parquet sums equal the log to the nano");
 }
+
+/// The gateway killed with SIGKILL three times under load on a budget that runs out: every
+/// answered call has exactly one event, none twice, the spend never passes the limit, and each
+/// restart serves again within a second or so of its start.
+#[test]
+fn kill_dash_nine_under_load_three_times_loses_and_doubles_nothing() {
+    let mut stack = Stack::start("kill-9-load", ORG, "");
+    let made = stack.admin(
+        "POST",
+        "/admin/v1/allocations",
+        Some(json!({"name": "capped", "project": "chatbot", "budget": {"limit": "0.02"}})),
+    );
+    assert_eq!(made.status, 201, "{}", made.text());
+    let (key, _) = stack.create_key("capped", json!({}));
+    let load = Load::start(stack.address(), &key, 8, &chat());
+    let mut recover = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1200));
+        stack.kill();
+        let killed_at = Instant::now();
+        stack.start_again();
+        load.retarget(stack.address());
+        recover.push(killed_at);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let seen = load.stop();
+    let spent_live = stack.spent_nanos("capped");
+    stack.stop();
+    let events = stack.events();
+    let (answered, lost, doubled) = fault::books(&seen, &events);
+    let spent: u64 = events
+        .iter()
+        .filter(|e| e["allocation"] == "capped")
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    let limit = 20_000_000;
+    let recover_ms = recover
+        .iter()
+        .filter_map(|at| fault::recovered_after(&seen, *at))
+        .max()
+        .map(|d| d.as_millis() as u64);
+    let refused = seen.iter().filter(|s| s.status == 402).count();
+    let cut = fault::cut(&seen);
+    Figures {
+        fault: "kill -9 of the gateway under load, three times",
+        answered,
+        lost,
+        doubled,
+        over_limit_nanos: spent.saturating_sub(limit),
+        recover_ms,
+        note: format!(
+            "8 clients; {cut} streams cut by the kills (no event: their end never came); {refused} calls refused 402 once spent; spent {spent} of {limit} nanos; slowest restart to first answer {recover_ms:?} ms"
+        ),
+    }
+    .report();
+    assert!(answered > 100, "{answered}");
+    assert_eq!((lost, doubled), (0, 0));
+    assert!(spent <= limit, "spent {spent} past the limit {limit}");
+    assert_eq!(spent_live, spent, "the table equals the events");
+    assert!(refused > 0, "the budget ran out during the test");
+    assert!(recover_ms.is_some_and(|ms| ms < 5_000), "{recover_ms:?}");
+}
+
+/// A flood of made-up keys beside a good caller: the good caller's latency and the gateway's
+/// memory stay where they were, and the flood writes nothing.
+#[test]
+fn an_unauthenticated_flood_leaves_good_callers_latency_and_memory_alone() {
+    let mut stack = Stack::start("flood-latency", ORG, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let good = |n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                let answer =
+                    tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
+                assert_eq!(answer.status, 200);
+                started.elapsed()
+            })
+            .collect()
+    };
+    let mut quiet = good(1000);
+    let rss_before = fault::resident_kib(stack.gateway_pid());
+    let flood = Load::start(
+        address,
+        "tg_made_up_key_0000000000000000000000000000",
+        6,
+        &chat(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut during = good(1000);
+    let rss_during = fault::resident_kib(stack.gateway_pid());
+    let flooded = flood.stop();
+    stack.stop();
+    let refused = flooded.iter().filter(|s| s.status == 401).count();
+    assert_eq!(refused, flooded.len(), "every made-up key is refused 401");
+    let events = stack.events();
+    let (quiet_p50, quiet_p99) = (
+        fault::percentile_us(&mut quiet, 50),
+        fault::percentile_us(&mut quiet, 99),
+    );
+    let (during_p50, during_p99) = (
+        fault::percentile_us(&mut during, 50),
+        fault::percentile_us(&mut during, 99),
+    );
+    Figures {
+        fault: "unauthenticated flood (6 clients, made-up key)",
+        answered: 2000,
+        lost: 2000 - events.len().min(2000) as u64,
+        doubled: events.len().saturating_sub(2000) as u64,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "{refused} flood calls refused 401, 0 events for them; good caller p50/p99 {quiet_p50}/{quiet_p99} µs quiet, {during_p50}/{during_p99} µs during; gateway memory {rss_before} KiB before, {rss_during} KiB during"
+        ),
+    }
+    .report();
+    assert_eq!(
+        events.len(),
+        2000,
+        "the good calls' events, and none for the flood"
+    );
+    assert!(refused > 2000, "{refused}");
+    // Two cores shared by the flood, the good caller and the gateway: latency may double, not
+    // grow without bound; memory stays within a few MiB.
+    assert!(
+        during_p50 < quiet_p50 * 4 + 2_000,
+        "{quiet_p50} -> {during_p50} µs"
+    );
+    assert!(
+        rss_during < rss_before + 16 * 1024,
+        "{rss_before} -> {rss_during} KiB"
+    );
+}
+
+/// Clients that send their head one byte a second (slowloris): each is closed at the header
+/// timeout, and a good caller is served meanwhile as if they were not there.
+#[test]
+fn heads_sent_a_byte_a_second_are_cut_at_the_header_timeout() {
+    let mut stack = Stack::start("slow-head", ORG, "header_timeout_ms = 2000");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(address).unwrap();
+                let started = Instant::now();
+                let head =
+                    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n";
+                for byte in head.iter().cycle() {
+                    if std::io::Write::write_all(&mut stream, &[*byte]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1000));
+                    if started.elapsed() > Duration::from_secs(15) {
+                        break;
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut good: Vec<Duration> = (0..100)
+        .map(|_| {
+            let started = Instant::now();
+            let answer =
+                tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
+            assert_eq!(answer.status, 200);
+            started.elapsed()
+        })
+        .collect();
+    let mut cut: Vec<Duration> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    stack.stop();
+    let (p50, p99) = (
+        fault::percentile_us(&mut good, 50),
+        fault::percentile_us(&mut good, 99),
+    );
+    let (first, last) = (
+        fault::percentile_us(&mut cut, 0),
+        fault::percentile_us(&mut cut, 100),
+    );
+    Figures {
+        fault: "clients sending their head a byte a second (200)",
+        answered: 100,
+        lost: 100 - stack.events().len().min(100) as u64,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "each seen closed {:.1} to {:.1} s after it connected (header timeout 2 s; a client writing once a second sees the close a write or two late); good caller p50/p99 {p50}/{p99} µs meanwhile",
+            first as f64 / 1e6,
+            last as f64 / 1e6
+        ),
+    }
+    .report();
+    assert!(last < 5_000_000, "a slow head held on for {last} µs");
+    assert_eq!(stack.events().len(), 100);
+}
+
+/// Nine thousand connections opened and left idle: they cost the gateway little memory, a
+/// good caller is served meanwhile, and each is closed at the header timeout.
+#[test]
+fn nine_thousand_idle_connections_are_held_cheaply_and_closed_at_the_header_timeout() {
+    let mut stack = Stack::start("idle", ORG, "header_timeout_ms = 4000");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let rss_before = fault::resident_kib(stack.gateway_pid());
+    let opened_at = Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..9_000)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    let opened = opened_at.elapsed();
+    let mut good: Vec<Duration> = (0..100)
+        .map(|_| {
+            let started = Instant::now();
+            let answer =
+                tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
+            assert_eq!(answer.status, 200);
+            started.elapsed()
+        })
+        .collect();
+    let rss_during = fault::resident_kib(stack.gateway_pid());
+    // Each idle connection is closed by the gateway: a read sees the end of the stream.
+    let closed = idle
+        .into_iter()
+        .filter(|stream| {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            matches!(
+                std::io::Read::read(&mut &*stream, &mut [0u8; 1]),
+                Ok(0) | Err(_)
+            )
+        })
+        .count();
+    let all_closed = opened_at.elapsed();
+    stack.stop();
+    let (p50, p99) = (
+        fault::percentile_us(&mut good, 50),
+        fault::percentile_us(&mut good, 99),
+    );
+    Figures {
+        fault: "9,000 idle connections",
+        answered: 100,
+        lost: 100 - stack.events().len().min(100) as u64,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "opened in {:.1} s; gateway memory {rss_before} KiB before, {rss_during} KiB with them open; good caller p50/p99 {p50}/{p99} µs; {closed} closed by the gateway, the last {:.1} s after opening (header timeout 4 s)",
+            opened.as_secs_f64(),
+            all_closed.as_secs_f64()
+        ),
+    }
+    .report();
+    assert_eq!(closed, 9_000);
+    assert!(
+        rss_during < rss_before + 32 * 1024,
+        "{rss_before} -> {rss_during} KiB"
+    );
+    assert_eq!(stack.events().len(), 100);
+}

@@ -119,7 +119,7 @@ async fn demo(dir: &Path, options: &DemoOptions, token: &str) -> anyhow::Result<
     let mock_address = mock_listener.local_addr()?;
     let mock_task = tokio::spawn(mock::serve(mock_listener, MockConfig::default()));
     let running = start_gateway(dir, mock_address, token).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tollgate_gateway::runtime::server::bind("127.0.0.1:0".parse()?)?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(running.serve(listener, async move {

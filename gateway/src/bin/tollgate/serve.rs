@@ -27,8 +27,7 @@ pub fn serve(path: &std::path::Path, options: runtime::StartOptions) -> anyhow::
         let running = runtime::start(config, |var| std::env::var(var).ok(), options).await?;
         let shutdown = shutdown_signal()?;
         let listen = running.control.gateway.config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = tollgate_gateway::runtime::server::bind(listen)
             .with_context(|| format!("listening on {listen}"))?;
         let address = listener.local_addr()?;
         {
