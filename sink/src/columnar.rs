@@ -621,6 +621,11 @@ impl ParquetSink {
                     break;
                 };
                 let (offset, payload) = record?;
+                // Records an operator gave up as damaged (`log::quarantine`): none to file.
+                if log::is_tombstone(&payload) {
+                    last = offset;
+                    continue;
+                }
                 rows += 1;
                 bytes = bytes.saturating_add(payload.len());
                 let event =

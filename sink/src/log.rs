@@ -10,7 +10,9 @@
 //! **Invariant:** after [`Log::open`], the log holds exactly the records that were whole and
 //! intact at the end of the last segment; a torn or corrupt tail (a crash mid-write) is cut back
 //! to the last good record and reported, never fatal. A corrupt record in a sealed segment is an
-//! error naming the segment and offset when it is read, never a silent skip.
+//! error naming the segment and offset when it is read, never a silent skip; [`quarantine`]
+//! turns it and the rest of its segment into tombstones (offsets kept, the original kept
+//! aside) only when an operator accepts that loss.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
@@ -49,6 +51,9 @@ pub enum LogError {
     /// A record larger than [`RECORD_BYTES_MAX`] was offered.
     #[error("a {0}-byte record is larger than the log's record limit")]
     TooLarge(usize),
+    /// [`quarantine`] was asked for a record outside the sealed segments.
+    #[error("record {0} is not in a sealed segment of the log")]
+    NotSealed(u64),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -247,19 +252,16 @@ impl Log {
         let mut buffered = 0;
         for payload in payloads {
             let payload = payload.as_ref();
-            let len = u32::try_from(payload.len())
-                .ok()
-                .filter(|len| *len <= RECORD_BYTES_MAX)
-                .ok_or(LogError::TooLarge(payload.len()))?;
+            if payload.len() > RECORD_BYTES_MAX as usize {
+                return Err(LogError::TooLarge(payload.len()));
+            }
             if self.active_bytes + buffer.len() as u64 >= self.segment_bytes_max {
                 self.write(&buffer, buffered)?;
                 buffer.clear();
                 buffered = 0;
                 self.roll()?;
             }
-            buffer.extend_from_slice(&len.to_le_bytes());
-            buffer.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-            buffer.extend_from_slice(payload);
+            push_record(&mut buffer, payload);
             buffered += 1;
         }
         self.write(&buffer, buffered)?;
@@ -348,6 +350,17 @@ impl Log {
 /// the end is wherever the last segment's last whole record is (an incomplete one at the very
 /// end is a write in progress, not damage).
 pub fn read(dir: &Path, offset: u64) -> Result<LogReader, LogError> {
+    Ok(LogReader {
+        dir: dir.to_owned(),
+        segments: segment_bases(dir)?,
+        end: u64::MAX,
+        next: offset,
+        current: None,
+    })
+}
+
+/// The first offsets of the segments in `dir`, ascending.
+fn segment_bases(dir: &Path) -> Result<Vec<u64>, LogError> {
     let mut segments: Vec<u64> = fs::read_dir(dir)
         .map_err(io_at(dir))?
         .filter_map(|entry| {
@@ -356,13 +369,87 @@ pub fn read(dir: &Path, offset: u64) -> Result<LogReader, LogError> {
         })
         .collect();
     segments.sort_unstable();
-    Ok(LogReader {
-        dir: dir.to_owned(),
-        segments,
-        end: u64::MAX,
-        next: offset,
-        current: None,
+    Ok(segments)
+}
+
+/// Whether a record is a tombstone: a record [`quarantine`] put in place of damaged ones, which
+/// every reader passes over.
+#[must_use]
+pub fn is_tombstone(payload: &[u8]) -> bool {
+    payload.is_empty()
+}
+
+/// What [`quarantine`] did to a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The segment made readable again.
+    pub segment: PathBuf,
+    /// Where the damaged original is kept.
+    pub original: PathBuf,
+    /// Its records before the damage, kept as they were.
+    pub kept: u64,
+    /// Records from the damage to the segment's end, each now a tombstone.
+    pub tombstones: u64,
+}
+
+/// Makes a sealed segment whose record at `offset` is damaged readable again, for an operator
+/// who accepts losing what the damage took: the segment's records before `offset` are kept and
+/// every record from `offset` to the next segment's start becomes a tombstone (the damage may
+/// have taken the framing, so nothing after it in the segment is trusted), so offsets stay
+/// those of the records. The damaged original is kept beside it as `<base>.corrupt`. Call it
+/// with no reader or writer on that segment (at start); the active segment is refused (its
+/// damaged tail is cut when the log is opened).
+pub fn quarantine(dir: &Path, offset: u64) -> Result<Quarantined, LogError> {
+    let segments = segment_bases(dir)?;
+    let index = segments.partition_point(|base| *base <= offset);
+    let (Some(&base), Some(&next)) = (
+        index.checked_sub(1).and_then(|i| segments.get(i)),
+        segments.get(index),
+    ) else {
+        return Err(LogError::NotSealed(offset));
+    };
+    let segment = segment_path(dir, base);
+    let mut reader = BufReader::new(File::open(&segment).map_err(io_at(&segment))?);
+    let mut rewritten = Vec::new();
+    for at in base..offset {
+        let payload = read_record(&mut reader)
+            .ok()
+            .flatten()
+            .ok_or_else(|| LogError::Corrupt {
+                path: segment.display().to_string(),
+                offset: at,
+                reason: "damaged before the record to quarantine",
+            })?;
+        push_record(&mut rewritten, &payload);
+    }
+    for _ in offset..next {
+        push_record(&mut rewritten, b"");
+    }
+    let original = dir.join(format!("{base:020}.corrupt"));
+    fs::copy(&segment, &original).map_err(io_at(&original))?;
+    let temporary = dir.join(format!("{base:020}.tmp"));
+    let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
+    file.write_all(&rewritten).map_err(io_at(&temporary))?;
+    file.sync_all().map_err(io_at(&temporary))?;
+    fs::rename(&temporary, &segment).map_err(io_at(&segment))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))?;
+    Ok(Quarantined {
+        segment,
+        original,
+        kept: offset - base,
+        tombstones: next - offset,
     })
+}
+
+/// Appends one framed record to `out`.
+fn push_record(out: &mut Vec<u8>, payload: &[u8]) {
+    // A payload read back or a tombstone: never past RECORD_BYTES_MAX, so the length fits.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Records from an offset to the end the log had when the reader was made.
@@ -607,6 +694,54 @@ mod tests {
         assert_eq!(results.len(), 1, "reading stops at the damage");
         // Records after the damaged segment are still readable from their own offset.
         assert_eq!(log.read_from(5).next().unwrap().unwrap().1, vec![5u8; 20]);
+    }
+
+    #[test]
+    fn a_quarantined_segment_keeps_its_offsets_with_tombstones_for_the_damage() {
+        let dir = Dir::new("quarantine");
+        let (mut log, _) = Log::open(&dir.0, 100).unwrap();
+        for i in 0..12u8 {
+            log.append(&[vec![i; 20]]).unwrap();
+        }
+        let bases = log.segments.clone();
+        assert!(bases.len() >= 3, "{bases:?}");
+        let (base, next) = (bases[1], bases[2]);
+        let segment = segment_path(&dir.0, base);
+        let mut bytes = Vec::new();
+        File::open(&segment)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        // The second record of the middle segment, its length garbled: no framing after it.
+        bytes[28] ^= 0x7f;
+        fs::write(&segment, &bytes).unwrap();
+        let damaged = base + 1;
+        assert!(matches!(
+            log.read_from(0).find_map(Result::err),
+            Some(LogError::Corrupt { offset, .. }) if offset == damaged
+        ));
+        let done = quarantine(&dir.0, damaged).unwrap();
+        assert_eq!((done.kept, done.tombstones), (1, next - damaged));
+        let mut kept = Vec::new();
+        File::open(&done.original)
+            .unwrap()
+            .read_to_end(&mut kept)
+            .unwrap();
+        assert_eq!(kept, bytes, "the damaged original is kept");
+        let all: Vec<(u64, Vec<u8>)> = log.read_from(0).map(Result::unwrap).collect();
+        assert_eq!(all.len(), 12, "every offset reads again");
+        for (offset, payload) in &all {
+            let given_up = (damaged..next).contains(offset);
+            assert_eq!(is_tombstone(payload), given_up, "record {offset}");
+            if !given_up {
+                assert_eq!(payload, &vec![u8::try_from(*offset).unwrap(); 20]);
+            }
+        }
+        let active = *log.segments.last().unwrap();
+        assert!(matches!(
+            quarantine(&dir.0, active),
+            Err(LogError::NotSealed(_))
+        ));
     }
 
     #[test]

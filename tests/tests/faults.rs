@@ -393,3 +393,105 @@ fn nine_thousand_idle_connections_are_held_cheaply_and_closed_at_the_header_time
     );
     assert_eq!(stack.events().len(), 100);
 }
+
+/// A record damaged inside a sealed segment of the log (a bad disk block), found at start:
+/// the start refuses, naming the segment and the record, and says how to go on; an operator
+/// who accepts the loss starts with the damaged segment's rest skipped and everything after
+/// it restored, and is told how much was skipped.
+#[test]
+fn a_corrupt_record_in_a_sealed_segment_is_named_at_start_and_never_skipped_silently() {
+    let org = format!("{ORG}\n[events]\nsegment_bytes_max = 4096\n");
+    let mut stack = Stack::start("corrupt-sealed", &org, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    for _ in 0..40 {
+        let answer =
+            tollgate_tests::http::post_json(stack.address(), "/v1/chat/completions", &key, &chat());
+        assert_eq!(answer.status, 200);
+    }
+    let spent = stack.spent_nanos("open");
+    // Killed, so no checkpoint covers the log: a start folds it from the beginning.
+    stack.kill();
+    let log = stack.path().join("events/log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let damaged = &segments[1];
+    let mut bytes = std::fs::File::open(damaged)
+        .map(|f| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut v).unwrap();
+            v
+        })
+        .unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(damaged, &bytes).unwrap();
+    let refused = stack
+        .serve_command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(said.contains(&name) && said.contains("corrupt"), "{said}");
+    assert!(said.contains("--accept-spend-loss"), "{said}");
+    let started_at = Instant::now();
+    let mut accepting = stack.serve_command();
+    accepting.arg("--accept-spend-loss");
+    let accepted = tollgate_tests::stack::Process::spawn(accepting);
+    let recover = started_at.elapsed();
+    let allocations = tollgate_tests::http::request(
+        accepted.address,
+        "GET",
+        "/admin/v1/allocations",
+        &[(
+            "authorization",
+            &format!("Bearer {}", tollgate_tests::stack::ADMIN_TOKEN),
+        )],
+        b"",
+    )
+    .json();
+    let restored = allocations["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "open")
+        .unwrap()["budget"]["spent_nanos"]
+        .as_u64()
+        .unwrap();
+    let served =
+        tollgate_tests::http::post_json(accepted.address, "/v1/chat/completions", &key, &chat());
+    assert!(accepted.terminate());
+    // The log reads whole again: a plain start works, and Parquet gets every event the
+    // damage did not take (the 41 answered, less the 3 given up).
+    assert!(
+        damaged.with_extension("corrupt").exists(),
+        "the original is kept"
+    );
+    stack.start_again();
+    stack.stop();
+    let filed = tollgate_tests::parquet_rows(&stack.path().join("data")).len();
+    Figures {
+        fault: "a corrupt record in a sealed segment",
+        answered: 40,
+        lost: 0,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: Some(recover.as_millis() as u64),
+        note: format!(
+            "start refused naming {name}; with --accept-spend-loss {restored} of {spent} nanos restored (the damaged segment's rest given up); first call after: {}; {filed} events in Parquet",
+            served.status
+        ),
+    }
+    .report();
+    assert!(
+        restored < spent && restored > spent / 2,
+        "restored {restored} of {spent}"
+    );
+    assert_eq!(served.status, 200);
+}

@@ -81,6 +81,23 @@ pub enum StartError {
         /// The first offset the log holds.
         first: u64,
     },
+    /// A record in a sealed segment fails its check (a bad disk block): the spend it and the
+    /// records after it in its segment hold cannot be restored.
+    #[error(
+        "{path}: record {offset} is corrupt ({reason}), so the spend it records cannot be \
+         restored. Restore the segment from a backup, or start once with --accept-spend-loss \
+         to give up that record and the rest of its segment (kept aside as a .corrupt file; \
+         their spend goes back to the budgets, they are missing from the Parquet files and reach \
+         Kafka as empty records)"
+    )]
+    CorruptLog {
+        /// The segment file.
+        path: String,
+        /// The damaged record's offset.
+        offset: u64,
+        /// Which check failed.
+        reason: &'static str,
+    },
 }
 
 /// How a start treats what it finds.
@@ -174,7 +191,7 @@ fn restore_spend(gateway: &Gateway, options: StartOptions) -> Result<RecordIndex
     let config = &gateway.config;
     let mut index = Ledger::index_for(&config.ledger);
     let checkpoint = config.state_dir.join(CHECKPOINT_FILE);
-    let mut folded = Folded::load(&checkpoint).unwrap_or_default();
+    let folded = Folded::load(&checkpoint).unwrap_or_default();
     let from = folded.next_offset;
     let records = gateway.emitter.read_from(from);
     let first = records.first_offset();
@@ -190,17 +207,7 @@ fn restore_spend(gateway: &Gateway, options: StartOptions) -> Result<RecordIndex
         }
         crate::operator::report(&format!("starting with --accept-spend-loss: {lost}"));
     }
-    restore::restore_spend(
-        &gateway.directory,
-        &mut folded,
-        records,
-        now_ms(),
-        &mut index,
-    )
-    .map_err(|e| StartError::Events {
-        dir: config.events.dir.display().to_string(),
-        source: std::io::Error::other(e),
-    })?;
+    let folded = fold_log(gateway, folded, records, &mut index, options)?;
     gateway.emitter.maintain(Maintenance::new(
         folded,
         checkpoint,
@@ -209,6 +216,57 @@ fn restore_spend(gateway: &Gateway, options: StartOptions) -> Result<RecordIndex
         usage::duration_ms(config.ledger.record_window),
     ));
     Ok(index)
+}
+
+/// Folds `records` (the log from the checkpoint on) into `checkpointed` and restores the table
+/// and record index from it. A corrupt record in a sealed segment refuses the start; with
+/// `options.accept_spend_loss` it and the rest of its segment become tombstones
+/// (`log::quarantine`, reported) and the fold starts over.
+fn fold_log(
+    gateway: &Gateway,
+    checkpointed: Folded,
+    mut records: tollgate_sink::log::LogReader,
+    index: &mut RecordIndex,
+    options: StartOptions,
+) -> Result<Folded, StartError> {
+    let config = &gateway.config;
+    let events_error = |e: tollgate_sink::log::LogError| StartError::Events {
+        dir: config.events.dir.display().to_string(),
+        source: std::io::Error::other(e),
+    };
+    // Each pass turns one damaged segment into tombstones, so passes are bounded by segments.
+    loop {
+        let mut folded = checkpointed.clone();
+        match restore::restore_spend(&gateway.directory, &mut folded, records, now_ms(), index) {
+            Ok(_) => return Ok(folded),
+            Err(tollgate_sink::log::LogError::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => {
+                let corrupt = StartError::CorruptLog {
+                    path,
+                    offset,
+                    reason,
+                };
+                if !options.accept_spend_loss {
+                    return Err(corrupt);
+                }
+                let log_dir = gateway.emitter.log_dir();
+                let quarantined =
+                    tollgate_sink::log::quarantine(&log_dir, offset).map_err(events_error)?;
+                crate::operator::report(&format!(
+                    "starting with --accept-spend-loss: {corrupt}; {} records given up as \
+                     tombstones, the damaged segment kept as {}",
+                    quarantined.tombstones,
+                    quarantined.original.display()
+                ));
+                *index = Ledger::index_for(&config.ledger);
+                records = gateway.emitter.read_from(checkpointed.next_offset);
+            }
+            Err(e) => return Err(events_error(e)),
+        }
+    }
 }
 
 impl Running {
