@@ -8,9 +8,11 @@
 //! does after a crash), reconcile a replica from the topic, checkpoint (fold the log, keep the
 //! checkpoint before it, remove what every reader has), `kill -9` a replica and start it again
 //! from its checkpoint and log (sometimes with the newest checkpoint damaged), and move the
-//! clock, across period boundaries too. After every step, for every replica:
+//! clock, across period boundaries too, and sometimes back. After every step, for every replica:
 //! - **table equals events**: each level's spent is exactly the sum of the events of its
-//!   current period that the replica knows (its own log and what it reconciled);
+//!   current period that the replica knows (its own log and what it reconciled), the current
+//!   period being now's or a later one the level has seen (a clock stepped back never
+//!   reopens an older one);
 //! - **spend within the limit**: what one replica settled in a period never passes a level's
 //!   limit when settles stay within holds (so a lone replica never overspends at all);
 //! - **nothing given back at restart**: every level spends at least as much after a restart as
@@ -38,6 +40,8 @@ use tollgate_gateway::events::restore::Folded;
 
 /// Steps one seed takes.
 const STEPS: u32 = 3_000;
+/// Steps printed when an invariant fails.
+const TRACE_STEPS: usize = 24;
 /// Holds one replica keeps in flight at most.
 const IN_FLIGHT_MAX: usize = 12;
 const ALLOCATIONS: [&str; 2] = ["a1", "a2"];
@@ -175,6 +179,7 @@ struct Tally {
     restarts: u64,
     damaged_checkpoints: u64,
     rollovers: u64,
+    steps_back: u64,
 }
 
 struct World {
@@ -185,6 +190,8 @@ struct World {
     /// The shared topic: (origin, event), in the order shipped, duplicates included.
     topic: Vec<(usize, Settled)>,
     tally: Tally,
+    /// The last steps taken, printed when an invariant fails.
+    trace: std::collections::VecDeque<String>,
 }
 
 impl World {
@@ -208,12 +215,19 @@ impl World {
             limits,
             topic: Vec::new(),
             tally: Tally::default(),
+            trace: std::collections::VecDeque::new(),
         }
     }
 
     fn step(&mut self) {
         let r = self.rng.below(self.replicas.len() as u64) as usize;
-        match self.rng.below(100) {
+        let choice = self.rng.below(100);
+        if self.trace.len() == TRACE_STEPS {
+            self.trace.pop_front();
+        }
+        self.trace
+            .push_back(format!("now {} replica {r} choice {choice}", self.now.0));
+        match choice {
             0..30 => self.reserve(r),
             30..54 => self.settle(r),
             54..60 => self.extend(r),
@@ -381,14 +395,15 @@ impl World {
         }
     }
 
-    fn spent(replica: &Replica, now: UnixMs) -> Vec<u64> {
+    /// Each level's (period, spent) as `now` sees it, allocation by allocation.
+    fn spent(replica: &Replica, now: UnixMs) -> Vec<(i64, u64)> {
         ALLOCATIONS
             .iter()
             .flat_map(|name| {
-                replica
-                    .allocation(name)
-                    .budget_cells()
-                    .map(|cell| cell.snapshot(now).spent.0)
+                replica.allocation(name).budget_cells().map(|cell| {
+                    let snapshot = cell.snapshot(now);
+                    (snapshot.period_index, snapshot.spent.0)
+                })
             })
             .collect()
     }
@@ -431,23 +446,36 @@ impl World {
         self.reconcile(r);
         let after = World::spent(&self.replicas[r], now);
         for (level, (b, a)) in before.iter().zip(&after).enumerate() {
+            // Spend is given back when the period the level was in holds less after the
+            // restart: less in that same period, or an older period restored over one that
+            // had spend (the clock catching up would then start it afresh).
+            let given_back = match a.0.cmp(&b.0) {
+                std::cmp::Ordering::Equal => a.1 < b.1,
+                std::cmp::Ordering::Less => b.1 > 0,
+                std::cmp::Ordering::Greater => false,
+            };
             assert!(
-                a >= b,
-                "level {level}: {b} spent before the crash, {a} after"
+                !given_back,
+                "level {level}: (period, spent) {b:?} before the crash, {a:?} after, now {}",
+                now.0
             );
         }
         self.tally.restarts += 1;
     }
 
+    /// Moves the wall clock: mostly forward by seconds to hours, sometimes by up to two days,
+    /// and sometimes back by up to a day (a clock stepped back by an operator or NTP).
     fn advance_clock(&mut self) {
         let before = Period::Day.index(self.now);
-        let ms = if self.rng.chance(15) {
-            self.rng.below(2 * DAY_MS as u64)
-        } else {
-            1_000 + self.rng.below(2 * 3_600_000)
+        let ms = match self.rng.below(100) {
+            0..10 => -(self.rng.below(DAY_MS as u64) as i64),
+            10..25 => self.rng.below(2 * DAY_MS as u64) as i64,
+            _ => 1_000 + self.rng.below(2 * 3_600_000) as i64,
         };
-        self.now = UnixMs(self.now.0 + ms as i64);
-        if Period::Day.index(self.now) != before {
+        self.now = UnixMs(self.now.0 + ms);
+        if ms < 0 {
+            self.tally.steps_back += 1;
+        } else if Period::Day.index(self.now) != before {
             self.tally.rollovers += 1;
         }
     }
@@ -468,13 +496,16 @@ impl World {
                 let allocation = replica.allocation(name);
                 for (level, cell) in Level::ALL.into_iter().zip(allocation.budget_cells()) {
                     let period = cell.period();
-                    let current = period.index(self.now);
+                    let snapshot = cell.snapshot(self.now);
+                    // The cell's period: now's, or a later one it has seen (the clock stepped
+                    // back since); the table never returns to an older one.
+                    let current = snapshot.period_index;
+                    assert!(current >= period.index(self.now));
                     let counts = |s: &Settled| {
                         period.index(s.at) == current
                             && (level != Level::Allocation || s.allocation == name)
                     };
                     let events: u64 = known.iter().filter(|s| counts(s)).map(|s| s.cost).sum();
-                    let snapshot = cell.snapshot(self.now);
                     assert_eq!(
                         snapshot.spent.0, events,
                         "replica {}: {name}'s {level:?} level spent {} where its events sum to {events}",
@@ -498,12 +529,25 @@ impl World {
     }
 }
 
-/// Runs one seed to its end, checking after every step.
+/// Runs one seed to its end, checking after every step; on a failure the last steps are
+/// printed.
 fn run(seed: u64) -> Tally {
     let mut world = World::new(seed);
     for _ in 0..STEPS {
-        world.step();
-        world.check();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            world.step();
+            world.check();
+        }));
+        if let Err(failure) = stepped {
+            eprintln!(
+                "the last steps (choice 0..30 reserve, ..54 settle, ..60 extend, ..66 drop, \
+                 ..75 ship, ..84 reconcile, ..90 checkpoint, ..93 restart, else the clock):"
+            );
+            for line in &world.trace {
+                eprintln!("  {line}");
+            }
+            std::panic::resume_unwind(failure);
+        }
     }
     world.tally
 }
@@ -541,17 +585,19 @@ fn the_budget_table_keeps_its_invariants_through_random_crashes_restarts_and_rec
         total.restarts += tally.restarts;
         total.damaged_checkpoints += tally.damaged_checkpoints;
         total.rollovers += tally.rollovers;
+        total.steps_back += tally.steps_back;
     }
     assert!(seeds > 0 && total.restarts > 0 && total.refused > 0 && total.rollovers > 0);
     println!(
         "simulation: {seeds} seeds, {} steps, {} reserved, {} refused, {} settled, {} restarts \
-         ({} from the checkpoint before), {} day rollovers, in {seconds} s",
+         ({} from the checkpoint before), {} day rollovers, {} clock steps back, in {seconds} s",
         total.steps,
         total.reserved,
         total.refused,
         total.settled,
         total.restarts,
         total.damaged_checkpoints,
-        total.rollovers
+        total.rollovers,
+        total.steps_back
     );
 }

@@ -288,3 +288,32 @@ pub fn percentile_us(took: &mut [Duration], p: usize) -> u64 {
     let i = ((took.len() - 1) * p) / 100;
     took[i].as_micros() as u64
 }
+
+/// The fault shim (`tests/faults/shim.c`: a slow `fsync`, a wall clock that steps), built once
+/// per test process with the system's C compiler, for `LD_PRELOAD`. `None`, loudly, without a
+/// compiler, except under `CI=true`, where that is a failure.
+pub fn shim() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let source = crate::repo_root().join("tests/faults/shim.c");
+            let out = std::env::temp_dir().join(format!("tollgate-shim-{}.so", std::process::id()));
+            let built = Command::new("cc")
+                .args(["-shared", "-fPIC", "-O2", "-o"])
+                .arg(&out)
+                .arg(&source)
+                .arg("-ldl")
+                .status()
+                .is_ok_and(|s| s.success());
+            if built {
+                return Some(out);
+            }
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: building the fault shim with cc failed"
+            );
+            eprintln!("SKIPPED: no C compiler to build the fault shim");
+            None
+        })
+        .clone()
+}

@@ -94,6 +94,8 @@ pub struct Stack {
     /// The mock provider.
     pub mock: Process,
     gateway: Option<Process>,
+    /// More environment for the gateway's process (a fault shim, say).
+    env: Vec<(String, String)>,
 }
 
 /// The organisation every stack starts with: one team, project and allocation per test need.
@@ -530,6 +532,7 @@ model = "openai/gpt-4o-mini"
             dir,
             mock,
             gateway: None,
+            env: Vec::new(),
         }
     }
 
@@ -553,8 +556,15 @@ model = "openai/gpt-4o-mini"
                 "AWS_SECRET_ACCESS_KEY",
                 "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
             )
-            .env_remove("AWS_SESSION_TOKEN");
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
+    }
+
+    /// Sets a variable in the gateway's environment from its next start on.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_owned(), value.to_owned()));
     }
 
     /// Kills the gateway with SIGKILL (no shutdown, no last sync), leaving it down.

@@ -495,3 +495,177 @@ fn a_corrupt_record_in_a_sealed_segment_is_named_at_start_and_never_skipped_sile
     );
     assert_eq!(served.status, 200);
 }
+
+/// The events folder on a slow disk (every fsync 300 ms late, by a shim): calls are answered
+/// as fast as on a quick disk, because an event is with the operating system before its answer
+/// and synced by group commit after; when the unsynced backlog reaches `events.queued_max`,
+/// new calls get 503 until the disk catches up, and no event is lost.
+#[test]
+fn a_slow_disk_delays_syncs_not_answers_and_sheds_at_the_backlog_cap() {
+    let Some(shim) = fault::shim() else {
+        return;
+    };
+    let run = |name: &str, slow: bool| {
+        let org = format!("{ORG}\n[events]\nqueued_max = 500\n");
+        let mut stack = Stack::prepared(name, &org, "", "", &[]);
+        if slow {
+            stack.set_env("LD_PRELOAD", &shim.display().to_string());
+            stack.set_env("TOLLGATE_SHIM_FSYNC_MS", "300");
+        }
+        stack.launch();
+        let (key, _) = stack.create_key("open", json!({}));
+        let load = Load::start(stack.address(), &key, 8, &chat());
+        std::thread::sleep(Duration::from_millis(3000));
+        let seen = load.stop();
+        stack.stop();
+        let events = stack.events();
+        let (answered, lost, doubled) = fault::books(&seen, &events);
+        let mut took: Vec<Duration> = seen
+            .iter()
+            .filter(|s| s.status == 200)
+            .map(|s| s.took)
+            .collect();
+        let shed = seen.iter().filter(|s| s.status == 503).count() as u64;
+        (
+            answered,
+            lost,
+            doubled,
+            fault::percentile_us(&mut took, 50),
+            shed,
+        )
+    };
+    let (quick_answered, _, _, quick_p50, quick_shed) = run("slow-disk-baseline", false);
+    let (answered, lost, doubled, p50, shed) = run("slow-disk", true);
+    Figures {
+        fault: "a slow disk (every fsync 300 ms late)",
+        answered,
+        lost,
+        doubled,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "8 clients for 3 s: {answered} answered (p50 {p50} µs), {shed} shed 503 at events.queued_max = 500; on a quick disk {quick_answered} answered (p50 {quick_p50} µs), {quick_shed} shed"
+        ),
+    }
+    .report();
+    assert_eq!((lost, doubled), (0, 0));
+    assert_eq!(quick_shed, 0);
+    assert!(shed > 0, "the backlog cap sheds on a disk this slow");
+    assert!(
+        p50 < quick_p50 * 3 + 2_000,
+        "answers do not wait for the disk: {quick_p50} -> {p50} µs"
+    );
+}
+
+/// The wall clock stepping a day forward and back (by a shim), across a daily budget's
+/// period and a `kill -9`: a step back never takes spend back into an older period, a restart
+/// on the stepped-back clock restores the newest period's spend, and when the clock comes
+/// forward again that period's budget is exactly as spent as its events say.
+#[test]
+fn clock_steps_forward_and_back_never_give_a_budget_back() {
+    let Some(shim) = fault::shim() else {
+        return;
+    };
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"daily\"\nproject = \"chatbot\"\n[allocation.budget]\nlimit = \"0.01\"\nperiod = \"day\"\n"
+    );
+    let mut stack = Stack::prepared("clock-steps", &org, "", "", &[]);
+    let clock = stack.path().join("clock-step-ms");
+    let step = |ms: i64| {
+        std::fs::write(&clock, ms.to_string()).unwrap();
+        // The shim reads the file again at most every 20 ms.
+        std::thread::sleep(Duration::from_millis(60));
+    };
+    step(0);
+    stack.set_env("LD_PRELOAD", &shim.display().to_string());
+    stack.set_env("TOLLGATE_SHIM_CLOCK_FILE", &clock.display().to_string());
+    stack.launch();
+    let (key, _) = stack.create_key("daily", json!({}));
+    let calls = |stack: &Stack, n: usize| {
+        for _ in 0..n {
+            let answer = tollgate_tests::http::post_json(
+                stack.address(),
+                "/v1/chat/completions",
+                &key,
+                &chat(),
+            );
+            assert_eq!(answer.status, 200, "{}", answer.text());
+        }
+    };
+    calls(&stack, 10);
+    let today = stack.spent_nanos("daily");
+    step(86_400_000);
+    assert_eq!(stack.spent_nanos("daily"), 0, "a new day, a new budget");
+    calls(&stack, 10);
+    let tomorrow = stack.spent_nanos("daily");
+    step(0);
+    calls(&stack, 10);
+    let stepped_back = stack.spent_nanos("daily");
+    assert!(
+        stepped_back > tomorrow,
+        "a step back spends on in the newest day"
+    );
+    stack.kill();
+    let restarted_at = Instant::now();
+    stack.start_again();
+    let recover = restarted_at.elapsed();
+    let restored = stack.spent_nanos("daily");
+    step(86_400_000);
+    let forward_again = stack.spent_nanos("daily");
+    calls(&stack, 1);
+    stack.stop();
+    let events = stack.events();
+    let day = |e: &serde_json::Value| e["ts_ms"].as_i64().unwrap().div_euclid(86_400_000);
+    let newest = events.iter().map(day).max().unwrap();
+    let in_newest: u64 = events
+        .iter()
+        .filter(|e| e["allocation"] == "daily" && day(e) == newest && e["status"] == "ok")
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    let over = events
+        .iter()
+        .filter(|e| e["allocation"] == "daily")
+        .fold(
+            std::collections::BTreeMap::<i64, u64>::new(),
+            |mut by_day, e| {
+                *by_day.entry(day(e)).or_default() += e["cost_nanos"].as_u64().unwrap();
+                by_day
+            },
+        )
+        .values()
+        .map(|spent| spent.saturating_sub(10_000_000))
+        .max()
+        .unwrap_or(0);
+    let (answered, lost, doubled) = (events.len() as u64, 0, 0);
+    Figures {
+        fault: "the wall clock stepping a day forward, back, and forward again across a kill -9",
+        answered,
+        lost,
+        doubled,
+        over_limit_nanos: over,
+        recover_ms: Some(recover.as_millis() as u64),
+        note: format!(
+            "daily budget: {today} nanos spent today; after +1 day 0, then {tomorrow}; stepped back {stepped_back} (still the newest day); restarted on the stepped-back clock {restored}; forward again {forward_again}"
+        ),
+    }
+    .report();
+    assert_eq!(
+        restored, stepped_back,
+        "a restart on a clock stepped back gives nothing back"
+    );
+    assert_eq!(
+        forward_again, stepped_back,
+        "the newest day is as spent as before"
+    );
+    assert_eq!(
+        in_newest,
+        stack_spent_after(forward_again, &events),
+        "the table equals the events"
+    );
+    assert_eq!(over, 0);
+}
+
+/// The newest day's spend once the last call (made after `before` was read) is added.
+fn stack_spent_after(before: u64, events: &[serde_json::Value]) -> u64 {
+    before + events.last().unwrap()["cost_nanos"].as_u64().unwrap()
+}

@@ -156,43 +156,63 @@ impl Folded {
                 restored.records += 1;
             }
         }
-        // Sums by level and name (one cell each), with an allocation that reaches the cell.
-        let mut sums: HashMap<(Level, Arc<str>), (Arc<Allocation>, u64)> = HashMap::new();
-        let names = self.hours.keys().chain(self.before.keys());
+        // The allocations configured, each once (an allocation no longer configured has no
+        // cells to restore).
         let mut seen = std::collections::BTreeSet::new();
-        for name in names {
-            if !seen.insert(name) {
-                continue;
+        let allocations: Vec<(&String, Arc<Allocation>)> = self
+            .hours
+            .keys()
+            .chain(self.before.keys())
+            .filter(|name| seen.insert(*name))
+            .filter_map(|name| Some((name, directory.allocation(name).ok()?)))
+            .collect();
+        // Each cell's clock: `now`, or the newest hour spent at the cell if later. A wall
+        // clock stepped back since must not reopen an older period: the running table never
+        // goes back to one, and the newer period's spend would be handed back when the clock
+        // caught up.
+        let mut clocks: HashMap<(Level, Arc<str>), UnixMs> = HashMap::new();
+        for (name, allocation) in &allocations {
+            let newest = self
+                .hours
+                .get(*name)
+                .and_then(|hours| hours.keys().next_back())
+                .map_or(now, |hour| UnixMs(now.0.max(*hour)));
+            for level in Level::ALL {
+                let clock = clocks
+                    .entry((level, Arc::clone(allocation.level_name(level))))
+                    .or_insert(newest);
+                *clock = (*clock).max(newest);
             }
-            // An allocation no longer configured has no cells to restore.
-            let Ok(allocation) = directory.allocation(name) else {
-                continue;
-            };
+        }
+        // Sums by level and name (one cell each), with an allocation that reaches the cell.
+        let mut sums: HashMap<(Level, Arc<str>), (Arc<Allocation>, u64, UnixMs)> = HashMap::new();
+        for (name, allocation) in &allocations {
             for (level, cell) in Level::ALL.into_iter().zip(allocation.budget_cells()) {
+                let key = (level, Arc::clone(allocation.level_name(level)));
+                let clock = clocks.get(&key).copied().unwrap_or(now);
                 let period = cell.period();
-                let current = period.index(now);
-                let mut spent: u64 = self.hours.get(name).map_or(0, |hours| {
+                let current = period.index(clock);
+                let mut spent: u64 = self.hours.get(*name).map_or(0, |hours| {
                     hours
                         .iter()
                         .filter(|(hour, _)| period.index(UnixMs(**hour)) == current)
                         .fold(0u64, |sum, (_, nanos)| sum.saturating_add(*nanos))
                 });
                 if period == Period::Total {
-                    spent = spent.saturating_add(self.before.get(name).copied().unwrap_or(0));
+                    spent = spent.saturating_add(self.before.get(*name).copied().unwrap_or(0));
                 }
-                if spent == 0 {
-                    continue;
-                }
-                let key = (level, Arc::clone(allocation.level_name(level)));
+                // A cell with nothing spent in its current period is still set to that period,
+                // so other replicas' spend of older periods (reconciled next) is not booked
+                // into a period the table has left.
                 let entry = sums
                     .entry(key)
-                    .or_insert_with(|| (Arc::clone(&allocation), 0));
+                    .or_insert_with(|| (Arc::clone(allocation), 0, clock));
                 entry.1 = entry.1.saturating_add(spent);
             }
         }
-        for ((level, _), (allocation, spent)) in sums {
+        for ((level, _), (allocation, spent, clock)) in sums {
             if let Some(cell) = cell_of(&allocation, level) {
-                cell.restore_spent(cell.period().index(now), Nanos(spent));
+                cell.restore_spent(cell.period().index(clock), Nanos(spent));
                 restored.cells += 1;
             }
         }
@@ -409,5 +429,27 @@ mod tests {
         assert_eq!(Folded::load(&path), None);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         assert_eq!(Folded::load(&path), None, "no checkpoint yet");
+    }
+
+    #[test]
+    fn a_clock_stepped_back_restores_the_newest_period_seen() {
+        // 2026-11-24T12:00:00Z; the allocation's period is a month, the project's a week.
+        let now = UnixMs(1_795_521_600_000);
+        let day = 86_400_000;
+        let mut folded = Folded::new();
+        folded.fold(0, &event("a", now.0 - day, 5));
+        // Spent while the clock read six days later (the next week), then stepped back.
+        folded.fold(1, &event("a", now.0 + 6 * day, 7));
+        let directory = directory();
+        folded.apply(&directory, now, &mut RecordIndex::new(62 * day, 10));
+        let a = directory.allocation("a").unwrap();
+        let [allocation, project, team] = a.budget_cells().map(|cell| cell.snapshot(now));
+        // The month holds both; the week is the later one, with only its own spend.
+        assert_eq!(allocation.spent.0, 12);
+        assert_eq!(
+            (project.period_index, project.spent.0),
+            (Period::Week.index(UnixMs(now.0 + 6 * day)), 7)
+        );
+        assert_eq!(team.spent.0, 12);
     }
 }
