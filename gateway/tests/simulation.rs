@@ -24,7 +24,9 @@
 //! `TOLLGATE_SIMULATION_SECONDS` (default 5) bounds a run; a longer run by hand finds more.
 #![expect(
     clippy::panic,
-    reason = "test code outside a #[test] function: a simulation fails by panicking"
+    clippy::print_stderr,
+    reason = "test code outside a #[test] function: a simulation fails by panicking, after \
+              printing its last steps"
 )]
 
 use std::collections::HashSet;

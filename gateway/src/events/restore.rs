@@ -37,6 +37,9 @@ const CHECKPOINT_BYTES_MAX: u64 = 4 << 30;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// A budget cell, by its level and the name of its team, project or allocation.
+type CellKey = (Level, Arc<str>);
+
 fn cell_of(allocation: &Allocation, level: Level) -> Option<&BudgetCell> {
     Level::ALL
         .into_iter()
@@ -166,12 +169,42 @@ impl Folded {
             .filter(|name| seen.insert(*name))
             .filter_map(|name| Some((name, directory.allocation(name).ok()?)))
             .collect();
-        // Each cell's clock: `now`, or the newest hour spent at the cell if later. A wall
-        // clock stepped back since must not reopen an older period: the running table never
-        // goes back to one, and the newer period's spend would be handed back when the clock
-        // caught up.
-        let mut clocks: HashMap<(Level, Arc<str>), UnixMs> = HashMap::new();
+        let clocks = self.cell_clocks(&allocations, now);
+        // Sums by cell, with an allocation that reaches the cell. A cell with nothing spent in
+        // its current period is still set to that period, so other replicas' spend of older
+        // periods (reconciled next) is not booked into a period the table has left.
+        let mut sums: HashMap<CellKey, (Arc<Allocation>, u64)> = HashMap::new();
         for (name, allocation) in &allocations {
+            for (level, cell) in Level::ALL.into_iter().zip(allocation.budget_cells()) {
+                let key = (level, Arc::clone(allocation.level_name(level)));
+                let clock = clocks.get(&key).copied().unwrap_or(now);
+                let spent = self.spent_in_period(name, cell.period(), clock);
+                let entry = sums
+                    .entry(key)
+                    .or_insert_with(|| (Arc::clone(allocation), 0));
+                entry.1 = entry.1.saturating_add(spent);
+            }
+        }
+        for (key, (allocation, spent)) in sums {
+            let clock = clocks.get(&key).copied().unwrap_or(now);
+            if let Some(cell) = cell_of(&allocation, key.0) {
+                cell.restore_spent(cell.period().index(clock), Nanos(spent));
+                restored.cells += 1;
+            }
+        }
+        restored
+    }
+
+    /// Each cell's clock: `now`, or the newest hour spent at the cell if later. A wall clock
+    /// stepped back since must not reopen an older period: the running table never goes back
+    /// to one, and the newer period's spend would be handed back when the clock caught up.
+    fn cell_clocks(
+        &self,
+        allocations: &[(&String, Arc<Allocation>)],
+        now: UnixMs,
+    ) -> HashMap<CellKey, UnixMs> {
+        let mut clocks: HashMap<CellKey, UnixMs> = HashMap::new();
+        for (name, allocation) in allocations {
             let newest = self
                 .hours
                 .get(*name)
@@ -184,39 +217,23 @@ impl Folded {
                 *clock = (*clock).max(newest);
             }
         }
-        // Sums by level and name (one cell each), with an allocation that reaches the cell.
-        let mut sums: HashMap<(Level, Arc<str>), (Arc<Allocation>, u64, UnixMs)> = HashMap::new();
-        for (name, allocation) in &allocations {
-            for (level, cell) in Level::ALL.into_iter().zip(allocation.budget_cells()) {
-                let key = (level, Arc::clone(allocation.level_name(level)));
-                let clock = clocks.get(&key).copied().unwrap_or(now);
-                let period = cell.period();
-                let current = period.index(clock);
-                let mut spent: u64 = self.hours.get(*name).map_or(0, |hours| {
-                    hours
-                        .iter()
-                        .filter(|(hour, _)| period.index(UnixMs(**hour)) == current)
-                        .fold(0u64, |sum, (_, nanos)| sum.saturating_add(*nanos))
-                });
-                if period == Period::Total {
-                    spent = spent.saturating_add(self.before.get(*name).copied().unwrap_or(0));
-                }
-                // A cell with nothing spent in its current period is still set to that period,
-                // so other replicas' spend of older periods (reconciled next) is not booked
-                // into a period the table has left.
-                let entry = sums
-                    .entry(key)
-                    .or_insert_with(|| (Arc::clone(allocation), 0, clock));
-                entry.1 = entry.1.saturating_add(spent);
-            }
+        clocks
+    }
+
+    /// What allocation `name` spent in `period`'s period holding `clock` (with the spend
+    /// older than the horizon for a `total` period).
+    fn spent_in_period(&self, name: &str, period: Period, clock: UnixMs) -> u64 {
+        let current = period.index(clock);
+        let mut spent: u64 = self.hours.get(name).map_or(0, |hours| {
+            hours
+                .iter()
+                .filter(|(hour, _)| period.index(UnixMs(**hour)) == current)
+                .fold(0u64, |sum, (_, nanos)| sum.saturating_add(*nanos))
+        });
+        if period == Period::Total {
+            spent = spent.saturating_add(self.before.get(name).copied().unwrap_or(0));
         }
-        for ((level, _), (allocation, spent, clock)) in sums {
-            if let Some(cell) = cell_of(&allocation, level) {
-                cell.restore_spent(cell.period().index(clock), Nanos(spent));
-                restored.cells += 1;
-            }
-        }
-        restored
+        spent
     }
 
     /// Reads the checkpoint at `path`, or the one before it (`<path>.prev`) when that one is
