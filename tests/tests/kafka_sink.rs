@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use tollgate_engine::{EventId, Nanos, UnixMs, UsageEvent};
+use tollgate_tests::fault::Figures;
 use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, Kafka, ORG, Stack};
 use tollgate_tests::{
     TempDir, duckdb_row, loadtest_bin, parquet_rows as rows, read_text, tollgate_bin,
@@ -203,6 +204,16 @@ fn the_sink_writes_each_event_exactly_once_through_crashes_duplicates_and_garbag
     }
     assert!(quarantine.contains(&hex(b"not json")), "{quarantine}");
     duckdb_agrees(&data, expected.len(), expected.values().sum());
+    Figures {
+        fault: "kill -9 of tollgate sink between a file and its commit, and mid-run",
+        answered: expected.len() as u64,
+        lost: expected.keys().filter(|id| !by_id.contains_key(*id)).count() as u64,
+        doubled: doubled.len() as u64,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: "duplicate deliveries and 3 messages that are not events (kept in _quarantine) in the topic too".into(),
+    }
+    .report();
 }
 
 #[test]
@@ -272,6 +283,23 @@ fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sin
     let events = usize::try_from(books["parquet_events"].as_u64().unwrap()).unwrap();
     let spent = i128::from(books["gateway_spent_nanos"].as_u64().unwrap());
     duckdb_agrees(&data, events, spent);
+    let filed = rows(&data);
+    let distinct: std::collections::HashSet<&str> =
+        filed.iter().map(|(id, _)| id.as_str()).collect();
+    let answered = books["answered"].as_u64().unwrap();
+    Figures {
+        fault: "a broker outage and a kill -9 of tollgate sink, under the load harness",
+        answered,
+        lost: answered.saturating_sub(distinct.len() as u64),
+        doubled: (filed.len() - distinct.len()) as u64,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "gateway, log, shipper, Kafka, sink, Parquet: {} Parquet rows for {answered} answered calls; the harness's books balance",
+            filed.len()
+        ),
+    }
+    .report();
 }
 
 #[test]
@@ -330,6 +358,16 @@ fn a_three_broker_cluster_loses_a_broker_mid_run_and_every_event_lands_once() {
     std::thread::sleep(Duration::from_millis(500)); // anything extra would show up now
     terminate(sink);
     let found: BTreeMap<String, i128> = rows(&data).into_iter().collect();
+    Figures {
+        fault: "a broker of three killed mid-run",
+        answered: logged.len() as u64,
+        lost: logged.keys().filter(|id| !found.contains_key(*id)).count() as u64,
+        doubled: (rows(&data).len() - found.len()) as u64,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: "acks=all with min.insync.replicas=2 of 3; partitions and the group coordinator fail over".into(),
+    }
+    .report();
     assert_eq!(rows(&data).len(), logged.len(), "no event twice");
     assert_eq!(found, logged, "every event, with its cost");
     duckdb_agrees(&data, logged.len(), logged.values().sum());

@@ -42,7 +42,9 @@ fn slow_dead_and_silent_upstreams_get_their_own_errors() {
         "slow/m",
         json!({"stream": true, "max_tokens": 3, "mock": {"token_ms": 1000}}),
     );
+    let started = std::time::Instant::now();
     let answer = post_json(address, "/v1/chat/completions", &key, &silent);
+    let cut_after = started.elapsed();
     assert_eq!(answer.status, 200);
     assert!(
         !answer.text().contains("[DONE]"),
@@ -65,6 +67,19 @@ fn slow_dead_and_silent_upstreams_get_their_own_errors() {
     // `slow/m` has no known tokenizer: counted with a stand-in encoding, flagged as estimated.
     assert_eq!(events[2]["usage_source"], "estimated");
     assert!(events[2]["tokens_in"].as_u64().unwrap() > 0);
+    tollgate_tests::fault::Figures {
+        fault: "an upstream that stalls mid-stream (and one that never answers, one that is down)",
+        answered: 3,
+        lost: 3 - events.len().min(3) as u64,
+        doubled: events.len().saturating_sub(3) as u64,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "the stalled stream cut {} ms after it began (idle timeout 300 ms), without [DONE], billed for what came; a late first byte 504 upstream_timeout, a dead upstream 502",
+            cut_after.as_millis()
+        ),
+    }
+    .report();
 }
 
 #[test]
@@ -524,4 +539,16 @@ fn a_lost_state_folder_refuses_the_start_instead_of_giving_budget_back() {
         .unwrap();
     assert!(restored < spent, "restored {restored} of {spent}");
     assert!(accepted.terminate());
+    tollgate_tests::fault::Figures {
+        fault: "the state folder lost (both spend checkpoints gone)",
+        answered: 0,
+        lost: 0,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "the start refused, naming what is missing; with --accept-spend-loss it restored {restored} of {spent} nanos (what the log still held), and said so"
+        ),
+    }
+    .report();
 }
