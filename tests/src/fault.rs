@@ -85,6 +85,19 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// The figures of a test whose `calls` calls each owe one event, of which `events` are
+    /// logged.
+    pub fn of_calls(fault: &'static str, calls: u64, events: usize, note: String) -> Figures {
+        Figures {
+            fault,
+            answered: calls,
+            lost: calls.saturating_sub(events as u64),
+            doubled: (events as u64).saturating_sub(calls),
+            note,
+            ..Figures::default()
+        }
+    }
+
     /// Prints the figures (`--nocapture` shows them) and appends them as a JSON line to the
     /// file `TOLLGATE_RELIABILITY_OUT` names, if any (`tests/reliability.sh` sets it).
     pub fn report(&self) {
@@ -277,6 +290,11 @@ pub fn resident_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The median and the 99th percentile of durations, in microseconds.
+pub fn p50_p99(took: &mut [Duration]) -> (u64, u64) {
+    (percentile_us(took, 50), percentile_us(took, 99))
 }
 
 /// The `p`-th percentile (0 to 100) of durations, in microseconds.

@@ -645,15 +645,31 @@ model = "openai/gpt-4o-mini"
 
     /// The allocation's spend this period, in nanos, from the live budget table.
     pub fn spent_nanos(&self, allocation: &str) -> u64 {
-        let answer = self.admin("GET", "/admin/v1/allocations", None);
-        let all = answer.json();
-        all["allocations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == allocation)
-            .map(|a| a["budget"]["spent_nanos"].as_u64().unwrap())
-            .unwrap()
+        spent_nanos_at(self.address(), allocation)
+    }
+
+    /// Starts the gateway on this stack's files expecting it to refuse; what it said on stderr.
+    pub fn start_refused(&self) -> String {
+        let refused = self
+            .serve_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(
+            !refused.status.success(),
+            "the start was not refused: {said}"
+        );
+        said
+    }
+
+    /// Starts a gateway on this stack's files with `--accept-spend-loss`, apart from the
+    /// stack's own (which must be down).
+    pub fn start_accepting_spend_loss(&self) -> Process {
+        let mut accepting = self.serve_command();
+        accepting.arg("--accept-spend-loss");
+        Process::spawn(accepting)
     }
 
     /// Every usage event in the gateway's durable log, in order.
@@ -677,6 +693,27 @@ model = "openai/gpt-4o-mini"
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The allocation's spend this period, in nanos, from the budget table of the gateway at
+/// `address`.
+pub fn spent_nanos_at(address: SocketAddr, allocation: &str) -> u64 {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let all = http::request(
+        address,
+        "GET",
+        "/admin/v1/allocations",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .json();
+    all["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == allocation)
+        .map(|a| a["budget"]["spent_nanos"].as_u64().unwrap())
+        .unwrap()
 }
 
 /// Parses a JSON-lines file.

@@ -9,6 +9,19 @@ use serde_json::json;
 use tollgate_tests::fault::{self, Figures, Load, SmallDisk};
 use tollgate_tests::stack::{ORG, Stack};
 
+/// `n` calls of a good caller, one after another; how long each took.
+fn timed_calls(address: std::net::SocketAddr, key: &str, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let answer =
+                tollgate_tests::http::post_json(address, "/v1/chat/completions", key, &chat());
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            started.elapsed()
+        })
+        .collect()
+}
+
 fn chat() -> serde_json::Value {
     json!({
         "model": "openai/gpt-4o-mini",
@@ -200,18 +213,7 @@ fn an_unauthenticated_flood_leaves_good_callers_latency_and_memory_alone() {
     let mut stack = Stack::start("flood-latency", ORG, "");
     let (key, _) = stack.create_key("open", json!({}));
     let address = stack.address();
-    let good = |n: usize| -> Vec<Duration> {
-        (0..n)
-            .map(|_| {
-                let started = Instant::now();
-                let answer =
-                    tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
-                assert_eq!(answer.status, 200);
-                started.elapsed()
-            })
-            .collect()
-    };
-    let mut quiet = good(1000);
+    let mut quiet = timed_calls(address, &key, 1000);
     let rss_before = fault::resident_kib(stack.gateway_pid());
     let flood = Load::start(
         address,
@@ -220,32 +222,23 @@ fn an_unauthenticated_flood_leaves_good_callers_latency_and_memory_alone() {
         &chat(),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let mut during = good(1000);
+    let mut during = timed_calls(address, &key, 1000);
     let rss_during = fault::resident_kib(stack.gateway_pid());
     let flooded = flood.stop();
     stack.stop();
     let refused = flooded.iter().filter(|s| s.status == 401).count();
     assert_eq!(refused, flooded.len(), "every made-up key is refused 401");
     let events = stack.events();
-    let (quiet_p50, quiet_p99) = (
-        fault::percentile_us(&mut quiet, 50),
-        fault::percentile_us(&mut quiet, 99),
-    );
-    let (during_p50, during_p99) = (
-        fault::percentile_us(&mut during, 50),
-        fault::percentile_us(&mut during, 99),
-    );
-    Figures {
-        fault: "unauthenticated flood (6 clients, made-up key)",
-        answered: 2000,
-        lost: 2000 - events.len().min(2000) as u64,
-        doubled: events.len().saturating_sub(2000) as u64,
-        over_limit_nanos: 0,
-        recover_ms: None,
-        note: format!(
-            "{refused} flood calls refused 401, 0 events for them; good caller p50/p99 {quiet_p50}/{quiet_p99} µs quiet, {during_p50}/{during_p99} µs during; gateway memory {rss_before} KiB before, {rss_during} KiB during"
-        ),
-    }
+    let (quiet_p50, quiet_p99) = fault::p50_p99(&mut quiet);
+    let (during_p50, during_p99) = fault::p50_p99(&mut during);
+    Figures::of_calls(
+        "unauthenticated flood (6 clients, made-up key)",
+        2000,
+        events.len(),
+        format!(
+                "{refused} flood calls refused 401, 0 events for them; good caller p50/p99 {quiet_p50}/{quiet_p99} µs quiet, {during_p50}/{during_p99} µs during; gateway memory {rss_before} KiB before, {rss_during} KiB during"
+            ),
+    )
     .report();
     assert_eq!(
         events.len(),
@@ -293,38 +286,24 @@ fn heads_sent_a_byte_a_second_are_cut_at_the_header_timeout() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let mut good: Vec<Duration> = (0..100)
-        .map(|_| {
-            let started = Instant::now();
-            let answer =
-                tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
-            assert_eq!(answer.status, 200);
-            started.elapsed()
-        })
-        .collect();
+    let mut good = timed_calls(address, &key, 100);
     let mut cut: Vec<Duration> = slow.into_iter().map(|t| t.join().unwrap()).collect();
     stack.stop();
-    let (p50, p99) = (
-        fault::percentile_us(&mut good, 50),
-        fault::percentile_us(&mut good, 99),
-    );
+    let (p50, p99) = fault::p50_p99(&mut good);
     let (first, last) = (
         fault::percentile_us(&mut cut, 0),
         fault::percentile_us(&mut cut, 100),
     );
-    Figures {
-        fault: "clients sending their head a byte a second (200)",
-        answered: 100,
-        lost: 100 - stack.events().len().min(100) as u64,
-        doubled: 0,
-        over_limit_nanos: 0,
-        recover_ms: None,
-        note: format!(
-            "each seen closed {:.1} to {:.1} s after it connected (header timeout 2 s; a client writing once a second sees the close a write or two late); good caller p50/p99 {p50}/{p99} µs meanwhile",
-            first as f64 / 1e6,
-            last as f64 / 1e6
-        ),
-    }
+    Figures::of_calls(
+        "clients sending their head a byte a second (200)",
+        100,
+        stack.events().len(),
+        format!(
+                "each seen closed {:.1} to {:.1} s after it connected (header timeout 2 s; a client writing once a second sees the close a write or two late); good caller p50/p99 {p50}/{p99} µs meanwhile",
+                first as f64 / 1e6,
+                last as f64 / 1e6
+            ),
+    )
     .report();
     assert!(last < 5_000_000, "a slow head held on for {last} µs");
     assert_eq!(stack.events().len(), 100);
@@ -343,15 +322,7 @@ fn nine_thousand_idle_connections_are_held_cheaply_and_closed_at_the_header_time
         .map(|_| std::net::TcpStream::connect(address).unwrap())
         .collect();
     let opened = opened_at.elapsed();
-    let mut good: Vec<Duration> = (0..100)
-        .map(|_| {
-            let started = Instant::now();
-            let answer =
-                tollgate_tests::http::post_json(address, "/v1/chat/completions", &key, &chat());
-            assert_eq!(answer.status, 200);
-            started.elapsed()
-        })
-        .collect();
+    let mut good = timed_calls(address, &key, 100);
     let rss_during = fault::resident_kib(stack.gateway_pid());
     // Each idle connection is closed by the gateway: a read sees the end of the stream.
     let closed = idle
@@ -368,23 +339,17 @@ fn nine_thousand_idle_connections_are_held_cheaply_and_closed_at_the_header_time
         .count();
     let all_closed = opened_at.elapsed();
     stack.stop();
-    let (p50, p99) = (
-        fault::percentile_us(&mut good, 50),
-        fault::percentile_us(&mut good, 99),
-    );
-    Figures {
-        fault: "9,000 idle connections",
-        answered: 100,
-        lost: 100 - stack.events().len().min(100) as u64,
-        doubled: 0,
-        over_limit_nanos: 0,
-        recover_ms: None,
-        note: format!(
-            "opened in {:.1} s; gateway memory {rss_before} KiB before, {rss_during} KiB with them open; good caller p50/p99 {p50}/{p99} µs; {closed} closed by the gateway, the last {:.1} s after opening (header timeout 4 s)",
-            opened.as_secs_f64(),
-            all_closed.as_secs_f64()
-        ),
-    }
+    let (p50, p99) = fault::p50_p99(&mut good);
+    Figures::of_calls(
+        "9,000 idle connections",
+        100,
+        stack.events().len(),
+        format!(
+                "opened in {:.1} s; gateway memory {rss_before} KiB before, {rss_during} KiB with them open; good caller p50/p99 {p50}/{p99} µs; {closed} closed by the gateway, the last {:.1} s after opening (header timeout 4 s)",
+                opened.as_secs_f64(),
+                all_closed.as_secs_f64()
+            ),
+    )
     .report();
     assert_eq!(closed, 9_000);
     assert!(
@@ -429,41 +394,14 @@ fn a_corrupt_record_in_a_sealed_segment_is_named_at_start_and_never_skipped_sile
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(damaged, &bytes).unwrap();
-    let refused = stack
-        .serve_command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
-    assert!(!refused.status.success(), "{said}");
+    let said = stack.start_refused();
     let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
     assert!(said.contains(&name) && said.contains("corrupt"), "{said}");
     assert!(said.contains("--accept-spend-loss"), "{said}");
     let started_at = Instant::now();
-    let mut accepting = stack.serve_command();
-    accepting.arg("--accept-spend-loss");
-    let accepted = tollgate_tests::stack::Process::spawn(accepting);
+    let accepted = stack.start_accepting_spend_loss();
     let recover = started_at.elapsed();
-    let allocations = tollgate_tests::http::request(
-        accepted.address,
-        "GET",
-        "/admin/v1/allocations",
-        &[(
-            "authorization",
-            &format!("Bearer {}", tollgate_tests::stack::ADMIN_TOKEN),
-        )],
-        b"",
-    )
-    .json();
-    let restored = allocations["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "open")
-        .unwrap()["budget"]["spent_nanos"]
-        .as_u64()
-        .unwrap();
+    let restored = tollgate_tests::stack::spent_nanos_at(accepted.address, "open");
     let served =
         tollgate_tests::http::post_json(accepted.address, "/v1/chat/completions", &key, &chat());
     assert!(accepted.terminate());

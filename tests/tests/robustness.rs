@@ -504,39 +504,12 @@ fn a_lost_state_folder_refuses_the_start_instead_of_giving_budget_back() {
         let _ = std::fs::remove_file(stack.path().join("state").join(file));
     }
     // Refused, saying what is missing and how to go on.
-    let refused = stack
-        .serve_command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let said = String::from_utf8_lossy(&refused.stderr);
+    let said = stack.start_refused();
     assert!(said.contains("cannot be restored"), "{said}");
     assert!(said.contains("--accept-spend-loss"), "{said}");
     // An operator who means it starts anyway and is told so; the budget has less spend.
-    let mut accepting = stack.serve_command();
-    accepting.arg("--accept-spend-loss");
-    let accepted = tollgate_tests::stack::Process::spawn(accepting);
-    let allocations = tollgate_tests::http::request(
-        accepted.address,
-        "GET",
-        "/admin/v1/allocations",
-        &[(
-            "authorization",
-            &format!("Bearer {}", tollgate_tests::stack::ADMIN_TOKEN),
-        )],
-        b"",
-    )
-    .json();
-    let restored = allocations["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "open")
-        .unwrap()["budget"]["spent_nanos"]
-        .as_u64()
-        .unwrap();
+    let accepted = stack.start_accepting_spend_loss();
+    let restored = tollgate_tests::stack::spent_nanos_at(accepted.address, "open");
     assert!(restored < spent, "restored {restored} of {spent}");
     assert!(accepted.terminate());
     tollgate_tests::fault::Figures {
