@@ -13,7 +13,7 @@ TOLLGATE_KAFKA_LIBS="$(sed -n 's/^KAFKA_LIBS=//p' <<<"$kafka_out")"
 export TOLLGATE_KAFKA_LIBS
 export TOLLGATE_RELIABILITY_OUT="$figures"
 cargo test --locked -p tollgate-tests \
-  --test faults --test robustness --test kafka --test kafka_sink -- --test-threads 1 >&2
+  --test faults --test robustness --test kafka --test kafka_sink --no-fail-fast -- --test-threads 1 >&2
 python3 - "$figures" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
