@@ -726,3 +726,61 @@ fn a_restart_never_gives_a_budget_back() {
         "the spent budget is still spent after a restart"
     );
 }
+
+/// A coding agent pointed at the gateway by its base URL alone asks for models by their
+/// provider's own names: with a default provider for the route, Claude Code's
+/// `claude-sonnet-4-5[1m]` on `/v1/messages` is `anthropic/claude-sonnet-4-5` (the
+/// long-context marker dropped), and a bare `gpt-4o-mini` on chat completions is OpenAI's;
+/// a route without a default still wants `provider/model`.
+#[test]
+fn bare_model_names_resolve_through_the_routes_default_provider() {
+    let org = format!(
+        "{ORG}\n[default_provider]\nmessages = \"anthropic\"\nchat_completions = \"openai\"\n"
+    );
+    let mut stack = Stack::start("native-names", &org, "");
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let message = json!({"model": "claude-sonnet-4-5[1m]", "max_tokens": 5,
+                         "messages": [{"role": "user", "content": "hi"}]});
+    let answer = http::request(
+        address,
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
+        message.to_string().as_bytes(),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.json()["model"],
+        "claude-sonnet-4-5",
+        "the upstream got Anthropic's id"
+    );
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 3,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        post_json(address, "/v1/chat/completions", &key, &chat).status,
+        200
+    );
+    let response = json!({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 4});
+    let refused = post_json(address, "/v1/responses", &key, &response);
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "model_not_found");
+    stack.stop();
+    let events = stack.events();
+    let models: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            let text = |field: &str| e[field].as_str().unwrap_or_default();
+            (text("provider"), text("model"), text("status"))
+        })
+        .collect();
+    assert_eq!(
+        models,
+        [
+            ("anthropic", "claude-sonnet-4-5", "ok"),
+            ("openai", "gpt-4o-mini", "ok"),
+            ("", "", "bad_request")
+        ],
+        "priced and recorded as the provider's model"
+    );
+}

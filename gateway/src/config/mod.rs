@@ -11,6 +11,7 @@
 //! `providers::config` (re-exported here), and this module only places their errors in the file.
 //! `tollgate sink`'s own file is [`SinkConfig`].
 
+mod native;
 mod sink;
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ use tollgate_engine::money::deserialize_amount;
 use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
+pub use self::native::DefaultProviders;
 pub use self::sink::SinkConfig;
 use crate::limits;
 use crate::providers::config::RawProvider;
@@ -64,6 +66,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
     pub aliases: Vec<(String, ModelRef)>,
+    /// `[default_provider]`: what a model name without a provider means, per route.
+    pub default_providers: DefaultProviders,
     /// The organisation tree's top level (`[[team]]`), names unique.
     pub teams: Vec<TeamConfig>,
     /// `[[project]]`s, each owned by a team above.
@@ -259,6 +263,8 @@ struct RawConfig {
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
     #[serde(default)]
+    default_provider: native::RawDefaultProviders,
+    #[serde(default)]
     team: Vec<Spanned<RawTeam>>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
@@ -273,6 +279,7 @@ impl RawConfig {
         let providers = crate::providers::config::providers(self.provider)
             .map_err(|e| source.error(&e.field, e.span, e.reason))?;
         let aliases = aliases(self.alias, &providers, source)?;
+        let default_providers = self.default_provider.validate(&providers, source)?;
         let teams = teams(self.team, source)?;
         let projects = projects(self.project, &teams, source)?;
         let allocations = allocations(self.allocation, &projects, source)?;
@@ -302,6 +309,7 @@ impl RawConfig {
             admission,
             providers,
             aliases,
+            default_providers,
             teams,
             projects,
             allocations,
@@ -1231,6 +1239,34 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         Config::from_toml(&text, "tollgate.toml", Path::new("."))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_routes_default_provider_must_be_configured() {
+        let with = |table: &str| {
+            Config::from_toml(
+                &GOOD.replacen("[[alias]]", &format!("{table}\n[[alias]]"), 1),
+                "tollgate.toml",
+                Path::new("."),
+            )
+        };
+        let config = with("[default_provider]\nchat_completions = \"openai\"").unwrap();
+        let resolved = config
+            .default_providers
+            .resolve(crate::http::route::Api::ChatCompletions, "gpt-4o");
+        assert_eq!(
+            resolved.map(|m| m.to_string()).as_deref(),
+            Some("openai/gpt-4o")
+        );
+        let unknown = with("[default_provider]\nmessages = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("default_provider.messages"), "{unknown}");
+        assert!(unknown.contains("no provider named `nope`"), "{unknown}");
+        let route = with("[default_provider]\nvideos = \"openai\"")
+            .unwrap_err()
+            .to_string();
+        assert!(route.contains("videos"), "{route}");
     }
 
     #[test]

@@ -385,7 +385,8 @@ impl Call<'_> {
         body::read(headers, body, limits).await
     }
 
-    /// The model: an alias, or `provider/model` with a configured provider.
+    /// The model: an alias, `provider/model` with a configured provider, or a bare name the
+    /// route's default provider (`[default_provider]`) takes.
     fn resolve(
         &mut self,
         body: &Bytes,
@@ -399,7 +400,10 @@ impl Call<'_> {
         };
         let model = match gateway.aliases.get(&asked) {
             Some(target) => target.clone(),
-            None => ModelRef::parse(&asked).map_err(|_| not_found())?,
+            None => ModelRef::parse(&asked)
+                .ok()
+                .or_else(|| gateway.config.default_providers.resolve(self.api, &asked))
+                .ok_or_else(not_found)?,
         };
         let provider = gateway
             .providers
