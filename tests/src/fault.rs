@@ -16,6 +16,14 @@ use serde_json::Value;
 
 use crate::http;
 
+/// Holds the fault tests of one process to one at a time: each loads the machine and measures
+/// what its callers see, which a neighbour's load would blur. Take it first, keep it to the end.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A small file system (tmpfs) mounted over a folder, unmounted when dropped.
 pub struct SmallDisk {
     dir: PathBuf,
