@@ -149,6 +149,8 @@ pub struct Seen {
 pub struct Load {
     stop: Arc<AtomicBool>,
     address: Arc<Mutex<SocketAddr>>,
+    /// Calls so far, by status, as they are answered.
+    counts: Arc<Mutex<HashMap<u16, u64>>>,
     threads: Vec<JoinHandle<Vec<Seen>>>,
 }
 
@@ -173,10 +175,12 @@ impl Load {
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Mutex::new(address));
+        let counts: Arc<Mutex<HashMap<u16, u64>>> = Arc::default();
         let threads = (0..clients)
             .map(|i| {
                 let (stop, key) = (Arc::clone(&stop), key.to_owned());
                 let shared = Arc::clone(&shared);
+                let counts = Arc::clone(&counts);
                 let mut body = body.clone();
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
@@ -197,6 +201,7 @@ impl Load {
                             ),
                             Err(_) => (0, None, false),
                         };
+                        *counts.lock().unwrap().entry(status).or_default() += 1;
                         seen.push(Seen {
                             status,
                             request_id,
@@ -215,8 +220,31 @@ impl Load {
         Load {
             stop,
             address: shared,
+            counts,
             threads,
         }
+    }
+
+    /// Calls answered with `status` so far.
+    pub fn count(&self, status: u16) -> u64 {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `enough` says the counts are enough, or `most` has passed; whether they are.
+    pub fn wait_for(&self, most: Duration, enough: impl Fn(&Load) -> bool) -> bool {
+        let deadline = Instant::now() + most;
+        while Instant::now() < deadline {
+            if enough(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        enough(self)
     }
 
     /// Points the clients at a gateway's new address (after a restart).

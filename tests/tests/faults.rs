@@ -162,15 +162,18 @@ fn kill_dash_nine_under_load_three_times_loses_and_doubles_nothing() {
     let (key, _) = stack.create_key("capped", json!({}));
     let load = Load::start(stack.address(), &key, 8, &chat());
     let mut recover = Vec::new();
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1200));
+    // Each kill after some hundreds more calls answered (however fast this machine is), then
+    // the load goes on until the budget is spent.
+    for round in 1..=3 {
+        load.wait_for(Duration::from_secs(30), |l| l.count(200) >= round * 400);
         stack.kill();
         let killed_at = Instant::now();
         stack.start_again();
         load.retarget(stack.address());
         recover.push(killed_at);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    let spent_out = load.wait_for(Duration::from_secs(60), |l| l.count(402) > 0);
+    std::thread::sleep(Duration::from_millis(200));
     let seen = load.stop();
     let spent_live = stack.spent_nanos("capped");
     stack.stop();
@@ -205,8 +208,12 @@ fn kill_dash_nine_under_load_three_times_loses_and_doubles_nothing() {
     assert_eq!((lost, doubled), (0, 0));
     assert!(spent <= limit, "spent {spent} past the limit {limit}");
     assert_eq!(spent_live, spent, "the table equals the events");
-    assert!(refused > 0, "the budget ran out during the test");
-    assert!(recover_ms.is_some_and(|ms| ms < 5_000), "{recover_ms:?}");
+    assert!(
+        spent_out && refused > 0,
+        "the budget ran out during the test"
+    );
+    // A debug build starting on a loaded two-core machine: seconds at worst, not minutes.
+    assert!(recover_ms.is_some_and(|ms| ms < 15_000), "{recover_ms:?}");
 }
 
 /// A flood of made-up keys beside a good caller: the good caller's latency and the gateway's
