@@ -14,6 +14,19 @@ fn chat(model: &str, max_tokens: u64) -> Value {
 }
 
 /// Events of `stack` by status, after a graceful stop.
+/// A call of Anthropic's Messages API, authenticated the Anthropic way.
+fn message(address: std::net::SocketAddr, key: &str, model: &str, max_tokens: u64) -> http::Answer {
+    let body = json!({"model": model, "max_tokens": max_tokens,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    http::request(
+        address,
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+        body.to_string().as_bytes(),
+    )
+}
+
 fn statuses(events: &[Value]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for e in events {
@@ -64,15 +77,7 @@ fn openai_and_anthropic_routes_are_metered_and_the_table_equals_the_events() {
     );
 
     // Anthropic's own API, authenticated the Anthropic way.
-    let message = json!({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 7,
-                         "messages": [{"role": "user", "content": "hi"}]});
-    let answer = http::request(
-        address,
-        "POST",
-        "/v1/messages",
-        &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
-        message.to_string().as_bytes(),
-    );
+    let answer = message(address, &key, "anthropic/claude-sonnet-4-5", 7);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["usage"]["output_tokens"], 7);
 
@@ -740,15 +745,7 @@ fn bare_model_names_resolve_through_the_routes_default_provider() {
     let mut stack = Stack::start("native-names", &org, "");
     let (key, _) = stack.create_key("open", json!({}));
     let address = stack.address();
-    let message = json!({"model": "claude-sonnet-4-5[1m]", "max_tokens": 5,
-                         "messages": [{"role": "user", "content": "hi"}]});
-    let answer = http::request(
-        address,
-        "POST",
-        "/v1/messages",
-        &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
-        message.to_string().as_bytes(),
-    );
+    let answer = message(address, &key, "claude-sonnet-4-5[1m]", 5);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(
         answer.json()["model"],

@@ -1233,6 +1233,15 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         );
     }
 
+    /// The good config with `table` added before its aliases.
+    fn with_table(table: &str) -> Result<Config> {
+        Config::from_toml(
+            &GOOD.replacen("[[alias]]", &format!("{table}\n[[alias]]"), 1),
+            "tollgate.toml",
+            Path::new("."),
+        )
+    }
+
     fn error_of(edit: (&str, &str)) -> String {
         let text = GOOD.replacen(edit.0, edit.1, 1);
         assert_ne!(text, GOOD, "edit {edit:?} did not apply");
@@ -1243,14 +1252,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
 
     #[test]
     fn a_routes_default_provider_must_be_configured() {
-        let with = |table: &str| {
-            Config::from_toml(
-                &GOOD.replacen("[[alias]]", &format!("{table}\n[[alias]]"), 1),
-                "tollgate.toml",
-                Path::new("."),
-            )
-        };
-        let config = with("[default_provider]\nchat_completions = \"openai\"").unwrap();
+        let config = with_table("[default_provider]\nchat_completions = \"openai\"").unwrap();
         let resolved = config
             .default_providers
             .resolve(crate::http::route::Api::ChatCompletions, "gpt-4o");
@@ -1258,12 +1260,12 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             resolved.map(|m| m.to_string()).as_deref(),
             Some("openai/gpt-4o")
         );
-        let unknown = with("[default_provider]\nmessages = \"nope\"")
+        let unknown = with_table("[default_provider]\nmessages = \"nope\"")
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("default_provider.messages"), "{unknown}");
         assert!(unknown.contains("no provider named `nope`"), "{unknown}");
-        let route = with("[default_provider]\nvideos = \"openai\"")
+        let route = with_table("[default_provider]\nvideos = \"openai\"")
             .unwrap_err()
             .to_string();
         assert!(route.contains("videos"), "{route}");
@@ -1271,19 +1273,12 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
 
     #[test]
     fn gemini_providers_are_on_the_gemini_api_or_on_vertex_ai_and_say_which_field_is_wrong() {
-        let with = |table: &str| {
-            Config::from_toml(
-                &GOOD.replacen("[[alias]]", &format!("{table}\n[[alias]]"), 1),
-                "tollgate.toml",
-                Path::new("."),
-            )
-        };
-        let api =
-            with("[[provider]]\nname = \"g\"\nkind = \"gemini\"\napi_key_env = \"K\"").unwrap();
+        let api = with_table("[[provider]]\nname = \"g\"\nkind = \"gemini\"\napi_key_env = \"K\"")
+            .unwrap();
         let g = api.provider("g").unwrap();
         assert_eq!(g.base_url, "https://generativelanguage.googleapis.com");
         assert_eq!(g.vertex, None);
-        let vertex = with(
+        let vertex = with_table(
             "[[provider]]\nname = \"v\"\nkind = \"gemini\"\nproject = \"p-1\"\nlocation = \"europe-west4\"",
         )
         .unwrap();
@@ -1296,7 +1291,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 location: "europe-west4".into()
             })
         );
-        let global = with(
+        let global = with_table(
             "[[provider]]\nname = \"v\"\nkind = \"gemini\"\nproject = \"p\"\nlocation = \"global\"",
         )
         .unwrap();
@@ -1341,7 +1336,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 "azure providers only",
             ),
         ] {
-            let message = with(&format!("[[provider]]\nname = \"x\"\n{table}"))
+            let message = with_table(&format!("[[provider]]\nname = \"x\"\n{table}"))
                 .unwrap_err()
                 .to_string();
             assert!(
