@@ -52,6 +52,18 @@ pub fn request(
     read_answer(stream, usize::MAX).0
 }
 
+/// The status of `GET path`, or `None` while the server cannot answer (refused, reset, closed
+/// before a status line): for waiting until a server starting up is ready.
+pub fn probe(address: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// POSTs JSON with a bearer key.
 pub fn post_json(address: SocketAddr, path: &str, key: &str, body: &serde_json::Value) -> Answer {
     let auth = format!("Bearer {key}");

@@ -88,12 +88,14 @@ pub fn start_mock() -> Process {
 }
 
 /// Mock provider plus gateway.
+///
+/// Fields drop in order: the gateway stops before the files it writes are removed.
 pub struct Stack {
-    /// Files of this stack (config, state, events).
-    pub dir: TempDir,
+    gateway: Option<Process>,
     /// The mock provider.
     pub mock: Process,
-    gateway: Option<Process>,
+    /// Files of this stack (config, state, events).
+    pub dir: TempDir,
     /// More environment for the gateway's process (a fault shim, say).
     env: Vec<(String, String)>,
 }
@@ -195,9 +197,8 @@ pub fn start_llama() -> Option<Process> {
     let process = Process { child, address };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if std::net::TcpStream::connect(address).is_ok()
-            && http::request(address, "GET", "/health", &[], b"").status == 200
-        {
+        // While it loads the model, llama-server may refuse, reset or answer 503.
+        if http::probe(address, "/health") == Some(200) {
             return Some(process);
         }
         assert!(
