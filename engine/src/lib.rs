@@ -24,6 +24,7 @@ pub mod money;
 pub mod ratecard;
 pub mod ratelimit;
 pub mod reservation;
+pub mod routing;
 pub mod stream;
 mod sync;
 pub mod time;

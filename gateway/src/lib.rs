@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod operator;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod runtime;
 pub mod state;
 pub mod usage;

@@ -193,3 +193,19 @@ pub const ADMISSION_EXTEND_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Least time between two operator lines about calls refused without a valid key: a flood of
 /// them costs a line a second, each line counting what it stands for.
 pub const UNAUTHENTICATED_REPORT_INTERVAL_MS: i64 = 1_000;
+
+/// Most attempts one call may make across its candidates (`routing.attempts_max`, a group's
+/// `attempts_max`): each is a request to a provider, so a bound on amplification.
+pub const ROUTE_ATTEMPTS_MAX: u32 = 8;
+
+/// Most deployments one provider may have (a `[[provider.deployment]]` each): the standings
+/// of a placement are an array on the stack.
+pub const DEPLOYMENTS_MAX: usize = 16;
+
+/// The window of the retry budget (`routing.retry_budget_percent`): retries are counted
+/// against the calls of the last two.
+pub const RETRY_BUDGET_WINDOW_US: i64 = 10_000_000;
+
+/// A `Retry-After` a provider gave with no value the gateway can read is taken as this long
+/// for the deployment that gave it.
+pub const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);

@@ -112,9 +112,18 @@ pub enum Counter {
     BudgetStopped,
     /// Streamed calls held back while calls in flight held the room their hold needed.
     BudgetStreamWaited,
+    /// Attempts at a provider that failed before an answer reached the client, and were
+    /// followed by another attempt.
+    AttemptsFailed,
+    /// Attempts tried again on the same candidate.
+    Retries,
+    /// Calls moved to the next candidate of their group.
+    Fallbacks,
+    /// Retries and fallbacks the retry budget refused.
+    RetriesDenied,
 }
 
-const COUNTERS: [(Counter, &str, &str); 19] = [
+const COUNTERS: [(Counter, &str, &str); 23] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -209,6 +218,26 @@ const COUNTERS: [(Counter, &str, &str); 19] = [
         Counter::BudgetStreamWaited,
         "tollgate_budget_stream_waited_total",
         "Streamed calls held back while calls in flight held the room their hold needed.",
+    ),
+    (
+        Counter::AttemptsFailed,
+        "tollgate_upstream_attempts_failed_total",
+        "Attempts at a provider that failed before an answer reached the client and were tried again or fell back (each is a usage event).",
+    ),
+    (
+        Counter::Retries,
+        "tollgate_upstream_retries_total",
+        "Attempts tried again on the same candidate (another deployment when there is one).",
+    ),
+    (
+        Counter::Fallbacks,
+        "tollgate_upstream_fallbacks_total",
+        "Calls moved to the next candidate of their group.",
+    ),
+    (
+        Counter::RetriesDenied,
+        "tollgate_upstream_retries_denied_total",
+        "Retries and fallbacks refused by the retry budget (routing.retry_budget_percent).",
     ),
 ];
 

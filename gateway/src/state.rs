@@ -29,6 +29,7 @@ use crate::limits::UNAUTHENTICATED_REPORT_INTERVAL_MS;
 use crate::metrics::Metrics;
 use crate::operator::Sampled;
 use crate::providers::Provider;
+use crate::routing::Router;
 
 /// Requests- and tokens-per-minute limits of one key or team.
 #[derive(Debug)]
@@ -69,6 +70,8 @@ pub struct Gateway {
     pub providers: HashMap<String, Arc<Provider>>,
     /// Fixed aliases: a public model name to the `provider/model` it stands for.
     pub aliases: HashMap<String, ModelRef>,
+    /// The model groups, and the retry budget every call shares.
+    pub router: Router,
     /// The queue into the durable usage-event log.
     pub emitter: Emitter,
     /// Counters and histograms behind `/metrics`.
@@ -87,6 +90,7 @@ pub struct Gateway {
     team_rates: HashMap<Arc<str>, Rates>,
     epoch: Instant,
     sequence: AtomicU64,
+    draws: AtomicU64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -123,7 +127,7 @@ impl Gateway {
         let directory = directory_of(&config)?;
         let mut providers = HashMap::new();
         for provider in &config.providers {
-            let made = Provider::new(provider.clone(), env)?;
+            let made = Provider::new(provider.clone(), config.routing.breaker, env)?;
             providers.insert(provider.name.clone(), Arc::new(made));
         }
         let team_rates = config
@@ -137,6 +141,7 @@ impl Gateway {
             card: ArcSwap::from_pointee(card),
             providers,
             aliases: config.aliases.iter().cloned().collect(),
+            router: Router::new(&config),
             emitter,
             metrics,
             in_flight: Arc::new(Semaphore::new(config.server.requests_in_flight_max)),
@@ -147,6 +152,7 @@ impl Gateway {
             team_rates,
             epoch: Instant::now(),
             sequence: AtomicU64::new(0),
+            draws: AtomicU64::new(u64::from_le_bytes(random_bytes())),
             config,
         })
     }
@@ -207,6 +213,20 @@ impl Gateway {
         Arc::from(format!("req_{}", id.0.simple()))
     }
 
+    /// A pseudo-random number for a routing draw (a group's first candidate, a deployment,
+    /// a backoff's jitter): SplitMix64 over one atomic counter seeded from the OS at start,
+    /// so a draw is one atomic add and no system call. Not for secrets.
+    #[must_use]
+    pub fn draw(&self) -> u64 {
+        let mut z = self
+            .draws
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
     /// Random bytes from the OS; if that ever fails, a hash of a counter and the clock (unique
     /// within the process, which is what ids need).
     #[must_use]
@@ -225,6 +245,15 @@ impl Gateway {
         }
         out
     }
+}
+
+/// Eight bytes from the OS, or from the clock if it has none to give (a draw's seed).
+fn random_bytes() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    if getrandom::fill(&mut out).is_err() {
+        out = now_ms().0.to_le_bytes();
+    }
+    out
 }
 
 /// The budget table of the configured teams, projects and allocations.

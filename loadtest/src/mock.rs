@@ -16,7 +16,6 @@
 //! `"tool_use": {"name": ..., "input": {...}}` ends the answer with that tool call. Gemini
 //! alone takes `"error_after": n`, Google's in-stream error event after n streamed tokens.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,9 +66,18 @@ pub struct Behaviour {
     /// Completion tokens when the request names no maximum.
     #[arg(long, default_value_t = TOKENS_DEFAULT)]
     pub tokens: u64,
-    /// Percent of requests answered with a 500.
+    /// Percent of requests answered with an error (`--error-status`).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub error_percent: u8,
+    /// The status of those errors: 500, 429, 529, ...
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub error_status: u16,
+    /// A `Retry-After` (seconds) on every error answer.
+    #[arg(long)]
+    pub retry_after_s: Option<u64>,
+    /// Percent of requests whose connection is closed before any answer (a crash, a reset).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub drop_percent: u8,
     /// Percent of streamed answers whose connection breaks half-way.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub reset_percent: u8,
@@ -88,6 +96,9 @@ impl Default for Behaviour {
             token_ms: 0,
             tokens: TOKENS_DEFAULT,
             error_percent: 0,
+            error_status: 500,
+            retry_after_s: None,
+            drop_percent: 0,
             reset_percent: 0,
             no_usage: false,
             seed: 1,
@@ -112,6 +123,8 @@ impl Behaviour {
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: AtomicU64,
+    /// Requests read, dropped or not (the drop draws run over these).
+    arrived: AtomicU64,
     completion_tokens: AtomicU64,
 }
 
@@ -134,7 +147,15 @@ pub async fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result
             let service = service_fn(move |request| {
                 let config = Arc::clone(&config);
                 let stats = Arc::clone(&stats);
-                async move { Ok::<_, Infallible>(answer(request, &config, &stats).await) }
+                async move {
+                    let n = stats.arrived.fetch_add(1, Ordering::Relaxed);
+                    let behaviour = &config.behaviour;
+                    if behaviour.draw(n, 3, behaviour.drop_percent) {
+                        // A service error makes hyper close the connection with no answer.
+                        return Err(std::io::Error::other("mock: connection dropped"));
+                    }
+                    Ok(answer(request, &config, &stats).await)
+                }
             });
             let _ = http1::Builder::new()
                 .keep_alive(true)
@@ -219,7 +240,7 @@ async fn steer(knobs: &Value, served: u64, defaults: &Behaviour) -> Steer {
     }
     let drawn_error = defaults
         .draw(served, 1, defaults.error_percent)
-        .then_some(500);
+        .then_some(u64::from(defaults.error_status));
     match knob("status")
         .or(drawn_error)
         .and_then(|s| u16::try_from(s).ok())
@@ -228,6 +249,16 @@ async fn steer(knobs: &Value, served: u64, defaults: &Behaviour) -> Steer {
         Some(status) => Steer::Fail(status),
         None => Steer::Answer,
     }
+}
+
+/// An error answer with the `Retry-After` the command line asks for, if any.
+fn retry_after(mut response: Response<ChannelBody>, defaults: &Behaviour) -> Response<ChannelBody> {
+    if let Some(seconds) = defaults.retry_after_s {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// What a proxy's error page looks like to a client expecting JSON.
@@ -358,7 +389,10 @@ async fn openai(
     match steer(&knobs, served, &config.behaviour).await {
         Steer::Answer => {}
         Steer::Garbage => return garbage(),
-        Steer::Fail(status) => return error(api, status, "mock: the error this request asked for"),
+        Steer::Fail(status) => {
+            let failed = error(api, status, "mock: the error this request asked for");
+            return retry_after(failed, &config.behaviour);
+        }
     }
     let answer = OpenAiAnswer::of(api, deployment, &request, &knobs, served, &config.behaviour);
     stats
@@ -1443,7 +1477,8 @@ async fn gemini(
         Steer::Answer => {}
         Steer::Garbage => return garbage(),
         Steer::Fail(status) => {
-            return google_error(status, "mock: the error this request asked for");
+            let failed = google_error(status, "mock: the error this request asked for");
+            return retry_after(failed, defaults);
         }
     }
     let answer = GeminiAnswer::of(route.model, &request, prompt, &knobs, defaults);

@@ -12,6 +12,7 @@
 //! `tollgate sink`'s own file is [`SinkConfig`].
 
 mod native;
+mod routing;
 mod sink;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
 pub use self::native::DefaultProviders;
+pub use self::routing::{GroupConfig, RoutingConfig};
 pub use self::sink::SinkConfig;
 use crate::limits;
 use crate::providers::config::RawProvider;
@@ -68,6 +70,10 @@ pub struct Config {
     pub aliases: Vec<(String, ModelRef)>,
     /// `[default_provider]`: what a model name without a provider means, per route.
     pub default_providers: DefaultProviders,
+    /// `[routing]`: retries, backoff, the retry budget, breakers, balancing of direct calls.
+    pub routing: RoutingConfig,
+    /// `[[group]]`: public model names for ordered candidates.
+    pub groups: Vec<GroupConfig>,
     /// The organisation tree's top level (`[[team]]`), names unique.
     pub teams: Vec<TeamConfig>,
     /// `[[project]]`s, each owned by a team above.
@@ -265,6 +271,10 @@ struct RawConfig {
     #[serde(default)]
     default_provider: native::RawDefaultProviders,
     #[serde(default)]
+    routing: routing::RawRouting,
+    #[serde(default)]
+    group: Vec<Spanned<routing::RawGroup>>,
+    #[serde(default)]
     team: Vec<Spanned<RawTeam>>,
     #[serde(default)]
     project: Vec<Spanned<RawProject>>,
@@ -280,6 +290,11 @@ impl RawConfig {
             .map_err(|e| source.error(&e.field, e.span, e.reason))?;
         let aliases = aliases(self.alias, &providers, source)?;
         let default_providers = self.default_provider.validate(&providers, source)?;
+        let routing = self
+            .routing
+            .validate()
+            .map_err(|(field, reason)| source.error(&format!("routing.{field}"), 0..0, reason))?;
+        let groups = routing::groups(self.group, &providers, &aliases, &routing, source)?;
         let teams = teams(self.team, source)?;
         let projects = projects(self.project, &teams, source)?;
         let allocations = allocations(self.allocation, &projects, source)?;
@@ -310,6 +325,8 @@ impl RawConfig {
             providers,
             aliases,
             default_providers,
+            routing,
+            groups,
             teams,
             projects,
             allocations,

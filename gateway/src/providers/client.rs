@@ -24,7 +24,7 @@ use crate::providers::config::ProviderConfig;
 
 /// A request body made of slices of the client's body (shared, not copied) and the few bytes
 /// the gateway rewrote.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SliceBody {
     chunks: VecDeque<Bytes>,
     remaining: u64,

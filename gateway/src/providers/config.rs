@@ -50,6 +50,10 @@ impl ProviderKind {
 }
 
 /// One `[[provider]]`, validated: a field one kind alone reads is `None` on every other kind.
+///
+/// Its endpoint fields (`base_url`, `api_key_env`, `api_version`, `region`, `vertex`) are
+/// those of its first deployment; each deployment has its own, the provider's where it wrote
+/// none.
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     /// The name models are prefixed with (`openai` in `openai/gpt-4o`): 1 to 64 lower-case
@@ -77,10 +81,29 @@ pub struct ProviderConfig {
     pub first_byte_timeout: Duration,
     /// Longest silence inside a response body.
     pub idle_timeout: Duration,
+    /// Where its calls go: one or more deployments (the provider's own endpoint alone, named
+    /// after it, when it lists none). Never empty; at most `limits::DEPLOYMENTS_MAX`.
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+/// One deployment of a provider: an endpoint with its own credential (and region, API
+/// version or Vertex project), its share of the calls and its concurrency cap.
+#[derive(Clone, Debug)]
+pub struct DeploymentConfig {
+    /// Unique within the provider; recorded in each usage event as `deployment`.
+    pub name: String,
+    /// Its share under weighted balancing, at least 1.
+    pub weight: u32,
+    /// Most calls it serves at once; beyond it calls go to other deployments or wait for none
+    /// (the call fails over or is refused as unavailable).
+    pub in_flight_max: Option<u64>,
+    /// The provider's table with this deployment's endpoint in it, `deployments` empty: what
+    /// its adapter and client are made from.
+    pub endpoint: Box<ProviderConfig>,
 }
 
 /// A `[[provider]]` table as written.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProvider {
     name: Spanned<String>,
@@ -96,6 +119,23 @@ pub(crate) struct RawProvider {
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    deployment: Vec<Spanned<RawDeployment>>,
+}
+
+/// A `[[provider.deployment]]` as written: what differs from its provider.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDeployment {
+    name: Spanned<String>,
+    base_url: Option<Spanned<String>>,
+    api_key_env: Option<String>,
+    api_version: Option<String>,
+    region: Option<String>,
+    project: Option<String>,
+    location: Option<String>,
+    weight: Option<Spanned<u32>>,
+    in_flight_max: Option<u64>,
 }
 
 /// A field of one `[[provider]]` table that is wrong, and why.
@@ -139,8 +179,11 @@ pub(crate) fn providers(tables: Vec<Spanned<RawProvider>>) -> Result<Vec<Provide
         let provider = table
             .into_inner()
             .validate(&providers)
-            .map_err(|e| Invalid {
-                field: format!("provider[{i}].{}", e.field),
+            .map_err(|(deployment, e)| Invalid {
+                field: match deployment {
+                    Some(j) => format!("provider[{i}].deployment[{j}].{}", e.field),
+                    None => format!("provider[{i}].{}", e.field),
+                },
                 span: e.span.unwrap_or(span),
                 reason: e.reason,
             })?;
@@ -151,9 +194,98 @@ pub(crate) fn providers(tables: Vec<Spanned<RawProvider>>) -> Result<Vec<Provide
 
 impl RawProvider {
     /// Checks one table; `earlier` are the tables above it, whose names it must not repeat.
-    fn validate(self, earlier: &[ProviderConfig]) -> Result<ProviderConfig, FieldError> {
+    /// An error names the deployment it is in, if it is in one.
+    fn validate(
+        mut self,
+        earlier: &[ProviderConfig],
+    ) -> Result<ProviderConfig, (Option<usize>, FieldError)> {
+        let name = checked_name(&self.name, earlier).map_err(|e| (None, e))?;
+        let written = std::mem::take(&mut self.deployment);
+        if written.is_empty() {
+            let mut provider = self.endpoint(name.clone()).map_err(|e| (None, e))?;
+            provider.deployments = vec![DeploymentConfig {
+                name,
+                weight: 1,
+                in_flight_max: None,
+                endpoint: Box::new(provider.clone()),
+            }];
+            return Ok(provider);
+        }
+        if written.len() > limits::DEPLOYMENTS_MAX {
+            return Err((
+                None,
+                FieldError::new(
+                    "deployment",
+                    format!("at most {} deployments", limits::DEPLOYMENTS_MAX),
+                ),
+            ));
+        }
+        let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(written.len());
+        for (j, raw) in written.into_iter().enumerate() {
+            let deployment = self
+                .clone()
+                .deployment(raw.into_inner(), &name, &deployments)
+                .map_err(|e| (Some(j), e))?;
+            deployments.push(deployment);
+        }
+        let Some(first) = deployments.first() else {
+            return Err((None, FieldError::new("deployment", "no deployment")));
+        };
+        let mut provider = (*first.endpoint).clone();
+        provider.deployments = deployments;
+        Ok(provider)
+    }
+
+    /// One deployment: the provider's table with the deployment's fields written over it,
+    /// checked as a table of its own.
+    fn deployment(
+        mut self,
+        raw: RawDeployment,
+        provider: &str,
+        earlier: &[DeploymentConfig],
+    ) -> Result<DeploymentConfig, FieldError> {
+        let name = raw.name.get_ref();
+        if !is_provider_name(name) || earlier.iter().any(|d| d.name == *name) {
+            return Err(FieldError {
+                field: "name",
+                span: Some(raw.name.span()),
+                reason: format!(
+                    "`{name}`: must be 1 to 64 lower-case letters, digits, `-` or `_`, used once in its provider"
+                ),
+            });
+        }
+        let weight = match raw.weight {
+            Some(w) if *w.get_ref() == 0 => {
+                return Err(FieldError {
+                    field: "weight",
+                    span: Some(w.span()),
+                    reason: "must be at least 1 (leave a deployment out to send it nothing)".into(),
+                });
+            }
+            Some(w) => w.into_inner(),
+            None => 1,
+        };
+        if raw.in_flight_max == Some(0) {
+            return Err(FieldError::new("in_flight_max", "must be at least 1"));
+        }
+        self.base_url = raw.base_url.or(self.base_url);
+        self.api_key_env = raw.api_key_env.or(self.api_key_env);
+        self.api_version = raw.api_version.or(self.api_version);
+        self.region = raw.region.or(self.region);
+        self.project = raw.project.or(self.project);
+        self.location = raw.location.or(self.location);
+        let endpoint = self.endpoint(provider.to_owned())?;
+        Ok(DeploymentConfig {
+            name: name.clone(),
+            weight,
+            in_flight_max: raw.in_flight_max,
+            endpoint: Box::new(endpoint),
+        })
+    }
+
+    /// The endpoint and timeouts of a table whose name was checked.
+    fn endpoint(self, name: String) -> Result<ProviderConfig, FieldError> {
         let kind = self.kind;
-        let name = checked_name(&self.name, earlier)?;
         let region = match kind {
             ProviderKind::Bedrock => Some(bedrock::config::region(self.region)?),
             _ => only_for(ProviderKind::Bedrock, "region", self.region)?,
@@ -208,20 +340,25 @@ impl RawProvider {
                 limits::UPSTREAM_FIRST_BYTE_TIMEOUT,
             ),
             idle_timeout: ms(self.idle_timeout_ms, limits::UPSTREAM_IDLE_TIMEOUT),
+            deployments: Vec::new(),
         })
     }
+}
+
+/// A provider's (or a deployment's) name: 1 to 64 lower-case letters, digits, `-` or `_`.
+fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The provider is the first part of `provider/model`, so its name follows the rule of model
 /// names; and it names one provider only.
 fn checked_name(raw: &Spanned<String>, earlier: &[ProviderConfig]) -> Result<String, FieldError> {
     let name = raw.get_ref();
-    let well_formed = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    let reason = if !well_formed {
+    let reason = if !is_provider_name(name) {
         "must be 1 to 64 lower-case letters, digits, `-` or `_`".to_owned()
     } else if earlier.iter().any(|p| p.name == *name) {
         format!("provider `{name}` is defined twice")

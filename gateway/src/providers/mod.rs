@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Request};
 use tollgate_engine::UnixMs;
+use tollgate_engine::routing::{BreakerConfig, Health};
 
 pub use self::chat::TranslateError;
 pub use self::client::{SetupError, SliceBody, Upstream};
@@ -86,16 +87,31 @@ pub trait Adapter: Send + Sync {
     fn reader(&self, answer: &Answer<'_>) -> Box<dyn Reader>;
 }
 
-/// A configured provider: its adapter and its pooled client.
+/// A configured provider: its deployments, each with its adapter and pooled client.
 pub struct Provider {
     /// The `[[provider]]` table it was made from; its timeouts bound every call.
     pub config: ProviderConfig,
     /// Its name, as models name it (`name/model`).
     pub name: Arc<str>,
+    /// Where its calls go; never empty (a provider listing none is one deployment).
+    pub deployments: Vec<Deployment>,
+}
+
+/// One endpoint of a provider: what it speaks there (with its own credential), its client,
+/// its share of calls and how it has been doing.
+pub struct Deployment {
+    /// As usage events record it.
+    pub name: Arc<str>,
+    /// Its share under weighted balancing.
+    pub weight: u32,
+    /// Most calls it serves at once.
+    pub in_flight_max: Option<u64>,
     /// What it speaks: the routes it serves, paths, credentials, readers.
     pub adapter: Box<dyn Adapter>,
     /// Its HTTP client and base URL.
     pub upstream: Upstream,
+    /// Calls in flight, time to first byte, breaker.
+    pub health: Health,
 }
 
 impl std::fmt::Debug for Provider {
@@ -103,32 +119,59 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("kind", &self.config.kind.as_str())
+            .field("deployments", &self.deployments.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Provider {
-    /// Makes the provider's adapter and client, reading credentials with `env` (the process
-    /// environment in the binary).
+    /// Makes each deployment's adapter and client, reading credentials with `env` (the process
+    /// environment in the binary); each deployment's breaker opens as `breaker` says.
     pub fn new(
         config: ProviderConfig,
+        breaker: BreakerConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Provider, SetupError> {
-        let adapter: Box<dyn Adapter> = match config.kind {
-            ProviderKind::Openai => Box::new(openai::OpenAi::new(&config, &env)?),
-            ProviderKind::Azure => Box::new(openai::azure::Azure::new(&config, &env)?),
-            ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(&config, &env)?),
-            ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(&config, &env)?),
-            ProviderKind::Gemini => Box::new(gemini::Gemini::new(&config, &env)?),
-        };
-        let upstream = Upstream::new(&config)?;
+        let mut deployments = Vec::with_capacity(config.deployments.len());
+        for deployment in &config.deployments {
+            let endpoint = &deployment.endpoint;
+            deployments.push(Deployment {
+                name: Arc::from(deployment.name.as_str()),
+                weight: deployment.weight,
+                in_flight_max: deployment.in_flight_max,
+                adapter: adapter(endpoint, &env)?,
+                upstream: Upstream::new(endpoint)?,
+                health: Health::new(breaker),
+            });
+        }
         Ok(Provider {
             name: Arc::from(config.name.as_str()),
             config,
-            adapter,
-            upstream,
+            deployments,
         })
     }
+
+    /// How the provider serves `route` (every deployment speaks the same), or why not.
+    pub fn serves(&self, route: Api) -> Result<Serve, String> {
+        match self.deployments.first() {
+            Some(deployment) => deployment.adapter.serves(route, &self.name),
+            None => Err(format!("provider `{}` has no deployment", self.name)),
+        }
+    }
+}
+
+/// The adapter of one endpoint: the one place a [`ProviderKind`] picks the code that speaks it.
+fn adapter(
+    config: &ProviderConfig,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Adapter>, SetupError> {
+    Ok(match config.kind {
+        ProviderKind::Openai => Box::new(openai::OpenAi::new(config, env)?),
+        ProviderKind::Azure => Box::new(openai::azure::Azure::new(config, env)?),
+        ProviderKind::Anthropic => Box::new(anthropic::Anthropic::new(config, env)?),
+        ProviderKind::Bedrock => Box::new(bedrock::Bedrock::new(config, env)?),
+        ProviderKind::Gemini => Box::new(gemini::Gemini::new(config, env)?),
+    })
 }
 
 /// The credential in `config.api_key_env` as a sensitive header value made by `format` (a
@@ -202,6 +245,24 @@ mod tests {
     use super::*;
 
     fn config(kind: ProviderKind, api_key_env: Option<&str>) -> ProviderConfig {
+        let mut config = endpoint(kind, api_key_env);
+        config.deployments = vec![config::DeploymentConfig {
+            name: config.name.clone(),
+            weight: 1,
+            in_flight_max: None,
+            endpoint: Box::new(config.clone()),
+        }];
+        config
+    }
+
+    fn make(
+        config: ProviderConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Provider, SetupError> {
+        Provider::new(config, BreakerConfig::default(), env)
+    }
+
+    fn endpoint(kind: ProviderKind, api_key_env: Option<&str>) -> ProviderConfig {
         ProviderConfig {
             name: kind.as_str().into(),
             kind,
@@ -214,13 +275,14 @@ mod tests {
             connect_timeout: std::time::Duration::from_secs(1),
             first_byte_timeout: std::time::Duration::from_secs(1),
             idle_timeout: std::time::Duration::from_secs(1),
+            deployments: Vec::new(),
         }
     }
 
     #[test]
     fn azure_paths_name_the_deployment_and_the_api_version() {
-        let azure = Provider::new(config(ProviderKind::Azure, None), |_| None).unwrap();
-        let path = |route, model| azure.adapter.path(route, model, false);
+        let azure = make(config(ProviderKind::Azure, None), |_| None).unwrap();
+        let path = |route, model| azure.deployments[0].adapter.path(route, model, false);
         assert_eq!(
             path(Api::ChatCompletions, "gpt-4o prod"),
             "/openai/deployments/gpt-4o%20prod/chat/completions?api-version=2024-10-21"
@@ -240,11 +302,12 @@ mod tests {
         let var = "ANTHROPIC_API_KEY";
         let config = config(ProviderKind::Anthropic, Some(var));
         assert!(matches!(
-            Provider::new(config.clone(), |_| None),
+            make(config.clone(), |_| None),
             Err(SetupError::Credential { .. })
         ));
         let env = |name: &str| (name == var).then(|| "sk-ant-provider".to_owned());
-        let provider = Provider::new(config, env).unwrap();
+        let provider = make(config, env).unwrap();
+        let deployment = &provider.deployments[0];
         let mut client_headers = HeaderMap::new();
         client_headers.insert("x-api-key", HeaderValue::from_static("tg_virtual"));
         client_headers.insert(
@@ -252,8 +315,8 @@ mod tests {
             HeaderValue::from_static("Bearer tg_v"),
         );
         client_headers.insert("anthropic-beta", HeaderValue::from_static("tools-2024"));
-        let path = provider.adapter.path(Api::Messages, "claude", false);
-        let mut request = provider
+        let path = deployment.adapter.path(Api::Messages, "claude", false);
+        let mut request = deployment
             .upstream
             .request(
                 &path,
@@ -261,7 +324,10 @@ mod tests {
                 &client_headers,
             )
             .unwrap();
-        provider.adapter.authorize(&mut request, UnixMs(0)).unwrap();
+        deployment
+            .adapter
+            .authorize(&mut request, UnixMs(0))
+            .unwrap();
         assert_eq!(request.uri(), "http://127.0.0.1:9/v1/messages");
         assert_eq!(request.headers()["x-api-key"], "sk-ant-provider");
         assert!(request.headers()["x-api-key"].is_sensitive());
@@ -281,9 +347,9 @@ mod tests {
             ProviderKind::Gemini,
         ] {
             let env = |_: &str| Some("x".to_owned());
-            let provider = Provider::new(config(kind, Some("KEY")), env).unwrap();
+            let provider = make(config(kind, Some("KEY")), env).unwrap();
             assert!(
-                provider.adapter.serves(Api::ChatCompletions, "p").is_ok(),
+                provider.serves(Api::ChatCompletions).is_ok(),
                 "{kind:?} serves chat completions, natively or translated"
             );
             let wrong = match kind {
@@ -292,7 +358,7 @@ mod tests {
                     Api::Embeddings
                 }
             };
-            let refusal = provider.adapter.serves(wrong, "p").err().unwrap();
+            let refusal = provider.serves(wrong).err().unwrap();
             assert!(refusal.contains("call it on /v1/"), "{refusal}");
         }
     }

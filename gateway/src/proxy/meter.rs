@@ -34,6 +34,7 @@ use crate::limits::ADMISSION_RETRY_INTERVAL;
 use crate::metrics::Counter;
 use crate::providers::read::{ReadError, Reader, Reading};
 use crate::providers::text::prompt_text;
+use crate::routing::Serving;
 use crate::state::Gateway;
 
 /// An admitted call: everything needed to settle it and record it.
@@ -57,6 +58,10 @@ pub struct Ticket {
     pub request_id: Arc<str>,
     /// Which attempt at the upstream this is, from 1.
     pub attempt: u16,
+    /// The deployment the attempt went to, as its event records it.
+    pub deployment: Arc<str>,
+    /// The attempt counted in its deployment's calls in flight until the ticket is done.
+    pub serving: Option<Serving>,
     /// When the call reached the gateway.
     pub arrived: Instant,
     /// When it was sent upstream.
@@ -98,6 +103,8 @@ impl Ticket {
             api,
             request_id,
             attempt,
+            deployment,
+            serving,
             arrived,
             sent,
             request_body: _,
@@ -105,6 +112,8 @@ impl Ticket {
             permit,
             cost_to,
         } = self;
+        // The deployment's call ends here, however the answer ended.
+        drop(serving);
         let at = reservation.at();
         let (usage, source) = measured.usage();
         let bound = reservation
@@ -131,7 +140,7 @@ impl Ticket {
             attempt,
             provider: Some(Arc::from(model.provider())),
             model: Some(Arc::from(model.model())),
-            deployment: Some(Arc::from(model.provider())),
+            deployment: Some(deployment),
             tokens_in: usage.input,
             tokens_out: usage.output,
             tokens_cached: usage.cached,
@@ -156,6 +165,36 @@ impl Ticket {
         };
         gateway.emitter.usage(&event);
         drop(permit);
+    }
+
+    /// Records an attempt that failed before anything reached the client (an error status a
+    /// retry may mend, no connection, no head in time) and readies the ticket for the next:
+    /// the attempt's own usage event, with the provider's status, costing nothing (nothing
+    /// was generated), under the call's request id.
+    pub fn attempt_failed(&mut self, status: Status, http_status: u16) {
+        let now = crate::clock::now_ms();
+        let event = UsageEvent {
+            attempt: self.attempt,
+            provider: Some(Arc::from(self.model.provider())),
+            model: Some(Arc::from(self.model.model())),
+            deployment: Some(Arc::clone(&self.deployment)),
+            latency_ms: Some(u32::try_from(self.sent.elapsed().as_millis()).unwrap_or(u32::MAX)),
+            status,
+            http_status: Some(http_status),
+            ..UsageEvent::new(
+                self.gateway.event_id(now),
+                EventKind::Tokens,
+                self.reservation.at(),
+                Arc::clone(&self.request_id),
+                Charged::key(&self.key),
+                Arc::clone(&self.card.currency),
+            )
+        };
+        self.gateway.emitter.usage(&event);
+        self.gateway.metrics.add(Counter::AttemptsFailed, 1);
+        self.serving = None;
+        self.attempt = self.attempt.saturating_add(1);
+        self.http_status = 0;
     }
 
     /// Counts what was sent and received (the provider reported no usage, or the client

@@ -1,8 +1,9 @@
 //! The request path of a model call: explicit phases around one per-request context.
 //!
-//! shed -> authenticate -> read the body -> resolve the model -> authorize it -> check the
-//! provider serves the route -> price it -> prepare the upstream body -> rate-limit -> reserve
-//! budget -> forward, meter, settle, emit.
+//! shed -> authenticate -> read the body -> plan the candidates (a group, an alias, a
+//! `provider/model`) -> take the first the key may use, its provider serves on the route and the
+//! card prices -> prepare the upstream body -> rate-limit -> reserve budget -> place, forward
+//! (trying again and falling back as the plan allows), meter, settle, emit.
 //!
 //! Everything that can fail on the request's own content (its body, its model, a translation)
 //! runs before a rate-limit token is taken or budget is held, so a malformed call costs its
@@ -10,6 +11,7 @@
 //! into the route's error envelope and a usage event. After admission the [`Ticket`] owns the
 //! call, and [`meter`] settles and records it however the answer ends.
 
+mod attempt;
 pub mod json_scan;
 pub mod meter;
 pub mod models;
@@ -45,7 +47,8 @@ use crate::http::route::Api;
 use crate::limits::RESPONSE_METER_BYTES_MAX;
 use crate::metrics::{Counter, Unauthenticated};
 use crate::providers::read::Pricer;
-use crate::providers::{Answer, Provider, Serve, SliceBody, stops_streams};
+use crate::providers::{Answer, Deployment, Provider, Serve, SliceBody, stops_streams};
+use crate::routing::Plan;
 use crate::state::Gateway;
 
 /// The error response for `failure`, with its usage event when a valid key is known. A call
@@ -153,7 +156,7 @@ pub async fn model_call(
             );
         }
     };
-    forward(
+    attempt::forward(
         Arc::clone(&gateway),
         admitted,
         request_id,
@@ -190,6 +193,11 @@ struct Admitted {
     stream_budget: Option<StreamBudget>,
     forwarded_headers: HeaderMap,
     request_body: Bytes,
+    /// The candidates the call may try, and which of them admission took (`model`).
+    plan: Plan,
+    candidate: usize,
+    /// Where the members of the body are, to prepare it for another candidate.
+    scanned: Scanned<7>,
 }
 
 /// Members of a request body the gateway reads.
@@ -314,15 +322,17 @@ impl Call<'_> {
         let scanned =
             json_scan::scan(&body, WANTED).map_err(|e| Failure::BadRequest(e.to_string()))?;
         let members = Members::of(&scanned)?;
-        let (model, provider) = self.resolve(&body, members.model)?;
-        self.authorize(&key, &model)?;
-        let serve = provider
-            .adapter
-            .serves(self.api, &provider.name)
-            .map_err(Failure::BadRequest)?;
+        let plan = self.plan(&body, members.model)?;
         let card = self.gateway.card.load_full();
-        let (version, price) = self.price(&card, &model)?;
-        let mut upstream = self.prepare(&body, &scanned, &members, &model, price, serve)?;
+        let (candidate, usable) = self.first_usable(&key, &plan, &card)?;
+        let Usable {
+            model,
+            provider,
+            serve,
+            version,
+            price,
+        } = usable;
+        let mut upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
         self.rate_limit(&key)?;
         let held = self
             .reserve(&key, &model, version, price, &body, &upstream)
@@ -337,7 +347,7 @@ impl Call<'_> {
             let scanned =
                 json_scan::scan(&capped, WANTED).map_err(|e| Failure::BadRequest(e.to_string()))?;
             let members = Members::of(&scanned)?;
-            upstream = self.prepare(&capped, &scanned, &members, &model, price, serve)?;
+            upstream = prepare(self.api, &capped, &scanned, &members, &model, price, serve)?;
             upstream.output_cap = Some(cap);
             self.gateway.metrics.add(Counter::BudgetClamped, 1);
         }
@@ -360,6 +370,9 @@ impl Call<'_> {
             stream_budget,
             forwarded_headers: parts.headers,
             request_body: body,
+            plan,
+            candidate,
+            scanned,
         })
     }
 
@@ -385,16 +398,15 @@ impl Call<'_> {
         body::read(headers, body, limits).await
     }
 
-    /// The model: an alias, `provider/model` with a configured provider, or a bare name the
-    /// route's default provider (`[default_provider]`) takes.
-    fn resolve(
-        &mut self,
-        body: &Bytes,
-        member: &Member,
-    ) -> Result<(ModelRef, Arc<Provider>), Failure> {
+    /// What the call's `model` names: a group, or one model (an alias, `provider/model` with a
+    /// configured provider, or a bare name the route's default provider takes).
+    fn plan(&mut self, body: &Bytes, member: &Member) -> Result<Plan, Failure> {
         let gateway = self.gateway;
         let asked: String = json_scan::read(body, member)
             .ok_or_else(|| Failure::BadRequest("`model` must be a string".into()))?;
+        if let Some(plan) = gateway.router.group_plan(&asked, gateway.draw()) {
+            return Ok(plan);
+        }
         let not_found = || Failure::ModelNotFound {
             model: asked.clone(),
         };
@@ -405,87 +417,36 @@ impl Call<'_> {
                 .or_else(|| gateway.config.default_providers.resolve(self.api, &asked))
                 .ok_or_else(not_found)?,
         };
-        let provider = gateway
-            .providers
-            .get(model.provider())
-            .ok_or_else(not_found)?;
-        self.model = Some(model.clone());
-        Ok((model, Arc::clone(provider)))
+        if !gateway.providers.contains_key(model.provider()) {
+            return Err(not_found());
+        }
+        Ok(gateway.router.direct_plan(model))
     }
 
-    /// The key's and the allocation's allow-lists.
-    fn authorize(&self, key: &VirtualKey, model: &ModelRef) -> Result<(), Failure> {
-        key.check_model(model)
-            .map_err(|_| Failure::ModelNotAllowed {
-                model: model.to_string(),
-            })
-    }
-
-    /// The model's price in the card in force: a model without one is refused, never metered
-    /// as free.
-    fn price<'c>(
-        &self,
+    /// The first candidate of `plan` the call can take, and its place in the plan; when none
+    /// can, why the first could not.
+    fn first_usable<'c>(
+        &mut self,
+        key: &VirtualKey,
+        plan: &Plan,
         card: &'c RateCard,
-        model: &ModelRef,
-    ) -> Result<(&'c RateVersion, &'c ModelPrice), Failure> {
-        card.at(self.now)
-            .and_then(|version| Some((version, version.model(model.as_str())?)))
-            .ok_or_else(|| Failure::ModelNotPriced {
-                model: model.to_string(),
-            })
-    }
-
-    /// The upstream body: the client's slices with the model renamed (and usage asked for in
-    /// an OpenAI stream), or the provider's translation. Pure; fails only on the body itself.
-    fn prepare(
-        &self,
-        body: &Bytes,
-        scanned: &Scanned<7>,
-        members: &Members<'_>,
-        model: &ModelRef,
-        price: &ModelPrice,
-        serve: Serve,
-    ) -> Result<Prepared, Failure> {
-        let read_u64 = |m: Option<&Member>| m.and_then(|m| json_scan::read::<u64>(body, m));
-        let choices = read_u64(members.n).unwrap_or(1).max(1);
-        let output_tokens_max = read_u64(members.max_completion_tokens)
-            .or_else(|| read_u64(members.max_tokens))
-            .or_else(|| read_u64(members.max_output_tokens))
-            .map(|t| t.saturating_mul(choices));
-        let stream = members
-            .stream
-            .and_then(|m| json_scan::read::<bool>(body, m))
-            .unwrap_or(false);
-        let include_usage = members
-            .stream_options
-            .and_then(|m| json_scan::read::<serde_json::Value>(body, m))
-            .and_then(|v| v.get("include_usage")?.as_bool())
-            .unwrap_or(false);
-        let stoppable = stream && stops_streams(self.api);
-        let (chunks, hide_usage) = match serve {
-            Serve::Translated(translate) => {
-                let translated = translate(body, model.model(), price.max_output_tokens)
-                    .map_err(|e| Failure::BadRequest(e.to_string()))?;
-                (vec![Bytes::from(translated)], false)
+    ) -> Result<(usize, Usable<'c>), Failure> {
+        let mut refused = None;
+        for (n, model) in (0..).map_while(|n| plan.candidate(n).map(|m| (n, m))) {
+            match usable(self.gateway, self.api, self.now, key, model, card) {
+                Ok(usable) => {
+                    self.model = Some(model.clone());
+                    return Ok((n, usable));
+                }
+                Err(failure) => {
+                    if refused.is_none() {
+                        self.model = Some(model.clone());
+                        refused = Some(failure);
+                    }
+                }
             }
-            Serve::Native { stream_usage } => {
-                let ask_usage = stream_usage && stream && !include_usage;
-                (
-                    native_body(body, scanned, members, model, ask_usage)?,
-                    ask_usage,
-                )
-            }
-        };
-        Ok(Prepared {
-            body: SliceBody::new(chunks),
-            stream,
-            include_usage,
-            hide_usage,
-            output_tokens_max,
-            choices,
-            output_cap: None,
-            stoppable,
-        })
+        }
+        Err(refused.unwrap_or_else(|| Failure::Internal("a plan without candidates".into())))
     }
 
     /// Requests are taken now; tokens were charged by earlier calls.
@@ -531,19 +492,7 @@ impl Call<'_> {
         upstream: &Prepared,
     ) -> Result<Held, Failure> {
         let allocation = &key.allocation;
-        let priced = Priced {
-            price,
-            adjustment: version.adjustment(&allocation.project.team.name, &allocation.project.name),
-            shape: RequestShape {
-                body_bytes: body.len() as u64,
-                extra_input_tokens: 0,
-                max_output_tokens: if self.api == Api::Embeddings {
-                    Some(0)
-                } else {
-                    upstream.output_tokens_max
-                },
-            },
-        };
+        let priced = priced(self.api, key, version, price, body, upstream);
         let bound = priced.cost_with(None);
         let tight = key.tight();
         let (first, rest) = self.asks(key, model, &priced, &bound, upstream.stoppable);
@@ -632,6 +581,132 @@ impl Call<'_> {
     }
 }
 
+/// The upstream body: the client's slices with the model renamed (and usage asked for in
+/// an OpenAI stream), or the provider's translation. Pure; fails only on the body itself.
+fn prepare(
+    api: Api,
+    body: &Bytes,
+    scanned: &Scanned<7>,
+    members: &Members<'_>,
+    model: &ModelRef,
+    price: &ModelPrice,
+    serve: Serve,
+) -> Result<Prepared, Failure> {
+    let read_u64 = |m: Option<&Member>| m.and_then(|m| json_scan::read::<u64>(body, m));
+    let choices = read_u64(members.n).unwrap_or(1).max(1);
+    let output_tokens_max = read_u64(members.max_completion_tokens)
+        .or_else(|| read_u64(members.max_tokens))
+        .or_else(|| read_u64(members.max_output_tokens))
+        .map(|t| t.saturating_mul(choices));
+    let stream = members
+        .stream
+        .and_then(|m| json_scan::read::<bool>(body, m))
+        .unwrap_or(false);
+    let include_usage = members
+        .stream_options
+        .and_then(|m| json_scan::read::<serde_json::Value>(body, m))
+        .and_then(|v| v.get("include_usage")?.as_bool())
+        .unwrap_or(false);
+    let stoppable = stream && stops_streams(api);
+    let (chunks, hide_usage) = match serve {
+        Serve::Translated(translate) => {
+            let translated = translate(body, model.model(), price.max_output_tokens)
+                .map_err(|e| Failure::BadRequest(e.to_string()))?;
+            (vec![Bytes::from(translated)], false)
+        }
+        Serve::Native { stream_usage } => {
+            let ask_usage = stream_usage && stream && !include_usage;
+            (
+                native_body(body, scanned, members, model, ask_usage)?,
+                ask_usage,
+            )
+        }
+    };
+    Ok(Prepared {
+        body: SliceBody::new(chunks),
+        stream,
+        include_usage,
+        hide_usage,
+        output_tokens_max,
+        choices,
+        output_cap: None,
+        stoppable,
+    })
+}
+
+/// What a candidate the call can take brings: its provider, how the provider serves the
+/// route, and its price in the card.
+struct Usable<'c> {
+    model: ModelRef,
+    provider: Arc<Provider>,
+    serve: Serve,
+    version: &'c RateVersion,
+    price: &'c ModelPrice,
+}
+
+/// Whether the call can take `model`: a configured provider, allowed by the key's and the
+/// allocation's lists, served on the route, priced in `card` at `now` (a model without a
+/// price is refused, never metered as free).
+fn usable<'c>(
+    gateway: &Gateway,
+    api: Api,
+    now: UnixMs,
+    key: &VirtualKey,
+    model: &ModelRef,
+    card: &'c RateCard,
+) -> Result<Usable<'c>, Failure> {
+    let provider =
+        gateway
+            .providers
+            .get(model.provider())
+            .ok_or_else(|| Failure::ModelNotFound {
+                model: model.to_string(),
+            })?;
+    key.check_model(model)
+        .map_err(|_| Failure::ModelNotAllowed {
+            model: model.to_string(),
+        })?;
+    let serve = provider.serves(api).map_err(Failure::BadRequest)?;
+    let (version, price) = card
+        .at(now)
+        .and_then(|version| Some((version, version.model(model.as_str())?)))
+        .ok_or_else(|| Failure::ModelNotPriced {
+            model: model.to_string(),
+        })?;
+    Ok(Usable {
+        model: model.clone(),
+        provider: Arc::clone(provider),
+        serve,
+        version,
+        price,
+    })
+}
+
+/// A call's price and shape on `price`: what bounds its cost.
+fn priced<'p>(
+    api: Api,
+    key: &VirtualKey,
+    version: &RateVersion,
+    price: &'p ModelPrice,
+    body: &Bytes,
+    upstream: &Prepared,
+) -> Priced<'p> {
+    let project = &key.allocation.project;
+    Priced {
+        price,
+        adjustment: version.adjustment(&project.team.name, &project.name),
+        shape: RequestShape {
+            body_bytes: body.len() as u64,
+            extra_input_tokens: 0,
+            max_output_tokens: if api == Api::Embeddings {
+                Some(0)
+            } else {
+                upstream.output_tokens_max
+            },
+        },
+    }
+}
+
 /// The edits that cap a call's completion tokens at `cap` per choice: every cap the client set
 /// is lowered to it, or the route's own cap is added when the client set none.
 fn cap_edits(
@@ -690,101 +765,6 @@ fn native_body(
         });
     }
     Ok(splice(body, &mut edits))
-}
-
-/// Sends an admitted call upstream and streams the answer back through the meter.
-async fn forward(
-    gateway: Arc<Gateway>,
-    admitted: Admitted,
-    request_id: Arc<str>,
-    arrived: Instant,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    protocol: Protocol,
-) -> Response<ResponseBody> {
-    let Admitted {
-        api,
-        budget,
-        bound,
-        key,
-        model,
-        reservation,
-        card,
-        provider,
-        upstream,
-        stream_budget,
-        forwarded_headers,
-        request_body,
-    } = admitted;
-    let ticket = Ticket {
-        gateway: Arc::clone(&gateway),
-        key,
-        reservation,
-        bound,
-        card,
-        model,
-        api,
-        request_id: Arc::clone(&request_id),
-        attempt: 1,
-        arrived,
-        sent: Instant::now(),
-        request_body,
-        http_status: 0,
-        permit,
-        cost_to: None,
-    };
-    let Prepared {
-        body,
-        stream,
-        include_usage,
-        hide_usage,
-        output_tokens_max: _,
-        choices: _,
-        output_cap,
-        stoppable,
-    } = upstream;
-    let asked = Asked {
-        stream,
-        include_usage,
-        hide_usage,
-        output_cap,
-        budget,
-        stream_budget,
-        stoppable,
-    };
-    exchange(&provider, ticket, body, &forwarded_headers, asked, protocol).await
-}
-
-/// Sends the call upstream and relays the answer: a stream as it comes, a whole answer once
-/// it has arrived and its cost is known.
-async fn exchange(
-    provider: &Provider,
-    mut ticket: Ticket,
-    body: SliceBody,
-    forwarded_headers: &HeaderMap,
-    asked: Asked,
-    protocol: Protocol,
-) -> Response<ResponseBody> {
-    let model = ticket.model.model();
-    let sent = send(
-        provider,
-        ticket.api,
-        model,
-        asked.stream,
-        body,
-        forwarded_headers,
-    );
-    let response = match sent.await {
-        Ok(response) => response,
-        Err((status, failure)) => return ticket.fail(status, protocol, &failure),
-    };
-    if asked.stream {
-        return relay(provider, response, ticket, asked)
-            .map(|metered| ResponseBody::Streamed(Box::pin(metered)));
-    }
-    // A whole answer is held until its cost is known, so its head can carry it.
-    let (cost_to, cost) = oneshot::channel();
-    ticket.cost_to = Some(cost_to);
-    whole_answer(relay(provider, response, ticket, asked), cost).await
 }
 
 /// The header carrying a whole answer's cost, a decimal in the rate card's currency.
@@ -881,6 +861,13 @@ struct Asked {
     stoppable: bool,
 }
 
+/// The header naming the model that answered (`provider/model`): the group's candidate that
+/// served the call, or the model named.
+pub const MODEL: http::HeaderName = http::HeaderName::from_static("x-tollgate-model");
+
+/// The header telling a client how many attempts its call took, when it took more than one.
+pub const ATTEMPTS: http::HeaderName = http::HeaderName::from_static("x-tollgate-attempts");
+
 /// The header telling a client its call's completion tokens were capped (per choice) at what
 /// its budget's room affords.
 pub const MAX_TOKENS_CLAMPED: http::HeaderName =
@@ -890,15 +877,16 @@ pub const MAX_TOKENS_CLAMPED: http::HeaderName =
 /// for the answer's head. A failure is the status to record and what to tell the client.
 async fn send(
     provider: &Provider,
+    deployment: &Deployment,
     api: Api,
     model: &str,
     stream: bool,
     body: SliceBody,
     forwarded_headers: &HeaderMap,
 ) -> Result<Response<Incoming>, (Status, Failure)> {
-    let adapter = &provider.adapter;
+    let adapter = &deployment.adapter;
     let path = adapter.path(api, model, stream);
-    let request = provider
+    let request = deployment
         .upstream
         .request(&path, body, forwarded_headers)
         .and_then(|mut request| {
@@ -910,7 +898,7 @@ async fn send(
             (Status::InternalError, failure)
         })?;
     let timeout = provider.config.first_byte_timeout;
-    match tokio::time::timeout(timeout, provider.upstream.send(request)).await {
+    match tokio::time::timeout(timeout, deployment.upstream.send(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             let failure = Failure::UpstreamUnavailable {
@@ -934,6 +922,7 @@ async fn send(
 /// content type of a translated answer), and its body metered by the provider's reader.
 fn relay(
     provider: &Provider,
+    deployment: &Deployment,
     response: Response<Incoming>,
     mut ticket: Ticket,
     asked: Asked,
@@ -947,7 +936,7 @@ fn relay(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let client_model = ticket.model.to_string();
-    let reader = provider.adapter.reader(&Answer {
+    let reader = deployment.adapter.reader(&Answer {
         route: ticket.api,
         model: &client_model,
         success,
@@ -962,6 +951,12 @@ fn relay(
     let mut out = Response::builder().status(parts.status);
     if let Some(headers) = out.headers_mut() {
         answer_headers(headers, &parts.headers, &ticket.request_id);
+        if let Ok(model) = HeaderValue::from_str(ticket.model.as_str()) {
+            headers.insert(MODEL, model);
+        }
+        if ticket.attempt > 1 {
+            headers.insert(ATTEMPTS, HeaderValue::from(ticket.attempt));
+        }
         if let Some(cap) = asked.output_cap {
             headers.insert(MAX_TOKENS_CLAMPED, HeaderValue::from(cap));
         }

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     );
     for provider in common::providers() {
         for route in Api::ALL {
-            if provider.adapter.serves(route, "p").is_err() {
+            if provider.serves(route).is_err() {
                 continue;
             }
             let answer = Answer {
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
                     Pricer::new(|usage| Some(Nanos(usage.output.0.saturating_mul(1_000))))
                 }),
             };
-            let mut reader = provider.adapter.reader(&answer);
+            let mut reader = provider.deployments[0].adapter.reader(&answer);
             let stop_after = (shape & 32 != 0).then_some(body.len() / 2);
             let (mut failed, mut stopped, mut pushed, mut text_bytes) = (false, false, 0, 0);
             for piece in body.chunks(piece_bytes) {

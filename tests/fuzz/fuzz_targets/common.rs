@@ -1,9 +1,10 @@
 //! One provider of every kind, as the fuzz targets drive them.
 
+use std::path::Path;
 use std::sync::LazyLock;
-use std::time::Duration;
 
-use tollgate_gateway::config::{ProviderConfig, ProviderKind, Vertex};
+use tollgate_engine::routing::BreakerConfig;
+use tollgate_gateway::config::Config;
 use tollgate_gateway::providers::Provider;
 
 /// Every kind, made once (making one loads the system's TLS roots).
@@ -12,35 +13,48 @@ pub fn providers() -> &'static [Provider] {
     &PROVIDERS
 }
 
-/// Every kind, with the credentials each reads (fixed fake values).
+/// Every kind, with the credentials each reads (fixed fake values), made from a config file as
+/// the gateway makes them.
 fn make() -> Vec<Provider> {
-    let kinds = [
-        ProviderKind::Openai,
-        ProviderKind::Azure,
-        ProviderKind::Anthropic,
-        ProviderKind::Bedrock,
-        ProviderKind::Gemini,
-    ];
-    kinds
+    const PROVIDERS: &str = r#"
+rate_card = "rates.toml"
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9"
+anthropic_messages = true
+[[provider]]
+name = "azure"
+kind = "azure"
+base_url = "http://127.0.0.1:9"
+api_version = "2024-10-21"
+[[provider]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:9"
+[[provider]]
+name = "bedrock"
+kind = "bedrock"
+base_url = "http://127.0.0.1:9"
+region = "us-east-1"
+[[provider]]
+name = "gemini"
+kind = "gemini"
+base_url = "http://127.0.0.1:9"
+project = "p"
+location = "global"
+"#;
+    // A target that drove no provider would find nothing: fail at once instead.
+    let config =
+        Config::from_toml(PROVIDERS, "fuzz", Path::new(".")).expect("the providers' config");
+    config
+        .providers
         .into_iter()
-        .filter_map(|kind| {
-            let config = ProviderConfig {
-                name: kind.as_str().into(),
-                kind,
-                base_url: "http://127.0.0.1:9".into(),
-                api_key_env: None,
-                api_version: Some("2024-10-21".into()),
-                region: Some("us-east-1".into()),
-                vertex: (kind == ProviderKind::Gemini).then(|| Vertex {
-                    project: "p".into(),
-                    location: "global".into(),
-                }),
-                anthropic_messages: kind == ProviderKind::Openai,
-                connect_timeout: Duration::from_secs(1),
-                first_byte_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
-            };
-            Provider::new(config, |_| Some("AKIDEXAMPLE".to_owned())).ok()
+        .map(|provider| {
+            Provider::new(provider, BreakerConfig::default(), |_| {
+                Some("AKIDEXAMPLE".to_owned())
+            })
+            .expect("a provider of every kind")
         })
         .collect()
 }

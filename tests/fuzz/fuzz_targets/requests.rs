@@ -12,8 +12,7 @@ mod common;
 fuzz_target!(|data: &[u8]| {
     let _ = tollgate_gateway::proxy::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
     for provider in common::providers() {
-        let Ok(Serve::Translated(translate)) = provider.adapter.serves(Api::ChatCompletions, "p")
-        else {
+        let Ok(Serve::Translated(translate)) = provider.serves(Api::ChatCompletions) else {
             continue;
         };
         if let Ok(body) = translate(data, "model", 4096) {

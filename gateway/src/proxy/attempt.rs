@@ -1,0 +1,422 @@
+//! The attempts of one admitted call: place it on a deployment, send it, and when it fails
+//! before anything reached the client, try again or fall back as its plan allows.
+//!
+//! An attempt fails over when it gets no connection, no head within the first-byte timeout, or
+//! a retryable status (408, 409, 429, 5xx, 529). It is retried on the same candidate (on
+//! another of its deployments when one can take it) while the plan's `retries` last and the
+//! upstream's `Retry-After` is short enough, after an exponential backoff with jitter (never
+//! less than the `Retry-After`); then the call falls back to the plan's next candidate the key
+//! may use, the route serves and the card prices, with its hold grown first if that candidate
+//! may cost more. Every attempt beyond the first takes a token of the retry budget, so an
+//! outage does not multiply the traffic sent to it. Each failed attempt is a usage event of
+//! its own under the call's request id (costing nothing: nothing was generated); the last
+//! attempt's answer, or failure, is the client's, settled as any other. Once an answer's head
+//! has been passed on, nothing is tried again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Response};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tollgate_engine::routing::{backoff_ms, retryable_status};
+use tollgate_engine::{Ask, Nanos, Status, StreamBudget};
+
+use super::json_scan::Scanned;
+use super::meter::Ticket;
+use super::{
+    Admitted, Asked, Members, Prepared, ResponseBody, prepare, priced, relay, send, usable,
+    whole_answer,
+};
+use crate::http::error::{Failure, Protocol};
+use crate::limits::RETRY_AFTER_DEFAULT;
+use crate::metrics::Counter;
+use crate::providers::{Deployment, Provider};
+use crate::routing::{Plan, Policy, Serving, Tried, place};
+use crate::state::Gateway;
+
+/// Where a call stands among its candidates.
+struct Route {
+    plan: Plan,
+    policy: Policy,
+    /// The candidate being tried: its place in the plan, provider and prepared body.
+    candidate: usize,
+    provider: Arc<Provider>,
+    upstream: Prepared,
+    /// A stoppable stream's running cost, when admission held less than its bound.
+    stream_budget: Option<StreamBudget>,
+    /// Retries spent on this candidate.
+    retries: u32,
+    /// Its deployments this call has failed on.
+    tried: Tried,
+}
+
+/// What the call does after an attempt failed.
+enum Next {
+    /// Tries the candidate again after this wait.
+    Retry(Duration),
+    /// Moves to the next candidate.
+    FallBack,
+    /// Stops: the attempt's answer, or failure, is the client's.
+    Stop,
+}
+
+/// How an attempt ended, as routing sees it.
+struct Verdict {
+    /// Worth another attempt.
+    retryable: bool,
+    /// Counts against the deployment's breaker (no connection, no head in time, 5xx, 408).
+    breaker_failure: bool,
+    /// How long the upstream asked to be left alone.
+    retry_after: Option<Duration>,
+    /// The event status and HTTP status of the attempt, were it to be recorded as failed.
+    status: Status,
+    http_status: u16,
+}
+
+/// Sends an admitted call upstream, trying again and falling back as its plan allows, and
+/// streams the last attempt's answer back through the meter.
+pub(super) async fn forward(
+    gateway: Arc<Gateway>,
+    admitted: Admitted,
+    request_id: Arc<str>,
+    arrived: Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    protocol: Protocol,
+) -> Response<ResponseBody> {
+    let Admitted {
+        api,
+        budget,
+        bound,
+        key,
+        model,
+        reservation,
+        card,
+        provider,
+        upstream,
+        stream_budget,
+        forwarded_headers,
+        request_body,
+        plan,
+        candidate,
+        scanned,
+    } = admitted;
+    let mut ticket = Ticket {
+        gateway: Arc::clone(&gateway),
+        key,
+        reservation,
+        bound,
+        card,
+        model,
+        api,
+        request_id,
+        attempt: 1,
+        deployment: Arc::clone(&provider.name),
+        serving: None,
+        arrived,
+        sent: Instant::now(),
+        request_body,
+        http_status: 0,
+        permit,
+        cost_to: None,
+    };
+    let mut route = Route {
+        policy: plan.policy(),
+        plan,
+        candidate,
+        provider,
+        upstream,
+        stream_budget,
+        retries: 0,
+        tried: 0,
+    };
+    gateway.router.retry_budget.called(gateway.monotonic_us());
+    loop {
+        let provider = Arc::clone(&route.provider);
+        let now_us = gateway.monotonic_us();
+        let placed = place(
+            &provider,
+            route.policy.balance,
+            now_us,
+            gateway.draw(),
+            route.tried,
+        );
+        let Some((index, deployment)) =
+            placed.and_then(|(i, _)| Some((i, provider.deployments.get(i)?)))
+        else {
+            // No deployment of the candidate can take the call now: the next candidate, or
+            // the call fails without having been sent.
+            if route.fall_back(&gateway, &mut ticket, &scanned) {
+                gateway.metrics.add(Counter::Fallbacks, 1);
+                continue;
+            }
+            let failure = Failure::UpstreamUnavailable {
+                provider: Arc::clone(&provider.name),
+                reason: "no deployment can take the call now (breakers open, told to wait, or at their concurrency caps)".into(),
+            };
+            return ticket.fail(Status::UpstreamError, protocol, &failure);
+        };
+        ticket.deployment = Arc::clone(&deployment.name);
+        ticket.serving = Some(Serving::start(&provider, index));
+        ticket.sent = Instant::now();
+        let sent = send(
+            &provider,
+            deployment,
+            api,
+            ticket.model.model(),
+            route.upstream.stream,
+            route.upstream.body.clone(),
+            &forwarded_headers,
+        )
+        .await;
+        let verdict = judge(&sent);
+        learn(&gateway, deployment, &verdict, ticket.sent.elapsed());
+        if verdict.retryable {
+            match route.next(&gateway, &mut ticket, &verdict, &scanned, index) {
+                Next::Retry(wait) => {
+                    gateway.metrics.add(Counter::Retries, 1);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Next::FallBack => {
+                    gateway.metrics.add(Counter::Fallbacks, 1);
+                    continue;
+                }
+                Next::Stop => {}
+            }
+        }
+        let response = match sent {
+            Ok(response) => response,
+            Err((status, failure)) => return ticket.fail(status, protocol, &failure),
+        };
+        let Route {
+            upstream,
+            stream_budget,
+            ..
+        } = route;
+        let asked = Asked {
+            stream: upstream.stream,
+            include_usage: upstream.include_usage,
+            hide_usage: upstream.hide_usage,
+            output_cap: upstream.output_cap,
+            budget,
+            stream_budget,
+            stoppable: upstream.stoppable,
+        };
+        return answer(&provider, deployment, response, ticket, asked).await;
+    }
+}
+
+/// The last attempt's answer on its way to the client: a stream as it comes, a whole answer
+/// once it has arrived and its cost is known (its head carries it).
+async fn answer(
+    provider: &Provider,
+    deployment: &Deployment,
+    response: Response<Incoming>,
+    mut ticket: Ticket,
+    asked: Asked,
+) -> Response<ResponseBody> {
+    if asked.stream {
+        return relay(provider, deployment, response, ticket, asked)
+            .map(|metered| ResponseBody::Streamed(Box::pin(metered)));
+    }
+    let (cost_to, cost) = oneshot::channel();
+    ticket.cost_to = Some(cost_to);
+    whole_answer(relay(provider, deployment, response, ticket, asked), cost).await
+}
+
+/// How an attempt ended, for retrying and for the deployment's health.
+fn judge(sent: &Result<Response<Incoming>, (Status, Failure)>) -> Verdict {
+    match sent {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            Verdict {
+                retryable: retryable_status(code),
+                breaker_failure: code >= 500 || code == 408,
+                retry_after: retry_after(response.headers()),
+                status: Status::UpstreamError,
+                http_status: code,
+            }
+        }
+        Err((status, failure)) => Verdict {
+            retryable: true,
+            breaker_failure: true,
+            retry_after: None,
+            status: *status,
+            http_status: failure.class().status.as_u16(),
+        },
+    }
+}
+
+/// What an attempt teaches about its deployment: its breaker's count, its time to first byte,
+/// and a `Retry-After` with a 429 (no call goes to it until then).
+fn learn(gateway: &Gateway, deployment: &Deployment, verdict: &Verdict, took: Duration) {
+    let health = &deployment.health;
+    let now_us = gateway.monotonic_us();
+    if verdict.breaker_failure {
+        health.breaker.failed(now_us);
+        return;
+    }
+    health.breaker.succeeded();
+    if verdict.http_status == 429 {
+        let wait = verdict.retry_after.unwrap_or(RETRY_AFTER_DEFAULT);
+        let wait_us = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
+        health.wait_until(now_us.saturating_add(wait_us));
+    } else if !verdict.retryable {
+        health.measured(now_us, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+/// The wait an upstream asked for: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in
+/// seconds; a `Retry-After` the gateway cannot read (an HTTP date) is taken as
+/// `RETRY_AFTER_DEFAULT`.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_millis(ms.min(86_400_000.0) as u64));
+    }
+    let value = headers.get(http::header::RETRY_AFTER)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(RETRY_AFTER_DEFAULT, |s| Duration::from_secs(s.min(86_400))),
+    )
+}
+
+impl Route {
+    /// After a failed attempt on deployment `index`: what the plan, the attempts left and the
+    /// retry budget allow. A retry or fallback records the failed attempt first.
+    fn next(
+        &mut self,
+        gateway: &Gateway,
+        ticket: &mut Ticket,
+        verdict: &Verdict,
+        scanned: &Scanned<7>,
+        index: usize,
+    ) -> Next {
+        if u32::from(ticket.attempt) >= self.policy.attempts_max {
+            return Next::Stop;
+        }
+        let routing = &gateway.config.routing;
+        let wait_allowed = verdict
+            .retry_after
+            .is_none_or(|wait| wait <= routing.retry_after_max);
+        let retry = self.retries < self.policy.retries && wait_allowed;
+        let fallback = !retry && self.plan.candidate(self.candidate + 1).is_some();
+        if !retry && !fallback {
+            return Next::Stop;
+        }
+        if !gateway
+            .router
+            .retry_budget
+            .try_retry(gateway.monotonic_us())
+        {
+            gateway.metrics.add(Counter::RetriesDenied, 1);
+            return Next::Stop;
+        }
+        if retry {
+            ticket.attempt_failed(verdict.status, verdict.http_status);
+            self.retries += 1;
+            if index < 32 {
+                self.tried |= 1 << index;
+            }
+            let backoff = backoff_ms(
+                self.retries,
+                millis(routing.backoff),
+                millis(routing.backoff_max),
+                gateway.draw(),
+            );
+            let wait = Duration::from_millis(backoff).max(verdict.retry_after.unwrap_or_default());
+            return Next::Retry(wait);
+        }
+        // The failed attempt is recorded before the ticket moves to the next model.
+        let model = ticket.model.clone();
+        let deployment = Arc::clone(&ticket.deployment);
+        ticket.attempt_failed(verdict.status, verdict.http_status);
+        if self.fall_back(gateway, ticket, scanned) {
+            return Next::FallBack;
+        }
+        // No later candidate can take the call: the failure stands, as the last attempt.
+        ticket.model = model;
+        ticket.deployment = deployment;
+        ticket.attempt = ticket.attempt.saturating_sub(1);
+        Next::Stop
+    }
+
+    /// Moves the call to the plan's next candidate it can take (allowed, served, priced, and
+    /// its bound held: the hold grows first when that candidate may cost more); false when
+    /// none can.
+    fn fall_back(&mut self, gateway: &Gateway, ticket: &mut Ticket, scanned: &Scanned<7>) -> bool {
+        let api = ticket.api;
+        let card = Arc::clone(&ticket.card);
+        let Ok(members) = Members::of(scanned) else {
+            return false;
+        };
+        let body = ticket.request_body.clone();
+        for n in self.candidate + 1.. {
+            let Some(model) = self.plan.candidate(n) else {
+                return false;
+            };
+            let at = ticket.reservation.at();
+            let Ok(usable) = usable(gateway, api, at, &ticket.key, model, &card) else {
+                continue;
+            };
+            let Ok(upstream) = prepare(
+                api,
+                &body,
+                scanned,
+                &members,
+                model,
+                usable.price,
+                usable.serve,
+            ) else {
+                continue;
+            };
+            let bound = priced(
+                api,
+                &ticket.key,
+                usable.version,
+                usable.price,
+                &body,
+                &upstream,
+            )
+            .cost_with(None)
+            .cost_max;
+            if !hold(ticket, bound) {
+                continue;
+            }
+            ticket.model = usable.model;
+            ticket.bound = bound;
+            self.candidate = n;
+            self.provider = usable.provider;
+            self.upstream = upstream;
+            // The hold covers the candidate's whole bound: nothing to stop or cap.
+            self.stream_budget = None;
+            self.retries = 0;
+            self.tried = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// Whether the ticket's hold covers `bound`, growing it when a budget limits the call and it
+/// does not.
+fn hold(ticket: &mut Ticket, bound: Nanos) -> bool {
+    match ticket.reservation.bounded_at() {
+        Some(held) if held < bound => ticket
+            .reservation
+            .extend(Ask::exactly(Nanos(bound.0 - held.0)))
+            .is_ok(),
+        _ => true,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

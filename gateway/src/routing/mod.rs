@@ -1,0 +1,287 @@
+//! Where a call goes: the candidates it may try in order ([`Plan`]), the deployment each
+//! attempt is placed on ([`place`]), and the process's retry budget.
+//!
+//! The decisions are the engine's ([`tollgate_engine::routing`]); this holds the configured
+//! groups and feeds the engine each deployment's standing. The attempt loop that uses them is
+//! `proxy::forward`.
+//!
+//! **Invariant:** a call is placed only on a deployment whose breaker passes it; a call that
+//! failed on a deployment is placed elsewhere when another deployment of the candidate can
+//! take it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tollgate_engine::ModelRef;
+use tollgate_engine::routing::{Balance, Pass, RetryBudget, Standing, choose};
+
+use crate::config::{Config, GroupConfig};
+use crate::limits::{DEPLOYMENTS_MAX, RETRY_BUDGET_WINDOW_US};
+use crate::providers::Provider;
+
+/// How one call is retried and placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// How a candidate's deployments share calls.
+    pub balance: Balance,
+    /// Retries on one candidate before the next.
+    pub retries: u32,
+    /// Attempts in all.
+    pub attempts_max: u32,
+}
+
+/// A configured group: its candidates in fallback order with their weights.
+#[derive(Debug)]
+pub struct Group {
+    /// The public name.
+    pub name: Arc<str>,
+    /// `provider/model` and its share of first attempts.
+    pub candidates: Vec<(ModelRef, u32)>,
+    /// Its retries and balancing.
+    pub policy: Policy,
+}
+
+/// The candidates of one call, in the order it tries them.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// A `provider/model` (or an alias of one): the one candidate.
+    Direct(ModelRef, Policy),
+    /// A group, starting at candidate `first` (drawn by weight), then down its list.
+    Group {
+        /// The group.
+        group: Arc<Group>,
+        /// Index of the first candidate tried.
+        first: usize,
+    },
+}
+
+impl Plan {
+    /// The `n`th candidate to try (0 first), if there are that many.
+    #[must_use]
+    pub fn candidate(&self, n: usize) -> Option<&ModelRef> {
+        match self {
+            Plan::Direct(model, _) => (n == 0).then_some(model),
+            Plan::Group { group, first } => {
+                let index = match n {
+                    0 => *first,
+                    n if n - 1 < *first => n - 1,
+                    n => n,
+                };
+                group.candidates.get(index).map(|(model, _)| model)
+            }
+        }
+    }
+
+    /// How the call is retried and placed.
+    #[must_use]
+    pub fn policy(&self) -> Policy {
+        match self {
+            Plan::Direct(_, policy) => *policy,
+            Plan::Group { group, .. } => group.policy,
+        }
+    }
+
+    /// The group the client named, if it named one.
+    #[must_use]
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Plan::Direct(..) => None,
+            Plan::Group { group, .. } => Some(&group.name),
+        }
+    }
+}
+
+/// The configured groups and the retry budget every call shares.
+#[derive(Debug)]
+pub struct Router {
+    groups: HashMap<String, Arc<Group>>,
+    direct: Policy,
+    /// Retries as a share of recent calls.
+    pub retry_budget: RetryBudget,
+}
+
+impl Router {
+    /// The groups of `config`, and its retry budget.
+    #[must_use]
+    pub fn new(config: &Config) -> Router {
+        let routing = &config.routing;
+        let group = |g: &GroupConfig| Group {
+            name: Arc::from(g.name.as_str()),
+            candidates: g.candidates.clone(),
+            policy: Policy {
+                balance: g.balance,
+                retries: g.retries,
+                attempts_max: g.attempts_max,
+            },
+        };
+        Router {
+            groups: config
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), Arc::new(group(g))))
+                .collect(),
+            direct: Policy {
+                balance: routing.balance,
+                retries: routing.retries,
+                attempts_max: routing.attempts_max,
+            },
+            retry_budget: RetryBudget::new(
+                routing.retry_budget_percent,
+                routing.retry_budget_floor,
+                RETRY_BUDGET_WINDOW_US,
+            ),
+        }
+    }
+
+    /// The plan of a call naming `asked`, when it names a group: its first candidate drawn by
+    /// weight with `random`.
+    #[must_use]
+    pub fn group_plan(&self, asked: &str, random: u64) -> Option<Plan> {
+        let group = self.groups.get(asked)?;
+        let total: u64 = group.candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut point = random % total.max(1);
+        let mut first = 0;
+        for (i, (_, weight)) in group.candidates.iter().enumerate() {
+            let weight = u64::from(*weight);
+            if point < weight {
+                first = i;
+                break;
+            }
+            point -= weight;
+        }
+        Some(Plan::Group {
+            group: Arc::clone(group),
+            first,
+        })
+    }
+
+    /// The plan of a call naming one `provider/model`.
+    #[must_use]
+    pub fn direct_plan(&self, model: ModelRef) -> Plan {
+        Plan::Direct(model, self.direct)
+    }
+}
+
+/// An attempt on a deployment, counted in its calls in flight until dropped.
+#[derive(Debug)]
+pub struct Serving {
+    provider: Arc<Provider>,
+    index: usize,
+}
+
+impl Serving {
+    /// Counts an attempt on deployment `index` of `provider`.
+    #[must_use]
+    pub fn start(provider: &Arc<Provider>, index: usize) -> Serving {
+        if let Some(deployment) = provider.deployments.get(index) {
+            deployment.health.started();
+        }
+        Serving {
+            provider: Arc::clone(provider),
+            index,
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(deployment) = self.provider.deployments.get(self.index) {
+            deployment.health.ended();
+        }
+    }
+}
+
+/// The deployments of one candidate a call has failed on (bit `i` for deployment `i`).
+pub type Tried = u32;
+
+/// The deployment of `provider` to place an attempt on at `now_us`, and whether it is its
+/// breaker's probe; `None` when none can take it. Deployments in `tried` are avoided while
+/// another can take the call.
+#[must_use]
+pub fn place(
+    provider: &Provider,
+    balance: Balance,
+    now_us: i64,
+    random: u64,
+    tried: Tried,
+) -> Option<(usize, Pass)> {
+    let deployments = &provider.deployments;
+    let count = deployments.len().min(DEPLOYMENTS_MAX);
+    let mut standings = [Standing {
+        weight: 0,
+        in_flight: 0,
+        latency_us: None,
+        available: false,
+    }; DEPLOYMENTS_MAX];
+    for (slot, deployment) in standings.iter_mut().zip(deployments) {
+        *slot = deployment
+            .health
+            .standing(now_us, deployment.weight, deployment.in_flight_max);
+    }
+    let standings = &mut standings[..count];
+    let untried = |i: usize| tried & (1 << i) == 0;
+    if standings
+        .iter()
+        .enumerate()
+        .any(|(i, s)| s.available && untried(i))
+    {
+        for (i, s) in standings.iter_mut().enumerate() {
+            s.available &= untried(i);
+        }
+    }
+    // A half-open breaker may have given its probe to another call since: try the others.
+    for _ in 0..count {
+        let chosen = choose(balance, standings, random)?;
+        match deployments.get(chosen)?.health.breaker.pass(now_us) {
+            Pass::No => {
+                if let Some(s) = standings.get_mut(chosen) {
+                    s.available = false;
+                }
+            }
+            pass => return Some((chosen, pass)),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(weights: &[u32]) -> Arc<Group> {
+        Arc::new(Group {
+            name: Arc::from("prod/chat"),
+            candidates: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (ModelRef::parse(&format!("p/m{i}")).unwrap(), *w))
+                .collect(),
+            policy: Policy {
+                balance: Balance::Weighted,
+                retries: 0,
+                attempts_max: 4,
+            },
+        })
+    }
+
+    fn order(plan: &Plan) -> Vec<String> {
+        (0..)
+            .map_while(|n| plan.candidate(n))
+            .map(|m| m.model().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_starts_at_its_first_candidate_then_falls_back_down_the_list() {
+        let group = group(&[1, 1, 0]);
+        let plan = Plan::Group {
+            group: Arc::clone(&group),
+            first: 1,
+        };
+        assert_eq!(order(&plan), ["m1", "m0", "m2"]);
+        let plan = Plan::Group { group, first: 0 };
+        assert_eq!(order(&plan), ["m0", "m1", "m2"]);
+        let direct = Plan::Direct(ModelRef::parse("p/x").unwrap(), plan.policy());
+        assert_eq!(order(&direct), ["x"]);
+    }
+}
