@@ -150,7 +150,10 @@ pub async fn serve(listener: TcpListener, config: MockConfig) -> std::io::Result
                 async move {
                     let n = stats.arrived.fetch_add(1, Ordering::Relaxed);
                     let behaviour = &config.behaviour;
-                    if behaviour.draw(n, 3, behaviour.drop_percent) {
+                    // Calls to a model are dropped, never the stats a test reads.
+                    if request.method() == Method::POST
+                        && behaviour.draw(n, 3, behaviour.drop_percent)
+                    {
                         // A service error makes hyper close the connection with no answer.
                         return Err(std::io::Error::other("mock: connection dropped"));
                     }

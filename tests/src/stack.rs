@@ -80,11 +80,24 @@ impl Drop for Process {
 
 /// The mock provider, alone.
 pub fn start_mock() -> Process {
+    start_mock_with(&[])
+}
+
+/// The mock provider answering as `behaviour` says (`--error-percent 100`, `--first-byte-ms
+/// 200`, ...): another deployment for routing tests.
+pub fn start_mock_with(behaviour: &[&str]) -> Process {
     let mut command = Command::new(loadtest_bin().unwrap());
     command
         .args(["mock-provider", "--listen", "127.0.0.1:0"])
+        .args(behaviour)
         .env("MOCK_PROVIDER_KEY", PROVIDER_KEY);
     Process::spawn(command)
+}
+
+/// Requests a mock at `address` has served (each one reached a "model").
+pub fn mock_requests_at(address: SocketAddr) -> u64 {
+    let answer = http::request(address, "GET", "/mock/stats", &[], b"");
+    answer.json()["requests"].as_u64().unwrap()
 }
 
 /// Mock provider plus gateway.
@@ -686,8 +699,7 @@ model = "openai/gpt-4o-mini"
 
     /// Requests the mock provider has served (each one reached a "model").
     pub fn mock_requests(&self) -> u64 {
-        let answer = http::request(self.mock.address, "GET", "/mock/stats", &[], b"");
-        answer.json()["requests"].as_u64().unwrap()
+        mock_requests_at(self.mock.address)
     }
 
     /// The gateway's folder.

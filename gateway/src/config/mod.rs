@@ -1267,6 +1267,255 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             .to_string()
     }
 
+    /// The error `table` (added before the aliases) gets, as text.
+    fn refusal_of(table: &str) -> String {
+        with_table(table).unwrap_err().to_string()
+    }
+
+    const POOL: &str = r#"
+[[provider]]
+name = "pool"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "POOL_KEY"
+[[provider.deployment]]
+name = "east"
+weight = 3
+in_flight_max = 8
+[[provider.deployment]]
+name = "west"
+base_url = "http://127.0.0.1:10/v1"
+api_key_env = "WEST_KEY"
+"#;
+
+    #[test]
+    fn deployments_inherit_their_providers_endpoint_and_override_it() {
+        let config = with_table(POOL).unwrap();
+        let pool = config.provider("pool").unwrap();
+        let names: Vec<&str> = pool.deployments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["east", "west"]);
+        let (east, west) = (&pool.deployments[0], &pool.deployments[1]);
+        assert_eq!((east.weight, east.in_flight_max), (3, Some(8)));
+        assert_eq!(east.endpoint.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(east.endpoint.api_key_env.as_deref(), Some("POOL_KEY"));
+        assert_eq!((west.weight, west.in_flight_max), (1, None));
+        assert_eq!(west.endpoint.base_url, "http://127.0.0.1:10/v1");
+        assert_eq!(west.endpoint.api_key_env.as_deref(), Some("WEST_KEY"));
+        // A provider listing none is one deployment, named after it.
+        let openai = config.provider("openai").unwrap();
+        assert_eq!(openai.deployments.len(), 1);
+        assert_eq!(openai.deployments[0].name, "openai");
+        assert_eq!(openai.deployments[0].endpoint.base_url, openai.base_url);
+    }
+
+    #[test]
+    fn hostile_deployments_stop_start_up_with_the_field_named() {
+        for (edit, field, reason) in [
+            (
+                ("weight = 3", "weight = 0"),
+                "provider[1].deployment[0].weight",
+                "at least 1",
+            ),
+            (
+                ("name = \"west\"", "name = \"east\""),
+                "provider[1].deployment[1].name",
+                "used once",
+            ),
+            (
+                ("name = \"west\"", "name = \"West Coast\""),
+                "provider[1].deployment[1].name",
+                "lower-case",
+            ),
+            (
+                ("in_flight_max = 8", "in_flight_max = 0"),
+                "provider[1].deployment[0].in_flight_max",
+                "at least 1",
+            ),
+            (
+                (
+                    "base_url = \"http://127.0.0.1:10/v1\"",
+                    "base_url = \"ftp://x\"",
+                ),
+                "provider[1].deployment[1].base_url",
+                "http",
+            ),
+            (
+                ("weight = 3", "weight = 3\nregion = \"eu\""),
+                "provider[1].deployment[0].region",
+                "bedrock",
+            ),
+            (
+                ("weight = 3", "weight = 3\nprice = 1"),
+                "",
+                "unknown field `price`",
+            ),
+        ] {
+            let table = POOL.replacen(edit.0, edit.1, 1);
+            assert_ne!(table, POOL, "{edit:?}");
+            let error = refusal_of(&table);
+            assert!(error.contains(field), "{field}: {error}");
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+        // A provider with deployments needs a base URL somewhere for each.
+        let table = POOL.replacen("base_url = \"http://127.0.0.1:9/v1\"\n", "", 1);
+        let error = refusal_of(&table);
+        assert!(
+            error.contains("provider[1].deployment[0].base_url"),
+            "{error}"
+        );
+        let many: String = (0..17)
+            .map(|i| format!("[[provider.deployment]]\nname = \"d{i}\"\n"))
+            .collect();
+        let error = refusal_of(&format!(
+            "[[provider]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://x\"\n{many}"
+        ));
+        assert!(error.contains("at most 16 deployments"), "{error}");
+    }
+
+    #[test]
+    fn groups_list_configured_models_in_fallback_order() {
+        let config = with_table(
+            r#"
+[routing]
+retries = 1
+balance = "least_in_flight"
+
+[[group]]
+name = "prod/chat"
+balance = "latency"
+candidates = [
+  { model = "openai/gpt-4o", weight = 3 },
+  { model = "openai/gpt-4o-mini", weight = 1 },
+  { model = "openai/gpt-3.5-turbo" },
+]
+
+[[group]]
+name = "cheap"
+retries = 0
+candidates = [{ model = "openai/gpt-4o-mini" }, { model = "openai/gpt-4o" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.routing.retries, 1);
+        let prod = &config.groups[0];
+        let weights: Vec<(String, u32)> = prod
+            .candidates
+            .iter()
+            .map(|(m, w)| (m.to_string(), *w))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("openai/gpt-4o".to_owned(), 3),
+                ("openai/gpt-4o-mini".to_owned(), 1),
+                ("openai/gpt-3.5-turbo".to_owned(), 0)
+            ]
+        );
+        assert_eq!(prod.balance, tollgate_engine::routing::Balance::Latency);
+        assert_eq!(prod.retries, 1, "the [routing] default");
+        let cheap = &config.groups[1];
+        // Unweighted: the first takes every first attempt, the rest are fallbacks.
+        assert_eq!(cheap.candidates[0].1, 1);
+        assert_eq!(cheap.candidates[1].1, 0);
+        assert_eq!(
+            cheap.balance,
+            tollgate_engine::routing::Balance::LeastInFlight
+        );
+        assert_eq!(cheap.retries, 0);
+    }
+
+    #[test]
+    fn hostile_groups_stop_start_up_with_the_field_named() {
+        let group = |name: &str, candidates: &str| {
+            format!("[[group]]\nname = \"{name}\"\ncandidates = [{candidates}]\n")
+        };
+        for (table, field, reason) in [
+            (
+                group("loop", r#"{ model = "loop" }"#),
+                "group[0].candidates[0].model",
+                "is a group",
+            ),
+            (
+                group("a", r#"{ model = "openai/x" }"#) + &group("b", r#"{ model = "a" }"#),
+                "group[1].candidates[0].model",
+                "groups do not nest",
+            ),
+            (
+                group("g", r#"{ model = "nope/x" }"#),
+                "group[0].candidates[0].model",
+                "no provider named `nope`",
+            ),
+            (
+                group(
+                    "g",
+                    r#"{ model = "openai/x", weight = 0 }, { model = "openai/y" }"#,
+                ),
+                "group[0].candidates",
+                "every weight is 0",
+            ),
+            (
+                group("g", ""),
+                "group[0].candidates",
+                "at least one candidate",
+            ),
+            (
+                group("g", r#"{ model = "openai/x" }, { model = "openai/x" }"#),
+                "group[0].candidates[1].model",
+                "listed twice",
+            ),
+            (
+                group("openai/x", r#"{ model = "openai/y" }"#),
+                "group[0].name",
+                "would hide models of provider `openai`",
+            ),
+            (
+                group("fast", r#"{ model = "openai/y" }"#),
+                "group[0].name",
+                "also an alias",
+            ),
+            (
+                group("g", r#"{ model = "openai/x" }"#) + &group("g", r#"{ model = "openai/x" }"#),
+                "group[1].name",
+                "defined twice",
+            ),
+            (
+                group("g", r#"{ model = "openai/x" }"#)
+                    .replace("candidates", "attempts_max = 99\ncandidates"),
+                "group[0].attempts_max",
+                "1 to 8",
+            ),
+            (
+                "[routing]\nattempts_max = 0".to_owned(),
+                "routing.attempts_max",
+                "1 to 8",
+            ),
+            (
+                "[routing]\nbackoff_ms = 500\nbackoff_max_ms = 100".to_owned(),
+                "routing.backoff_max_ms",
+                "at least backoff_ms",
+            ),
+            (
+                "[routing]\nretry_budget_percent = 101".to_owned(),
+                "routing.retry_budget_percent",
+                "0 to 100",
+            ),
+            (
+                "[routing]\nbreaker_failures = 0".to_owned(),
+                "routing.breaker_failures",
+                "at least 1",
+            ),
+            (
+                "[routing]\nbalance = \"random\"".to_owned(),
+                "",
+                "unknown variant `random`",
+            ),
+        ] {
+            let error = refusal_of(&table);
+            assert!(error.contains(field), "{field}: {error}");
+            assert!(error.contains(reason), "{reason}: {error}");
+        }
+    }
+
     #[test]
     fn a_routes_default_provider_must_be_configured() {
         let config = with_table("[default_provider]\nchat_completions = \"openai\"").unwrap();

@@ -378,22 +378,59 @@ fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
 }
 
 fn providers(control: &Control) -> Value {
-    let list: Vec<Value> = control
-        .gateway
+    let gateway = &control.gateway;
+    let now_us = gateway.monotonic_us();
+    let list: Vec<Value> = gateway
         .config
         .providers
         .iter()
         .map(|p| {
+            let running = gateway.providers.get(&p.name);
+            let deployments: Vec<Value> = p
+                .deployments
+                .iter()
+                .zip(running.iter().flat_map(|r| r.deployments.iter()))
+                .map(|(config, live)| {
+                    let endpoint = &config.endpoint;
+                    json!({
+                        "name": config.name,
+                        "base_url": endpoint.base_url,
+                        "region": endpoint.region,
+                        "credential": endpoint.api_key_env.as_ref().map(|v| format!("from ${v}")),
+                        "weight": config.weight,
+                        "in_flight_max": config.in_flight_max,
+                        "in_flight": live.health.in_flight(),
+                        "breaker": live.health.breaker.state(now_us).as_str(),
+                        "breaker_opened": live.health.breaker.opened(),
+                        "ttfb_ms": live.health.latency_us(now_us).map(|us| us / 1_000),
+                    })
+                })
+                .collect();
             json!({
                 "name": p.name,
                 "kind": p.kind.as_str(),
                 "api_version": p.api_version,
                 "base_url": p.base_url,
                 "credential": p.api_key_env.as_ref().map(|v| format!("from ${v}")),
+                "deployments": deployments,
             })
         })
         .collect();
-    json!({ "providers": list })
+    let groups: Vec<Value> = gateway
+        .config
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "name": g.name,
+                "balance": g.balance.as_str(),
+                "retries": g.retries,
+                "attempts_max": g.attempts_max,
+                "candidates": g.candidates.iter().map(|(m, w)| json!({"model": m.as_str(), "weight": w})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "providers": list, "groups": groups })
 }
 
 fn models(control: &Control, now: UnixMs) -> Value {

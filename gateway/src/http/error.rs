@@ -120,6 +120,15 @@ pub enum Failure {
         /// The connection error and its causes, joined (never a credential).
         reason: String,
     },
+    /// Every deployment of the model's provider is resting: its breaker open, told to wait by
+    /// the provider (`Retry-After`), or at its concurrency cap; nothing was sent.
+    #[error(
+        "no deployment of provider `{provider}` can take the call now (breakers open, told to wait by the provider, or at their concurrency caps); try again shortly"
+    )]
+    NoDeployment {
+        /// The provider's configured name.
+        provider: Arc<str>,
+    },
     /// The upstream did not answer in time.
     #[error("provider `{provider}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout {
@@ -278,6 +287,12 @@ impl Failure {
                 S::BAD_GATEWAY,
                 "upstream_error",
                 "api_error",
+                Status::UpstreamError,
+            ),
+            Failure::NoDeployment { .. } => class(
+                S::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "overloaded_error",
                 Status::UpstreamError,
             ),
             Failure::UpstreamTimeout { .. } => class(

@@ -150,9 +150,8 @@ pub(super) async fn forward(
                 gateway.metrics.add(Counter::Fallbacks, 1);
                 continue;
             }
-            let failure = Failure::UpstreamUnavailable {
+            let failure = Failure::NoDeployment {
                 provider: Arc::clone(&provider.name),
-                reason: "no deployment can take the call now (breakers open, told to wait, or at their concurrency caps)".into(),
             };
             return ticket.fail(Status::UpstreamError, protocol, &failure);
         };
@@ -248,22 +247,24 @@ fn judge(sent: &Result<Response<Incoming>, (Status, Failure)>) -> Verdict {
     }
 }
 
-/// What an attempt teaches about its deployment: its breaker's count, its time to first byte,
-/// and a `Retry-After` with a 429 (no call goes to it until then).
+/// What an attempt teaches about its deployment: its breaker's count, its time to its answer's
+/// head, and a `Retry-After` that came with a retryable status (no call goes to it until then).
 fn learn(gateway: &Gateway, deployment: &Deployment, verdict: &Verdict, took: Duration) {
     let health = &deployment.health;
     let now_us = gateway.monotonic_us();
     if verdict.breaker_failure {
         health.breaker.failed(now_us);
-        return;
+    } else {
+        health.breaker.succeeded();
+        if !verdict.retryable {
+            health.measured(now_us, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        }
     }
-    health.breaker.succeeded();
-    if verdict.http_status == 429 {
-        let wait = verdict.retry_after.unwrap_or(RETRY_AFTER_DEFAULT);
+    if verdict.retryable
+        && let Some(wait) = verdict.retry_after
+    {
         let wait_us = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
         health.wait_until(now_us.saturating_add(wait_us));
-    } else if !verdict.retryable {
-        health.measured(now_us, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tollgate_engine::ModelRef;
-use tollgate_engine::routing::{Balance, Pass, RetryBudget, Standing, choose};
+use tollgate_engine::routing::{Balance, BreakerState, Pass, RetryBudget, Standing, choose};
 
 use crate::config::{Config, GroupConfig};
 use crate::limits::{DEPLOYMENTS_MAX, RETRY_BUDGET_WINDOW_US};
@@ -187,6 +187,68 @@ impl Drop for Serving {
     fn drop(&mut self) {
         if let Some(deployment) = self.provider.deployments.get(self.index) {
             deployment.health.ended();
+        }
+    }
+}
+
+/// Each deployment's calls in flight, breaker and recent time to first byte, in Prometheus
+/// text: `tollgate_deployment_in_flight`, `tollgate_deployment_breaker_state` (one series per
+/// state, 1 for the one it is in), `tollgate_deployment_breaker_opened_total` and
+/// `tollgate_deployment_ttfb_ms` (absent until measured lately).
+pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_us: i64) {
+    use std::fmt::Write as _;
+    let mut sorted: Vec<&Arc<Provider>> = providers.values().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let each = || {
+        sorted.iter().flat_map(|p| {
+            p.deployments.iter().map(move |d| {
+                (
+                    format!("provider=\"{}\",deployment=\"{}\"", p.name, d.name),
+                    d,
+                )
+            })
+        })
+    };
+    out.push_str("# HELP tollgate_deployment_in_flight Calls a deployment is serving now.\n# TYPE tollgate_deployment_in_flight gauge\n");
+    for (labels, d) in each() {
+        let _ = writeln!(
+            out,
+            "tollgate_deployment_in_flight{{{labels}}} {}",
+            d.health.in_flight()
+        );
+    }
+    out.push_str("# HELP tollgate_deployment_breaker_state A deployment's circuit breaker: 1 for the state it is in.\n# TYPE tollgate_deployment_breaker_state gauge\n");
+    for (labels, d) in each() {
+        let state = d.health.breaker.state(now_us);
+        for candidate in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_deployment_breaker_state{{{labels},state=\"{}\"}} {}",
+                candidate.as_str(),
+                u8::from(candidate == state)
+            );
+        }
+    }
+    out.push_str("# HELP tollgate_deployment_breaker_opened_total Times a deployment's breaker opened.\n# TYPE tollgate_deployment_breaker_opened_total counter\n");
+    for (labels, d) in each() {
+        let _ = writeln!(
+            out,
+            "tollgate_deployment_breaker_opened_total{{{labels}}} {}",
+            d.health.breaker.opened()
+        );
+    }
+    out.push_str("# HELP tollgate_deployment_ttfb_ms A deployment's recent time to its answers' heads (a decaying average), while measured lately.\n# TYPE tollgate_deployment_ttfb_ms gauge\n");
+    for (labels, d) in each() {
+        if let Some(us) = d.health.latency_us(now_us) {
+            let _ = writeln!(
+                out,
+                "tollgate_deployment_ttfb_ms{{{labels}}} {}",
+                us / 1_000
+            );
         }
     }
 }

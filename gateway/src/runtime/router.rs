@@ -82,11 +82,9 @@ fn metrics(control: &Control) -> Response<ResponseBody> {
         budget_waiting: gateway.waiting.queued() as u64,
         key_limiters: gateway.key_limiters() as u64,
     };
-    plain(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        gateway.metrics.render(gauges),
-    )
+    let mut text = gateway.metrics.render(gauges);
+    crate::routing::render(&mut text, &gateway.providers, gateway.monotonic_us());
+    plain(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 
 /// The size of a request's head as it came on the wire, near enough (name, value, separators).

@@ -95,12 +95,36 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
 /// `tollgate providers list`.
 pub fn providers(admin: &AdminArgs) -> anyhow::Result<()> {
     let answer = call(admin, Method::GET, "/admin/v1/providers", None)?;
-    print_list(
-        admin,
-        &answer,
-        "providers",
-        &["name", "kind", "base_url", "credential"],
-    )
+    if admin.json {
+        return print::json(&answer);
+    }
+    // A row per deployment: where calls go, and how each is doing.
+    let columns = [
+        "provider",
+        "kind",
+        "deployment",
+        "base_url",
+        "weight",
+        "in_flight",
+        "breaker",
+        "credential",
+    ];
+    let mut rows = Vec::new();
+    for provider in answer["providers"].as_array().into_iter().flatten() {
+        for deployment in provider["deployments"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                field(provider, "name"),
+                field(provider, "kind"),
+                field(deployment, "name"),
+                field(deployment, "base_url"),
+                field(deployment, "weight"),
+                field(deployment, "in_flight"),
+                field(deployment, "breaker"),
+                field(deployment, "credential"),
+            ]);
+        }
+    }
+    print::table(&columns, &rows)
 }
 
 /// `tollgate models list`.

@@ -1,0 +1,341 @@
+//! Routing with real processes: deployments of one provider on separate mock servers, groups
+//! falling back across providers, retries and their limits, breakers, and latency-aware
+//! balancing, with every attempt in the books.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate_tests::http::{self, post_json};
+use tollgate_tests::stack::{ORG, Process, Stack, mock_requests_at, start_mock_with};
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 8,
+           "messages": [{"role": "user", "content": "Say hello a few times, please."}]})
+}
+
+/// A provider `name` whose deployments are the `(deployment, mock)` pairs.
+fn pool(name: &str, deployments: &[(&str, &Process)]) -> String {
+    let mut table = format!(
+        "[[provider]]\nname = \"{name}\"\nkind = \"openai\"\napi_key_env = \"TEST_OPENAI_KEY\"\n"
+    );
+    for (deployment, mock) in deployments {
+        table.push_str(&format!(
+            "[[provider.deployment]]\nname = \"{deployment}\"\nbase_url = \"http://{}/v1\"\n",
+            mock.address
+        ));
+    }
+    table
+}
+
+/// Events by `(status, deployment)`.
+fn by_deployment(events: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut counts = BTreeMap::new();
+    for e in events {
+        let key = (
+            e["status"].as_str().unwrap().to_owned(),
+            e["deployment"].as_str().unwrap_or("-").to_owned(),
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+/// The allocation's spend once no call is in flight (a cut stream is settled after its
+/// client saw the cut, once its tokens are counted).
+fn settled_spend(stack: &Stack) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.metric("tollgate_requests_in_flight") > 0 {
+        assert!(Instant::now() < deadline, "calls still in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stack.spent_nanos("open")
+}
+
+/// The books of answered calls: spend equals the events' costs, each call has one event that
+/// settled it (status ok) and its failed attempts, numbered from 1 under its request id.
+/// `spent` is the allocation's spend in the budget table, read before the gateway stopped.
+fn assert_books(spent: u64, events: &[Value], answered: &[http::Answer]) {
+    let cost: u64 = events
+        .iter()
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cost, spent, "spend equals the events");
+    for answer in answered {
+        let id = answer.header("x-request-id").unwrap();
+        let mut attempts: Vec<&Value> = events.iter().filter(|e| e["request_id"] == id).collect();
+        attempts.sort_by_key(|e| e["attempt"].as_u64());
+        let numbers: Vec<u64> = attempts
+            .iter()
+            .map(|e| e["attempt"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (1..=attempts.len() as u64).collect();
+        assert_eq!(numbers, expected, "attempts of {id}");
+        let attempts_header = answer
+            .header("x-tollgate-attempts")
+            .map_or(1, |a| a.parse().unwrap());
+        assert_eq!(
+            attempts.len(),
+            attempts_header,
+            "{id}: the header counts its attempts"
+        );
+        let (last, failed) = attempts.split_last().unwrap();
+        assert_eq!(
+            last["http_status"], answer.status,
+            "{id}: the last attempt answered"
+        );
+        for attempt in failed {
+            assert_eq!(attempt["status"], "upstream_error");
+            assert_eq!(
+                attempt["cost_nanos"], 0,
+                "a failed attempt generated nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
+    let failing = start_mock_with(&["--error-percent", "100", "--error-status", "503"]);
+    let dropping = start_mock_with(&["--drop-percent", "100"]);
+    let healthy = start_mock_with(&[]);
+    let providers = format!(
+        "[routing]\nretries = 2\nbreaker_failures = 3\nbreaker_cooldown_ms = 60000\n\n{}",
+        pool(
+            "pool",
+            &[
+                ("failing", &failing),
+                ("dropping", &dropping),
+                ("healthy", &healthy)
+            ]
+        )
+    );
+    let mut stack = Stack::start_with("routing-retry", ORG, "", &providers, &["pool/m"]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let answers: Vec<http::Answer> = (0..40)
+        .map(|_| {
+            post_json(
+                stack.address(),
+                "/v1/chat/completions",
+                &key,
+                &chat("pool/m"),
+            )
+        })
+        .collect();
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.header("x-tollgate-model"), Some("pool/m"));
+    }
+    // Each bad deployment failed three times in a row, then its breaker kept calls away.
+    assert_eq!(mock_requests_at(failing.address), 3);
+    assert_eq!(mock_requests_at(dropping.address), 0, "it never answers");
+    assert_eq!(mock_requests_at(healthy.address), 40);
+    for deployment in ["failing", "dropping"] {
+        let state = format!(
+            "tollgate_deployment_breaker_state{{provider=\"pool\",deployment=\"{deployment}\",state=\"open\"}}"
+        );
+        assert_eq!(stack.metric(&state), 1, "{deployment}");
+    }
+    let listed = stack.admin("GET", "/admin/v1/providers", None).json();
+    let pool = listed["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pool")
+        .unwrap()
+        .clone();
+    let breakers: Vec<&str> = pool["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["breaker"].as_str().unwrap())
+        .collect();
+    assert_eq!(breakers, ["open", "open", "closed"]);
+    assert_eq!(stack.metric("tollgate_upstream_retries_total"), 6);
+    let spent = settled_spend(&stack);
+    stack.stop();
+    let events = stack.events();
+    let counts = by_deployment(&events);
+    let expected = BTreeMap::from([
+        (("ok".to_owned(), "healthy".to_owned()), 40),
+        (("upstream_error".to_owned(), "failing".to_owned()), 3),
+        (("upstream_error".to_owned(), "dropping".to_owned()), 3),
+    ]);
+    assert_eq!(counts, expected);
+    for e in events.iter().filter(|e| e["deployment"] == "failing") {
+        assert_eq!(e["http_status"], 503);
+    }
+    for e in events.iter().filter(|e| e["deployment"] == "dropping") {
+        assert_eq!(e["http_status"], 502, "no connection: the gateway's 502");
+    }
+    assert_books(spent, &events, &answers);
+}
+
+#[test]
+fn a_group_falls_back_to_its_next_candidate_and_bills_the_model_that_answered() {
+    // The first candidate is overloaded and asks to be left alone for longer than the
+    // gateway waits: the call moves on at once.
+    let overloaded = start_mock_with(&[
+        "--error-percent",
+        "100",
+        "--error-status",
+        "529",
+        "--retry-after-s",
+        "30",
+    ]);
+    let providers = format!(
+        r#"{}
+[[group]]
+name = "prod/chat"
+retries = 1
+candidates = [{{ model = "primary/big" }}, {{ model = "openai/gpt-4o-mini" }}]
+"#,
+        pool("primary", &[("only", &overloaded)])
+    );
+    let mut stack = Stack::start_with("routing-group", ORG, "", &providers, &["primary/big"]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let started = Instant::now();
+    let first = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("prod/chat"),
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a 30 s Retry-After is not waited out"
+    );
+    assert_eq!(first.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
+    assert_eq!(first.header("x-tollgate-attempts"), Some("2"));
+    assert_eq!(
+        first.json()["model"],
+        "gpt-4o-mini",
+        "the answer names its model"
+    );
+    // The deployment was told to wait: the next call skips it without sending.
+    let second = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("prod/chat"),
+    );
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-tollgate-attempts"), None);
+    assert_eq!(mock_requests_at(overloaded.address), 1);
+    // A key that may not use the fallback gets the first candidate's own answer.
+    let (narrow, _) = stack.create_key("open", json!({"models": ["primary/*"]}));
+    let refused = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &narrow,
+        &chat("prod/chat"),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let spent = settled_spend(&stack);
+    stack.stop();
+    let events = stack.events();
+    let of = |answer: &http::Answer| -> Vec<Value> {
+        let id = answer.header("x-request-id").unwrap();
+        events
+            .iter()
+            .filter(|e| e["request_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let first_events = of(&first);
+    assert_eq!(first_events.len(), 2);
+    assert_eq!(first_events[0]["model"], "big");
+    assert_eq!(first_events[0]["http_status"], 529);
+    assert_eq!(first_events[1]["model"], "gpt-4o-mini");
+    assert_eq!(first_events[1]["provider"], "openai");
+    let billed: u64 = first_events[1]["cost_nanos"].as_u64().unwrap();
+    assert!(billed > 0);
+    assert_eq!(
+        first.header("x-tollgate-cost").unwrap(),
+        tollgate_engine::Nanos(billed).to_string(),
+        "priced as the model that answered"
+    );
+    assert_eq!(of(&second).len(), 1);
+    let narrow_events = of(&refused);
+    assert_eq!(narrow_events.len(), 1, "the refusal is the only attempt");
+    assert_eq!(narrow_events[0]["status"], "upstream_error");
+    assert_books(spent, &events, &[first, second]);
+}
+
+#[test]
+fn nothing_is_retried_once_an_answer_has_begun() {
+    let providers = "[routing]\nretries = 2\n";
+    let mut stack = Stack::start_with("routing-begun", ORG, "", providers, &[]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let mut request = chat("openai/gpt-4o-mini");
+    request["max_tokens"] = json!(40);
+    request["stream"] = json!(true);
+    request["mock"] = json!({"reset_after": 5});
+    let cut = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    assert_eq!(cut.status, 200);
+    assert!(!cut.complete, "the cut is passed on");
+    // An error the request itself asks for is retried, and passed on when retries run out.
+    let mut failing = chat("openai/gpt-4o-mini");
+    failing["mock"] = json!({"status": 500});
+    let failed = post_json(stack.address(), "/v1/chat/completions", &key, &failing);
+    assert_eq!(failed.status, 500);
+    assert_eq!(failed.header("x-tollgate-attempts"), Some("3"));
+    // A client error is the client's to fix: not retried.
+    failing["mock"] = json!({"status": 400});
+    let bad = post_json(stack.address(), "/v1/chat/completions", &key, &failing);
+    assert_eq!(bad.status, 400);
+    assert_eq!(stack.mock_requests(), 1 + 3 + 1);
+    let spent = settled_spend(&stack);
+    stack.stop();
+    let events = stack.events();
+    let cut_id = cut.header("x-request-id").unwrap();
+    let cut_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["request_id"] == cut_id)
+        .collect();
+    assert_eq!(cut_events.len(), 1);
+    assert!(
+        cut_events[0]["tokens_out"].as_u64().unwrap() >= 5,
+        "billed for what streamed"
+    );
+    assert_books(spent, &events, &[failed, bad]);
+}
+
+#[test]
+fn latency_aware_balancing_sends_less_to_a_slow_deployment() {
+    let fast = start_mock_with(&[]);
+    let slow = start_mock_with(&["--first-byte-ms", "150"]);
+    let providers = format!(
+        "[[group]]\nname = \"balanced\"\nbalance = \"latency\"\ncandidates = [{{ model = \"pool/m\" }}]\n\n{}",
+        pool("pool", &[("fast", &fast), ("slow", &slow)])
+    );
+    let mut stack = Stack::start_with("routing-latency", ORG, "", &providers, &["pool/m"]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let address = stack.address();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| {
+                        post_json(address, "/v1/chat/completions", &key, &chat("balanced")).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert!(thread.join().unwrap().iter().all(|s| *s == 200));
+    }
+    let (to_fast, to_slow) = (
+        mock_requests_at(fast.address),
+        mock_requests_at(slow.address),
+    );
+    assert_eq!(to_fast + to_slow, 200);
+    assert!(to_slow >= 1, "the slow deployment was measured");
+    // Weighted balancing would send it half; a 150 ms head against a few ms gets it little.
+    assert!(to_slow * 100 / 200 < 20, "slow got {to_slow} of 200");
+    eprintln!("latency-aware shares: fast {to_fast}, slow {to_slow}");
+    stack.stop();
+}
