@@ -121,9 +121,12 @@ pub enum Counter {
     Fallbacks,
     /// Retries and fallbacks the retry budget refused.
     RetriesDenied,
+    /// Calls served by a cheaper group than the one asked for (a downgrade threshold, or a
+    /// budget that could no longer afford the call whole).
+    Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 23] = [
+const COUNTERS: [(Counter, &str, &str); 24] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -238,6 +241,11 @@ const COUNTERS: [(Counter, &str, &str); 23] = [
         Counter::RetriesDenied,
         "tollgate_upstream_retries_denied_total",
         "Retries and fallbacks refused by the retry budget (routing.retry_budget_percent).",
+    ),
+    (
+        Counter::Downgraded,
+        "tollgate_downgraded_total",
+        "Calls served by a cheaper group than the one asked for (a level's downgrade threshold, or a group's downgrade when the budget could not afford the call whole).",
     ),
 ];
 

@@ -41,15 +41,15 @@ fn by_deployment(events: &[Value]) -> BTreeMap<(String, String), usize> {
     counts
 }
 
-/// The allocation's spend once no call is in flight (a cut stream is settled after its
+/// An allocation's spend once no call is in flight (a cut stream is settled after its
 /// client saw the cut, once its tokens are counted).
-fn settled_spend(stack: &Stack) -> u64 {
+fn settled_spend(stack: &Stack, allocation: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     while stack.metric("tollgate_requests_in_flight") > 0 {
         assert!(Instant::now() < deadline, "calls still in flight");
         std::thread::sleep(Duration::from_millis(20));
     }
-    stack.spent_nanos("open")
+    stack.spent_nanos(allocation)
 }
 
 /// The books of answered calls: spend equals the events' costs, each call has one event that
@@ -152,7 +152,7 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
         .collect();
     assert_eq!(breakers, ["open", "open", "closed"]);
     assert_eq!(stack.metric("tollgate_upstream_retries_total"), 6);
-    let spent = settled_spend(&stack);
+    let spent = settled_spend(&stack, "open");
     stack.stop();
     let events = stack.events();
     let counts = by_deployment(&events);
@@ -232,7 +232,7 @@ candidates = [{{ model = "primary/big" }}, {{ model = "openai/gpt-4o-mini" }}]
         &chat("prod/chat"),
     );
     assert_eq!(refused.status, 503, "{}", refused.text());
-    let spent = settled_spend(&stack);
+    let spent = settled_spend(&stack, "open");
     stack.stop();
     let events = stack.events();
     let of = |answer: &http::Answer| -> Vec<Value> {
@@ -286,7 +286,7 @@ fn nothing_is_retried_once_an_answer_has_begun() {
     let bad = post_json(stack.address(), "/v1/chat/completions", &key, &failing);
     assert_eq!(bad.status, 400);
     assert_eq!(stack.mock_requests(), 1 + 3 + 1);
-    let spent = settled_spend(&stack);
+    let spent = settled_spend(&stack, "open");
     stack.stop();
     let events = stack.events();
     let cut_id = cut.header("x-request-id").unwrap();
@@ -338,4 +338,167 @@ fn latency_aware_balancing_sends_less_to_a_slow_deployment() {
     assert!(to_slow * 100 / 200 < 20, "slow got {to_slow} of 200");
     eprintln!("latency-aware shares: fast {to_fast}, slow {to_slow}");
     stack.stop();
+}
+
+/// Two allocations: `capped` goes to the `cheap` group past half its budget; `small` has a
+/// budget a `premium` call's whole bound does not fit in.
+const DOWNGRADE_ORG: &str = r#"
+[[team]]
+name = "research"
+org = "acme"
+
+[[project]]
+name = "chatbot"
+team = "research"
+
+[[allocation]]
+name = "capped"
+project = "chatbot"
+budget = { limit = "0.001", period = "month" }
+downgrade = { at_percent = 50, to = "cheap" }
+
+[[allocation]]
+name = "small"
+project = "chatbot"
+budget = { limit = "0.002", period = "month" }
+"#;
+
+const DOWNGRADE_GROUPS: &str = r#"
+[[group]]
+name = "cheap"
+candidates = [{ model = "openai/gpt-4o-mini" }]
+
+[[group]]
+name = "premium"
+downgrade = "cheap"
+candidates = [{ model = "openai/gpt-4o" }]
+"#;
+
+#[test]
+fn past_its_threshold_an_allocation_is_served_by_the_cheaper_group() {
+    let mut stack = Stack::start_with(
+        "routing-downgrade",
+        DOWNGRADE_ORG,
+        "",
+        DOWNGRADE_GROUPS,
+        &[],
+    );
+    let (key, _) = stack.create_key("capped", json!({}));
+    let (narrow, _) = stack.create_key("capped", json!({"models": ["openai/gpt-4o"]}));
+    let limit_nanos = 1_000_000u64;
+    let mut answers = Vec::new();
+    let downgraded = loop {
+        assert!(answers.len() < 40, "never downgraded");
+        let answer = post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &key,
+            &chat("openai/gpt-4o"),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        if answer.header("x-tollgate-downgraded-from").is_some() {
+            break answer;
+        }
+        assert_eq!(answer.header("x-tollgate-model"), Some("openai/gpt-4o"));
+        answers.push(answer);
+    };
+    let spent_before: u64 = answers.iter().map(stack_cost).sum();
+    assert!(
+        spent_before * 2 >= limit_nanos,
+        "downgraded only past half the budget"
+    );
+    let last_full = spent_before - stack_cost(answers.last().unwrap());
+    assert!(last_full * 2 < limit_nanos, "and not before");
+    assert_eq!(
+        downgraded.header("x-tollgate-downgraded-from"),
+        Some("openai/gpt-4o")
+    );
+    assert_eq!(
+        downgraded.header("x-tollgate-model"),
+        Some("openai/gpt-4o-mini")
+    );
+    assert_eq!(downgraded.json()["model"], "gpt-4o-mini");
+    // The allow-list applies to the model used: this key may not use the cheaper one.
+    let refused = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &narrow,
+        &chat("openai/gpt-4o"),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.text().contains("openai/gpt-4o-mini"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(stack.metric("tollgate_downgraded_total"), 1);
+    let spent = settled_spend(&stack, "capped");
+    stack.stop();
+    let events = stack.events();
+    let id = downgraded.header("x-request-id").unwrap();
+    let event = events.iter().find(|e| e["request_id"] == id).unwrap();
+    assert_eq!(
+        event["model"], "gpt-4o-mini",
+        "priced as the model that answered"
+    );
+    assert_eq!(
+        event["cost_nanos"].as_u64().unwrap(),
+        stack_cost(&downgraded)
+    );
+    let models: BTreeMap<String, usize> = events.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e["model"].as_str().unwrap_or("-").to_owned())
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(models.get("gpt-4o"), Some(&answers.len()));
+    assert_eq!(
+        models.get("gpt-4o-mini"),
+        Some(&2),
+        "the downgraded call and the refusal"
+    );
+    let cost: u64 = events
+        .iter()
+        .map(|e| e["cost_nanos"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cost, spent);
+}
+
+#[test]
+fn a_group_serves_a_call_its_budget_cannot_afford_whole_with_its_cheaper_group() {
+    let mut stack = Stack::start_with("routing-afford", DOWNGRADE_ORG, "", DOWNGRADE_GROUPS, &[]);
+    let (key, _) = stack.create_key("small", json!({}));
+    // gpt-4o's bound at 1,000 completion tokens (0.01) is five times the budget; gpt-4o-mini's
+    // (0.0006) fits whole.
+    let mut request = chat("premium");
+    request["max_tokens"] = json!(1000);
+    let answer = post_json(stack.address(), "/v1/chat/completions", &key, &request);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("x-tollgate-downgraded-from"), Some("premium"));
+    assert_eq!(
+        answer.header("x-tollgate-model"),
+        Some("openai/gpt-4o-mini")
+    );
+    assert_eq!(
+        answer.header("x-tollgate-max-tokens-clamped"),
+        None,
+        "served whole"
+    );
+    // A call the premium model affords whole is served by it.
+    let answer = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &key,
+        &chat("premium"),
+    );
+    assert_eq!(answer.header("x-tollgate-model"), Some("openai/gpt-4o"));
+    assert_eq!(answer.header("x-tollgate-downgraded-from"), None);
+    stack.stop();
+}
+
+/// What a whole answer says it cost, in nanos.
+fn stack_cost(answer: &http::Answer) -> u64 {
+    let text = answer.header("x-tollgate-cost").unwrap();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let fraction = format!("{fraction:0<9}");
+    whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction[..9].parse::<u64>().unwrap()
 }

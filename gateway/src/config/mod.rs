@@ -29,7 +29,7 @@ use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
 pub use self::native::DefaultProviders;
-pub use self::routing::{GroupConfig, RoutingConfig};
+pub use self::routing::{DowngradeConfig, GroupConfig, RoutingConfig};
 pub use self::sink::SinkConfig;
 use crate::limits;
 use crate::providers::config::RawProvider;
@@ -170,6 +170,8 @@ pub struct TeamConfig {
     pub budget: BudgetSpec,
     /// Team-wide limits, shared by all its keys.
     pub rate: RateConfig,
+    /// The group its calls go to past a share of its budget.
+    pub downgrade: Option<DowngradeConfig>,
 }
 
 /// Rate limits, each a per-minute rate enforced by GCRA (a burst may use a minute's worth at
@@ -191,6 +193,8 @@ pub struct ProjectConfig {
     pub team: String,
     /// The project's budget, over all its allocations.
     pub budget: BudgetSpec,
+    /// The group its calls go to past a share of its budget.
+    pub downgrade: Option<DowngradeConfig>,
 }
 
 /// One `[[allocation]]`: what a key charges; the budget, the cost center and the models allowed.
@@ -209,6 +213,8 @@ pub struct AllocationConfig {
     /// `tight`: what its calls do when their whole bound does not fit (`clamp`, `wait`,
     /// `refuse`; default `clamp`).
     pub tight: Tight,
+    /// The group its calls go to past a share of its budget.
+    pub downgrade: Option<DowngradeConfig>,
 }
 
 impl Config {
@@ -295,9 +301,9 @@ impl RawConfig {
             .validate()
             .map_err(|(field, reason)| source.error(&format!("routing.{field}"), 0..0, reason))?;
         let groups = routing::groups(self.group, &providers, &aliases, &routing, source)?;
-        let teams = teams(self.team, source)?;
-        let projects = projects(self.project, &teams, source)?;
-        let allocations = allocations(self.allocation, &projects, source)?;
+        let teams = teams(self.team, &groups, source)?;
+        let projects = projects(self.project, &teams, &groups, source)?;
+        let allocations = allocations(self.allocation, &projects, &groups, source)?;
         let reconcile_interval = self.kafka.as_ref().and_then(RawKafka::reconcile_interval);
         let kafka = self.kafka.map(|k| k.validate(source)).transpose()?;
         let ledger = self
@@ -825,6 +831,7 @@ struct RawTeam {
     budget: Spanned<RawBudget>,
     requests_per_minute: Option<NonZeroU32>,
     tokens_per_minute: Option<NonZeroU32>,
+    downgrade: Option<routing::RawDowngrade>,
 }
 
 #[derive(Deserialize)]
@@ -834,6 +841,7 @@ struct RawProject {
     team: Spanned<String>,
     #[serde(default = "unlimited")]
     budget: Spanned<RawBudget>,
+    downgrade: Option<routing::RawDowngrade>,
 }
 
 #[derive(Deserialize)]
@@ -849,9 +857,14 @@ struct RawAllocation {
     budget: Spanned<RawBudget>,
     #[serde(default)]
     tight: Tight,
+    downgrade: Option<routing::RawDowngrade>,
 }
 
-fn teams(tables: Vec<Spanned<RawTeam>>, source: &Source<'_>) -> Result<Vec<TeamConfig>> {
+fn teams(
+    tables: Vec<Spanned<RawTeam>>,
+    groups: &[GroupConfig],
+    source: &Source<'_>,
+) -> Result<Vec<TeamConfig>> {
     let mut names = HashSet::new();
     let mut teams = Vec::with_capacity(tables.len());
     for (i, raw) in tables.into_iter().enumerate() {
@@ -864,6 +877,12 @@ fn teams(tables: Vec<Spanned<RawTeam>>, source: &Source<'_>) -> Result<Vec<TeamC
                 requests_per_minute: raw.requests_per_minute,
                 tokens_per_minute: raw.tokens_per_minute,
             },
+            downgrade: routing::downgrade(
+                raw.downgrade,
+                &format!("team[{i}].downgrade"),
+                groups,
+                source,
+            )?,
         });
     }
     Ok(teams)
@@ -873,6 +892,7 @@ fn teams(tables: Vec<Spanned<RawTeam>>, source: &Source<'_>) -> Result<Vec<TeamC
 fn projects(
     tables: Vec<Spanned<RawProject>>,
     teams: &[TeamConfig],
+    groups: &[GroupConfig],
     source: &Source<'_>,
 ) -> Result<Vec<ProjectConfig>> {
     let mut names = HashSet::new();
@@ -891,6 +911,12 @@ fn projects(
             name,
             team: raw.team.into_inner(),
             budget: budget(&raw.budget, &format!("project[{i}].budget"), source)?,
+            downgrade: routing::downgrade(
+                raw.downgrade,
+                &format!("project[{i}].downgrade"),
+                groups,
+                source,
+            )?,
         });
     }
     Ok(projects)
@@ -900,6 +926,7 @@ fn projects(
 fn allocations(
     tables: Vec<Spanned<RawAllocation>>,
     projects: &[ProjectConfig],
+    groups: &[GroupConfig],
     source: &Source<'_>,
 ) -> Result<Vec<AllocationConfig>> {
     let mut names = HashSet::new();
@@ -933,6 +960,12 @@ fn allocations(
             models: raw.models.into_iter().map(Spanned::into_inner).collect(),
             budget: budget(&raw.budget, &format!("allocation[{i}].budget"), source)?,
             tight: raw.tight,
+            downgrade: routing::downgrade(
+                raw.downgrade,
+                &format!("allocation[{i}].downgrade"),
+                groups,
+                source,
+            )?,
         });
     }
     Ok(allocations)
@@ -1513,6 +1546,67 @@ candidates = [{ model = "openai/gpt-4o-mini" }, { model = "openai/gpt-4o" }]
             let error = refusal_of(&table);
             assert!(error.contains(field), "{field}: {error}");
             assert!(error.contains(reason), "{reason}: {error}");
+        }
+    }
+
+    #[test]
+    fn downgrades_name_a_configured_group() {
+        let cheap =
+            "[[group]]\nname = \"cheap\"\ncandidates = [{ model = \"openai/gpt-4o-mini\" }]\n";
+        let premium = "[[group]]\nname = \"premium\"\ndowngrade = \"cheap\"\ncandidates = [{ model = \"openai/gpt-4o\" }]\n";
+        let on_allocation = |downgrade: &str| {
+            let text = GOOD
+                .replacen("[[alias]]", &format!("{cheap}\n[[alias]]"), 1)
+                .replacen(
+                    "[[allocation]]\n",
+                    &format!("[[allocation]]\ndowngrade = {downgrade}\n"),
+                    1,
+                );
+            Config::from_toml(&text, "tollgate.toml", Path::new("."))
+        };
+        let config = on_allocation("{ at_percent = 90, to = \"cheap\" }").unwrap();
+        assert_eq!(
+            config.allocations[0].downgrade,
+            Some(DowngradeConfig {
+                at_percent: 90,
+                to: "cheap".into()
+            })
+        );
+        for (downgrade, field, reason) in [
+            (
+                "{ at_percent = 0, to = \"cheap\" }",
+                "allocation[0].downgrade.at_percent",
+                "1 to 100",
+            ),
+            (
+                "{ at_percent = 101, to = \"cheap\" }",
+                "allocation[0].downgrade.at_percent",
+                "1 to 100",
+            ),
+            (
+                "{ at_percent = 90, to = \"nope\" }",
+                "allocation[0].downgrade.to",
+                "no group named `nope`",
+            ),
+            ("{ at_percent = 90 }", "", "missing field `to`"),
+        ] {
+            let error = on_allocation(downgrade).unwrap_err().to_string();
+            assert!(error.contains(field) && error.contains(reason), "{error}");
+        }
+        let config = with_table(&format!("{cheap}{premium}")).unwrap();
+        assert_eq!(config.groups[1].downgrade.as_deref(), Some("cheap"));
+        for (table, reason) in [
+            (premium.to_owned(), "`cheap` must name another group"),
+            (
+                premium.replace("downgrade = \"cheap\"", "downgrade = \"premium\""),
+                "`premium` must name another group",
+            ),
+        ] {
+            let error = refusal_of(&table);
+            assert!(
+                error.contains("group[0].downgrade") && error.contains(reason),
+                "{error}"
+            );
         }
     }
 

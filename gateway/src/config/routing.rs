@@ -176,6 +176,60 @@ pub struct GroupConfig {
     pub retries: u32,
     /// Attempts of one call across the candidates.
     pub attempts_max: u32,
+    /// The group that serves a call the budget can no longer afford whole on this one (it
+    /// would be refused, or capped or stopped short): another group, taken once.
+    pub downgrade: Option<String>,
+}
+
+/// `downgrade = { at_percent = 90, to = "cheap" }` on a team, project or allocation: once its
+/// settled spend reaches `at_percent` of its limit in the period, its calls are served by
+/// group `to` (unless they name it already).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DowngradeConfig {
+    /// 1 to 100.
+    pub at_percent: u8,
+    /// A configured group.
+    pub to: String,
+}
+
+/// A `downgrade` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDowngrade {
+    at_percent: Spanned<u8>,
+    to: Spanned<String>,
+}
+
+/// A level's `downgrade`, its group configured and its threshold in range.
+pub(super) fn downgrade(
+    raw: Option<RawDowngrade>,
+    field: &str,
+    groups: &[GroupConfig],
+    source: &Source<'_>,
+) -> Result<Option<DowngradeConfig>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let at_percent = *raw.at_percent.get_ref();
+    if !(1..=100).contains(&at_percent) {
+        return Err(source.error(
+            &format!("{field}.at_percent"),
+            raw.at_percent.span(),
+            "must be 1 to 100",
+        ));
+    }
+    let to = raw.to.get_ref();
+    if !groups.iter().any(|g| g.name == *to) {
+        return Err(source.error(
+            &format!("{field}.to"),
+            raw.to.span(),
+            format!("no group named `{to}`"),
+        ));
+    }
+    Ok(Some(DowngradeConfig {
+        at_percent,
+        to: to.clone(),
+    }))
 }
 
 /// A `[[group]]` as written.
@@ -187,6 +241,7 @@ pub(super) struct RawGroup {
     balance: Option<RawBalance>,
     retries: Option<u32>,
     attempts_max: Option<u32>,
+    downgrade: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -245,12 +300,23 @@ pub(super) fn groups(
                 format!("attempts_max must be 1 to {ROUTE_ATTEMPTS_MAX} and retries below it"),
             ));
         }
+        let downgrade = match raw.downgrade {
+            Some(to) if *to.get_ref() == name || !names.contains(to.get_ref()) => {
+                return Err(source.error(
+                    &field("downgrade"),
+                    to.span(),
+                    format!("`{}` must name another group", to.get_ref()),
+                ));
+            }
+            to => to.map(Spanned::into_inner),
+        };
         groups.push(GroupConfig {
             name,
             candidates,
             balance: raw.balance.map_or(routing.balance, Balance::from),
             retries,
             attempts_max,
+            downgrade,
         });
     }
     Ok(groups)

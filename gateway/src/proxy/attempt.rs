@@ -100,6 +100,7 @@ pub(super) async fn forward(
         plan,
         candidate,
         scanned,
+        downgraded_from,
     } = admitted;
     let mut ticket = Ticket {
         gateway: Arc::clone(&gateway),
@@ -201,6 +202,7 @@ pub(super) async fn forward(
             budget,
             stream_budget,
             stoppable: upstream.stoppable,
+            downgraded_from,
         };
         return answer(&provider, deployment, response, ticket, asked).await;
     }

@@ -198,6 +198,8 @@ struct Admitted {
     candidate: usize,
     /// Where the members of the body are, to prepare it for another candidate.
     scanned: Scanned<7>,
+    /// The model or group the client named, when a downgrade serves it with another.
+    downgraded_from: Option<Arc<str>>,
 }
 
 /// Members of a request body the gateway reads.
@@ -322,21 +324,60 @@ impl Call<'_> {
         let scanned =
             json_scan::scan(&body, WANTED).map_err(|e| Failure::BadRequest(e.to_string()))?;
         let members = Members::of(&scanned)?;
-        let plan = self.plan(&body, members.model)?;
-        let card = self.gateway.card.load_full();
-        let (candidate, usable) = self.first_usable(&key, &plan, &card)?;
-        let Usable {
-            model,
-            provider,
-            serve,
-            version,
-            price,
-        } = usable;
-        let mut upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
-        self.rate_limit(&key)?;
-        let held = self
-            .reserve(&key, &model, version, price, &body, &upstream)
-            .await?;
+        let (asked, mut plan) = self.plan(&body, members.model)?;
+        let gateway = self.gateway;
+        let router = &gateway.router;
+        // Past a level's downgrade threshold, calls go to its cheaper group.
+        let mut downgraded_from: Option<Arc<str>> = None;
+        if let Some(to) = router.downgrade_at(&key.allocation, self.now)
+            && plan.group() != Some(to)
+            && let Some(cheaper) = router.group_plan(to, gateway.draw())
+        {
+            downgraded_from = Some(Arc::from(asked.as_str()));
+            plan = cheaper;
+        }
+        let card = gateway.card.load_full();
+        let mut limited = false;
+        let (candidate, model, provider, serve, price, mut upstream, held) = loop {
+            let (candidate, usable) = self.first_usable(&key, &plan, &card)?;
+            let Usable {
+                model,
+                provider,
+                serve,
+                version,
+                price,
+            } = usable;
+            let upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
+            if !limited {
+                self.rate_limit(&key)?;
+                limited = true;
+            }
+            let reserved = self
+                .reserve(&key, &model, version, price, &body, &upstream)
+                .await;
+            // A group may name a cheaper one for calls its budget can no longer afford whole
+            // (refused, or to be capped or stopped short): taken once, the hold given back.
+            let short = match &reserved {
+                Ok(held) => held.output_cap.is_some() || held.budget.is_some(),
+                Err(failure) => matches!(failure, Failure::BudgetExceeded(..)),
+            };
+            if short
+                && downgraded_from.is_none()
+                && let Some(cheaper) = plan
+                    .downgrade()
+                    .and_then(|to| router.group_plan(to, gateway.draw()))
+            {
+                downgraded_from = Some(Arc::from(asked.as_str()));
+                plan = cheaper;
+                continue;
+            }
+            break (
+                candidate, model, provider, serve, price, upstream, reserved?,
+            );
+        };
+        if downgraded_from.is_some() {
+            gateway.metrics.add(Counter::Downgraded, 1);
+        }
         if let Some(cap) = held.output_cap {
             // Only part of the bound could be held: the answer is capped at what the hold
             // affords, so the provider itself stops there. The capped body is the client's
@@ -373,6 +414,7 @@ impl Call<'_> {
             plan,
             candidate,
             scanned,
+            downgraded_from,
         })
     }
 
@@ -400,12 +442,12 @@ impl Call<'_> {
 
     /// What the call's `model` names: a group, or one model (an alias, `provider/model` with a
     /// configured provider, or a bare name the route's default provider takes).
-    fn plan(&mut self, body: &Bytes, member: &Member) -> Result<Plan, Failure> {
+    fn plan(&mut self, body: &Bytes, member: &Member) -> Result<(String, Plan), Failure> {
         let gateway = self.gateway;
         let asked: String = json_scan::read(body, member)
             .ok_or_else(|| Failure::BadRequest("`model` must be a string".into()))?;
         if let Some(plan) = gateway.router.group_plan(&asked, gateway.draw()) {
-            return Ok(plan);
+            return Ok((asked, plan));
         }
         let not_found = || Failure::ModelNotFound {
             model: asked.clone(),
@@ -420,7 +462,7 @@ impl Call<'_> {
         if !gateway.providers.contains_key(model.provider()) {
             return Err(not_found());
         }
-        Ok(gateway.router.direct_plan(model))
+        Ok((asked, gateway.router.direct_plan(model)))
     }
 
     /// The first candidate of `plan` the call can take, and its place in the plan; when none
@@ -859,7 +901,13 @@ struct Asked {
     budget: Option<(Level, BudgetSnapshot)>,
     stream_budget: Option<StreamBudget>,
     stoppable: bool,
+    downgraded_from: Option<Arc<str>>,
 }
+
+/// The header naming what the client asked for when a downgrade served the call with a
+/// cheaper group (`x-tollgate-model` says which model answered).
+pub const DOWNGRADED_FROM: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-downgraded-from");
 
 /// The header naming the model that answered (`provider/model`): the group's candidate that
 /// served the call, or the model named.
@@ -956,6 +1004,11 @@ fn relay(
         }
         if ticket.attempt > 1 {
             headers.insert(ATTEMPTS, HeaderValue::from(ticket.attempt));
+        }
+        if let Some(from) = &asked.downgraded_from
+            && let Ok(from) = HeaderValue::from_str(from)
+        {
+            headers.insert(DOWNGRADED_FROM, from);
         }
         if let Some(cap) = asked.output_cap {
             headers.insert(MAX_TOKENS_CLAMPED, HeaderValue::from(cap));

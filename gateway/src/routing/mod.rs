@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tollgate_engine::ModelRef;
 use tollgate_engine::routing::{Balance, BreakerState, Pass, RetryBudget, Standing, choose};
+use tollgate_engine::{Allocation, Level, ModelRef, UnixMs};
 
-use crate::config::{Config, GroupConfig};
+use crate::config::{Config, DowngradeConfig, GroupConfig};
 use crate::limits::{DEPLOYMENTS_MAX, RETRY_BUDGET_WINDOW_US};
 use crate::providers::Provider;
 
@@ -39,6 +39,8 @@ pub struct Group {
     pub candidates: Vec<(ModelRef, u32)>,
     /// Its retries and balancing.
     pub policy: Policy,
+    /// The group serving calls the budget can no longer afford whole on this one.
+    pub downgrade: Option<Arc<str>>,
 }
 
 /// The candidates of one call, in the order it tries them.
@@ -89,12 +91,30 @@ impl Plan {
             Plan::Group { group, .. } => Some(&group.name),
         }
     }
+
+    /// The cheaper group for a call the budget can no longer afford whole on this plan.
+    #[must_use]
+    pub fn downgrade(&self) -> Option<&str> {
+        match self {
+            Plan::Direct(..) => None,
+            Plan::Group { group, .. } => group.downgrade.as_deref(),
+        }
+    }
+}
+
+/// A level's downgrade: past `at_percent` of its limit, calls go to group `to`.
+#[derive(Clone, Debug)]
+struct Threshold {
+    at_percent: u8,
+    to: Arc<str>,
 }
 
 /// The configured groups and the retry budget every call shares.
 #[derive(Debug)]
 pub struct Router {
     groups: HashMap<String, Arc<Group>>,
+    /// Downgrades by level (as `Level::ALL`), by name.
+    thresholds: [HashMap<Arc<str>, Threshold>; 3],
     direct: Policy,
     /// Retries as a share of recent calls.
     pub retry_budget: RetryBudget,
@@ -113,6 +133,20 @@ impl Router {
                 retries: g.retries,
                 attempts_max: g.attempts_max,
             },
+            downgrade: g.downgrade.as_deref().map(Arc::from),
+        };
+        let thresholds = |levels: Vec<(&str, &Option<DowngradeConfig>)>| {
+            levels
+                .into_iter()
+                .filter_map(|(name, d)| {
+                    let d = d.as_ref()?;
+                    let threshold = Threshold {
+                        at_percent: d.at_percent,
+                        to: Arc::from(d.to.as_str()),
+                    };
+                    Some((Arc::from(name), threshold))
+                })
+                .collect::<HashMap<Arc<str>, Threshold>>()
         };
         Router {
             groups: config
@@ -120,6 +154,29 @@ impl Router {
                 .iter()
                 .map(|g| (g.name.clone(), Arc::new(group(g))))
                 .collect(),
+            thresholds: [
+                thresholds(
+                    config
+                        .allocations
+                        .iter()
+                        .map(|a| (a.name.as_str(), &a.downgrade))
+                        .collect(),
+                ),
+                thresholds(
+                    config
+                        .projects
+                        .iter()
+                        .map(|p| (p.name.as_str(), &p.downgrade))
+                        .collect(),
+                ),
+                thresholds(
+                    config
+                        .teams
+                        .iter()
+                        .map(|t| (t.name.as_str(), &t.downgrade))
+                        .collect(),
+                ),
+            ],
             direct: Policy {
                 balance: routing.balance,
                 retries: routing.retries,
@@ -153,6 +210,30 @@ impl Router {
             group: Arc::clone(group),
             first,
         })
+    }
+
+    /// The group a call on `allocation` goes to at `now` because some level's settled spend
+    /// has reached its downgrade threshold (the most specific level first).
+    #[must_use]
+    pub fn downgrade_at(&self, allocation: &Allocation, now: UnixMs) -> Option<&str> {
+        if self.thresholds.iter().all(HashMap::is_empty) {
+            return None;
+        }
+        let levels = Level::ALL.into_iter().zip(allocation.budget_cells());
+        for ((level, cell), thresholds) in levels.zip(&self.thresholds) {
+            let Some(threshold) = thresholds.get(&**allocation.level_name(level)) else {
+                continue;
+            };
+            let snapshot = cell.snapshot(now);
+            let Some(limit) = snapshot.limit else {
+                continue;
+            };
+            let spent = u128::from(snapshot.spent.0) * 100;
+            if spent >= u128::from(limit.0) * u128::from(threshold.at_percent) {
+                return Some(&threshold.to);
+            }
+        }
+        None
     }
 
     /// The plan of a call naming one `provider/model`.
@@ -323,6 +404,7 @@ mod tests {
                 retries: 0,
                 attempts_max: 4,
             },
+            downgrade: None,
         })
     }
 
