@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::Array as _;
 use arrow_array::cast::AsArray as _;
-use arrow_array::types::Decimal128Type;
+use arrow_array::types::{Decimal128Type, Int32Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
@@ -272,7 +272,7 @@ async fn settled(
     names: &HashSet<&str>,
     answered: u64,
     settle: Duration,
-) -> Result<(Vec<(String, i128)>, u128), BooksError> {
+) -> Result<(Vec<Row>, u128), BooksError> {
     let deadline = Instant::now() + settle;
     loop {
         admin.post("events/flush", None).await?;
@@ -303,14 +303,22 @@ impl Books {
         books
     }
 
-    /// Compares the answered attempts with the files' `rows` (`(request_id, cost)`) and the
-    /// totals with each other, adding every disagreement to `problems`.
-    fn compare(&mut self, attempts: &[Attempt], rows: &[(String, i128)]) {
-        let mut by_request: HashMap<&str, (u32, i128)> = HashMap::new();
-        for (request_id, cost) in rows {
-            let entry = by_request.entry(request_id.as_str()).or_insert((0, 0));
-            entry.0 += 1;
-            entry.1 += cost;
+    /// Compares the answered attempts with the files' `rows` and the totals with each other,
+    /// adding every disagreement to `problems`. A call the gateway retried or failed over has
+    /// an event per attempt at a provider, numbered from 1: one call's events are counted
+    /// against its highest attempt number, so a doubled attempt or a lost one shows.
+    fn compare(&mut self, attempts: &[Attempt], rows: &[Row]) {
+        let mut by_request: HashMap<&str, Events> = HashMap::new();
+        for Row {
+            request_id,
+            attempt,
+            cost,
+        } in rows
+        {
+            let entry = by_request.entry(request_id.as_str()).or_default();
+            entry.count += 1;
+            entry.cost += cost;
+            entry.last_attempt = entry.last_attempt.max(*attempt);
             self.parquet_cost_nanos += u128::try_from(*cost).unwrap_or(0);
             if *cost < 0 {
                 self.problems
@@ -318,10 +326,7 @@ impl Books {
             }
         }
         let seen = self.match_answers(attempts, &by_request);
-        let strangers = rows
-            .iter()
-            .filter(|(id, _)| !seen.contains(id.as_str()))
-            .count() as u64;
+        let strangers = by_request.keys().filter(|id| !seen.contains(*id)).count() as u64;
         if strangers > self.unanswered {
             self.problems.push(format!(
                 "{strangers} events match no call the harness made ({} calls went unanswered)",
@@ -348,7 +353,7 @@ impl Books {
     fn match_answers<'a>(
         &mut self,
         attempts: &'a [Attempt],
-        by_request: &HashMap<&str, (u32, i128)>,
+        by_request: &HashMap<&str, Events>,
     ) -> HashSet<&'a str> {
         let mut missing = 0u64;
         let mut seen: HashSet<&str> = HashSet::new();
@@ -361,10 +366,19 @@ impl Books {
             }
             match by_request.get(id) {
                 None => missing += 1,
-                Some(&(count, cost)) => {
-                    if count > 1 {
-                        self.problems
-                            .push(format!("request {id}: {count} events (doubled)"));
+                Some(&Events {
+                    count,
+                    cost,
+                    last_attempt,
+                }) => {
+                    if count > last_attempt {
+                        self.problems.push(format!(
+                            "request {id}: {count} events for {last_attempt} attempts (doubled)"
+                        ));
+                    } else if count < last_attempt {
+                        self.problems.push(format!(
+                            "request {id}: {count} events for {last_attempt} attempts (lost)"
+                        ));
                     }
                     if let Some(priced) = attempt.cost_nanos {
                         self.priced += 1;
@@ -403,7 +417,23 @@ fn budget_of(listed: &Value, names: &HashSet<&str>) -> (u128, u128) {
 }
 
 /// `(request_id, cost in nano-units)` of every event of the named allocations in the files.
-fn read_rows(dir: &Path, names: &HashSet<&str>) -> Result<Vec<(String, i128)>, BooksError> {
+/// One event in the Parquet files, as the books read it.
+struct Row {
+    request_id: String,
+    attempt: u32,
+    /// Nano-units.
+    cost: i128,
+}
+
+/// One call's events: how many, their cost, and the highest attempt number among them.
+#[derive(Clone, Copy, Default)]
+struct Events {
+    count: u32,
+    cost: i128,
+    last_attempt: u32,
+}
+
+fn read_rows(dir: &Path, names: &HashSet<&str>) -> Result<Vec<Row>, BooksError> {
     let mut files = Vec::new();
     collect_files(&dir.join("usage"), &mut files);
     let mut rows = Vec::new();
@@ -417,7 +447,7 @@ fn read_rows(dir: &Path, names: &HashSet<&str>) -> Result<Vec<(String, i128)>, B
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| error(e.to_string()))?;
         let mask = ProjectionMask::columns(
             builder.parquet_schema(),
-            ["request_id", "allocation", "cost"],
+            ["request_id", "attempt", "allocation", "cost"],
         );
         let reader = builder
             .with_projection(mask)
@@ -431,11 +461,15 @@ fn read_rows(dir: &Path, names: &HashSet<&str>) -> Result<Vec<(String, i128)>, B
                     .cloned()
                     .ok_or_else(|| error(format!("no `{name}` column")))
             };
-            let (ids, allocation, cost) = (
+            let (ids, attempt, allocation, cost) = (
                 column("request_id")?,
+                column("attempt")?,
                 column("allocation")?,
                 column("cost")?,
             );
+            let attempt = attempt
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| error("`attempt` is not a 32-bit integer".into()))?;
             let ids = ids
                 .as_string_opt::<i32>()
                 .ok_or_else(|| error("`request_id` is not text".into()))?;
@@ -447,7 +481,11 @@ fn read_rows(dir: &Path, names: &HashSet<&str>) -> Result<Vec<(String, i128)>, B
                 .ok_or_else(|| error("`cost` is not a decimal".into()))?;
             for row in 0..batch.num_rows() {
                 if allocation.is_valid(row) && names.contains(allocation.value(row)) {
-                    rows.push((ids.value(row).to_owned(), cost.value(row)));
+                    rows.push(Row {
+                        request_id: ids.value(row).to_owned(),
+                        attempt: u32::try_from(attempt.value(row)).unwrap_or(0),
+                        cost: cost.value(row),
+                    });
                 }
             }
         }
@@ -485,6 +523,24 @@ mod tests {
         }
     }
 
+    fn row(request_id: &str, attempt: u32, cost: i128) -> Row {
+        Row {
+            request_id: request_id.to_owned(),
+            attempt,
+            cost,
+        }
+    }
+
+    #[test]
+    fn a_call_retried_by_the_gateway_balances_with_an_event_per_attempt() {
+        let allocations = ["a-t".to_owned()];
+        let attempts = [attempt(0, Some("r1"), 200, Some(10))];
+        let mut books = Books::of_attempts(&allocations, &attempts);
+        books.gateway_spent_nanos = 10;
+        books.compare(&attempts, &[row("r1", 2, 10), row("r1", 1, 0)]);
+        assert!(books.balanced(), "{:?}", books.problems);
+    }
+
     #[test]
     fn balanced_books_have_no_problems() {
         let allocations = ["a-t".to_owned(), "b-t".to_owned()];
@@ -500,7 +556,7 @@ mod tests {
         );
         assert_eq!(books.refused_by_allocation.get("b-t"), Some(&1));
         books.gateway_spent_nanos = 10;
-        books.compare(&attempts, &[("r1".into(), 10), ("r2".into(), 0)]);
+        books.compare(&attempts, &[row("r1", 1, 10), row("r2", 1, 0)]);
         assert!(books.balanced(), "{:?}", books.problems);
         assert_eq!(
             (
@@ -525,22 +581,24 @@ mod tests {
         let mut books = Books::of_attempts(&allocations, &attempts);
         books.gateway_spent_nanos = 7;
         let rows = [
-            ("r1".to_owned(), 4),
-            ("r1".to_owned(), 4),
-            ("x1".to_owned(), 1),
-            ("x2".to_owned(), -1),
+            row("r1", 1, 4),
+            row("r1", 1, 4),
+            row("r2", 2, 5),
+            row("x1", 1, 1),
+            row("x2", 1, -1),
         ];
         books.compare(&attempts, &rows);
         assert_eq!(
             books.problems,
             [
                 "event of x2 has a negative cost",
-                "request r1: 2 events (doubled)",
+                "request r1: 2 events for 1 attempts (doubled)",
                 "request id r1 answered twice",
-                "2 answered calls have no event in the Parquet files (lost)",
+                "request r2: 1 events for 2 attempts (lost)",
+                "1 answered calls have no event in the Parquet files (lost)",
                 "2 events match no call the harness made (1 calls went unanswered)",
-                "Parquet total 9 != budget table 7 (nano-units)",
-                "harness priced 1 calls at 10 but their events cost 8 (nano-units)",
+                "Parquet total 14 != budget table 7 (nano-units)",
+                "harness priced 2 calls at 15 but their events cost 13 (nano-units)",
             ]
         );
     }

@@ -182,10 +182,22 @@ pub fn start_llama() -> Option<Process> {
         .local_addr()
         .unwrap()
         .port();
+    Some(llama_on(&server, &model, port))
+}
+
+/// llama.cpp's server on `port` (a server killed and started again where it was), once
+/// healthy; `None` as [`start_llama`] says.
+pub fn start_llama_on(port: u16) -> Option<Process> {
+    let server = std::env::var("TOLLGATE_LLAMA_SERVER").ok()?;
+    let model = std::env::var("TOLLGATE_LLAMA_MODEL").ok()?;
+    Some(llama_on(&server, &model, port))
+}
+
+fn llama_on(server: &str, model: &str, port: u16) -> Process {
     let child = Command::new(server)
         .args([
             "-m",
-            &model,
+            model,
             "--host",
             "127.0.0.1",
             "--port",
@@ -212,7 +224,7 @@ pub fn start_llama() -> Option<Process> {
     loop {
         // While it loads the model, llama-server may refuse, reset or answer 503.
         if http::probe(address, "/health") == Some(200) {
-            return Some(process);
+            return process;
         }
         assert!(
             std::time::Instant::now() < deadline,

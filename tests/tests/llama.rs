@@ -2,10 +2,13 @@
 //! random-weight model. Gibberish text, but its own usage accounting, streaming, embeddings,
 //! Anthropic Messages API and errors, all through the gateway.
 
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use tollgate_tests::http::{self, post_json};
-use tollgate_tests::nanos;
-use tollgate_tests::stack::{ORG, Stack, start_llama};
+use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, ORG, Stack, start_llama, start_llama_on};
+use tollgate_tests::{loadtest_bin, nanos, read_text};
 
 const MODEL: &str = "llama/tiny-random-llama";
 
@@ -136,7 +139,8 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
     );
     // While calls hold whole bounds, a few are in flight at a time and the rest wait in line:
     // the wait is long enough for the line to drain on a loaded machine.
-    let admission = "\n[admission]\nwait_ms_max = 120000\n";
+    // A stale kept-alive connection (below) is retried by the gateway on a fresh one.
+    let admission = "\n[admission]\nwait_ms_max = 120000\n\n[routing]\nretries = 1\n";
     let mut stack = Stack::start_with(
         "llama-race",
         &org,
@@ -170,10 +174,11 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
                         402 => return (served, answer.json()["error"].clone()),
                         // llama.cpp's server now and then closes a kept-alive connection as
                         // a call is sent on it ("connection closed before message
-                        // completed"). The call costs nothing and the client retries, as the
-                        // SDKs do on a 502; the gateway retrying it itself is routing's job.
-                        // Calls waiting in line are sent the moment a call settles, on the
-                        // connection it just gave back, so they meet this more often.
+                        // completed"). The gateway retries that attempt once; only a call
+                        // whose retry meets it again gets the 502, costing nothing, and the
+                        // client retries it as the SDKs do. Calls waiting in line are sent
+                        // the moment a call settles, on the connection it just gave back, so
+                        // they meet this more often.
                         502 => {
                             assert_eq!(answer.json()["error"]["type"], "upstream_error");
                         }
@@ -226,4 +231,156 @@ fn sixty_four_streams_spend_a_budget_to_the_last_cent_on_a_real_server() {
         "spent {spent} of {limit} before the first 402"
     );
     assert!(served >= 100, "{served} calls served");
+}
+
+/// Two llama.cpp servers as two deployments of one model, under the load harness; one is
+/// killed (`kill -9`) mid-run and started again. No call fails: an attempt on the dead one is
+/// retried on the survivor; its breaker opens, and closes once the restarted server answers a
+/// probe. The harness's books balance with an event for every attempt.
+#[test]
+fn a_deployment_killed_under_load_costs_no_call_and_comes_back() {
+    let Some(first) = start_llama() else { return };
+    let Some(second) = start_llama() else { return };
+    let second_port = second.address.port();
+    let providers = format!(
+        r#"[routing]
+retries = 2
+breaker_failures = 2
+breaker_cooldown_ms = 1500
+
+[[provider]]
+name = "pool"
+kind = "openai"
+[[provider.deployment]]
+name = "first"
+base_url = "http://{}/v1"
+[[provider.deployment]]
+name = "second"
+base_url = "http://{}/v1"
+"#,
+        first.address, second.address
+    );
+    let model = "pool/tiny-random-llama";
+    let stack = Stack::start_with(
+        "llama-deployments",
+        &format!("{ORG}{FLEET_ORG}"),
+        "",
+        &providers,
+        &[model],
+    );
+    let scenario = stack.path().join("two-deployments.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            r#"name = "two-deployments"
+seconds = 12
+seed = 3
+[load]
+mode = "closed"
+[fleet]
+agents = 8
+think_ms = 20
+[[fleet.allocation]]
+name = "pool-agents"
+project = "research-agents"
+# Short contexts: the tiny model's window is small.
+[task]
+steps_min = 1
+steps_max = 3
+context_tokens_start = 16
+context_tokens_step = 8
+context_tokens_max = 48
+[[call]]
+api = "chat"
+model = "{model}"
+stream_percent = 50
+max_tokens = 6
+"#
+        ),
+    )
+    .unwrap();
+    let out = stack.path().join("report");
+    let harness = Command::new(loadtest_bin().unwrap())
+        .args(["run", "--require-balanced", "--scenario"])
+        .arg(&scenario)
+        .arg("--gateway")
+        .arg(format!("http://{}", stack.address()))
+        .arg("--parquet")
+        .arg(stack.path().join("data"))
+        .arg("--out")
+        .arg(&out)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let breaker = |state: &str| {
+        stack.metric(&format!(
+            "tollgate_deployment_breaker_state{{provider=\"pool\",deployment=\"second\",state=\"{state}\"}}"
+        ))
+    };
+    let served = |deployment: &str| {
+        stack.metric(&format!(
+            "tollgate_deployment_attempts_total{{provider=\"pool\",deployment=\"{deployment}\"}}"
+        ))
+    };
+    // Once both serve, the second dies mid-call.
+    let until = |what: &str, enough: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !enough() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("both deployments serve", &|| {
+        served("first") > 5 && served("second") > 5
+    });
+    drop(second);
+    until("the dead deployment's breaker opens", &|| {
+        breaker("open") == 1
+    });
+    let at_kill = served("first");
+    until("traffic moves to the survivor", &|| {
+        served("first") > at_kill + 20
+    });
+    let second = start_llama_on(second_port).unwrap();
+    let revived = served("second");
+    until("the breaker closes after a probe", &|| {
+        breaker("closed") == 1 && served("second") > revived
+    });
+    let finished = harness.wait_with_output().unwrap();
+    let report = read_text(&out.join("report.json"));
+    assert!(
+        finished.status.success(),
+        "{}\n{}\n{report}",
+        String::from_utf8_lossy(&finished.stdout),
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let books = &report["books"];
+    assert_eq!(books["problems"], json!([]), "{books}");
+    // A stream in flight on the server as it died is cut mid-answer (nothing can be retried
+    // once an answer has begun): at most one per agent.
+    let broken = report["runs"][0]["broken"].as_u64().unwrap();
+    assert!(broken <= 8, "{broken} answers cut");
+    let statuses = &report["runs"][0]["statuses"];
+    assert_eq!(
+        statuses
+            .as_object()
+            .map(|s| s.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["200".to_owned()]),
+        "every call answered: {statuses}"
+    );
+    let answered = books["answered"].as_u64().unwrap();
+    let events = books["parquet_events"].as_u64().unwrap();
+    assert!(
+        events > answered,
+        "the failed attempts are in the books: {books}"
+    );
+    assert!(stack.metric("tollgate_upstream_retries_total") >= events - answered);
+    eprintln!(
+        "two llama deployments, one killed: {answered} calls answered, {events} events, {broken} cut"
+    );
+    drop(second);
+    drop(first);
 }

@@ -124,6 +124,7 @@ fn least<'s>(
 #[derive(Debug)]
 pub struct Health {
     in_flight: AtomicU64,
+    attempts: AtomicU64,
     latency_ewma_us: AtomicU64,
     latency_at_us: AtomicI64,
     wait_until_us: AtomicI64,
@@ -137,6 +138,7 @@ impl Health {
     pub fn new(breaker: BreakerConfig) -> Health {
         Health {
             in_flight: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
             latency_ewma_us: AtomicU64::new(0),
             latency_at_us: AtomicI64::new(i64::MIN),
             wait_until_us: AtomicI64::new(i64::MIN),
@@ -169,9 +171,16 @@ impl Health {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Attempts sent to it since the process started.
+    #[must_use]
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
     /// A call starts on it.
     pub fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call it was serving ended (however it ended).
@@ -296,6 +305,7 @@ mod tests {
         health.ended();
         health.ended();
         assert_eq!(health.in_flight(), 0, "never below zero");
+        assert_eq!(health.attempts(), 2);
         health.measured(1_000, 80_000);
         assert_eq!(health.latency_us(1_000), Some(80_000));
         health.measured(2_000, 0);

@@ -273,7 +273,8 @@ impl Drop for Serving {
 }
 
 /// Each deployment's calls in flight, breaker and recent time to first byte, in Prometheus
-/// text: `tollgate_deployment_in_flight`, `tollgate_deployment_breaker_state` (one series per
+/// text: `tollgate_deployment_in_flight`, `tollgate_deployment_attempts_total`,
+/// `tollgate_deployment_breaker_state` (one series per
 /// state, 1 for the one it is in), `tollgate_deployment_breaker_opened_total` and
 /// `tollgate_deployment_ttfb_ms` (absent until measured lately).
 pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_us: i64) {
@@ -313,6 +314,14 @@ pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_
                 u8::from(candidate == state)
             );
         }
+    }
+    out.push_str("# HELP tollgate_deployment_attempts_total Attempts sent to a deployment.\n# TYPE tollgate_deployment_attempts_total counter\n");
+    for (labels, d) in each() {
+        let _ = writeln!(
+            out,
+            "tollgate_deployment_attempts_total{{{labels}}} {}",
+            d.health.attempts()
+        );
     }
     out.push_str("# HELP tollgate_deployment_breaker_opened_total Times a deployment's breaker opened.\n# TYPE tollgate_deployment_breaker_opened_total counter\n");
     for (labels, d) in each() {
