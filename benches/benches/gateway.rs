@@ -1,6 +1,6 @@
 //! Criterion benches of the gateway's per-request work that does not touch a socket: reading a
 //! large body's routing fields, splicing the upstream body, metering a streamed chunk, and
-//! admission through the budget's wait line.
+//! admission through the budget's wait line, and the routing decision of an attempt.
 //!
 //! `cargo bench -p tollgate-benches --bench gateway`
 
@@ -127,5 +127,84 @@ fn admission(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, scan, stream, stream_reader, admission);
+/// The routing decision of one attempt: a deployment placed by each balance, among one and
+/// four deployments, and the outcome learned (breaker, time to first byte), as
+/// `proxy::attempt` does per attempt; and a group's plan drawn.
+fn routing(c: &mut Criterion) {
+    use std::path::Path;
+    use std::sync::Arc;
+    use tollgate_engine::routing::{Balance, BreakerConfig};
+    use tollgate_gateway::config::Config;
+    use tollgate_gateway::providers::Provider;
+    use tollgate_gateway::routing::{Router, place};
+
+    let text = r#"
+rate_card = "rates.toml"
+[[provider]]
+name = "one"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+[[provider]]
+name = "four"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+[[provider.deployment]]
+name = "a"
+weight = 3
+[[provider.deployment]]
+name = "b"
+[[provider.deployment]]
+name = "c"
+[[provider.deployment]]
+name = "d"
+[[group]]
+name = "prod/chat"
+candidates = [{ model = "four/m", weight = 3 }, { model = "one/m", weight = 1 }]
+"#;
+    let config = Config::from_toml(text, "bench", Path::new(".")).unwrap();
+    let router = Router::new(&config);
+    let providers: Vec<Arc<Provider>> = config
+        .providers
+        .iter()
+        .map(|p| Arc::new(Provider::new(p.clone(), BreakerConfig::default(), |_| None).unwrap()))
+        .collect();
+    let mut now_us = 1_000_000i64;
+    for (provider, name) in providers.iter().zip(["one deployment", "four deployments"]) {
+        for balance in [Balance::Weighted, Balance::LeastInFlight, Balance::Latency] {
+            let id = format!("routing/place and learn, {name}, {}", balance.as_str());
+            c.bench_function(&id, |b| {
+                let mut random = 0x9E37_79B9_7F4A_7C15u64;
+                b.iter(|| {
+                    now_us += 1;
+                    random = random
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    let (index, _) = place(provider, balance, now_us, random, 0).unwrap();
+                    let health = &provider.deployments[index].health;
+                    health.started();
+                    health.breaker.succeeded();
+                    health.measured(now_us, 2_000 + random % 1_000);
+                    health.ended();
+                    black_box(index)
+                })
+            });
+        }
+    }
+    c.bench_function("routing/a group's plan drawn", |b| {
+        let mut random = 1u64;
+        b.iter(|| {
+            random = random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            black_box(router.group_plan(black_box("prod/chat"), random))
+        })
+    });
+    c.bench_function("routing/retry budget: a call and a retry", |b| {
+        b.iter(|| {
+            now_us += 1;
+            router.retry_budget.called(now_us);
+            black_box(router.retry_budget.try_retry(now_us))
+        })
+    });
+}
+
+criterion_group!(benches, scan, stream, stream_reader, admission, routing);
 criterion_main!(benches);
