@@ -11,9 +11,14 @@ trap 'rm -f "$figures"' EXIT
 kafka_out="$(tests/kafka/fetch.sh "${XDG_CACHE_HOME:-$HOME/.cache}/tollgate")"
 TOLLGATE_KAFKA_LIBS="$(sed -n 's/^KAFKA_LIBS=//p' <<<"$kafka_out")"
 export TOLLGATE_KAFKA_LIBS
+llama_out="$(tests/llama/build.sh "${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/llama")"
+TOLLGATE_LLAMA_SERVER="$(sed -n 's/^LLAMA_SERVER=//p' <<<"$llama_out")"
+TOLLGATE_LLAMA_MODEL="$(sed -n 's/^LLAMA_MODEL=//p' <<<"$llama_out")"
+export TOLLGATE_LLAMA_SERVER TOLLGATE_LLAMA_MODEL
 export TOLLGATE_RELIABILITY_OUT="$figures"
 cargo test --locked -p tollgate-tests \
-  --test faults --test robustness --test kafka --test kafka_sink --no-fail-fast -- --test-threads 1 >&2
+  --test faults --test robustness --test kafka --test kafka_sink --test routing --test llama \
+  --no-fail-fast -- --test-threads 1 >&2
 python3 - "$figures" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]

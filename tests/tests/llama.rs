@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tollgate_tests::fault::Figures;
 use tollgate_tests::http::{self, post_json};
 use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, ORG, Stack, start_llama, start_llama_on};
 use tollgate_tests::{loadtest_bin, nanos, read_text};
@@ -378,9 +379,19 @@ max_tokens = 6
         "the failed attempts are in the books: {books}"
     );
     assert!(stack.metric("tollgate_upstream_retries_total") >= events - answered);
-    eprintln!(
-        "two llama deployments, one killed: {answered} calls answered, {events} events, {broken} cut"
-    );
+    Figures {
+        fault: "a deployment killed under the load harness (two llama.cpp servers, one model)",
+        answered,
+        lost: 0,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: format!(
+            "every call answered 200 ({broken} streams cut as their server died); {} failed attempts retried on the survivor, each an event; the breaker opened and, once the server was back, closed on a probe; the harness's books balance ({events} events)",
+            events - answered
+        ),
+    }
+    .report();
     drop(second);
     drop(first);
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tollgate_tests::fault::Figures;
 use tollgate_tests::http::{self, post_json};
 use tollgate_tests::stack::{ORG, Process, Stack, mock_requests_at, start_mock_with};
 
@@ -169,6 +170,16 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
         assert_eq!(e["http_status"], 502, "no connection: the gateway's 502");
     }
     assert_books(spent, &events, &answers);
+    Figures {
+        fault: "deployments answering 503 or dropping every connection, beside a healthy one",
+        answered: answers.len() as u64,
+        lost: 0,
+        doubled: 0,
+        over_limit_nanos: 0,
+        recover_ms: None,
+        note: "every call answered 200; 3 attempts on each bad deployment (each an event, costing nothing), then its breaker open; the budget table equals the events".into(),
+    }
+    .report();
 }
 
 #[test]
@@ -501,4 +512,55 @@ fn stack_cost(answer: &http::Answer) -> u64 {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let fraction = format!("{fraction:0<9}");
     whole.parse::<u64>().unwrap() * 1_000_000_000 + fraction[..9].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_deployment_past_its_quota_takes_no_more_calls() {
+    let quota = start_mock_with(&[]);
+    let spare = start_mock_with(&[]);
+    let providers = format!(
+        "{}\n[[provider]]\nname = \"tokens\"\nkind = \"openai\"\napi_key_env = \"TEST_OPENAI_KEY\"\n[[provider.deployment]]\nname = \"metered\"\nbase_url = \"http://{}/v1\"\nweight = 100\ntokens_per_minute = 40\n[[provider.deployment]]\nname = \"spare\"\nbase_url = \"http://{}/v1\"\n",
+        pool("pool", &[("quota", &quota), ("spare", &spare)]).replace(
+            "name = \"quota\"\n",
+            "name = \"quota\"\nweight = 100\nrequests_per_minute = 3\n"
+        ),
+        quota.address,
+        spare.address
+    );
+    let mut stack = Stack::start_with(
+        "routing-quota",
+        ORG,
+        "",
+        &providers,
+        &["pool/m", "tokens/m"],
+    );
+    let (key, _) = stack.create_key("open", json!({}));
+    for _ in 0..12 {
+        let answer = post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &key,
+            &chat("pool/m"),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    // Weighted 100 to 1, the quota deployment would take nearly all: it takes its three.
+    assert_eq!(mock_requests_at(quota.address), 3);
+    assert_eq!(mock_requests_at(spare.address), 9);
+    // 40 tokens a minute: each call here is 16 (the mock counts 8 for the prompt, and 8
+    // completion tokens), charged as it ends. The metered deployment takes calls while it
+    // is not in debt: at 0, 16 and 32 tokens; at 48 it is, and takes none.
+    let before = mock_requests_at(quota.address);
+    for _ in 0..6 {
+        let answer = post_json(
+            stack.address(),
+            "/v1/chat/completions",
+            &key,
+            &chat("tokens/m"),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.json()["usage"]["total_tokens"], 16);
+    }
+    assert_eq!(mock_requests_at(quota.address) - before, 3);
+    stack.stop();
 }

@@ -7,6 +7,7 @@
 //! fixed order and the first failure is the one reported. This file and
 //! [`Provider::new`](super::Provider::new) are the only places that name every kind.
 
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -97,6 +98,12 @@ pub struct DeploymentConfig {
     /// Most calls it serves at once; beyond it calls go to other deployments or wait for none
     /// (the call fails over or is refused as unavailable).
     pub in_flight_max: Option<u64>,
+    /// Its quota of requests a minute (a provider's rate limit for this endpoint): past it,
+    /// calls go to other deployments.
+    pub requests_per_minute: Option<NonZeroU32>,
+    /// Its quota of tokens a minute, charged after each call: while over it, calls go to
+    /// other deployments.
+    pub tokens_per_minute: Option<NonZeroU32>,
     /// The provider's table with this deployment's endpoint in it, `deployments` empty: what
     /// its adapter and client are made from.
     pub endpoint: Box<ProviderConfig>,
@@ -136,6 +143,8 @@ pub(crate) struct RawDeployment {
     location: Option<String>,
     weight: Option<Spanned<u32>>,
     in_flight_max: Option<u64>,
+    requests_per_minute: Option<NonZeroU32>,
+    tokens_per_minute: Option<NonZeroU32>,
 }
 
 /// A field of one `[[provider]]` table that is wrong, and why.
@@ -207,6 +216,8 @@ impl RawProvider {
                 name,
                 weight: 1,
                 in_flight_max: None,
+                requests_per_minute: None,
+                tokens_per_minute: None,
                 endpoint: Box::new(provider.clone()),
             }];
             return Ok(provider);
@@ -279,6 +290,8 @@ impl RawProvider {
             name: name.clone(),
             weight,
             in_flight_max: raw.in_flight_max,
+            requests_per_minute: raw.requests_per_minute,
+            tokens_per_minute: raw.tokens_per_minute,
             endpoint: Box::new(endpoint),
         })
     }

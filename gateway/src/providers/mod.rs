@@ -22,8 +22,8 @@ pub mod text;
 use std::sync::Arc;
 
 use http::{HeaderMap, Request};
-use tollgate_engine::UnixMs;
 use tollgate_engine::routing::{BreakerConfig, Health};
+use tollgate_engine::{Gcra, UnixMs};
 
 pub use self::chat::TranslateError;
 pub use self::client::{SetupError, SliceBody, Upstream};
@@ -112,6 +112,26 @@ pub struct Deployment {
     pub upstream: Upstream,
     /// Calls in flight, time to first byte, breaker.
     pub health: Health,
+    /// Its requests-per-minute quota, taken as an attempt is placed on it.
+    pub requests: Option<Gcra>,
+    /// Its tokens-per-minute quota, charged as each call on it ends.
+    pub tokens: Option<Gcra>,
+}
+
+impl Deployment {
+    /// Whether its token quota has room at `now_us` (a deployment in debt takes no call).
+    #[must_use]
+    pub fn tokens_left(&self, now_us: i64) -> bool {
+        self.tokens.as_ref().is_none_or(|t| t.check(now_us).is_ok())
+    }
+
+    /// Takes a request of its quota at `now_us`, if it has one left.
+    #[must_use]
+    pub fn take_request(&self, now_us: i64) -> bool {
+        self.requests
+            .as_ref()
+            .is_none_or(|r| r.take(now_us, 1).is_ok())
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -142,6 +162,8 @@ impl Provider {
                 adapter: adapter(endpoint, &env)?,
                 upstream: Upstream::new(endpoint)?,
                 health: Health::new(breaker),
+                requests: deployment.requests_per_minute.map(Gcra::per_minute),
+                tokens: deployment.tokens_per_minute.map(Gcra::per_minute),
             });
         }
         Ok(Provider {
@@ -250,6 +272,8 @@ mod tests {
             name: config.name.clone(),
             weight: 1,
             in_flight_max: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
             endpoint: Box::new(config.clone()),
         }];
         config

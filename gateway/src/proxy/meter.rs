@@ -112,8 +112,7 @@ impl Ticket {
             permit,
             cost_to,
         } = self;
-        // The deployment's call ends here, however the answer ended.
-        drop(serving);
+
         let at = reservation.at();
         let (usage, source) = measured.usage();
         let bound = reservation
@@ -131,6 +130,12 @@ impl Ticket {
             gateway.emitter.alert(crossed, at);
         }
         charge_tokens(&gateway, &key, &usage);
+        // The deployment's call ends here, however the answer ended, its tokens charged to
+        // its quota.
+        if let Some(serving) = serving {
+            let total = usage.input.0.saturating_add(usage.output.0);
+            serving.charge_tokens(gateway.monotonic_us(), total);
+        }
         count_in_metrics(&gateway, api, status, &usage, source, cost.billed);
         gateway
             .metrics

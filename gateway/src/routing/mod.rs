@@ -264,6 +264,20 @@ impl Serving {
     }
 }
 
+impl Serving {
+    /// Charges a finished call's tokens to its deployment's quota.
+    pub fn charge_tokens(&self, now_us: i64, tokens: u64) {
+        if let Some(quota) = self
+            .provider
+            .deployments
+            .get(self.index)
+            .and_then(|d| d.tokens.as_ref())
+        {
+            quota.charge(now_us, tokens);
+        }
+    }
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         if let Some(deployment) = self.provider.deployments.get(self.index) {
@@ -369,6 +383,7 @@ pub fn place(
         *slot = deployment
             .health
             .standing(now_us, deployment.weight, deployment.in_flight_max);
+        slot.available &= deployment.tokens_left(now_us);
     }
     let standings = &mut standings[..count];
     let untried = |i: usize| tried & (1 << i) == 0;
@@ -381,16 +396,21 @@ pub fn place(
             s.available &= untried(i);
         }
     }
-    // A half-open breaker may have given its probe to another call since: try the others.
+    // The chosen one's request quota may be spent, or its half-open breaker may have given its
+    // probe to another call since: then the others.
     for _ in 0..count {
         let chosen = choose(balance, standings, random)?;
-        match deployments.get(chosen)?.health.breaker.pass(now_us) {
-            Pass::No => {
-                if let Some(s) = standings.get_mut(chosen) {
-                    s.available = false;
-                }
-            }
-            pass => return Some((chosen, pass)),
+        let deployment = deployments.get(chosen)?;
+        let pass = if deployment.take_request(now_us) {
+            deployment.health.breaker.pass(now_us)
+        } else {
+            Pass::No
+        };
+        if pass != Pass::No {
+            return Some((chosen, pass));
+        }
+        if let Some(s) = standings.get_mut(chosen) {
+            s.available = false;
         }
     }
     None
