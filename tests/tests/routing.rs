@@ -3,12 +3,14 @@
 //! balancing, with every attempt in the books.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_tests::fault::Figures;
 use tollgate_tests::http::{self, post_json};
 use tollgate_tests::stack::{ORG, Process, Stack, mock_requests_at, start_mock_with};
+use tollgate_tests::tollgate_bin;
 
 fn chat(model: &str) -> Value {
     json!({"model": model, "max_tokens": 8,
@@ -99,14 +101,24 @@ fn assert_books(spent: u64, events: &[Value], answered: &[http::Answer]) {
 fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
     let failing = start_mock_with(&["--error-percent", "100", "--error-status", "503"]);
     let dropping = start_mock_with(&["--drop-percent", "100"]);
+    // Rate-limited, asking for a minute's rest: no breaker, but no call until then.
+    let limited = start_mock_with(&[
+        "--error-percent",
+        "100",
+        "--error-status",
+        "429",
+        "--retry-after-s",
+        "60",
+    ]);
     let healthy = start_mock_with(&[]);
     let providers = format!(
-        "[routing]\nretries = 2\nbreaker_failures = 3\nbreaker_cooldown_ms = 60000\n\n{}",
+        "[routing]\nretries = 3\nbreaker_failures = 3\nbreaker_cooldown_ms = 60000\n\n{}",
         pool(
             "pool",
             &[
                 ("failing", &failing),
                 ("dropping", &dropping),
+                ("limited", &limited),
                 ("healthy", &healthy)
             ]
         )
@@ -130,6 +142,11 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
     // Each bad deployment failed three times in a row, then its breaker kept calls away.
     assert_eq!(mock_requests_at(failing.address), 3);
     assert_eq!(mock_requests_at(dropping.address), 0, "it never answers");
+    assert_eq!(
+        mock_requests_at(limited.address),
+        1,
+        "told to wait a minute"
+    );
     assert_eq!(mock_requests_at(healthy.address), 40);
     for deployment in ["failing", "dropping"] {
         let state = format!(
@@ -151,8 +168,8 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
         .iter()
         .map(|d| d["breaker"].as_str().unwrap())
         .collect();
-    assert_eq!(breakers, ["open", "open", "closed"]);
-    assert_eq!(stack.metric("tollgate_upstream_retries_total"), 6);
+    assert_eq!(breakers, ["open", "open", "closed", "closed"]);
+    assert_eq!(stack.metric("tollgate_upstream_retries_total"), 7);
     let spent = settled_spend(&stack, "open");
     stack.stop();
     let events = stack.events();
@@ -161,6 +178,7 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
         (("ok".to_owned(), "healthy".to_owned()), 40),
         (("upstream_error".to_owned(), "failing".to_owned()), 3),
         (("upstream_error".to_owned(), "dropping".to_owned()), 3),
+        (("upstream_error".to_owned(), "limited".to_owned()), 1),
     ]);
     assert_eq!(counts, expected);
     for e in events.iter().filter(|e| e["deployment"] == "failing") {
@@ -169,15 +187,18 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
     for e in events.iter().filter(|e| e["deployment"] == "dropping") {
         assert_eq!(e["http_status"], 502, "no connection: the gateway's 502");
     }
+    for e in events.iter().filter(|e| e["deployment"] == "limited") {
+        assert_eq!(e["http_status"], 429);
+    }
     assert_books(spent, &events, &answers);
     Figures {
-        fault: "deployments answering 503 or dropping every connection, beside a healthy one",
+        fault: "deployments answering 503, 429 with Retry-After, or dropping every connection, beside a healthy one",
         answered: answers.len() as u64,
         lost: 0,
         doubled: 0,
         over_limit_nanos: 0,
         recover_ms: None,
-        note: "every call answered 200; 3 attempts on each bad deployment (each an event, costing nothing), then its breaker open; the budget table equals the events".into(),
+        note: "every call answered 200; 3 attempts on each failing deployment (each an event, costing nothing), then its breaker open; one on the deployment answering 429 with a minute's Retry-After, then none; the budget table equals the events".into(),
     }
     .report();
 }
@@ -472,6 +493,34 @@ fn past_its_threshold_an_allocation_is_served_by_the_cheaper_group() {
         .map(|e| e["cost_nanos"].as_u64().unwrap())
         .sum();
     assert_eq!(cost, spent);
+    // The chargeback report from the Parquet files shows both models, to the nano.
+    let report = Command::new(tollgate_bin().unwrap())
+        .args(["report", "--by", "model", "--format", "json", "--data"])
+        .arg(stack.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let cost_of = |model: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r["model"] == model)
+            .map(|r| r["cost_nanos"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(
+        cost_of("gpt-4o") > 0 && cost_of("gpt-4o-mini") > 0,
+        "{report}"
+    );
+    assert_eq!(
+        cost_of("gpt-4o") + cost_of("gpt-4o-mini"),
+        spent,
+        "{report}"
+    );
 }
 
 #[test]

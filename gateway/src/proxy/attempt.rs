@@ -32,7 +32,7 @@ use crate::http::error::{Failure, Protocol};
 use crate::limits::RETRY_AFTER_DEFAULT;
 use crate::metrics::Counter;
 use crate::providers::{Deployment, Provider};
-use crate::routing::{Plan, Policy, Serving, Tried, place};
+use crate::routing::{Plan, Policy, Serving, Tried, available_elsewhere, place};
 use crate::state::Gateway;
 
 /// Where a call stands among its candidates.
@@ -131,17 +131,20 @@ pub(super) async fn forward(
         retries: 0,
         tried: 0,
     };
-    gateway.router.retry_budget.called(gateway.monotonic_us());
+    // The retry budget is a share of the calls that could be retried at all.
+    if route.may_try_again(1) {
+        gateway.router.retry_budget.called(gateway.monotonic_us());
+    }
     loop {
         let provider = Arc::clone(&route.provider);
         let now_us = gateway.monotonic_us();
-        let placed = place(
-            &provider,
-            route.policy.balance,
-            now_us,
-            gateway.draw(),
-            route.tried,
-        );
+        // A draw only where there is a choice (it is a shared atomic).
+        let random = if provider.deployments.len() > 1 {
+            gateway.draw()
+        } else {
+            0
+        };
+        let placed = place(&provider, route.policy.balance, now_us, random, route.tried);
         let Some((index, deployment)) =
             placed.and_then(|(i, _)| Some((i, provider.deployments.get(i)?)))
         else {
@@ -165,12 +168,23 @@ pub(super) async fn forward(
             api,
             ticket.model.model(),
             route.upstream.stream,
-            route.upstream.body.clone(),
+            // The body is kept for another attempt only when there can be one.
+            if route.may_try_again(ticket.attempt) {
+                route.upstream.body.clone()
+            } else {
+                std::mem::take(&mut route.upstream.body)
+            },
             &forwarded_headers,
         )
         .await;
         let verdict = judge(&sent);
-        learn(&gateway, deployment, &verdict, ticket.sent.elapsed());
+        let timed = provider.deployments.len() > 1;
+        learn(
+            &gateway,
+            deployment,
+            &verdict,
+            timed.then(|| ticket.sent.elapsed()),
+        );
         if verdict.retryable {
             match route.next(&gateway, &mut ticket, &verdict, &scanned, index) {
                 Next::Retry(wait) => {
@@ -250,15 +264,18 @@ fn judge(sent: &Result<Response<Incoming>, (Status, Failure)>) -> Verdict {
 }
 
 /// What an attempt teaches about its deployment: its breaker's count, its time to its answer's
-/// head, and a `Retry-After` that came with a retryable status (no call goes to it until then).
-fn learn(gateway: &Gateway, deployment: &Deployment, verdict: &Verdict, took: Duration) {
+/// head (`took`, timed where balancing reads it: a provider of several deployments), and a
+/// `Retry-After` that came with a retryable status (no call goes to it until then).
+fn learn(gateway: &Gateway, deployment: &Deployment, verdict: &Verdict, took: Option<Duration>) {
     let health = &deployment.health;
     let now_us = gateway.monotonic_us();
     if verdict.breaker_failure {
         health.breaker.failed(now_us);
     } else {
         health.breaker.succeeded();
-        if !verdict.retryable {
+        if !verdict.retryable
+            && let Some(took) = took
+        {
             health.measured(now_us, u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         }
     }
@@ -292,6 +309,14 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 impl Route {
+    /// Whether a call at attempt `attempt` could still make another: attempts left, and a retry
+    /// of its candidate or a later candidate to fall back to.
+    fn may_try_again(&self, attempt: u16) -> bool {
+        u32::from(attempt) < self.policy.attempts_max
+            && (self.retries < self.policy.retries
+                || self.plan.candidate(self.candidate + 1).is_some())
+    }
+
     /// After a failed attempt on deployment `index`: what the plan, the attempts left and the
     /// retry budget allow. A retry or fallback records the failed attempt first.
     fn next(
@@ -306,9 +331,12 @@ impl Route {
             return Next::Stop;
         }
         let routing = &gateway.config.routing;
-        let wait_allowed = verdict
-            .retry_after
-            .is_none_or(|wait| wait <= routing.retry_after_max);
+        // Another deployment of the candidate need not wait out this one's Retry-After.
+        let elsewhere = available_elsewhere(&self.provider, gateway.monotonic_us(), index);
+        let wait_allowed = elsewhere
+            || verdict
+                .retry_after
+                .is_none_or(|wait| wait <= routing.retry_after_max);
         let retry = self.retries < self.policy.retries && wait_allowed;
         let fallback = !retry && self.plan.candidate(self.candidate + 1).is_some();
         if !retry && !fallback {
@@ -334,7 +362,12 @@ impl Route {
                 millis(routing.backoff_max),
                 gateway.draw(),
             );
-            let wait = Duration::from_millis(backoff).max(verdict.retry_after.unwrap_or_default());
+            let asked = if elsewhere {
+                Duration::ZERO
+            } else {
+                verdict.retry_after.unwrap_or_default()
+            };
+            let wait = Duration::from_millis(backoff).max(asked);
             return Next::Retry(wait);
         }
         // The failed attempt is recorded before the ticket moves to the next model.

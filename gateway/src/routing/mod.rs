@@ -243,6 +243,20 @@ impl Router {
     }
 }
 
+/// Whether a deployment of `provider` other than `except` could take a call at `now_us`: a look
+/// that takes nothing (no quota, no probe).
+#[must_use]
+pub fn available_elsewhere(provider: &Provider, now_us: i64, except: usize) -> bool {
+    provider.deployments.iter().enumerate().any(|(i, d)| {
+        i != except
+            && d.health
+                .standing(now_us, d.weight, d.in_flight_max)
+                .available
+            && d.tokens_left(now_us)
+            && d.requests.as_ref().is_none_or(|r| r.check(now_us).is_ok())
+    })
+}
+
 /// An attempt on a deployment, counted in its calls in flight until dropped.
 #[derive(Debug)]
 pub struct Serving {
@@ -372,6 +386,16 @@ pub fn place(
     tried: Tried,
 ) -> Option<(usize, Pass)> {
     let deployments = &provider.deployments;
+    if let [only] = deployments.as_slice() {
+        // One deployment: nothing to balance.
+        let standing = only
+            .health
+            .standing(now_us, only.weight, only.in_flight_max);
+        let pass = (standing.available && only.tokens_left(now_us) && only.take_request(now_us))
+            .then(|| only.health.breaker.pass(now_us))
+            .filter(|pass| *pass != Pass::No)?;
+        return Some((0, pass));
+    }
     let count = deployments.len().min(DEPLOYMENTS_MAX);
     let mut standings = [Standing {
         weight: 0,
