@@ -209,3 +209,7 @@ pub const RETRY_BUDGET_WINDOW_US: i64 = 10_000_000;
 /// A `Retry-After` a provider gave with no value the gateway can read is taken as this long
 /// for the deployment that gave it.
 pub const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
+
+/// Most bytes of a client-error answer read to tell whether the model's context window refused
+/// the call (only when a later candidate of the group declares a wider window).
+pub const CONTEXT_ERROR_BYTES_MAX: usize = 64 * 1024;

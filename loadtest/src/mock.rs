@@ -75,6 +75,10 @@ pub struct Behaviour {
     /// A `Retry-After` (seconds) on every error answer.
     #[arg(long)]
     pub retry_after_s: Option<u64>,
+    /// The model's context window in prompt tokens (OpenAI's and Anthropic's routes): a longer
+    /// prompt is refused with the dialect's context-window error, a 400.
+    #[arg(long)]
+    pub context_tokens: Option<u64>,
     /// Percent of requests whose connection is closed before any answer (a crash, a reset).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub drop_percent: u8,
@@ -98,6 +102,7 @@ impl Default for Behaviour {
             error_percent: 0,
             error_status: 500,
             retry_after_s: None,
+            context_tokens: None,
             drop_percent: 0,
             reset_percent: 0,
             no_usage: false,
@@ -397,6 +402,12 @@ async fn openai(
             return retry_after(failed, &config.behaviour);
         }
     }
+    if let Some(window) = config.behaviour.context_tokens {
+        let prompt = prompt_tokens(&request);
+        if prompt > window {
+            return context_window_error(api, prompt, window);
+        }
+    }
     let answer = OpenAiAnswer::of(api, deployment, &request, &knobs, served, &config.behaviour);
     stats
         .completion_tokens
@@ -519,6 +530,19 @@ impl OpenAiAnswer {
             (_, true) => streamed(self),
         }
     }
+}
+
+/// The refusal of a prompt longer than the model's window, as OpenAI and Anthropic word it.
+fn context_window_error(api: Api, prompt: u64, window: u64) -> Response<ChannelBody> {
+    let body = if api == Api::Messages {
+        json!({"type": "error", "error": {"type": "invalid_request_error",
+               "message": format!("prompt is too long: {prompt} tokens > {window} maximum")}})
+    } else {
+        json!({"error": {"message": format!(
+                   "This model's maximum context length is {window} tokens. However, your messages resulted in {prompt} tokens."),
+               "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+    };
+    json_response(StatusCode::BAD_REQUEST, &body)
 }
 
 fn error(api: Api, status: StatusCode, message: &str) -> Response<ChannelBody> {

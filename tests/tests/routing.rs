@@ -613,3 +613,61 @@ fn a_deployment_past_its_quota_takes_no_more_calls() {
     assert_eq!(mock_requests_at(quota.address) - before, 3);
     stack.stop();
 }
+
+#[test]
+fn a_prompt_too_long_for_a_window_moves_at_once_to_a_wider_candidate() {
+    let narrow = start_mock_with(&["--context-tokens", "100"]);
+    let providers = format!(
+        r#"{}
+[[group]]
+name = "long"
+candidates = [
+  {{ model = "narrow/m", context_tokens = 100 }},
+  {{ model = "openai/gpt-4o-mini", context_tokens = 128000 }},
+]
+
+[[group]]
+name = "undeclared"
+candidates = [{{ model = "narrow/m" }}, {{ model = "openai/gpt-4o-mini" }}]
+"#,
+        pool("narrow", &[("only", &narrow)])
+    );
+    let mut stack = Stack::start_with("routing-window", ORG, "", &providers, &["narrow/m"]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let long_prompt = "word ".repeat(200);
+    let call = |model: &str, prompt: &str| {
+        let body = json!({"model": model, "max_tokens": 8,
+                          "messages": [{"role": "user", "content": prompt}]});
+        post_json(stack.address(), "/v1/chat/completions", &key, &body)
+    };
+    // A short prompt fits the narrow window.
+    let short = call("long", "hello");
+    assert_eq!(short.header("x-tollgate-model"), Some("narrow/m"));
+    // A long one is refused there and answered, at once, by the wider candidate.
+    let long = call("long", &long_prompt);
+    assert_eq!(long.status, 200, "{}", long.text());
+    assert_eq!(long.header("x-tollgate-model"), Some("openai/gpt-4o-mini"));
+    assert_eq!(long.header("x-tollgate-attempts"), Some("2"));
+    // Without declared windows the refusal is the client's, as the provider wrote it.
+    let refused = call("undeclared", &long_prompt);
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["code"], "context_length_exceeded");
+    assert_eq!(mock_requests_at(narrow.address), 3);
+    stack.stop();
+    let events = stack.events();
+    let of = |answer: &http::Answer| -> Vec<Value> {
+        let id = answer.header("x-request-id").unwrap();
+        events
+            .iter()
+            .filter(|e| e["request_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let long_events = of(&long);
+    assert_eq!(long_events.len(), 2);
+    assert_eq!(long_events[0]["status"], "bad_request");
+    assert_eq!(long_events[0]["http_status"], 400);
+    assert_eq!(long_events[0]["cost_nanos"], 0);
+    assert_eq!(long_events[1]["model"], "gpt-4o-mini");
+    assert_eq!(of(&refused).len(), 1);
+}

@@ -29,7 +29,7 @@ use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
 pub use self::native::DefaultProviders;
-pub use self::routing::{DowngradeConfig, GroupConfig, RoutingConfig};
+pub use self::routing::{Candidate, DowngradeConfig, GroupConfig, RoutingConfig};
 pub use self::sink::SinkConfig;
 use crate::limits;
 use crate::providers::config::RawProvider;
@@ -1434,7 +1434,7 @@ candidates = [{ model = "openai/gpt-4o-mini" }, { model = "openai/gpt-4o" }]
         let weights: Vec<(String, u32)> = prod
             .candidates
             .iter()
-            .map(|(m, w)| (m.to_string(), *w))
+            .map(|c| (c.model.to_string(), c.weight))
             .collect();
         assert_eq!(
             weights,
@@ -1448,8 +1448,8 @@ candidates = [{ model = "openai/gpt-4o-mini" }, { model = "openai/gpt-4o" }]
         assert_eq!(prod.retries, 1, "the [routing] default");
         let cheap = &config.groups[1];
         // Unweighted: the first takes every first attempt, the rest are fallbacks.
-        assert_eq!(cheap.candidates[0].1, 1);
-        assert_eq!(cheap.candidates[1].1, 0);
+        assert_eq!(cheap.candidates[0].weight, 1);
+        assert_eq!(cheap.candidates[1].weight, 0);
         assert_eq!(
             cheap.balance,
             tollgate_engine::routing::Balance::LeastInFlight

@@ -168,8 +168,8 @@ impl RawRouting {
 pub struct GroupConfig {
     /// The public name clients send as `model`.
     pub name: String,
-    /// In fallback order, each with its share of first attempts (some above 0).
-    pub candidates: Vec<(ModelRef, u32)>,
+    /// In fallback order, some with a share of first attempts above 0.
+    pub candidates: Vec<Candidate>,
     /// How each candidate's deployments share its calls.
     pub balance: Balance,
     /// Retries on one candidate before the next.
@@ -179,6 +179,18 @@ pub struct GroupConfig {
     /// The group that serves a call the budget can no longer afford whole on this one (it
     /// would be refused, or capped or stopped short): another group, taken once.
     pub downgrade: Option<String>,
+}
+
+/// One candidate of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// A configured provider's `provider/model`.
+    pub model: ModelRef,
+    /// Its share of the group's first attempts (0: a fallback only).
+    pub weight: u32,
+    /// Its context window in tokens, when declared: a call its window refuses (the provider's
+    /// context-window error) falls back at once to a later candidate declaring a larger one.
+    pub context_tokens: Option<u64>,
 }
 
 /// `downgrade = { at_percent = 90, to = "cheap" }` on a team, project or allocation: once its
@@ -249,6 +261,7 @@ pub(super) struct RawGroup {
 struct RawCandidate {
     model: Spanned<String>,
     weight: Option<u32>,
+    context_tokens: Option<u64>,
 }
 
 /// The groups in order; the first error stops. A group's name is used once, by no alias and
@@ -329,8 +342,8 @@ fn candidates(
     providers: &[ProviderConfig],
     source: &Source<'_>,
     i: usize,
-) -> Result<Vec<(ModelRef, u32)>> {
-    let mut candidates: Vec<(ModelRef, u32)> = Vec::with_capacity(raw.get_ref().len());
+) -> Result<Vec<Candidate>> {
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(raw.get_ref().len());
     for (j, candidate) in raw.get_ref().iter().enumerate() {
         let field = format!("group[{i}].candidates[{j}].model");
         let written = candidate.model.get_ref();
@@ -353,11 +366,21 @@ fn candidates(
                 format!("no provider named `{}`", model.provider()),
             ));
         }
-        if candidates.iter().any(|(m, _)| *m == model) {
+        if candidates.iter().any(|c| c.model == model) {
             return Err(source.error(&field, span, format!("`{written}` is listed twice")));
         }
-        let weight = candidate.weight.unwrap_or(u32::from(j == 0));
-        candidates.push((model, weight));
+        if candidate.context_tokens == Some(0) {
+            return Err(source.error(
+                &format!("group[{i}].candidates[{j}].context_tokens"),
+                span,
+                "must be at least 1",
+            ));
+        }
+        candidates.push(Candidate {
+            model,
+            weight: candidate.weight.unwrap_or(u32::from(j == 0)),
+            context_tokens: candidate.context_tokens,
+        });
     }
     if candidates.is_empty() {
         return Err(source.error(
@@ -366,7 +389,7 @@ fn candidates(
             "a group needs at least one candidate",
         ));
     }
-    if candidates.iter().all(|(_, w)| *w == 0) {
+    if candidates.iter().all(|c| c.weight == 0) {
         return Err(source.error(
             &format!("group[{i}].candidates"),
             raw.span(),

@@ -426,7 +426,11 @@ fn providers(control: &Control) -> Value {
                 "balance": g.balance.as_str(),
                 "retries": g.retries,
                 "attempts_max": g.attempts_max,
-                "candidates": g.candidates.iter().map(|(m, w)| json!({"model": m.as_str(), "weight": w})).collect::<Vec<_>>(),
+                "candidates": g.candidates.iter().map(|c| json!({
+                    "model": c.model.as_str(),
+                    "weight": c.weight,
+                    "context_tokens": c.context_tokens,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

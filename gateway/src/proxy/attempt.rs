@@ -16,20 +16,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderMap, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tollgate_engine::routing::{backoff_ms, retryable_status};
 use tollgate_engine::{Ask, Nanos, Status, StreamBudget};
 
 use super::json_scan::Scanned;
-use super::meter::Ticket;
+use super::meter::{Ticket, UpstreamBody};
 use super::{
     Admitted, Asked, Members, Prepared, ResponseBody, prepare, priced, relay, send, usable,
     whole_answer,
 };
 use crate::http::error::{Failure, Protocol};
-use crate::limits::RETRY_AFTER_DEFAULT;
+use crate::limits::{CONTEXT_ERROR_BYTES_MAX, RETRY_AFTER_DEFAULT};
 use crate::metrics::Counter;
 use crate::providers::{Deployment, Provider};
 use crate::routing::{Plan, Policy, Serving, Tried, available_elsewhere, place};
@@ -177,6 +179,24 @@ pub(super) async fn forward(
             &forwarded_headers,
         )
         .await;
+        // A refusal that may be the model's context window is read, when a later candidate
+        // declares a wider one to send the call to instead.
+        let wider = route.plan.has_wider_after(route.candidate)
+            && u32::from(ticket.attempt) < route.policy.attempts_max;
+        let sent = match sent {
+            Ok(response) if wider && response.status().is_client_error() => {
+                Ok(read_whole(response, provider.config.idle_timeout).await)
+            }
+            Ok(response) => Ok(response.map(UpstreamBody::Live)),
+            Err(failed) => Err(failed),
+        };
+        if let Ok(response) = &sent
+            && context_window_refused(response)
+            && route.widen(&gateway, &mut ticket, &scanned, response.status().as_u16())
+        {
+            gateway.metrics.add(Counter::Fallbacks, 1);
+            continue;
+        }
         let verdict = judge(&sent);
         let timed = provider.deployments.len() > 1;
         learn(
@@ -227,7 +247,7 @@ pub(super) async fn forward(
 async fn answer(
     provider: &Provider,
     deployment: &Deployment,
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     mut ticket: Ticket,
     asked: Asked,
 ) -> Response<ResponseBody> {
@@ -240,8 +260,51 @@ async fn answer(
     whole_answer(relay(provider, deployment, response, ticket, asked), cost).await
 }
 
+/// An answer read whole (at most `CONTEXT_ERROR_BYTES_MAX`, each piece within `idle`): what
+/// arrived, to be passed on as it was if the call does not fall back.
+async fn read_whole(response: Response<Incoming>, idle: Duration) -> Response<UpstreamBody> {
+    let (parts, mut body) = response.into_parts();
+    let mut read = Vec::new();
+    while read.len() < CONTEXT_ERROR_BYTES_MAX {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout(idle, frame).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+            Ok(None | Some(Err(_))) | Err(_) => break,
+        }
+    }
+    Response::from_parts(parts, UpstreamBody::Read(Some(Bytes::from(read))))
+}
+
+/// Whether a read refusal is a provider saying the prompt does not fit the model's context
+/// window: OpenAI's `context_length_exceeded`, Anthropic's "prompt is too long", llama.cpp's
+/// `exceed_context_size_error`, Bedrock's "input is too long", Gemini's "exceeds the maximum
+/// number of tokens", and the "maximum context length" of OpenAI-compatible servers.
+fn context_window_refused(response: &Response<UpstreamBody>) -> bool {
+    const MARKERS: [&str; 7] = [
+        "context_length_exceeded",
+        "exceed_context_size",
+        "maximum context length",
+        "context window",
+        "prompt is too long",
+        "input is too long",
+        "exceeds the maximum number of tokens",
+    ];
+    let UpstreamBody::Read(Some(body)) = response.body() else {
+        return false;
+    };
+    if !response.status().is_client_error() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    MARKERS.iter().any(|marker| text.contains(marker))
+}
+
 /// How an attempt ended, for retrying and for the deployment's health.
-fn judge(sent: &Result<Response<Incoming>, (Status, Failure)>) -> Verdict {
+fn judge(sent: &Result<Response<UpstreamBody>, (Status, Failure)>) -> Verdict {
     match sent {
         Ok(response) => {
             let code = response.status().as_u16();
@@ -370,34 +433,66 @@ impl Route {
             let wait = Duration::from_millis(backoff).max(asked);
             return Next::Retry(wait);
         }
-        // The failed attempt is recorded before the ticket moves to the next model.
-        let model = ticket.model.clone();
-        let deployment = Arc::clone(&ticket.deployment);
+        // Only once a later candidate can take the call is this attempt recorded as failed:
+        // otherwise its answer stands, as the last attempt.
+        let Some(to) = self.find(gateway, ticket, scanned, |_| true) else {
+            return Next::Stop;
+        };
         ticket.attempt_failed(verdict.status, verdict.http_status);
-        if self.fall_back(gateway, ticket, scanned) {
-            return Next::FallBack;
-        }
-        // No later candidate can take the call: the failure stands, as the last attempt.
-        ticket.model = model;
-        ticket.deployment = deployment;
-        ticket.attempt = ticket.attempt.saturating_sub(1);
-        Next::Stop
+        self.switch(ticket, to);
+        Next::FallBack
     }
 
-    /// Moves the call to the plan's next candidate it can take (allowed, served, priced, and
-    /// its bound held: the hold grows first when that candidate may cost more); false when
-    /// none can.
-    fn fall_back(&mut self, gateway: &Gateway, ticket: &mut Ticket, scanned: &Scanned<7>) -> bool {
-        let api = ticket.api;
-        let card = Arc::clone(&ticket.card);
-        let Ok(members) = Members::of(scanned) else {
+    /// After the candidate's context window refused the call (`http_status`): records the
+    /// attempt and moves to the first later candidate declaring a wider window that can take
+    /// it; false, with nothing recorded, when none can.
+    fn widen(
+        &mut self,
+        gateway: &Gateway,
+        ticket: &mut Ticket,
+        scanned: &Scanned<7>,
+        http_status: u16,
+    ) -> bool {
+        let from = self.candidate;
+        let Some(to) = self.find(gateway, ticket, scanned, |n| self.plan.wider(n, from)) else {
             return false;
         };
+        ticket.attempt_failed(Status::BadRequest, http_status);
+        self.switch(ticket, to);
+        true
+    }
+
+    /// Moves the call to the plan's next candidate it can take, when no deployment of this one
+    /// can take it (nothing was sent); false when none can.
+    fn fall_back(&mut self, gateway: &Gateway, ticket: &mut Ticket, scanned: &Scanned<7>) -> bool {
+        match self.find(gateway, ticket, scanned, |_| true) {
+            Some(to) => {
+                self.switch(ticket, to);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first later candidate `eligible` admits that the call can take: allowed, served,
+    /// priced, its body prepared, and its bound held (the ticket's hold grows first when that
+    /// candidate may cost more).
+    fn find(
+        &self,
+        gateway: &Gateway,
+        ticket: &mut Ticket,
+        scanned: &Scanned<7>,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<Switch> {
+        let api = ticket.api;
+        let card = Arc::clone(&ticket.card);
+        let members = Members::of(scanned).ok()?;
         let body = ticket.request_body.clone();
         for n in self.candidate + 1.. {
-            let Some(model) = self.plan.candidate(n) else {
-                return false;
-            };
+            let model = self.plan.candidate(n)?;
+            if !eligible(n) {
+                continue;
+            }
             let at = ticket.reservation.at();
             let Ok(usable) = usable(gateway, api, at, &ticket.key, model, &card) else {
                 continue;
@@ -426,19 +521,38 @@ impl Route {
             if !hold(ticket, bound) {
                 continue;
             }
-            ticket.model = usable.model;
-            ticket.bound = bound;
-            self.candidate = n;
-            self.provider = usable.provider;
-            self.upstream = upstream;
-            // The hold covers the candidate's whole bound: nothing to stop or cap.
-            self.stream_budget = None;
-            self.retries = 0;
-            self.tried = 0;
-            return true;
+            return Some(Switch {
+                candidate: n,
+                model: usable.model,
+                provider: usable.provider,
+                upstream,
+                bound,
+            });
         }
-        false
+        None
     }
+
+    /// Puts the call on the candidate `find` found.
+    fn switch(&mut self, ticket: &mut Ticket, to: Switch) {
+        ticket.model = to.model;
+        ticket.bound = to.bound;
+        self.candidate = to.candidate;
+        self.provider = to.provider;
+        self.upstream = to.upstream;
+        // The hold covers the candidate's whole bound: nothing to stop or cap.
+        self.stream_budget = None;
+        self.retries = 0;
+        self.tried = 0;
+    }
+}
+
+/// A later candidate the call can move to, prepared and held for.
+struct Switch {
+    candidate: usize,
+    model: tollgate_engine::ModelRef,
+    provider: Arc<Provider>,
+    upstream: Prepared,
+    bound: Nanos,
 }
 
 /// Whether the ticket's hold covers `bound`, growing it when a budget limits the call and it

@@ -376,11 +376,52 @@ fn emit(ready: Option<BytesMut>) -> Option<FrameResult> {
 /// Most bytes gathered from pieces the upstream has ready before they are sent on.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
+/// An answer's body from the provider: as it arrives, or already read whole (an error answer
+/// routing had to read to know whether the call should fall back).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Still arriving.
+    Live(Incoming),
+    /// Read whole; `None` once handed on.
+    Read(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Live(incoming) => Pin::new(incoming).poll_frame(cx),
+            UpstreamBody::Read(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Live(incoming) => incoming.is_end_stream(),
+            UpstreamBody::Read(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Live(incoming) => incoming.size_hint(),
+            UpstreamBody::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
 /// The upstream's body on its way to the client, read by the provider's [`Reader`].
 pub struct Metered {
     /// `None` once the gateway has stopped the stream: dropping it closes the upstream
     /// request, so the provider stops generating.
-    upstream: Option<Incoming>,
+    upstream: Option<UpstreamBody>,
     /// An upstream failure seen while pieces were gathered: sent after them, once hyper has
     /// had a chance to flush them (an error aborts the connection with what is unwritten).
     failed: Option<MeterError>,
@@ -450,7 +491,7 @@ impl Metered {
     /// Meters `upstream` for `ticket` with the provider's `reader`, as `metering` says.
     #[must_use]
     pub fn new(
-        upstream: Incoming,
+        upstream: UpstreamBody,
         ticket: Ticket,
         reader: Box<dyn Reader>,
         metering: Metering,

@@ -971,7 +971,7 @@ async fn send(
 fn relay(
     provider: &Provider,
     deployment: &Deployment,
-    response: Response<Incoming>,
+    response: Response<meter::UpstreamBody>,
     mut ticket: Ticket,
     asked: Asked,
 ) -> Response<Metered> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tollgate_engine::routing::{Balance, BreakerState, Pass, RetryBudget, Standing, choose};
 use tollgate_engine::{Allocation, Level, ModelRef, UnixMs};
 
-use crate::config::{Config, DowngradeConfig, GroupConfig};
+use crate::config::{Candidate, Config, DowngradeConfig, GroupConfig};
 use crate::limits::{DEPLOYMENTS_MAX, RETRY_BUDGET_WINDOW_US};
 use crate::providers::Provider;
 
@@ -35,8 +35,8 @@ pub struct Policy {
 pub struct Group {
     /// The public name.
     pub name: Arc<str>,
-    /// `provider/model` and its share of first attempts.
-    pub candidates: Vec<(ModelRef, u32)>,
+    /// In fallback order, each with its share of first attempts and its declared window.
+    pub candidates: Vec<Candidate>,
     /// Its retries and balancing.
     pub policy: Policy,
     /// The group serving calls the budget can no longer afford whole on this one.
@@ -64,14 +64,38 @@ impl Plan {
         match self {
             Plan::Direct(model, _) => (n == 0).then_some(model),
             Plan::Group { group, first } => {
-                let index = match n {
-                    0 => *first,
-                    n if n - 1 < *first => n - 1,
-                    n => n,
-                };
-                group.candidates.get(index).map(|(model, _)| model)
+                group.candidates.get(tried_as(*first, n)).map(|c| &c.model)
             }
         }
+    }
+
+    /// The declared context window of the `n`th candidate to try, if it declares one.
+    #[must_use]
+    pub fn context_tokens(&self, n: usize) -> Option<u64> {
+        match self {
+            Plan::Direct(..) => None,
+            Plan::Group { group, first } => {
+                group.candidates.get(tried_as(*first, n))?.context_tokens
+            }
+        }
+    }
+
+    /// Whether the `later`th candidate declares a larger window than the `n`th (any declared
+    /// window is larger when the `n`th declares none): where a call the `n`th's window refused
+    /// may go.
+    #[must_use]
+    pub fn wider(&self, later: usize, n: usize) -> bool {
+        let own = self.context_tokens(n).unwrap_or(0);
+        self.context_tokens(later)
+            .is_some_and(|window| window > own)
+    }
+
+    /// Whether some candidate after the `n`th declares a larger window than it.
+    #[must_use]
+    pub fn has_wider_after(&self, n: usize) -> bool {
+        (n + 1..)
+            .map_while(|later| self.candidate(later).map(|_| later))
+            .any(|later| self.wider(later, n))
     }
 
     /// How the call is retried and placed.
@@ -99,6 +123,15 @@ impl Plan {
             Plan::Direct(..) => None,
             Plan::Group { group, .. } => group.downgrade.as_deref(),
         }
+    }
+}
+
+/// The index in its group of the `n`th candidate a plan starting at `first` tries.
+fn tried_as(first: usize, n: usize) -> usize {
+    match n {
+        0 => first,
+        n if n - 1 < first => n - 1,
+        n => n,
     }
 }
 
@@ -195,11 +228,11 @@ impl Router {
     #[must_use]
     pub fn group_plan(&self, asked: &str, random: u64) -> Option<Plan> {
         let group = self.groups.get(asked)?;
-        let total: u64 = group.candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+        let total: u64 = group.candidates.iter().map(|c| u64::from(c.weight)).sum();
         let mut point = random % total.max(1);
         let mut first = 0;
-        for (i, (_, weight)) in group.candidates.iter().enumerate() {
-            let weight = u64::from(*weight);
+        for (i, candidate) in group.candidates.iter().enumerate() {
+            let weight = u64::from(candidate.weight);
             if point < weight {
                 first = i;
                 break;
@@ -450,7 +483,11 @@ mod tests {
             candidates: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| (ModelRef::parse(&format!("p/m{i}")).unwrap(), *w))
+                .map(|(i, w)| Candidate {
+                    model: ModelRef::parse(&format!("p/m{i}")).unwrap(),
+                    weight: *w,
+                    context_tokens: None,
+                })
                 .collect(),
             policy: Policy {
                 balance: Balance::Weighted,
