@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::Response;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
@@ -31,10 +31,10 @@ use super::{
     whole_answer,
 };
 use crate::http::error::{Failure, Protocol};
-use crate::limits::{CONTEXT_ERROR_BYTES_MAX, RETRY_AFTER_DEFAULT};
+use crate::limits::CONTEXT_ERROR_BYTES_MAX;
 use crate::metrics::Counter;
 use crate::providers::{Deployment, Provider};
-use crate::routing::{Plan, Policy, Serving, Tried, available_elsewhere, place};
+use crate::routing::{Plan, Policy, Serving, Tried, available_elsewhere, place, signals};
 use crate::state::Gateway;
 
 /// Where a call stands among its candidates.
@@ -279,28 +279,14 @@ async fn read_whole(response: Response<Incoming>, idle: Duration) -> Response<Up
     Response::from_parts(parts, UpstreamBody::Read(Some(Bytes::from(read))))
 }
 
-/// Whether a read refusal is a provider saying the prompt does not fit the model's context
-/// window: OpenAI's `context_length_exceeded`, Anthropic's "prompt is too long", llama.cpp's
-/// `exceed_context_size_error`, Bedrock's "input is too long", Gemini's "exceeds the maximum
-/// number of tokens", and the "maximum context length" of OpenAI-compatible servers.
+/// Whether a read client error is the provider's context window refusing the prompt.
 fn context_window_refused(response: &Response<UpstreamBody>) -> bool {
-    const MARKERS: [&str; 7] = [
-        "context_length_exceeded",
-        "exceed_context_size",
-        "maximum context length",
-        "context window",
-        "prompt is too long",
-        "input is too long",
-        "exceeds the maximum number of tokens",
-    ];
-    let UpstreamBody::Read(Some(body)) = response.body() else {
-        return false;
-    };
-    if !response.status().is_client_error() {
-        return false;
+    match response.body() {
+        UpstreamBody::Read(Some(body)) => {
+            response.status().is_client_error() && signals::context_window_refused(body)
+        }
+        UpstreamBody::Read(None) | UpstreamBody::Live(_) => false,
     }
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    MARKERS.iter().any(|marker| text.contains(marker))
 }
 
 /// How an attempt ended, for retrying and for the deployment's health.
@@ -311,7 +297,7 @@ fn judge(sent: &Result<Response<UpstreamBody>, (Status, Failure)>) -> Verdict {
             Verdict {
                 retryable: retryable_status(code),
                 breaker_failure: code >= 500 || code == 408,
-                retry_after: retry_after(response.headers()),
+                retry_after: signals::retry_after(response.headers()),
                 status: Status::UpstreamError,
                 http_status: code,
             }
@@ -348,27 +334,6 @@ fn learn(gateway: &Gateway, deployment: &Deployment, verdict: &Verdict, took: Op
         let wait_us = i64::try_from(wait.as_micros()).unwrap_or(i64::MAX);
         health.wait_until(now_us.saturating_add(wait_us));
     }
-}
-
-/// The wait an upstream asked for: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in
-/// seconds; a `Retry-After` the gateway cannot read (an HTTP date) is taken as
-/// `RETRY_AFTER_DEFAULT`.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
-    {
-        return Some(Duration::from_millis(ms.min(86_400_000.0) as u64));
-    }
-    let value = headers.get(http::header::RETRY_AFTER)?;
-    Some(
-        value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(RETRY_AFTER_DEFAULT, |s| Duration::from_secs(s.min(86_400))),
-    )
 }
 
 impl Route {

@@ -9,6 +9,8 @@
 //! failed on a deployment is placed elsewhere when another deployment of the candidate can
 //! take it.
 
+pub mod signals;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
