@@ -671,3 +671,61 @@ candidates = [{{ model = "narrow/m" }}, {{ model = "openai/gpt-4o-mini" }}]
     assert_eq!(long_events[1]["model"], "gpt-4o-mini");
     assert_eq!(of(&refused).len(), 1);
 }
+
+#[test]
+fn azure_deployments_of_one_model_may_carry_their_own_names() {
+    let east = start_mock_with(&[]);
+    let west = start_mock_with(&[]);
+    let providers = format!(
+        r#"[[provider]]
+name = "azpool"
+kind = "azure"
+api_key_env = "TEST_OPENAI_KEY"
+api_version = "2024-10-21"
+[[provider.deployment]]
+name = "east"
+base_url = "http://{}"
+azure_deployments = {{ "prod-4o" = "prod-4o-eastus" }}
+[[provider.deployment]]
+name = "west"
+base_url = "http://{}"
+"#,
+        east.address, west.address
+    );
+    let mut stack = Stack::start_with("routing-azure", ORG, "", &providers, &["azpool/prod-4o"]);
+    let (key, _) = stack.create_key("open", json!({}));
+    let answers: Vec<Value> = (0..16)
+        .map(|_| {
+            let answer = post_json(
+                stack.address(),
+                "/v1/chat/completions",
+                &key,
+                &chat("azpool/prod-4o"),
+            );
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            assert_eq!(answer.header("x-tollgate-model"), Some("azpool/prod-4o"));
+            answer.json()
+        })
+        .collect();
+    // The mock answers with the deployment its path named.
+    let named: BTreeMap<String, usize> = answers.iter().fold(BTreeMap::new(), |mut m, a| {
+        *m.entry(a["model"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        m
+    });
+    let to_east = usize::try_from(mock_requests_at(east.address)).unwrap();
+    assert_eq!(named.get("prod-4o-eastus").copied().unwrap_or(0), to_east);
+    assert_eq!(named.get("prod-4o").copied().unwrap_or(0), 16 - to_east);
+    assert!(
+        to_east > 0 && to_east < 16,
+        "both deployments served: {named:?}"
+    );
+    stack.stop();
+    let events = stack.events();
+    let east_events = events.iter().filter(|e| e["deployment"] == "east").count();
+    assert_eq!(east_events, to_east);
+    assert!(
+        events.iter().all(|e| e["model"] == "prod-4o"),
+        "billed as the model named"
+    );
+}

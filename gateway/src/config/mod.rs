@@ -1382,6 +1382,14 @@ api_key_env = "WEST_KEY"
                 "",
                 "unknown field `price`",
             ),
+            (
+                (
+                    "weight = 3",
+                    "weight = 3\nazure_deployments = { \"m\" = \"n\" }",
+                ),
+                "provider[1].deployment[0].azure_deployments",
+                "azure",
+            ),
         ] {
             let table = POOL.replacen(edit.0, edit.1, 1);
             assert_ne!(table, POOL, "{edit:?}");

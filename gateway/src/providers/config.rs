@@ -7,6 +7,7 @@
 //! fixed order and the first failure is the one reported. This file and
 //! [`Provider::new`](super::Provider::new) are the only places that name every kind.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::time::Duration;
@@ -104,6 +105,9 @@ pub struct DeploymentConfig {
     /// Its quota of tokens a minute, charged after each call: while over it, calls go to
     /// other deployments.
     pub tokens_per_minute: Option<NonZeroU32>,
+    /// `azure` only: the deployment's own name for a model where it differs from the model's
+    /// name in `azure/<model>` (Azure deployments are named per resource).
+    pub azure_deployments: BTreeMap<String, String>,
     /// The provider's table with this deployment's endpoint in it, `deployments` empty: what
     /// its adapter and client are made from.
     pub endpoint: Box<ProviderConfig>,
@@ -145,6 +149,7 @@ pub(crate) struct RawDeployment {
     in_flight_max: Option<u64>,
     requests_per_minute: Option<NonZeroU32>,
     tokens_per_minute: Option<NonZeroU32>,
+    azure_deployments: Option<BTreeMap<String, String>>,
 }
 
 /// A field of one `[[provider]]` table that is wrong, and why.
@@ -218,6 +223,7 @@ impl RawProvider {
                 in_flight_max: None,
                 requests_per_minute: None,
                 tokens_per_minute: None,
+                azure_deployments: BTreeMap::new(),
                 endpoint: Box::new(provider.clone()),
             }];
             return Ok(provider);
@@ -279,6 +285,25 @@ impl RawProvider {
         if raw.in_flight_max == Some(0) {
             return Err(FieldError::new("in_flight_max", "must be at least 1"));
         }
+        let azure_deployments = match raw.azure_deployments {
+            Some(names) if self.kind != ProviderKind::Azure => {
+                only_for(ProviderKind::Azure, "azure_deployments", Some(names))?;
+                BTreeMap::new()
+            }
+            Some(names) => {
+                if names
+                    .iter()
+                    .any(|(model, name)| model.is_empty() || name.is_empty())
+                {
+                    return Err(FieldError::new(
+                        "azure_deployments",
+                        "maps a model's name to the deployment's, neither empty",
+                    ));
+                }
+                names
+            }
+            None => BTreeMap::new(),
+        };
         self.base_url = raw.base_url.or(self.base_url);
         self.api_key_env = raw.api_key_env.or(self.api_key_env);
         self.api_version = raw.api_version.or(self.api_version);
@@ -292,6 +317,7 @@ impl RawProvider {
             in_flight_max: raw.in_flight_max,
             requests_per_minute: raw.requests_per_minute,
             tokens_per_minute: raw.tokens_per_minute,
+            azure_deployments,
             endpoint: Box::new(endpoint),
         })
     }

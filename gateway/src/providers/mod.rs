@@ -116,9 +116,17 @@ pub struct Deployment {
     pub requests: Option<Gcra>,
     /// Its tokens-per-minute quota, charged as each call on it ends.
     pub tokens: Option<Gcra>,
+    /// Its own names for models (Azure deployments named per resource).
+    pub names: std::collections::BTreeMap<String, String>,
 }
 
 impl Deployment {
+    /// The name its path gives `model`: its own, where it has one.
+    #[must_use]
+    pub fn name_of<'m>(&'m self, model: &'m str) -> &'m str {
+        self.names.get(model).map_or(model, String::as_str)
+    }
+
     /// Whether its token quota has room at `now_us` (a deployment in debt takes no call).
     #[must_use]
     pub fn tokens_left(&self, now_us: i64) -> bool {
@@ -164,6 +172,7 @@ impl Provider {
                 health: Health::new(breaker),
                 requests: deployment.requests_per_minute.map(Gcra::per_minute),
                 tokens: deployment.tokens_per_minute.map(Gcra::per_minute),
+                names: deployment.azure_deployments.clone(),
             });
         }
         Ok(Provider {
@@ -274,6 +283,7 @@ mod tests {
             in_flight_max: None,
             requests_per_minute: None,
             tokens_per_minute: None,
+            azure_deployments: std::collections::BTreeMap::new(),
             endpoint: Box::new(config.clone()),
         }];
         config

@@ -168,7 +168,7 @@ pub(super) async fn forward(
             &provider,
             deployment,
             api,
-            ticket.model.model(),
+            deployment.name_of(ticket.model.model()),
             route.upstream.stream,
             // The body is kept for another attempt only when there can be one.
             if route.may_try_again(ticket.attempt) {
