@@ -89,7 +89,8 @@ test("a spent budget is a 402 with tollgate's body in both SDKs", async () => {
 });
 
 test("a busy budget is a retryable 429 in both SDKs, and their retries get through", async () => {
-  const holding = stack.holdBudget("busy", 2);
+  // Long enough that both refusals below come while it holds, on a slow machine too.
+  const holding = stack.holdBudget("busy", 4);
   await new Promise((resolve) => setTimeout(resolve, 500));
   const key = await stack.key("busy");
   const once = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: key, maxRetries: 0 });

@@ -94,6 +94,22 @@ pub fn start_mock_with(behaviour: &[&str]) -> Process {
     Process::spawn(command)
 }
 
+/// `tollgate-loadtest run` against the gateway at `gateway`, its books read from the Parquet
+/// files under `parquet` and its report written to `out`, with the stacks' admin token; the
+/// caller adds the scenario and options and runs it.
+pub fn harness(gateway: SocketAddr, parquet: &Path, out: &Path) -> Command {
+    let mut command = Command::new(loadtest_bin().unwrap());
+    command
+        .args(["run", "--gateway"])
+        .arg(format!("http://{gateway}"))
+        .arg("--parquet")
+        .arg(parquet)
+        .arg("--out")
+        .arg(out)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
+}
+
 /// Requests a mock at `address` has served (each one reached a "model").
 pub fn mock_requests_at(address: SocketAddr) -> u64 {
     let answer = http::request(address, "GET", "/mock/stats", &[], b"");

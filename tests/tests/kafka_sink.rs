@@ -12,10 +12,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use tollgate_engine::{EventId, Nanos, UnixMs, UsageEvent};
 use tollgate_tests::fault::Figures;
-use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, Kafka, ORG, Stack};
-use tollgate_tests::{
-    TempDir, duckdb_row, loadtest_bin, parquet_rows as rows, read_text, tollgate_bin,
-};
+use tollgate_tests::stack::{FLEET_ORG, Kafka, ORG, Stack, harness};
+use tollgate_tests::{TempDir, duckdb_row, parquet_rows as rows, read_text, tollgate_bin};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -238,22 +236,14 @@ fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sin
     let data = sink_dir.path().join("data");
     let mut sink = spawn_sink(&config, None);
     let out = sink_dir.path().join("report");
-    let harness = Command::new(loadtest_bin().unwrap())
+    let harness = harness(stack.address(), &data, &out)
         .args([
-            "run",
             "--scenario",
             "smoke",
             "--seconds",
             "8",
             "--require-balanced",
         ])
-        .arg("--gateway")
-        .arg(format!("http://{}", stack.address()))
-        .arg("--parquet")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,14 +2,14 @@
 //! random-weight model. Gibberish text, but its own usage accounting, streaming, embeddings,
 //! Anthropic Messages API and errors, all through the gateway.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_tests::fault::Figures;
 use tollgate_tests::http::{self, post_json};
-use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, ORG, Stack, start_llama, start_llama_on};
-use tollgate_tests::{loadtest_bin, nanos, read_text};
+use tollgate_tests::stack::{FLEET_ORG, ORG, Stack, harness, start_llama, start_llama_on};
+use tollgate_tests::{nanos, read_text};
 
 const MODEL: &str = "llama/tiny-random-llama";
 
@@ -301,16 +301,9 @@ max_tokens = 6
     )
     .unwrap();
     let out = stack.path().join("report");
-    let harness = Command::new(loadtest_bin().unwrap())
-        .args(["run", "--require-balanced", "--scenario"])
+    let harness = harness(stack.address(), &stack.path().join("data"), &out)
+        .args(["--require-balanced", "--scenario"])
         .arg(&scenario)
-        .arg("--gateway")
-        .arg(format!("http://{}", stack.address()))
-        .arg("--parquet")
-        .arg(stack.path().join("data"))
-        .arg("--out")
-        .arg(&out)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

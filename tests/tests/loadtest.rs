@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tollgate_tests::stack::{ADMIN_TOKEN, FLEET_ORG, ORG, PROVIDER_KEY, Stack};
+use tollgate_tests::stack::{self, FLEET_ORG, ORG, PROVIDER_KEY, Stack};
 use tollgate_tests::{loadtest_bin, read_text};
 
 fn fleet_stack(name: &str) -> Stack {
@@ -13,15 +13,8 @@ fn fleet_stack(name: &str) -> Stack {
 }
 
 fn harness(stack: &Stack, out: &Path, args: &[&str]) -> Output {
-    Command::new(loadtest_bin().unwrap())
-        .args(["run", "--gateway"])
-        .arg(format!("http://{}", stack.address()))
-        .arg("--parquet")
-        .arg(stack.path().join("data"))
-        .arg("--out")
-        .arg(out)
+    stack::harness(stack.address(), &stack.path().join("data"), out)
         .args(args)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .unwrap()
 }

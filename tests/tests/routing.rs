@@ -44,6 +44,16 @@ fn by_deployment(events: &[Value]) -> BTreeMap<(String, String), usize> {
     counts
 }
 
+/// The events of the call `answer` answered, in the order they were logged.
+fn events_of(events: &[Value], answer: &http::Answer) -> Vec<Value> {
+    let id = answer.header("x-request-id").unwrap();
+    events
+        .iter()
+        .filter(|e| e["request_id"] == id)
+        .cloned()
+        .collect()
+}
+
 /// An allocation's spend once no call is in flight (a cut stream is settled after its
 /// client saw the cut, once its tokens are counted).
 fn settled_spend(stack: &Stack, allocation: &str) -> u64 {
@@ -267,14 +277,7 @@ candidates = [{{ model = "primary/big" }}, {{ model = "openai/gpt-4o-mini" }}]
     let spent = settled_spend(&stack, "open");
     stack.stop();
     let events = stack.events();
-    let of = |answer: &http::Answer| -> Vec<Value> {
-        let id = answer.header("x-request-id").unwrap();
-        events
-            .iter()
-            .filter(|e| e["request_id"] == id)
-            .cloned()
-            .collect()
-    };
+    let of = |answer: &http::Answer| events_of(&events, answer);
     let first_events = of(&first);
     assert_eq!(first_events.len(), 2);
     assert_eq!(first_events[0]["model"], "big");
@@ -372,17 +375,9 @@ fn latency_aware_balancing_sends_less_to_a_slow_deployment() {
     stack.stop();
 }
 
-/// Two allocations: `capped` goes to the `cheap` group past half its budget; `small` has a
+/// Two more allocations: `capped` goes to the `cheap` group past half its budget; `small` has a
 /// budget a `premium` call's whole bound does not fit in.
-const DOWNGRADE_ORG: &str = r#"
-[[team]]
-name = "research"
-org = "acme"
-
-[[project]]
-name = "chatbot"
-team = "research"
-
+const DOWNGRADE_ALLOCATIONS: &str = r#"
 [[allocation]]
 name = "capped"
 project = "chatbot"
@@ -410,7 +405,7 @@ candidates = [{ model = "openai/gpt-4o" }]
 fn past_its_threshold_an_allocation_is_served_by_the_cheaper_group() {
     let mut stack = Stack::start_with(
         "routing-downgrade",
-        DOWNGRADE_ORG,
+        &format!("{ORG}{DOWNGRADE_ALLOCATIONS}"),
         "",
         DOWNGRADE_GROUPS,
         &[],
@@ -525,7 +520,13 @@ fn past_its_threshold_an_allocation_is_served_by_the_cheaper_group() {
 
 #[test]
 fn a_group_serves_a_call_its_budget_cannot_afford_whole_with_its_cheaper_group() {
-    let mut stack = Stack::start_with("routing-afford", DOWNGRADE_ORG, "", DOWNGRADE_GROUPS, &[]);
+    let mut stack = Stack::start_with(
+        "routing-afford",
+        &format!("{ORG}{DOWNGRADE_ALLOCATIONS}"),
+        "",
+        DOWNGRADE_GROUPS,
+        &[],
+    );
     let (key, _) = stack.create_key("small", json!({}));
     // gpt-4o's bound at 1,000 completion tokens (0.01) is five times the budget; gpt-4o-mini's
     // (0.0006) fits whole.
@@ -655,14 +656,7 @@ candidates = [{{ model = "narrow/m" }}, {{ model = "openai/gpt-4o-mini" }}]
     assert_eq!(mock_requests_at(narrow.address), 3);
     stack.stop();
     let events = stack.events();
-    let of = |answer: &http::Answer| -> Vec<Value> {
-        let id = answer.header("x-request-id").unwrap();
-        events
-            .iter()
-            .filter(|e| e["request_id"] == id)
-            .cloned()
-            .collect()
-    };
+    let of = |answer: &http::Answer| events_of(&events, answer);
     let long_events = of(&long);
     assert_eq!(long_events.len(), 2);
     assert_eq!(long_events[0]["status"], "bad_request");

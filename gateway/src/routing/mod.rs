@@ -19,7 +19,7 @@ use tollgate_engine::{Allocation, Level, ModelRef, UnixMs};
 
 use crate::config::{Candidate, Config, DowngradeConfig, GroupConfig};
 use crate::limits::{DEPLOYMENTS_MAX, RETRY_BUDGET_WINDOW_US};
-use crate::providers::Provider;
+use crate::providers::{Deployment, Provider};
 
 /// How one call is retried and placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,8 +344,9 @@ pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_
     use std::fmt::Write as _;
     let mut sorted: Vec<&Arc<Provider>> = providers.values().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let each = || {
-        sorted.iter().flat_map(|p| {
+    let rows: Vec<(String, &Deployment)> = sorted
+        .iter()
+        .flat_map(|p| {
             p.deployments.iter().map(move |d| {
                 (
                     format!("provider=\"{}\",deployment=\"{}\"", p.name, d.name),
@@ -353,17 +354,42 @@ pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_
                 )
             })
         })
-    };
-    out.push_str("# HELP tollgate_deployment_in_flight Calls a deployment is serving now.\n# TYPE tollgate_deployment_in_flight gauge\n");
-    for (labels, d) in each() {
-        let _ = writeln!(
-            out,
-            "tollgate_deployment_in_flight{{{labels}}} {}",
-            d.health.in_flight()
-        );
-    }
+        .collect();
+    let mut series =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&Deployment) -> Option<u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, d) in &rows {
+                if let Some(value) = value(d) {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        };
+    series(
+        "tollgate_deployment_in_flight",
+        "gauge",
+        "Calls a deployment is serving now.",
+        &|d| Some(d.health.in_flight()),
+    );
+    series(
+        "tollgate_deployment_attempts_total",
+        "counter",
+        "Attempts sent to a deployment.",
+        &|d| Some(d.health.attempts()),
+    );
+    series(
+        "tollgate_deployment_breaker_opened_total",
+        "counter",
+        "Times a deployment's breaker opened.",
+        &|d| Some(d.health.breaker.opened()),
+    );
+    series(
+        "tollgate_deployment_ttfb_ms",
+        "gauge",
+        "A deployment's recent time to its answers' heads (a decaying average), while measured lately.",
+        &|d| d.health.latency_us(now_us).map(|us| us / 1_000),
+    );
     out.push_str("# HELP tollgate_deployment_breaker_state A deployment's circuit breaker: 1 for the state it is in.\n# TYPE tollgate_deployment_breaker_state gauge\n");
-    for (labels, d) in each() {
+    for (labels, d) in &rows {
         let state = d.health.breaker.state(now_us);
         for candidate in [
             BreakerState::Closed,
@@ -375,32 +401,6 @@ pub fn render(out: &mut String, providers: &HashMap<String, Arc<Provider>>, now_
                 "tollgate_deployment_breaker_state{{{labels},state=\"{}\"}} {}",
                 candidate.as_str(),
                 u8::from(candidate == state)
-            );
-        }
-    }
-    out.push_str("# HELP tollgate_deployment_attempts_total Attempts sent to a deployment.\n# TYPE tollgate_deployment_attempts_total counter\n");
-    for (labels, d) in each() {
-        let _ = writeln!(
-            out,
-            "tollgate_deployment_attempts_total{{{labels}}} {}",
-            d.health.attempts()
-        );
-    }
-    out.push_str("# HELP tollgate_deployment_breaker_opened_total Times a deployment's breaker opened.\n# TYPE tollgate_deployment_breaker_opened_total counter\n");
-    for (labels, d) in each() {
-        let _ = writeln!(
-            out,
-            "tollgate_deployment_breaker_opened_total{{{labels}}} {}",
-            d.health.breaker.opened()
-        );
-    }
-    out.push_str("# HELP tollgate_deployment_ttfb_ms A deployment's recent time to its answers' heads (a decaying average), while measured lately.\n# TYPE tollgate_deployment_ttfb_ms gauge\n");
-    for (labels, d) in each() {
-        if let Some(us) = d.health.latency_us(now_us) {
-            let _ = writeln!(
-                out,
-                "tollgate_deployment_ttfb_ms{{{labels}}} {}",
-                us / 1_000
             );
         }
     }
