@@ -90,7 +90,6 @@ pub struct Gateway {
     team_rates: HashMap<Arc<str>, Rates>,
     epoch: Instant,
     sequence: AtomicU64,
-    draws: AtomicU64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -152,7 +151,6 @@ impl Gateway {
             team_rates,
             epoch: Instant::now(),
             sequence: AtomicU64::new(0),
-            draws: AtomicU64::new(u64::from_le_bytes(random_bytes())),
             config,
         })
     }
@@ -200,10 +198,15 @@ impl Gateway {
         self.team_rates.get(team)
     }
 
-    /// A fresh UUIDv7 event id.
+    /// A fresh UUIDv7 event id: the time, and bits of [`draw`](Gateway::draw) (an id must be
+    /// unique, not secret, and costs no system call).
     #[must_use]
     pub fn event_id(&self, now: UnixMs) -> EventId {
-        EventId::v7(now, &self.random())
+        let (high, low) = (self.draw().to_le_bytes(), self.draw().to_le_bytes());
+        let mut bits = [0u8; 10];
+        bits[..8].copy_from_slice(&high);
+        bits[8..].copy_from_slice(&low[..2]);
+        EventId::v7(now, &bits)
     }
 
     /// A fresh request id, `req_` and 32 hex digits (a UUIDv7, so ids sort by time).
@@ -213,18 +216,14 @@ impl Gateway {
         Arc::from(format!("req_{}", id.0.simple()))
     }
 
-    /// A pseudo-random number for a routing draw (a group's first candidate, a deployment,
-    /// a backoff's jitter): SplitMix64 over one atomic counter seeded from the OS at start,
-    /// so a draw is one atomic add and no system call. Not for secrets.
+    /// A pseudo-random number for ids and routing draws (event and request ids, a group's
+    /// first candidate, a deployment, a backoff's jitter): SplitMix64 on a stream of its own
+    /// per thread, seeded from the OS once, so a draw touches no shared memory and makes no
+    /// system call. Distinct seeds give streams that do not meet. Not for secrets: keys use
+    /// [`random`](Gateway::random).
     #[must_use]
     pub fn draw(&self) -> u64 {
-        let mut z = self
-            .draws
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        draw()
     }
 
     /// Random bytes from the OS; if that ever fails, a hash of a counter and the clock (unique
@@ -247,11 +246,32 @@ impl Gateway {
     }
 }
 
-/// Eight bytes from the OS, or from the clock if it has none to give (a draw's seed).
+/// The next number of this thread's SplitMix64 stream (see [`Gateway::draw`]).
+fn draw() -> u64 {
+    thread_local! {
+        static STREAM: std::cell::Cell<u64> =
+            std::cell::Cell::new(u64::from_le_bytes(random_bytes()));
+    }
+    let mut z = STREAM.with(|stream| {
+        let next = stream.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        stream.set(next);
+        next
+    });
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Eight bytes from the OS, or from the clock and the thread if it has none to give (a draw
+/// stream's seed).
 fn random_bytes() -> [u8; 8] {
     let mut out = [0u8; 8];
     if getrandom::fill(&mut out).is_err() {
-        out = now_ms().0.to_le_bytes();
+        let thread = Sha256::digest(format!("{:?}", std::thread::current().id()));
+        let clock = now_ms().0.to_le_bytes();
+        for ((slot, a), b) in out.iter_mut().zip(thread.iter()).zip(clock) {
+            *slot = a ^ b;
+        }
     }
     out
 }
@@ -276,4 +296,25 @@ fn directory_of(config: &Config) -> Result<Directory, tollgate_engine::Error> {
         })?;
     }
     Ok(directory)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn draws_on_many_threads_never_repeat() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..50_000).map(|_| draw()).collect::<Vec<u64>>()))
+            .collect();
+        let mut seen = HashSet::new();
+        for thread in threads {
+            for value in thread.join().unwrap() {
+                assert!(seen.insert(value), "a draw repeated");
+            }
+        }
+        assert_eq!(seen.len(), 200_000);
+    }
 }
