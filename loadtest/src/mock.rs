@@ -8,7 +8,8 @@
 //! asks for it). A request may steer the mock with a top-level `"mock"` object:
 //! `{"status": 500}` answers with that error, `"omit_usage": true` reports no usage,
 //! `"first_byte_ms"` and `"token_ms"` add delays, `"hang": true` never answers,
-//! `"garbage": true` answers 200 with a body that is not JSON, `"reset_after": n` breaks the
+//! `"garbage": true` answers 200 with a body that is not JSON, `"error_bytes": n` pads an asked-for
+//! error's message to n bytes (OpenAI's and Anthropic's routes), `"reset_after": n` breaks the
 //! connection after n streamed tokens, `"answer_tokens": n` (OpenAI's and Anthropic's routes) answers n tokens
 //! when `max_tokens` allows more (a model that finishes early),
 //! `"cached_tokens"` and `"reasoning_tokens"` add those counts (`"thoughts_tokens"` too for
@@ -398,7 +399,15 @@ async fn openai(
         Steer::Answer => {}
         Steer::Garbage => return garbage(),
         Steer::Fail(status) => {
-            let failed = error(api, status, "mock: the error this request asked for");
+            // `"error_bytes": n` pads the message to n bytes (at most 16 MiB): a large error.
+            let message = knobs
+                .get("error_bytes")
+                .and_then(Value::as_u64)
+                .map_or_else(
+                    || "mock: the error this request asked for".to_owned(),
+                    |n| "e".repeat(usize::try_from(n.min(1 << 24)).unwrap_or(0)),
+                );
+            let failed = error(api, status, &message);
             return retry_after(failed, &config.behaviour);
         }
     }

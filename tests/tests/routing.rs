@@ -653,7 +653,16 @@ candidates = [{{ model = "narrow/m" }}, {{ model = "openai/gpt-4o-mini" }}]
     let refused = call("undeclared", &long_prompt);
     assert_eq!(refused.status, 400);
     assert_eq!(refused.json()["error"]["code"], "context_length_exceeded");
-    assert_eq!(mock_requests_at(narrow.address), 3);
+    // A refusal read for the check but larger than what is read reaches the client whole.
+    let body = json!({"model": "long", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hello"}],
+                      "mock": {"status": 400, "error_bytes": 300_000}});
+    let large = post_json(stack.address(), "/v1/chat/completions", &key, &body);
+    assert_eq!(large.status, 400);
+    assert!(large.complete);
+    let message = large.json()["error"]["message"].as_str().unwrap().len();
+    assert_eq!(message, 300_000, "every byte passed on");
+    assert_eq!(mock_requests_at(narrow.address), 4);
     stack.stop();
     let events = stack.events();
     let of = |answer: &http::Answer| events_of(&events, answer);

@@ -25,7 +25,7 @@ use tollgate_engine::routing::{backoff_ms, retryable_status};
 use tollgate_engine::{Ask, Nanos, Status, StreamBudget};
 
 use super::json_scan::Scanned;
-use super::meter::{Ticket, UpstreamBody};
+use super::meter::{Rest, Ticket, UpstreamBody};
 use super::{
     Admitted, Asked, Members, Prepared, ResponseBody, prepare, priced, relay, send, usable,
     whole_answer,
@@ -260,12 +260,16 @@ async fn answer(
     whole_answer(relay(provider, deployment, response, ticket, asked), cost).await
 }
 
-/// An answer read whole (at most `CONTEXT_ERROR_BYTES_MAX`, each piece within `idle`): what
-/// arrived, to be passed on as it was if the call does not fall back.
+/// An answer's start read (up to `CONTEXT_ERROR_BYTES_MAX`, each piece within `idle`), for
+/// routing to look at; what was read, then the rest as it comes (or how it broke), is passed
+/// on as it was if the call does not fall back.
 async fn read_whole(response: Response<Incoming>, idle: Duration) -> Response<UpstreamBody> {
     let (parts, mut body) = response.into_parts();
     let mut read = Vec::new();
-    while read.len() < CONTEXT_ERROR_BYTES_MAX {
+    let rest = loop {
+        if read.len() >= CONTEXT_ERROR_BYTES_MAX {
+            break Rest::More(body);
+        }
         let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
         match tokio::time::timeout(idle, frame).await {
             Ok(Some(Ok(frame))) => {
@@ -273,19 +277,22 @@ async fn read_whole(response: Response<Incoming>, idle: Duration) -> Response<Up
                     read.extend_from_slice(&data);
                 }
             }
-            Ok(None | Some(Err(_))) | Err(_) => break,
+            Ok(None) => break Rest::Ended,
+            Ok(Some(Err(e))) => break Rest::Broke(e),
+            // The metered body's own idle timeout decides about the rest.
+            Err(_) => break Rest::More(body),
         }
-    }
-    Response::from_parts(parts, UpstreamBody::Read(Some(Bytes::from(read))))
+    };
+    Response::from_parts(parts, UpstreamBody::Read(Some(Bytes::from(read)), rest))
 }
 
 /// Whether a read client error is the provider's context window refusing the prompt.
 fn context_window_refused(response: &Response<UpstreamBody>) -> bool {
     match response.body() {
-        UpstreamBody::Read(Some(body)) => {
+        UpstreamBody::Read(Some(body), _) => {
             response.status().is_client_error() && signals::context_window_refused(body)
         }
-        UpstreamBody::Read(None) | UpstreamBody::Live(_) => false,
+        UpstreamBody::Read(None, _) | UpstreamBody::Live(_) => false,
     }
 }
 

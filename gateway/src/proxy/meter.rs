@@ -376,14 +376,26 @@ fn emit(ready: Option<BytesMut>) -> Option<FrameResult> {
 /// Most bytes gathered from pieces the upstream has ready before they are sent on.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
-/// An answer's body from the provider: as it arrives, or already read whole (an error answer
-/// routing had to read to know whether the call should fall back).
+/// An answer's body from the provider: as it arrives, or with its start already read (an
+/// error answer routing had to look at to know whether the call should fall back), then the
+/// rest as it comes. Nothing read is lost: what was read goes first, then what was not.
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// Still arriving.
     Live(Incoming),
-    /// Read whole; `None` once handed on.
-    Read(Option<Bytes>),
+    /// Its start read; `None` once handed on.
+    Read(Option<Bytes>, Rest),
+}
+
+/// What follows the part of an answer routing read.
+#[derive(Debug)]
+pub enum Rest {
+    /// The answer ended within what was read.
+    Ended,
+    /// More to come (past the cap routing reads, or slower than it waits).
+    More(Incoming),
+    /// The answer broke off while it was read: passed on after what arrived.
+    Broke(hyper::Error),
 }
 
 impl Body for UpstreamBody {
@@ -396,23 +408,43 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Live(incoming) => Pin::new(incoming).poll_frame(cx),
-            UpstreamBody::Read(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Read(read, rest) => {
+                if let Some(bytes) = read.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                match rest {
+                    Rest::More(incoming) => Pin::new(incoming).poll_frame(cx),
+                    Rest::Ended => Poll::Ready(None),
+                    Rest::Broke(_) => match std::mem::replace(rest, Rest::Ended) {
+                        Rest::Broke(e) => Poll::Ready(Some(Err(e))),
+                        Rest::Ended | Rest::More(_) => Poll::Ready(None),
+                    },
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Live(incoming) => incoming.is_end_stream(),
-            UpstreamBody::Read(bytes) => bytes.is_none(),
+            UpstreamBody::Read(read, rest) => {
+                read.is_none()
+                    && match rest {
+                        Rest::Ended => true,
+                        Rest::More(incoming) => incoming.is_end_stream(),
+                        Rest::Broke(_) => false,
+                    }
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Live(incoming) => incoming.size_hint(),
-            UpstreamBody::Read(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            UpstreamBody::Read(read, Rest::Ended) => {
+                SizeHint::with_exact(read.as_ref().map_or(0, |b| b.len() as u64))
             }
+            UpstreamBody::Read(..) => SizeHint::default(),
         }
     }
 }
