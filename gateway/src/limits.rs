@@ -86,6 +86,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest admin request body.
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// Most threads serving requests (`server.worker_threads`): past the cores a machine has,
+/// more threads only take turns.
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 /// Threads for blocking work (counting tokens of calls the provider reported no usage for).
 pub const BLOCKING_THREADS_MAX: usize = 8;
 

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Measures what the gateway adds, in one run beside two baselines: the mock provider called
 # direct, and stock nginx as a bare keep-alive pass-through proxy in front of the same mock.
-# Prints one JSON line per measurement. Needs nginx on PATH (Debian: apt-get install nginx-light).
+# Prints one JSON line per measurement. Needs nginx on PATH (Debian: apt-get install nginx-light);
+# with wrk on PATH too (Debian: apt-get install wrk) every target is also measured by wrk, a
+# client that is not ours, on the same requests (lines with "client":"wrk").
 #
 #   loadtest/scripts/overhead.sh [seconds-per-run]
+#
+# OVERHEAD_WORKERS (default 1) is both nginx's worker_processes and tollgate's
+# server.worker_threads: the proxies get the same number of cores' worth of threads, and the
+# load generator and the mock provider, which share the machine, the rest.
 #
 # With TOLLGATE_BEFORE_BIN naming another build's `tollgate` binary, that gateway runs too, on
 # the same config and mock, as the target "tollgate-before": a change measured against the code
@@ -13,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-10}"
+workers="${OVERHEAD_WORKERS:-1}"
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release --locked --bins -q
 bin="$target/release"
@@ -38,6 +45,7 @@ cat > "$work/tollgate.toml" <<TOML
 rate_card = "rates.toml"
 [server]
 listen = "127.0.0.1:$gateway_port"
+worker_threads = $workers
 [[provider]]
 name = "openai"
 kind = "openai"
@@ -57,14 +65,16 @@ before="${TOLLGATE_BEFORE_BIN:-}"
 if [ -n "$before" ]; then
   mkdir -p "$work/before"
   cp "$work/rates.toml" "$work/before/rates.toml"
-  sed "s/127.0.0.1:$gateway_port/127.0.0.1:$before_port/" "$work/tollgate.toml" > "$work/before/tollgate.toml"
-  TOLLGATE_ADMIN_TOKEN=bench-admin "$before" serve --config "$work/before/tollgate.toml" > "$work/before.log" &
+  # A build from before server.worker_threads takes its thread count from tokio's variable.
+  sed -e "s/127.0.0.1:$gateway_port/127.0.0.1:$before_port/" -e '/^worker_threads/d' \
+    "$work/tollgate.toml" > "$work/before/tollgate.toml"
+  TOKIO_WORKER_THREADS="$workers" TOLLGATE_ADMIN_TOKEN=bench-admin "$before" serve --config "$work/before/tollgate.toml" > "$work/before.log" &
   pids+=($!)
 fi
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes $workers;
 error_log logs/error.log warn;
 pid nginx.pid;
 events { worker_connections 4096; }
@@ -121,5 +131,55 @@ for args in "--connections 1" "--connections 32" "--connections 1 --prompt-bytes
   if [ -n "$before" ] && [ -n "${TOLLGATE_BEFORE_LAST:-}" ]; then
     # shellcheck disable=SC2086
     run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" $args
+  fi
+done
+
+command -v wrk > /dev/null || { echo "wrk not on PATH: its rows are skipped" >&2; exit 0; }
+# The harness's request, as it sends it (compact JSON, the same prompt), for wrk to send.
+python3 - "$work" <<'PY'
+import json, sys
+text = "The quick brown fox jumps over the lazy dog near the riverbank. "
+for name, stream in (("plain", False), ("stream", True)):
+    request = {"model": "openai/gpt-4o-mini", "max_tokens": 16, "messages": [
+        {"role": "system", "content": "You are a load test."},
+        {"role": "user", "content": text * -(-1000 // len(text))}]}
+    if stream:
+        request["stream"] = True
+    with open(f"{sys.argv[1]}/{name}.json", "w") as out:
+        out.write(json.dumps(request, separators=(",", ":")))
+PY
+cat > "$work/post.lua" <<'LUA'
+local file = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("WRK_KEY")
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '"requests_per_s":%.0f,"p50_us":%d,"p99_us":%d,"requests":%d,"errors":%d,"non_2xx":%d}\n',
+    summary.requests / (summary.duration / 1e6), latency:percentile(50),
+    latency:percentile(99), summary.requests, e.connect + e.read + e.write + e.timeout, e.status))
+end
+LUA
+wrk_run() {
+  local name=$1 url=$2 key=$3 connections=$4 body=$5
+  printf '{"target":"%s","client":"wrk","connections":%s,"stream":%s,' "$name" "$connections" \
+    "$([ "$body" = stream ] && echo true || echo false)"
+  WRK_KEY="$key" WRK_BODY="$work/$body.json" wrk -t1 -c"$connections" -d"${seconds}s" \
+    -s "$work/post.lua" "$url" | sed -n '/^"requests_per_s"/p'
+}
+for load in "1 plain" "32 plain" "32 stream"; do
+  # shellcheck disable=SC2086
+  set -- $load
+  wrk_run direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$key" "$1" "$2"
+  wrk_run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$key" "$1" "$2"
+  if [ -n "$before" ] && [ -z "${TOLLGATE_BEFORE_LAST:-}" ]; then
+    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" "$1" "$2"
+  fi
+  wrk_run tollgate "http://127.0.0.1:$gateway_port/v1/chat/completions" "$key" "$1" "$2"
+  if [ -n "$before" ] && [ -n "${TOLLGATE_BEFORE_LAST:-}" ]; then
+    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" "$1" "$2"
   fi
 done

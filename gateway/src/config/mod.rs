@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub requests_in_flight_max: usize,
     /// Graceful shutdown's wait for in-flight streams before they are cut.
     pub drain_timeout: Duration,
+    /// Threads serving requests, from 1 to `WORKER_THREADS_MAX`; `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 /// `[admin]`: the admin API and the CLI's access to it.
@@ -370,6 +372,7 @@ struct RawServer {
     body_timeout_ms: Option<u64>,
     requests_in_flight_max: Option<usize>,
     drain_timeout_ms: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -382,6 +385,7 @@ impl Default for RawServer {
             body_timeout_ms: None,
             requests_in_flight_max: None,
             drain_timeout_ms: None,
+            worker_threads: None,
         }
     }
 }
@@ -403,6 +407,20 @@ impl RawServer {
         if header_bytes_max < 8192 {
             return Err(source.error("server.header_bytes_max", 0..0, "must be at least 8192"));
         }
+        let worker_threads = match self.worker_threads {
+            None | Some(0) => None,
+            Some(n) if n > limits::WORKER_THREADS_MAX => {
+                return Err(source.error(
+                    "server.worker_threads",
+                    0..0,
+                    format!(
+                        "{n} is more than {}; 0 or none means one per core",
+                        limits::WORKER_THREADS_MAX
+                    ),
+                ));
+            }
+            Some(n) => Some(n),
+        };
         Ok(ServerConfig {
             listen,
             body_bytes_max: self.body_bytes_max.unwrap_or(limits::BODY_BYTES_MAX),
@@ -414,6 +432,7 @@ impl RawServer {
                 .unwrap_or(limits::REQUESTS_IN_FLIGHT_MAX)
                 .max(1),
             drain_timeout: ms(self.drain_timeout_ms, limits::DRAIN_TIMEOUT),
+            worker_threads,
         })
     }
 }
@@ -1094,6 +1113,28 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         assert_eq!(alloc.budget.soft_limit_percent, 90);
         assert_eq!(config.projects[0].budget.limit, None);
         assert_eq!(config.events.queued_max, limits::EVENTS_QUEUED_MAX);
+    }
+
+    #[test]
+    fn worker_threads_are_one_per_core_unless_set() {
+        let with = |line: &str| {
+            let toml = GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:0\"\n{line}"),
+            );
+            Config::from_toml(&toml, "tollgate.toml", Path::new("/etc/tollgate"))
+        };
+        assert_eq!(with("").unwrap().server.worker_threads, None);
+        assert_eq!(
+            with("worker_threads = 0").unwrap().server.worker_threads,
+            None
+        );
+        assert_eq!(
+            with("worker_threads = 3").unwrap().server.worker_threads,
+            Some(3)
+        );
+        let too_many = with("worker_threads = 100000").err().unwrap().to_string();
+        assert!(too_many.contains("server.worker_threads"), "{too_many}");
     }
 
     #[test]

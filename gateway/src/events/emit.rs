@@ -6,10 +6,13 @@
 //! commit), without holding the lock while the disk works. Budget warnings (soft limits
 //! crossed) go to `alerts.jsonl` the same way.
 //!
-//! The same thread folds the synced log into the spend checkpoint (`restore::Folded`) every
-//! `events.checkpoint_interval_ms` and at shutdown, then removes log segments every reader is
-//! past (the checkpoint, the Parquet writer, the Kafka shipper), so the log holds only what
-//! someone still needs.
+//! A second thread, at a lower scheduling priority than the request path, writes the synced
+//! log out as Parquet every `parquet.roll_interval_ms` and folds it into the spend checkpoint
+//! (`restore::Folded`) every `events.checkpoint_interval_ms`, then removes log segments every
+//! reader is past (the checkpoint, the Parquet writer, the Kafka shipper), so the log holds
+//! only what someone still needs. Both run at shutdown too, after the last sync. Apart from the
+//! syncer, a long roll (a minute of events decoded and encoded) never holds up group commit,
+//! and it yields the cores to requests.
 //!
 //! **Invariant:** an event is in the log before the call that produced it is answered: refusals
 //! append before the error response is returned, and a metered answer appends before its last
@@ -60,6 +63,10 @@ struct Shared {
     stopping: AtomicBool,
     wake: Condvar,
     wake_lock: Mutex<()>,
+    /// Set once the syncer's last sync is done: the output thread's last pass may begin.
+    synced_for_good: AtomicBool,
+    out_wake: Condvar,
+    out_wake_lock: Mutex<()>,
     metrics: Arc<Metrics>,
     /// The spend checkpoint and the log's retention, once restore has seeded them.
     maintenance: Mutex<Option<Maintenance>>,
@@ -123,10 +130,12 @@ pub struct Emitter {
     queued_max: usize,
 }
 
-/// The syncer thread, owned by the runtime: stopping it syncs what is left.
+/// The syncer and output threads, owned by the runtime: stopping them syncs what is left and
+/// writes it out.
 pub struct Writer {
     shared: Arc<Shared>,
-    thread: JoinHandle<()>,
+    syncer: JoinHandle<()>,
+    output: JoinHandle<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,6 +170,7 @@ impl Emitter {
         let synced = log.next_offset();
         let log_bytes = log.bytes();
         let roll_interval = parquet.map_or(Duration::MAX, |p| p.roll_interval);
+        let checkpoint_interval = events.checkpoint_interval;
         let parquet = parquet.map(|p| {
             Mutex::new(ParquetSink::new(
                 &dir.join(LOG_DIR),
@@ -179,6 +189,9 @@ impl Emitter {
             stopping: AtomicBool::new(false),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
+            synced_for_good: AtomicBool::new(false),
+            out_wake: Condvar::new(),
+            out_wake_lock: Mutex::new(()),
             metrics,
             maintenance: Mutex::new(None),
             log_bytes: AtomicU64::new(log_bytes),
@@ -187,13 +200,18 @@ impl Emitter {
             unwritable: AtomicBool::new(false),
             held_back: Mutex::new(VecDeque::new()),
         });
-        let syncer = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("tollgate-events-sync".into())
-            .spawn(move || sync_loop(&syncer, sync_interval, roll_interval))?;
+        let syncing = Arc::clone(&shared);
+        let syncer = std::thread::Builder::new()
+            .name(SYNCER_THREAD.into())
+            .spawn(move || sync_loop(&syncing, sync_interval))?;
+        let writing = Arc::clone(&shared);
+        let output = std::thread::Builder::new()
+            .name(OUTPUT_THREAD.into())
+            .spawn(move || output_loop(&writing, roll_interval, checkpoint_interval))?;
         let writer = Writer {
             shared: Arc::clone(&shared),
-            thread,
+            syncer,
+            output,
         };
         Ok((Emitter { shared, queued_max }, writer, recovery))
     }
@@ -352,9 +370,21 @@ impl Writer {
             let _guard = lock(&self.shared.wake_lock);
             self.shared.wake.notify_all();
         }
-        self.thread
+        let synced = self
+            .syncer
             .join()
-            .map_err(|_| io::Error::other("event syncer thread panicked"))
+            .map_err(|_| io::Error::other("event syncer thread panicked"));
+        // Whatever the syncer managed, the output thread writes out what is synced and stops.
+        self.shared.synced_for_good.store(true, Ordering::Release);
+        {
+            let _guard = lock(&self.shared.out_wake_lock);
+            self.shared.out_wake.notify_all();
+        }
+        let written = self
+            .output
+            .join()
+            .map_err(|_| io::Error::other("event output thread panicked"));
+        synced.and(written)
     }
 }
 
@@ -504,8 +534,7 @@ fn kafka_checkpoint(log_dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
-    let mut last_roll = std::time::Instant::now();
+fn sync_loop(shared: &Shared, interval: Duration) {
     loop {
         {
             let guard = lock(&shared.wake_lock);
@@ -529,17 +558,69 @@ fn sync_loop(shared: &Shared, interval: Duration, roll_interval: Duration) {
                     "stopping with {lost} usage events the log could not take: they are lost"
                 ));
             }
+            return;
+        }
+    }
+}
+
+/// The output thread: the synced log into Parquet every `roll_interval`, the spend checkpoint
+/// and retention as `maintain` says, and both once more after the last sync.
+fn output_loop(shared: &Shared, roll_interval: Duration, checkpoint_interval: Duration) {
+    yield_to_requests();
+    // Woken often enough for both to be on time.
+    let tick = roll_interval.min(checkpoint_interval).min(OUTPUT_TICK_MAX);
+    let mut last_roll = Instant::now();
+    loop {
+        {
+            let guard = lock(&shared.out_wake_lock);
+            if !shared.synced_for_good.load(Ordering::Acquire) {
+                let _ = shared
+                    .out_wake
+                    .wait_timeout(guard, tick)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        if shared.synced_for_good.load(Ordering::Acquire) {
             roll_parquet(shared);
             maintain(shared, true);
             return;
         }
         if last_roll.elapsed() >= roll_interval {
             roll_parquet(shared);
-            last_roll = std::time::Instant::now();
+            last_roll = Instant::now();
         }
         maintain(shared, false);
     }
 }
+
+/// The syncer thread's name (at most 15 bytes: the kernel cuts what is longer).
+const SYNCER_THREAD: &str = "tollgate-sync";
+/// The output thread's name.
+const OUTPUT_THREAD: &str = "tollgate-output";
+
+/// The longest the output thread sleeps between looks at what is due.
+const OUTPUT_TICK_MAX: Duration = Duration::from_secs(1);
+
+/// Lowers the calling thread's scheduling priority (nice 10): its work is catching up with the
+/// log, which can wait while requests run. Where that cannot be done, it runs as it is.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a priority set on a thread id applies to that thread alone.
+        let thread = rustix::thread::gettid();
+        // Never raised: a gateway started at a lower priority keeps it here too.
+        let nice = rustix::process::getpriority_process(Some(thread))
+            .unwrap_or(0)
+            .max(OUTPUT_NICE);
+        if let Err(e) = rustix::process::setpriority_process(Some(thread), nice) {
+            report(&format!("lowering the event output thread's priority: {e}"));
+        }
+    }
+}
+
+/// The output thread's nice value: about a tenth of a request thread's share of a busy core.
+#[cfg(target_os = "linux")]
+const OUTPUT_NICE: i32 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -578,6 +659,73 @@ mod tests {
         drop(emitter);
         let (_, _, recovery) = Emitter::start(&events, None, Arc::new(Metrics::default())).unwrap();
         assert_eq!(recovery.records, 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A small file's text (a `/proc` entry), read up to 4 KiB.
+    #[cfg(target_os = "linux")]
+    fn read_small(path: &Path) -> Option<String> {
+        use std::io::Read as _;
+        let mut text = String::new();
+        File::open(path)
+            .ok()?
+            .take(4096)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
+    }
+
+    /// The nice value of this process's thread named `name`, from `/proc`.
+    #[cfg(target_os = "linux")]
+    fn nice_of(name: &str) -> Option<i32> {
+        std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+            let task = task.ok()?.path();
+            let comm = read_small(&task.join("comm"))?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = read_small(&task.join("stat"))?;
+            // Past the command's closing parenthesis: state is field 3, nice field 19.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(16)?.parse().ok()
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_output_thread_yields_to_requests_and_the_syncer_does_not() {
+        let dir = std::env::temp_dir().join(format!("tollgate-emit-nice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let events = EventsConfig {
+            dir: dir.clone(),
+            queued_max: 4,
+            sync_interval: Duration::from_millis(10),
+            checkpoint_interval: Duration::from_secs(60),
+            segment_bytes_max: 1 << 20,
+            log_bytes_max: 1 << 30,
+        };
+        let (_emitter, writer, _) =
+            Emitter::start(&events, None, Arc::new(Metrics::default())).unwrap();
+        // The output thread lowers its own priority as it starts.
+        let started = Instant::now();
+        // Other tests' event threads come and go under the same names: look until ours show.
+        let (mut base, mut output) = (None, None);
+        while started.elapsed().as_secs() < 10 {
+            (base, output) = (nice_of(SYNCER_THREAD), nice_of(OUTPUT_THREAD));
+            if let (Some(base), Some(output)) = (base, output)
+                && output == base.max(OUTPUT_NICE)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let base = base.unwrap();
+        assert!(
+            base < OUTPUT_NICE,
+            "the test runs at a nice value under {OUTPUT_NICE}"
+        );
+        assert_eq!(output, Some(OUTPUT_NICE), "lowered, the syncer at {base}");
+        writer.stop().unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -15,7 +15,11 @@ use tollgate_gateway::runtime;
 /// Runs the gateway of the config at `path` until SIGTERM or SIGINT.
 pub fn serve(path: &std::path::Path, options: runtime::StartOptions) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.server.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("tollgate")
         // Blocking work is token counting for calls without usage: a few threads suffice, and a
