@@ -1,9 +1,11 @@
 //! Usage events into Parquet files, exactly once, from the durable log.
 //!
 //! [`encode`] turns events into an Arrow batch of [`crate::schema::COLUMNS`]. [`ParquetSink`]
-//! reads the log from its checkpoint, writes one zstd file per hour partition the batch touches
+//! reads the log from its checkpoint, writes one zstd file per hour partition the pass touches
 //! (`usage/date=YYYY-MM-DD/hour=HH/part-<first>-<last>.parquet`, named by the log range it
 //! holds), each to a temporary name, synced, renamed, and only then advances the checkpoint.
+//! A file is fed [`SLICE_ROWS`] events at a time ([`UsageFile`]): a pass of a million events
+//! holds a slice per partition and the open row group in memory, not the million.
 //!
 //! **Invariant:** after a crash at any point, each event is in exactly one file: a range whose
 //! checkpoint was not committed is read again and produces the same files under the same names,
@@ -243,38 +245,126 @@ impl FileTotals {
     }
 }
 
-fn properties(written: UnixMs, totals: FileTotals) -> Result<WriterProperties, ColumnarError> {
+fn properties(written: UnixMs) -> Result<WriterProperties, ColumnarError> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(encode_error)?,
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("tollgate".into())
-        // The event schema's version, where every Parquet reader sees it; when the file was
-        // written (corrections are told by it); and what the writer was given, so a reader
-        // can tell a damaged file from a whole one.
+        // The event schema's version, where every Parquet reader sees it, and when the file
+        // was written (corrections are told by it); what the writer was given is added as the
+        // file is closed (`UsageFile::publish`), so a reader can tell a damaged file from a
+        // whole one.
         .set_key_value_metadata(Some(vec![
             KeyValue::new(
                 SCHEMA_VERSION_KEY.to_owned(),
                 USAGE_EVENT_VERSION.to_string(),
             ),
             KeyValue::new(WRITTEN_KEY.to_owned(), written.0.to_string()),
-            KeyValue::new(ROWS_KEY.to_owned(), totals.rows.to_string()),
-            KeyValue::new(
-                COST_NANOS_TOTAL_KEY.to_owned(),
-                totals.cost_nanos.to_string(),
-            ),
         ]))
         .build())
 }
 
+/// A usage file being written: events go in a slice at a time, each encoded and handed to the
+/// Parquet writer at once, so memory holds a slice and the open row group, never the file.
+/// It is written under a temporary name and takes its own only once it is whole and synced.
+pub struct UsageFile {
+    dir: PathBuf,
+    temporary: PathBuf,
+    writer: ArrowWriter<File>,
+    appended: FileTotals,
+    encoded_cost_nanos: u128,
+}
+
+impl UsageFile {
+    /// Starts a file in `dir` under the temporary name `temporary_name`, stamped as written at
+    /// `written` (a file of that name left by a crash is written over).
+    pub fn create(
+        dir: &Path,
+        temporary_name: &str,
+        written: UnixMs,
+    ) -> Result<UsageFile, ColumnarError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let temporary = dir.join(temporary_name);
+        let file = File::create(&temporary).map_err(io_at(&temporary))?;
+        let writer = ArrowWriter::try_new(
+            file,
+            Arc::new(usage_event_schema()),
+            Some(properties(written)?),
+        )
+        .map_err(encode_error)?;
+        Ok(UsageFile {
+            dir: dir.to_owned(),
+            temporary,
+            writer,
+            appended: FileTotals::default(),
+            encoded_cost_nanos: 0,
+        })
+    }
+
+    /// Encodes `events` and writes them (into the open row group; a full one goes to disk).
+    pub fn append(&mut self, events: &[UsageEvent]) -> Result<(), ColumnarError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let batch = encode(events)?;
+        self.encoded_cost_nanos = self
+            .encoded_cost_nanos
+            .saturating_add(cost_nanos_total(&batch)?);
+        let totals = FileTotals::of(events);
+        self.appended.rows += totals.rows;
+        self.appended.cost_nanos += totals.cost_nanos;
+        self.writer.write(&batch).map_err(encode_error)
+    }
+
+    /// Closes the file with what it was given in its metadata, asserts its footer and encoded
+    /// cost agree with that, syncs it and renames it to `path` (in the folder it was created
+    /// in), then syncs the folder. Returns what it holds.
+    pub fn publish(mut self, path: &Path) -> Result<FileTotals, ColumnarError> {
+        let appended = self.appended;
+        self.writer.append_key_value_metadata(KeyValue::new(
+            ROWS_KEY.to_owned(),
+            appended.rows.to_string(),
+        ));
+        self.writer.append_key_value_metadata(KeyValue::new(
+            COST_NANOS_TOTAL_KEY.to_owned(),
+            appended.cost_nanos.to_string(),
+        ));
+        let footer = self.writer.finish().map_err(encode_error)?;
+        assert_written(
+            path,
+            appended,
+            footer.file_metadata().num_rows(),
+            self.encoded_cost_nanos,
+        );
+        self.writer
+            .inner()
+            .sync_all()
+            .map_err(io_at(&self.temporary))?;
+        fs::rename(&self.temporary, path).map_err(io_at(path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_at(&self.dir))?;
+        Ok(appended)
+    }
+
+    /// Gives the file up: its temporary name is removed.
+    pub fn discard(self) -> Result<(), ColumnarError> {
+        let temporary = self.temporary.clone();
+        drop(self.writer);
+        fs::remove_file(&temporary).map_err(io_at(&temporary))
+    }
+}
+
+/// Events encoded and handed to the Parquet writer at a time: bounds what a pass holds in
+/// memory (a slice per partition it touches, and the open row group).
+pub const SLICE_ROWS: usize = 8 * 1024;
+
 /// Writes `events` to `path` (through a temporary name, synced, renamed, folder synced),
 /// stamped as written now.
 pub fn write_file(path: &Path, events: &[UsageEvent]) -> Result<(), ColumnarError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    write_file_at(path, events, UnixMs(now))
+    write_file_at(path, events, now_ms())
 }
 
 /// [`write_file`], stamped as written at `written`.
@@ -287,17 +377,25 @@ pub fn write_file_at(
     events: &[UsageEvent],
     written: UnixMs,
 ) -> Result<(), ColumnarError> {
-    let appended = FileTotals::of(events);
-    let batch = encode(events)?;
-    let encoded_cost_nanos = cost_nanos_total(&batch)?;
-    let staged = stage(path, &batch, properties(written, appended)?)?;
-    assert_written(
-        path,
-        appended,
-        staged.footer.file_metadata().num_rows(),
-        encoded_cost_nanos,
+    let (dir, name) = dir_and_name(path);
+    let mut file = UsageFile::create(dir, &format!("{name}.tmp"), written)?;
+    for slice in events.chunks(SLICE_ROWS) {
+        file.append(slice)?;
+    }
+    file.publish(path).map(|_| ())
+}
+
+/// A file path's folder (`.` when it has none) and name.
+fn dir_and_name(path: &Path) -> (&Path, String) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map_or_else(
+        || "usage.parquet".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
     );
-    staged.publish()
+    (dir, name)
 }
 
 /// The sum of a batch's `cost` column, in nano-units.
@@ -472,13 +570,11 @@ pub fn write_batch(
     stage(path, batch, properties)?.publish()
 }
 
-/// A file written and synced under its temporary name, with the footer the writer closed it
-/// with, not yet under its own name.
+/// A file written and synced under its temporary name, not yet under its own name.
 struct Staged<'a> {
     path: &'a Path,
     dir: &'a Path,
     temporary: PathBuf,
-    footer: ParquetMetaData,
 }
 
 fn stage<'a>(
@@ -498,13 +594,12 @@ fn stage<'a>(
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(encode_error)?;
     writer.write(batch).map_err(encode_error)?;
-    let footer = writer.finish().map_err(encode_error)?;
+    writer.finish().map_err(encode_error)?;
     writer.inner().sync_all().map_err(io_at(&temporary))?;
     Ok(Staged {
         path,
         dir,
         temporary,
-        footer,
     })
 }
 
@@ -517,6 +612,80 @@ impl Staged<'_> {
             .map_err(io_at(self.dir))?;
         Ok(())
     }
+}
+
+/// One pass over the log: a file per hour partition its events fall in, each fed a slice at a
+/// time; the files are named by the pass's log range once it is known (its end is where the
+/// pass stops).
+struct Pass {
+    first: u64,
+    partitions: BTreeMap<String, Partition>,
+}
+
+/// A partition's file in a pass, and the events waiting to be encoded into it.
+struct Partition {
+    file: UsageFile,
+    waiting: Vec<UsageEvent>,
+}
+
+impl Pass {
+    fn new(first: u64) -> Pass {
+        Pass {
+            first,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, usage_dir: &Path, event: UsageEvent) -> Result<(), ColumnarError> {
+        let key = partition(event.ts_ms);
+        let entry = match self.partitions.entry(key) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let dir = usage_dir.join(entry.key());
+                let name = format!("part-{:020}.parquet.tmp", self.first);
+                let file = UsageFile::create(&dir, &name, now_ms())?;
+                entry.insert(Partition {
+                    file,
+                    waiting: Vec::with_capacity(SLICE_ROWS),
+                })
+            }
+        };
+        entry.waiting.push(event);
+        if entry.waiting.len() >= SLICE_ROWS {
+            entry.file.append(&entry.waiting)?;
+            entry.waiting.clear();
+        }
+        Ok(())
+    }
+
+    /// Publishes each partition's file as `part-<first>-<last>.parquet`, unless a file of that
+    /// name is already there (a pass written before a crash, its checkpoint not committed):
+    /// then it is kept and this one discarded. Returns the files written and kept.
+    fn publish(self, usage_dir: &Path, last: u64) -> Result<(u64, u64), ColumnarError> {
+        let (mut files, mut skipped) = (0, 0);
+        for (partition, Partition { mut file, waiting }) in self.partitions {
+            let path = usage_dir
+                .join(partition)
+                .join(format!("part-{:020}-{last:020}.parquet", self.first));
+            if path.exists() {
+                file.discard()?;
+                skipped += 1;
+                continue;
+            }
+            file.append(&waiting)?;
+            file.publish(&path)?;
+            files += 1;
+        }
+        Ok((files, skipped))
+    }
+}
+
+/// Now, in ms since the epoch (when a file is stamped as written).
+fn now_ms() -> UnixMs {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    UnixMs(now)
 }
 
 /// The hour partition of an instant: `date=YYYY-MM-DD/hour=HH`.
@@ -613,7 +782,7 @@ impl ParquetSink {
             .peekable();
         while records.peek().is_some() {
             let first = progress.checkpoint;
-            let mut by_partition: BTreeMap<String, Vec<UsageEvent>> = BTreeMap::new();
+            let mut pass = Pass::new(first);
             let mut last = first;
             let (mut rows, mut bytes) = (0usize, 0usize);
             while rows < self.rows_max && bytes < self.bytes_max {
@@ -633,25 +802,13 @@ impl ParquetSink {
                         offset,
                         reason: e.to_string(),
                     })?;
-                by_partition
-                    .entry(partition(event.ts_ms))
-                    .or_default()
-                    .push(event);
+                pass.push(&self.usage_dir, event)?;
                 last = offset;
                 progress.events += 1;
             }
-            for (partition, events) in &by_partition {
-                let path = self
-                    .usage_dir
-                    .join(partition)
-                    .join(format!("part-{first:020}-{last:020}.parquet"));
-                if path.exists() {
-                    progress.skipped_files += 1;
-                    continue;
-                }
-                write_file(&path, events)?;
-                progress.files += 1;
-            }
+            let (files, skipped) = pass.publish(&self.usage_dir, last)?;
+            progress.files += files;
+            progress.skipped_files += skipped;
             self.commit(last + 1)?;
             progress.checkpoint = last + 1;
         }
@@ -863,6 +1020,64 @@ mod tests {
         let progress = sink.run(u64::MAX).unwrap();
         assert_eq!(progress.events, 10);
         assert_eq!(progress.files, 4, "3 + 3 + 3 + 1");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_pass_larger_than_a_slice_lands_whole_over_a_crash_s_leftover() {
+        let root =
+            std::env::temp_dir().join(format!("tollgate-sink-slices-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (mut log, _) =
+            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        // Three slices and some, alternating between two hours.
+        let hours = [UnixMs(1_764_000_000_000), UnixMs(1_764_003_600_000)];
+        let written: Vec<UsageEvent> = events(3 * SLICE_ROWS as u64 + 17, hours[0])
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.ts_ms = hours[i % 2];
+                e
+            })
+            .collect();
+        let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
+        log.append(&payloads).unwrap();
+        // What a crash mid-pass leaves: a torn temporary file where the pass writes.
+        let first_dir = root.join("data/usage").join(partition(hours[0]));
+        fs::create_dir_all(&first_dir).unwrap();
+        fs::write(
+            first_dir.join(format!("part-{:020}.parquet.tmp", 0)),
+            b"PAR1 torn",
+        )
+        .unwrap();
+
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 1_000_000, 1 << 30);
+        let progress = sink.run(u64::MAX).unwrap();
+        assert_eq!((progress.events, progress.files), (written.len() as u64, 2));
+        let files = walk(&root.join("data/usage"));
+        let leftover = |f: &&PathBuf| f.extension().is_some_and(|e| e == "tmp");
+        assert!(!files.iter().any(|f| leftover(&f)), "{files:?}");
+        for (parity, hour) in hours.iter().enumerate() {
+            let expected: Vec<&UsageEvent> = written.iter().skip(parity).step_by(2).collect();
+            let path = root.join("data/usage").join(partition(*hour)).join(format!(
+                "part-{:020}-{:020}.parquet",
+                0,
+                written.len() - 1
+            ));
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            let (mut rows, mut cost) = (0usize, 0u128);
+            for batch in reader {
+                let batch = batch.unwrap();
+                rows += batch.num_rows();
+                cost += cost_nanos_total(&batch).unwrap();
+            }
+            assert_eq!(rows, expected.len());
+            let expected_cost: u128 = expected.iter().map(|e| u128::from(e.cost_nanos.0)).sum();
+            assert_eq!(cost, expected_cost, "to the nano");
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 
