@@ -163,23 +163,37 @@ function done(summary, latency, requests)
     latency:percentile(99), summary.requests, e.connect + e.read + e.write + e.timeout, e.status))
 end
 LUA
+# CPU time (user and system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_s=$(getconf CLK_TCK)
+# Prints a wrk measurement, with the CPU the target's process (the mock direct, nginx's
+# worker, the gateway) spent per request: steadier than throughput on a shared machine.
 wrk_run() {
-  local name=$1 url=$2 key=$3 connections=$4 body=$5
+  local name=$1 url=$2 key=$3 connections=$4 body=$5 pid=$6
+  local start out requests
   printf '{"target":"%s","client":"wrk","connections":%s,"stream":%s,' "$name" "$connections" \
     "$([ "$body" = stream ] && echo true || echo false)"
-  WRK_KEY="$key" WRK_BODY="$work/$body.json" wrk -t1 -c"$connections" -d"${seconds}s" \
-    -s "$work/post.lua" "$url" | sed -n '/^"requests_per_s"/p'
+  start=$(cpu_ticks "$pid")
+  out=$(WRK_KEY="$key" WRK_BODY="$work/$body.json" wrk -t1 -c"$connections" -d"${seconds}s" \
+    -s "$work/post.lua" "$url" | sed -n '/^"requests_per_s"/p')
+  requests=$(sed 's/.*"requests":\([0-9]*\).*/\1/' <<< "$out")
+  printf '"cpu_us_per_request":%s,%s\n' \
+    "$(( ($(cpu_ticks "$pid") - start) * 1000000 / ticks_per_s / (requests > 0 ? requests : 1) ))" \
+    "$out"
 }
+nginx_worker=$(pgrep -P "$(cat "$work/nginx/nginx.pid")" | head -1)
 for load in "1 plain" "32 plain" "32 stream"; do
   # shellcheck disable=SC2086
   set -- $load
-  wrk_run direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$key" "$1" "$2"
-  wrk_run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$key" "$1" "$2"
+  wrk_run direct "http://127.0.0.1:$mock_port/v1/chat/completions" "$key" "$1" "$2" "${pids[0]}"
+  wrk_run nginx "http://127.0.0.1:$nginx_port/v1/chat/completions" "$key" "$1" "$2" "$nginx_worker"
   if [ -n "$before" ] && [ -z "${TOLLGATE_BEFORE_LAST:-}" ]; then
-    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" "$1" "$2"
+    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" \
+      "$1" "$2" "${pids[2]}"
   fi
-  wrk_run tollgate "http://127.0.0.1:$gateway_port/v1/chat/completions" "$key" "$1" "$2"
+  wrk_run tollgate "http://127.0.0.1:$gateway_port/v1/chat/completions" "$key" "$1" "$2" "${pids[1]}"
   if [ -n "$before" ] && [ -n "${TOLLGATE_BEFORE_LAST:-}" ]; then
-    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" "$1" "$2"
+    wrk_run tollgate-before "http://127.0.0.1:$before_port/v1/chat/completions" "$before_key" \
+      "$1" "$2" "${pids[2]}"
   fi
 done

@@ -860,6 +860,12 @@ impl Body for Metered {
                     let ready = this.end_of_stream(ready);
                     return Poll::Ready(emit(ready));
                 }
+                // An answer of known length has all arrived: it ends here, without waiting
+                // for the upstream's connection to close the body (or gathering for more).
+                Poll::Pending if this.upstream.as_ref().is_some_and(Body::is_end_stream) => {
+                    let ready = this.end_of_stream(ready);
+                    return Poll::Ready(emit(ready));
+                }
                 Poll::Pending if ready.is_some() => {
                     if this.turns_empty >= GATHER_TURNS_MAX {
                         this.turns_empty = 0;
