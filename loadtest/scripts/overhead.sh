@@ -9,7 +9,9 @@
 #
 # OVERHEAD_WORKERS (default 1) is both nginx's worker_processes and tollgate's
 # server.worker_threads: the proxies get the same number of cores' worth of threads, and the
-# load generator and the mock provider, which share the machine, the rest.
+# load generator and the mock provider, which share the machine, the rest. With
+# OVERHEAD_ROLL_INTERVAL_MS the gateways write Parquet that often (parquet.roll_interval_ms),
+# to see what background work does to the tail.
 #
 # With TOLLGATE_BEFORE_BIN naming another build's `tollgate` binary, that gateway runs too, on
 # the same config and mock, as the target "tollgate-before": a change measured against the code
@@ -59,6 +61,9 @@ team = "bench"
 name = "bench"
 project = "bench"
 TOML
+if [ -n "${OVERHEAD_ROLL_INTERVAL_MS:-}" ]; then
+  printf '[parquet]\nroll_interval_ms = %s\n' "$OVERHEAD_ROLL_INTERVAL_MS" >> "$work/tollgate.toml"
+fi
 TOLLGATE_ADMIN_TOKEN=bench-admin "$bin/tollgate" serve --config "$work/tollgate.toml" > "$work/gateway.log" &
 pids+=($!)
 before="${TOLLGATE_BEFORE_BIN:-}"

@@ -60,13 +60,10 @@ struct Shared {
     alerts: Mutex<File>,
     /// Events appended since the last sync.
     unsynced: AtomicU64,
-    stopping: AtomicBool,
-    wake: Condvar,
-    wake_lock: Mutex<()>,
-    /// Set once the syncer's last sync is done: the output thread's last pass may begin.
-    synced_for_good: AtomicBool,
-    out_wake: Condvar,
-    out_wake_lock: Mutex<()>,
+    /// Raised to stop: the syncer's last sync.
+    stopping: Signal,
+    /// Raised once the syncer's last sync is done: the output thread's last pass may begin.
+    synced_for_good: Signal,
     metrics: Arc<Metrics>,
     /// The spend checkpoint and the log's retention, once restore has seeded them.
     maintenance: Mutex<Option<Maintenance>>,
@@ -186,12 +183,8 @@ impl Emitter {
             parquet,
             alerts: Mutex::new(alerts),
             unsynced: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
-            wake: Condvar::new(),
-            wake_lock: Mutex::new(()),
-            synced_for_good: AtomicBool::new(false),
-            out_wake: Condvar::new(),
-            out_wake_lock: Mutex::new(()),
+            stopping: Signal::default(),
+            synced_for_good: Signal::default(),
             metrics,
             maintenance: Mutex::new(None),
             log_bytes: AtomicU64::new(log_bytes),
@@ -365,21 +358,13 @@ impl Writer {
     /// Asks the syncer to sync what is queued and stop, and waits for it (blocking: call once
     /// nothing is admitted any more, so the queue only shrinks).
     pub fn stop(self) -> io::Result<()> {
-        self.shared.stopping.store(true, Ordering::Release);
-        {
-            let _guard = lock(&self.shared.wake_lock);
-            self.shared.wake.notify_all();
-        }
+        self.shared.stopping.raise();
         let synced = self
             .syncer
             .join()
             .map_err(|_| io::Error::other("event syncer thread panicked"));
         // Whatever the syncer managed, the output thread writes out what is synced and stops.
-        self.shared.synced_for_good.store(true, Ordering::Release);
-        {
-            let _guard = lock(&self.shared.out_wake_lock);
-            self.shared.out_wake.notify_all();
-        }
+        self.shared.synced_for_good.raise();
         let written = self
             .output
             .join()
@@ -536,20 +521,12 @@ fn kafka_checkpoint(log_dir: &Path) -> u64 {
 
 fn sync_loop(shared: &Shared, interval: Duration) {
     loop {
-        {
-            let guard = lock(&shared.wake_lock);
-            if !shared.stopping.load(Ordering::Acquire) {
-                let _ = shared
-                    .wake
-                    .wait_timeout(guard, interval)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-        }
+        shared.stopping.wait(interval);
         append_held_back(shared);
         if shared.unsynced.load(Ordering::Acquire) > 0 {
             let _ = sync_now(shared);
         }
-        if shared.stopping.load(Ordering::Acquire) {
+        if shared.stopping.is_raised() {
             let _ = sync_now(shared);
             let lost = lock(&shared.held_back).len();
             if lost > 0 {
@@ -571,16 +548,7 @@ fn output_loop(shared: &Shared, roll_interval: Duration, checkpoint_interval: Du
     let tick = roll_interval.min(checkpoint_interval).min(OUTPUT_TICK_MAX);
     let mut last_roll = Instant::now();
     loop {
-        {
-            let guard = lock(&shared.out_wake_lock);
-            if !shared.synced_for_good.load(Ordering::Acquire) {
-                let _ = shared
-                    .out_wake
-                    .wait_timeout(guard, tick)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-        }
-        if shared.synced_for_good.load(Ordering::Acquire) {
+        if shared.synced_for_good.wait(tick) {
             roll_parquet(shared);
             maintain(shared, true);
             return;
@@ -590,6 +558,39 @@ fn output_loop(shared: &Shared, roll_interval: Duration, checkpoint_interval: Du
             last_roll = Instant::now();
         }
         maintain(shared, false);
+    }
+}
+
+/// A flag raised once, and the wait of a thread that sleeps until it is raised or a timeout.
+#[derive(Default)]
+struct Signal {
+    raised: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        // Taken so a waiter between its look at the flag and its wait is not missed.
+        let _guard = lock(&self.lock);
+        self.wake.notify_all();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Sleeps up to `timeout` unless raised; whether it is raised.
+    fn wait(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.lock);
+        if !self.is_raised() {
+            let _ = self
+                .wake
+                .wait_timeout(guard, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        self.is_raised()
     }
 }
 
@@ -626,19 +627,24 @@ const OUTPUT_NICE: i32 = 10;
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_in_the_log_once_appended_and_synced_on_stop() {
-        let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let metrics = Arc::new(Metrics::default());
-        let events = EventsConfig {
-            dir: dir.clone(),
+    /// A small log in `dir`: syncs every 10 ms, backlog of 4.
+    fn events_in(dir: &Path) -> EventsConfig {
+        EventsConfig {
+            dir: dir.to_owned(),
             queued_max: 4,
             sync_interval: Duration::from_millis(10),
             checkpoint_interval: Duration::from_secs(60),
             segment_bytes_max: 1 << 20,
             log_bytes_max: 1 << 30,
-        };
+        }
+    }
+
+    #[test]
+    fn events_are_in_the_log_once_appended_and_synced_on_stop() {
+        let dir = std::env::temp_dir().join(format!("tollgate-emit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Arc::new(Metrics::default());
+        let events = events_in(&dir);
         let (emitter, writer, recovery) =
             Emitter::start(&events, None, Arc::clone(&metrics)).unwrap();
         assert_eq!(recovery.records, 0);
@@ -696,14 +702,7 @@ mod tests {
     fn the_output_thread_yields_to_requests_and_the_syncer_does_not() {
         let dir = std::env::temp_dir().join(format!("tollgate-emit-nice-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let events = EventsConfig {
-            dir: dir.clone(),
-            queued_max: 4,
-            sync_interval: Duration::from_millis(10),
-            checkpoint_interval: Duration::from_secs(60),
-            segment_bytes_max: 1 << 20,
-            log_bytes_max: 1 << 30,
-        };
+        let events = events_in(&dir);
         let (_emitter, writer, _) =
             Emitter::start(&events, None, Arc::new(Metrics::default())).unwrap();
         // The output thread lowers its own priority as it starts.
