@@ -8,8 +8,10 @@
 //! holds a slice per partition and the open row group in memory, not the million.
 //!
 //! **Invariant:** after a crash at any point, each event is in exactly one file: a range whose
-//! checkpoint was not committed is read again and produces the same files under the same names,
-//! and a file that already exists is kept, not written twice. Row count and cost total are
+//! checkpoint was not committed is read again and produces the same files under the same names
+//! (a pass records its range in `usage/_pass` before it publishes, and a pass run again from the
+//! same checkpoint stops where that one stopped, however much the log has grown since), and a
+//! file that already exists is kept, not written twice. Row count and cost total are
 //! checked when a file is written and again when it is read back.
 
 use std::borrow::Cow;
@@ -723,6 +725,11 @@ pub struct ParquetSink {
 /// The checkpoint file under `usage/`: the next log offset, as decimal text.
 pub const CHECKPOINT_FILE: &str = "_checkpoint";
 
+/// The file under `usage/` naming the log range (`first last`) of the pass whose files are
+/// being published, written before the first of them: a pass run again after a crash stops
+/// where that one stopped.
+pub const PASS_FILE: &str = "_pass";
+
 impl ParquetSink {
     /// A sink from the log in `log_dir` to `data_dir/usage`: a file is cut at `rows_max` events
     /// or `bytes_max` bytes of them (as logged), whichever comes first; the caller's interval
@@ -755,11 +762,38 @@ impl ParquetSink {
     }
 
     fn commit(&self, next: u64) -> Result<(), ColumnarError> {
+        self.write_small(CHECKPOINT_FILE, &next.to_string())
+    }
+
+    /// The log range of the last pass whose files were being published: `(first, last)`.
+    fn pass_begun(&self) -> Result<Option<(u64, u64)>, ColumnarError> {
+        let path = self.usage_dir.join(PASS_FILE);
+        let mut text = String::new();
+        match File::open(&path) {
+            Ok(file) => {
+                file.take(64)
+                    .read_to_string(&mut text)
+                    .map_err(io_at(&path))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&path)(e)),
+        }
+        let range = text
+            .split_once(' ')
+            .and_then(|(first, last)| Some((first.parse().ok()?, last.trim().parse().ok()?)));
+        range.map(Some).ok_or_else(|| ColumnarError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other("not two log offsets"),
+        })
+    }
+
+    /// Writes `text` as `usage/<name>`: a temporary name, synced, renamed, the folder synced.
+    fn write_small(&self, name: &str, text: &str) -> Result<(), ColumnarError> {
         fs::create_dir_all(&self.usage_dir).map_err(io_at(&self.usage_dir))?;
-        let path = self.usage_dir.join(CHECKPOINT_FILE);
-        let temporary = self.usage_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        let path = self.usage_dir.join(name);
+        let temporary = self.usage_dir.join(format!("{name}.tmp"));
         let mut file = File::create(&temporary).map_err(io_at(&temporary))?;
-        file.write_all(next.to_string().as_bytes())
+        file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io_at(&temporary))?;
         fs::rename(&temporary, &path).map_err(io_at(&path))?;
@@ -782,11 +816,19 @@ impl ParquetSink {
             .peekable();
         while records.peek().is_some() {
             let first = progress.checkpoint;
+            // A pass from here that began publishing before a crash ends where it ended, so its
+            // files come out under the same names (and are kept), however much the log grew.
+            let end = self
+                .pass_begun()?
+                .and_then(|(begun, last)| (begun == first).then_some(last));
             let mut pass = Pass::new(first);
             let mut last = first;
             let (mut rows, mut bytes) = (0usize, 0usize);
             while rows < self.rows_max && bytes < self.bytes_max {
-                let Some(record) = records.next() else {
+                let Some(record) = records.next_if(|record| match (record, end) {
+                    (Ok((offset, _)), Some(end)) => *offset <= end,
+                    _ => true,
+                }) else {
                     break;
                 };
                 let (offset, payload) = record?;
@@ -806,6 +848,7 @@ impl ParquetSink {
                 last = offset;
                 progress.events += 1;
             }
+            self.write_small(PASS_FILE, &format!("{first} {last}"))?;
             let (files, skipped) = pass.publish(&self.usage_dir, last)?;
             progress.files += files;
             progress.skipped_files += skipped;
@@ -1128,6 +1171,36 @@ mod tests {
         assert!(files >= 3, "one file per hour a batch touches: {files}");
         // Nothing new: nothing to do.
         assert_eq!(sink.run(u64::MAX).unwrap().events, 0);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_pass_run_again_after_a_crash_stops_where_it_stopped_though_the_log_grew() {
+        let root = std::env::temp_dir().join(format!("tollgate-sink-grew-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (mut log, _) =
+            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        let written = events(200, UnixMs(1_764_000_000_000));
+        let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
+        log.append(&payloads[..150]).unwrap();
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 1_000, usize::MAX);
+        let first = sink.run(u64::MAX).unwrap();
+        assert_eq!((first.events, first.checkpoint), (150, 150));
+        // A crash after the files, before the checkpoint; then more events before the next pass.
+        sink.commit(0).unwrap();
+        log.append(&payloads[150..]).unwrap();
+        let again = sink.run(u64::MAX).unwrap();
+        assert_eq!(again.checkpoint, 200);
+        assert_eq!(
+            again.skipped_files, first.files,
+            "the first pass's files, kept"
+        );
+        let rows: usize = walk(&root.join("data/usage"))
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+            .map(|f| read_back(f).num_rows())
+            .sum();
+        assert_eq!(rows, 200, "every event exactly once");
         fs::remove_dir_all(root).unwrap();
     }
 
