@@ -1043,10 +1043,7 @@ mod tests {
 
     #[test]
     fn files_are_cut_by_bytes_as_well_as_rows() {
-        let root = std::env::temp_dir().join(format!("tollgate-sink-bytes-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let (mut log, _) =
-            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        let (root, mut log) = fresh_log("bytes");
         // Ten events in one minute (one hour partition), each well under 2 KB as logged.
         let written = events(10, UnixMs(1_764_000_000_000))
             .into_iter()
@@ -1068,11 +1065,7 @@ mod tests {
 
     #[test]
     fn a_pass_larger_than_a_slice_lands_whole_over_a_crash_s_leftover() {
-        let root =
-            std::env::temp_dir().join(format!("tollgate-sink-slices-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let (mut log, _) =
-            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        let (root, mut log) = fresh_log("slices");
         // Three slices and some, alternating between two hours.
         let hours = [UnixMs(1_764_000_000_000), UnixMs(1_764_003_600_000)];
         let written: Vec<UsageEvent> = events(3 * SLICE_ROWS as u64 + 17, hours[0])
@@ -1126,10 +1119,7 @@ mod tests {
 
     #[test]
     fn the_log_lands_in_hour_partitions_exactly_once_across_a_crash() {
-        let root = std::env::temp_dir().join(format!("tollgate-sink-run-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let (mut log, _) =
-            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        let (root, mut log) = fresh_log("run");
         // 150 events a minute apart: three hours.
         let written = events(150, UnixMs(1_764_000_000_000));
         let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
@@ -1176,10 +1166,7 @@ mod tests {
 
     #[test]
     fn a_pass_run_again_after_a_crash_stops_where_it_stopped_though_the_log_grew() {
-        let root = std::env::temp_dir().join(format!("tollgate-sink-grew-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let (mut log, _) =
-            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        let (root, mut log) = fresh_log("grew");
         let written = events(200, UnixMs(1_764_000_000_000));
         let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
         log.append(&payloads[..150]).unwrap();
@@ -1202,6 +1189,16 @@ mod tests {
             .sum();
         assert_eq!(rows, 200, "every event exactly once");
         fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A fresh folder for the test `name`, and a log in its `log/`.
+    fn fresh_log(name: &str) -> (PathBuf, crate::log::Log) {
+        let root =
+            std::env::temp_dir().join(format!("tollgate-sink-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (log, _) =
+            crate::log::Log::open(&root.join("log"), crate::log::SEGMENT_BYTES_MAX).unwrap();
+        (root, log)
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
