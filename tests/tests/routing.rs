@@ -17,6 +17,11 @@ fn chat(model: &str) -> Value {
            "messages": [{"role": "user", "content": "Say hello a few times, please."}]})
 }
 
+/// A chat completion of `model` through the stack's gateway with `key`.
+fn chat_call(stack: &Stack, key: &str, model: &str) -> http::Answer {
+    post_json(stack.address(), "/v1/chat/completions", key, &chat(model))
+}
+
 /// A provider `name` whose deployments are the `(deployment, mock)` pairs.
 fn pool(name: &str, deployments: &[(&str, &Process)]) -> String {
     let mut table = format!(
@@ -135,16 +140,7 @@ fn a_failing_deployment_is_retried_around_and_its_breaker_opens() {
     );
     let mut stack = Stack::start_with("routing-retry", ORG, "", &providers, &["pool/m"]);
     let (key, _) = stack.create_key("open", json!({}));
-    let answers: Vec<http::Answer> = (0..40)
-        .map(|_| {
-            post_json(
-                stack.address(),
-                "/v1/chat/completions",
-                &key,
-                &chat("pool/m"),
-            )
-        })
-        .collect();
+    let answers: Vec<http::Answer> = (0..40).map(|_| chat_call(&stack, &key, "pool/m")).collect();
     for answer in &answers {
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.header("x-tollgate-model"), Some("pool/m"));
@@ -237,12 +233,7 @@ candidates = [{{ model = "primary/big" }}, {{ model = "openai/gpt-4o-mini" }}]
     let mut stack = Stack::start_with("routing-group", ORG, "", &providers, &["primary/big"]);
     let (key, _) = stack.create_key("open", json!({}));
     let started = Instant::now();
-    let first = post_json(
-        stack.address(),
-        "/v1/chat/completions",
-        &key,
-        &chat("prod/chat"),
-    );
+    let first = chat_call(&stack, &key, "prod/chat");
     assert_eq!(first.status, 200, "{}", first.text());
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -256,12 +247,7 @@ candidates = [{{ model = "primary/big" }}, {{ model = "openai/gpt-4o-mini" }}]
         "the answer names its model"
     );
     // The deployment was told to wait: the next call skips it without sending.
-    let second = post_json(
-        stack.address(),
-        "/v1/chat/completions",
-        &key,
-        &chat("prod/chat"),
-    );
+    let second = chat_call(&stack, &key, "prod/chat");
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-tollgate-attempts"), None);
     assert_eq!(mock_requests_at(overloaded.address), 1);
@@ -416,12 +402,7 @@ fn past_its_threshold_an_allocation_is_served_by_the_cheaper_group() {
     let mut answers = Vec::new();
     let downgraded = loop {
         assert!(answers.len() < 40, "never downgraded");
-        let answer = post_json(
-            stack.address(),
-            "/v1/chat/completions",
-            &key,
-            &chat("openai/gpt-4o"),
-        );
+        let answer = chat_call(&stack, &key, "openai/gpt-4o");
         assert_eq!(answer.status, 200, "{}", answer.text());
         if answer.header("x-tollgate-downgraded-from").is_some() {
             break answer;
@@ -545,12 +526,7 @@ fn a_group_serves_a_call_its_budget_cannot_afford_whole_with_its_cheaper_group()
         "served whole"
     );
     // A call the premium model affords whole is served by it.
-    let answer = post_json(
-        stack.address(),
-        "/v1/chat/completions",
-        &key,
-        &chat("premium"),
-    );
+    let answer = chat_call(&stack, &key, "premium");
     assert_eq!(answer.header("x-tollgate-model"), Some("openai/gpt-4o"));
     assert_eq!(answer.header("x-tollgate-downgraded-from"), None);
     stack.stop();
@@ -586,12 +562,7 @@ fn a_deployment_past_its_quota_takes_no_more_calls() {
     );
     let (key, _) = stack.create_key("open", json!({}));
     for _ in 0..12 {
-        let answer = post_json(
-            stack.address(),
-            "/v1/chat/completions",
-            &key,
-            &chat("pool/m"),
-        );
+        let answer = chat_call(&stack, &key, "pool/m");
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
     // Weighted 100 to 1, the quota deployment would take nearly all: it takes its three.
@@ -602,12 +573,7 @@ fn a_deployment_past_its_quota_takes_no_more_calls() {
     // is not in debt: at 0, 16 and 32 tokens; at 48 it is, and takes none.
     let before = mock_requests_at(quota.address);
     for _ in 0..6 {
-        let answer = post_json(
-            stack.address(),
-            "/v1/chat/completions",
-            &key,
-            &chat("tokens/m"),
-        );
+        let answer = chat_call(&stack, &key, "tokens/m");
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.json()["usage"]["total_tokens"], 16);
     }
@@ -699,12 +665,7 @@ base_url = "http://{}"
     let (key, _) = stack.create_key("open", json!({}));
     let answers: Vec<Value> = (0..16)
         .map(|_| {
-            let answer = post_json(
-                stack.address(),
-                "/v1/chat/completions",
-                &key,
-                &chat("azpool/prod-4o"),
-            );
+            let answer = chat_call(&stack, &key, "azpool/prod-4o");
             assert_eq!(answer.status, 200, "{}", answer.text());
             assert_eq!(answer.header("x-tollgate-model"), Some("azpool/prod-4o"));
             answer.json()
