@@ -353,8 +353,10 @@ impl UsageFile {
 
     /// Gives the file up: its temporary name is removed.
     pub fn discard(self) -> Result<(), ColumnarError> {
-        let temporary = self.temporary.clone();
-        drop(self.writer);
+        let UsageFile {
+            temporary, writer, ..
+        } = self;
+        drop(writer);
         fs::remove_file(&temporary).map_err(io_at(&temporary))
     }
 }
@@ -1188,6 +1190,27 @@ mod tests {
             .map(|f| read_back(f).num_rows())
             .sum();
         assert_eq!(rows, 200, "every event exactly once");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_pass_record_stops_the_pass_with_its_name_and_loses_nothing() {
+        let (root, mut log) = fresh_log("damaged-pass");
+        let written = events(20, UnixMs(1_764_000_000_000));
+        let payloads: Vec<Vec<u8>> = written.iter().map(UsageEvent::to_json).collect();
+        log.append(&payloads).unwrap();
+        let sink = ParquetSink::new(&root.join("log"), &root.join("data"), 1_000, usize::MAX);
+        fs::create_dir_all(root.join("data/usage")).unwrap();
+        fs::write(root.join("data/usage").join(PASS_FILE), "12 not-an-offset").unwrap();
+        let refused = sink.run(u64::MAX).unwrap_err().to_string();
+        assert!(
+            refused.contains(PASS_FILE) && refused.contains("not two log offsets"),
+            "{refused}"
+        );
+        assert_eq!(sink.checkpoint().unwrap(), 0, "nothing skipped");
+        // Repaired (here: removed), the pass files every event once.
+        fs::remove_file(root.join("data/usage").join(PASS_FILE)).unwrap();
+        assert_eq!(sink.run(u64::MAX).unwrap().events, 20);
         fs::remove_dir_all(root).unwrap();
     }
 
