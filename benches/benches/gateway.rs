@@ -9,11 +9,11 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
+use tollgate_gateway::json_scan;
 use tollgate_gateway::limits::STREAM_TEXT_BYTES_MAX;
 use tollgate_gateway::providers::openai::read::OpenAiTally;
 use tollgate_gateway::providers::read::{Events, Reader as _, Tally as _};
 use tollgate_gateway::providers::sse::{self, Framer};
-use tollgate_gateway::proxy::json_scan;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -15,6 +15,7 @@ pub mod control;
 pub mod events;
 pub mod expected;
 pub mod http;
+pub mod json_scan;
 pub mod limits;
 pub mod metrics;
 pub mod operator;

@@ -78,7 +78,13 @@ pub struct Event<'a> {
 pub fn parse(event: &[u8]) -> Event<'_> {
     let mut parsed = Event::default();
     let mut lines = 0;
-    for line in event.split(|&b| b == b'\n') {
+    let mut rest = event;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &b""[..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (field, value) = match memchr::memchr(b':', line) {
             Some(i) => (&line[..i], &line[i + 1..]),

@@ -1,13 +1,16 @@
 //! The text of prompts and answers, kept for counting when a provider reports no usage.
 //!
 //! Dialect-neutral: every string in a JSON value except structural fields (`role`, `type`,
-//! `id`, stop reasons). What is kept is capped per call; bytes past the cap are counted, not
-//! kept, so a long stream costs no more memory than a short one.
+//! `id`, stop reasons), read from the bytes by [`json_scan`] without building a tree. What is
+//! kept is capped per call; bytes past the cap are counted, not kept, so a long stream costs
+//! no more memory than a short one.
 
-use serde_json::Value;
+use std::ops::Range;
+
+use crate::json_scan;
 
 /// Fields that are structure, not text a model read or wrote.
-fn structural(key: &str) -> bool {
+pub(crate) fn structural(key: &str) -> bool {
     matches!(
         key,
         "role" | "type" | "id" | "finish_reason" | "stop_reason"
@@ -39,13 +42,9 @@ impl Kept {
         keep_capped(&mut self.text, self.cap, &mut self.beyond_bytes, text);
     }
 
-    /// Appends every string in `value`.
-    pub fn keep_strings(&mut self, value: &Value) {
-        let room = self.cap.saturating_sub(self.text.len());
-        let before = self.text.len();
-        collect(value, &mut self.text, before.saturating_add(room));
-        let kept = (self.text.len() - before) as u64;
-        self.beyond_bytes += string_bytes(value).saturating_sub(kept);
+    /// Appends every string in the JSON value at `value`, a span a scan of `json` returned.
+    pub fn keep_strings(&mut self, json: &str, value: &Range<usize>) {
+        json_scan::strings(json, value, &structural, &mut |text| self.keep(text));
     }
 
     /// All text seen, kept or not.
@@ -67,86 +66,55 @@ fn keep_capped(kept: &mut String, cap: usize, beyond: &mut u64, text: &str) {
     *beyond += (text.len() - end) as u64;
 }
 
-/// Bytes of the strings `collect` would take from `value`.
-fn string_bytes(value: &Value) -> u64 {
-    match value {
-        Value::String(s) => s.len() as u64,
-        Value::Array(items) => items.iter().map(string_bytes).sum(),
-        Value::Object(map) => map
-            .iter()
-            .filter(|(key, _)| !structural(key))
-            .map(|(_, item)| string_bytes(item))
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
-}
-
-/// Every string in `value`, appended to `out` until it holds `cap` bytes.
-fn collect(value: &Value, out: &mut String, cap: usize) {
-    match value {
-        Value::String(s) => {
-            let room = cap.saturating_sub(out.len());
-            let mut end = s.len().min(room);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            out.push_str(s.get(..end).unwrap_or_default());
-        }
-        Value::Array(items) => {
-            for item in items {
-                collect(item, out, cap);
-            }
-        }
-        Value::Object(map) => {
-            for (key, item) in map {
-                if !structural(key) {
-                    collect(item, out, cap);
-                }
-            }
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
 /// The text of a whole answer body (for counting when it reports no usage): OpenAI's
-/// `choices` and `output`, Anthropic's `content`; `None` when it is not JSON.
+/// `choices` and `output`, Anthropic's `content`, Gemini's `candidates`; `None` when it is not
+/// a JSON object.
 #[must_use]
 pub fn text_of_body(body: &[u8]) -> Option<String> {
-    let value: Value = serde_json::from_slice(body).ok()?;
+    let body = std::str::from_utf8(body).ok()?;
+    let scanned =
+        json_scan::scan_text(body, ["choices", "content", "output", "candidates"]).ok()?;
     let mut text = String::new();
-    for field in ["choices", "content", "output", "candidates"] {
-        if let Some(v) = value.get(field) {
-            collect(v, &mut text, usize::MAX);
-        }
+    for member in scanned.members.iter().flatten() {
+        json_scan::strings(body, &member.value, &structural, &mut |s| {
+            text.push_str(s);
+        });
     }
     Some(text)
 }
 
-/// The prompt text of a client's request body (messages, system, prompt, input, tools), for
-/// counting when the provider reports no usage. Returns the text and the number of messages
-/// (each costs a few tokens of framing).
+/// The prompt text of a client's request body (system, messages, prompt, input, instructions,
+/// tools), for counting when the provider reports no usage. Returns the text and the number of
+/// messages (each costs a few tokens of framing).
 #[must_use]
 pub fn prompt_text(body: &[u8]) -> (String, u64) {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+    let Ok(body) = std::str::from_utf8(body) else {
+        return (String::new(), 0);
+    };
+    let Ok(scanned) = json_scan::scan_text(
+        body,
+        [
+            "system",
+            "messages",
+            "prompt",
+            "input",
+            "instructions",
+            "tools",
+        ],
+    ) else {
         return (String::new(), 0);
     };
     let mut text = String::new();
-    for field in [
-        "system",
-        "messages",
-        "prompt",
-        "input",
-        "instructions",
-        "tools",
-    ] {
-        if let Some(v) = value.get(field) {
-            collect(v, &mut text, usize::MAX);
-        }
+    for member in scanned.members.iter().flatten() {
+        json_scan::strings(body, &member.value, &structural, &mut |s| {
+            text.push_str(s);
+        });
     }
-    let messages = value
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |m| m.len() as u64);
+    let messages = scanned
+        .members
+        .get(1)
+        .and_then(Option::as_ref)
+        .map_or(0, |m| json_scan::elements(body, &m.value).count() as u64);
     (text, messages)
 }
 
@@ -157,7 +125,8 @@ mod tests {
     #[test]
     fn kept_text_stops_at_the_cap_on_a_char_boundary() {
         let mut kept = Kept::new(4);
-        kept.keep_strings(&serde_json::json!({"content": "abcé", "role": "assistant"}));
+        let delta = r#"{"role":"assistant","content":"abc\u00e9"}"#;
+        kept.keep_strings(delta, &(0..delta.len()));
         assert_eq!(kept.text, "abc");
         assert_eq!(kept.beyond_bytes, 2);
         assert_eq!(kept.seen_bytes(), 5);

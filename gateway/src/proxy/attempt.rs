@@ -24,13 +24,13 @@ use tokio::sync::oneshot;
 use tollgate_engine::routing::{backoff_ms, retryable_status};
 use tollgate_engine::{Ask, Nanos, Status, StreamBudget};
 
-use super::json_scan::Scanned;
 use super::meter::{Rest, Ticket, UpstreamBody};
 use super::{
     Admitted, Asked, Members, Prepared, ResponseBody, prepare, priced, relay, send, usable,
     whole_answer,
 };
 use crate::http::error::{Failure, Protocol};
+use crate::json_scan::Scanned;
 use crate::limits::CONTEXT_ERROR_BYTES_MAX;
 use crate::metrics::Counter;
 use crate::providers::{Deployment, Provider};

@@ -12,7 +12,6 @@
 //! call, and [`meter`] settles and records it however the answer ends.
 
 mod attempt;
-pub mod json_scan;
 pub mod meter;
 pub mod models;
 
@@ -35,7 +34,6 @@ use tollgate_engine::{
     Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
 };
 
-use self::json_scan::{Member, Scanned};
 use self::meter::{Measured, Metered, Metering, Ticket, refusal_event};
 use crate::admission::NotAdmitted;
 use crate::clock::now_ms;
@@ -44,6 +42,7 @@ use crate::http::body::{self, BodyLimits};
 use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::http::response::{BodyError, REQUEST_ID, ResponseBody, error_response};
 use crate::http::route::Api;
+use crate::json_scan::{self, Member, Scanned};
 use crate::limits::RESPONSE_METER_BYTES_MAX;
 use crate::metrics::{Counter, Unauthenticated};
 use crate::providers::read::Pricer;

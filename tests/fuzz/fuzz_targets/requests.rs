@@ -10,7 +10,7 @@ use tollgate_gateway::providers::Serve;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tollgate_gateway::proxy::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
+    let _ = tollgate_gateway::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
     for provider in common::providers() {
         let Ok(Serve::Translated(translate)) = provider.serves(Api::ChatCompletions) else {
             continue;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tollgate_engine::TokenUsage;
 
+use crate::json_scan;
 use crate::providers::read::{Observed, Reading, Tally};
 use crate::providers::text::Kept;
 
@@ -66,15 +67,9 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
         .normalise()
 }
 
-#[derive(Deserialize)]
-struct Event {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    index: Option<u64>,
-    message: Option<MessageStart>,
-    usage: Option<Usage>,
-    delta: Option<serde_json::Value>,
-}
+/// The members of a streamed event that metering reads, by scanning: an event comes every
+/// few tokens, and only `message_start` and `message_delta` carry usage to parse.
+const EVENT: [&str; 5] = ["type", "index", "message", "usage", "delta"];
 
 #[derive(Deserialize)]
 struct MessageStart {
@@ -129,17 +124,32 @@ impl AnthropicTally {
 impl Tally for AnthropicTally {
     fn observe(&mut self, data: &[u8]) -> Observed {
         let mut observed = Observed::default();
-        let Ok(event) = serde_json::from_slice::<Event>(data) else {
+        let Ok(json) = std::str::from_utf8(data) else {
             return observed;
         };
-        let usage = match event.kind.as_deref() {
-            Some("message_start") => event.message.and_then(|m| m.usage),
+        let Ok(event) = json_scan::scan_text(json, EVENT) else {
+            return observed;
+        };
+        let [kind, index, message, usage, delta] = &event.members;
+        let kind = kind
+            .as_ref()
+            .and_then(|m| json_scan::str_at(json, &m.value));
+        let read_usage = || {
+            let usage = usage.as_ref()?;
+            json_scan::read::<Usage>(json.as_bytes(), usage)
+        };
+        let usage = match kind.as_deref() {
+            Some("message_start") => message
+                .as_ref()
+                .and_then(|m| json_scan::read::<MessageStart>(json.as_bytes(), m))
+                .and_then(|m| m.usage),
             Some("message_delta") => {
-                self.completed |= event.usage.is_some_and(|u| u.output_tokens.is_some());
-                event.usage
+                let usage = read_usage();
+                self.completed |= usage.is_some_and(|u| u.output_tokens.is_some());
+                usage
             }
             Some("content_block_start") => {
-                self.open_block = event.index;
+                self.open_block = index.as_ref().and_then(|m| json_scan::u64_at(json, m));
                 None
             }
             Some("content_block_stop") => {
@@ -153,11 +163,11 @@ impl Tally for AnthropicTally {
             merged.merge(later);
             self.usage = Some(merged);
         }
-        if let Some(delta) = &event.delta
-            && event.kind.as_deref() == Some("content_block_delta")
+        if let Some(delta) = delta
+            && kind.as_deref() == Some("content_block_delta")
         {
             let before = self.kept.seen_bytes();
-            self.kept.keep_strings(delta);
+            self.kept.keep_strings(json, &delta.value);
             observed.text = self.kept.seen_bytes() > before;
         }
         observed

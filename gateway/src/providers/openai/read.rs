@@ -4,13 +4,12 @@
 //! Normalisation (see [`TokenUsage`]): OpenAI reports `input` as every prompt token with the
 //! cached ones a subset, and `output` with reasoning a subset, which is the engine's own form.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tollgate_engine::TokenUsage;
 
+use crate::json_scan::{self, Member};
 use crate::providers::read::{Observed, Pricer, Reading, Tally};
 use crate::providers::text::Kept;
 
@@ -70,35 +69,19 @@ pub fn usage_of_body(body: &[u8]) -> Option<TokenUsage> {
         .normalise()
 }
 
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    /// The stream's id, model and creation time, repeated on every chunk.
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-    created: Option<i64>,
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    usage: Option<OpenAiUsage>,
-    /// Responses API: the event type, its text delta, and the final response.
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    delta: Option<serde_json::Value>,
-    response: Option<ResponseObject>,
-}
+/// The members of a streamed chunk that metering reads: chat completions' and completions'
+/// (the first four and `usage`) and the responses API's (`type`, its `delta`, and the final
+/// `response`). Read by scanning, not parsing: a chunk comes every few tokens.
+const CHUNK: [&str; 8] = [
+    "id", "model", "created", "choices", "usage", "type", "delta", "response",
+];
+
+/// The members of one of a chunk's choices that metering reads.
+const CHOICE: [&str; 3] = ["index", "delta", "text"];
 
 #[derive(Deserialize)]
 struct ResponseObject {
     usage: Option<OpenAiUsage>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    index: u64,
-    delta: Option<serde_json::Value>,
-    text: Option<String>,
 }
 
 /// Usage and text of an OpenAI-style stream, event by event.
@@ -153,20 +136,28 @@ impl OpenAiTally {
 }
 
 impl ChatStream {
-    /// Takes the repeated fields from the first chunk that has them, and counts choices.
-    fn observe(&mut self, chunk: &Chunk<'_>) {
+    /// Takes the repeated fields from the first chunk that has them (`chunk`'s `id`, `model`
+    /// and `created`), and counts choices (`choices` is the highest index seen, plus one).
+    fn observe(&mut self, json: &str, chunk: &[Option<Member>; 8], choices: u64) {
+        let [id, model, created, ..] = chunk;
+        let text = |member: &Option<Member>| {
+            member
+                .as_ref()
+                .and_then(|m| json_scan::str_at(json, &m.value))
+        };
         if self.id.is_empty()
-            && let Some(id) = &chunk.id
+            && let Some(id) = text(id)
         {
             id.as_ref().clone_into(&mut self.id);
-            if let Some(model) = &chunk.model {
+            if let Some(model) = text(model) {
                 model.as_ref().clone_into(&mut self.model);
             }
-            self.created = chunk.created.unwrap_or(0);
+            self.created = created
+                .as_ref()
+                .and_then(|m| json_scan::read(json.as_bytes(), m))
+                .unwrap_or(0);
         }
-        for choice in &chunk.choices {
-            self.choices = self.choices.max(choice.index.saturating_add(1));
-        }
+        self.choices = self.choices.max(choices);
     }
 
     /// The provider's usage chunk (`data`) with the call's cost added to its usage, as an
@@ -222,34 +213,62 @@ impl ChatStream {
 impl Tally for OpenAiTally {
     fn observe(&mut self, data: &[u8]) -> Observed {
         let mut observed = Observed::default();
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        let Ok(json) = std::str::from_utf8(data) else {
             return observed;
         };
-        if let Some(chat) = &mut self.chat {
-            chat.observe(&chunk);
-        }
+        let Ok(chunk) = json_scan::scan_text(json, CHUNK) else {
+            return observed;
+        };
+        let [_, _, _, choices, usage, kind, delta, response] = &chunk.members;
         let text_before = self.kept.seen_bytes();
-        for choice in &chunk.choices {
-            if let Some(delta) = &choice.delta {
-                self.kept.keep_strings(delta);
+        let (mut listed, mut choices_seen) = (0_u64, 0_u64);
+        for choice in choices
+            .iter()
+            .flat_map(|m| json_scan::objects(json, &m.value, CHOICE))
+        {
+            listed += 1;
+            let Some(choice) = choice else {
+                continue;
+            };
+            let [index, delta, text] = &choice.members;
+            let index = index
+                .as_ref()
+                .and_then(|m| json_scan::u64_at(json, m))
+                .unwrap_or(0);
+            choices_seen = choices_seen.max(index.saturating_add(1));
+            if let Some(delta) = delta {
+                self.kept.keep_strings(json, &delta.value);
             }
-            if let Some(text) = &choice.text {
-                self.kept.keep(text);
+            if let Some(text) = text
+                .as_ref()
+                .and_then(|m| json_scan::str_at(json, &m.value))
+            {
+                self.kept.keep(&text);
             }
         }
-        if let (Some(kind), Some(delta)) = (&chunk.kind, &chunk.delta)
+        if let Some(chat) = &mut self.chat {
+            chat.observe(json, &chunk.members, choices_seen);
+        }
+        let kind = kind
+            .as_ref()
+            .and_then(|m| json_scan::str_at(json, &m.value));
+        if let (Some(kind), Some(delta)) = (&kind, delta)
             && kind.ends_with(".delta")
         {
-            self.kept.keep_strings(delta);
+            self.kept.keep_strings(json, &delta.value);
         }
         observed.text = self.kept.seen_bytes() > text_before;
-        let usage = chunk
-            .usage
+        let usage = usage
             .as_ref()
-            .or(chunk.response.as_ref().and_then(|r| r.usage.as_ref()));
-        if let Some(usage) = usage.and_then(OpenAiUsage::normalise) {
+            .filter(|m| !json_scan::is_null(json, m))
+            .and_then(|m| json_scan::read::<OpenAiUsage>(json.as_bytes(), m))
+            .or_else(|| {
+                let response = response.as_ref()?;
+                json_scan::read::<ResponseObject>(json.as_bytes(), response)?.usage
+            });
+        if let Some(usage) = usage.as_ref().and_then(OpenAiUsage::normalise) {
             self.usage = Some(usage);
-            observed.usage_only = chunk.choices.is_empty() && chunk.kind.is_none();
+            observed.usage_only = listed == 0 && kind.is_none();
             if observed.usage_only
                 && let Some(chat) = &self.chat
             {
@@ -276,6 +295,9 @@ impl Tally for OpenAiTally {
 mod tests {
     use super::*;
     use crate::providers::sse::json_data;
+    use crate::providers::text::structural;
+    use proptest::prelude::*;
+    use serde_json::Value;
 
     #[test]
     fn usage_in_both_spellings() {
@@ -436,5 +458,160 @@ mod tests {
                 input: None
             }
         );
+    }
+
+    /// What a chunk holds, read the naive way (serde_json's tree): the text the tally must
+    /// keep, in order, and the usage it must report.
+    fn naive(chunk: &Value) -> (Vec<String>, Option<TokenUsage>, bool) {
+        fn strings(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(items) => items.iter().for_each(|item| strings(item, out)),
+                Value::Object(map) => map
+                    .iter()
+                    .filter(|(key, _)| !structural(key))
+                    .for_each(|(_, item)| strings(item, out)),
+                _ => {}
+            }
+        }
+        let mut text = Vec::new();
+        let choices = chunk["choices"].as_array().cloned().unwrap_or_default();
+        for choice in &choices {
+            strings(&choice["delta"], &mut text);
+            if let Some(s) = choice["text"].as_str() {
+                text.push(s.to_string());
+            }
+        }
+        let kind = chunk["type"].as_str();
+        if kind.is_some_and(|k| k.ends_with(".delta")) {
+            strings(&chunk["delta"], &mut text);
+        }
+        let usage = [&chunk["usage"], &chunk["response"]["usage"]]
+            .into_iter()
+            .find(|u| u.is_object())
+            .and_then(|u| OpenAiUsage::deserialize(u).ok()?.normalise());
+        (text, usage, choices.is_empty() && kind.is_none())
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,12}", "[a-z \"\\\\\n\u{e9}\u{1F600}]{0,12}"]
+    }
+
+    fn delta() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<u32>().prop_map(Value::from),
+            text().prop_map(Value::from),
+        ];
+        let key = prop_oneof![
+            Just("content"),
+            Just("role"),
+            Just("reasoning_content"),
+            Just("tool_calls"),
+            Just("function"),
+            Just("arguments"),
+            Just("type"),
+            Just("id"),
+        ]
+        .prop_map(String::from);
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn usage() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(0u64..1 << 40),
+            prop::option::of(0u64..1 << 20),
+            prop::option::of(0u64..1 << 20),
+            any::<bool>(),
+        )
+            .prop_map(|(prompt, completion, cached, responses)| {
+                let (i, o, d) = if responses {
+                    ("input_tokens", "output_tokens", "input_tokens_details")
+                } else {
+                    (
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "prompt_tokens_details",
+                    )
+                };
+                let mut usage = serde_json::Map::new();
+                prompt.map(|n| usage.insert(i.into(), n.into()));
+                completion.map(|n| usage.insert(o.into(), n.into()));
+                cached.map(|n| usage.insert(d.into(), json!({"cached_tokens": n})));
+                Value::Object(usage)
+            })
+    }
+
+    fn chunk() -> impl Strategy<Value = Value> {
+        let choice = (0u64..4, prop::option::of(delta()), prop::option::of(text()))
+            .prop_map(|(index, delta, text)| {
+                json!({"index": index, "delta": delta, "text": text, "finish_reason": null})
+            });
+        (
+            prop::option::of(prop::collection::vec(choice, 0..3)),
+            prop_oneof![Just(None), Just(Some(Value::Null)), usage().prop_map(Some)],
+            prop::option::of(prop_oneof![
+                Just("response.output_text.delta"),
+                Just("response.completed"),
+                Just("response.created"),
+            ]),
+            prop::option::of(delta()),
+            prop::option::of(usage()),
+        )
+            .prop_map(|(choices, usage, kind, delta, response)| {
+                let mut chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk"});
+                let members = [
+                    ("choices", choices.map(|c| json!(c))),
+                    ("usage", usage),
+                    ("type", kind.map(|k| json!(k))),
+                    ("delta", delta),
+                    ("response", response.map(|u| json!({"usage": u}))),
+                ];
+                for (name, value) in members {
+                    if let Some(value) = value {
+                        chunk[name] = value;
+                    }
+                }
+                chunk
+            })
+    }
+
+    proptest! {
+        /// Scanning a chunk reads what parsing it into a tree reads: the same text in the same
+        /// order, the same usage, the same chunks hidden as usage-only; compact or pretty.
+        #[test]
+        fn the_scan_reads_what_a_parse_reads(
+            chunks in prop::collection::vec(chunk(), 1..6),
+            pretty in any::<bool>(),
+        ) {
+            let mut tally = OpenAiTally::new(1 << 20);
+            let (mut text, mut usage) = (String::new(), None);
+            for chunk in &chunks {
+                let data = if pretty {
+                    serde_json::to_vec_pretty(chunk).unwrap()
+                } else {
+                    serde_json::to_vec(chunk).unwrap()
+                };
+                let (strings, reported, bare) = naive(chunk);
+                let seen = tally.observe(&data);
+                let added: String = strings.concat();
+                prop_assert_eq!(seen.text, !added.is_empty());
+                prop_assert_eq!(seen.usage_only, reported.is_some() && bare);
+                text.push_str(&added);
+                usage = reported.or(usage);
+            }
+            prop_assert_eq!(tally.text_bytes(), text.len() as u64);
+            let expected = match usage {
+                Some(usage) => Reading::Reported(usage),
+                None => Reading::Text { text, beyond_bytes: 0, input: None },
+            };
+            prop_assert_eq!(tally.reading(), expected);
+        }
     }
 }
