@@ -1,6 +1,7 @@
 //! A client's request body, as the gateway reads it: the top-level scan every call goes
-//! through, then every provider's translation of an OpenAI chat request. None may panic; a
-//! translation either fails with its reason or writes a JSON object.
+//! through, the walk over its strings that counts a prompt, then every provider's translation
+//! of an OpenAI chat request. None may panic; a translation either fails with its reason or
+//! writes a JSON object.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,8 @@ mod common;
 
 fuzz_target!(|data: &[u8]| {
     let _ = tollgate_gateway::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
+    // The prompt's text, read by walking the body when a provider reports no usage.
+    let _ = tollgate_gateway::providers::text::prompt_text(data);
     for provider in common::providers() {
         let Ok(Serve::Translated(translate)) = provider.serves(Api::ChatCompletions) else {
             continue;
