@@ -115,6 +115,11 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 /// admits requests anyway (a broker away at start must not keep the gateway down).
 pub const RECONCILE_CATCH_UP_MAX: Duration = Duration::from_secs(30);
 
+/// Longest a starting gateway waits to have read the control topic to its end. Unlike spend,
+/// it does not start without it: a replica that has not read the topic would serve keys
+/// revoked elsewhere.
+pub const CONTROL_CATCH_UP_MAX: Duration = Duration::from_secs(30);
+
 /// Event ids reconciliation remembers to drop duplicate deliveries.
 pub const RECONCILE_DEDUP_WINDOW: usize = 1_000_000;
 

@@ -102,6 +102,12 @@ pub enum Counter {
     ReconciledNanos,
     /// Other replicas' events for an allocation this replica does not know (not applied).
     ReconcileUnknownAllocation,
+    /// Admin changes read from the control topic and applied (other replicas' and, after a
+    /// restart, this one's).
+    ControlApplied,
+    /// Control-topic records refused: a version this replica cannot read, or a change that
+    /// does not hold here (each is reported on stderr).
+    ControlRefused,
     /// Calls that waited in line for budget held by calls in flight.
     BudgetWaited,
     /// Calls refused with `429 budget_busy` (their wait ran out, or the lines were full).
@@ -126,7 +132,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 24] = [
+const COUNTERS: [(Counter, &str, &str); 26] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -196,6 +202,16 @@ const COUNTERS: [(Counter, &str, &str); 24] = [
         Counter::ReconcileUnknownAllocation,
         "tollgate_reconcile_unknown_allocation_total",
         "Other replicas' usage events for an allocation this replica does not know.",
+    ),
+    (
+        Counter::ControlApplied,
+        "tollgate_control_applied_total",
+        "Admin changes read from the control topic and applied.",
+    ),
+    (
+        Counter::ControlRefused,
+        "tollgate_control_refused_total",
+        "Control-topic records refused: an unreadable version, or a change that does not hold here.",
     ),
     (
         Counter::BudgetWaited,

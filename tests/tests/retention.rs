@@ -81,7 +81,7 @@ fn with_kafka_away_the_log_stops_at_its_cap_and_refuses_rather_than_loses() {
         .unwrap();
     let sections = format!(
         "[events]\nsegment_bytes_max = 4096\ncheckpoint_interval_ms = 100\nlog_bytes_max = 24000\n\n\
-         [parquet]\nenabled = false\n\n[kafka]\nbrokers = \"{dead}\"\nreconcile = false\ndelivery_timeout_ms = 1000\n"
+         [parquet]\nenabled = false\n\n[kafka]\nbrokers = \"{dead}\"\nreconcile = false\ncontrol = false\ndelivery_timeout_ms = 1000\n"
     );
     let stack = Stack::start_with("log-cap", ORG, "", &sections, &[]);
     let (key, _) = stack.create_key("open", json!({}));

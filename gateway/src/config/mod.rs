@@ -60,6 +60,9 @@ pub struct Config {
     /// How often other replicas' spend, read from the topic, is applied to the budget table
     /// (`None`: no reconciliation; only with `[kafka]`).
     pub reconcile_interval: Option<Duration>,
+    /// The control topic every replica shares admin changes through (`kafka.control_topic`;
+    /// `None` without `[kafka]`, when changes stay in the local journal).
+    pub control: Option<tollgate_sink::control::ControlConfig>,
     /// `[ledger]`: the resource ledger (`/v1/usage`).
     pub ledger: LedgerConfig,
     /// `[admission]`: how a call waits for budget held by calls in flight.
@@ -307,6 +310,7 @@ impl RawConfig {
         let projects = projects(self.project, &teams, &groups, source)?;
         let allocations = allocations(self.allocation, &projects, &groups, source)?;
         let reconcile_interval = self.kafka.as_ref().and_then(RawKafka::reconcile_interval);
+        let control = self.kafka.as_ref().and_then(RawKafka::control);
         let kafka = self.kafka.map(|k| k.validate(source)).transpose()?;
         let ledger = self
             .ledger
@@ -328,6 +332,7 @@ impl RawConfig {
             parquet: self.parquet.resolve(base),
             kafka,
             reconcile_interval,
+            control,
             ledger,
             admission,
             providers,
@@ -586,10 +591,18 @@ struct RawKafka {
     #[serde(default = "default_true")]
     reconcile: bool,
     reconcile_interval_ms: Option<u64>,
+    #[serde(default = "default_true")]
+    control: bool,
+    #[serde(default = "default_control_topic")]
+    control_topic: String,
 }
 
 fn default_topic() -> String {
     "tollgate.usage".to_owned()
+}
+
+fn default_control_topic() -> String {
+    "tollgate.control".to_owned()
 }
 
 impl RawKafka {
@@ -597,6 +610,16 @@ impl RawKafka {
     fn reconcile_interval(&self) -> Option<Duration> {
         self.reconcile
             .then(|| ms(self.reconcile_interval_ms, limits::RECONCILE_INTERVAL))
+    }
+
+    /// Where admin changes are shared: the same brokers and delivery timeout as the usage
+    /// topic's; `None` when `control = false` keeps them in the local journal.
+    fn control(&self) -> Option<tollgate_sink::control::ControlConfig> {
+        self.control.then(|| tollgate_sink::control::ControlConfig {
+            brokers: self.brokers.get_ref().clone(),
+            topic: self.control_topic.clone(),
+            delivery_timeout: ms(self.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
+        })
     }
 
     fn validate(self, source: &Source<'_>) -> Result<tollgate_sink::kafka::KafkaConfig> {
@@ -1283,6 +1306,7 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
         };
         let config = with("[kafka]\nbrokers = \"b:1\"\n").unwrap();
+        assert_eq!(config.control.as_ref().unwrap().topic, "tollgate.control");
         assert_eq!(config.reconcile_interval, Some(limits::RECONCILE_INTERVAL));
         assert_eq!(config.kafka.unwrap().origin, "");
         let config =
@@ -1290,7 +1314,8 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 .unwrap();
         assert_eq!(config.reconcile_interval, Some(Duration::from_millis(250)));
         assert_eq!(config.kafka.unwrap().origin, "gw-1");
-        let off = with("[kafka]\nbrokers = \"b:1\"\nreconcile = false\n").unwrap();
+        let off = with("[kafka]\nbrokers = \"b:1\"\nreconcile = false\ncontrol = false\n").unwrap();
+        assert!(off.control.is_none());
         assert_eq!(off.reconcile_interval, None);
         assert_eq!(with("").unwrap().reconcile_interval, None);
         let message = with("[kafka]\nbrokers = \"b:1\"\nreplica = \"a b\"\n")

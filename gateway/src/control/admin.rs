@@ -2,8 +2,9 @@
 //! providers, models and rate-card versions. The `tollgate` CLI speaks to it.
 //!
 //! A key's secret appears once, in the answer that creates it; only its hash is stored. Every
-//! change is journaled and synced (see [`crate::control::journal`]) and written to the audit log before
-//! the answer is sent.
+//! change is durable before the answer is sent: published to the control topic when replicas
+//! share one (see [`crate::control::replicate`]), else journaled and synced (see
+//! [`crate::control::journal`]); and written to the local audit log either way.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::clock::now_ms;
 use crate::control::Control;
 use crate::control::bodies::{AllocationRequest, KeyRequest, allocation_request, limit_request};
 use crate::control::journal::{Record, create_record};
+use crate::control::replicate::Change;
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{Failure, Protocol};
 use crate::http::response::{ResponseBody, error_response, json};
@@ -58,16 +60,18 @@ async fn serve(
     let body = read(control, request).await?;
     match (&method, segments.as_slice()) {
         (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(control))),
-        (&Method::POST, ["keys"]) => create_key(control, &body, now, None),
-        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, id, now),
-        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(control, id, now),
+        (&Method::POST, ["keys"]) => create_key(control, &body, now, None).await,
+        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, id, now).await,
+        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(control, id, now).await,
         (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(control, now))),
-        (&Method::POST, ["allocations"]) => create_allocation(control, &body, now),
-        (&Method::PUT, ["budgets", level, name]) => set_limit(control, level, name, &body, now),
+        (&Method::POST, ["allocations"]) => create_allocation(control, &body, now).await,
+        (&Method::PUT, ["budgets", level, name]) => {
+            set_limit(control, level, name, &body, now).await
+        }
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(control))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(control, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(control))),
-        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(control, now),
+        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(control, now).await,
         (&Method::POST, ["events", "flush"]) => {
             if control.gateway.emitter.flush().await {
                 Ok((StatusCode::OK, json!({ "flushed": true })))
@@ -84,6 +88,25 @@ async fn serve(
     }
 }
 
+/// Makes `record` durable before its change is acknowledged: on the control topic when
+/// replicas share one, else in the journal; `audit` goes to the local audit log either way.
+async fn persist(control: &Control, record: &Record, audit: &Value) -> Result<(), Failure> {
+    match &control.replication {
+        Some(replication) => {
+            let change = Change::Directory {
+                record: record.clone(),
+            };
+            replication
+                .publish(&change)
+                .await
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            control.journal.audit(audit)
+        }
+        None => control.journal.append(record, audit),
+    }
+    .map_err(|e| Failure::Internal(e.to_string()))
+}
+
 async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Failure> {
     let limits = BodyLimits {
         bytes_max: ADMIN_BODY_BYTES_MAX,
@@ -93,7 +116,7 @@ async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Fa
     body::read(&parts.headers, body, limits).await
 }
 
-fn create_key(
+async fn create_key(
     control: &Control,
     body: &[u8],
     now: UnixMs,
@@ -118,17 +141,17 @@ fn create_key(
                 .directory
                 .allocation(&request.allocation)
                 .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
-            return insert_key(control, &allocation, request.spec, now, None);
+            return insert_key(control, &allocation, request.spec, now, None).await;
         }
     };
     let allocation = replaces.map(|k| Arc::clone(&k.allocation));
     match allocation {
-        Some(allocation) => insert_key(control, &allocation, spec, now, replaces),
+        Some(allocation) => insert_key(control, &allocation, spec, now, replaces).await,
         None => Err(Failure::Internal("rotation without a key".into())),
     }
 }
 
-fn insert_key(
+async fn insert_key(
     control: &Control,
     allocation: &Arc<tollgate_engine::Allocation>,
     spec: KeySpec,
@@ -165,13 +188,13 @@ fn insert_key(
         "allocation": &*allocation.name,
         "user": &*key.user,
     });
-    if let Err(e) = control.journal.append(&record, &audit) {
+    if let Err(failure) = persist(control, &record, &audit).await {
         // Not durable, so not created: take it back out of service.
         let _ = control.gateway.keys.revoke(key.id());
-        return Err(Failure::Internal(e.to_string()));
+        return Err(failure);
     }
     if let Some(old) = replaces {
-        revoke(control, old.id(), now, "key.revoke")?;
+        revoke(control, old.id(), now, "key.revoke").await?;
     }
     let mut answer = describe(&key);
     if let Some(fields) = answer.as_object_mut() {
@@ -183,7 +206,7 @@ fn insert_key(
     Ok((StatusCode::CREATED, answer))
 }
 
-fn create_allocation(
+async fn create_allocation(
     control: &Control,
     body: &[u8],
     now: UnixMs,
@@ -202,10 +225,7 @@ fn create_allocation(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
         "allocation": name, "project": project,
     });
-    control
-        .journal
-        .append(&record, &audit)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    persist(control, &record, &audit).await?;
     let allocation = control
         .gateway
         .directory
@@ -216,7 +236,7 @@ fn create_allocation(
 
 /// `PUT /admin/v1/budgets/{team|project|allocation}/{name}` with `{"limit": "50.00"}` or
 /// `{"limit": null}`.
-fn set_limit(
+async fn set_limit(
     control: &Control,
     level: &str,
     name: &str,
@@ -245,10 +265,7 @@ fn set_limit(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string()),
     });
-    control
-        .journal
-        .append(&record, &audit)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    persist(control, &record, &audit).await?;
     Ok((
         StatusCode::OK,
         json!({"level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string())}),
@@ -264,7 +281,7 @@ fn find_key(control: &Control, id: &str) -> Result<Arc<VirtualKey>, Failure> {
         .ok_or_else(|| Failure::AdminNotFound(format!("unknown key `{id}`")))
 }
 
-fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
+async fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
     let record = Record::Revoke { id, at_ms: now.0 };
     let audit = json!({
         "at": format_rfc3339_s(now),
@@ -272,10 +289,7 @@ fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(),
         "action": action,
         "key_id": id.to_string(),
     });
-    control
-        .journal
-        .append(&record, &audit)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    persist(control, &record, &audit).await?;
     control
         .gateway
         .keys
@@ -285,13 +299,21 @@ fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(),
     Ok(())
 }
 
-fn revoke_key(control: &Control, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+async fn revoke_key(
+    control: &Control,
+    id: &str,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
     let key = find_key(control, id)?;
-    revoke(control, key.id(), now, "key.revoke")?;
+    revoke(control, key.id(), now, "key.revoke").await?;
     Ok((StatusCode::OK, describe(&key)))
 }
 
-fn rotate_key(control: &Control, id: &str, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+async fn rotate_key(
+    control: &Control,
+    id: &str,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
     let key = find_key(control, id)?;
     if key.is_revoked() {
         return Err(Failure::BadRequest(format!(
@@ -299,7 +321,7 @@ fn rotate_key(control: &Control, id: &str, now: UnixMs) -> Result<(StatusCode, V
             key.id()
         )));
     }
-    create_key(control, &[], now, Some(&key))
+    create_key(control, &[], now, Some(&key)).await
 }
 
 fn describe(key: &VirtualKey) -> Value {
@@ -481,41 +503,24 @@ fn rate_card(control: &Control) -> Value {
     json!({ "currency": &*card.currency, "versions": versions })
 }
 
-/// `POST /admin/v1/rate-card/reload`: reads the card file again. Versions already in force must
-/// be unchanged (a price change is a new version, never a rewrite of history); new versions,
-/// future ones above all, are added.
-fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
-    let card = tollgate_engine::RateCard::load(&control.gateway.config.rate_card)
+/// `POST /admin/v1/rate-card/reload`: reads the card file again and, when replicas share a
+/// control topic, publishes it for the others. Versions already in force must be unchanged (a
+/// price change is a new version, never a rewrite of history); new versions, future ones above
+/// all, are added.
+async fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+    let path = &control.gateway.config.rate_card;
+    let toml = tollgate_engine::config::read_config_file(path)
         .map_err(|e| Failure::BadRequest(e.to_string()))?;
-    let current = control.gateway.card.load();
-    if card.currency != current.currency {
-        return Err(Failure::BadRequest(format!(
-            "the card's currency changed from {} to {}; start a new ledger instead",
-            current.currency, card.currency
-        )));
+    let card = tollgate_engine::RateCard::from_toml(&toml, &path.display().to_string())
+        .map_err(|e| Failure::BadRequest(e.to_string()))?;
+    let added =
+        card_update(&control.gateway.card.load(), &card, now).map_err(Failure::BadRequest)?;
+    if let Some(replication) = &control.replication {
+        replication
+            .publish(&Change::RateCard { toml })
+            .await
+            .map_err(|e| Failure::Internal(e.to_string()))?;
     }
-    for old in current
-        .versions()
-        .iter()
-        .filter(|v| v.effective_from <= now)
-    {
-        let same = card
-            .version(&old.id)
-            .is_some_and(|new| serde_json::to_value(new).ok() == serde_json::to_value(old).ok());
-        if !same {
-            return Err(Failure::BadRequest(format!(
-                "version `{}` is in force since {} and cannot change or go away; add a new version instead",
-                old.id,
-                format_rfc3339_s(old.effective_from)
-            )));
-        }
-    }
-    let added: Vec<String> = card
-        .versions()
-        .iter()
-        .filter(|v| current.version(&v.id).is_none())
-        .map(|v| v.id.to_string())
-        .collect();
     let audit = json!({"at": format_rfc3339_s(now), "actor": "admin", "action": "rate_card.reload", "added": added});
     control
         .journal
@@ -526,4 +531,41 @@ fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value
         StatusCode::OK,
         json!({"added": added, "rate_card": rate_card(control)}),
     ))
+}
+
+/// Checks that `card` may replace `current` at `now` (same currency; every version in force
+/// unchanged) and returns the ids of the versions it adds; why not, if it may not.
+pub(crate) fn card_update(
+    current: &tollgate_engine::RateCard,
+    card: &tollgate_engine::RateCard,
+    now: UnixMs,
+) -> Result<Vec<String>, String> {
+    if card.currency != current.currency {
+        return Err(format!(
+            "the card's currency changed from {} to {}; start a new ledger instead",
+            current.currency, card.currency
+        ));
+    }
+    for old in current
+        .versions()
+        .iter()
+        .filter(|v| v.effective_from <= now)
+    {
+        let same = card
+            .version(&old.id)
+            .is_some_and(|new| serde_json::to_value(new).ok() == serde_json::to_value(old).ok());
+        if !same {
+            return Err(format!(
+                "version `{}` is in force since {} and cannot change or go away; add a new version instead",
+                old.id,
+                format_rfc3339_s(old.effective_from)
+            ));
+        }
+    }
+    Ok(card
+        .versions()
+        .iter()
+        .filter(|v| current.version(&v.id).is_none())
+        .map(|v| v.id.to_string())
+        .collect())
 }

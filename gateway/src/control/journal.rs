@@ -302,11 +302,11 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
 }
 
 /// A key as `keys.restore_many` takes it: its allocation, hash, shown prefix and spec.
-type RestoredKey = (Arc<Allocation>, KeyHash, String, KeySpec);
+pub(crate) type RestoredKey = (Arc<Allocation>, KeyHash, String, KeySpec);
 
 /// The key a `Create` record made, revoked if a later record revoked it (`None` for any other
 /// record); why the record cannot be read, if it cannot.
-fn restored_key(
+pub(crate) fn restored_key(
     record: Record,
     directory: &Directory,
     revoked: &HashSet<KeyId>,

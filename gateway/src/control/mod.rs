@@ -1,5 +1,6 @@
 //! The control plane: the admin API, the journal of admin changes and the audit log, and
-//! replication across replicas (shipping the log to Kafka, reconciling others' spend).
+//! replication across replicas (admin changes on the control topic, shipping the log to
+//! Kafka, reconciling others' spend).
 //!
 //! [`Control`] holds the request path's handle beside its own state; the request path never
 //! reaches back into it.
@@ -8,6 +9,7 @@ pub mod admin;
 pub mod bodies;
 pub mod journal;
 pub mod reconcile;
+pub mod replicate;
 pub mod ship;
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use crate::http::auth::AdminToken;
 use crate::state::Gateway;
 use crate::usage::Ledger;
 use journal::Journal;
+use replicate::Replication;
 
 /// The control plane's state, and the request path's handle it works on. The route table
 /// serves from it: model calls get [`Control::gateway`], the admin API all of it, the ledger's
@@ -27,6 +30,9 @@ pub struct Control {
     pub gateway: Arc<Gateway>,
     /// The journal of admin changes and the audit log.
     pub journal: Journal,
+    /// Where admin changes are published when replicas share a control topic (`[kafka]`);
+    /// `None` keeps them in the journal.
+    pub replication: Option<Replication>,
     /// The resource ledger: booked record ids and holds for authorized usage.
     pub ledger: Arc<Ledger>,
     /// The operator's token for the admin API and the ledger's admin submissions.

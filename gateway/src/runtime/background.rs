@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::control::reconcile::ReconcileTask;
+use crate::control::replicate::FollowTask;
 use crate::control::ship::ShipTask;
 use crate::events::emit::Writer;
 use crate::usage::Sweeper;
@@ -60,6 +61,19 @@ impl Background for ShipTask {
             ShipTask::finish(*self, deadline).await;
             Ok(())
         })
+    }
+}
+
+impl Background for FollowTask {
+    fn name(&self) -> &'static str {
+        "control topic"
+    }
+
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(blocking(move || {
+            FollowTask::stop(*self);
+            Ok(())
+        }))
     }
 }
 

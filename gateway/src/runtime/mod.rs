@@ -25,11 +25,12 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::control::journal::{Journal, StateError};
 use crate::control::reconcile::{ReconcileTask, replica_id};
+use crate::control::replicate::{self, CatchUpError, FollowTask, Replication};
 use crate::control::ship::ShipTask;
 use crate::events::emit::{Emitter, Maintenance};
 use crate::events::restore::{self, CHECKPOINT_FILE, Folded};
 use crate::http::auth::AdminToken;
-use crate::limits::RECONCILE_CATCH_UP_MAX;
+use crate::limits::{CONTROL_CATCH_UP_MAX, RECONCILE_CATCH_UP_MAX};
 use crate::metrics::Metrics;
 use crate::state::{Gateway, SetupError};
 use crate::usage::{self, Ledger, Sweeper};
@@ -61,6 +62,9 @@ pub enum StartError {
     /// Reading other replicas' spend from Kafka could not start.
     #[error(transparent)]
     Reconcile(#[from] tollgate_sink::reconcile::ReconcileError),
+    /// The control topic could not be set up or read to its end.
+    #[error(transparent)]
+    Control(#[from] CatchUpError),
     /// The spend checkpoint is gone (or both copies are unreadable) and the event log no longer
     /// starts where the fold needs it: starting would hand that spend back to the budgets.
     #[error(
@@ -152,6 +156,9 @@ pub async fn start(
     let gateway = Arc::new(gateway);
 
     let replica = replica_id(&gateway).map_err(StartError::Replica)?;
+    // Admin changes from the control topic before anything else reads the directory: the
+    // others' spend may be for allocations made at run time elsewhere.
+    let (replication, following) = follow_control(&gateway, &replica).await?;
     let shipping = ShipTask::start(&gateway, &replica)?;
     let reconciling = ReconcileTask::start(&gateway, &replica)?;
     if let Some(reconciling) = &reconciling {
@@ -162,6 +169,9 @@ pub async fn start(
 
     // Stop order: what feeds the log first, then the log's last sync, then what reads it.
     let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper)];
+    if let Some(following) = following {
+        tasks.push(Box::new(following));
+    }
     if let Some(reconciling) = reconciling {
         tasks.push(Box::new(reconciling));
     }
@@ -172,6 +182,7 @@ pub async fn start(
     let control = Control {
         gateway,
         journal,
+        replication,
         ledger,
         admin,
     };
@@ -179,6 +190,37 @@ pub async fn start(
         control: Arc::new(control),
         tasks,
     })
+}
+
+/// With a control topic: makes it if missing, reads it to its end into `gateway` (refusing
+/// the start if that takes longer than [`CONTROL_CATCH_UP_MAX`]), and starts following it.
+async fn follow_control(
+    gateway: &Arc<Gateway>,
+    replica: &str,
+) -> Result<(Option<Replication>, Option<FollowTask>), StartError> {
+    let Some(config) = gateway.config.control.clone() else {
+        return Ok((None, None));
+    };
+    tollgate_sink::control::ensure_topic(&config)
+        .await
+        .map_err(CatchUpError::from)?;
+    let mut follower =
+        tollgate_sink::control::Follower::new(&config, replica).map_err(CatchUpError::from)?;
+    let reading = Arc::clone(gateway);
+    let (follower, read) = tokio::task::spawn_blocking(move || {
+        let read = replicate::catch_up(&reading, &mut follower, CONTROL_CATCH_UP_MAX);
+        (follower, read)
+    })
+    .await
+    .map_err(|e| StartError::Replica(std::io::Error::other(e)))?;
+    read?;
+    let publisher = tollgate_sink::control::Publisher::new(&config).map_err(CatchUpError::from)?;
+    let following =
+        FollowTask::start(Arc::clone(gateway), follower).map_err(StartError::Replica)?;
+    Ok((
+        Some(Replication::new(publisher, replica.to_owned())),
+        Some(following),
+    ))
 }
 
 /// Folds the spend of the budgets' current periods and the ids of booked records back in,
