@@ -1,7 +1,8 @@
 //! Any replica serves any key: three gateway replicas on a three-broker Apache Kafka cluster
 //! share every admin change through the control topic. A key made on one serves on the
-//! others, a key revoked on one is refused on the others, an allocation made at run time and a
-//! limit set on one hold on all, and a restarted replica reads it all back before it listens.
+//! others, a key revoked on one is refused on the others, an allocation made at run time, a
+//! limit and a reloaded rate card set on one hold on all, and a restarted replica reads it all
+//! back before it listens.
 //! The propagation delays are measured and printed (BENCHMARKS.md has them).
 
 use std::time::{Duration, Instant};
@@ -132,6 +133,33 @@ fn any_replica_serves_any_key_and_refuses_a_key_revoked_anywhere() {
     }
     let (on_c, _) = replicas[2].create_key("made-on-b", json!({}));
     until_status(&replicas[0], &on_c, 200, Instant::now());
+
+    // A rate card reloaded on C, with a version to come, is the card of all three.
+    let card_path = replicas[2].path().join("rates.toml");
+    let mut card = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::open(&card_path).unwrap(), &mut card)
+        .unwrap();
+    let future = "\n[[version]]\nid = \"2099-01\"\neffective_from = 2099-01-01T00:00:00Z\n\n\
+        [[version.model]]\nname = \"openai/gpt-4o-mini\"\ninput_per_mtok = \"0.10\"\n\
+        output_per_mtok = \"0.40\"\n";
+    std::fs::write(&card_path, format!("{card}{future}")).unwrap();
+    let answer = replicas[2].admin("POST", "/admin/v1/rate-card/reload", None);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let deadline = Instant::now() + PROPAGATION_MAX;
+    for replica in &replicas {
+        while !replica.admin("GET", "/admin/v1/rate-card", None).json()["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == "2099-01")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the reloaded card did not reach every replica"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     // A record from a newer build is refused loudly; the changes after it still apply.
     {
