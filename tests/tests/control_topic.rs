@@ -2,7 +2,8 @@
 //! share every admin change through the control topic. A key made on one serves on the
 //! others, a key revoked on one is refused on the others, an allocation made at run time, a
 //! limit and a reloaded rate card set on one hold on all, and a restarted replica reads it all
-//! back before it listens.
+//! back before it listens. Without the brokers a replica does not start, and a running one
+//! refuses admin changes while calls go on.
 //! The propagation delays are measured and printed (BENCHMARKS.md has them).
 
 use std::time::{Duration, Instant};
@@ -218,4 +219,84 @@ fn any_replica_serves_any_key_and_refuses_a_key_revoked_anywhere() {
         "revoked on C, after A's restart"
     );
     assert!(replicas[0].metric("tollgate_control_applied_total") > 0);
+}
+
+#[test]
+fn a_replica_that_cannot_read_the_control_topic_does_not_start() {
+    // No broker there: the topic cannot be read, so revocations made elsewhere cannot be known.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let section = format!("[kafka]\nbrokers = \"{dead}\"\ndelivery_timeout_ms = 1000\n");
+    let stack = Stack::prepared("control-unreachable", ORG, "", &section, &[]);
+    let said = stack.start_refused();
+    assert!(
+        said.contains("kafka control topic `tollgate.control`"),
+        "{said}"
+    );
+}
+
+#[test]
+fn with_the_brokers_away_admin_changes_are_refused_and_calls_go_on() {
+    let Some(mut kafka) = Kafka::start() else {
+        return;
+    };
+    let section = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 2000\n",
+        kafka.bootstrap
+    );
+    let stack = Stack::start_with("control-outage", ORG, "", &section, &[]);
+    let (serving, id) = stack.create_key("open", json!({}));
+    kafka.kill();
+    // Not durable in the cluster, so not acknowledged: no key made, none revoked.
+    let made = stack.admin(
+        "POST",
+        "/admin/v1/keys",
+        Some(json!({"allocation": "open", "user": "ada@acme.example"})),
+    );
+    assert_eq!(made.status, 500, "{}", made.text());
+    assert!(
+        made.json().get("key").is_none(),
+        "no secret for a key not made"
+    );
+    let keys = stack.admin("GET", "/admin/v1/keys", None).json();
+    let live: Vec<&Value> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["revoked"] == false)
+        .collect();
+    assert_eq!(live.len(), 1, "only the first key is in service: {keys}");
+    assert_eq!(live[0]["id"], id.as_str());
+    assert_eq!(
+        chat(&stack, &serving),
+        200,
+        "calls go on without the brokers"
+    );
+    // A revocation that cannot be recorded still stops the key here, and says so.
+    let revoked = stack.admin("POST", &format!("/admin/v1/keys/{id}/revoke"), None);
+    assert_eq!(revoked.status, 500, "{}", revoked.text());
+    assert!(
+        revoked.text().contains("revoke it again"),
+        "{}",
+        revoked.text()
+    );
+    assert_eq!(chat(&stack, &serving), 401, "refused here at once");
+    // The brokers back: changes go through again, and the follower applies them.
+    kafka.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let answer = stack.admin("POST", &format!("/admin/v1/keys/{id}/revoke"), None);
+        if answer.status == 200 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(chat(&stack, &serving), 401);
+    // Recorded now: a restart (reading the topic) still refuses it.
+    let mut stack = stack;
+    stack.restart();
+    assert_eq!(chat(&stack, &serving), 401, "revoked for good");
 }

@@ -90,7 +90,7 @@ async fn serve(
 
 /// Makes `record` durable before its change is acknowledged: on the control topic when
 /// replicas share one, else in the journal; `audit` goes to the local audit log either way.
-async fn persist(control: &Control, record: &Record, audit: &Value) -> Result<(), Failure> {
+async fn persist(control: &Control, record: &Record, audit: &Value) -> Result<(), String> {
     match &control.replication {
         Some(replication) => {
             let change = Change::Directory {
@@ -99,12 +99,12 @@ async fn persist(control: &Control, record: &Record, audit: &Value) -> Result<()
             replication
                 .publish(&change)
                 .await
-                .map_err(|e| Failure::Internal(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             control.journal.audit(audit)
         }
         None => control.journal.append(record, audit),
     }
-    .map_err(|e| Failure::Internal(e.to_string()))
+    .map_err(|e| e.to_string())
 }
 
 async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Failure> {
@@ -188,10 +188,10 @@ async fn insert_key(
         "allocation": &*allocation.name,
         "user": &*key.user,
     });
-    if let Err(failure) = persist(control, &record, &audit).await {
+    if let Err(e) = persist(control, &record, &audit).await {
         // Not durable, so not created: take it back out of service.
         let _ = control.gateway.keys.revoke(key.id());
-        return Err(failure);
+        return Err(Failure::Internal(e));
     }
     if let Some(old) = replaces {
         revoke(control, old.id(), now, "key.revoke").await?;
@@ -225,7 +225,9 @@ async fn create_allocation(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
         "allocation": name, "project": project,
     });
-    persist(control, &record, &audit).await?;
+    persist(control, &record, &audit)
+        .await
+        .map_err(Failure::Internal)?;
     let allocation = control
         .gateway
         .directory
@@ -265,7 +267,9 @@ async fn set_limit(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string()),
     });
-    persist(control, &record, &audit).await?;
+    persist(control, &record, &audit)
+        .await
+        .map_err(Failure::Internal)?;
     Ok((
         StatusCode::OK,
         json!({"level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string())}),
@@ -289,14 +293,20 @@ async fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Resu
         "action": action,
         "key_id": id.to_string(),
     });
-    persist(control, &record, &audit).await?;
+    // Out of service here first: a revocation that cannot be recorded still stops the key on
+    // this replica, and the answer says it is not recorded.
     control
         .gateway
         .keys
         .revoke(id)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     control.gateway.forget_key(id);
-    Ok(())
+    persist(control, &record, &audit).await.map_err(|e| {
+        Failure::Internal(format!(
+            "key `{id}` is refused on this replica, but its revocation was not recorded ({e}): \
+             revoke it again"
+        ))
+    })
 }
 
 async fn revoke_key(
