@@ -219,9 +219,13 @@ fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sin
     let Some(mut kafka) = Kafka::start() else {
         return;
     };
-    // The gateway ships to Kafka and writes no Parquet of its own; the sink writes it.
+    // The gateway ships to Kafka and writes no Parquet of its own; the sink writes it. One
+    // gateway, its admin changes kept in its journal (`control = false`): the harness makes
+    // its keys while the broker may already be down, and with the control topic on an admin
+    // change waits for the brokers (tests/control_topic.rs tests that).
     let section = format!(
-        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 3000\n\n[parquet]\nenabled = false\n",
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 3000\ncontrol = false\n\n\
+         [parquet]\nenabled = false\n",
         kafka.bootstrap
     );
     let stack = Stack::start_with(
