@@ -11,7 +11,7 @@
 //! (idempotent producer, `acks=all`): an admin change is acknowledged after it is durable in
 //! the cluster, never before.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -19,13 +19,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::{AsyncRuntime as _, TokioRuntime};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The control topic's only partition.
 const PARTITION: i32 = 0;
 
-/// How long a metadata or watermark question to the brokers may take.
+/// How long a metadata or watermark question to the brokers may take, and how long a topic
+/// just made may take to show its partition.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause before asking again for a topic just made.
+const METADATA_RETRY: Duration = Duration::from_millis(100);
 
 /// Why the control topic could not be set up, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -99,22 +104,29 @@ pub async fn ensure_topic(config: &ControlConfig) -> Result<(), ControlError> {
             Err((_, code)) => return Err(config.error(code)),
         }
     }
-    let metadata = admin
-        .inner()
-        .fetch_metadata(Some(&config.topic), ASK_TIMEOUT)
-        .map_err(|e| config.error(e))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .map(|t| t.partitions().len())
-        .sum::<usize>();
-    if partitions != 1 {
-        return Err(ControlError::Partitions {
-            topic: config.topic.clone(),
-            partitions,
-        });
+    // A topic just made may show no partitions in the metadata for a moment: ask again.
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&config.topic), ASK_TIMEOUT)
+            .map_err(|e| config.error(e))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .map(|t| t.partitions().len())
+            .sum::<usize>();
+        match partitions {
+            1 => return Ok(()),
+            0 if Instant::now() < deadline => TokioRuntime::delay_for(METADATA_RETRY).await,
+            _ => {
+                return Err(ControlError::Partitions {
+                    topic: config.topic.clone(),
+                    partitions,
+                });
+            }
+        }
     }
-    Ok(())
 }
 
 /// Writes records to the control topic.
