@@ -242,8 +242,10 @@ fn with_the_brokers_away_admin_changes_are_refused_and_calls_go_on() {
     let Some(mut kafka) = Kafka::start() else {
         return;
     };
+    // Long enough for a loaded machine's first record to a topic just made; each change in
+    // the outage waits this long before it is refused.
     let section = format!(
-        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 2000\n",
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 10000\n",
         kafka.bootstrap
     );
     let stack = Stack::start_with("control-outage", ORG, "", &section, &[]);
