@@ -79,12 +79,17 @@ fn complete(bytes: &[u8]) -> Option<u16> {
     let head = std::str::from_utf8(&bytes[..head_end]).unwrap();
     let status: u16 = head.get(9..12)?.parse().ok()?;
     let body = &bytes[head_end..];
-    let lower = head.to_ascii_lowercase();
-    if let Some(at) = lower.find("content-length:") {
-        let length: usize = lower[at + 15..].lines().next()?.trim().parse().ok()?;
-        return (body.len() >= length).then_some(status);
+    // Header names compared without allocating: the client's own count must stay zero.
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match length {
+        Some(length) => (body.len() >= length).then_some(status),
+        None => body.ends_with(b"0\r\n\r\n").then_some(status),
     }
-    body.ends_with(b"0\r\n\r\n").then_some(status)
 }
 
 /// Allocations and bytes allocated per call, over `calls` calls.
