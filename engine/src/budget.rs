@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lease::LeaseCell;
 use crate::money::Nanos;
 use crate::sync::{AtomicI64, AtomicU64, AtomicU128, Ordering};
 use crate::time::{Period, UnixMs};
@@ -156,6 +157,9 @@ pub struct BudgetCell {
     /// cell's padding, so an allocation stays in its allocator size class; a project's or
     /// team's cell keeps the default and nothing reads it).
     tight: Tight,
+    /// The replica's lease on the allocation when replicas share its budget tree
+    /// ([`crate::lease`]); also in the padding, and only ever on an allocation's cell.
+    lease: Option<Box<LeaseCell>>,
 }
 
 /// Why one cell did not take a hold.
@@ -266,6 +270,7 @@ impl BudgetCell {
             period: spec.period,
             soft_limit_percent: spec.soft_limit_percent.min(100),
             tight: Tight::Clamp,
+            lease: None,
         }
     }
 
@@ -276,6 +281,22 @@ impl BudgetCell {
             tight,
             ..BudgetCell::new(spec)
         }
+    }
+
+    /// A fresh allocation cell whose calls also hold from a lease.
+    #[must_use]
+    pub fn leased(spec: BudgetSpec, tight: Tight) -> BudgetCell {
+        BudgetCell {
+            tight,
+            lease: Some(Box::new(LeaseCell::new())),
+            ..BudgetCell::new(spec)
+        }
+    }
+
+    /// The lease kept with the cell ([`BudgetCell::leased`]).
+    #[must_use]
+    pub fn lease(&self) -> Option<&LeaseCell> {
+        self.lease.as_deref()
     }
 
     /// The `tight` policy kept with the cell ([`BudgetCell::with_tight`]).

@@ -211,6 +211,8 @@ pub struct Directory {
     projects: DashMap<Arc<str>, Arc<Project>>,
     allocations: DashMap<Arc<str>, Arc<Allocation>>,
     cost_centers: DashMap<Arc<str>, ()>,
+    /// Whether allocations hold from leases ([`Directory::leased`]).
+    leased: bool,
 }
 
 impl Directory {
@@ -218,6 +220,22 @@ impl Directory {
     #[must_use]
     pub fn new() -> Directory {
         Directory::default()
+    }
+
+    /// An empty directory whose allocations' calls also hold from a lease on each allocation
+    /// ([`crate::lease`]): for replicas that share budgets.
+    #[must_use]
+    pub fn leased() -> Directory {
+        Directory {
+            leased: true,
+            ..Directory::default()
+        }
+    }
+
+    /// Whether allocations hold from leases.
+    #[must_use]
+    pub fn is_leased(&self) -> bool {
+        self.leased
     }
 
     /// Adds a team.
@@ -254,7 +272,11 @@ impl Directory {
             project,
             cost_center: self.intern_cost_center(&spec.cost_center),
             models: spec.models,
-            budget: BudgetCell::with_tight(spec.budget, spec.tight),
+            budget: if self.leased {
+                BudgetCell::leased(spec.budget, spec.tight)
+            } else {
+                BudgetCell::with_tight(spec.budget, spec.tight)
+            },
         });
         insert_new(
             &self.allocations,

@@ -18,6 +18,7 @@ pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod learned;
+pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod money;

@@ -21,6 +21,8 @@ use crate::time::UnixMs;
 pub struct Reservation {
     allocation: Arc<Allocation>,
     holds: [Hold; 3],
+    /// What is held of the replica's lease, when the allocation has one and a level a limit.
+    lease: Hold,
     at: UnixMs,
     armed: bool,
 }
@@ -109,10 +111,11 @@ pub fn reserve_within(
     let mut retries = 0;
     loop {
         match hold_everywhere(allocation, at, ask, [0; 3]) {
-            Ok(holds) => {
+            Ok((holds, lease)) => {
                 return Ok(Reservation {
                     allocation: Arc::clone(allocation),
                     holds,
+                    lease,
                     at,
                     armed: true,
                 });
@@ -141,14 +144,15 @@ enum Taken {
 }
 
 /// Holds between `ask.least` and `ask.most` at every level in `at`'s periods, the same amount
-/// everywhere, or nothing. `own` is what the caller already holds at each level (an
-/// extension's hold), counted as spent when a refusal tells spent from busy.
+/// everywhere, and as much of the allocation's lease when it has one and a level is limited;
+/// or nothing. `own` is what the caller already holds at each level (an extension's hold),
+/// counted as spent when a refusal tells spent from busy.
 fn hold_everywhere(
     allocation: &Allocation,
     at: UnixMs,
     ask: Ask,
     own: [u64; 3],
-) -> Result<[Hold; 3], Taken> {
+) -> Result<([Hold; 3], Hold), Taken> {
     let most = ask.most.max(ask.least);
     let cells = allocation.budget_cells();
     let mut holds = [Hold::default(); 3];
@@ -191,13 +195,53 @@ fn hold_everywhere(
             } => Taken::Refused(Refused::Busy(refused(limit, remaining, period))),
         });
     }
+    let lease = match allocation.budget.lease() {
+        Some(lease) if holds.iter().any(|h| h.limited) => {
+            match lease.try_reserve(at.0, ask.least.0, granted) {
+                Ok(hold) => {
+                    granted = hold.nanos;
+                    hold
+                }
+                Err(available) => {
+                    for (taken, cell) in holds.iter().zip(cells) {
+                        cell.release(*taken);
+                    }
+                    return Err(Taken::Refused(Refused::Busy(lease_short(
+                        allocation, at, ask.least, available,
+                    ))));
+                }
+            }
+        }
+        _ => Hold::default(),
+    };
     even_out(&mut holds, &cells, granted);
     debug_assert!(
         granted >= ask.least.0 || holds.iter().all(|h| !h.limited),
         "a hold of {granted} nanos below the least asked, {}",
         ask.least
     );
-    Ok(holds)
+    Ok((holds, lease))
+}
+
+/// The refusal of a call whose replica's lease has less than `least` (`available`): busy at the
+/// allocation, since other replicas hold the room or the coordinator has yet to grant more.
+fn lease_short(
+    allocation: &Allocation,
+    at: UnixMs,
+    least: Nanos,
+    available: i64,
+) -> Box<BudgetExhausted> {
+    let cell = &allocation.budget;
+    let period = cell.period.index(at);
+    Box::new(BudgetExhausted {
+        level: Level::Allocation,
+        name: allocation.name.clone(),
+        period: cell.period,
+        limit: cell.limit().unwrap_or(Nanos(0)),
+        requested: least,
+        remaining: Nanos(available.max(0).unsigned_abs()),
+        resets_at: cell.period.end(period),
+    })
 }
 
 /// Levels before the tightest one granted more than `granted`: gives the difference back, so
@@ -267,6 +311,9 @@ impl Reservation {
     /// the hold it is posted all the same: the provider's bill is the truth.
     pub fn settle(mut self, actual: Nanos) -> Settlement {
         self.armed = false;
+        if let Some(lease) = self.allocation.budget.lease() {
+            lease.settle(self.lease, actual.0);
+        }
         let mut settlement = Settlement::default();
         let cells = self.allocation.budget_cells();
         for (i, (hold, cell)) in self.holds.iter().zip(cells).enumerate() {
@@ -303,11 +350,36 @@ impl Reservation {
     /// flight take it.
     pub fn extend(&mut self, ask: Ask) -> Result<(), Refused> {
         let own = self.holds.map(|hold| hold.nanos);
-        let more =
+        let (more, lease) =
             hold_everywhere(&self.allocation, self.at, ask, own).map_err(|taken| match taken {
                 Taken::Ahead { refused, .. } => Refused::Exhausted(refused),
                 Taken::Refused(refused) => refused,
             })?;
+        if lease.limited && self.lease.limited && lease.period != self.lease.period {
+            // The lease was renewed for a later epoch: as with a level in a later period, its
+            // epoch's room can no longer be checked, so the hold does not grow past it.
+            for (taken, cell) in more.iter().zip(self.allocation.budget_cells()) {
+                cell.release(*taken);
+            }
+            if let Some(cell) = self.allocation.budget.lease() {
+                cell.release(lease);
+            }
+            return Err(Refused::Exhausted(lease_short(
+                &self.allocation,
+                self.at,
+                ask.least,
+                0,
+            )));
+        }
+        self.lease = Hold {
+            nanos: self.lease.nanos.saturating_add(lease.nanos),
+            limited: self.lease.limited || lease.limited,
+            period: if lease.limited {
+                lease.period
+            } else {
+                self.lease.period
+            },
+        };
         for (hold, more) in self.holds.iter_mut().zip(more) {
             debug_assert!(
                 more.nanos == 0 || more.period == hold.period,
@@ -330,6 +402,10 @@ impl Reservation {
     /// happened is a fact.
     pub fn settle_at(mut self, postings: &[(UnixMs, Nanos)]) -> Settlement {
         self.armed = false;
+        if let Some(lease) = self.allocation.budget.lease() {
+            let total = postings.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(n.0));
+            lease.settle(self.lease, total);
+        }
         let settlement = post(&self.allocation, postings);
         for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
             cell.release(*hold);
@@ -344,6 +420,9 @@ impl Reservation {
 /// belongs to authorization before the usage starts. A period already over gets nothing (its
 /// spend is history, kept by the usage event); the live table holds current periods only.
 pub fn book(allocation: &Arc<Allocation>, at: UnixMs, amount: Nanos) -> Settlement {
+    if let Some(lease) = allocation.budget.lease() {
+        lease.spend(at.0, amount.0);
+    }
     post(allocation, &[(at, amount)])
 }
 
@@ -383,6 +462,9 @@ impl Drop for Reservation {
         if self.armed {
             for (hold, cell) in self.holds.iter().zip(self.allocation.budget_cells()) {
                 cell.release(*hold);
+            }
+            if let Some(lease) = self.allocation.budget.lease() {
+                lease.release(self.lease);
             }
         }
     }
@@ -510,6 +592,108 @@ mod tests {
                         proptest::prop_assert!(s.spent.0 + s.in_flight.0 <= limit.0);
                     }
                 }
+            }
+        }
+    }
+
+    /// One replica's allocation under `limit` (month) in a team limited to `team_limit`,
+    /// holding from a lease.
+    fn leased(limit: u64, team_limit: u64) -> (Directory, Arc<Allocation>) {
+        let dir = Directory::leased();
+        dir.add_team("team", "org", BudgetSpec::limited(Nanos(team_limit), Period::Month))
+            .unwrap();
+        dir.add_project("proj", "team", BudgetSpec::unlimited(Period::Month))
+            .unwrap();
+        let allocation = dir
+            .add_allocation(crate::identity::AllocationSpec {
+                name: "alloc".into(),
+                project: "proj".into(),
+                cost_center: "cc".into(),
+                models: crate::identity::AllowList::Any,
+                budget: BudgetSpec::limited(Nanos(limit), Period::Month),
+                tight: crate::budget::Tight::Clamp,
+            })
+            .unwrap();
+        (dir, allocation)
+    }
+
+    #[test]
+    fn a_leased_allocation_holds_only_what_its_lease_has() {
+        use crate::lease::Terms;
+        let (_dir, a) = leased(1_000, 10_000);
+        let lease = a.budget.lease().unwrap();
+        // No lease yet: busy (room is elsewhere or on its way), and the shortage is noted.
+        let Err(Refused::Busy(busy)) = reserve_within(&a, JAN_15, ask(100, 500)) else {
+            panic!("no lease, no hold");
+        };
+        assert_eq!((busy.level, busy.remaining), (Level::Allocation, Nanos(0)));
+        assert_eq!(lease.take_short(), 100);
+        let terms = Terms::of(&a, JAN_15).unwrap();
+        assert_eq!(terms.epoch, 1_769_904_000_000, "the month's end");
+        lease.grant(terms.epoch, 300);
+        // The call holds what the lease has, less than the cells have room for.
+        let r = reserve_within(&a, JAN_15, ask(100, 500)).unwrap();
+        assert_eq!(r.held(), Nanos(300));
+        assert_eq!(snap(&a, Level::Allocation, JAN_15).in_flight, Nanos(300));
+        r.settle(Nanos(120));
+        assert_eq!(lease.snapshot().available, 180);
+        drop(reserve_within(&a, JAN_15, ask(100, 150)).unwrap());
+        assert_eq!(lease.snapshot().available, 180);
+        book(&a, JAN_15, Nanos(50));
+        assert_eq!(lease.snapshot().available, 130);
+    }
+
+    proptest::proptest! {
+        /// Replicas holding from leases a coordinator grants, calls settling at most their
+        /// hold, leases topped up and returned in any order: the cluster's spend never passes
+        /// the limit of either limited level, and a returned lease is whole again elsewhere.
+        #[test]
+        fn replicas_on_leases_never_spend_past_a_shared_limit(
+            limit in 0u64..4_000,
+            team_limit in 0u64..6_000,
+            steps in proptest::collection::vec((0usize..3, 0u8..4, 1u64..900, 0u64..=100), 1..150),
+        ) {
+            use crate::lease::{AskFor, Decision, LeaseBook, Terms};
+            let replicas: Vec<_> = (0..3).map(|_| leased(limit, team_limit)).collect();
+            let names = ["r0", "r1", "r2"];
+            let mut book = LeaseBook::new();
+            let mut open: Vec<(usize, Reservation)> = Vec::new();
+            let mut spent = 0u64;
+            for (n, (who, op, amount, percent)) in steps.into_iter().enumerate() {
+                let a = &replicas[who].1;
+                let lease = a.budget.lease().unwrap();
+                match op {
+                    0 => {
+                        let terms = Terms::of(a, JAN_15).unwrap();
+                        let asked = AskFor { replica: names[who], ask: n as u64, allocation: "alloc", want_nanos: amount, least_nanos: 1 };
+                        if let Decision::Grant(record) = book.propose(&asked, &terms, "c") {
+                            if let crate::lease::Folded::Granted { epoch, nanos, .. } = book.apply(&record) {
+                                lease.grant(epoch, nanos);
+                            }
+                        }
+                    }
+                    1 => {
+                        if let Some((epoch, nanos)) = lease.take_unused(JAN_15, amount) {
+                            book.apply(&crate::lease::LeaseRecord::Return {
+                                replica: names[who].into(), team: "team".into(), allocation: "alloc".into(), epoch, nanos,
+                            });
+                        }
+                    }
+                    2 => {
+                        if let Ok(r) = reserve_within(a, JAN_15, ask(amount / 4, amount)) {
+                            open.push((who, r));
+                        }
+                    }
+                    _ => {
+                        if !open.is_empty() {
+                            let (_, r) = open.swap_remove(0);
+                            let actual = r.held().0 * percent / 100;
+                            spent += actual;
+                            r.settle(Nanos(actual));
+                        }
+                    }
+                }
+                proptest::prop_assert!(spent <= limit.min(team_limit), "spent {spent}");
             }
         }
     }

@@ -1,0 +1,942 @@
+//! Budget leases: how replicas that share a budget spend it to the last nano and never past
+//! it, with no network call on the request path.
+//!
+//! Each team's budget tree (the team, its projects, their allocations) is owned by one
+//! coordinator at a time. A replica holds a **lease** on an allocation: nanos the coordinator
+//! has charged, ahead of the spend, against every limited level the allocation reaches. A call
+//! holds from its replica's [`LeaseCell`] as it holds from the budget cells, in one
+//! compare-and-swap; the lease is topped up ahead of need and what is not used goes back.
+//!
+//! Grants and returns are records on a log ([`LeaseRecord`]) that every coordinator and
+//! replica folds the same way ([`LeaseBook`]). Each grant has a token no other grant has, and
+//! names the token of the tree's grant it follows (`follows`); the fold counts it only when
+//! that is the tree's last counted grant. So when two coordinators grant at once (one of them
+//! not yet aware it has lost the tree) the log's order decides, the same for every reader: a
+//! counted grant was decided knowing every grant counted before it, and the same money is
+//! never granted twice.
+//!
+//! **Invariant:** the nanos of the grants the fold counts, less what it has counted back, never
+//! exceed a level's limit in a period, whatever the number of coordinators writing and however
+//! stale their view ([`LeaseBook::propose`] grants only within the room its fold and its own
+//! grants not yet read back leave). A replica holds only within its lease, so when every call
+//! costs at most its hold the cluster's spend stays within the limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::{Hold, Level};
+use crate::identity::Allocation;
+use crate::sync::{AtomicI64, AtomicU64, AtomicU128, Ordering};
+use crate::time::{Period, UnixMs};
+
+const ORDER: Ordering = Ordering::SeqCst;
+
+/// How often, at most, a call writes its instant into a lease (ms): enough to tell an idle
+/// lease, without every call writing a word the others read.
+const USED_AT_RESOLUTION_MS: i64 = 100;
+
+fn pack(epoch: i64, available: i64) -> u128 {
+    (u128::from(epoch as u64) << 64) | u128::from(available as u64)
+}
+
+fn unpack(word: u128) -> (i64, i64) {
+    ((word >> 64) as u64 as i64, word as u64 as i64)
+}
+
+fn signed(nanos: u64) -> i64 {
+    i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One replica's lease on one allocation: what the coordinator granted it for the current
+/// epoch and calls have not yet held.
+///
+/// The epoch is the instant the lease ends (ms): the earliest end of the periods of the levels
+/// it was charged to. A lease for a later epoch replaces the current one in one swap; what the
+/// old one had left is kept to be returned for the periods it was charged in.
+#[derive(Debug)]
+pub struct LeaseCell {
+    /// The epoch and the nanos available in it, as one word. Available is signed: a settle
+    /// above its hold takes it below zero, and the next grant pays that back first.
+    word: AtomicU128,
+    granted_total: AtomicU64,
+    returned_total: AtomicU64,
+    /// The largest hold asked for (its most): what a lease should be able to serve at once.
+    ask_largest: AtomicU64,
+    /// The largest least that found too little here since the lease task last looked.
+    short: AtomicU64,
+    /// When a call last held here, to [`USED_AT_RESOLUTION_MS`].
+    used_at: AtomicI64,
+    /// Nanos of epochs that are over, by epoch: returned for the periods they were charged to.
+    ended: Mutex<Vec<(i64, u64)>>,
+}
+
+/// A lease's counters at one instant, for `/metrics` and the admin API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LeaseSnapshot {
+    /// The epoch's end (ms since the Unix epoch); 0 before the first grant.
+    pub epoch: i64,
+    /// Nanos granted and not held by a call (below zero after a call cost more than its hold).
+    pub available: i64,
+    /// Nanos granted to this replica, ever.
+    pub granted_total: u64,
+    /// Nanos returned by it, ever.
+    pub returned_total: u64,
+}
+
+impl Default for LeaseCell {
+    fn default() -> Self {
+        LeaseCell::new()
+    }
+}
+
+impl LeaseCell {
+    /// A lease with nothing granted.
+    #[must_use]
+    pub fn new() -> LeaseCell {
+        LeaseCell {
+            word: AtomicU128::new(pack(0, 0)),
+            granted_total: AtomicU64::new(0),
+            returned_total: AtomicU64::new(0),
+            ask_largest: AtomicU64::new(0),
+            short: AtomicU64::new(0),
+            used_at: AtomicI64::new(i64::MIN),
+            ended: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Holds between `least` and `most` of the lease at `at_ms`, as much as it has. Returns
+    /// what is available when that is less than `least` or the epoch is over (the lease task
+    /// is told, and asks for more).
+    pub(crate) fn try_reserve(&self, at_ms: i64, least: u64, most: u64) -> Result<Hold, i64> {
+        if self.used_at.load(ORDER) < at_ms.saturating_sub(USED_AT_RESOLUTION_MS) {
+            self.used_at.store(at_ms, ORDER);
+        }
+        if most > self.ask_largest.load(ORDER) {
+            self.ask_largest.fetch_max(most, ORDER);
+        }
+        loop {
+            let word = self.word.load(ORDER);
+            let (epoch, available) = unpack(word);
+            if at_ms >= epoch || available < signed(least) {
+                if least > self.short.load(ORDER) {
+                    self.short.fetch_max(least, ORDER);
+                }
+                return Err(if at_ms >= epoch { 0 } else { available });
+            }
+            let amount = signed(most).min(available).max(signed(least));
+            if self
+                .word
+                .compare_exchange(word, pack(epoch, available - amount), ORDER, ORDER)
+                .is_ok()
+            {
+                return Ok(Hold {
+                    nanos: amount.unsigned_abs(),
+                    period: epoch,
+                    limited: true,
+                });
+            }
+        }
+    }
+
+    /// Gives back a hold without spending it.
+    pub(crate) fn release(&self, hold: Hold) {
+        self.settle(hold, 0);
+    }
+
+    /// Spends `actual` of a hold and gives the rest back: to the lease while its epoch lasts,
+    /// to the ended epoch's return otherwise.
+    pub(crate) fn settle(&self, hold: Hold, actual: u64) {
+        if !hold.limited {
+            return;
+        }
+        loop {
+            let word = self.word.load(ORDER);
+            let (epoch, available) = unpack(word);
+            if epoch != hold.period {
+                let unused = hold.nanos.saturating_sub(actual);
+                if unused > 0 {
+                    self.end(hold.period, unused);
+                }
+                return;
+            }
+            let next = available
+                .saturating_add(signed(hold.nanos))
+                .saturating_sub(signed(actual));
+            if self
+                .word
+                .compare_exchange(word, pack(epoch, next), ORDER, ORDER)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Spends `amount` with no hold (usage booked as a fact): taken from the lease, below zero
+    /// if need be, while the epoch is `at_ms`'s.
+    pub(crate) fn spend(&self, at_ms: i64, amount: u64) {
+        loop {
+            let word = self.word.load(ORDER);
+            let (epoch, available) = unpack(word);
+            if at_ms >= epoch {
+                return;
+            }
+            let next = available.saturating_sub(signed(amount));
+            if self
+                .word
+                .compare_exchange(word, pack(epoch, next), ORDER, ORDER)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    fn end(&self, epoch: i64, nanos: u64) {
+        let mut ended = lock(&self.ended);
+        match ended.iter_mut().find(|(e, _)| *e == epoch) {
+            Some((_, total)) => *total = total.saturating_add(nanos),
+            None => ended.push((epoch, nanos)),
+        }
+    }
+
+    /// Adds a grant of `nanos` for `epoch`. A grant for a later epoch than the lease's
+    /// replaces it (its remainder is kept to return); one for an earlier epoch is kept to
+    /// return at once.
+    pub fn grant(&self, epoch: i64, nanos: u64) {
+        self.granted_total.fetch_add(nanos, ORDER);
+        loop {
+            let word = self.word.load(ORDER);
+            let (current, available) = unpack(word);
+            if epoch < current {
+                self.end(epoch, nanos);
+                return;
+            }
+            let next = if epoch == current {
+                pack(epoch, available.saturating_add(signed(nanos)))
+            } else {
+                pack(epoch, signed(nanos))
+            };
+            if self
+                .word
+                .compare_exchange(word, next, ORDER, ORDER)
+                .is_ok()
+            {
+                if epoch > current && available > 0 {
+                    self.end(current, available.unsigned_abs());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Takes what is available beyond `keep` out of the lease, to be returned: the epoch and
+    /// the nanos taken, or `None` when there is nothing beyond `keep`. At or after the epoch's
+    /// end everything is taken.
+    pub fn take_unused(&self, now: UnixMs, keep: u64) -> Option<(i64, u64)> {
+        loop {
+            let word = self.word.load(ORDER);
+            let (epoch, available) = unpack(word);
+            let keep = if now.0 >= epoch { 0 } else { signed(keep) };
+            if available <= keep {
+                return None;
+            }
+            if self
+                .word
+                .compare_exchange(word, pack(epoch, keep), ORDER, ORDER)
+                .is_ok()
+            {
+                return Some((epoch, (available - keep).unsigned_abs()));
+            }
+        }
+    }
+
+    /// The nanos of epochs that are over, to return, by epoch; emptied.
+    pub fn take_ended(&self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut *lock(&self.ended))
+    }
+
+    /// Puts back nanos taken to return when the return could not be recorded, so they are
+    /// returned later (or spent) rather than lost.
+    pub fn restore(&self, epoch: i64, nanos: u64) {
+        loop {
+            let word = self.word.load(ORDER);
+            let (current, available) = unpack(word);
+            if epoch != current {
+                self.end(epoch, nanos);
+                return;
+            }
+            if self
+                .word
+                .compare_exchange(
+                    word,
+                    pack(epoch, available.saturating_add(signed(nanos))),
+                    ORDER,
+                    ORDER,
+                )
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Counts nanos the coordinator has taken back.
+    pub fn returned(&self, nanos: u64) {
+        self.returned_total.fetch_add(nanos, ORDER);
+    }
+
+    /// The largest least refused for want of lease since the last call, and resets it.
+    pub fn take_short(&self) -> u64 {
+        self.short.swap(0, ORDER)
+    }
+
+    /// The largest hold a call has asked for here.
+    #[must_use]
+    pub fn ask_largest(&self) -> u64 {
+        self.ask_largest.load(ORDER)
+    }
+
+    /// When a call last held here (to a tenth of a second); `None` if none has.
+    #[must_use]
+    pub fn used_at(&self) -> Option<UnixMs> {
+        let at = self.used_at.load(ORDER);
+        (at != i64::MIN).then_some(UnixMs(at))
+    }
+
+    /// The counters now.
+    #[must_use]
+    pub fn snapshot(&self) -> LeaseSnapshot {
+        let (epoch, available) = unpack(self.word.load(ORDER));
+        LeaseSnapshot {
+            epoch,
+            available,
+            granted_total: self.granted_total.load(ORDER),
+            returned_total: self.returned_total.load(ORDER),
+        }
+    }
+}
+
+/// One level a lease is charged to: the level, its name and the period it is charged in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Charge {
+    /// Allocation, project or team.
+    pub level: Level,
+    /// Its name.
+    pub name: String,
+    /// Its budget period's kind.
+    pub period: Period,
+    /// The period's number ([`Period::index`]).
+    pub index: i64,
+}
+
+/// A record of the lease log. Every record is about one team's tree (`team`), and the log
+/// keeps the records of one tree in one order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LeaseRecord {
+    /// A replica asks for more of an allocation's budget.
+    Ask {
+        /// The replica asking.
+        replica: String,
+        /// Its number for the ask, increasing: an answer names it.
+        ask: u64,
+        /// The team whose tree the allocation is in.
+        team: String,
+        /// The allocation.
+        allocation: String,
+        /// How much it would like.
+        want_nanos: u64,
+        /// The least it can use: a grant of less is a denial.
+        least_nanos: u64,
+    },
+    /// A coordinator grants nanos of an allocation's budget to a replica.
+    Grant {
+        /// The replica granted to.
+        replica: String,
+        /// The ask it answers.
+        ask: u64,
+        /// The team's tree.
+        team: String,
+        /// The allocation.
+        allocation: String,
+        /// This grant's token: its coordinator's id and a number it never uses again.
+        grant: String,
+        /// The token of the tree's grant this one follows (empty for the first): counted only
+        /// if that is the tree's last counted grant.
+        follows: String,
+        /// When the lease ends (ms): the earliest end of the charged levels' periods.
+        epoch: i64,
+        /// The nanos granted.
+        nanos: u64,
+        /// The limited levels charged, with their periods.
+        charges: Vec<Charge>,
+        /// The coordinator that granted it.
+        coordinator: String,
+    },
+    /// A coordinator had too little room for an ask's least.
+    Deny {
+        /// The replica denied.
+        replica: String,
+        /// The ask it answers.
+        ask: u64,
+        /// The team's tree.
+        team: String,
+        /// The allocation.
+        allocation: String,
+        /// The level with too little room.
+        level: Level,
+        /// That level's name.
+        name: String,
+        /// The room it had, not counting leases held and unused.
+        room_nanos: u64,
+    },
+    /// A replica gives back unused nanos of a lease.
+    Return {
+        /// The replica returning.
+        replica: String,
+        /// The team's tree.
+        team: String,
+        /// The allocation.
+        allocation: String,
+        /// The lease's epoch.
+        epoch: i64,
+        /// The nanos returned.
+        nanos: u64,
+    },
+}
+
+impl LeaseRecord {
+    /// The team whose tree the record is about: the log's key.
+    #[must_use]
+    pub fn team(&self) -> &str {
+        match self {
+            LeaseRecord::Ask { team, .. }
+            | LeaseRecord::Grant { team, .. }
+            | LeaseRecord::Deny { team, .. }
+            | LeaseRecord::Return { team, .. } => team,
+        }
+    }
+}
+
+/// What the fold made of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Folded {
+    /// A grant counted: the replica holds `nanos` more for `epoch`.
+    Granted {
+        /// The replica granted to.
+        replica: String,
+        /// The allocation.
+        allocation: String,
+        /// The lease's epoch.
+        epoch: i64,
+        /// The nanos.
+        nanos: u64,
+    },
+    /// A grant that follows a grant that is not the tree's last: it grants nothing.
+    Void {
+        /// The coordinator that wrote it.
+        coordinator: String,
+    },
+    /// A return counted, of at most what the replica held for the epoch.
+    Returned {
+        /// The replica.
+        replica: String,
+        /// The allocation.
+        allocation: String,
+        /// The nanos counted back.
+        nanos: u64,
+    },
+    /// An ask or a denial: nothing changes hands.
+    Nothing,
+}
+
+/// A lease a replica holds for an epoch, as the fold counts it.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    charges: Vec<Charge>,
+    granted: u64,
+    returned: u64,
+}
+
+/// One team's tree, folded.
+#[derive(Debug, Default)]
+struct Tree {
+    /// The token of the last grant counted.
+    last: String,
+    /// Nanos granted less returned, by charged level and period.
+    net: HashMap<Charge, u64>,
+    /// By replica, allocation and epoch.
+    held: HashMap<(String, String, i64), Held>,
+    /// A coordinator's own grants written and not yet read back, in the order written.
+    ahead: VecDeque<Ahead>,
+}
+
+#[derive(Debug)]
+struct Ahead {
+    grant: String,
+    nanos: u64,
+    charges: Vec<Charge>,
+}
+
+/// What the budget tree allows a lease on one allocation: its limited levels, with their
+/// periods and limits at an instant, and the epoch those periods give a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terms {
+    /// The team's tree.
+    pub team: String,
+    /// Each limited level, charged in its period, and its limit.
+    pub limits: Vec<(Charge, u64)>,
+    /// The earliest end of those periods (ms); `i64::MAX` when none ends.
+    pub epoch: i64,
+}
+
+impl Terms {
+    /// The terms of a lease on `allocation` at `now`; `None` when no level has a limit (its
+    /// calls need no lease).
+    #[must_use]
+    pub fn of(allocation: &Allocation, now: UnixMs) -> Option<Terms> {
+        let mut limits = Vec::new();
+        let mut epoch = i64::MAX;
+        for (level, cell) in Level::ALL.into_iter().zip(allocation.budget_cells()) {
+            let Some(limit) = cell.limit() else { continue };
+            let period = cell.period();
+            let index = period.index(now);
+            if let Some(end) = period.end(index) {
+                epoch = epoch.min(end.0);
+            }
+            let charge = Charge {
+                level,
+                name: allocation.level_name(level).to_string(),
+                period,
+                index,
+            };
+            limits.push((charge, limit.0));
+        }
+        (!limits.is_empty()).then(|| Terms {
+            team: allocation.team().name.to_string(),
+            limits,
+            epoch,
+        })
+    }
+}
+
+/// A coordinator's answer to an ask, to be written to the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Grant this record (a [`LeaseRecord::Grant`]).
+    Grant(LeaseRecord),
+    /// Deny with this record (a [`LeaseRecord::Deny`]).
+    Deny(LeaseRecord),
+}
+
+/// The fold of a lease log: every tree's last counted grant, what is granted and returned by
+/// level and period, and what each replica holds. Coordinators and replicas fold the same log
+/// the same way; only a coordinator proposes.
+#[derive(Debug, Default)]
+pub struct LeaseBook {
+    trees: HashMap<String, Tree>,
+    /// The number of this coordinator's next grant token.
+    next_grant: u64,
+}
+
+/// An ask to decide on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AskFor<'a> {
+    /// The replica asking.
+    pub replica: &'a str,
+    /// Its number for the ask.
+    pub ask: u64,
+    /// The allocation.
+    pub allocation: &'a str,
+    /// How much it would like.
+    pub want_nanos: u64,
+    /// The least it can use.
+    pub least_nanos: u64,
+}
+
+impl LeaseBook {
+    /// An empty fold.
+    #[must_use]
+    pub fn new() -> LeaseBook {
+        LeaseBook::default()
+    }
+
+    /// Folds in the next record of the log.
+    pub fn apply(&mut self, record: &LeaseRecord) -> Folded {
+        match record {
+            LeaseRecord::Grant {
+                replica,
+                team,
+                allocation,
+                grant,
+                follows,
+                epoch,
+                nanos,
+                charges,
+                coordinator,
+                ..
+            } => {
+                let tree = self.trees.entry(team.clone()).or_default();
+                let ours = tree.ahead.front().is_some_and(|a| a.grant == *grant);
+                if *follows != tree.last {
+                    if ours {
+                        // Ours, voided: every grant of ours after it follows it, void too.
+                        tree.ahead.clear();
+                    }
+                    return Folded::Void {
+                        coordinator: coordinator.clone(),
+                    };
+                }
+                tree.last.clone_from(grant);
+                if ours {
+                    tree.ahead.pop_front();
+                } else {
+                    // Another coordinator's grant took the place ours were to follow.
+                    tree.ahead.clear();
+                }
+                for charge in charges {
+                    let net = tree.net.entry(charge.clone()).or_default();
+                    *net = net.saturating_add(*nanos);
+                }
+                let held = tree
+                    .held
+                    .entry((replica.clone(), allocation.clone(), *epoch))
+                    .or_default();
+                for charge in charges {
+                    if !held.charges.contains(charge) {
+                        held.charges.push(charge.clone());
+                    }
+                }
+                held.granted = held.granted.saturating_add(*nanos);
+                Folded::Granted {
+                    replica: replica.clone(),
+                    allocation: allocation.clone(),
+                    epoch: *epoch,
+                    nanos: *nanos,
+                }
+            }
+            LeaseRecord::Return {
+                replica,
+                team,
+                allocation,
+                epoch,
+                nanos,
+            } => {
+                let tree = self.trees.entry(team.clone()).or_default();
+                let Some(held) = tree
+                    .held
+                    .get_mut(&(replica.clone(), allocation.clone(), *epoch))
+                else {
+                    return Folded::Nothing;
+                };
+                let nanos = (*nanos).min(held.granted.saturating_sub(held.returned));
+                held.returned = held.returned.saturating_add(nanos);
+                for charge in &held.charges {
+                    if let Some(net) = tree.net.get_mut(charge) {
+                        *net = net.saturating_sub(nanos);
+                    }
+                }
+                Folded::Returned {
+                    replica: replica.clone(),
+                    allocation: allocation.clone(),
+                    nanos,
+                }
+            }
+            LeaseRecord::Ask { .. } | LeaseRecord::Deny { .. } => Folded::Nothing,
+        }
+    }
+
+    /// Nanos granted less returned at `charge`, with this coordinator's own grants not yet
+    /// read back.
+    fn used(tree: &Tree, charge: &Charge) -> u64 {
+        let folded = tree.net.get(charge).copied().unwrap_or(0);
+        tree.ahead
+            .iter()
+            .filter(|a| a.charges.contains(charge))
+            .fold(folded, |sum, a| sum.saturating_add(a.nanos))
+    }
+
+    /// A coordinator's answer to `ask` under `terms`: a grant of as much of what it wants as
+    /// every limited level has room for, or a denial naming the level without room for its
+    /// least. A grant is remembered as written ahead of the fold, so the next proposal counts
+    /// it and follows it, until the grant is read back (or another coordinator's grant takes
+    /// its place and voids it). `coordinator` must be unique to this process's life: grant
+    /// tokens are made from it.
+    pub fn propose(&mut self, ask: &AskFor<'_>, terms: &Terms, coordinator: &str) -> Decision {
+        let tree = self.trees.entry(terms.team.clone()).or_default();
+        let mut room = u64::MAX;
+        let mut tightest: Option<&Charge> = None;
+        for (charge, limit) in &terms.limits {
+            let left = limit.saturating_sub(Self::used(tree, charge));
+            if left < room || tightest.is_none() {
+                room = left;
+                tightest = Some(charge);
+            }
+        }
+        let nanos = ask.want_nanos.min(room);
+        if nanos < ask.least_nanos.max(1) {
+            let (level, name) = tightest.map_or((Level::Allocation, ask.allocation.to_owned()), |c| {
+                (c.level, c.name.clone())
+            });
+            return Decision::Deny(LeaseRecord::Deny {
+                replica: ask.replica.to_owned(),
+                ask: ask.ask,
+                team: terms.team.clone(),
+                allocation: ask.allocation.to_owned(),
+                level,
+                name,
+                room_nanos: room,
+            });
+        }
+        let follows = tree
+            .ahead
+            .back()
+            .map_or_else(|| tree.last.clone(), |a| a.grant.clone());
+        self.next_grant = self.next_grant.wrapping_add(1);
+        let grant = format!("{coordinator}/{}", self.next_grant);
+        let charges: Vec<Charge> = terms.limits.iter().map(|(c, _)| c.clone()).collect();
+        tree.ahead.push_back(Ahead {
+            grant: grant.clone(),
+            nanos,
+            charges: charges.clone(),
+        });
+        Decision::Grant(LeaseRecord::Grant {
+            replica: ask.replica.to_owned(),
+            ask: ask.ask,
+            team: terms.team.clone(),
+            allocation: ask.allocation.to_owned(),
+            grant,
+            follows,
+            epoch: terms.epoch,
+            nanos,
+            charges,
+            coordinator: coordinator.to_owned(),
+        })
+    }
+
+    /// Forgets this coordinator's grants written and not read back (their writes failed, or
+    /// it is giving the tree up): they will fold as void if they land after another's.
+    pub fn forget_ahead(&mut self) {
+        for tree in self.trees.values_mut() {
+            tree.ahead.clear();
+        }
+    }
+
+    /// What `replica` holds of `allocation` for `epoch` as the fold counts it: granted less
+    /// returned.
+    #[must_use]
+    pub fn held(&self, team: &str, replica: &str, allocation: &str, epoch: i64) -> u64 {
+        self.trees
+            .get(team)
+            .and_then(|t| {
+                t.held
+                    .get(&(replica.to_owned(), allocation.to_owned(), epoch))
+            })
+            .map_or(0, |h| h.granted.saturating_sub(h.returned))
+    }
+
+    /// Nanos granted less returned at `charge`, as folded.
+    #[must_use]
+    pub fn net(&self, team: &str, charge: &Charge) -> u64 {
+        self.trees
+            .get(team)
+            .and_then(|t| t.net.get(charge))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Drops what the fold keeps for leases whose epoch ended before `before` and periods that
+    /// ended before it: nothing can be granted or spent in them any more.
+    pub fn forget_before(&mut self, before: UnixMs) {
+        for tree in self.trees.values_mut() {
+            tree.held.retain(|(_, _, epoch), _| *epoch >= before.0);
+            tree.net
+                .retain(|charge, _| charge.period.end(charge.index).is_none_or(|end| end >= before));
+        }
+    }
+}
+
+#[cfg(test)]
+#[cfg(not(loom))]
+mod tests {
+    use super::*;
+
+    fn charge(level: Level, name: &str) -> Charge {
+        Charge {
+            level,
+            name: name.to_owned(),
+            period: Period::Total,
+            index: 0,
+        }
+    }
+
+    fn terms(allocation: u64, team: u64) -> Terms {
+        Terms {
+            team: "t".to_owned(),
+            limits: vec![
+                (charge(Level::Allocation, "a"), allocation),
+                (charge(Level::Team, "t"), team),
+            ],
+            epoch: i64::MAX,
+        }
+    }
+
+    fn ask<'a>(replica: &'a str, ask: u64, want: u64, least: u64) -> AskFor<'a> {
+        AskFor {
+            replica,
+            ask,
+            allocation: "a",
+            want_nanos: want,
+            least_nanos: least,
+        }
+    }
+
+    fn granted(decision: Decision) -> LeaseRecord {
+        match decision {
+            Decision::Grant(record) => record,
+            Decision::Deny(record) => panic!("denied: {record:?}"),
+        }
+    }
+
+    #[test]
+    fn a_coordinator_grants_within_the_tightest_level_and_counts_its_own_grants_ahead() {
+        let mut book = LeaseBook::new();
+        let first = granted(book.propose(&ask("r1", 1, 600, 10), &terms(1_000, 800), "c"));
+        // Not read back yet: the next proposal counts it all the same.
+        let second = granted(book.propose(&ask("r2", 1, 600, 10), &terms(1_000, 800), "c"));
+        let Decision::Deny(LeaseRecord::Deny { level, room_nanos, .. }) =
+            book.propose(&ask("r3", 1, 600, 10), &terms(1_000, 800), "c")
+        else {
+            panic!("the team's 800 are granted");
+        };
+        assert_eq!((level, room_nanos), (Level::Team, 0));
+        assert!(matches!(book.apply(&first), Folded::Granted { nanos: 600, .. }));
+        assert!(matches!(book.apply(&second), Folded::Granted { nanos: 200, .. }));
+        assert_eq!(book.net("t", &charge(Level::Team, "t")), 800);
+        // A return makes room again, and never counts back more than was held.
+        let back = LeaseRecord::Return {
+            replica: "r1".into(),
+            team: "t".into(),
+            allocation: "a".into(),
+            epoch: i64::MAX,
+            nanos: 5_000,
+        };
+        assert!(matches!(book.apply(&back), Folded::Returned { nanos: 600, .. }));
+        assert_eq!(book.held("t", "r1", "a", i64::MAX), 0);
+        let third = granted(book.propose(&ask("r3", 2, 600, 10), &terms(1_000, 800), "c"));
+        assert!(matches!(book.apply(&third), Folded::Granted { nanos: 600, .. }));
+    }
+
+    #[test]
+    fn of_two_coordinators_granting_at_once_the_log_order_decides_and_money_is_granted_once() {
+        let mut old = LeaseBook::new();
+        let mut new = LeaseBook::new();
+        let from_old = granted(old.propose(&ask("r1", 1, 900, 10), &terms(1_000, 1_000), "old"));
+        let from_new = granted(new.propose(&ask("r2", 1, 900, 10), &terms(1_000, 1_000), "new"));
+        // The new owner's grant lands first; the old one's takes a number already taken.
+        let mut reader = LeaseBook::new();
+        assert!(matches!(reader.apply(&from_new), Folded::Granted { .. }));
+        assert_eq!(
+            reader.apply(&from_old),
+            Folded::Void {
+                coordinator: "old".into()
+            }
+        );
+        assert_eq!(reader.net("t", &charge(Level::Allocation, "a")), 900);
+        // The old coordinator, folding the same log, forgets its grant and sees the room gone.
+        old.apply(&from_new);
+        old.apply(&from_old);
+        let Decision::Deny(_) = old.propose(&ask("r1", 2, 900, 200), &terms(1_000, 1_000), "old")
+        else {
+            panic!("only 100 is left");
+        };
+    }
+
+    #[test]
+    fn a_lease_holds_within_what_was_granted_and_an_ended_epoch_is_kept_to_return() {
+        let lease = LeaseCell::new();
+        assert_eq!(lease.try_reserve(10, 5, 50), Err(0));
+        assert_eq!(lease.take_short(), 5);
+        lease.grant(1_000, 100);
+        let hold = lease.try_reserve(10, 5, 80).unwrap();
+        assert_eq!(hold.nanos, 80);
+        assert_eq!(lease.try_reserve(10, 30, 30), Err(20));
+        lease.settle(hold, 30);
+        assert_eq!(lease.snapshot().available, 70);
+        let hold = lease.try_reserve(20, 10, 60).unwrap();
+        // A grant for the next epoch replaces this one; what it had and the hold's unused part
+        // are kept to return for the old epoch.
+        lease.grant(2_000, 500);
+        lease.settle(hold, 15);
+        assert_eq!(lease.take_ended(), vec![(1_000, 10 + 45)]);
+        assert_eq!(lease.snapshot().available, 500);
+        assert_eq!(lease.take_unused(UnixMs(1_500), 200), Some((2_000, 300)));
+        assert_eq!(lease.take_unused(UnixMs(2_000), 0), Some((2_000, 200)));
+        // A call past the epoch's end finds no lease.
+        assert_eq!(lease.try_reserve(2_000, 1, 1), Err(0));
+    }
+
+    proptest::proptest! {
+        /// Two coordinators propose from views of the log that lag it by any amount, their
+        /// grants and the replicas' returns land in any order; whatever the log's order, the
+        /// grants the fold counts never take a level past its limit.
+        #[test]
+        fn stale_coordinators_never_grant_past_a_limit(
+            limit_a in 0u64..5_000,
+            limit_t in 0u64..5_000,
+            steps in proptest::collection::vec((0usize..2, 0usize..4, 1u64..2_000, 0u64..300, proptest::bool::ANY), 1..120),
+        ) {
+            let terms = terms(limit_a, limit_t);
+            let mut log: Vec<LeaseRecord> = Vec::new();
+            let mut books = [LeaseBook::new(), LeaseBook::new()];
+            let mut read = [0usize, 0usize];
+            let mut truth = LeaseBook::new();
+            let mut truth_read = 0;
+            let mut asks = 0;
+            for (who, lag, want, least, give_back) in steps {
+                // This coordinator catches up to within `lag` records of the log's end.
+                let target = log.len().saturating_sub(lag).max(read[who]);
+                for record in &log[read[who]..target] {
+                    books[who].apply(record);
+                }
+                read[who] = target;
+                asks += 1;
+                let replica = if asks % 2 == 0 { "r1" } else { "r2" };
+                if let Decision::Grant(record) =
+                    books[who].propose(&ask(replica, asks, want, least), &terms, &who.to_string())
+                {
+                    log.push(record);
+                }
+                if give_back {
+                    let held = {
+                        for record in &log[truth_read..] {
+                            truth.apply(record);
+                        }
+                        truth_read = log.len();
+                        truth.held("t", replica, "a", i64::MAX)
+                    };
+                    log.push(LeaseRecord::Return {
+                        replica: replica.into(),
+                        team: "t".into(),
+                        allocation: "a".into(),
+                        epoch: i64::MAX,
+                        nanos: held / 2,
+                    });
+                }
+                let mut fold = LeaseBook::new();
+                for record in &log {
+                    fold.apply(record);
+                }
+                proptest::prop_assert!(fold.net("t", &charge(Level::Allocation, "a")) <= limit_a);
+                proptest::prop_assert!(fold.net("t", &charge(Level::Team, "t")) <= limit_t);
+            }
+        }
+    }
+}
