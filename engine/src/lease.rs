@@ -68,8 +68,12 @@ pub struct LeaseCell {
     returned_total: AtomicU64,
     /// The largest hold asked for (its most): what a lease should be able to serve at once.
     ask_largest: AtomicU64,
-    /// The largest least that found too little here since the lease task last looked.
+    /// The smallest least that found too little here since the lease task last looked
+    /// (`u64::MAX`: none): what an ask must at least bring.
     short: AtomicU64,
+    /// 1 when the coordinator last answered this replica with less than it wanted: the budget
+    /// is near its end, and a call should hold what there is rather than wait for its bound.
+    scarce: AtomicU64,
     /// When a call last held here, to [`USED_AT_RESOLUTION_MS`].
     used_at: AtomicI64,
     /// Nanos of epochs that are over, by epoch: returned for the periods they were charged to.
@@ -104,7 +108,8 @@ impl LeaseCell {
             granted_total: AtomicU64::new(0),
             returned_total: AtomicU64::new(0),
             ask_largest: AtomicU64::new(0),
-            short: AtomicU64::new(0),
+            short: AtomicU64::new(u64::MAX),
+            scarce: AtomicU64::new(0),
             used_at: AtomicI64::new(i64::MIN),
             ended: Mutex::new(Vec::new()),
         }
@@ -124,8 +129,8 @@ impl LeaseCell {
             let word = self.word.load(ORDER);
             let (epoch, available) = unpack(word);
             if at_ms >= epoch || available < signed(least) {
-                if least > self.short.load(ORDER) {
-                    self.short.fetch_max(least, ORDER);
+                if least < self.short.load(ORDER) {
+                    self.short.fetch_min(least, ORDER);
                 }
                 return Err(if at_ms >= epoch { 0 } else { available });
             }
@@ -223,11 +228,7 @@ impl LeaseCell {
             } else {
                 pack(epoch, signed(nanos))
             };
-            if self
-                .word
-                .compare_exchange(word, next, ORDER, ORDER)
-                .is_ok()
-            {
+            if self.word.compare_exchange(word, next, ORDER, ORDER).is_ok() {
                 if epoch > current && available > 0 {
                     self.end(current, available.unsigned_abs());
                 }
@@ -262,39 +263,28 @@ impl LeaseCell {
         std::mem::take(&mut *lock(&self.ended))
     }
 
-    /// Puts back nanos taken to return when the return could not be recorded, so they are
-    /// returned later (or spent) rather than lost.
-    pub fn restore(&self, epoch: i64, nanos: u64) {
-        loop {
-            let word = self.word.load(ORDER);
-            let (current, available) = unpack(word);
-            if epoch != current {
-                self.end(epoch, nanos);
-                return;
-            }
-            if self
-                .word
-                .compare_exchange(
-                    word,
-                    pack(epoch, available.saturating_add(signed(nanos))),
-                    ORDER,
-                    ORDER,
-                )
-                .is_ok()
-            {
-                return;
-            }
-        }
-    }
-
     /// Counts nanos the coordinator has taken back.
     pub fn returned(&self, nanos: u64) {
         self.returned_total.fetch_add(nanos, ORDER);
     }
 
-    /// The largest least refused for want of lease since the last call, and resets it.
-    pub fn take_short(&self) -> u64 {
-        self.short.swap(0, ORDER)
+    /// The smallest least refused for want of lease since the last call (`None`: none was),
+    /// and resets it.
+    pub fn take_short(&self) -> Option<u64> {
+        let short = self.short.swap(u64::MAX, ORDER);
+        (short != u64::MAX).then_some(short)
+    }
+
+    /// Whether the coordinator last gave this replica less than it asked for: calls should
+    /// then hold what there is, not wait for their whole bound.
+    #[must_use]
+    pub fn scarce(&self) -> bool {
+        self.scarce.load(ORDER) != 0
+    }
+
+    /// Notes whether the coordinator's last answer gave what was asked.
+    pub fn set_scarce(&self, scarce: bool) {
+        self.scarce.store(u64::from(scarce), ORDER);
     }
 
     /// The largest hold a call has asked for here.
@@ -682,9 +672,10 @@ impl LeaseBook {
         }
         let nanos = ask.want_nanos.min(room);
         if nanos < ask.least_nanos.max(1) {
-            let (level, name) = tightest.map_or((Level::Allocation, ask.allocation.to_owned()), |c| {
-                (c.level, c.name.clone())
-            });
+            let (level, name) = tightest
+                .map_or((Level::Allocation, ask.allocation.to_owned()), |c| {
+                    (c.level, c.name.clone())
+                });
             return Decision::Deny(LeaseRecord::Deny {
                 replica: ask.replica.to_owned(),
                 ask: ask.ask,
@@ -757,8 +748,12 @@ impl LeaseBook {
     pub fn forget_before(&mut self, before: UnixMs) {
         for tree in self.trees.values_mut() {
             tree.held.retain(|(_, _, epoch), _| *epoch >= before.0);
-            tree.net
-                .retain(|charge, _| charge.period.end(charge.index).is_none_or(|end| end >= before));
+            tree.net.retain(|charge, _| {
+                charge
+                    .period
+                    .end(charge.index)
+                    .is_none_or(|end| end >= before)
+            });
         }
     }
 }
@@ -811,14 +806,21 @@ mod tests {
         let first = granted(book.propose(&ask("r1", 1, 600, 10), &terms(1_000, 800), "c"));
         // Not read back yet: the next proposal counts it all the same.
         let second = granted(book.propose(&ask("r2", 1, 600, 10), &terms(1_000, 800), "c"));
-        let Decision::Deny(LeaseRecord::Deny { level, room_nanos, .. }) =
-            book.propose(&ask("r3", 1, 600, 10), &terms(1_000, 800), "c")
+        let Decision::Deny(LeaseRecord::Deny {
+            level, room_nanos, ..
+        }) = book.propose(&ask("r3", 1, 600, 10), &terms(1_000, 800), "c")
         else {
             panic!("the team's 800 are granted");
         };
         assert_eq!((level, room_nanos), (Level::Team, 0));
-        assert!(matches!(book.apply(&first), Folded::Granted { nanos: 600, .. }));
-        assert!(matches!(book.apply(&second), Folded::Granted { nanos: 200, .. }));
+        assert!(matches!(
+            book.apply(&first),
+            Folded::Granted { nanos: 600, .. }
+        ));
+        assert!(matches!(
+            book.apply(&second),
+            Folded::Granted { nanos: 200, .. }
+        ));
         assert_eq!(book.net("t", &charge(Level::Team, "t")), 800);
         // A return makes room again, and never counts back more than was held.
         let back = LeaseRecord::Return {
@@ -828,10 +830,16 @@ mod tests {
             epoch: i64::MAX,
             nanos: 5_000,
         };
-        assert!(matches!(book.apply(&back), Folded::Returned { nanos: 600, .. }));
+        assert!(matches!(
+            book.apply(&back),
+            Folded::Returned { nanos: 600, .. }
+        ));
         assert_eq!(book.held("t", "r1", "a", i64::MAX), 0);
         let third = granted(book.propose(&ask("r3", 2, 600, 10), &terms(1_000, 800), "c"));
-        assert!(matches!(book.apply(&third), Folded::Granted { nanos: 600, .. }));
+        assert!(matches!(
+            book.apply(&third),
+            Folded::Granted { nanos: 600, .. }
+        ));
     }
 
     #[test]
@@ -863,7 +871,9 @@ mod tests {
     fn a_lease_holds_within_what_was_granted_and_an_ended_epoch_is_kept_to_return() {
         let lease = LeaseCell::new();
         assert_eq!(lease.try_reserve(10, 5, 50), Err(0));
-        assert_eq!(lease.take_short(), 5);
+        assert_eq!(lease.try_reserve(10, 9, 50), Err(0));
+        assert_eq!(lease.take_short(), Some(5));
+        assert_eq!(lease.take_short(), None);
         lease.grant(1_000, 100);
         let hold = lease.try_reserve(10, 5, 80).unwrap();
         assert_eq!(hold.nanos, 80);

@@ -45,7 +45,9 @@ pub use learned::OutputSketch;
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};
 pub use ratelimit::{Gcra, RetryAfter};
-pub use reservation::{Ask, Refused, Reservation, Settlement, book, reserve, reserve_within};
+pub use reservation::{
+    Ask, Refused, Reservation, Settlement, book, book_elsewhere, reserve, reserve_within,
+};
 pub use stream::{Next, StreamBudget};
 pub use sync::wide_atomics_lock_free;
 pub use time::{Period, UnixMs};

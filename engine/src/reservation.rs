@@ -403,7 +403,9 @@ impl Reservation {
     pub fn settle_at(mut self, postings: &[(UnixMs, Nanos)]) -> Settlement {
         self.armed = false;
         if let Some(lease) = self.allocation.budget.lease() {
-            let total = postings.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(n.0));
+            let total = postings
+                .iter()
+                .fold(0u64, |sum, (_, n)| sum.saturating_add(n.0));
             lease.settle(self.lease, total);
         }
         let settlement = post(&self.allocation, postings);
@@ -423,6 +425,13 @@ pub fn book(allocation: &Arc<Allocation>, at: UnixMs, amount: Nanos) -> Settleme
     if let Some(lease) = allocation.budget.lease() {
         lease.spend(at.0, amount.0);
     }
+    post(allocation, &[(at, amount)])
+}
+
+/// Books spend another replica settled (read from the usage topic by reconciliation): posted
+/// at every level as [`book`] does, and not taken from this replica's lease, since it was
+/// spent under the other replica's.
+pub fn book_elsewhere(allocation: &Arc<Allocation>, at: UnixMs, amount: Nanos) -> Settlement {
     post(allocation, &[(at, amount)])
 }
 
@@ -600,8 +609,12 @@ mod tests {
     /// holding from a lease.
     fn leased(limit: u64, team_limit: u64) -> (Directory, Arc<Allocation>) {
         let dir = Directory::leased();
-        dir.add_team("team", "org", BudgetSpec::limited(Nanos(team_limit), Period::Month))
-            .unwrap();
+        dir.add_team(
+            "team",
+            "org",
+            BudgetSpec::limited(Nanos(team_limit), Period::Month),
+        )
+        .unwrap();
         dir.add_project("proj", "team", BudgetSpec::unlimited(Period::Month))
             .unwrap();
         let allocation = dir
@@ -627,7 +640,7 @@ mod tests {
             panic!("no lease, no hold");
         };
         assert_eq!((busy.level, busy.remaining), (Level::Allocation, Nanos(0)));
-        assert_eq!(lease.take_short(), 100);
+        assert_eq!(lease.take_short(), Some(100));
         let terms = Terms::of(&a, JAN_15).unwrap();
         assert_eq!(terms.epoch, 1_769_904_000_000, "the month's end");
         lease.grant(terms.epoch, 300);
@@ -666,10 +679,11 @@ mod tests {
                     0 => {
                         let terms = Terms::of(a, JAN_15).unwrap();
                         let asked = AskFor { replica: names[who], ask: n as u64, allocation: "alloc", want_nanos: amount, least_nanos: 1 };
-                        if let Decision::Grant(record) = book.propose(&asked, &terms, "c") {
-                            if let crate::lease::Folded::Granted { epoch, nanos, .. } = book.apply(&record) {
-                                lease.grant(epoch, nanos);
-                            }
+                        if let Decision::Grant(record) = book.propose(&asked, &terms, "c")
+                            && let crate::lease::Folded::Granted { epoch, nanos, .. } =
+                                book.apply(&record)
+                        {
+                            lease.grant(epoch, nanos);
                         }
                     }
                     1 => {

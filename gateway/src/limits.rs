@@ -222,3 +222,32 @@ pub const RETRY_AFTER_DEFAULT: Duration = Duration::from_secs(1);
 /// Most bytes of a client-error answer read to tell whether the model's context window refused
 /// the call (only when a later candidate of the group declares a wider window).
 pub const CONTEXT_ERROR_BYTES_MAX: usize = 64 * 1024;
+
+/// Default partitions of the lease topic (`leases.partitions`): the most coordinators that
+/// share the trees. Every replica and coordinator must agree on it.
+pub const LEASE_PARTITIONS: usize = 8;
+
+/// The most `leases.partitions` may be.
+pub const LEASE_PARTITIONS_MAX: usize = 256;
+
+/// Default time a coordinator may miss heartbeats before its trees move
+/// (`leases.session_timeout_ms`): the brokers' default floor is 6 s.
+pub const LEASE_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Default time a lease no call holds from is kept before it goes back (`leases.idle_ms`).
+pub const LEASE_IDLE: Duration = Duration::from_secs(2);
+
+/// Default span of recent spend a replica asks a lease to cover (`leases.horizon_ms`).
+pub const LEASE_HORIZON: Duration = Duration::from_secs(1);
+
+/// Default time an ask may go unanswered before it is asked again (`leases.ask_timeout_ms`).
+pub const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the lease task looks at every lease: to ask ahead of need, return what is idle.
+pub const LEASE_TICK: Duration = Duration::from_millis(20);
+
+/// How long a replica waits for the lease log to be read to its end before it serves.
+pub const LEASE_CATCH_UP_MAX: Duration = Duration::from_secs(30);
+
+/// A lease serves at least this many of the largest hold asked from it before it asks again.
+pub const LEASE_ASKS_AHEAD: u64 = 4;

@@ -108,6 +108,25 @@ pub enum Counter {
     /// Control-topic records refused: a version this replica cannot read, or a change that
     /// does not hold here (each is reported on stderr).
     ControlRefused,
+    /// Asks for lease this replica wrote.
+    LeaseAsks,
+    /// Nanos of lease granted to this replica.
+    LeaseGrantedNanos,
+    /// Nanos of lease this replica gave back (idle, recalled, over, or at its stop).
+    LeaseReturnedNanos,
+    /// Of those, nanos given back because their lease's epoch had ended.
+    LeaseExpiredNanos,
+    /// Asks of this replica a coordinator denied for want of room.
+    LeaseDenied,
+    /// Grants read that followed another grant than their tree's last, and so grant nothing
+    /// (two coordinators granting at once).
+    LeaseVoid,
+    /// Lease records refused: a version this build cannot read (each reported on stderr).
+    LeaseRefused,
+    /// Grants this replica wrote as a coordinator.
+    LeaseGrantsWritten,
+    /// Denials this replica wrote as a coordinator.
+    LeaseDenialsWritten,
     /// Calls that waited in line for budget held by calls in flight.
     BudgetWaited,
     /// Calls refused with `429 budget_busy` (their wait ran out, or the lines were full).
@@ -132,7 +151,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 26] = [
+const COUNTERS: [(Counter, &str, &str); 35] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -212,6 +231,51 @@ const COUNTERS: [(Counter, &str, &str); 26] = [
         Counter::ControlRefused,
         "tollgate_control_refused_total",
         "Control-topic records refused: an unreadable version, or a change that does not hold here.",
+    ),
+    (
+        Counter::LeaseAsks,
+        "tollgate_lease_asks_total",
+        "Asks for budget lease this replica wrote.",
+    ),
+    (
+        Counter::LeaseGrantedNanos,
+        "tollgate_lease_granted_nanos_total",
+        "Nanos of budget lease granted to this replica.",
+    ),
+    (
+        Counter::LeaseReturnedNanos,
+        "tollgate_lease_returned_nanos_total",
+        "Nanos of budget lease this replica gave back.",
+    ),
+    (
+        Counter::LeaseExpiredNanos,
+        "tollgate_lease_expired_nanos_total",
+        "Nanos of budget lease given back because their epoch had ended.",
+    ),
+    (
+        Counter::LeaseDenied,
+        "tollgate_lease_denied_total",
+        "Asks of this replica a coordinator denied for want of room.",
+    ),
+    (
+        Counter::LeaseVoid,
+        "tollgate_lease_void_total",
+        "Grants read that follow another than their tree's last grant, and grant nothing.",
+    ),
+    (
+        Counter::LeaseRefused,
+        "tollgate_lease_refused_total",
+        "Lease records refused (a version this build cannot read).",
+    ),
+    (
+        Counter::LeaseGrantsWritten,
+        "tollgate_lease_grants_written_total",
+        "Grants this replica wrote as a coordinator.",
+    ),
+    (
+        Counter::LeaseDenialsWritten,
+        "tollgate_lease_denials_written_total",
+        "Denials this replica wrote as a coordinator.",
     ),
     (
         Counter::BudgetWaited,
@@ -372,6 +436,24 @@ impl Unauthenticated {
             Unauthenticated::BeforeKey => "before_key",
         }
     }
+}
+
+/// `value` as a Prometheus label value: backslash, quote and newline escaped.
+#[must_use]
+pub fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Gauges read at render time.

@@ -278,7 +278,11 @@ fn random_bytes() -> [u8; 8] {
 
 /// The budget table of the configured teams, projects and allocations.
 fn directory_of(config: &Config) -> Result<Directory, tollgate_engine::Error> {
-    let directory = Directory::new();
+    let directory = if config.leases.is_some() {
+        Directory::leased()
+    } else {
+        Directory::new()
+    };
     for team in &config.teams {
         directory.add_team(&team.name, &team.org, team.budget)?;
     }

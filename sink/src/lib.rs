@@ -13,6 +13,7 @@ pub mod control;
 pub mod dedup;
 pub mod focus;
 pub mod kafka;
+pub mod leases;
 pub mod log;
 pub mod reconcile;
 pub mod rollup;

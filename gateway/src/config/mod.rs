@@ -63,6 +63,9 @@ pub struct Config {
     /// The control topic every replica shares admin changes through (`kafka.control_topic`;
     /// `None` without `[kafka]`, when changes stay in the local journal).
     pub control: Option<tollgate_sink::control::ControlConfig>,
+    /// `[leases]`: replicas share budgets by leases a coordinator grants (`None`: off, each
+    /// replica admits against its own table and reconciliation bounds the overshoot).
+    pub leases: Option<LeasesConfig>,
     /// `[ledger]`: the resource ledger (`/v1/usage`).
     pub ledger: LedgerConfig,
     /// `[admission]`: how a call waits for budget held by calls in flight.
@@ -271,6 +274,7 @@ struct RawConfig {
     #[serde(default)]
     parquet: RawParquet,
     kafka: Option<RawKafka>,
+    leases: Option<RawLeases>,
     #[serde(default)]
     ledger: RawLedger,
     #[serde(default)]
@@ -311,6 +315,10 @@ impl RawConfig {
         let allocations = allocations(self.allocation, &projects, &groups, source)?;
         let reconcile_interval = self.kafka.as_ref().and_then(RawKafka::reconcile_interval);
         let control = self.kafka.as_ref().and_then(RawKafka::control);
+        let leases = self
+            .leases
+            .map(|l| l.validate(self.kafka.as_ref(), source))
+            .transpose()?;
         let kafka = self.kafka.map(|k| k.validate(source)).transpose()?;
         let ledger = self
             .ledger
@@ -333,6 +341,7 @@ impl RawConfig {
             kafka,
             reconcile_interval,
             control,
+            leases,
             ledger,
             admission,
             providers,
@@ -574,6 +583,92 @@ impl RawParquet {
             roll_interval: ms(self.roll_interval_ms, limits::PARQUET_ROLL_INTERVAL),
             rows_max: self.rows_max.unwrap_or(limits::PARQUET_ROWS_MAX).max(1),
             bytes_max: self.bytes_max.unwrap_or(limits::PARQUET_BYTES_MAX).max(1),
+        })
+    }
+}
+
+// ---- [leases] ----
+
+/// `[leases]`: each team's budget tree is owned by one coordinator (a member of the
+/// consumer group `group` on the lease topic), which grants replicas leases ahead of their
+/// spend; a replica's calls hold only within its leases.
+#[derive(Clone, Debug)]
+pub struct LeasesConfig {
+    /// The lease topic (`topic`, `partitions`) on `[kafka]`'s brokers.
+    pub log: tollgate_sink::leases::LeaseLogConfig,
+    /// The coordinators' consumer group (`group`).
+    pub group: String,
+    /// Whether this replica is also a coordinator (`coordinate`, default true).
+    pub coordinate: bool,
+    /// A coordinator that misses heartbeats this long loses its trees (`session_timeout_ms`).
+    pub session_timeout: Duration,
+    /// A lease no call has held from this long goes back (`idle_ms`).
+    pub idle: Duration,
+    /// A replica asks for enough to serve its recent spend this long (`horizon_ms`).
+    pub horizon: Duration,
+    /// An ask not answered this long is asked again (`ask_timeout_ms`).
+    pub ask_timeout: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    #[serde(default = "default_lease_topic")]
+    topic: String,
+    partitions: Option<usize>,
+    #[serde(default = "default_lease_group")]
+    group: String,
+    #[serde(default = "default_true")]
+    coordinate: bool,
+    session_timeout_ms: Option<u64>,
+    idle_ms: Option<u64>,
+    horizon_ms: Option<u64>,
+    ask_timeout_ms: Option<u64>,
+}
+
+fn default_lease_topic() -> String {
+    "tollgate.leases".to_owned()
+}
+
+fn default_lease_group() -> String {
+    "tollgate.coordinators".to_owned()
+}
+
+impl RawLeases {
+    fn validate(self, kafka: Option<&RawKafka>, source: &Source<'_>) -> Result<LeasesConfig> {
+        let Some(kafka) = kafka.filter(|k| k.control) else {
+            return Err(source.error(
+                "leases",
+                0..0,
+                "needs [kafka] with its control topic on: coordinators and replicas must know \
+                 every allocation and limit",
+            ));
+        };
+        let partitions = self.partitions.unwrap_or(limits::LEASE_PARTITIONS);
+        if partitions == 0 || partitions > limits::LEASE_PARTITIONS_MAX {
+            return Err(source.error(
+                "leases.partitions",
+                0..0,
+                format!("between 1 and {}", limits::LEASE_PARTITIONS_MAX),
+            ));
+        }
+        let session_timeout = ms(self.session_timeout_ms, limits::LEASE_SESSION_TIMEOUT);
+        if session_timeout < Duration::from_secs(1) {
+            return Err(source.error("leases.session_timeout_ms", 0..0, "at least 1000"));
+        }
+        Ok(LeasesConfig {
+            log: tollgate_sink::leases::LeaseLogConfig {
+                brokers: kafka.brokers.get_ref().clone(),
+                topic: self.topic,
+                partitions,
+                delivery_timeout: ms(kafka.delivery_timeout_ms, limits::KAFKA_DELIVERY_TIMEOUT),
+            },
+            group: self.group,
+            coordinate: self.coordinate,
+            session_timeout,
+            idle: ms(self.idle_ms, limits::LEASE_IDLE),
+            horizon: ms(self.horizon_ms, limits::LEASE_HORIZON),
+            ask_timeout: ms(self.ask_timeout_ms, limits::LEASE_ASK_TIMEOUT),
         })
     }
 }

@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod bodies;
+pub mod coordinate;
 pub mod journal;
+pub mod leases;
 pub mod reconcile;
 pub mod replicate;
 pub mod ship;

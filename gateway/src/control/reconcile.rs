@@ -152,7 +152,7 @@ fn apply(gateway: &Gateway, postings: Vec<Posting>) {
     for posting in postings {
         match gateway.directory.allocation(&posting.allocation) {
             Ok(allocation) => {
-                tollgate_engine::book(&allocation, posting.at, posting.nanos);
+                tollgate_engine::book_elsewhere(&allocation, posting.at, posting.nanos);
                 gateway
                     .metrics
                     .add(Counter::ReconciledEvents, posting.events);

@@ -29,6 +29,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
+use tollgate_engine::lease::LeaseCell;
 use tollgate_engine::{
     Ask, BudgetSnapshot, KeyRejection, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused,
     Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
@@ -537,8 +538,15 @@ impl Call<'_> {
         let bound = priced.cost_with(None);
         let tight = key.tight();
         let (first, rest) = self.asks(key, model, &priced, &bound, upstream.stoppable);
+        // Near a shared budget's end (its coordinator gave this replica less than it asked),
+        // a lease too short for the bound is what there is: the call holds it, as at the end
+        // of a budget of its own.
+        let scarce = || allocation.budget.lease().is_some_and(LeaseCell::scarce);
         let attempt = || match reserve_within(allocation, now_ms(), first) {
             Err(Refused::Exhausted(_)) if tight == Tight::Clamp => {
+                reserve_within(allocation, now_ms(), rest)
+            }
+            Err(Refused::Busy(_)) if tight == Tight::Clamp && scarce() => {
                 reserve_within(allocation, now_ms(), rest)
             }
             held => held,

@@ -13,6 +13,8 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::control::coordinate::CoordinatorTask;
+use crate::control::leases::LeaseTask;
 use crate::control::reconcile::ReconcileTask;
 use crate::control::replicate::FollowTask;
 use crate::control::ship::ShipTask;
@@ -100,5 +102,33 @@ impl Background for Sweeper {
             Sweeper::stop(*self).await;
             Ok(())
         })
+    }
+}
+
+impl Background for LeaseTask {
+    fn name(&self) -> &'static str {
+        "budget leases"
+    }
+
+    /// Gives every unused lease back first; the writes wait for the brokers at most their
+    /// delivery timeout each.
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(blocking(move || {
+            LeaseTask::stop(*self);
+            Ok(())
+        }))
+    }
+}
+
+impl Background for CoordinatorTask {
+    fn name(&self) -> &'static str {
+        "lease coordinator"
+    }
+
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(blocking(move || {
+            CoordinatorTask::stop(*self);
+            Ok(())
+        }))
     }
 }

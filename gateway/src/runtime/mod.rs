@@ -23,14 +23,16 @@ use tollgate_engine::ledger::RecordIndex;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::control::Control;
+use crate::control::coordinate::CoordinatorTask;
 use crate::control::journal::{Journal, StateError};
+use crate::control::leases::{LeaseStartError, LeaseTask};
 use crate::control::reconcile::{ReconcileTask, replica_id};
 use crate::control::replicate::{self, CatchUpError, FollowTask, Replication};
 use crate::control::ship::ShipTask;
 use crate::events::emit::{Emitter, Maintenance};
 use crate::events::restore::{self, CHECKPOINT_FILE, Folded};
 use crate::http::auth::AdminToken;
-use crate::limits::{CONTROL_CATCH_UP_MAX, RECONCILE_CATCH_UP_MAX};
+use crate::limits::{CONTROL_CATCH_UP_MAX, LEASE_CATCH_UP_MAX, RECONCILE_CATCH_UP_MAX};
 use crate::metrics::Metrics;
 use crate::state::{Gateway, SetupError};
 use crate::usage::{self, Ledger, Sweeper};
@@ -65,6 +67,9 @@ pub enum StartError {
     /// The control topic could not be set up or read to its end.
     #[error(transparent)]
     Control(#[from] CatchUpError),
+    /// The lease topic could not be read to its end, or the lease tasks could not start.
+    #[error("budget leases: {0}")]
+    Leases(#[from] LeaseStartError),
     /// The spend checkpoint is gone (or both copies are unreadable) and the event log no longer
     /// starts where the fold needs it: starting would hand that spend back to the budgets.
     #[error(
@@ -159,6 +164,7 @@ pub async fn start(
     // Admin changes from the control topic before anything else reads the directory: the
     // others' spend may be for allocations made at run time elsewhere.
     let (replication, following) = follow_control(&gateway, &replica).await?;
+    let (leasing, coordinating) = share_budgets(&gateway, &replica).await?;
     let shipping = ShipTask::start(&gateway, &replica)?;
     let reconciling = ReconcileTask::start(&gateway, &replica)?;
     if let Some(reconciling) = &reconciling {
@@ -169,6 +175,12 @@ pub async fn start(
 
     // Stop order: what feeds the log first, then the log's last sync, then what reads it.
     let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper)];
+    if let Some(coordinating) = coordinating {
+        tasks.push(Box::new(coordinating));
+    }
+    if let Some(leasing) = leasing {
+        tasks.push(Box::new(leasing));
+    }
     if let Some(following) = following {
         tasks.push(Box::new(following));
     }
@@ -221,6 +233,38 @@ async fn follow_control(
         Some(Replication::new(publisher, replica.to_owned())),
         Some(following),
     ))
+}
+
+/// With `[leases]`: makes the lease topic if missing, reads it to its end (refusing the start
+/// if that takes longer than [`LEASE_CATCH_UP_MAX`]), starts the lease task and, when this
+/// replica coordinates, joins the coordinators' group.
+async fn share_budgets(
+    gateway: &Arc<Gateway>,
+    replica: &str,
+) -> Result<(Option<LeaseTask>, Option<CoordinatorTask>), StartError> {
+    let Some(config) = gateway.config.leases.clone() else {
+        return Ok((None, None));
+    };
+    tollgate_sink::leases::ensure_topic(&config.log)
+        .await
+        .map_err(LeaseStartError::from)?;
+    let coordinating = if config.coordinate {
+        Some(CoordinatorTask::start(
+            Arc::clone(gateway),
+            config.clone(),
+            replica,
+        )?)
+    } else {
+        None
+    };
+    let starting = Arc::clone(gateway);
+    let replica = replica.to_owned();
+    let leasing = tokio::task::spawn_blocking(move || {
+        LeaseTask::start(starting, config, &replica, LEASE_CATCH_UP_MAX)
+    })
+    .await
+    .map_err(|e| StartError::Replica(std::io::Error::other(e)))??;
+    Ok((Some(leasing), coordinating))
 }
 
 /// Folds the spend of the budgets' current periods and the ids of booked records back in,

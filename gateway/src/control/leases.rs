@@ -1,0 +1,571 @@
+//! A replica's side of budget leases (`[leases]`): it reads the lease log, credits the grants
+//! made to it to its allocations' leases, asks for more ahead of need, and gives back what its
+//! calls do not use. The request path only ever touches the lease in memory
+//! (`tollgate_engine::lease::LeaseCell`); everything here runs on a thread of its own.
+//!
+//! A lease is asked for when a call found it short, or when what it has left is under half
+//! of what the replica's recent spend and its largest call need (`leases.horizon_ms`, and
+//! [`LEASE_ASKS_AHEAD`] of the largest hold asked). It goes back when no call has held from it
+//! for `leases.idle_ms`, when its epoch ends, when another replica was denied for want of room
+//! at a level it is charged to (so the last nanos of a budget go where they are needed), and
+//! when the replica stops.
+//!
+//! **Invariant:** a grant is credited only once and only to the process life that asked for
+//! it: ask numbers start at the life's start instant, and a grant answering an earlier life's
+//! ask is left uncredited (that life's leases count as spent until their periods end, never
+//! as available twice). Nanos taken out of a lease to return are never put back, even when
+//! the return's write fails: a failed write may still have landed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tollgate_engine::lease::{Folded, LeaseBook, LeaseCell, LeaseRecord, LeaseSnapshot};
+use tollgate_engine::{Allocation, Level, UnixMs};
+use tollgate_sink::leases::{LeaseLogError, LeaseReader, LeaseWriter};
+
+use crate::clock::now_ms;
+use crate::config::LeasesConfig;
+use crate::limits::{LEASE_ASKS_AHEAD, LEASE_TICK};
+use crate::metrics::Counter;
+use crate::operator::report;
+use crate::state::Gateway;
+
+/// The version of lease records this build writes and the newest it reads.
+pub const LEASE_VERSION: u32 = 1;
+
+/// Longest one poll of the lease log waits for a record.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Records read in one go before the task looks at its leases again.
+const READ_BATCH_MAX: usize = 1_000;
+
+/// After a denial, the replica waits this long before it asks again for the allocation.
+const DENIED_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    version: u32,
+    record: &'a LeaseRecord,
+}
+
+#[derive(Deserialize)]
+struct Versioned {
+    version: u32,
+}
+
+#[derive(Deserialize)]
+struct Owned {
+    record: LeaseRecord,
+}
+
+/// Why a record read from the lease log was not folded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// Written by a newer build.
+    #[error("lease record version {found} is newer than this build reads ({LEASE_VERSION})")]
+    Version {
+        /// The record's version.
+        found: u32,
+    },
+    /// Not a lease record.
+    #[error("not a lease record: {0}")]
+    Malformed(String),
+}
+
+/// A record as written to the log.
+#[must_use]
+pub fn encode(record: &LeaseRecord) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        version: LEASE_VERSION,
+        record,
+    })
+    .unwrap_or_default()
+}
+
+/// The record in a payload read from the log.
+pub fn decode(payload: &[u8]) -> Result<LeaseRecord, Refusal> {
+    let versioned: Versioned =
+        serde_json::from_slice(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    if versioned.version > LEASE_VERSION || versioned.version == 0 {
+        return Err(Refusal::Version {
+            found: versioned.version,
+        });
+    }
+    let owned: Owned =
+        serde_json::from_slice(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    Ok(owned.record)
+}
+
+/// Every leased allocation's lease now, for `/metrics` and the admin API.
+#[must_use]
+pub fn snapshots(gateway: &Gateway) -> Vec<(Arc<str>, LeaseSnapshot)> {
+    gateway
+        .directory
+        .allocations()
+        .into_iter()
+        .filter_map(|a| {
+            let snapshot = a.budget.lease()?.snapshot();
+            (snapshot.granted_total > 0).then(|| (Arc::clone(&a.name), snapshot))
+        })
+        .collect()
+}
+
+/// A lease gauge: its name, its help, and how it is read from a lease.
+type Series = (&'static str, &'static str, fn(&LeaseSnapshot) -> i128);
+
+/// The leases in Prometheus text, one series per allocation that has held one.
+pub fn render(out: &mut String, gateway: &Gateway) {
+    use std::fmt::Write as _;
+    let leases = snapshots(gateway);
+    if leases.is_empty() {
+        return;
+    }
+    let series: [Series; 3] = [
+        (
+            "tollgate_lease_available_nanos",
+            "Nanos of this replica's lease on the allocation not held by a call.",
+            |s| i128::from(s.available),
+        ),
+        (
+            "tollgate_lease_granted_nanos",
+            "Nanos granted to this replica on the allocation since it started.",
+            |s| i128::from(s.granted_total),
+        ),
+        (
+            "tollgate_lease_returned_nanos",
+            "Nanos this replica gave back on the allocation since it started.",
+            |s| i128::from(s.returned_total),
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (allocation, snapshot) in &leases {
+            let _ = writeln!(
+                out,
+                "{name}{{allocation=\"{}\"}} {}",
+                crate::metrics::escape_label(allocation),
+                value(snapshot)
+            );
+        }
+    }
+}
+
+/// What the task knows of one allocation's lease between looks.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The ask in flight, what it wanted, and when it was written.
+    asked: Option<(u64, u64, Instant)>,
+    denied_at: Option<Instant>,
+    /// Nanos consumed (granted less returned less available) when the window began, and when.
+    window: Option<(i128, Instant)>,
+    /// Nanos consumed over the last whole window.
+    recent: u64,
+}
+
+/// The replica's lease task.
+struct Holder {
+    gateway: Arc<Gateway>,
+    replica: String,
+    config: LeasesConfig,
+    reader: LeaseReader,
+    writer: LeaseWriter,
+    runtime: tokio::runtime::Runtime,
+    book: LeaseBook,
+    /// This life's first ask number: grants for earlier ones are an earlier life's.
+    life_base: u64,
+    next_ask: u64,
+    watches: HashMap<Arc<str>, Watch>,
+    failing: bool,
+}
+
+/// The running lease task.
+pub struct LeaseTask {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for LeaseTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseTask").finish_non_exhaustive()
+    }
+}
+
+/// Why the lease task could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseStartError {
+    /// The lease log could not be read or written.
+    #[error(transparent)]
+    Log(#[from] LeaseLogError),
+    /// The log was not read to its end in time.
+    #[error("the lease topic was not read to its end within {0:?}")]
+    Timeout(Duration),
+    /// The thread or its runtime could not be made.
+    #[error("the lease task: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl LeaseTask {
+    /// Reads the lease log to its end (within `catch_up_max`), then follows it on a thread of
+    /// its own.
+    pub fn start(
+        gateway: Arc<Gateway>,
+        config: LeasesConfig,
+        replica: &str,
+        catch_up_max: Duration,
+    ) -> Result<LeaseTask, LeaseStartError> {
+        let reader = LeaseReader::new(&config.log, replica)?;
+        let writer = LeaseWriter::new(&config.log)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let life_base = u64::try_from(now_ms().0).unwrap_or(0).saturating_mul(1_000);
+        let mut holder = Holder {
+            gateway,
+            replica: replica.to_owned(),
+            config,
+            reader,
+            writer,
+            runtime,
+            book: LeaseBook::new(),
+            life_base,
+            next_ask: life_base,
+            watches: HashMap::new(),
+            failing: false,
+        };
+        holder.catch_up(catch_up_max)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-leases".into())
+            .spawn(move || {
+                let mut looked = Instant::now();
+                while !stopping.load(Ordering::Relaxed) {
+                    holder.read();
+                    if looked.elapsed() >= LEASE_TICK {
+                        looked = Instant::now();
+                        holder.look(now_ms());
+                    }
+                }
+                holder.give_all_back();
+            })?;
+        Ok(LeaseTask { stop, thread })
+    }
+
+    /// Stops: every unused lease goes back first.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+impl Holder {
+    /// Reads the log to its end. The brokers' errors are retried until `max` has passed (a
+    /// topic just made may have no leader for a moment); then the last one refuses the start.
+    fn catch_up(&mut self, max: Duration) -> Result<(), LeaseStartError> {
+        let deadline = Instant::now() + max;
+        loop {
+            let read = self.read_to_end();
+            match read {
+                Ok(true) => return Ok(()),
+                Ok(false) if Instant::now() >= deadline => {
+                    return Err(LeaseStartError::Timeout(max));
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                Ok(false) => {}
+                Err(_) => std::thread::sleep(POLL * 10),
+            }
+        }
+    }
+
+    /// Folds what there is to read; whether that was everything the log held when asked.
+    fn read_to_end(&mut self) -> Result<bool, LeaseLogError> {
+        while let Some(record) = self.reader.poll(POLL)? {
+            self.fold(&record.payload);
+        }
+        self.reader.caught_up()
+    }
+
+    fn read(&mut self) {
+        for _ in 0..READ_BATCH_MAX {
+            match self.reader.poll(POLL) {
+                Ok(Some(record)) => {
+                    self.failing = false;
+                    self.fold(&record.payload);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    if !self.failing {
+                        report(&format!("{e}; leases are not renewed until it answers"));
+                    }
+                    self.failing = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn lease_of(&self, allocation: &str) -> Option<Arc<Allocation>> {
+        self.gateway
+            .directory
+            .allocation(allocation)
+            .ok()
+            .filter(|a| a.budget.lease().is_some())
+    }
+
+    fn fold(&mut self, payload: &[u8]) {
+        let metrics = &self.gateway.metrics;
+        let record = match decode(payload) {
+            Ok(record) => record,
+            Err(e) => {
+                metrics.add(Counter::LeaseRefused, 1);
+                report(&format!("lease topic: {e}; the record is skipped"));
+                return;
+            }
+        };
+        let folded = self.book.apply(&record);
+        match (&record, folded) {
+            (
+                LeaseRecord::Grant { ask, .. },
+                Folded::Granted {
+                    replica,
+                    allocation,
+                    epoch,
+                    nanos,
+                },
+            ) if replica == self.replica && *ask >= self.life_base => {
+                if let Some(a) = self.lease_of(&allocation) {
+                    let watch = self.watches.entry(Arc::clone(&a.name)).or_default();
+                    if let Some((_, want, _)) = watch.asked.filter(|(asked, _, _)| asked == ask) {
+                        watch.asked = None;
+                        if let Some(lease) = a.budget.lease() {
+                            lease.set_scarce(nanos < want);
+                        }
+                    }
+                    if let Some(lease) = a.budget.lease() {
+                        lease.grant(epoch, nanos);
+                    }
+                    metrics.add(Counter::LeaseGrantedNanos, nanos);
+                }
+            }
+            (_, Folded::Void { .. }) => metrics.add(Counter::LeaseVoid, 1),
+            (
+                _,
+                Folded::Returned {
+                    replica,
+                    allocation,
+                    nanos,
+                },
+            ) if replica == self.replica => {
+                if let Some(lease) = self
+                    .lease_of(&allocation)
+                    .as_ref()
+                    .and_then(|a| a.budget.lease())
+                {
+                    lease.returned(nanos);
+                }
+            }
+            (
+                LeaseRecord::Deny {
+                    replica,
+                    ask,
+                    allocation,
+                    level,
+                    name,
+                    ..
+                },
+                _,
+            ) => {
+                if *replica == self.replica {
+                    if *ask >= self.life_base {
+                        metrics.add(Counter::LeaseDenied, 1);
+                        if let Some(lease) = self
+                            .lease_of(allocation)
+                            .as_ref()
+                            .and_then(|a| a.budget.lease())
+                        {
+                            lease.set_scarce(true);
+                        }
+                        let watch = self
+                            .watches
+                            .entry(Arc::from(allocation.as_str()))
+                            .or_default();
+                        watch.asked = None;
+                        watch.denied_at = Some(Instant::now());
+                    }
+                } else {
+                    self.recall(*level, name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Another replica was denied at `level` `name`: what this one holds unused there goes
+    /// back, so the budget's last nanos go where calls wait for them.
+    fn recall(&mut self, level: Level, name: &str) {
+        let now = now_ms();
+        for a in self.gateway.directory.allocations() {
+            if a.level_name(level).as_ref() != name {
+                continue;
+            }
+            if let Some((epoch, nanos)) = a.budget.lease().and_then(|l| l.take_unused(now, 0)) {
+                self.give_back(&a, epoch, nanos);
+            }
+        }
+    }
+
+    /// Looks at every lease: returns what is over or idle, asks ahead of need.
+    fn look(&mut self, now: UnixMs) {
+        for a in self.gateway.directory.allocations() {
+            let Some(lease) = a.budget.lease() else {
+                continue;
+            };
+            for (epoch, nanos) in lease.take_ended() {
+                self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
+                self.give_back(&a, epoch, nanos);
+            }
+            let idle = lease
+                .used_at()
+                .is_none_or(|at| now.0.saturating_sub(at.0) > millis(self.config.idle));
+            let limited = a.budget_cells().iter().any(|c| c.limit().is_some());
+            if idle || !limited {
+                if let Some((epoch, nanos)) = lease.take_unused(now, 0) {
+                    self.give_back(&a, epoch, nanos);
+                }
+                lease.take_short();
+                continue;
+            }
+            if let Some((epoch, nanos)) = lease.take_unused(now, u64::MAX) {
+                // The epoch is over: all of it goes back, for the periods it was charged to.
+                self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
+                self.give_back(&a, epoch, nanos);
+            }
+            self.ask_if_short(&a, lease, now);
+        }
+    }
+
+    fn ask_if_short(&mut self, a: &Arc<Allocation>, lease: &LeaseCell, now: UnixMs) {
+        let snapshot = lease.snapshot();
+        let consumed = i128::from(snapshot.granted_total)
+            - i128::from(snapshot.returned_total)
+            - i128::from(snapshot.available);
+        let horizon = self.config.horizon;
+        let ask_timeout = self.config.ask_timeout;
+        let watch = self.watches.entry(Arc::clone(&a.name)).or_default();
+        match watch.window {
+            Some((from, since)) if since.elapsed() >= horizon => {
+                watch.recent = u64::try_from((consumed - from).max(0)).unwrap_or(u64::MAX);
+                watch.window = Some((consumed, Instant::now()));
+            }
+            None => watch.window = Some((consumed, Instant::now())),
+            Some(_) => {}
+        }
+        let short = lease.take_short();
+        let target = watch
+            .recent
+            .max(lease.ask_largest().saturating_mul(LEASE_ASKS_AHEAD));
+        let available = u64::try_from(snapshot.available.max(0)).unwrap_or(0);
+        let expired = now.0 >= snapshot.epoch;
+        let low = expired || available < target / 2 || short.is_some_and(|s| s > available);
+        let waiting = watch
+            .asked
+            .is_some_and(|(_, _, at)| at.elapsed() < ask_timeout)
+            || watch
+                .denied_at
+                .is_some_and(|at| at.elapsed() < DENIED_BACKOFF);
+        if !low || waiting {
+            return;
+        }
+        let least = short.unwrap_or(0).saturating_sub(available).max(1);
+        let want = target.saturating_sub(available).max(least);
+        self.next_ask = self.next_ask.wrapping_add(1);
+        let ask = self.next_ask;
+        let record = LeaseRecord::Ask {
+            replica: self.replica.clone(),
+            ask,
+            team: a.team().name.to_string(),
+            allocation: a.name.to_string(),
+            want_nanos: want,
+            least_nanos: least,
+        };
+        if self.write(&record) {
+            self.gateway.metrics.add(Counter::LeaseAsks, 1);
+            if let Some(watch) = self.watches.get_mut(&a.name) {
+                watch.asked = Some((ask, want, Instant::now()));
+            }
+        }
+    }
+
+    /// Writes a return of `nanos` of `a`'s lease for `epoch`. Never put back on failure: the
+    /// write may have landed.
+    fn give_back(&mut self, a: &Allocation, epoch: i64, nanos: u64) {
+        let record = LeaseRecord::Return {
+            replica: self.replica.clone(),
+            team: a.team().name.to_string(),
+            allocation: a.name.to_string(),
+            epoch,
+            nanos,
+        };
+        if self.write(&record) {
+            self.gateway.metrics.add(Counter::LeaseReturnedNanos, nanos);
+        }
+    }
+
+    fn give_all_back(&mut self) {
+        let now = now_ms();
+        for a in self.gateway.directory.allocations() {
+            let Some(lease) = a.budget.lease() else {
+                continue;
+            };
+            let mut back = lease.take_ended();
+            back.extend(lease.take_unused(now, 0));
+            for (epoch, nanos) in back {
+                self.give_back(&a, epoch, nanos);
+            }
+        }
+    }
+
+    fn write(&mut self, record: &LeaseRecord) -> bool {
+        let payload = encode(record);
+        match self
+            .runtime
+            .block_on(self.writer.write(record.team(), &payload))
+        {
+            Ok(_) => true,
+            Err(e) => {
+                report(&format!("{e}; a lease record was not written"));
+                false
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_newer_version_is_refused_not_misread() {
+        let record = LeaseRecord::Return {
+            replica: "gw-a".into(),
+            team: "ml".into(),
+            allocation: "ml-train".into(),
+            epoch: 1_769_904_000_000,
+            nanos: 42,
+        };
+        assert_eq!(decode(&encode(&record)), Ok(record));
+        let newer = br#"{"version":2,"record":{"kind":"quota"}}"#;
+        assert_eq!(decode(newer), Err(Refusal::Version { found: 2 }));
+        assert!(matches!(
+            decode(br#"{"version":1,"record":{"kind":"grant"}}"#),
+            Err(Refusal::Malformed(_))
+        ));
+    }
+}
