@@ -76,6 +76,9 @@ pub struct LeaseCell {
     scarce: AtomicU64,
     /// When a call last held here, to [`USED_AT_RESOLUTION_MS`].
     used_at: AtomicI64,
+    /// What the whole cluster holds at the allocation's level, as this replica's fold of the
+    /// lease log last counted it: granted less returned, every replica's.
+    cluster_nanos: AtomicU64,
     /// Nanos of epochs that are over, by epoch: returned for the periods they were charged to.
     ended: Mutex<Vec<(i64, u64)>>,
 }
@@ -91,6 +94,9 @@ pub struct LeaseSnapshot {
     pub granted_total: u64,
     /// Nanos returned by it, ever.
     pub returned_total: u64,
+    /// Nanos the whole cluster holds at the allocation's level (spent, in flight and unused),
+    /// as the replica's fold last counted them.
+    pub cluster_nanos: u64,
 }
 
 impl Default for LeaseCell {
@@ -111,6 +117,7 @@ impl LeaseCell {
             short: AtomicU64::new(u64::MAX),
             scarce: AtomicU64::new(0),
             used_at: AtomicI64::new(i64::MIN),
+            cluster_nanos: AtomicU64::new(0),
             ended: Mutex::new(Vec::new()),
         }
     }
@@ -263,6 +270,11 @@ impl LeaseCell {
         std::mem::take(&mut *lock(&self.ended))
     }
 
+    /// Notes what the whole cluster holds at the allocation's level, by the fold.
+    pub fn set_cluster_nanos(&self, nanos: u64) {
+        self.cluster_nanos.store(nanos, ORDER);
+    }
+
     /// Counts nanos the coordinator has taken back.
     pub fn returned(&self, nanos: u64) {
         self.returned_total.fetch_add(nanos, ORDER);
@@ -309,6 +321,7 @@ impl LeaseCell {
             available,
             granted_total: self.granted_total.load(ORDER),
             returned_total: self.returned_total.load(ORDER),
+            cluster_nanos: self.cluster_nanos.load(ORDER),
         }
     }
 }

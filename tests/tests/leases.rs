@@ -8,6 +8,9 @@
 //! - kill -9 of the coordinator that owns the allocation's tree mid-run: the other takes the
 //!   partition, the replicas keep serving, no grant is counted twice, and the spend still stays
 //!   within the limit.
+//! - kill -9 of every replica and coordinator at once, then all started again: a key revoked
+//!   before is refused everywhere, the spent allocations stay spent, and leases are granted
+//!   again on a fresh one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +38,7 @@ fn section(brokers: &str, coordinate: bool) -> String {
 
 fn org() -> String {
     let mut org = ORG.to_owned();
-    for name in ["race", "failover"] {
+    for name in ["race", "failover", "after"] {
         org.push_str(&format!(
             "\n[[allocation]]\nname = \"{name}\"\nproject = \"chatbot\"\nbudget = {{ limit = \"{LIMIT}\", period = \"total\" }}\n"
         ));
@@ -232,6 +235,23 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
         "spent {total}: more than three calls' least ({least}) left unspent"
     );
     converged(&everyone, "race", total);
+    // Every replica's fold of the lease log counts the same cluster-wide lease: at least what
+    // was spent, never past the limit.
+    for replica in &serving {
+        let listing = replica.admin("GET", "/admin/v1/allocations", None).json();
+        let race = listing["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "race")
+            .unwrap()
+            .clone();
+        let leased = race["lease"]["cluster_leased_nanos"].as_u64().unwrap();
+        assert!(
+            (total..=LIMIT_NANOS).contains(&leased),
+            "the cluster holds {leased}: spent {total}, limit {LIMIT_NANOS} ({race})"
+        );
+    }
     let grants: u64 = coordinators
         .iter()
         .map(|c| c.metric("tollgate_lease_grants_written_total"))
@@ -281,4 +301,36 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
         "calls were served after the kill"
     );
     converged(&alive, "failover", total);
+
+    // Everything killed at once and started again.
+    let (revoked, id) = serving[1].create_key("after", json!({}));
+    let answer = serving[2].admin("POST", &format!("/admin/v1/keys/{id}/revoke"), None);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let mut everyone: Vec<Stack> = serving.into_iter().chain(coordinators).collect();
+    for stack in &mut everyone {
+        stack.kill();
+    }
+    for stack in &mut everyone {
+        stack.launch();
+    }
+    let (after_key, _) = everyone[0].create_key("after", json!({}));
+    let small = json!({"model": "openai/gpt-4o-mini", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hi"}]});
+    for replica in &everyone[..3] {
+        for (key, status) in [(&revoked, 401), (&race_key, 402), (&failover_key, 402)] {
+            let answer = post_json(replica.address(), "/v1/chat/completions", key, &body());
+            assert_eq!(answer.status, status, "{}", answer.text());
+        }
+        until_served(replica, &after_key);
+        assert_eq!(
+            post_json(
+                replica.address(),
+                "/v1/chat/completions",
+                &after_key,
+                &small
+            )
+            .status,
+            200
+        );
+    }
 }

@@ -395,7 +395,7 @@ fn allocations(control: &Control, now: UnixMs) -> Value {
 }
 
 fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
-    json!({
+    let mut described = json!({
                 "name": &*a.name,
                 "project": &*a.project.name,
                 "team": &*a.project.team.name,
@@ -406,6 +406,28 @@ fn describe_allocation(a: &tollgate_engine::Allocation, now: UnixMs) -> Value {
                 "project_budget": budget(&a.project.budget, now),
                 "team_budget": budget(&a.project.team.budget, now),
                 "tight": a.tight().as_str(),
+    });
+    if let Some(lease) = a.budget.lease() {
+        described["lease"] = lease_view(&lease.snapshot(), now);
+    }
+    described
+}
+
+/// This replica's lease on an allocation, and what the whole cluster holds there.
+fn lease_view(lease: &tollgate_engine::lease::LeaseSnapshot, now: UnixMs) -> Value {
+    let nanos = |n: u64| tollgate_engine::Nanos(n).to_string();
+    json!({
+        "available": if lease.available < 0 {
+            format!("-{}", nanos(lease.available.unsigned_abs()))
+        } else {
+            nanos(lease.available.unsigned_abs())
+        },
+        "granted": nanos(lease.granted_total),
+        "returned": nanos(lease.returned_total),
+        "cluster_leased": nanos(lease.cluster_nanos),
+        "cluster_leased_nanos": lease.cluster_nanos,
+        "ends_at": (lease.epoch > now.0 && lease.epoch < i64::MAX)
+            .then(|| format_rfc3339_s(UnixMs(lease.epoch))),
     })
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tollgate_engine::lease::{Folded, LeaseBook, LeaseCell, LeaseRecord, LeaseSnapshot};
+use tollgate_engine::lease::{Folded, LeaseBook, LeaseCell, LeaseRecord, LeaseSnapshot, Terms};
 use tollgate_engine::{Allocation, Level, UnixMs};
 use tollgate_sink::leases::{LeaseLogError, LeaseReader, LeaseWriter};
 
@@ -326,6 +326,9 @@ impl Holder {
             }
         };
         let folded = self.book.apply(&record);
+        if matches!(folded, Folded::Granted { .. } | Folded::Returned { .. }) {
+            self.count_cluster(&record);
+        }
         match (&record, folded) {
             (
                 LeaseRecord::Grant { ask, .. },
@@ -400,6 +403,31 @@ impl Holder {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// What the cluster holds of the record's allocation at its own level, by the fold, kept
+    /// on its lease for the admin API and `tollgate spend`.
+    fn count_cluster(&self, record: &LeaseRecord) {
+        let (LeaseRecord::Grant { allocation, .. } | LeaseRecord::Return { allocation, .. }) =
+            record
+        else {
+            return;
+        };
+        let Some(a) = self.lease_of(allocation) else {
+            return;
+        };
+        let Some(terms) = Terms::of(&a, now_ms()) else {
+            return;
+        };
+        if let (Some((charge, _)), Some(lease)) = (
+            terms
+                .limits
+                .iter()
+                .find(|(c, _)| c.level == Level::Allocation),
+            a.budget.lease(),
+        ) {
+            lease.set_cluster_nanos(self.book.net(&terms.team, charge));
         }
     }
 

@@ -272,9 +272,15 @@ fn print_list(
     print::table(columns, &rows)
 }
 
-/// The allocations answer as its currency and a table of each allocation's budget.
+/// The allocations answer as its currency and a table of each allocation's budget. With
+/// budget leases, `leased` is what the whole cluster holds at the allocation (spent, in flight
+/// and granted unused, every replica's), as the answering replica's fold counts it.
 fn print_spend(answer: &Value) -> anyhow::Result<()> {
-    let columns = [
+    let leased = answer
+        .get("allocations")
+        .and_then(Value::as_array)
+        .is_some_and(|all| all.iter().any(|a| a.get("lease").is_some()));
+    let mut columns = vec![
         "allocation",
         "project",
         "team",
@@ -284,6 +290,9 @@ fn print_spend(answer: &Value) -> anyhow::Result<()> {
         "remaining",
         "resets_at",
     ];
+    if leased {
+        columns.push("leased");
+    }
     let rows: Vec<Vec<String>> = answer
         .get("allocations")
         .and_then(Value::as_array)
@@ -292,7 +301,8 @@ fn print_spend(answer: &Value) -> anyhow::Result<()> {
                 .iter()
                 .map(|a| {
                     let budget = a.get("budget").cloned().unwrap_or(Value::Null);
-                    vec![
+                    let lease = a.get("lease").cloned().unwrap_or(Value::Null);
+                    let mut row = vec![
                         field(a, "name"),
                         field(a, "project"),
                         field(a, "team"),
@@ -301,7 +311,11 @@ fn print_spend(answer: &Value) -> anyhow::Result<()> {
                         field(&budget, "limit"),
                         field(&budget, "remaining"),
                         field(&budget, "resets_at"),
-                    ]
+                    ];
+                    if leased {
+                        row.push(field(&lease, "cluster_leased"));
+                    }
+                    row
                 })
                 .collect()
         })
