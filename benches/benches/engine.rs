@@ -101,6 +101,31 @@ fn reserve_settle(c: &mut Criterion) {
                 .settle(Nanos(700))
         })
     });
+    // The same with a lease on the allocation (replicas sharing budgets by `[leases]`): one
+    // more compare-and-swap to hold and one to settle.
+    let leased = Directory::leased();
+    leased.add_team("t", "o", limited(u64::MAX / 2)).unwrap();
+    leased.add_project("p", "t", limited(u64::MAX / 2)).unwrap();
+    let on_lease = leased
+        .add_allocation(AllocationSpec {
+            name: "a".into(),
+            project: "p".into(),
+            cost_center: "cc".into(),
+            models: AllowList::Any,
+            budget: limited(u64::MAX / 2),
+            tight: tollgate_engine::Tight::Clamp,
+        })
+        .unwrap();
+    if let Some(lease) = on_lease.budget.lease() {
+        lease.grant(i64::MAX, u64::MAX / 4);
+    }
+    g.bench_function("uncontended_three_limits_leased", |b| {
+        b.iter(|| {
+            reserve(&on_lease, NOW, Nanos(black_box(1_000)))
+                .unwrap()
+                .settle(Nanos(700))
+        })
+    });
     g.bench_function("refused", |b| {
         let (_dir, empty) = test_directory(limited(0), limited(0), limited(0)).unwrap();
         b.iter(|| black_box(reserve(&empty, NOW, Nanos(black_box(1_000))).is_err()))

@@ -1396,6 +1396,53 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
     }
 
     #[test]
+    fn leases_need_kafka_with_its_control_topic_and_a_partition_count_in_range() {
+        let with = |section: &str| {
+            Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
+        };
+        let config = with("[kafka]\nbrokers = \"b:1\"\n\n[leases]\n").unwrap();
+        let leases = config.leases.unwrap();
+        assert_eq!(
+            (
+                leases.log.topic.as_str(),
+                leases.log.partitions,
+                leases.log.brokers.as_str()
+            ),
+            ("tollgate.leases", limits::LEASE_PARTITIONS, "b:1")
+        );
+        assert!(leases.coordinate);
+        assert_eq!(leases.session_timeout, limits::LEASE_SESSION_TIMEOUT);
+        let config =
+            with("[kafka]\nbrokers = \"b:1\"\n\n[leases]\ncoordinate = false\npartitions = 3\nidle_ms = 500\n")
+                .unwrap();
+        let leases = config.leases.unwrap();
+        assert_eq!((leases.coordinate, leases.log.partitions), (false, 3));
+        assert_eq!(leases.idle, Duration::from_millis(500));
+        for (section, field) in [
+            ("[leases]\n", "leases"),
+            (
+                "[kafka]\nbrokers = \"b:1\"\ncontrol = false\n\n[leases]\n",
+                "leases",
+            ),
+            (
+                "[kafka]\nbrokers = \"b:1\"\n\n[leases]\npartitions = 0\n",
+                "leases.partitions",
+            ),
+            (
+                "[kafka]\nbrokers = \"b:1\"\n\n[leases]\nsession_timeout_ms = 10\n",
+                "leases.session_timeout_ms",
+            ),
+            (
+                "[kafka]\nbrokers = \"b:1\"\n\n[leases]\ncoordinators = 2\n",
+                "coordinators",
+            ),
+        ] {
+            let message = with(section).unwrap_err().to_string();
+            assert!(message.contains(field), "{section}: {message}");
+        }
+    }
+
+    #[test]
     fn kafka_reconciliation_is_on_by_default_and_replica_names_are_checked() {
         let with = |section: &str| {
             Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
