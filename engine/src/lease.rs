@@ -400,10 +400,15 @@ pub enum LeaseRecord {
         /// The room it had, not counting leases held and unused.
         room_nanos: u64,
     },
-    /// A replica gives back unused nanos of a lease.
+    /// A replica gives back unused nanos of a lease. A return may be written more than once
+    /// (a write that timed out may have landed, so it is written again until one is
+    /// acknowledged); its `id` makes the fold count it once.
     Return {
         /// The replica returning.
         replica: String,
+        /// Its number for the return, increasing across the replica's returns and lives: the
+        /// fold counts a return of a tree only when its id is above the replica's last there.
+        id: u64,
         /// The team's tree.
         team: String,
         /// The allocation.
@@ -479,6 +484,8 @@ struct Tree {
     held: HashMap<(String, String, i64), Held>,
     /// A coordinator's own grants written and not yet read back, in the order written.
     ahead: VecDeque<Ahead>,
+    /// The id of each replica's last return counted here.
+    returned: HashMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -627,12 +634,19 @@ impl LeaseBook {
             }
             LeaseRecord::Return {
                 replica,
+                id,
                 team,
                 allocation,
                 epoch,
                 nanos,
             } => {
                 let tree = self.trees.entry(team.clone()).or_default();
+                let last = tree.returned.entry(replica.clone()).or_insert(0);
+                if *id <= *last {
+                    // Written again after a write that was not acknowledged had landed.
+                    return Folded::Nothing;
+                }
+                *last = *id;
                 let Some(held) = tree
                     .held
                     .get_mut(&(replica.clone(), allocation.clone(), *epoch))
@@ -838,6 +852,7 @@ mod tests {
         // A return makes room again, and never counts back more than was held.
         let back = LeaseRecord::Return {
             replica: "r1".into(),
+            id: 1,
             team: "t".into(),
             allocation: "a".into(),
             epoch: i64::MAX,
@@ -847,6 +862,8 @@ mod tests {
             book.apply(&back),
             Folded::Returned { nanos: 600, .. }
         ));
+        // The same return written again (a write not acknowledged that had landed) counts once.
+        assert_eq!(book.apply(&back), Folded::Nothing);
         assert_eq!(book.held("t", "r1", "a", i64::MAX), 0);
         let third = granted(book.propose(&ask("r3", 2, 600, 10), &terms(1_000, 800), "c"));
         assert!(matches!(
@@ -947,6 +964,7 @@ mod tests {
                     };
                     log.push(LeaseRecord::Return {
                         replica: replica.into(),
+                        id: asks,
                         team: "t".into(),
                         allocation: "a".into(),
                         epoch: i64::MAX,

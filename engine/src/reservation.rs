@@ -689,7 +689,7 @@ mod tests {
                     1 => {
                         if let Some((epoch, nanos)) = lease.take_unused(JAN_15, amount) {
                             book.apply(&crate::lease::LeaseRecord::Return {
-                                replica: names[who].into(), team: "team".into(), allocation: "alloc".into(), epoch, nanos,
+                                replica: names[who].into(), id: n as u64 + 1, team: "team".into(), allocation: "alloc".into(), epoch, nanos,
                             });
                         }
                     }

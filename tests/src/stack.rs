@@ -424,6 +424,25 @@ impl Kafka {
         self.restart_node(0);
     }
 
+    /// Kills every node (SIGKILL): the cluster is gone.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+    }
+
+    /// Starts every node again on the same data and ports (all before waiting for any: a
+    /// quorum forms only once they run).
+    pub fn restart_all(&mut self) {
+        self.kill_all();
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.wait(i);
+        }
+    }
+
     /// Kills node `i` (SIGKILL).
     pub fn kill_node(&mut self, i: usize) {
         drop(self.nodes[i].process.take());

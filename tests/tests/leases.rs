@@ -8,6 +8,9 @@
 //! - kill -9 of the coordinator that owns the allocation's tree mid-run: the other takes the
 //!   partition, the replicas keep serving, no grant is counted twice, and the spend still stays
 //!   within the limit.
+//! - every broker killed: each replica spends at most the leases it held, then refuses; once
+//!   the brokers are back it serves again, and when its calls stop its unused leases come back
+//!   (the cluster's lease equals the spend to the nano).
 //! - kill -9 of every replica and coordinator at once, then all started again: a key revoked
 //!   before is refused everywhere, the spent allocations stay spent, and leases are granted
 //!   again on a fresh one.
@@ -29,16 +32,19 @@ const RECONCILE_MS: u64 = 500;
 /// Longest a race may run before the test calls it stuck.
 const RACE_MAX: Duration = Duration::from_secs(120);
 
+/// The replicas' `[kafka]` and `[leases]`, and a wait for budget short enough that a replica
+/// out of lease with the brokers away says so within a couple of seconds.
 fn section(brokers: &str, coordinate: bool) -> String {
     format!(
         "[kafka]\nbrokers = \"{brokers}\"\ndelivery_timeout_ms = 10000\nreconcile_interval_ms = {RECONCILE_MS}\n\n\
-         [leases]\ncoordinate = {coordinate}\nsession_timeout_ms = 6000\n"
+         [leases]\ncoordinate = {coordinate}\nsession_timeout_ms = 6000\n\n\
+         [admission]\nwait_ms_max = 2000\n"
     )
 }
 
 fn org() -> String {
     let mut org = ORG.to_owned();
-    for name in ["race", "failover", "after"] {
+    for name in ["race", "failover", "outage", "after"] {
         org.push_str(&format!(
             "\n[[allocation]]\nname = \"{name}\"\nproject = \"chatbot\"\nbudget = {{ limit = \"{LIMIT}\", period = \"total\" }}\n"
         ));
@@ -53,7 +59,7 @@ fn body() -> Value {
 
 /// Until `replica` serves `key` (the key was made elsewhere and travels the control topic).
 fn until_served(replica: &Stack, key: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let small = json!({"model": "openai/gpt-4o-mini", "max_tokens": 1,
         "messages": [{"role": "user", "content": "hi"}]});
     loop {
@@ -170,6 +176,54 @@ fn spent_in_events(replicas: &[&Stack], allocation: &str) -> u64 {
         .sum()
 }
 
+/// `allocation` in `replica`'s admin listing.
+fn allocation_of(replica: &Stack, allocation: &str) -> Value {
+    replica.admin("GET", "/admin/v1/allocations", None).json()["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == allocation)
+        .unwrap()
+        .clone()
+}
+
+/// The nanos of `replica`'s lease on `allocation` not held by a call.
+fn lease_available(replica: &Stack, allocation: &str) -> u64 {
+    let available = allocation_of(replica, allocation)["lease"]["available"].clone();
+    available.as_str().map(nanos).unwrap()
+}
+
+/// Calls on every replica with the brokers away, eight clients each, until each replica has
+/// refused one (its leases spent) or 30 s pass; how many were refused.
+fn outage_calls(replicas: &[Stack], key: &str) -> u64 {
+    let refused = AtomicU64::new(0);
+    let body = body();
+    std::thread::scope(|scope| {
+        for replica in replicas {
+            let done = Arc::new(AtomicBool::new(false));
+            for _ in 0..8 {
+                let (refused, body, done) = (&refused, &body, Arc::clone(&done));
+                let address = replica.address();
+                scope.spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let answer = post_json(address, "/v1/chat/completions", key, body);
+                        match answer.status {
+                            200 => {}
+                            429 | 402 => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                done.store(true, Ordering::Relaxed);
+                            }
+                            other => panic!("unexpected {other}: {}", answer.text()),
+                        }
+                    }
+                });
+            }
+        }
+    });
+    refused.into_inner()
+}
+
 /// Until every replica's table holds `total` for `allocation`.
 fn converged(replicas: &[&Stack], allocation: &str, total: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -188,7 +242,7 @@ fn converged(replicas: &[&Stack], allocation: &str, total: u64) {
 
 #[test]
 fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coordinator() {
-    let Some(kafka) = Kafka::cluster(3) else {
+    let Some(mut kafka) = Kafka::cluster(3) else {
         return;
     };
     let org = org();
@@ -238,14 +292,7 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
     // Every replica's fold of the lease log counts the same cluster-wide lease: at least what
     // was spent, never past the limit.
     for replica in &serving {
-        let listing = replica.admin("GET", "/admin/v1/allocations", None).json();
-        let race = listing["allocations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["name"] == "race")
-            .unwrap()
-            .clone();
+        let race = allocation_of(replica, "race");
         let leased = race["lease"]["cluster_leased_nanos"].as_u64().unwrap();
         assert!(
             (total..=LIMIT_NANOS).contains(&leased),
@@ -301,6 +348,57 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
         "calls were served after the kill"
     );
     converged(&alive, "failover", total);
+
+    // Every broker killed: each replica spends what it holds, then refuses.
+    let (outage_key, _) = serving[0].create_key("outage", json!({}));
+    for replica in &serving {
+        until_served(replica, &outage_key);
+        // Calls of the race's size, so the lease is sized for them.
+        for _ in 0..10 {
+            let answer = post_json(
+                replica.address(),
+                "/v1/chat/completions",
+                &outage_key,
+                &body(),
+            );
+            assert_eq!(answer.status, 200, "{}", answer.text());
+        }
+    }
+    let everyone: Vec<&Stack> = serving.iter().chain([&coordinators[other]]).collect();
+    let held: u64 = serving.iter().map(|r| lease_available(r, "outage")).sum();
+    let before = spent_in_events(&everyone, "outage");
+    kafka.kill_all();
+    let refused = outage_calls(&serving, &outage_key);
+    let during = spent_in_events(&everyone, "outage") - before;
+    eprintln!(
+        "leases: brokers killed: the replicas held {held} nanos of lease and spent {during} \
+         before refusing ({refused} refusals)"
+    );
+    assert!(during <= held, "spent {during} with {held} leased");
+    assert!(refused > 0, "calls were refused once the leases ran out");
+    kafka.restart_all();
+    for replica in &serving {
+        until_served(replica, &outage_key);
+    }
+    // No call for longer than `idle_ms`: every unused lease goes back, and every replica's
+    // fold counts the cluster's lease as exactly what was spent.
+    let spent = spent_in_events(&everyone, "outage");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for replica in &serving {
+        loop {
+            let leased = allocation_of(replica, "outage")["lease"]["cluster_leased_nanos"]
+                .as_u64()
+                .unwrap();
+            if leased == spent {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster holds {leased} of outage, {spent} spent"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     // Everything killed at once and started again.
     let (revoked, id) = serving[1].create_key("after", json!({}));

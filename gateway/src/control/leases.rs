@@ -13,10 +13,12 @@
 //! **Invariant:** a grant is credited only once and only to the process life that asked for
 //! it: ask numbers start at the life's start instant, and a grant answering an earlier life's
 //! ask is left uncredited (that life's leases count as spent until their periods end, never
-//! as available twice). Nanos taken out of a lease to return are never put back, even when
-//! the return's write fails: a failed write may still have landed.
+//! as available twice). Nanos taken out of a lease to return are returned exactly once: the
+//! returns wait in order in a queue, the first is written again until a write of it is
+//! acknowledged (a write that timed out may have landed), and each carries an id the fold
+//! counts once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -178,6 +180,10 @@ struct Holder {
     life_base: u64,
     next_ask: u64,
     watches: HashMap<Arc<str>, Watch>,
+    /// Returns not yet acknowledged, oldest first.
+    returns: VecDeque<(LeaseRecord, u64)>,
+    /// The id of the next return: it starts at the life's start, like the asks'.
+    next_return: u64,
     failing: bool,
 }
 
@@ -233,6 +239,8 @@ impl LeaseTask {
             life_base,
             next_ask: life_base,
             watches: HashMap::new(),
+            returns: VecDeque::new(),
+            next_return: life_base,
             failing: false,
         };
         holder.catch_up(catch_up_max)?;
@@ -247,9 +255,11 @@ impl LeaseTask {
                     if looked.elapsed() >= LEASE_TICK {
                         looked = Instant::now();
                         holder.look(now_ms());
+                        holder.flush_returns();
                     }
                 }
                 holder.give_all_back();
+                holder.flush_returns();
             })?;
         Ok(LeaseTask { stop, thread })
     }
@@ -527,17 +537,29 @@ impl Holder {
         }
     }
 
-    /// Writes a return of `nanos` of `a`'s lease for `epoch`. Never put back on failure: the
-    /// write may have landed.
+    /// Queues a return of `nanos` of `a`'s lease for `epoch`, behind the returns not yet
+    /// acknowledged.
     fn give_back(&mut self, a: &Allocation, epoch: i64, nanos: u64) {
+        self.next_return = self.next_return.wrapping_add(1);
         let record = LeaseRecord::Return {
             replica: self.replica.clone(),
+            id: self.next_return,
             team: a.team().name.to_string(),
             allocation: a.name.to_string(),
             epoch,
             nanos,
         };
-        if self.write(&record) {
+        self.returns.push_back((record, nanos));
+    }
+
+    /// Writes the queued returns in order, each until a write of it is acknowledged; stops at
+    /// the first that fails (tried again at the next look).
+    fn flush_returns(&mut self) {
+        while let Some((record, nanos)) = self.returns.front().cloned() {
+            if !self.write(&record) {
+                return;
+            }
+            self.returns.pop_front();
             self.gateway.metrics.add(Counter::LeaseReturnedNanos, nanos);
         }
     }
@@ -583,6 +605,7 @@ mod tests {
     fn records_round_trip_and_a_newer_version_is_refused_not_misread() {
         let record = LeaseRecord::Return {
             replica: "gw-a".into(),
+            id: 3,
             team: "ml".into(),
             allocation: "ml-train".into(),
             epoch: 1_769_904_000_000,
