@@ -11,26 +11,17 @@
 //! (idempotent producer, `acks=all`): an admin change is acknowledged after it is durable in
 //! the cluster, never before.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::{AsyncRuntime as _, TokioRuntime};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::topic::{self, ASK_TIMEOUT};
 
 /// The control topic's only partition.
 const PARTITION: i32 = 0;
-
-/// How long a metadata or watermark question to the brokers may take, and how long a topic
-/// just made may take to show its partition.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The pause before asking again for a topic just made.
-const METADATA_RETRY: Duration = Duration::from_millis(100);
 
 /// Why the control topic could not be set up, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -80,53 +71,21 @@ impl ControlConfig {
 /// Creates the topic if it does not exist (one partition, compacted, replicated up to three
 /// times), and checks that an existing one has one partition.
 pub async fn ensure_topic(config: &ControlConfig) -> Result<(), ControlError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()
-        .map_err(|e| config.error(e))?;
-    let brokers = admin
-        .inner()
-        .fetch_metadata(None, ASK_TIMEOUT)
-        .map_err(|e| config.error(e))?
-        .brokers()
-        .len();
-    let replication = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
-    let topic = NewTopic::new(&config.topic, 1, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
-    let options = AdminOptions::new().operation_timeout(Some(ASK_TIMEOUT));
-    let created = admin
-        .create_topics([&topic], &options)
-        .await
-        .map_err(|e| config.error(e))?;
-    for outcome in created {
-        match outcome {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(config.error(code)),
-        }
+    let partitions = topic::ensure(
+        &config.brokers,
+        &config.topic,
+        1,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+    .map_err(|e| config.error(e))?;
+    if partitions == 1 {
+        return Ok(());
     }
-    // A topic just made may show no partitions in the metadata for a moment: ask again.
-    let deadline = Instant::now() + ASK_TIMEOUT;
-    loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(&config.topic), ASK_TIMEOUT)
-            .map_err(|e| config.error(e))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .map(|t| t.partitions().len())
-            .sum::<usize>();
-        match partitions {
-            1 => return Ok(()),
-            0 if Instant::now() < deadline => TokioRuntime::delay_for(METADATA_RETRY).await,
-            _ => {
-                return Err(ControlError::Partitions {
-                    topic: config.topic.clone(),
-                    partitions,
-                });
-            }
-        }
-    }
+    Err(ControlError::Partitions {
+        topic: config.topic.clone(),
+        partitions,
+    })
 }
 
 /// Writes records to the control topic.
@@ -144,17 +103,9 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher to `config`'s topic.
+    /// A publisher to `config`'s topic: an acknowledged change is in the cluster, once.
     pub fn new(config: &ControlConfig) -> Result<Publisher, ControlError> {
-        let timeout_ms = config.delivery_timeout.as_millis().to_string();
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            // Explicit: an acknowledged change must be in the cluster, once.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("message.timeout.ms", &timeout_ms)
-            .create()
+        let producer = topic::durable_producer(&config.brokers, config.delivery_timeout)
             .map_err(|e| config.error(e))?;
         Ok(Publisher {
             producer,
@@ -164,19 +115,16 @@ impl Publisher {
 
     /// Writes `payload` under `key` and waits until the brokers have it; returns its offset.
     pub async fn publish(&self, key: &str, payload: &[u8]) -> Result<i64, ControlError> {
-        let record = FutureRecord::to(&self.config.topic)
-            .partition(PARTITION)
-            .key(key.as_bytes())
-            .payload(payload);
-        // The delivery's own result is matched, not just the send's.
-        match self
-            .producer
-            .send(record, self.config.delivery_timeout)
-            .await
-        {
-            Ok(delivered) => Ok(delivered.offset),
-            Err((e, _)) => Err(self.config.error(e)),
-        }
+        topic::write(
+            &self.producer,
+            &self.config.topic,
+            PARTITION,
+            key.as_bytes(),
+            payload,
+            self.config.delivery_timeout,
+        )
+        .await
+        .map_err(|e| self.config.error(e))
     }
 }
 

@@ -14,23 +14,17 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
-use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::util::{AsyncRuntime as _, TokioRuntime};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// How long a metadata or watermark question to the brokers may take.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The pause before asking again for a topic just made.
-const METADATA_RETRY: Duration = Duration::from_millis(100);
+use crate::topic::{self, ASK_TIMEOUT};
 
 /// Why the lease log could not be set up, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -95,60 +89,23 @@ pub fn partition_of(team: &str, partitions: usize) -> i32 {
 /// Creates the topic if it does not exist (replicated up to three times, records kept for
 /// ever: a fold must be of the whole log), and checks its partition count.
 pub async fn ensure_topic(config: &LeaseLogConfig) -> Result<(), LeaseLogError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()
-        .map_err(|e| config.error(e))?;
-    let brokers = admin
-        .inner()
-        .fetch_metadata(None, ASK_TIMEOUT)
-        .map_err(|e| config.error(e))?
-        .brokers()
-        .len();
-    let replication = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
     let partitions = i32::try_from(config.partitions.max(1)).unwrap_or(1);
-    let topic = NewTopic::new(
+    let found = topic::ensure(
+        &config.brokers,
         &config.topic,
         partitions,
-        TopicReplication::Fixed(replication),
+        &[("retention.ms", "-1"), ("retention.bytes", "-1")],
     )
-    .set("retention.ms", "-1")
-    .set("retention.bytes", "-1");
-    let options = AdminOptions::new().operation_timeout(Some(ASK_TIMEOUT));
-    let created = admin
-        .create_topics([&topic], &options)
-        .await
-        .map_err(|e| config.error(e))?;
-    for outcome in created {
-        match outcome {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(config.error(code)),
-        }
+    .await
+    .map_err(|e| config.error(e))?;
+    if found == config.partitions {
+        return Ok(());
     }
-    let deadline = Instant::now() + ASK_TIMEOUT;
-    loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(&config.topic), ASK_TIMEOUT)
-            .map_err(|e| config.error(e))?;
-        let found = metadata
-            .topics()
-            .iter()
-            .map(|t| t.partitions().len())
-            .sum::<usize>();
-        if found == config.partitions {
-            return Ok(());
-        }
-        if found == 0 && Instant::now() < deadline {
-            TokioRuntime::delay_for(METADATA_RETRY).await;
-            continue;
-        }
-        return Err(LeaseLogError::Partitions {
-            topic: config.topic.clone(),
-            found,
-            configured: config.partitions,
-        });
-    }
+    Err(LeaseLogError::Partitions {
+        topic: config.topic.clone(),
+        found,
+        configured: config.partitions,
+    })
 }
 
 /// Writes records to the lease log.
@@ -166,17 +123,10 @@ impl std::fmt::Debug for LeaseWriter {
 }
 
 impl LeaseWriter {
-    /// A writer to `config`'s topic.
+    /// A writer to `config`'s topic: a grant or a return written is in the cluster, once, in
+    /// the order written.
     pub fn new(config: &LeaseLogConfig) -> Result<LeaseWriter, LeaseLogError> {
-        let timeout_ms = config.delivery_timeout.as_millis().to_string();
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            // A grant or a return written is in the cluster, once, in the order written.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("message.timeout.ms", &timeout_ms)
-            .create()
+        let producer = topic::durable_producer(&config.brokers, config.delivery_timeout)
             .map_err(|e| config.error(e))?;
         Ok(LeaseWriter {
             producer,
@@ -187,18 +137,16 @@ impl LeaseWriter {
     /// Writes `payload` for `team` (in its partition) and waits until the brokers have it;
     /// returns its offset.
     pub async fn write(&self, team: &str, payload: &[u8]) -> Result<i64, LeaseLogError> {
-        let record = FutureRecord::to(&self.config.topic)
-            .partition(partition_of(team, self.config.partitions))
-            .key(team.as_bytes())
-            .payload(payload);
-        match self
-            .producer
-            .send(record, self.config.delivery_timeout)
-            .await
-        {
-            Ok(delivered) => Ok(delivered.offset),
-            Err((e, _)) => Err(self.config.error(e)),
-        }
+        topic::write(
+            &self.producer,
+            &self.config.topic,
+            partition_of(team, self.config.partitions),
+            team.as_bytes(),
+            payload,
+            self.config.delivery_timeout,
+        )
+        .await
+        .map_err(|e| self.config.error(e))
     }
 }
 

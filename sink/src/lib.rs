@@ -18,3 +18,4 @@ pub mod log;
 pub mod reconcile;
 pub mod rollup;
 pub mod schema;
+mod topic;
