@@ -32,7 +32,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::LeaseCell;
+use crate::hold::Hold;
+use crate::lease_cell::LeaseCell;
 use crate::money::Nanos;
 use crate::sync::{AtomicI64, AtomicU64, AtomicU128, Ordering};
 use crate::time::{Period, UnixMs};
@@ -157,8 +158,8 @@ pub struct BudgetCell {
     /// cell's padding, so an allocation stays in its allocator size class; a project's or
     /// team's cell keeps the default and nothing reads it).
     tight: Tight,
-    /// The replica's lease on the allocation when replicas share its budget tree
-    /// ([`crate::lease`]); also in the padding, and only ever on an allocation's cell.
+    /// The replica's lease on the allocation when replicas share its budget tree (see the
+    /// `lease` module); also in the padding, and only ever on an allocation's cell.
     lease: Option<Box<LeaseCell>>,
 }
 
@@ -192,17 +193,6 @@ pub(crate) enum Refusal {
 /// Most times a reservation re-runs because a cell's period was ahead of the caller's clock.
 /// Each retry moves the clock forward to a period start, so two suffice unless clocks race.
 pub const CLOCK_CATCH_UP_RETRIES_MAX: usize = 4;
-
-/// The part of a reservation taken at one level.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Hold {
-    /// Nanos held (0 where the cell has no limit).
-    pub(crate) nanos: u64,
-    /// The period it was taken in.
-    pub(crate) period: i64,
-    /// Whether the cell had a limit, so the hold bounds what the reservation may take.
-    pub(crate) limited: bool,
-}
 
 /// The assertion that a hold fits under its limit, failed: out of line, so the check on the
 /// hot path is one compare and a branch never taken.

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 
 use crate::budget::{
-    BudgetCell, BudgetExhausted, CLOCK_CATCH_UP_RETRIES_MAX, Hold, Level, Refusal, SoftLimitCrossed,
+    BudgetCell, BudgetExhausted, CLOCK_CATCH_UP_RETRIES_MAX, Level, Refusal, SoftLimitCrossed,
 };
+use crate::hold::Hold;
 use crate::identity::Allocation;
 use crate::money::Nanos;
 use crate::time::UnixMs;
