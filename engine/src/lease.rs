@@ -28,16 +28,81 @@ use serde::{Deserialize, Serialize};
 use crate::budget::Level;
 use crate::identity::Allocation;
 pub use crate::lease_cell::{LeaseCell, LeaseSnapshot};
+pub use crate::rate_slice::{RateSlice, Short};
 use crate::time::{Period, UnixMs};
 
-/// One level a lease is charged to: the level, its name and the period it is charged in.
+/// What a lease is on and charged to: a level of a budget tree, in nanos, or a per-minute rate
+/// limit of a key or a team, in requests or tokens. The budget levels are written as
+/// [`Level`]'s names, so a budget lease's records read as they did before rates were leased.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// An allocation's budget.
+    #[default]
+    Allocation,
+    /// A project's budget.
+    Project,
+    /// A team's budget.
+    Team,
+    /// A key's requests per minute.
+    KeyRequests,
+    /// A key's tokens per minute.
+    KeyTokens,
+    /// A team's requests per minute.
+    TeamRequests,
+    /// A team's tokens per minute.
+    TeamTokens,
+}
+
+impl From<Level> for Limit {
+    fn from(level: Level) -> Limit {
+        match level {
+            Level::Allocation => Limit::Allocation,
+            Level::Project => Limit::Project,
+            Level::Team => Limit::Team,
+        }
+    }
+}
+
+impl Limit {
+    /// An allocation's budget: what a record is about unless it says otherwise.
+    #[must_use]
+    pub fn is_allocation(&self) -> bool {
+        *self == Limit::Allocation
+    }
+
+    /// A per-minute rate limit, leased by the minute ([`Terms::rate`]).
+    #[must_use]
+    pub fn is_rate(self) -> bool {
+        matches!(
+            self,
+            Limit::KeyRequests | Limit::KeyTokens | Limit::TeamRequests | Limit::TeamTokens
+        )
+    }
+
+    /// The name used in error bodies and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Allocation => "allocation",
+            Limit::Project => "project",
+            Limit::Team => "team",
+            Limit::KeyRequests => "key_requests",
+            Limit::KeyTokens => "key_tokens",
+            Limit::TeamRequests => "team_requests",
+            Limit::TeamTokens => "team_tokens",
+        }
+    }
+}
+
+/// One limit a lease is charged to: the limit, its name and the period it is charged in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Charge {
-    /// Allocation, project or team.
-    pub level: Level,
-    /// Its name.
+    /// A budget level, or a rate limit (charged by the [`Period::Minute`]).
+    pub level: Limit,
+    /// The allocation's, project's or team's name; the key's id or the team's name for a rate.
     pub name: String,
-    /// Its budget period's kind.
+    /// Its period's kind.
     pub period: Period,
     /// The period's number ([`Period::index`]).
     pub index: i64,
@@ -56,7 +121,10 @@ pub enum LeaseRecord {
         ask: u64,
         /// The team whose tree the allocation is in.
         team: String,
-        /// The allocation.
+        /// What the lease is on: an allocation's budget unless it names a rate limit.
+        #[serde(default, skip_serializing_if = "Limit::is_allocation")]
+        on: Limit,
+        /// The allocation; for a rate, the key's id or the team's name.
         allocation: String,
         /// How much it would like.
         want_nanos: u64,
@@ -71,7 +139,10 @@ pub enum LeaseRecord {
         ask: u64,
         /// The team's tree.
         team: String,
-        /// The allocation.
+        /// What the lease is on: an allocation's budget unless it names a rate limit.
+        #[serde(default, skip_serializing_if = "Limit::is_allocation")]
+        on: Limit,
+        /// The allocation; for a rate, the key's id or the team's name.
         allocation: String,
         /// This grant's token: its coordinator's id and a number it never uses again.
         grant: String,
@@ -95,10 +166,13 @@ pub enum LeaseRecord {
         ask: u64,
         /// The team's tree.
         team: String,
-        /// The allocation.
+        /// What the lease is on: an allocation's budget unless it names a rate limit.
+        #[serde(default, skip_serializing_if = "Limit::is_allocation")]
+        on: Limit,
+        /// The allocation; for a rate, the key's id or the team's name.
         allocation: String,
-        /// The level with too little room.
-        level: Level,
+        /// The level (or rate) with too little room.
+        level: Limit,
         /// That level's name.
         name: String,
         /// The room it had, not counting leases held and unused.
@@ -115,7 +189,10 @@ pub enum LeaseRecord {
         id: u64,
         /// The team's tree.
         team: String,
-        /// The allocation.
+        /// What the lease is on: an allocation's budget unless it names a rate limit.
+        #[serde(default, skip_serializing_if = "Limit::is_allocation")]
+        on: Limit,
+        /// The allocation; for a rate, the key's id or the team's name.
         allocation: String,
         /// The lease's epoch.
         epoch: i64,
@@ -144,7 +221,9 @@ pub enum Folded {
     Granted {
         /// The replica granted to.
         replica: String,
-        /// The allocation.
+        /// What the lease is on.
+        on: Limit,
+        /// The allocation, key or team.
         allocation: String,
         /// The lease's epoch.
         epoch: i64,
@@ -160,7 +239,9 @@ pub enum Folded {
     Returned {
         /// The replica.
         replica: String,
-        /// The allocation.
+        /// What the lease is on.
+        on: Limit,
+        /// The allocation, key or team.
         allocation: String,
         /// The nanos counted back.
         nanos: u64,
@@ -184,8 +265,8 @@ struct Tree {
     last: String,
     /// Nanos granted less returned, by charged level and period.
     net: HashMap<Charge, u64>,
-    /// By replica, allocation and epoch.
-    held: HashMap<(String, String, i64), Held>,
+    /// By replica, what the lease is on, allocation (key or team) and epoch.
+    held: HashMap<(String, Limit, String, i64), Held>,
     /// A coordinator's own grants written and not yet read back, in the order written.
     ahead: VecDeque<Ahead>,
     /// The id of each replica's last return counted here.
@@ -226,7 +307,7 @@ impl Terms {
                 epoch = epoch.min(end.0);
             }
             let charge = Charge {
-                level,
+                level: level.into(),
                 name: allocation.level_name(level).to_string(),
                 period,
                 index,
@@ -238,6 +319,24 @@ impl Terms {
             limits,
             epoch,
         })
+    }
+
+    /// The terms of a lease on the per-minute rate limit `on` of `name` (a key's id or a
+    /// team's name, in `team`'s tree) at `now`: `per_minute` units in the minute holding `now`.
+    #[must_use]
+    pub fn rate(team: &str, on: Limit, name: &str, per_minute: u64, now: UnixMs) -> Terms {
+        let index = Period::Minute.index(now);
+        let charge = Charge {
+            level: on,
+            name: name.to_owned(),
+            period: Period::Minute,
+            index,
+        };
+        Terms {
+            team: team.to_owned(),
+            limits: vec![(charge, per_minute)],
+            epoch: Period::Minute.end(index).map_or(i64::MAX, |end| end.0),
+        }
     }
 }
 
@@ -267,7 +366,9 @@ pub struct AskFor<'a> {
     pub replica: &'a str,
     /// Its number for the ask.
     pub ask: u64,
-    /// The allocation.
+    /// What the lease is on.
+    pub on: Limit,
+    /// The allocation, key or team.
     pub allocation: &'a str,
     /// How much it would like.
     pub want_nanos: u64,
@@ -288,6 +389,7 @@ impl LeaseBook {
             LeaseRecord::Grant {
                 replica,
                 team,
+                on,
                 allocation,
                 grant,
                 follows,
@@ -321,7 +423,7 @@ impl LeaseBook {
                 }
                 let held = tree
                     .held
-                    .entry((replica.clone(), allocation.clone(), *epoch))
+                    .entry((replica.clone(), *on, allocation.clone(), *epoch))
                     .or_default();
                 for charge in charges {
                     if !held.charges.contains(charge) {
@@ -331,6 +433,7 @@ impl LeaseBook {
                 held.granted = held.granted.saturating_add(*nanos);
                 Folded::Granted {
                     replica: replica.clone(),
+                    on: *on,
                     allocation: allocation.clone(),
                     epoch: *epoch,
                     nanos: *nanos,
@@ -340,6 +443,7 @@ impl LeaseBook {
                 replica,
                 id,
                 team,
+                on,
                 allocation,
                 epoch,
                 nanos,
@@ -351,9 +455,9 @@ impl LeaseBook {
                     return Folded::Nothing;
                 }
                 *last = *id;
-                let Some(held) = tree
-                    .held
-                    .get_mut(&(replica.clone(), allocation.clone(), *epoch))
+                let Some(held) =
+                    tree.held
+                        .get_mut(&(replica.clone(), *on, allocation.clone(), *epoch))
                 else {
                     return Folded::Nothing;
                 };
@@ -366,6 +470,7 @@ impl LeaseBook {
                 }
                 Folded::Returned {
                     replica: replica.clone(),
+                    on: *on,
                     allocation: allocation.clone(),
                     nanos,
                 }
@@ -403,14 +508,14 @@ impl LeaseBook {
         }
         let nanos = ask.want_nanos.min(room);
         if nanos < ask.least_nanos.max(1) {
-            let (level, name) = tightest
-                .map_or((Level::Allocation, ask.allocation.to_owned()), |c| {
-                    (c.level, c.name.clone())
-                });
+            let (level, name) = tightest.map_or((ask.on, ask.allocation.to_owned()), |c| {
+                (c.level, c.name.clone())
+            });
             return Decision::Deny(LeaseRecord::Deny {
                 replica: ask.replica.to_owned(),
                 ask: ask.ask,
                 team: terms.team.clone(),
+                on: ask.on,
                 allocation: ask.allocation.to_owned(),
                 level,
                 name,
@@ -433,6 +538,7 @@ impl LeaseBook {
             replica: ask.replica.to_owned(),
             ask: ask.ask,
             team: terms.team.clone(),
+            on: ask.on,
             allocation: ask.allocation.to_owned(),
             grant,
             follows,
@@ -451,15 +557,15 @@ impl LeaseBook {
         }
     }
 
-    /// What `replica` holds of `allocation` for `epoch` as the fold counts it: granted less
-    /// returned.
+    /// What `replica` holds `on` `allocation` (key or team) for `epoch` as the fold counts it:
+    /// granted less returned.
     #[must_use]
-    pub fn held(&self, team: &str, replica: &str, allocation: &str, epoch: i64) -> u64 {
+    pub fn held(&self, team: &str, replica: &str, on: Limit, allocation: &str, epoch: i64) -> u64 {
         self.trees
             .get(team)
             .and_then(|t| {
                 t.held
-                    .get(&(replica.to_owned(), allocation.to_owned(), epoch))
+                    .get(&(replica.to_owned(), on, allocation.to_owned(), epoch))
             })
             .map_or(0, |h| h.granted.saturating_sub(h.returned))
     }
@@ -477,13 +583,25 @@ impl LeaseBook {
     /// Drops what the fold keeps for leases whose epoch ended before `before` and periods that
     /// ended before it: nothing can be granted or spent in them any more.
     pub fn forget_before(&mut self, before: UnixMs) {
+        self.forget(before, |_| true);
+    }
+
+    /// [`forget_before`](LeaseBook::forget_before) for rate limits' leases alone: their
+    /// minutes end far sooner than budgets' periods.
+    pub fn forget_rates_before(&mut self, before: UnixMs) {
+        self.forget(before, Limit::is_rate);
+    }
+
+    fn forget(&mut self, before: UnixMs, which: fn(Limit) -> bool) {
         for tree in self.trees.values_mut() {
-            tree.held.retain(|(_, _, epoch), _| *epoch >= before.0);
+            tree.held
+                .retain(|(_, on, _, epoch), _| !which(*on) || *epoch >= before.0);
             tree.net.retain(|charge, _| {
-                charge
-                    .period
-                    .end(charge.index)
-                    .is_none_or(|end| end >= before)
+                !which(charge.level)
+                    || charge
+                        .period
+                        .end(charge.index)
+                        .is_none_or(|end| end >= before)
             });
         }
     }
@@ -496,7 +614,7 @@ mod tests {
 
     fn charge(level: Level, name: &str) -> Charge {
         Charge {
-            level,
+            level: level.into(),
             name: name.to_owned(),
             period: Period::Total,
             index: 0,
@@ -518,6 +636,7 @@ mod tests {
         AskFor {
             replica,
             ask,
+            on: Limit::Allocation,
             allocation: "a",
             want_nanos: want,
             least_nanos: least,
@@ -543,7 +662,7 @@ mod tests {
         else {
             panic!("the team's 800 are granted");
         };
-        assert_eq!((level, room_nanos), (Level::Team, 0));
+        assert_eq!((level, room_nanos), (Limit::Team, 0));
         assert!(matches!(
             book.apply(&first),
             Folded::Granted { nanos: 600, .. }
@@ -558,6 +677,7 @@ mod tests {
             replica: "r1".into(),
             id: 1,
             team: "t".into(),
+            on: Limit::Allocation,
             allocation: "a".into(),
             epoch: i64::MAX,
             nanos: 5_000,
@@ -568,7 +688,7 @@ mod tests {
         ));
         // The same return written again (a write not acknowledged that had landed) counts once.
         assert_eq!(book.apply(&back), Folded::Nothing);
-        assert_eq!(book.held("t", "r1", "a", i64::MAX), 0);
+        assert_eq!(book.held("t", "r1", Limit::Allocation, "a", i64::MAX), 0);
         let third = granted(book.propose(&ask("r3", 2, 600, 10), &terms(1_000, 800), "c"));
         assert!(matches!(
             book.apply(&third),
@@ -627,6 +747,27 @@ mod tests {
         assert_eq!(lease.try_reserve(2_000, 1, 1), Err(0));
     }
 
+    #[test]
+    fn what_a_replica_credits_itself_failing_open_is_spent_first_never_returned() {
+        let lease = LeaseCell::new();
+        lease.grant(1_000, 100);
+        lease.open(1_000, 50);
+        let snapshot = lease.snapshot();
+        assert_eq!((snapshot.available, snapshot.granted_total), (150, 100));
+        assert_eq!(snapshot.opened_total, 50);
+        let hold = lease.try_reserve(10, 30, 30).unwrap();
+        lease.settle(hold, 30);
+        // 120 left: the 50 credited go first and nowhere, the other 70 go back.
+        assert_eq!(lease.take_unused(UnixMs(20), 0), Some((1_000, 70)));
+        lease.open(1_000, 40);
+        lease.grant(2_000, 10);
+        // The next epoch's grant replaced a lease of only credited nanos: nothing to return.
+        assert_eq!(lease.take_ended(), vec![]);
+        // A credit for an epoch already replaced is not taken.
+        lease.open(1_000, 40);
+        assert_eq!(lease.snapshot().available, 10);
+    }
+
     proptest::proptest! {
         /// Two coordinators propose from views of the log that lag it by any amount, their
         /// grants and the replicas' returns land in any order; whatever the log's order, the
@@ -664,12 +805,13 @@ mod tests {
                             truth.apply(record);
                         }
                         truth_read = log.len();
-                        truth.held("t", replica, "a", i64::MAX)
+                        truth.held("t", replica, Limit::Allocation, "a", i64::MAX)
                     };
                     log.push(LeaseRecord::Return {
                         replica: replica.into(),
                         id: asks,
                         team: "t".into(),
+                        on: Limit::Allocation,
                         allocation: "a".into(),
                         epoch: i64::MAX,
                         nanos: held / 2,

@@ -45,6 +45,15 @@ pub struct LeaseCell {
     word: AtomicU128,
     granted_total: AtomicU64,
     returned_total: AtomicU64,
+    /// Nanos taken back because their epoch had ended, ever.
+    expired_total: AtomicU64,
+    /// Nanos this replica credited itself, cut off from every coordinator (`leases.fail_open`),
+    /// ever.
+    opened_total: AtomicU64,
+    /// Of the current epoch's nanos, those this replica credited itself and no coordinator
+    /// granted: taken out first when nanos are taken to return, so a return never gives back
+    /// what was not granted.
+    unbacked: AtomicU64,
     /// The largest hold asked for (its most): what a lease should be able to serve at once.
     ask_largest: AtomicU64,
     /// The smallest least that found too little here since the lease task last looked
@@ -73,6 +82,10 @@ pub struct LeaseSnapshot {
     pub granted_total: u64,
     /// Nanos returned by it, ever.
     pub returned_total: u64,
+    /// Of those, nanos returned because their epoch had ended.
+    pub expired_total: u64,
+    /// Nanos it credited itself, cut off from every coordinator, ever (`leases.fail_open`).
+    pub opened_total: u64,
     /// Nanos the whole cluster holds at the allocation's level (spent, in flight and unused),
     /// as the replica's fold last counted them.
     pub cluster_nanos: u64,
@@ -92,6 +105,9 @@ impl LeaseCell {
             word: AtomicU128::new(pack(0, 0)),
             granted_total: AtomicU64::new(0),
             returned_total: AtomicU64::new(0),
+            expired_total: AtomicU64::new(0),
+            opened_total: AtomicU64::new(0),
+            unbacked: AtomicU64::new(0),
             ask_largest: AtomicU64::new(0),
             short: AtomicU64::new(u64::MAX),
             scarce: AtomicU64::new(0),
@@ -105,9 +121,7 @@ impl LeaseCell {
     /// what is available when that is less than `least` or the epoch is over (the lease task
     /// is told, and asks for more).
     pub(crate) fn try_reserve(&self, at_ms: i64, least: u64, most: u64) -> Result<Hold, i64> {
-        if self.used_at.load(ORDER) < at_ms.saturating_sub(USED_AT_RESOLUTION_MS) {
-            self.used_at.store(at_ms, ORDER);
-        }
+        self.touch(at_ms);
         if most > self.ask_largest.load(ORDER) {
             self.ask_largest.fetch_max(most, ORDER);
         }
@@ -170,13 +184,13 @@ impl LeaseCell {
     }
 
     /// Spends `amount` with no hold (usage booked as a fact): taken from the lease, below zero
-    /// if need be, while the epoch is `at_ms`'s.
-    pub(crate) fn spend(&self, at_ms: i64, amount: u64) {
+    /// if need be, while the epoch is `at_ms`'s; whether it was.
+    pub(crate) fn spend(&self, at_ms: i64, amount: u64) -> bool {
         loop {
             let word = self.word.load(ORDER);
             let (epoch, available) = unpack(word);
             if at_ms >= epoch {
-                return;
+                return false;
             }
             let next = available.saturating_sub(signed(amount));
             if self
@@ -184,7 +198,7 @@ impl LeaseCell {
                 .compare_exchange(word, pack(epoch, next), ORDER, ORDER)
                 .is_ok()
             {
-                return;
+                return true;
             }
         }
     }
@@ -201,13 +215,19 @@ impl LeaseCell {
     /// replaces it (its remainder is kept to return); one for an earlier epoch is kept to
     /// return at once.
     pub fn grant(&self, epoch: i64, nanos: u64) {
+        self.grant_replacing(epoch, nanos);
+    }
+
+    /// [`grant`](LeaseCell::grant), telling what was available in the lease a later epoch's
+    /// grant replaced (below zero where calls spent past it).
+    pub(crate) fn grant_replacing(&self, epoch: i64, nanos: u64) -> Option<i64> {
         self.granted_total.fetch_add(nanos, ORDER);
         loop {
             let word = self.word.load(ORDER);
             let (current, available) = unpack(word);
             if epoch < current {
                 self.end(epoch, nanos);
-                return;
+                return None;
             }
             let next = if epoch == current {
                 pack(epoch, available.saturating_add(signed(nanos)))
@@ -215,12 +235,37 @@ impl LeaseCell {
                 pack(epoch, signed(nanos))
             };
             if self.word.compare_exchange(word, next, ORDER, ORDER).is_ok() {
-                if epoch > current && available > 0 {
-                    self.end(current, available.unsigned_abs());
+                if epoch > current {
+                    let unbacked = self.unbacked.swap(0, ORDER);
+                    let granted = available.max(0).unsigned_abs().saturating_sub(unbacked);
+                    if granted > 0 {
+                        self.end(current, granted);
+                    }
                 }
-                return;
+                return (epoch > current).then_some(available);
             }
         }
+    }
+
+    /// Remembers that a call used the lease at `at_ms` (to [`USED_AT_RESOLUTION_MS`]).
+    fn touch(&self, at_ms: i64) {
+        if self.used_at.load(ORDER) < at_ms.saturating_sub(USED_AT_RESOLUTION_MS) {
+            self.used_at.store(at_ms, ORDER);
+        }
+    }
+
+    /// Whether the lease has at least `least` for a call at `at_ms`; when it has not, `least`
+    /// is remembered as [`take_short`](LeaseCell::take_short) tells, as a refused hold is.
+    pub(crate) fn covers(&self, at_ms: i64, least: u64) -> bool {
+        self.touch(at_ms);
+        let (epoch, available) = unpack(self.word.load(ORDER));
+        if at_ms < epoch && available >= signed(least) {
+            return true;
+        }
+        if least < self.short.load(ORDER) {
+            self.short.fetch_min(least, ORDER);
+        }
+        false
     }
 
     /// Takes what is available beyond `keep` out of the lease, to be returned: the epoch and
@@ -239,9 +284,39 @@ impl LeaseCell {
                 .compare_exchange(word, pack(epoch, keep), ORDER, ORDER)
                 .is_ok()
             {
-                return Some((epoch, (available - keep).unsigned_abs()));
+                let taken = (available - keep).unsigned_abs();
+                // What this replica credited itself goes first, and nowhere: it was never
+                // granted.
+                let unbacked = self
+                    .unbacked
+                    .fetch_update(ORDER, ORDER, |u| Some(u.saturating_sub(taken)))
+                    .unwrap_or(0);
+                let granted = taken.saturating_sub(unbacked);
+                return (granted > 0).then_some((epoch, granted));
             }
         }
+    }
+
+    /// Credits `nanos` for `epoch` that no coordinator granted: a replica cut off from every
+    /// coordinator failing open (`leases.fail_open`). Spent like a grant, never returned.
+    pub fn open(&self, epoch: i64, nanos: u64) {
+        if epoch < self.snapshot().epoch {
+            // A later grant came meanwhile: the replica is not cut off.
+            return;
+        }
+        self.opened_total.fetch_add(nanos, ORDER);
+        // Granted at no cost, then counted as this replica's own: the grant's total is the
+        // coordinators' alone.
+        self.grant_replacing(epoch, nanos);
+        self.granted_total.fetch_sub(nanos, ORDER);
+        if self.snapshot().epoch == epoch {
+            self.unbacked.fetch_add(nanos, ORDER);
+        }
+    }
+
+    /// Counts nanos taken back because their epoch had ended.
+    pub fn expired(&self, nanos: u64) {
+        self.expired_total.fetch_add(nanos, ORDER);
     }
 
     /// The nanos of epochs that are over, to return, by epoch; emptied.
@@ -300,6 +375,8 @@ impl LeaseCell {
             available,
             granted_total: self.granted_total.load(ORDER),
             returned_total: self.returned_total.load(ORDER),
+            expired_total: self.expired_total.load(ORDER),
+            opened_total: self.opened_total.load(ORDER),
             cluster_nanos: self.cluster_nanos.load(ORDER),
         }
     }

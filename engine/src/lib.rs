@@ -24,6 +24,7 @@ mod lease_cell;
 pub mod ledger;
 pub mod limits;
 pub mod money;
+mod rate_slice;
 pub mod ratecard;
 pub mod ratelimit;
 pub mod reservation;

@@ -679,7 +679,7 @@ mod tests {
                 match op {
                     0 => {
                         let terms = Terms::of(a, JAN_15).unwrap();
-                        let asked = AskFor { replica: names[who], ask: n as u64, allocation: "alloc", want_nanos: amount, least_nanos: 1 };
+                        let asked = AskFor { replica: names[who], ask: n as u64, on: crate::lease::Limit::Allocation, allocation: "alloc", want_nanos: amount, least_nanos: 1 };
                         if let Decision::Grant(record) = book.propose(&asked, &terms, "c")
                             && let crate::lease::Folded::Granted { epoch, nanos, .. } =
                                 book.apply(&record)
@@ -690,7 +690,7 @@ mod tests {
                     1 => {
                         if let Some((epoch, nanos)) = lease.take_unused(JAN_15, amount) {
                             book.apply(&crate::lease::LeaseRecord::Return {
-                                replica: names[who].into(), id: n as u64 + 1, team: "team".into(), allocation: "alloc".into(), epoch, nanos,
+                                replica: names[who].into(), id: n as u64 + 1, team: "team".into(), on: crate::lease::Limit::Allocation, allocation: "alloc".into(), epoch, nanos,
                             });
                         }
                     }

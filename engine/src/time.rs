@@ -17,6 +17,9 @@ pub struct UnixMs(pub i64);
 /// Milliseconds in a UTC day (UTC has no leap seconds in Unix time).
 pub const MS_PER_DAY: i64 = 86_400_000;
 
+/// Milliseconds in a minute.
+pub const MS_PER_MINUTE: i64 = 60_000;
+
 impl UnixMs {
     /// The instant `ms` milliseconds later, saturating.
     #[must_use]
@@ -204,6 +207,9 @@ pub enum Period {
     Month,
     /// Never resets.
     Total,
+    /// Each UTC minute: the window of a per-minute rate limit's lease, never a budget's
+    /// period (the config and the admin API refuse it there).
+    Minute,
 }
 
 impl Period {
@@ -221,6 +227,7 @@ impl Period {
                 year * 12 + i64::from(month) - 1
             }
             Period::Total => 0,
+            Period::Minute => t.0.div_euclid(MS_PER_MINUTE),
         }
     }
 
@@ -236,6 +243,7 @@ impl Period {
                 days_from_civil(year, month, 1)?
             }
             Period::Total => return None,
+            Period::Minute => return index.checked_mul(MS_PER_MINUTE).map(UnixMs),
         };
         day.checked_mul(MS_PER_DAY).map(UnixMs)
     }
@@ -255,6 +263,7 @@ impl Period {
             Period::Week => "week",
             Period::Month => "month",
             Period::Total => "total",
+            Period::Minute => "minute",
         }
     }
 }
@@ -331,7 +340,13 @@ mod tests {
         let _ = UnixMs(i64::MAX).to_string();
         let _ = UnixMs(i64::MIN).to_string();
         for t in [i64::MIN, -1, 0, i64::MAX] {
-            for p in [Period::Day, Period::Week, Period::Month, Period::Total] {
+            for p in [
+                Period::Day,
+                Period::Week,
+                Period::Month,
+                Period::Total,
+                Period::Minute,
+            ] {
                 let _ = p.end(p.index(UnixMs(t)));
             }
         }
@@ -394,6 +409,9 @@ mod tests {
             Some(civil(2026, 1, 1, 0))
         );
         assert_eq!(Period::Total.end(Period::Total.index(t)), None);
+        let minute = Period::Minute.index(UnixMs(t.0 + 59_999));
+        assert_eq!(Period::Minute.start(minute), Some(t));
+        assert_eq!(Period::Minute.end(minute), Some(UnixMs(t.0 + 60_000)));
         // The last millisecond of a month is still in it.
         let last = civil(2026, 12, 1, 0).plus_ms(-1);
         assert_eq!(

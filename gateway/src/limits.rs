@@ -246,6 +246,14 @@ pub const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the lease task looks at every lease: to ask ahead of need, return what is idle.
 pub const LEASE_TICK: Duration = Duration::from_millis(20);
 
+/// How often a call waiting for its replica's slice of a shared rate limit looks again (the
+/// wait itself is bounded by `leases.ask_timeout_ms`).
+pub const RATE_SLICE_POLL: Duration = Duration::from_millis(5);
+
+/// How long after its minute ends the lease fold forgets a rate limit's slices: nothing can be
+/// granted or spent in a minute that is over.
+pub const RATE_SLICE_FORGET_AFTER: Duration = Duration::from_secs(120);
+
 /// How long a replica waits for the lease log to be read to its end before it serves.
 pub const LEASE_CATCH_UP_MAX: Duration = Duration::from_secs(30);
 

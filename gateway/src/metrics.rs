@@ -127,6 +127,12 @@ pub enum Counter {
     LeaseGrantsWritten,
     /// Denials this replica wrote as a coordinator.
     LeaseDenialsWritten,
+    /// Units (requests or tokens) of shared rate limits granted to this replica.
+    RateSliceGranted,
+    /// Units of shared rate limits this replica gave back (idle, recalled, or at its stop).
+    RateSliceReturned,
+    /// Calls that waited for a grant of their replica's slice of a shared rate limit.
+    RateSliceWaited,
     /// Calls that waited in line for budget held by calls in flight.
     BudgetWaited,
     /// Calls refused with `429 budget_busy` (their wait ran out, or the lines were full).
@@ -151,7 +157,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 35] = [
+const COUNTERS: [(Counter, &str, &str); 38] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -276,6 +282,21 @@ const COUNTERS: [(Counter, &str, &str); 35] = [
         Counter::LeaseDenialsWritten,
         "tollgate_lease_denials_written_total",
         "Denials this replica wrote as a coordinator.",
+    ),
+    (
+        Counter::RateSliceGranted,
+        "tollgate_rate_slice_granted_total",
+        "Requests or tokens of shared rate limits granted to this replica.",
+    ),
+    (
+        Counter::RateSliceReturned,
+        "tollgate_rate_slice_returned_total",
+        "Requests or tokens of shared rate limits this replica gave back.",
+    ),
+    (
+        Counter::RateSliceWaited,
+        "tollgate_rate_slice_waited_total",
+        "Calls that waited for a grant of this replica's slice of a shared rate limit.",
     ),
     (
         Counter::BudgetWaited,

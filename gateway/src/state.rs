@@ -14,7 +14,10 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
+use std::num::NonZeroU32;
 use tokio::sync::Semaphore;
+
+use tollgate_engine::lease::{Limit, RateSlice};
 use tollgate_engine::{
     AllocationSpec, Directory, EventId, Gcra, KeyId, KeyStore, ModelRef, RateCard, UnixMs,
     VirtualKey,
@@ -34,21 +37,71 @@ use crate::routing::Router;
 /// Requests- and tokens-per-minute limits of one key or team.
 #[derive(Debug)]
 pub struct Rates {
-    /// Requests per minute, taken at admission.
+    /// Requests per minute, taken at admission (this replica's own, without `[leases]`).
     pub requests: Option<Gcra>,
-    /// Tokens per minute, charged after each call.
+    /// Tokens per minute, charged after each call (this replica's own, without `[leases]`).
     pub tokens: Option<Gcra>,
+    /// With `[leases]`, this replica's slice of the requests the replicas share.
+    pub shared_requests: Option<SharedRate>,
+    /// With `[leases]`, this replica's slice of the tokens the replicas share.
+    pub shared_tokens: Option<SharedRate>,
+}
+
+/// This replica's slice of a per-minute limit that every replica shares (`[leases]`): what the
+/// lease task asks for, and the slice calls are admitted within.
+#[derive(Debug)]
+pub struct SharedRate {
+    /// Which limit: a key's or a team's, requests or tokens.
+    pub on: Limit,
+    /// The key's id or the team's name.
+    pub name: Arc<str>,
+    /// The team whose lease tree holds it.
+    pub team: Arc<str>,
+    /// The slice.
+    pub slice: RateSlice,
+}
+
+/// Whose limits a [`Rates`] holds, for the slices it shares with the other replicas.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    /// The key's requests and tokens limits, or the team's.
+    on: (Limit, Limit),
+    name: &'a str,
+    team: &'a str,
 }
 
 impl Rates {
-    fn new(config: RateConfig) -> Option<Rates> {
+    fn new(config: RateConfig, shared: Option<Owner<'_>>) -> Option<Rates> {
         if config == RateConfig::default() {
             return None;
         }
+        let share = |limit: Option<NonZeroU32>, on: fn(&Owner<'_>) -> Limit| {
+            let owner = shared?;
+            limit.map(|_| SharedRate {
+                on: on(&owner),
+                name: Arc::from(owner.name),
+                team: Arc::from(owner.team),
+                slice: RateSlice::new(),
+            })
+        };
+        // Shared, a limit is the cluster's by the minute, and no replica keeps one of its own:
+        // a local limiter would also count the calls the shared one refused.
+        let local = |limit: Option<NonZeroU32>| limit.filter(|_| shared.is_none());
         Some(Rates {
-            requests: config.requests_per_minute.map(Gcra::per_minute),
-            tokens: config.tokens_per_minute.map(Gcra::per_minute),
+            requests: local(config.requests_per_minute).map(Gcra::per_minute),
+            tokens: local(config.tokens_per_minute).map(Gcra::per_minute),
+            shared_requests: share(config.requests_per_minute, |o| o.on.0),
+            shared_tokens: share(config.tokens_per_minute, |o| o.on.1),
         })
+    }
+
+    /// The shared slice of `on`, if it is one of these.
+    #[must_use]
+    pub fn shared(&self, on: Limit) -> Option<&SharedRate> {
+        [&self.shared_requests, &self.shared_tokens]
+            .into_iter()
+            .flatten()
+            .find(|s| s.on == on)
     }
 }
 
@@ -87,7 +140,7 @@ pub struct Gateway {
     /// one line a second.
     pub unauthenticated: Sampled,
     key_rates: DashMap<KeyId, Arc<Rates>>,
-    team_rates: HashMap<Arc<str>, Rates>,
+    team_rates: HashMap<Arc<str>, Arc<Rates>>,
     epoch: Instant,
     sequence: AtomicU64,
 }
@@ -129,10 +182,21 @@ impl Gateway {
             let made = Provider::new(provider.clone(), config.routing.breaker, env)?;
             providers.insert(provider.name.clone(), Arc::new(made));
         }
+        let leased = config.leases.is_some();
         let team_rates = config
             .teams
             .iter()
-            .filter_map(|t| Some((Arc::from(t.name.as_str()), Rates::new(t.rate)?)))
+            .filter_map(|t| {
+                let owner = leased.then_some(Owner {
+                    on: (Limit::TeamRequests, Limit::TeamTokens),
+                    name: &t.name,
+                    team: &t.name,
+                });
+                Some((
+                    Arc::from(t.name.as_str()),
+                    Arc::new(Rates::new(t.rate, owner)?),
+                ))
+            })
             .collect();
         Ok(Gateway {
             directory,
@@ -174,7 +238,13 @@ impl Gateway {
         if let Some(rates) = self.key_rates.get(&key.id()) {
             return Some(Arc::clone(&rates));
         }
-        let rates = Arc::new(Rates::new(config)?);
+        let id = key.id().to_string();
+        let owner = self.config.leases.is_some().then_some(Owner {
+            on: (Limit::KeyRequests, Limit::KeyTokens),
+            name: &id,
+            team: &key.allocation.project.team.name,
+        });
+        let rates = Arc::new(Rates::new(config, owner)?);
         Some(Arc::clone(
             self.key_rates.entry(key.id()).or_insert(rates).value(),
         ))
@@ -195,7 +265,72 @@ impl Gateway {
     /// The shared limits of `team`, if it has any.
     #[must_use]
     pub fn team_rates(&self, team: &str) -> Option<&Rates> {
-        self.team_rates.get(team)
+        self.team_rates.get(team).map(Arc::as_ref)
+    }
+
+    /// Every key's and team's limits that have a slice shared with the other replicas.
+    #[must_use]
+    pub fn shared_rates(&self) -> Vec<Arc<Rates>> {
+        let shared = |r: &Arc<Rates>| r.shared_requests.is_some() || r.shared_tokens.is_some();
+        let mut all: Vec<Arc<Rates>> = self
+            .team_rates
+            .values()
+            .filter(|r| shared(r))
+            .cloned()
+            .collect();
+        all.extend(
+            self.key_rates
+                .iter()
+                .filter(|r| shared(r.value()))
+                .map(|r| Arc::clone(r.value())),
+        );
+        all
+    }
+
+    /// The limits `on` of `name` (a key's id or a team's name) are kept in, if kept here.
+    #[must_use]
+    pub fn rates_of(&self, on: Limit, name: &str) -> Option<Arc<Rates>> {
+        match on {
+            Limit::KeyRequests | Limit::KeyTokens => {
+                let id = KeyId::parse(name).ok()?;
+                self.key_rates.get(&id).map(|r| Arc::clone(r.value()))
+            }
+            Limit::TeamRequests | Limit::TeamTokens => self.team_rates.get(name).cloned(),
+            Limit::Allocation | Limit::Project | Limit::Team => None,
+        }
+    }
+
+    /// The team and the per-minute allowance of the rate limit `on` of `name` (a key's id or a
+    /// team's name), as the config and the key store say: what a coordinator grants within.
+    #[must_use]
+    pub fn allowance(&self, on: Limit, name: &str) -> Option<(Arc<str>, u64)> {
+        let per_minute = |limits: RateConfig, tokens: bool| {
+            if tokens {
+                limits.tokens_per_minute
+            } else {
+                limits.requests_per_minute
+            }
+            .map(|n| u64::from(n.get()))
+        };
+        match on {
+            Limit::KeyRequests | Limit::KeyTokens => {
+                let key = self.keys.get(KeyId::parse(name).ok()?)?;
+                let limits = RateConfig {
+                    requests_per_minute: key.limits.requests_per_minute,
+                    tokens_per_minute: key.limits.tokens_per_minute,
+                };
+                let team = Arc::clone(&key.allocation.project.team.name);
+                Some((team, per_minute(limits, on == Limit::KeyTokens)?))
+            }
+            Limit::TeamRequests | Limit::TeamTokens => {
+                let team = self.config.teams.iter().find(|t| t.name == name)?;
+                Some((
+                    Arc::from(name),
+                    per_minute(team.rate, on == Limit::TeamTokens)?,
+                ))
+            }
+            Limit::Allocation | Limit::Project | Limit::Team => None,
+        }
     }
 
     /// A fresh UUIDv7 event id: the time, and bits of [`draw`](Gateway::draw) (an id must be

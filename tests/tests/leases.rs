@@ -11,13 +11,18 @@
 //! - every broker killed: each replica spends at most the leases it held, then refuses; once
 //!   the brokers are back it serves again, and when its calls stop its unused leases come back
 //!   (the cluster's lease equals the spend to the nano).
+//! - shared rate limits: clients of a key with a requests-per-minute limit, of a key in a team
+//!   with one, and of a key with a tokens-per-minute limit, spread over the three replicas, in
+//!   two minutes: each minute the cluster admits at most the key's and the team's requests (and
+//!   nearly all of them), and at most the key's tokens plus what the calls in flight used. A
+//!   replica on its own would admit three times as much.
 //! - kill -9 of every replica and coordinator at once, then all started again: a key revoked
 //!   before is refused everywhere, the spent allocations stay spent, and leases are granted
 //!   again on a fresh one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tollgate_tests::http::post_json;
@@ -42,8 +47,18 @@ fn section(brokers: &str, coordinate: bool) -> String {
     )
 }
 
+/// The shared rate limits: a key's requests, a team's requests, a key's tokens (per minute).
+const KEY_RPM: u64 = 30;
+const TEAM_RPM: u64 = 45;
+const KEY_TPM: u64 = 3_000;
+
 fn org() -> String {
     let mut org = ORG.to_owned();
+    org.push_str(&format!(
+        "\n[[team]]\nname = \"rated\"\norg = \"acme\"\nrequests_per_minute = {TEAM_RPM}\n\
+         \n[[project]]\nname = \"rated-work\"\nteam = \"rated\"\n\
+         \n[[allocation]]\nname = \"rated\"\nproject = \"rated-work\"\n"
+    ));
     for name in ["race", "failover", "outage", "after"] {
         org.push_str(&format!(
             "\n[[allocation]]\nname = \"{name}\"\nproject = \"chatbot\"\nbudget = {{ limit = \"{LIMIT}\", period = \"total\" }}\n"
@@ -165,6 +180,189 @@ fn race(
         });
     });
     seen
+}
+
+/// What one key's clients saw in a burst.
+#[derive(Debug, Default)]
+struct Rated {
+    served: AtomicU64,
+    tokens: AtomicU64,
+    limited: AtomicU64,
+}
+
+/// Milliseconds into the current UTC minute.
+fn into_minute_ms() -> u64 {
+    (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000) as u64
+}
+
+/// Sleeps until `ms` into the next minute.
+fn until_next_minute(ms: u64) {
+    std::thread::sleep(Duration::from_millis(60_000 - into_minute_ms() + ms));
+}
+
+/// Eight clients per key over the three replicas, each calling until `ms_into_minute` of the
+/// minute they started in; what each key's clients were served, and refused with 429.
+fn rate_burst(replicas: &[Stack], keys: &[&str], ms_into_minute: u64) -> Vec<Rated> {
+    let seen: Vec<Rated> = keys.iter().map(|_| Rated::default()).collect();
+    let small = json!({"model": "openai/gpt-4o-mini", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi there"}]});
+    assert!(
+        into_minute_ms() < ms_into_minute,
+        "the burst starts in its minute"
+    );
+    std::thread::scope(|scope| {
+        for (k, key) in keys.iter().enumerate() {
+            for client in 0..8 {
+                let (seen, small) = (&seen[k], &small);
+                let address = replicas[client % replicas.len()].address();
+                scope.spawn(move || {
+                    while into_minute_ms() < ms_into_minute {
+                        let answer = post_json(address, "/v1/chat/completions", key, small);
+                        match answer.status {
+                            200 => {
+                                let usage = &answer.json()["usage"];
+                                let tokens = usage["prompt_tokens"].as_u64().unwrap()
+                                    + usage["completion_tokens"].as_u64().unwrap();
+                                seen.served.fetch_add(1, Ordering::Relaxed);
+                                seen.tokens.fetch_add(tokens, Ordering::Relaxed);
+                            }
+                            429 => {
+                                assert_eq!(
+                                    answer.json()["error"]["code"],
+                                    "rate_limit_exceeded",
+                                    "{}",
+                                    answer.text()
+                                );
+                                assert!(answer.header("retry-after").is_some());
+                                seen.limited.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(25));
+                            }
+                            other => panic!("unexpected {other}: {}", answer.text()),
+                        }
+                    }
+                });
+            }
+        }
+    });
+    seen
+}
+
+/// Two bursts, each inside one minute (the second in the next): the cluster admits within the
+/// shared limits each minute, and nearly all of what they allow.
+fn shared_rate_limits(serving: &[Stack]) {
+    let (key_limited, one) = serving[0].create_key(
+        "rated",
+        json!({"requests_per_minute": KEY_RPM, "agent": "one"}),
+    );
+    let (team_limited, two) = serving[0].create_key("rated", json!({"agent": "two"}));
+    let (token_limited, three) =
+        serving[0].create_key("open", json!({"tokens_per_minute": KEY_TPM}));
+    let keys = [
+        key_limited.as_str(),
+        team_limited.as_str(),
+        token_limited.as_str(),
+    ];
+    // The keys travel the control topic: each replica lists them before a call is made, so
+    // every call counted is one of the bursts'.
+    for replica in serving {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !{
+            let listed = replica.admin("GET", "/admin/v1/keys", None).text();
+            [&one, &two, &three]
+                .iter()
+                .all(|id| listed.contains(id.as_str()))
+        } {
+            assert!(
+                Instant::now() < deadline,
+                "the keys reached {}",
+                replica.address()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Each burst ends 2 s before its minute does: a call's wait for its slice (at most the
+    // ask timeout, 1 s) ends in the minute it started in.
+    if into_minute_ms() > 40_000 {
+        until_next_minute(500);
+    }
+    let mut tokens_before = 0;
+    for burst in 0..2 {
+        let started_at = into_minute_ms();
+        let seen = rate_burst(serving, &keys, 58_000.min(started_at + 15_000));
+        let [key, team, tokens] = [0, 1, 2].map(|k| {
+            (
+                seen[k].served.load(Ordering::Relaxed),
+                seen[k].limited.load(Ordering::Relaxed),
+                seen[k].tokens.load(Ordering::Relaxed),
+            )
+        });
+        eprintln!(
+            "leases: shared rate limits, minute {burst} (from {started_at} ms): key {KEY_RPM} rpm \
+             admitted {} ({} refused), team {TEAM_RPM} rpm admitted {} ({} refused), key \
+             {KEY_TPM} tpm admitted {} tokens in {} calls ({} refused)",
+            key.0,
+            key.1,
+            key.0 + team.0,
+            key.1 + team.1,
+            tokens.2,
+            tokens.0,
+            tokens.1
+        );
+        assert!(
+            key.0 <= KEY_RPM,
+            "{} requests of a {KEY_RPM} rpm key",
+            key.0
+        );
+        assert!(
+            key.0 + team.0 <= TEAM_RPM,
+            "{} requests of a {TEAM_RPM} rpm team",
+            key.0 + team.0
+        );
+        // Nearly all of a minute's allowance is used: the last units go where calls wait.
+        assert!(
+            key.0 + team.0 >= TEAM_RPM * 9 / 10,
+            "only {} of the team's {TEAM_RPM} requests admitted",
+            key.0 + team.0
+        );
+        assert!(key.1 + team.1 > 0, "calls past the limits were refused");
+        // Tokens are charged after a call: a minute may pass the limit by what its calls in
+        // flight when it ran out used (eight clients' calls at most), and the next minute
+        // pays it back, so two minutes together stay within two allowances and that margin.
+        let per_call = tokens.2 / tokens.0.max(1);
+        let in_flight = 8 * per_call;
+        assert!(
+            tokens.2 <= KEY_TPM + in_flight,
+            "{} tokens of a {KEY_TPM} tpm key (calls in flight: {in_flight})",
+            tokens.2
+        );
+        assert!(
+            tokens_before + tokens.2 <= (burst + 1) * KEY_TPM + in_flight,
+            "{} tokens in {} minutes of a {KEY_TPM} tpm key",
+            tokens_before + tokens.2,
+            burst + 1
+        );
+        assert!(
+            tokens.2 + in_flight >= KEY_TPM * 8 / 10 || burst == 1,
+            "only {} of the key's {KEY_TPM} tokens admitted",
+            tokens.2
+        );
+        tokens_before += tokens.2;
+        if burst == 0 {
+            until_next_minute(500);
+        }
+    }
+    let granted: u64 = serving
+        .iter()
+        .map(|r| r.metric("tollgate_rate_slice_granted_total"))
+        .sum();
+    assert!(
+        granted > 0,
+        "the replicas were granted slices of the limits"
+    );
 }
 
 fn spent_in_events(replicas: &[&Stack], allocation: &str) -> u64 {
@@ -304,6 +502,8 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
         .map(|c| c.metric("tollgate_lease_grants_written_total"))
         .sum();
     assert!(grants > 0, "the coordinators granted");
+
+    shared_rate_limits(&serving);
 
     // The failover: the coordinator owning the tree is killed mid-run; the other takes over.
     let owner = coordinators

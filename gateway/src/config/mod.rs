@@ -1169,6 +1169,14 @@ fn budget(raw: &Spanned<RawBudget>, field: &str, source: &Source<'_>) -> Result<
             "must be between 1 and 100",
         ));
     }
+    if period == Period::Minute {
+        return Err(source.error(
+            &format!("{field}.period"),
+            raw.span(),
+            "must be day, week, month or total (a per-minute limit is `requests_per_minute` or \
+             `tokens_per_minute`)",
+        ));
+    }
     Ok(BudgetSpec {
         limit,
         period,
@@ -1964,6 +1972,11 @@ candidates = [{ model = "openai/gpt-4o-mini" }, { model = "openai/gpt-4o" }]
                 ("soft_limit_percent = 90", "soft_limit_percent = 0"),
                 "tollgate.toml:32:",
                 "allocation[0].budget.soft_limit_percent",
+            ),
+            (
+                ("period = \"month\" }", "period = \"minute\" }"),
+                "tollgate.toml:20:",
+                "team[0].budget.period",
             ),
             (
                 ("org = \"acme\"", "org = \"acme\"\nbogus = 1"),

@@ -156,6 +156,11 @@ pub fn allocation_request(body: &[u8]) -> Result<AllocationRequest, Failure> {
             "`soft_limit_percent` must be between 1 and 100".into(),
         ));
     }
+    if budget.period == Some(Period::Minute) {
+        return Err(Failure::BadRequest(
+            "a budget's `period` must be day, week, month or total".into(),
+        ));
+    }
     let record = Record::CreateAllocation {
         name: request.name.clone(),
         project: request.project.clone(),

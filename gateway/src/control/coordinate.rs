@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tollgate_engine::lease::{AskFor, Decision, LeaseBook, LeaseRecord, Terms};
-use tollgate_engine::{Level, UnixMs};
+use tollgate_engine::UnixMs;
+use tollgate_engine::lease::{AskFor, Decision, LeaseBook, LeaseRecord, Limit, Terms};
 use tollgate_sink::leases::{LeaseMember, LeaseWriter, MemberEvent, Ownership};
 
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::config::LeasesConfig;
 use crate::control::leases::{LeaseStartError, decode, encode};
+use crate::limits::RATE_SLICE_FORGET_AFTER;
 use crate::metrics::Counter;
 use crate::operator::report;
 use crate::state::Gateway;
@@ -154,9 +155,12 @@ impl Coordinator {
         }
         if self.forgot_at.elapsed() >= Duration::from_secs(60) {
             self.forgot_at = Instant::now();
-            let before = UnixMs(now_ms().0.saturating_sub(FORGET_AFTER_MS));
+            let now = now_ms();
+            let before = UnixMs(now.0.saturating_sub(FORGET_AFTER_MS));
+            let minutes_before = UnixMs(now.0.saturating_sub(millis(RATE_SLICE_FORGET_AFTER)));
             for owned in self.owned.values_mut() {
                 owned.book.forget_before(before);
+                owned.book.forget_rates_before(minutes_before);
             }
         }
     }
@@ -257,6 +261,7 @@ impl Coordinator {
             replica,
             ask: n,
             team,
+            on,
             allocation,
             want_nanos,
             least_nanos,
@@ -264,27 +269,21 @@ impl Coordinator {
         else {
             return;
         };
-        let now = now_ms();
-        let terms = match self.gateway.directory.allocation(allocation) {
-            Ok(a) => Terms::of(&a, now).unwrap_or_else(|| Terms {
+        let Some(terms) = self.terms(team, *on, allocation) else {
+            // Not known here (yet), or in another team's tree: deny with no room; the replica
+            // asks again.
+            let deny = LeaseRecord::Deny {
+                replica: replica.clone(),
+                ask: *n,
                 team: team.clone(),
-                limits: Vec::new(),
-                epoch: i64::MAX,
-            }),
-            Err(_) => {
-                // Not known here (yet): deny with no room; the replica asks again.
-                let deny = LeaseRecord::Deny {
-                    replica: replica.clone(),
-                    ask: *n,
-                    team: team.clone(),
-                    allocation: allocation.clone(),
-                    level: Level::Allocation,
-                    name: allocation.clone(),
-                    room_nanos: 0,
-                };
-                self.write(partition, &deny, Counter::LeaseDenialsWritten);
-                return;
-            }
+                on: *on,
+                allocation: allocation.clone(),
+                level: *on,
+                name: allocation.clone(),
+                room_nanos: 0,
+            };
+            self.write(partition, &deny, Counter::LeaseDenialsWritten);
+            return;
         };
         let Some(owned) = self.owned.get_mut(&partition) else {
             return;
@@ -292,6 +291,7 @@ impl Coordinator {
         let asked = AskFor {
             replica,
             ask: *n,
+            on: *on,
             allocation,
             want_nanos: *want_nanos,
             least_nanos: *least_nanos,
@@ -300,6 +300,25 @@ impl Coordinator {
             Decision::Grant(grant) => self.write(partition, &grant, Counter::LeaseGrantsWritten),
             Decision::Deny(deny) => self.write(partition, &deny, Counter::LeaseDenialsWritten),
         }
+    }
+
+    /// What a lease `on` `name` (an allocation, a key's id or a team's name) may be granted
+    /// within now, if it is known here and in `team`'s tree.
+    fn terms(&self, team: &str, on: Limit, name: &str) -> Option<Terms> {
+        let now = now_ms();
+        if on.is_rate() {
+            let (owner, per_minute) = self.gateway.allowance(on, name)?;
+            return (*owner == *team).then(|| Terms::rate(team, on, name, per_minute, now));
+        }
+        let a = self.gateway.directory.allocation(name).ok()?;
+        if *a.team().name != *team {
+            return None;
+        }
+        Some(Terms::of(&a, now).unwrap_or_else(|| Terms {
+            team: team.to_owned(),
+            limits: Vec::new(),
+            epoch: i64::MAX,
+        }))
     }
 
     fn write(&mut self, partition: i32, record: &LeaseRecord, counter: Counter) {

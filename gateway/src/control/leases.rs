@@ -24,19 +24,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tollgate_engine::lease::{Folded, LeaseBook, LeaseCell, LeaseRecord, LeaseSnapshot, Terms};
-use tollgate_engine::{Allocation, Level, UnixMs};
+use tollgate_engine::lease::{
+    Folded, LeaseBook, LeaseCell, LeaseRecord, LeaseSnapshot, Limit, Terms,
+};
+use tollgate_engine::{Allocation, Level, Period, UnixMs};
 use tollgate_sink::leases::{LeaseLogError, LeaseReader, LeaseWriter};
 
-use crate::clock::now_ms;
+use crate::clock::{millis, now_ms};
 use crate::config::LeasesConfig;
-use crate::limits::{LEASE_ASKS_AHEAD, LEASE_TICK};
+use crate::limits::{LEASE_ASKS_AHEAD, LEASE_TICK, RATE_SLICE_FORGET_AFTER};
 use crate::metrics::Counter;
 use crate::operator::report;
-use crate::state::Gateway;
+use crate::state::{Gateway, SharedRate};
 
-/// The version of lease records this build writes and the newest it reads.
-pub const LEASE_VERSION: u32 = 1;
+/// The newest version of lease records this build reads and writes. A record is written at
+/// the lowest version that holds it: 1 for a budget's lease, 2 for a rate limit's (which a
+/// build that reads only 1 refuses, loudly, rather than misreads).
+pub const LEASE_VERSION: u32 = 2;
+
+fn version_of(record: &LeaseRecord) -> u32 {
+    let on = match record {
+        LeaseRecord::Ask { on, .. }
+        | LeaseRecord::Grant { on, .. }
+        | LeaseRecord::Deny { on, .. }
+        | LeaseRecord::Return { on, .. } => *on,
+    };
+    if on.is_rate() { 2 } else { 1 }
+}
 
 /// Longest one poll of the lease log waits for a record.
 const POLL: Duration = Duration::from_millis(10);
@@ -46,6 +60,9 @@ const READ_BATCH_MAX: usize = 1_000;
 
 /// After a denial, the replica waits this long before it asks again for the allocation.
 const DENIED_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How often the fold forgets the rate limits' minutes that are over.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -81,7 +98,7 @@ pub enum Refusal {
 #[must_use]
 pub fn encode(record: &LeaseRecord) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
-        version: LEASE_VERSION,
+        version: version_of(record),
         record,
     })
     .unwrap_or_default()
@@ -167,6 +184,30 @@ struct Watch {
     recent: u64,
 }
 
+impl Watch {
+    /// Brings what was consumed over the last whole `horizon` up to date, from `consumed` now.
+    fn track(&mut self, consumed: i128, horizon: Duration) {
+        match self.window {
+            Some((from, since)) if since.elapsed() >= horizon => {
+                self.recent = u64::try_from((consumed - from).max(0)).unwrap_or(u64::MAX);
+                self.window = Some((consumed, Instant::now()));
+            }
+            None => self.window = Some((consumed, Instant::now())),
+            Some(_) => {}
+        }
+    }
+
+    /// Whether an ask is in flight (for less than `ask_timeout`) or a denial is too recent to
+    /// ask again.
+    fn waiting(&self, ask_timeout: Duration) -> bool {
+        self.asked
+            .is_some_and(|(_, _, at)| at.elapsed() < ask_timeout)
+            || self
+                .denied_at
+                .is_some_and(|at| at.elapsed() < DENIED_BACKOFF)
+    }
+}
+
 /// The replica's lease task.
 struct Holder {
     gateway: Arc<Gateway>,
@@ -179,12 +220,15 @@ struct Holder {
     /// This life's first ask number: grants for earlier ones are an earlier life's.
     life_base: u64,
     next_ask: u64,
-    watches: HashMap<Arc<str>, Watch>,
+    /// By what the lease is on and its allocation (key or team).
+    watches: HashMap<(Limit, Arc<str>), Watch>,
     /// Returns not yet acknowledged, oldest first.
     returns: VecDeque<(LeaseRecord, u64)>,
     /// The id of the next return: it starts at the life's start, like the asks'.
     next_return: u64,
     failing: bool,
+    /// When the fold last forgot the rate limits' minutes that are over.
+    forgot_at: Instant,
 }
 
 /// The running lease task.
@@ -242,6 +286,7 @@ impl LeaseTask {
             returns: VecDeque::new(),
             next_return: life_base,
             failing: false,
+            forgot_at: Instant::now(),
         };
         holder.catch_up(catch_up_max)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -255,6 +300,7 @@ impl LeaseTask {
                     if looked.elapsed() >= LEASE_TICK {
                         looked = Instant::now();
                         holder.look(now_ms());
+                        holder.look_rates(now_ms());
                         holder.flush_returns();
                     }
                 }
@@ -344,13 +390,38 @@ impl Holder {
                 LeaseRecord::Grant { ask, .. },
                 Folded::Granted {
                     replica,
+                    on,
                     allocation,
                     epoch,
                     nanos,
                 },
+            ) if replica == self.replica && *ask >= self.life_base && on.is_rate() => {
+                if let Some(rates) = self.gateway.rates_of(on, &allocation)
+                    && let Some(shared) = rates.shared(on)
+                {
+                    let watch = self.watches.entry((on, allocation.into())).or_default();
+                    if watch.asked.is_some_and(|(asked, _, _)| asked == *ask) {
+                        watch.asked = None;
+                    }
+                    shared.slice.grant(epoch, nanos);
+                    metrics.add(Counter::RateSliceGranted, nanos);
+                }
+            }
+            (
+                LeaseRecord::Grant { ask, .. },
+                Folded::Granted {
+                    replica,
+                    allocation,
+                    epoch,
+                    nanos,
+                    ..
+                },
             ) if replica == self.replica && *ask >= self.life_base => {
                 if let Some(a) = self.lease_of(&allocation) {
-                    let watch = self.watches.entry(Arc::clone(&a.name)).or_default();
+                    let watch = self
+                        .watches
+                        .entry((Limit::Allocation, Arc::clone(&a.name)))
+                        .or_default();
                     if let Some((_, want, _)) = watch.asked.filter(|(asked, _, _)| asked == ask) {
                         watch.asked = None;
                         if let Some(lease) = a.budget.lease() {
@@ -368,8 +439,24 @@ impl Holder {
                 _,
                 Folded::Returned {
                     replica,
+                    on,
                     allocation,
                     nanos,
+                },
+            ) if replica == self.replica && on.is_rate() => {
+                if let Some(rates) = self.gateway.rates_of(on, &allocation)
+                    && let Some(shared) = rates.shared(on)
+                {
+                    shared.slice.returned(nanos);
+                }
+            }
+            (
+                _,
+                Folded::Returned {
+                    replica,
+                    allocation,
+                    nanos,
+                    ..
                 },
             ) if replica == self.replica => {
                 if let Some(lease) = self
@@ -384,6 +471,7 @@ impl Holder {
                 LeaseRecord::Deny {
                     replica,
                     ask,
+                    on,
                     allocation,
                     level,
                     name,
@@ -392,7 +480,23 @@ impl Holder {
                 _,
             ) => {
                 if *replica == self.replica {
-                    if *ask >= self.life_base {
+                    if *ask >= self.life_base && on.is_rate() {
+                        metrics.add(Counter::LeaseDenied, 1);
+                        if let Some(rates) = self.gateway.rates_of(*on, allocation)
+                            && let Some(shared) = rates.shared(*on)
+                        {
+                            let now = now_ms();
+                            let minute = Period::Minute.index(now);
+                            let end = Period::Minute.end(minute).map_or(i64::MAX, |e| e.0);
+                            shared.slice.deny(end);
+                        }
+                        let watch = self
+                            .watches
+                            .entry((*on, Arc::from(allocation.as_str())))
+                            .or_default();
+                        watch.asked = None;
+                        watch.denied_at = Some(Instant::now());
+                    } else if *ask >= self.life_base {
                         metrics.add(Counter::LeaseDenied, 1);
                         if let Some(lease) = self
                             .lease_of(allocation)
@@ -403,7 +507,7 @@ impl Holder {
                         }
                         let watch = self
                             .watches
-                            .entry(Arc::from(allocation.as_str()))
+                            .entry((Limit::Allocation, Arc::from(allocation.as_str())))
                             .or_default();
                         watch.asked = None;
                         watch.denied_at = Some(Instant::now());
@@ -419,8 +523,16 @@ impl Holder {
     /// What the cluster holds of the record's allocation at its own level, by the fold, kept
     /// on its lease for the admin API and `tollgate spend`.
     fn count_cluster(&self, record: &LeaseRecord) {
-        let (LeaseRecord::Grant { allocation, .. } | LeaseRecord::Return { allocation, .. }) =
-            record
+        let (LeaseRecord::Grant {
+            allocation,
+            on: Limit::Allocation,
+            ..
+        }
+        | LeaseRecord::Return {
+            allocation,
+            on: Limit::Allocation,
+            ..
+        }) = record
         else {
             return;
         };
@@ -434,7 +546,7 @@ impl Holder {
             terms
                 .limits
                 .iter()
-                .find(|(c, _)| c.level == Level::Allocation),
+                .find(|(c, _)| c.level == Limit::Allocation),
             a.budget.lease(),
         ) {
             lease.set_cluster_nanos(self.book.net(&terms.team, charge));
@@ -442,15 +554,29 @@ impl Holder {
     }
 
     /// Another replica was denied at `level` `name`: what this one holds unused there goes
-    /// back, so the budget's last nanos go where calls wait for them.
-    fn recall(&mut self, level: Level, name: &str) {
+    /// back, so the budget's (or the minute's) last nanos go where calls wait for them.
+    fn recall(&mut self, level: Limit, name: &str) {
         let now = now_ms();
+        let level = match level {
+            Limit::Allocation => Level::Allocation,
+            Limit::Project => Level::Project,
+            Limit::Team => Level::Team,
+            Limit::KeyRequests | Limit::KeyTokens | Limit::TeamRequests | Limit::TeamTokens => {
+                if let Some(rates) = self.gateway.rates_of(level, name)
+                    && let Some(shared) = rates.shared(level)
+                    && let Some((epoch, units)) = shared.slice.take_unused(now.0, 0)
+                {
+                    self.give_back(&shared.team, level, name, epoch, units);
+                }
+                return;
+            }
+        };
         for a in self.gateway.directory.allocations() {
             if a.level_name(level).as_ref() != name {
                 continue;
             }
             if let Some((epoch, nanos)) = a.budget.lease().and_then(|l| l.take_unused(now, 0)) {
-                self.give_back(&a, epoch, nanos);
+                self.give_back_lease(&a, epoch, nanos);
             }
         }
     }
@@ -463,7 +589,7 @@ impl Holder {
             };
             for (epoch, nanos) in lease.take_ended() {
                 self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
-                self.give_back(&a, epoch, nanos);
+                self.give_back_lease(&a, epoch, nanos);
             }
             let idle = lease
                 .used_at()
@@ -471,7 +597,7 @@ impl Holder {
             let limited = a.budget_cells().iter().any(|c| c.limit().is_some());
             if idle || !limited {
                 if let Some((epoch, nanos)) = lease.take_unused(now, 0) {
-                    self.give_back(&a, epoch, nanos);
+                    self.give_back_lease(&a, epoch, nanos);
                 }
                 lease.take_short();
                 continue;
@@ -479,7 +605,7 @@ impl Holder {
             if let Some((epoch, nanos)) = lease.take_unused(now, u64::MAX) {
                 // The epoch is over: all of it goes back, for the periods it was charged to.
                 self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
-                self.give_back(&a, epoch, nanos);
+                self.give_back_lease(&a, epoch, nanos);
             }
             self.ask_if_short(&a, lease, now);
         }
@@ -490,17 +616,12 @@ impl Holder {
         let consumed = i128::from(snapshot.granted_total)
             - i128::from(snapshot.returned_total)
             - i128::from(snapshot.available);
-        let horizon = self.config.horizon;
-        let ask_timeout = self.config.ask_timeout;
-        let watch = self.watches.entry(Arc::clone(&a.name)).or_default();
-        match watch.window {
-            Some((from, since)) if since.elapsed() >= horizon => {
-                watch.recent = u64::try_from((consumed - from).max(0)).unwrap_or(u64::MAX);
-                watch.window = Some((consumed, Instant::now()));
-            }
-            None => watch.window = Some((consumed, Instant::now())),
-            Some(_) => {}
-        }
+        let (horizon, ask_timeout) = (self.config.horizon, self.config.ask_timeout);
+        let watch = self
+            .watches
+            .entry((Limit::Allocation, Arc::clone(&a.name)))
+            .or_default();
+        watch.track(consumed, horizon);
         let short = lease.take_short();
         let target = watch
             .recent
@@ -508,48 +629,125 @@ impl Holder {
         let available = u64::try_from(snapshot.available.max(0)).unwrap_or(0);
         let expired = now.0 >= snapshot.epoch;
         let low = expired || available < target / 2 || short.is_some_and(|s| s > available);
-        let waiting = watch
-            .asked
-            .is_some_and(|(_, _, at)| at.elapsed() < ask_timeout)
-            || watch
-                .denied_at
-                .is_some_and(|at| at.elapsed() < DENIED_BACKOFF);
-        if !low || waiting {
+        if !low || watch.waiting(ask_timeout) {
             return;
         }
         let least = short.unwrap_or(0).saturating_sub(available).max(1);
         let want = target.saturating_sub(available).max(least);
+        self.ask(&a.team().name, Limit::Allocation, &a.name, want, least);
+    }
+
+    /// Looks at this replica's slices of the rate limits it shares: returns what is idle, asks
+    /// when a call found a slice short, when a slice in use is low, and when a busy slice's
+    /// minute ends (so the next minute's grant is there as calls come).
+    fn look_rates(&mut self, now: UnixMs) {
+        if self.forgot_at.elapsed() >= FORGET_INTERVAL {
+            self.forgot_at = Instant::now();
+            let before = UnixMs(now.0.saturating_sub(millis(RATE_SLICE_FORGET_AFTER)));
+            self.book.forget_rates_before(before);
+            self.watches
+                .retain(|(on, _), w| !on.is_rate() || w.asked.is_some() || w.recent > 0);
+        }
+        for rates in self.gateway.shared_rates() {
+            for shared in [&rates.shared_requests, &rates.shared_tokens]
+                .into_iter()
+                .flatten()
+            {
+                self.look_rate(shared, now);
+            }
+        }
+    }
+
+    fn look_rate(&mut self, shared: &SharedRate, now: UnixMs) {
+        let slice = &shared.slice;
+        let idle = slice
+            .used_at()
+            .is_none_or(|at| now.0.saturating_sub(at.0) > millis(self.config.idle));
+        if idle {
+            if let Some((epoch, units)) = slice.take_unused(now.0, 0) {
+                self.give_back(&shared.team, shared.on, &shared.name, epoch, units);
+            }
+            slice.take_short();
+            return;
+        }
+        let snapshot = slice.snapshot();
+        let consumed = i128::from(snapshot.granted_total)
+            - i128::from(snapshot.returned_total)
+            - i128::from(snapshot.available);
+        let (horizon, ask_timeout) = (self.config.horizon, self.config.ask_timeout);
+        let watch = self
+            .watches
+            .entry((shared.on, Arc::clone(&shared.name)))
+            .or_default();
+        watch.track(consumed, horizon);
+        let short = slice.take_short();
+        let expired = now.0 >= snapshot.epoch;
+        // Tokens spent past a grant are owed to the next one: an ask covers them first.
+        let debt = slice
+            .owed()
+            .saturating_add(snapshot.available.min(0).unsigned_abs());
+        let available = if expired {
+            0
+        } else {
+            u64::try_from(snapshot.available.max(0)).unwrap_or(0)
+        };
+        let target = watch.recent.max(1);
+        let low = short.is_some() || (watch.recent > 0 && (expired || available < target / 2));
+        if !low || watch.waiting(ask_timeout) {
+            return;
+        }
+        let least = short
+            .unwrap_or(1)
+            .saturating_sub(available)
+            .max(1)
+            .saturating_add(debt);
+        let want = target
+            .saturating_sub(available)
+            .saturating_add(debt)
+            .max(least);
+        self.ask(&shared.team, shared.on, &shared.name, want, least);
+    }
+
+    /// Asks for `want` (at least `least`) of the lease `on` `name` in `team`'s tree.
+    fn ask(&mut self, team: &str, on: Limit, name: &str, want: u64, least: u64) {
         self.next_ask = self.next_ask.wrapping_add(1);
         let ask = self.next_ask;
         let record = LeaseRecord::Ask {
             replica: self.replica.clone(),
             ask,
-            team: a.team().name.to_string(),
-            allocation: a.name.to_string(),
+            team: team.to_owned(),
+            on,
+            allocation: name.to_owned(),
             want_nanos: want,
             least_nanos: least,
         };
         if self.write(&record) {
             self.gateway.metrics.add(Counter::LeaseAsks, 1);
-            if let Some(watch) = self.watches.get_mut(&a.name) {
+            if let Some(watch) = self.watches.get_mut(&(on, Arc::from(name))) {
                 watch.asked = Some((ask, want, Instant::now()));
             }
         }
     }
 
-    /// Queues a return of `nanos` of `a`'s lease for `epoch`, behind the returns not yet
-    /// acknowledged.
-    fn give_back(&mut self, a: &Allocation, epoch: i64, nanos: u64) {
+    /// Queues a return of `nanos` of `a`'s lease for `epoch`.
+    fn give_back_lease(&mut self, a: &Allocation, epoch: i64, nanos: u64) {
+        self.give_back(&a.team().name, Limit::Allocation, &a.name, epoch, nanos);
+    }
+
+    /// Queues a return of `units` of the lease `on` `name` (an allocation, a key's id or a
+    /// team's name) in `team`'s tree for `epoch`, behind the returns not yet acknowledged.
+    fn give_back(&mut self, team: &str, on: Limit, name: &str, epoch: i64, units: u64) {
         self.next_return = self.next_return.wrapping_add(1);
         let record = LeaseRecord::Return {
             replica: self.replica.clone(),
             id: self.next_return,
-            team: a.team().name.to_string(),
-            allocation: a.name.to_string(),
+            team: team.to_owned(),
+            on,
+            allocation: name.to_owned(),
             epoch,
-            nanos,
+            nanos: units,
         };
-        self.returns.push_back((record, nanos));
+        self.returns.push_back((record, units));
     }
 
     /// Writes the queued returns in order, each until a write of it is acknowledged; stops at
@@ -560,7 +758,13 @@ impl Holder {
                 return;
             }
             self.returns.pop_front();
-            self.gateway.metrics.add(Counter::LeaseReturnedNanos, nanos);
+            let rate = matches!(&record, LeaseRecord::Return { on, .. } if on.is_rate());
+            let counter = if rate {
+                Counter::RateSliceReturned
+            } else {
+                Counter::LeaseReturnedNanos
+            };
+            self.gateway.metrics.add(counter, nanos);
         }
     }
 
@@ -573,7 +777,17 @@ impl Holder {
             let mut back = lease.take_ended();
             back.extend(lease.take_unused(now, 0));
             for (epoch, nanos) in back {
-                self.give_back(&a, epoch, nanos);
+                self.give_back_lease(&a, epoch, nanos);
+            }
+        }
+        for rates in self.gateway.shared_rates() {
+            for shared in [&rates.shared_requests, &rates.shared_tokens]
+                .into_iter()
+                .flatten()
+            {
+                if let Some((epoch, units)) = shared.slice.take_unused(now.0, 0) {
+                    self.give_back(&shared.team, shared.on, &shared.name, epoch, units);
+                }
             }
         }
     }
@@ -593,10 +807,6 @@ impl Holder {
     }
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,13 +817,28 @@ mod tests {
             replica: "gw-a".into(),
             id: 3,
             team: "ml".into(),
+            on: Limit::Allocation,
             allocation: "ml-train".into(),
             epoch: 1_769_904_000_000,
             nanos: 42,
         };
-        assert_eq!(decode(&encode(&record)), Ok(record));
-        let newer = br#"{"version":2,"record":{"kind":"quota"}}"#;
-        assert_eq!(decode(newer), Err(Refusal::Version { found: 2 }));
+        let written = encode(&record);
+        assert!(written.starts_with(br#"{"version":1,"#));
+        assert_eq!(decode(&written), Ok(record));
+        let rate = LeaseRecord::Ask {
+            replica: "gw-a".into(),
+            ask: 4,
+            team: "ml".into(),
+            on: Limit::KeyRequests,
+            allocation: "key_00000000000000ff".into(),
+            want_nanos: 30,
+            least_nanos: 1,
+        };
+        let written = encode(&rate);
+        assert!(written.starts_with(br#"{"version":2,"#));
+        assert_eq!(decode(&written), Ok(rate));
+        let newer = br#"{"version":3,"record":{"kind":"quota"}}"#;
+        assert_eq!(decode(newer), Err(Refusal::Version { found: 3 }));
         assert!(matches!(
             decode(br#"{"version":1,"record":{"kind":"grant"}}"#),
             Err(Refusal::Malformed(_))

@@ -28,6 +28,7 @@ use tollgate_engine::{
     TokenUsage, Tokens, UnixMs, UsageEvent, UsageSource, VirtualKey,
 };
 
+use crate::clock::now_ms;
 use crate::http::response::BodyError;
 use crate::http::route::Api;
 use crate::limits::ADMISSION_RETRY_INTERVAL;
@@ -331,19 +332,21 @@ fn count_in_metrics(
     }
 }
 
-/// Charges the call's tokens to the key's and the team's tokens-per-minute limits.
+/// Charges the call's tokens to the key's and the team's tokens-per-minute limits, and to this
+/// replica's slices of them where replicas share them.
 fn charge_tokens(gateway: &Gateway, key: &VirtualKey, usage: &TokenUsage) {
     let now_us = gateway.monotonic_us();
+    let now = now_ms().0;
     let total_tokens = usage.input.0.saturating_add(usage.output.0);
-    if let Some(rates) = gateway.key_rates(key)
-        && let Some(tokens) = &rates.tokens
-    {
-        tokens.charge(now_us, total_tokens);
-    }
-    if let Some(rates) = gateway.team_rates(&key.allocation.project.team.name)
-        && let Some(tokens) = &rates.tokens
-    {
-        tokens.charge(now_us, total_tokens);
+    let key_rates = gateway.key_rates(key);
+    let team_rates = gateway.team_rates(&key.allocation.project.team.name);
+    for rates in [key_rates.as_deref(), team_rates].into_iter().flatten() {
+        if let Some(tokens) = &rates.tokens {
+            tokens.charge(now_us, total_tokens);
+        }
+        if let Some(shared) = &rates.shared_tokens {
+            shared.slice.charge(now, total_tokens);
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
-use tollgate_engine::lease::LeaseCell;
+use tollgate_engine::lease::{LeaseCell, RateSlice, Short};
 use tollgate_engine::{
     Ask, BudgetSnapshot, KeyRejection, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused,
     Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
@@ -44,12 +44,12 @@ use crate::http::error::{BudgetScope, Failure, Protocol};
 use crate::http::response::{BodyError, REQUEST_ID, ResponseBody, error_response};
 use crate::http::route::Api;
 use crate::json_scan::{self, Member, Scanned};
-use crate::limits::RESPONSE_METER_BYTES_MAX;
+use crate::limits::{RATE_SLICE_POLL, RESPONSE_METER_BYTES_MAX};
 use crate::metrics::{Counter, Unauthenticated};
 use crate::providers::read::Pricer;
 use crate::providers::{Answer, Deployment, Provider, Serve, SliceBody, stops_streams};
 use crate::routing::Plan;
-use crate::state::Gateway;
+use crate::state::{Gateway, Rates, SharedRate};
 
 /// The error response for `failure`, with its usage event when a valid key is known. A call
 /// that named no valid key (or was refused before one was read) is counted by route and reason
@@ -349,7 +349,7 @@ impl Call<'_> {
             } = usable;
             let upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
             if !limited {
-                self.rate_limit(&key)?;
+                self.rate_limit(&key).await?;
                 limited = true;
             }
             let reserved = self
@@ -491,17 +491,73 @@ impl Call<'_> {
         Err(refused.unwrap_or_else(|| Failure::Internal("a plan without candidates".into())))
     }
 
-    /// Requests are taken now; tokens were charged by earlier calls.
-    fn rate_limit(&self, key: &VirtualKey) -> Result<(), Failure> {
+    /// Requests are taken now; tokens were charged by earlier calls. This replica's own limits
+    /// first, then (with `[leases]`) its slices of the limits every replica shares.
+    async fn rate_limit(&self, key: &VirtualKey) -> Result<(), Failure> {
+        let gateway = self.gateway;
+        let key_rates = gateway.key_rates(key);
+        self.rate_limit_here(key_rates.as_deref(), key)?;
+        let team_rates = gateway.team_rates(&key.allocation.project.team.name);
+        let scopes = [("key", key_rates.as_deref()), ("team", team_rates)];
+        for (scope, rates) in scopes {
+            if let Some(shared) = rates.and_then(|r| r.shared_tokens.as_ref()) {
+                self.within_slice(shared, |s, now| s.check(now))
+                    .await
+                    .map_err(|wait| limited(scope, "tokens", wait))?;
+            }
+        }
+        for (scope, rates) in scopes {
+            if let Some(shared) = rates.and_then(|r| r.shared_requests.as_ref()) {
+                self.within_slice(shared, |s, now| s.take(now, 1))
+                    .await
+                    .map_err(|wait| limited(scope, "requests", wait))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits by `admit` within this replica's slice of a shared limit. A slice with no grant
+    /// covering the call has asked for one: the call waits for it, up to `leases.ask_timeout`.
+    /// A slice whose minute is given out refuses at once, until the minute ends. The error is
+    /// the seconds to wait.
+    async fn within_slice(
+        &self,
+        shared: &SharedRate,
+        admit: impl Fn(&RateSlice, i64) -> Result<(), Short>,
+    ) -> Result<(), u64> {
+        let wait_max = self
+            .gateway
+            .config
+            .leases
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.ask_timeout);
+        let deadline = tokio::time::Instant::now() + wait_max;
+        let mut waited = false;
+        loop {
+            let now = now_ms().0;
+            match admit(&shared.slice, now) {
+                Ok(()) => return Ok(()),
+                Err(Short::Spent { until_ms }) => {
+                    let ms = u64::try_from(until_ms.saturating_sub(now)).unwrap_or(0);
+                    return Err(ms.div_ceil(1_000).max(1));
+                }
+                Err(Short::Asking) if tokio::time::Instant::now() >= deadline => return Err(1),
+                Err(Short::Asking) => {
+                    if !waited {
+                        waited = true;
+                        self.gateway.metrics.add(Counter::RateSliceWaited, 1);
+                    }
+                    tokio::time::sleep(RATE_SLICE_POLL).await;
+                }
+            }
+        }
+    }
+
+    fn rate_limit_here(&self, key_rates: Option<&Rates>, key: &VirtualKey) -> Result<(), Failure> {
         let gateway = self.gateway;
         let now_us = gateway.monotonic_us();
-        let limited = |scope, what, wait: tollgate_engine::RetryAfter| Failure::RateLimited {
-            scope,
-            what,
-            retry_after_s: wait.seconds(),
-        };
-        let key_rates = gateway.key_rates(key);
-        let key_rates = key_rates.as_deref();
+        let limited =
+            |scope, what, wait: tollgate_engine::RetryAfter| limited(scope, what, wait.seconds());
         let team_rates = gateway.team_rates(&key.allocation.project.team.name);
         for (scope, rates) in [("key", key_rates), ("team", team_rates)] {
             if let Some(tokens) = rates.and_then(|r| r.tokens.as_ref()) {
@@ -1150,6 +1206,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// A rate limit's refusal: `scope` (`key` or `team`), `what` (`requests` or `tokens`).
+fn limited(scope: &'static str, what: &'static str, retry_after_s: u64) -> Failure {
+    Failure::RateLimited {
+        scope,
+        what,
+        retry_after_s,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_engine::Level;
 use tollgate_engine::lease::{AskFor, Charge, Decision, Folded, LeaseBook, LeaseRecord, Terms};
 use tollgate_engine::time::Period;
 use tollgate_gateway::control::leases::{decode, encode};
@@ -17,16 +16,16 @@ fuzz_target!(|data: &[u8]| {
         let Ok(record) = decode(line) else { continue };
         assert_eq!(decode(&encode(&record)), Ok(record.clone()), "a decoded record encodes back");
         book.apply(&record);
-        if let LeaseRecord::Ask { replica, ask, team, allocation, want_nanos, least_nanos } = &record {
+        if let LeaseRecord::Ask { replica, ask, team, on, allocation, want_nanos, least_nanos } = &record {
             let charge = Charge {
-                level: Level::Allocation,
+                level: *on,
                 name: allocation.clone(),
                 period: Period::Total,
                 index: 0,
             };
             let limit = want_nanos / 2;
             let terms = Terms { team: team.clone(), limits: vec![(charge.clone(), limit)], epoch: i64::MAX };
-            let asked = AskFor { replica, ask: *ask, allocation, want_nanos: *want_nanos, least_nanos: *least_nanos };
+            let asked = AskFor { replica, ask: *ask, on: *on, allocation, want_nanos: *want_nanos, least_nanos: *least_nanos };
             let before = book.net(team, &charge);
             if let Decision::Grant(grant) = book.propose(&asked, &terms, "fuzz") {
                 // Nothing came between: the grant follows the tree's last and counts, and it
