@@ -1,17 +1,20 @@
 //! Criterion benches of the engine's hot paths: key resolve, reserve+settle (alone, raced by a
 //! second thread, spread over a million allocations, grown once), a stream's piece against its
-//! hold, cost, estimate, event JSON and token counting. Figures and the machine they came from are in BENCHMARKS.md.
+//! hold, cost, estimate, event JSON, token counting, and a rate limit's take (one replica's, and
+//! its slice of one the replicas share). Figures and the machine they came from are in BENCHMARKS.md.
 
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tollgate_engine::estimate::{RequestShape, estimate};
 use tollgate_engine::identity::test_directory;
+use tollgate_engine::lease::RateSlice;
 use tollgate_engine::tokens::count_tokens;
 use tollgate_engine::{
-    Adjustment, AllocationSpec, AllowList, Ask, BudgetSpec, Directory, KeyLimits, KeySpec,
+    Adjustment, AllocationSpec, AllowList, Ask, BudgetSpec, Directory, Gcra, KeyLimits, KeySpec,
     KeyStore, ModelRef, Nanos, Period, RateCard, StreamBudget, TokenUsage, UnixMs, UsageEvent,
     reserve, reserve_within,
 };
@@ -343,6 +346,36 @@ fn token_counting(c: &mut Criterion) {
     g.finish();
 }
 
+/// A key's requests per minute: this replica's own GCRA (no `[leases]`) against its slice of
+/// the limit the replicas share (`[leases]`), and a shared tokens limit's check and charge.
+fn rate_limits(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit");
+    let local = Gcra::per_minute(NonZeroU32::MAX);
+    let mut now_us = 0i64;
+    g.bench_function("local_gcra_take", |b| {
+        b.iter(|| {
+            now_us += 1;
+            black_box(local.take(now_us, 1).is_ok())
+        })
+    });
+    let slice = RateSlice::new();
+    let epoch = NOW.0 + 60_000;
+    slice.grant(epoch, u64::MAX / 4);
+    g.bench_function("shared_slice_take", |b| {
+        b.iter(|| black_box(slice.take(black_box(NOW.0), 1).is_ok()))
+    });
+    let tokens = RateSlice::new();
+    tokens.grant(epoch, u64::MAX / 4);
+    g.bench_function("shared_slice_check_and_charge", |b| {
+        b.iter(|| {
+            let ok = tokens.check(black_box(NOW.0)).is_ok();
+            tokens.charge(NOW.0, 40);
+            black_box(ok)
+        })
+    });
+    g.finish();
+}
+
 /// A cold load of `o200k_base`, not the shared singleton, to show what loading once saves.
 fn tiktoken_cold_load() -> usize {
     tiktoken_rs::o200k_base().map_or(0, |bpe| bpe.count_ordinary("x"))
@@ -354,6 +387,7 @@ criterion_group!(
     reserve_settle,
     pricing,
     event_json,
-    token_counting
+    token_counting,
+    rate_limits
 );
 criterion_main!(benches);

@@ -127,6 +127,9 @@ pub enum Counter {
     LeaseGrantsWritten,
     /// Denials this replica wrote as a coordinator.
     LeaseDenialsWritten,
+    /// Nanos this replica credited itself past its leases, cut off from every coordinator
+    /// (`leases.fail_open`).
+    LeaseFailOpenNanos,
     /// Units (requests or tokens) of shared rate limits granted to this replica.
     RateSliceGranted,
     /// Units of shared rate limits this replica gave back (idle, recalled, or at its stop).
@@ -157,7 +160,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 38] = [
+const COUNTERS: [(Counter, &str, &str); 39] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -282,6 +285,11 @@ const COUNTERS: [(Counter, &str, &str); 38] = [
         Counter::LeaseDenialsWritten,
         "tollgate_lease_denials_written_total",
         "Denials this replica wrote as a coordinator.",
+    ),
+    (
+        Counter::LeaseFailOpenNanos,
+        "tollgate_lease_fail_open_nanos_total",
+        "Nanos this replica credited itself past its leases, cut off from every coordinator.",
     ),
     (
         Counter::RateSliceGranted,

@@ -10,7 +10,9 @@
 //!   within the limit.
 //! - every broker killed: each replica spends at most the leases it held, then refuses; once
 //!   the brokers are back it serves again, and when its calls stop its unused leases come back
-//!   (the cluster's lease equals the spend to the nano).
+//!   (the cluster's lease equals the spend to the nano). A fourth replica set to fail open
+//!   (`leases.fail_open`) spends past its lease by at most that margin, and once its calls
+//!   stop the cluster's lease falls short of the spend by no more than it.
 //! - shared rate limits: clients of a key with a requests-per-minute limit, of a key in a team
 //!   with one, and of a key with a tokens-per-minute limit, spread over the three replicas, in
 //!   two minutes: each minute the cluster admits at most the key's and the team's requests (and
@@ -59,7 +61,7 @@ fn org() -> String {
          \n[[project]]\nname = \"rated-work\"\nteam = \"rated\"\n\
          \n[[allocation]]\nname = \"rated\"\nproject = \"rated-work\"\n"
     ));
-    for name in ["race", "failover", "outage", "after"] {
+    for name in ["race", "failover", "outage", "fail-open", "after"] {
         org.push_str(&format!(
             "\n[[allocation]]\nname = \"{name}\"\nproject = \"chatbot\"\nbudget = {{ limit = \"{LIMIT}\", period = \"total\" }}\n"
         ));
@@ -365,6 +367,48 @@ fn shared_rate_limits(serving: &[Stack]) {
     );
 }
 
+/// What a replica set to fail open may spend past its lease (nanos), once per epoch.
+const FAIL_OPEN: &str = "0.002";
+const FAIL_OPEN_NANOS: u64 = 2_000_000;
+
+/// Calls on `replica` with the brokers away, eight clients, until it has failed open and then
+/// refused again, or 40 s pass; whether it failed open.
+fn fail_open_calls(replica: &Stack, key: &str) -> bool {
+    let opened = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    let body = body();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let (opened, done, body) = (&opened, &done, &body);
+            scope.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(40);
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let answer = post_json(replica.address(), "/v1/chat/completions", key, body);
+                    match answer.status {
+                        200 => {}
+                        429 | 402 if opened.load(Ordering::Relaxed) => {
+                            done.store(true, Ordering::Relaxed);
+                        }
+                        429 | 402 => std::thread::sleep(Duration::from_millis(20)),
+                        other => panic!("unexpected {other}: {}", answer.text()),
+                    }
+                }
+            });
+        }
+        scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if replica.metric("tollgate_lease_fail_open_nanos_total") > 0 {
+                    opened.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    });
+    opened.into_inner()
+}
+
 fn spent_in_events(replicas: &[&Stack], allocation: &str) -> u64 {
     replicas
         .iter()
@@ -549,7 +593,24 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
     );
     converged(&alive, "failover", total);
 
-    // Every broker killed: each replica spends what it holds, then refuses.
+    // Every broker killed: each replica spends what it holds, then refuses; one set to fail
+    // open spends a stated margin more.
+    let open_section = section(&kafka.bootstrap, false).replace(
+        "[leases]\n",
+        &format!("[leases]\nfail_open = \"{FAIL_OPEN}\"\n"),
+    );
+    let failing_open = Stack::start_with("lease-d", &org, "", &open_section, &[]);
+    let (open_key, _) = serving[0].create_key("fail-open", json!({}));
+    until_served(&failing_open, &open_key);
+    for _ in 0..10 {
+        let answer = post_json(
+            failing_open.address(),
+            "/v1/chat/completions",
+            &open_key,
+            &body(),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
     let (outage_key, _) = serving[0].create_key("outage", json!({}));
     for replica in &serving {
         until_served(replica, &outage_key);
@@ -567,6 +628,8 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
     let everyone: Vec<&Stack> = serving.iter().chain([&coordinators[other]]).collect();
     let held: u64 = serving.iter().map(|r| lease_available(r, "outage")).sum();
     let before = spent_in_events(&everyone, "outage");
+    let open_held = lease_available(&failing_open, "fail-open");
+    let open_before = spent_in_events(&[&failing_open], "fail-open");
     kafka.kill_all();
     let refused = outage_calls(&serving, &outage_key);
     let during = spent_in_events(&everyone, "outage") - before;
@@ -576,6 +639,19 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
     );
     assert!(during <= held, "spent {during} with {held} leased");
     assert!(refused > 0, "calls were refused once the leases ran out");
+    assert!(
+        fail_open_calls(&failing_open, &open_key),
+        "the replica set to fail open did"
+    );
+    let open_during = spent_in_events(&[&failing_open], "fail-open") - open_before;
+    eprintln!(
+        "leases: brokers killed: the replica failing open by {FAIL_OPEN_NANOS} held \
+         {open_held} nanos of lease and spent {open_during}"
+    );
+    assert!(
+        open_during > open_held && open_during <= open_held + FAIL_OPEN_NANOS,
+        "spent {open_during} with {open_held} leased and {FAIL_OPEN_NANOS} to fail open by"
+    );
     kafka.restart_all();
     for replica in &serving {
         until_served(replica, &outage_key);
@@ -599,6 +675,30 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // What the replica that failed open spent past its lease was never granted: the cluster's
+    // lease falls short of the spend by at most the margin, never by more (nothing it credited
+    // itself was given back as if granted).
+    until_served(&failing_open, &open_key);
+    let open_spent = spent_in_events(&[&failing_open], "fail-open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leased = allocation_of(&failing_open, "fail-open")["lease"]["cluster_leased_nanos"]
+            .as_u64()
+            .unwrap();
+        if leased <= open_spent {
+            assert!(
+                open_spent - leased <= FAIL_OPEN_NANOS,
+                "the cluster holds {leased} of fail-open, {open_spent} spent"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster holds {leased} of fail-open, {open_spent} spent"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(failing_open);
 
     // Everything killed at once and started again.
     let (revoked, id) = serving[1].create_key("after", json!({}));

@@ -608,6 +608,11 @@ pub struct LeasesConfig {
     pub horizon: Duration,
     /// An ask not answered this long is asked again (`ask_timeout_ms`).
     pub ask_timeout: Duration,
+    /// What a replica cut off from every coordinator (an ask unanswered for `ask_timeout`)
+    /// may spend of an allocation past its lease, once per lease epoch (`fail_open`, an
+    /// amount; default 0, failing closed). With N replicas a period's spend is then at most
+    /// the limit plus N times this.
+    pub fail_open: Nanos,
 }
 
 #[derive(Deserialize)]
@@ -624,6 +629,8 @@ struct RawLeases {
     idle_ms: Option<u64>,
     horizon_ms: Option<u64>,
     ask_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "some_amount")]
+    fail_open: Option<Nanos>,
 }
 
 fn default_lease_topic() -> String {
@@ -669,6 +676,7 @@ impl RawLeases {
             idle: ms(self.idle_ms, limits::LEASE_IDLE),
             horizon: ms(self.horizon_ms, limits::LEASE_HORIZON),
             ask_timeout: ms(self.ask_timeout_ms, limits::LEASE_ASK_TIMEOUT),
+            fail_open: self.fail_open.unwrap_or(Nanos(0)),
         })
     }
 }
@@ -1420,12 +1428,14 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         );
         assert!(leases.coordinate);
         assert_eq!(leases.session_timeout, limits::LEASE_SESSION_TIMEOUT);
+        assert_eq!(leases.fail_open, Nanos(0), "fails closed unless told");
         let config =
-            with("[kafka]\nbrokers = \"b:1\"\n\n[leases]\ncoordinate = false\npartitions = 3\nidle_ms = 500\n")
+            with("[kafka]\nbrokers = \"b:1\"\n\n[leases]\ncoordinate = false\npartitions = 3\nidle_ms = 500\nfail_open = \"0.25\"\n")
                 .unwrap();
         let leases = config.leases.unwrap();
         assert_eq!((leases.coordinate, leases.log.partitions), (false, 3));
         assert_eq!(leases.idle, Duration::from_millis(500));
+        assert_eq!(leases.fail_open, Nanos(250_000_000));
         for (section, field) in [
             ("[leases]\n", "leases"),
             (

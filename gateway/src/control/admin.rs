@@ -424,6 +424,8 @@ fn lease_view(lease: &tollgate_engine::lease::LeaseSnapshot, now: UnixMs) -> Val
         },
         "granted": nanos(lease.granted_total),
         "returned": nanos(lease.returned_total),
+        "expired": nanos(lease.expired_total),
+        "failed_open": nanos(lease.opened_total),
         "cluster_leased": nanos(lease.cluster_nanos),
         "cluster_leased_nanos": lease.cluster_nanos,
         "ends_at": (lease.epoch > now.0 && lease.epoch < i64::MAX)

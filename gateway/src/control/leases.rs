@@ -142,7 +142,7 @@ pub fn render(out: &mut String, gateway: &Gateway) {
     if leases.is_empty() {
         return;
     }
-    let series: [Series; 3] = [
+    let series: [Series; 5] = [
         (
             "tollgate_lease_available_nanos",
             "Nanos of this replica's lease on the allocation not held by a call.",
@@ -157,6 +157,16 @@ pub fn render(out: &mut String, gateway: &Gateway) {
             "tollgate_lease_returned_nanos",
             "Nanos this replica gave back on the allocation since it started.",
             |s| i128::from(s.returned_total),
+        ),
+        (
+            "tollgate_lease_expired_nanos",
+            "Of those, nanos given back because their lease epoch had ended.",
+            |s| i128::from(s.expired_total),
+        ),
+        (
+            "tollgate_lease_fail_open_nanos",
+            "Nanos this replica credited itself on the allocation, cut off from every coordinator.",
+            |s| i128::from(s.opened_total),
         ),
     ];
     for (name, help, value) in series {
@@ -178,6 +188,11 @@ struct Watch {
     /// The ask in flight, what it wanted, and when it was written.
     asked: Option<(u64, u64, Instant)>,
     denied_at: Option<Instant>,
+    /// Since when this replica's asks have gone unanswered (none answered since one was
+    /// first tried): past `ask_timeout`, it is cut off from every coordinator.
+    unanswered_since: Option<Instant>,
+    /// The lease epoch this replica last failed open in (`leases.fail_open`): once per epoch.
+    opened: Option<i64>,
     /// Nanos consumed (granted less returned less available) when the window began, and when.
     window: Option<(i128, Instant)>,
     /// Nanos consumed over the last whole window.
@@ -400,6 +415,7 @@ impl Holder {
                     && let Some(shared) = rates.shared(on)
                 {
                     let watch = self.watches.entry((on, allocation.into())).or_default();
+                    watch.unanswered_since = None;
                     if watch.asked.is_some_and(|(asked, _, _)| asked == *ask) {
                         watch.asked = None;
                     }
@@ -422,6 +438,7 @@ impl Holder {
                         .watches
                         .entry((Limit::Allocation, Arc::clone(&a.name)))
                         .or_default();
+                    watch.unanswered_since = None;
                     if let Some((_, want, _)) = watch.asked.filter(|(asked, _, _)| asked == ask) {
                         watch.asked = None;
                         if let Some(lease) = a.budget.lease() {
@@ -495,6 +512,7 @@ impl Holder {
                             .entry((*on, Arc::from(allocation.as_str())))
                             .or_default();
                         watch.asked = None;
+                        watch.unanswered_since = None;
                         watch.denied_at = Some(Instant::now());
                     } else if *ask >= self.life_base {
                         metrics.add(Counter::LeaseDenied, 1);
@@ -510,6 +528,7 @@ impl Holder {
                             .entry((Limit::Allocation, Arc::from(allocation.as_str())))
                             .or_default();
                         watch.asked = None;
+                        watch.unanswered_since = None;
                         watch.denied_at = Some(Instant::now());
                     }
                 } else {
@@ -589,6 +608,7 @@ impl Holder {
             };
             for (epoch, nanos) in lease.take_ended() {
                 self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
+                lease.expired(nanos);
                 self.give_back_lease(&a, epoch, nanos);
             }
             let idle = lease
@@ -605,6 +625,7 @@ impl Holder {
             if let Some((epoch, nanos)) = lease.take_unused(now, u64::MAX) {
                 // The epoch is over: all of it goes back, for the periods it was charged to.
                 self.gateway.metrics.add(Counter::LeaseExpiredNanos, nanos);
+                lease.expired(nanos);
                 self.give_back_lease(&a, epoch, nanos);
             }
             self.ask_if_short(&a, lease, now);
@@ -613,7 +634,7 @@ impl Holder {
 
     fn ask_if_short(&mut self, a: &Arc<Allocation>, lease: &LeaseCell, now: UnixMs) {
         let snapshot = lease.snapshot();
-        let consumed = i128::from(snapshot.granted_total)
+        let consumed = i128::from(snapshot.granted_total) + i128::from(snapshot.opened_total)
             - i128::from(snapshot.returned_total)
             - i128::from(snapshot.available);
         let (horizon, ask_timeout) = (self.config.horizon, self.config.ask_timeout);
@@ -628,7 +649,29 @@ impl Holder {
             .max(lease.ask_largest().saturating_mul(LEASE_ASKS_AHEAD));
         let available = u64::try_from(snapshot.available.max(0)).unwrap_or(0);
         let expired = now.0 >= snapshot.epoch;
-        let low = expired || available < target / 2 || short.is_some_and(|s| s > available);
+        let wanting = short.is_some_and(|s| s > available);
+        let low = expired || available < target / 2 || wanting;
+        let fail_open = self.config.fail_open.0;
+        if wanting
+            && fail_open > 0
+            && watch
+                .unanswered_since
+                .is_some_and(|since| since.elapsed() >= ask_timeout)
+            && let Some(terms) = Terms::of(a, now)
+            && watch.opened != Some(terms.epoch)
+        {
+            // Cut off from every coordinator, with calls waiting: the stated margin, once.
+            watch.opened = Some(terms.epoch);
+            lease.open(terms.epoch, fail_open);
+            self.gateway
+                .metrics
+                .add(Counter::LeaseFailOpenNanos, fail_open);
+            report(&format!(
+                "no coordinator has answered for {:?}: allocation `{}` fails open by {} nanos \
+                 until its lease epoch ends (leases.fail_open)",
+                ask_timeout, a.name, fail_open
+            ));
+        }
         if !low || watch.waiting(ask_timeout) {
             return;
         }
@@ -712,6 +755,11 @@ impl Holder {
     fn ask(&mut self, team: &str, on: Limit, name: &str, want: u64, least: u64) {
         self.next_ask = self.next_ask.wrapping_add(1);
         let ask = self.next_ask;
+        self.watches
+            .entry((on, Arc::from(name)))
+            .or_default()
+            .unanswered_since
+            .get_or_insert_with(Instant::now);
         let record = LeaseRecord::Ask {
             replica: self.replica.clone(),
             ask,
