@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod estimate;
 pub mod event;
+pub mod forecast;
 mod hold;
 pub mod identity;
 pub mod ids;

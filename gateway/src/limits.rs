@@ -246,6 +246,13 @@ pub const LEASE_ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the lease task looks at every lease: to ask ahead of need, return what is idle.
 pub const LEASE_TICK: Duration = Duration::from_millis(20);
 
+/// How often every limited budget's spend is sampled for its burn-rate forecast
+/// (`forecast.interval_ms`): the forecast rests on the last few dozen samples.
+pub const FORECAST_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The shortest sampling interval the config takes.
+pub const FORECAST_INTERVAL_MIN: Duration = Duration::from_millis(100);
+
 /// How often a call waiting for its replica's slice of a shared rate limit looks again (the
 /// wait itself is bounded by `leases.ask_timeout_ms`).
 pub const RATE_SLICE_POLL: Duration = Duration::from_millis(5);

@@ -84,6 +84,8 @@ pub enum Counter {
     Shed,
     /// Soft-limit (80 %) warnings fired.
     SoftLimitWarnings,
+    /// Burn-rate forecasts told: a budget level on pace to run out before its period ends.
+    ForecastAlerts,
     /// Calls whose usage could not be known (billed at their bound, flagged).
     UsageUnknown,
     /// Calls whose usage was counted by tollgate because the provider gave none.
@@ -160,7 +162,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 39] = [
+const COUNTERS: [(Counter, &str, &str); 40] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -185,6 +187,11 @@ const COUNTERS: [(Counter, &str, &str); 39] = [
         Counter::SoftLimitWarnings,
         "tollgate_soft_limit_warnings_total",
         "Budget soft-limit warnings fired.",
+    ),
+    (
+        Counter::ForecastAlerts,
+        "tollgate_forecast_alerts_total",
+        "Burn-rate forecasts told: a budget level on pace to run out before its period ends.",
     ),
     (
         Counter::UsageUnknown,

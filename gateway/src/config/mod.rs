@@ -70,6 +70,9 @@ pub struct Config {
     pub ledger: LedgerConfig,
     /// `[admission]`: how a call waits for budget held by calls in flight.
     pub admission: AdmissionConfig,
+    /// `[forecast]`: how often every limited budget's spend is sampled for its burn-rate
+    /// forecast (`interval_ms`).
+    pub forecast_interval: Duration,
     /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
@@ -280,6 +283,8 @@ struct RawConfig {
     #[serde(default)]
     admission: RawAdmission,
     #[serde(default)]
+    forecast: RawForecast,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -328,6 +333,10 @@ impl RawConfig {
             .admission
             .validate()
             .map_err(|(field, reason)| source.error(&format!("admission.{field}"), 0..0, reason))?;
+        let forecast_interval = ms(self.forecast.interval_ms, limits::FORECAST_INTERVAL);
+        if forecast_interval < limits::FORECAST_INTERVAL_MIN {
+            return Err(source.error("forecast.interval_ms", 0..0, "must be at least 100"));
+        }
         Ok(Config {
             origin: source.origin.to_owned(),
             rate_card: resolve(base, self.rate_card.get_ref()),
@@ -343,6 +352,7 @@ impl RawConfig {
             control,
             leases,
             ledger,
+            forecast_interval,
             admission,
             providers,
             aliases,
@@ -836,6 +846,13 @@ impl Default for AdmissionConfig {
             extend_wait_max: limits::ADMISSION_EXTEND_WAIT_MAX,
         }
     }
+}
+
+/// `[forecast]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForecast {
+    interval_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]

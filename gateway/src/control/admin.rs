@@ -13,7 +13,7 @@ use http::header;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tollgate_engine::{KeyId, KeySpec, UnixMs, VirtualKey};
+use tollgate_engine::{KeyId, KeySpec, Level, UnixMs, VirtualKey};
 
 use crate::clock::now_ms;
 use crate::control::Control;
@@ -383,6 +383,17 @@ fn allocations(control: &Control, now: UnixMs) -> Value {
         .iter()
         .map(|a| {
             let mut described = describe_allocation(a, now);
+            for (level, field) in [
+                (Level::Allocation, "budget"),
+                (Level::Project, "project_budget"),
+                (Level::Team, "team_budget"),
+            ] {
+                let forecast = control.forecasts.get(level, a.level_name(level));
+                described[field]["runs_out_at"] =
+                    json!(forecast.and_then(|f| f.runs_out_at).map(format_rfc3339_s));
+                described[field]["burn_per_hour"] =
+                    json!(forecast.map(|f| tollgate_engine::Nanos(f.nanos_per_hour).to_string()));
+            }
             // The markup or discount on list price in force for it now (project over team), so
             // a client can price what it sees exactly as the gateway does.
             described["price_adjustment_ppm"] = json!(version.map_or(0, |v| {

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod bodies;
 pub mod coordinate;
+pub mod forecast;
 pub mod journal;
 pub mod leases;
 pub mod reconcile;
@@ -39,4 +40,6 @@ pub struct Control {
     pub ledger: Arc<Ledger>,
     /// The operator's token for the admin API and the ledger's admin submissions.
     pub admin: AdminToken,
+    /// Every limited budget level's burn-rate forecast.
+    pub forecasts: Arc<forecast::Forecasts>,
 }

@@ -33,7 +33,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tollgate_engine::{SoftLimitCrossed, UsageEvent};
+use tollgate_engine::forecast::Forecast;
+use tollgate_engine::time::MS_PER_DAY;
+use tollgate_engine::{BudgetSnapshot, Level, SoftLimitCrossed, UsageEvent};
 use tollgate_sink::columnar::ParquetSink;
 use tollgate_sink::log::{Log, LogReader, Recovery};
 
@@ -323,6 +325,45 @@ impl Emitter {
             "percent": crossed.percent,
         });
         self.shared.metrics.add(Counter::SoftLimitWarnings, 1);
+        self.append_alert(&line);
+    }
+
+    /// Records a burn-rate forecast worth telling: `level` `name` is on pace to run out before
+    /// its period ends.
+    pub fn forecast_alert(
+        &self,
+        level: Level,
+        name: &str,
+        budget: &BudgetSnapshot,
+        forecast: &Forecast,
+        at: tollgate_engine::UnixMs,
+    ) {
+        let runs_out_at = forecast.runs_out_at.map(format_rfc3339_s);
+        let days_early = forecast.early_by_ms().unwrap_or(0) / MS_PER_DAY;
+        let line = serde_json::json!({
+            "kind": "burn_rate_forecast",
+            "at": format_rfc3339_s(at),
+            "level": level.as_str(),
+            "name": name,
+            "period": budget.period.as_str(),
+            "period_index": budget.period_index,
+            "spent_nanos": budget.spent.0,
+            "limit_nanos": budget.limit.map(|l| l.0),
+            "nanos_per_hour": forecast.nanos_per_hour,
+            "runs_out_at": runs_out_at,
+            "resets_at": forecast.resets_at.map(format_rfc3339_s),
+            "days_early": days_early,
+            "message": format!(
+                "{} `{name}` is on pace to run out on {}, {days_early} days early",
+                level.as_str(),
+                runs_out_at.as_deref().map_or("", |d| d.get(..10).unwrap_or(d)),
+            ),
+        });
+        self.shared.metrics.add(Counter::ForecastAlerts, 1);
+        self.append_alert(&line);
+    }
+
+    fn append_alert(&self, line: &serde_json::Value) {
         let mut bytes = line.to_string().into_bytes();
         bytes.push(b'\n');
         if let Err(e) = lock(&self.shared.alerts).write_all(&bytes) {

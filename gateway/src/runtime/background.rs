@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::control::coordinate::CoordinatorTask;
+use crate::control::forecast::ForecastTask;
 use crate::control::leases::LeaseTask;
 use crate::control::reconcile::ReconcileTask;
 use crate::control::replicate::FollowTask;
@@ -61,6 +62,19 @@ impl Background for ShipTask {
     fn stop(self: Box<Self>, deadline: Duration) -> Stopping {
         Box::pin(async move {
             ShipTask::finish(*self, deadline).await;
+            Ok(())
+        })
+    }
+}
+
+impl Background for ForecastTask {
+    fn name(&self) -> &'static str {
+        "burn-rate forecasts"
+    }
+
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(async move {
+            ForecastTask::stop(*self).await;
             Ok(())
         })
     }

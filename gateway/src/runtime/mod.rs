@@ -24,6 +24,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::control::Control;
 use crate::control::coordinate::CoordinatorTask;
+use crate::control::forecast::{ForecastTask, Forecasts};
 use crate::control::journal::{Journal, StateError};
 use crate::control::leases::{LeaseStartError, LeaseTask};
 use crate::control::reconcile::{ReconcileTask, replica_id};
@@ -172,9 +173,15 @@ pub async fn start(
         reconciling.caught_up(RECONCILE_CATCH_UP_MAX).await;
     }
     let sweeper = Sweeper::start(Arc::clone(&ledger), Arc::clone(&gateway.metrics));
+    let forecasts = Arc::new(Forecasts::default());
+    let forecasting = ForecastTask::start(
+        Arc::clone(&gateway),
+        Arc::clone(&forecasts),
+        gateway.config.forecast_interval,
+    );
 
     // Stop order: what feeds the log first, then the log's last sync, then what reads it.
-    let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper)];
+    let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper), Box::new(forecasting)];
     if let Some(coordinating) = coordinating {
         tasks.push(Box::new(coordinating));
     }
@@ -197,6 +204,7 @@ pub async fn start(
         replication,
         ledger,
         admin,
+        forecasts,
     };
     Ok(Running {
         control: Arc::new(control),

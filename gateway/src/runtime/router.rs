@@ -85,6 +85,7 @@ fn metrics(control: &Control) -> Response<ResponseBody> {
     let mut text = gateway.metrics.render(gauges);
     crate::routing::render(&mut text, &gateway.providers, gateway.monotonic_us());
     crate::control::leases::render(&mut text, gateway);
+    control.forecasts.render(&mut text);
     plain(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 

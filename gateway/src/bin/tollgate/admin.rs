@@ -272,7 +272,8 @@ fn print_list(
     print::table(columns, &rows)
 }
 
-/// The allocations answer as its currency and a table of each allocation's budget. With
+/// The allocations answer as its currency and a table of each allocation's budget; `runs_out`
+/// is when it runs out at the pace it is spent (the burn-rate forecast), if before ever. With
 /// budget leases, `leased` is what the whole cluster holds at the allocation (spent, in flight
 /// and granted unused, every replica's), as the answering replica's fold counts it.
 fn print_spend(answer: &Value) -> anyhow::Result<()> {
@@ -289,6 +290,7 @@ fn print_spend(answer: &Value) -> anyhow::Result<()> {
         "limit",
         "remaining",
         "resets_at",
+        "runs_out",
     ];
     if leased {
         columns.push("leased");
@@ -311,6 +313,7 @@ fn print_spend(answer: &Value) -> anyhow::Result<()> {
                         field(&budget, "limit"),
                         field(&budget, "remaining"),
                         field(&budget, "resets_at"),
+                        field(&budget, "runs_out_at"),
                     ];
                     if leased {
                         row.push(field(&lease, "cluster_leased"));
