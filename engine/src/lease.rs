@@ -769,6 +769,81 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Three replicas share one per-minute limit through a coordinator's book: whatever
+        /// their asks, takes and returns, and however the clock steps across minutes (grants
+        /// read late, for a minute already over, included), no minute admits more than the
+        /// limit.
+        #[test]
+        fn replicas_never_take_more_than_a_minutes_allowance(
+            limit in 1u64..40,
+            steps in proptest::collection::vec((0usize..3, 0u8..5, 1u64..20, 0i64..15_000), 1..300),
+        ) {
+            use std::collections::HashMap;
+            let slices = [RateSlice::new(), RateSlice::new(), RateSlice::new()];
+            let names = ["r0", "r1", "r2"];
+            let mut book = LeaseBook::new();
+            let mut late: Vec<(usize, i64, u64)> = Vec::new();
+            let (mut now, mut asks, mut returns) = (0i64, 0u64, 0u64);
+            let mut admitted: HashMap<i64, u64> = HashMap::new();
+            for (who, action, amount, step) in steps {
+                now += step;
+                match action {
+                    0 | 1 => {
+                        if slices[who].take(now, 1).is_ok() {
+                            *admitted.entry(now.div_euclid(60_000)).or_default() += 1;
+                        }
+                    }
+                    2 | 3 => {
+                        asks += 1;
+                        let terms = Terms::rate("t", Limit::KeyRequests, "key_1", limit, UnixMs(now));
+                        let ask = AskFor {
+                            replica: names[who],
+                            ask: asks,
+                            on: Limit::KeyRequests,
+                            allocation: "key_1",
+                            want_nanos: amount,
+                            least_nanos: 1,
+                        };
+                        if let Decision::Grant(record) = book.propose(&ask, &terms, "c") {
+                            book.apply(&record);
+                            if let LeaseRecord::Grant { epoch, nanos, .. } = record {
+                                // Half the grants reach their replica at the next step.
+                                if action == 2 {
+                                    slices[who].grant(epoch, nanos);
+                                } else {
+                                    late.push((who, epoch, nanos));
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some((epoch, units)) = slices[who].take_unused(now, 0) {
+                            returns += 1;
+                            book.apply(&LeaseRecord::Return {
+                                replica: names[who].into(),
+                                id: returns,
+                                team: "t".into(),
+                                on: Limit::KeyRequests,
+                                allocation: "key_1".into(),
+                                epoch,
+                                nanos: units,
+                            });
+                        }
+                    }
+                }
+                if action != 3 {
+                    for (who, epoch, nanos) in late.drain(..) {
+                        slices[who].grant(epoch, nanos);
+                    }
+                }
+            }
+            for (minute, n) in admitted {
+                proptest::prop_assert!(n <= limit, "{} admitted in minute {} under {}", n, minute, limit);
+            }
+        }
+    }
+
+    proptest::proptest! {
         /// Two coordinators propose from views of the log that lag it by any amount, their
         /// grants and the replicas' returns land in any order; whatever the log's order, the
         /// grants the fold counts never take a level past its limit.
