@@ -250,6 +250,22 @@ pub const LEASE_TICK: Duration = Duration::from_millis(20);
 /// (`forecast.interval_ms`): the forecast rests on the last few dozen samples.
 pub const FORECAST_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Longest a webhook delivery waits for its answer (`webhook.timeout_ms`).
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A webhook's first wait after a failed delivery; each failure doubles it.
+pub const WEBHOOK_BACKOFF_MIN: Duration = Duration::from_millis(250);
+
+/// The longest wait between deliveries of an alert a webhook keeps refusing (it is never
+/// dropped: delivery is at least once).
+pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// How often a webhook with nothing to send looks for a new alert.
+pub const WEBHOOK_POLL: Duration = Duration::from_millis(200);
+
+/// The longest alert line a webhook reads.
+pub const WEBHOOK_ALERT_BYTES_MAX: u64 = 64 * 1024;
+
 /// The shortest sampling interval the config takes.
 pub const FORECAST_INTERVAL_MIN: Duration = Duration::from_millis(100);
 

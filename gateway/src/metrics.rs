@@ -86,6 +86,10 @@ pub enum Counter {
     SoftLimitWarnings,
     /// Burn-rate forecasts told: a budget level on pace to run out before its period ends.
     ForecastAlerts,
+    /// Alerts a webhook answered 2xx to.
+    WebhookDelivered,
+    /// Webhook deliveries that failed (refused, timed out, unreachable) and are sent again.
+    WebhookFailed,
     /// Calls whose usage could not be known (billed at their bound, flagged).
     UsageUnknown,
     /// Calls whose usage was counted by tollgate because the provider gave none.
@@ -162,7 +166,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 40] = [
+const COUNTERS: [(Counter, &str, &str); 42] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -192,6 +196,16 @@ const COUNTERS: [(Counter, &str, &str); 40] = [
         Counter::ForecastAlerts,
         "tollgate_forecast_alerts_total",
         "Burn-rate forecasts told: a budget level on pace to run out before its period ends.",
+    ),
+    (
+        Counter::WebhookDelivered,
+        "tollgate_webhook_delivered_total",
+        "Alerts a webhook answered 2xx to.",
+    ),
+    (
+        Counter::WebhookFailed,
+        "tollgate_webhook_failed_total",
+        "Webhook deliveries that failed and are sent again after a backoff.",
     ),
     (
         Counter::UsageUnknown,

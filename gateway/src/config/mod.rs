@@ -73,6 +73,8 @@ pub struct Config {
     /// `[forecast]`: how often every limited budget's spend is sampled for its burn-rate
     /// forecast (`interval_ms`).
     pub forecast_interval: Duration,
+    /// The `[[webhook]]` tables in file order, names unique: where alerts are delivered.
+    pub webhooks: Vec<WebhookConfig>,
     /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
@@ -285,6 +287,8 @@ struct RawConfig {
     #[serde(default)]
     forecast: RawForecast,
     #[serde(default)]
+    webhook: Vec<Spanned<RawWebhook>>,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -337,6 +341,7 @@ impl RawConfig {
         if forecast_interval < limits::FORECAST_INTERVAL_MIN {
             return Err(source.error("forecast.interval_ms", 0..0, "must be at least 100"));
         }
+        let webhooks = webhooks(self.webhook, source)?;
         Ok(Config {
             origin: source.origin.to_owned(),
             rate_card: resolve(base, self.rate_card.get_ref()),
@@ -353,6 +358,7 @@ impl RawConfig {
             leases,
             ledger,
             forecast_interval,
+            webhooks,
             admission,
             providers,
             aliases,
@@ -846,6 +852,83 @@ impl Default for AdmissionConfig {
             extend_wait_max: limits::ADMISSION_EXTEND_WAIT_MAX,
         }
     }
+}
+
+/// One `[[webhook]]`: where every alert is delivered, at least once, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Unique among webhooks (its cursor's file name); see [`is_name`].
+    pub name: String,
+    /// An `http` or `https` URL, POSTed every alert.
+    pub url: String,
+    /// The body: the alert as written, or Slack's `{"text": ...}`.
+    pub format: WebhookFormat,
+    /// The variable holding the HMAC-SHA256 key the body is signed with (`tollgate-signature`).
+    pub secret_env: Option<String>,
+    /// Longest a delivery waits for its answer (`timeout_ms`); then it is sent again.
+    pub timeout: Duration,
+}
+
+/// What a webhook is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The alert's JSON line, as in `alerts.jsonl`.
+    Json,
+    /// `{"text": "<what happened>"}`, as Slack's incoming webhooks (and Mattermost's) take it.
+    Slack,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Spanned<String>,
+    url: String,
+    #[serde(default = "default_webhook_format")]
+    format: WebhookFormat,
+    secret_env: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+fn default_webhook_format() -> WebhookFormat {
+    WebhookFormat::Json
+}
+
+fn webhooks(raw: Vec<Spanned<RawWebhook>>, source: &Source<'_>) -> Result<Vec<WebhookConfig>> {
+    let mut names = HashSet::new();
+    let mut webhooks = Vec::with_capacity(raw.len());
+    for (i, table) in raw.into_iter().enumerate() {
+        let span = table.span();
+        let raw = table.into_inner();
+        let name = checked_name(&raw.name, &mut names, "webhook", i, source)?;
+        let url_ok = raw
+            .url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !url_ok {
+            return Err(source.error(
+                &format!("webhook[{i}].url"),
+                span,
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let timeout = ms(raw.timeout_ms, limits::WEBHOOK_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(source.error(
+                &format!("webhook[{i}].timeout_ms"),
+                span,
+                "must be at least 1",
+            ));
+        }
+        webhooks.push(WebhookConfig {
+            name,
+            url: raw.url,
+            format: raw.format,
+            secret_env: raw.secret_env,
+            timeout,
+        });
+    }
+    Ok(webhooks)
 }
 
 /// `[forecast]`.

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod reconcile;
 pub mod replicate;
 pub mod ship;
+pub mod webhooks;
 
 use std::sync::Arc;
 

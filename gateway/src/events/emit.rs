@@ -60,6 +60,10 @@ struct Shared {
     /// Writes the synced log into Parquet, one pass at a time.
     parquet: Option<Mutex<ParquetSink>>,
     alerts: Mutex<File>,
+    /// Makes alert ids unique across lives: drawn from the OS at start.
+    alert_seed: u64,
+    /// The next alert's number in this life.
+    alert_seq: AtomicU64,
     /// Events appended since the last sync.
     unsynced: AtomicU64,
     /// Raised to stop: the syncer's last sync.
@@ -162,10 +166,16 @@ impl Emitter {
                 recovery.records
             ));
         }
-        let alerts = OpenOptions::new()
+        let mut alerts = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(dir.join(ALERTS_FILE))?;
+        end_torn_alert(&mut alerts)?;
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            seed = crate::clock::now_ms().0.to_le_bytes();
+        }
         let synced = log.next_offset();
         let log_bytes = log.bytes();
         let roll_interval = parquet.map_or(Duration::MAX, |p| p.roll_interval);
@@ -184,6 +194,8 @@ impl Emitter {
             synced: AtomicU64::new(synced),
             parquet,
             alerts: Mutex::new(alerts),
+            alert_seed: u64::from_le_bytes(seed),
+            alert_seq: AtomicU64::new(0),
             unsynced: AtomicU64::new(0),
             stopping: Signal::default(),
             synced_for_good: Signal::default(),
@@ -314,6 +326,7 @@ impl Emitter {
     /// Records a soft-limit warning.
     pub fn alert(&self, crossed: &SoftLimitCrossed, at: tollgate_engine::UnixMs) {
         let line = serde_json::json!({
+            "id": self.alert_id(at),
             "kind": "soft_limit_crossed",
             "at": format_rfc3339_s(at),
             "level": crossed.level.as_str(),
@@ -341,6 +354,7 @@ impl Emitter {
         let runs_out_at = forecast.runs_out_at.map(format_rfc3339_s);
         let days_early = forecast.early_by_ms().unwrap_or(0) / MS_PER_DAY;
         let line = serde_json::json!({
+            "id": self.alert_id(at),
             "kind": "burn_rate_forecast",
             "at": format_rfc3339_s(at),
             "level": level.as_str(),
@@ -361,6 +375,13 @@ impl Emitter {
         });
         self.shared.metrics.add(Counter::ForecastAlerts, 1);
         self.append_alert(&line);
+    }
+
+    /// A new alert's id: its instant, this life's seed and its number, unique across lives
+    /// and replicas (what a webhook's receiver drops duplicates by).
+    fn alert_id(&self, at: tollgate_engine::UnixMs) -> String {
+        let n = self.shared.alert_seq.fetch_add(1, Ordering::Relaxed);
+        format!("alt_{}_{:016x}_{n}", at.0, self.shared.alert_seed)
     }
 
     fn append_alert(&self, line: &serde_json::Value) {
@@ -432,6 +453,23 @@ fn append_held_back(shared: &Shared) {
     }
     shared.unwritable.store(false, Ordering::Release);
     report("the usage event log can be written again; new calls are admitted");
+}
+
+/// Ends a line a `kill -9` tore mid-write, so the next alert starts a line of its own (the
+/// torn one is skipped by its readers: it is not JSON).
+fn end_torn_alert(alerts: &mut File) -> io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let length = alerts.metadata()?.len();
+    if length == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    alerts.seek(SeekFrom::Start(length - 1))?;
+    alerts.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        alerts.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// Syncs the active segment and the alerts without holding the log while the disk works.

@@ -19,6 +19,7 @@ use crate::control::leases::LeaseTask;
 use crate::control::reconcile::ReconcileTask;
 use crate::control::replicate::FollowTask;
 use crate::control::ship::ShipTask;
+use crate::control::webhooks::WebhookTask;
 use crate::events::emit::Writer;
 use crate::usage::Sweeper;
 
@@ -75,6 +76,20 @@ impl Background for ForecastTask {
     fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
         Box::pin(async move {
             ForecastTask::stop(*self).await;
+            Ok(())
+        })
+    }
+}
+
+impl Background for WebhookTask {
+    fn name(&self) -> &'static str {
+        "webhook deliveries"
+    }
+
+    /// Owes nothing: an alert being sent is sent again at the next start.
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(async move {
+            WebhookTask::stop(*self).await;
             Ok(())
         })
     }

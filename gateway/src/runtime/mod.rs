@@ -30,6 +30,7 @@ use crate::control::leases::{LeaseStartError, LeaseTask};
 use crate::control::reconcile::{ReconcileTask, replica_id};
 use crate::control::replicate::{self, CatchUpError, FollowTask, Replication};
 use crate::control::ship::ShipTask;
+use crate::control::webhooks::WebhookTask;
 use crate::events::emit::{Emitter, Maintenance};
 use crate::events::restore::{self, CHECKPOINT_FILE, Folded};
 use crate::http::auth::AdminToken;
@@ -56,6 +57,9 @@ pub enum StartError {
         /// What the file system or the log said.
         source: std::io::Error,
     },
+    /// A webhook could not start (its secret unset, its cursor unreadable).
+    #[error("webhooks: {0}")]
+    Webhooks(std::io::Error),
     /// The replica id in the state folder could not be read or made.
     #[error("the replica id in the state folder: {0}")]
     Replica(std::io::Error),
@@ -181,7 +185,11 @@ pub async fn start(
     );
 
     // Stop order: what feeds the log first, then the log's last sync, then what reads it.
+    let delivering = WebhookTask::start(&gateway, &env).map_err(StartError::Webhooks)?;
     let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper), Box::new(forecasting)];
+    if let Some(delivering) = delivering {
+        tasks.push(Box::new(delivering));
+    }
     if let Some(coordinating) = coordinating {
         tasks.push(Box::new(coordinating));
     }
