@@ -44,7 +44,7 @@ pub struct Burn {
     /// Nanos per millisecond, with [`RATE_FRACTION_BITS`] fractional bits; `None` before two
     /// samples.
     rate: Option<u128>,
-    /// Samples in the average.
+    /// Samples in the average in which the level spent.
     samples: u32,
     /// The period and the date of the last alert.
     told: Option<(i64, UnixMs)>,
@@ -92,11 +92,13 @@ impl Burn {
                     // was idle, not slow.
                     None if added == 0 => None,
                     None => Some(sample),
+                    // Too little left to decay by a unit: spent nothing for long, it is nothing.
+                    Some(rate) if added == 0 && rate >> BURN_WEIGHT_SHIFT == 0 => Some(0),
                     Some(rate) => {
                         Some(rate - (rate >> BURN_WEIGHT_SHIFT) + (sample >> BURN_WEIGHT_SHIFT))
                     }
                 };
-                if self.rate.is_some() {
+                if added > 0 {
                     self.samples = self.samples.saturating_add(1);
                 }
                 self.last = Some((now, budget.period_index, spent));
@@ -231,6 +233,29 @@ mod tests {
         let f = spending.observe(at, &budget(1_000, 1_000, at)).unwrap();
         assert_eq!(f.runs_out_at, None);
         assert!(!spending.alert(at, 0, &f));
+    }
+
+    #[test]
+    fn a_burst_then_nothing_is_not_told_and_its_date_fades_out() {
+        let mut burn = Burn::new();
+        let limit = 100_000_000_000;
+        burn.observe(DEC_1, &budget(limit, 0, DEC_1));
+        let mut at = UnixMs(DEC_1.0 + 60_000);
+        let mut f = burn
+            .observe(at, &budget(limit, 20_000_000_000, at))
+            .unwrap();
+        assert!(f.runs_out_at.is_some());
+        for _ in 0..2_000 {
+            at = UnixMs(at.0 + 60_000);
+            f = burn
+                .observe(at, &budget(limit, 20_000_000_000, at))
+                .unwrap();
+            assert!(
+                !burn.alert(at, Period::Month.index(at), &f),
+                "one sample spent"
+            );
+        }
+        assert_eq!(f.runs_out_at, None, "no spend for long gives no date");
     }
 
     proptest::proptest! {

@@ -108,8 +108,12 @@ impl RateSlice {
         {
             self.owed.fetch_add(before.unsigned_abs(), ORDER);
         }
-        // Units left in an ended minute are of no use to anyone: dropped, not returned.
-        let _ = self.lease.take_ended();
+        // Units left in an ended minute are of no use to anyone: dropped, not returned, and
+        // counted as expired (they were neither used nor given back).
+        let dropped: u64 = self.lease.take_ended().iter().map(|(_, n)| n).sum();
+        if dropped > 0 {
+            self.lease.expired(dropped);
+        }
         if self.lease.snapshot().epoch == epoch {
             self.denied_until.store(i64::MIN, ORDER);
             let owed = self.owed.swap(0, ORDER);
@@ -221,5 +225,7 @@ mod tests {
         slice.grant(120_000, 4);
         slice.grant(60_000, 50);
         assert_eq!(slice.snapshot().available, 4);
+        // 7 left of the first minute and the late 50: dropped, counted as expired.
+        assert_eq!(slice.snapshot().expired_total, 7 - 5 + 50);
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -102,8 +103,17 @@ fn duckdb_agrees(data: &Path, events: usize, cost_nanos: i128) {
     }
 }
 
+/// The tests here run one at a time: each starts its own brokers and kills them, and three
+/// clusters restarting at once on a two-core machine starve one another past the books' wait.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 fn the_sink_writes_each_event_exactly_once_through_crashes_duplicates_and_garbage() {
+    let _alone = alone();
     let Some(kafka) = Kafka::start() else {
         return;
     };
@@ -216,6 +226,7 @@ fn the_sink_writes_each_event_exactly_once_through_crashes_duplicates_and_garbag
 
 #[test]
 fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sink_crash() {
+    let _alone = alone();
     let Some(mut kafka) = Kafka::start() else {
         return;
     };
@@ -298,6 +309,7 @@ fn gateway_to_kafka_to_sink_balances_the_books_through_a_broker_outage_and_a_sin
 
 #[test]
 fn a_three_broker_cluster_loses_a_broker_mid_run_and_every_event_lands_once() {
+    let _alone = alone();
     use serde_json::json;
     use tollgate_tests::http::post_json;
 

@@ -625,9 +625,9 @@ pub struct LeasesConfig {
     /// An ask not answered this long is asked again (`ask_timeout_ms`).
     pub ask_timeout: Duration,
     /// What a replica cut off from every coordinator (an ask unanswered for `ask_timeout`)
-    /// may spend of an allocation past its lease, once per lease epoch (`fail_open`, an
-    /// amount; default 0, failing closed). With N replicas a period's spend is then at most
-    /// the limit plus N times this.
+    /// may spend of an allocation past its lease, once per lease epoch and process life
+    /// (`fail_open`, an amount; default 0, failing closed). A period's spend is then at most
+    /// the limit plus this for every replica, lease epoch and life that failed open in it.
     pub fail_open: Nanos,
 }
 

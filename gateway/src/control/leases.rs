@@ -193,6 +193,9 @@ struct Watch {
     unanswered_since: Option<Instant>,
     /// The lease epoch this replica last failed open in (`leases.fail_open`): once per epoch.
     opened: Option<i64>,
+    /// When (wall clock, ms) the ask in flight was written: a rate's denial counts only in
+    /// the minute it was asked in.
+    asked_at_ms: Option<i64>,
     /// Nanos consumed (granted less returned less available) when the window began, and when.
     window: Option<(i128, Instant)>,
     /// Nanos consumed over the last whole window.
@@ -499,21 +502,28 @@ impl Holder {
                 if *replica == self.replica {
                     if *ask >= self.life_base && on.is_rate() {
                         metrics.add(Counter::LeaseDenied, 1);
-                        if let Some(rates) = self.gateway.rates_of(*on, allocation)
-                            && let Some(shared) = rates.shared(*on)
-                        {
-                            let now = now_ms();
-                            let minute = Period::Minute.index(now);
-                            let end = Period::Minute.end(minute).map_or(i64::MAX, |e| e.0);
-                            shared.slice.deny(end);
-                        }
                         let watch = self
                             .watches
                             .entry((*on, Arc::from(allocation.as_str())))
                             .or_default();
+                        let minute = Period::Minute.index(now_ms());
+                        // Denied in the minute it was asked in: that minute is given out. A
+                        // denial read after its minute ended says nothing of this one.
+                        let current = watch
+                            .asked_at_ms
+                            .is_some_and(|at| Period::Minute.index(UnixMs(at)) == minute);
                         watch.asked = None;
+                        watch.asked_at_ms = None;
                         watch.unanswered_since = None;
-                        watch.denied_at = Some(Instant::now());
+                        if current {
+                            watch.denied_at = Some(Instant::now());
+                            if let Some(rates) = self.gateway.rates_of(*on, allocation)
+                                && let Some(shared) = rates.shared(*on)
+                            {
+                                let end = Period::Minute.end(minute).map_or(i64::MAX, |e| e.0);
+                                shared.slice.deny(end);
+                            }
+                        }
                     } else if *ask >= self.life_base {
                         metrics.add(Counter::LeaseDenied, 1);
                         if let Some(lease) = self
@@ -651,6 +661,10 @@ impl Holder {
         let expired = now.0 >= snapshot.epoch;
         let wanting = short.is_some_and(|s| s > available);
         let low = expired || available < target / 2 || wanting;
+        if !low {
+            // Not in need: an ask lost earlier says nothing of the coordinators now.
+            watch.unanswered_since = None;
+        }
         let fail_open = self.config.fail_open.0;
         if wanting
             && fail_open > 0
@@ -714,8 +728,10 @@ impl Holder {
             return;
         }
         let snapshot = slice.snapshot();
+        // Units a minute left unused were dropped, not consumed.
         let consumed = i128::from(snapshot.granted_total)
             - i128::from(snapshot.returned_total)
+            - i128::from(snapshot.expired_total)
             - i128::from(snapshot.available);
         let (horizon, ask_timeout) = (self.config.horizon, self.config.ask_timeout);
         let watch = self
@@ -739,11 +755,9 @@ impl Holder {
         if !low || watch.waiting(ask_timeout) {
             return;
         }
-        let least = short
-            .unwrap_or(1)
-            .saturating_sub(available)
-            .max(1)
-            .saturating_add(debt);
+        // The debt is asked for, never required: a minute's allowance may be less than it, and
+        // each grant pays part of it off.
+        let least = short.unwrap_or(1).saturating_sub(available).max(1);
         let want = target
             .saturating_sub(available)
             .saturating_add(debt)
@@ -773,6 +787,7 @@ impl Holder {
             self.gateway.metrics.add(Counter::LeaseAsks, 1);
             if let Some(watch) = self.watches.get_mut(&(on, Arc::from(name))) {
                 watch.asked = Some((ask, want, Instant::now()));
+                watch.asked_at_ms = Some(now_ms().0);
             }
         }
     }

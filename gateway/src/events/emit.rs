@@ -64,6 +64,8 @@ struct Shared {
     alert_seed: u64,
     /// The next alert's number in this life.
     alert_seq: AtomicU64,
+    /// A write of an alert failed, perhaps part-way: the next starts on a new line.
+    alert_torn: AtomicBool,
     /// Events appended since the last sync.
     unsynced: AtomicU64,
     /// Raised to stop: the syncer's last sync.
@@ -196,6 +198,7 @@ impl Emitter {
             alerts: Mutex::new(alerts),
             alert_seed: u64::from_le_bytes(seed),
             alert_seq: AtomicU64::new(0),
+            alert_torn: AtomicBool::new(false),
             unsynced: AtomicU64::new(0),
             stopping: Signal::default(),
             synced_for_good: Signal::default(),
@@ -385,10 +388,20 @@ impl Emitter {
     }
 
     fn append_alert(&self, line: &serde_json::Value) {
-        let mut bytes = line.to_string().into_bytes();
+        let mut bytes = Vec::new();
+        if self.shared.alert_torn.load(Ordering::Relaxed) {
+            // After a write that may have stopped part-way: the torn line is ended first
+            // (its readers skip it), so this alert stays whole.
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(line.to_string().as_bytes());
         bytes.push(b'\n');
-        if let Err(e) = lock(&self.shared.alerts).write_all(&bytes) {
-            report(&format!("writing a budget warning: {e}"));
+        match lock(&self.shared.alerts).write_all(&bytes) {
+            Ok(()) => self.shared.alert_torn.store(false, Ordering::Relaxed),
+            Err(e) => {
+                self.shared.alert_torn.store(true, Ordering::Relaxed);
+                report(&format!("writing an alert: {e}"));
+            }
         }
     }
 
