@@ -86,6 +86,8 @@ pub enum Counter {
     SoftLimitWarnings,
     /// Burn-rate forecasts told: a budget level on pace to run out before its period ends.
     ForecastAlerts,
+    /// Budget levels told exhausted: a call refused with 402 there (once per level and period).
+    ExhaustedAlerts,
     /// Alerts a webhook answered 2xx to.
     WebhookDelivered,
     /// Webhook deliveries that failed (refused, timed out, unreachable) and are sent again.
@@ -166,7 +168,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 42] = [
+const COUNTERS: [(Counter, &str, &str); 43] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -196,6 +198,11 @@ const COUNTERS: [(Counter, &str, &str); 42] = [
         Counter::ForecastAlerts,
         "tollgate_forecast_alerts_total",
         "Burn-rate forecasts told: a budget level on pace to run out before its period ends.",
+    ),
+    (
+        Counter::ExhaustedAlerts,
+        "tollgate_budget_exhausted_alerts_total",
+        "Budget levels told exhausted: a call refused with 402 there, once per level and period.",
     ),
     (
         Counter::WebhookDelivered,

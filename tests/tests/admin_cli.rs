@@ -92,6 +92,11 @@ fn the_cli_manages_keys_allocations_and_budgets_and_they_persist() {
         }
         assert!(admitted < 1_000, "the budget never ran out");
     }
+    // Refused again: the limit reached is told once all the same.
+    for _ in 0..3 {
+        let answer = post_json(stack.address(), "/v1/chat/completions", &key, &chat());
+        assert_eq!(answer.status, 402, "{}", answer.text());
+    }
     let spend = cli(&stack, &["spend"]);
     let row = spend
         .lines()
@@ -193,7 +198,16 @@ fn the_cli_manages_keys_allocations_and_budgets_and_they_persist() {
     stack.stop();
     let alerts = read_lines(&stack.path().join("events/alerts.jsonl"));
     let nightly_alerts: Vec<&Value> = alerts.iter().filter(|a| a["name"] == "nightly").collect();
-    assert_eq!(nightly_alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(nightly_alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(nightly_alerts[1]["kind"], "budget_exhausted");
+    assert_eq!(nightly_alerts[1]["level"], "allocation");
+    assert!(
+        nightly_alerts[1]["message"].as_str().unwrap().starts_with(
+            "allocation `nightly` has reached its day limit: calls are refused until "
+        ),
+        "{}",
+        nightly_alerts[1]
+    );
     assert_eq!(nightly_alerts[0]["kind"], "soft_limit_crossed");
     assert_eq!(nightly_alerts[0]["level"], "allocation");
     assert_eq!(nightly_alerts[0]["percent"], 80);

@@ -23,7 +23,7 @@
 //! log can be written again; the events of calls already in flight are held back in memory (up
 //! to `EVENTS_HELD_BACK_MAX`) and appended by the syncer as soon as the disk takes them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::Path;
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_engine::forecast::Forecast;
 use tollgate_engine::time::MS_PER_DAY;
-use tollgate_engine::{BudgetSnapshot, Level, SoftLimitCrossed, UsageEvent};
+use tollgate_engine::{BudgetExhausted, BudgetSnapshot, Level, SoftLimitCrossed, UsageEvent};
 use tollgate_sink::columnar::ParquetSink;
 use tollgate_sink::log::{Log, LogReader, Recovery};
 
@@ -52,6 +52,9 @@ pub const LOG_DIR: &str = "log";
 /// The file budget warnings are appended to.
 pub const ALERTS_FILE: &str = "alerts.jsonl";
 
+/// When a budget period ends (`None`: a `total` budget, which never does).
+type PeriodEnd = Option<tollgate_engine::UnixMs>;
+
 struct Shared {
     log: Mutex<Log>,
     log_dir: std::path::PathBuf,
@@ -66,6 +69,9 @@ struct Shared {
     alert_seq: AtomicU64,
     /// A write of an alert failed, perhaps part-way: the next starts on a new line.
     alert_torn: AtomicBool,
+    /// The period (by its end) each level was last told exhausted in: told once per level
+    /// and period in a process life.
+    exhausted: Mutex<HashMap<(Level, Arc<str>), PeriodEnd>>,
     /// Events appended since the last sync.
     unsynced: AtomicU64,
     /// Raised to stop: the syncer's last sync.
@@ -199,6 +205,7 @@ impl Emitter {
             alert_seed: u64::from_le_bytes(seed),
             alert_seq: AtomicU64::new(0),
             alert_torn: AtomicBool::new(false),
+            exhausted: Mutex::new(HashMap::new()),
             unsynced: AtomicU64::new(0),
             stopping: Signal::default(),
             synced_for_good: Signal::default(),
@@ -377,6 +384,45 @@ impl Emitter {
             ),
         });
         self.shared.metrics.add(Counter::ForecastAlerts, 1);
+        self.append_alert(&line);
+    }
+
+    /// Records that `at`'s level has reached its hard limit: a call was refused with 402 for
+    /// want of budget there. Told once per level and period (in a process life), however many
+    /// calls are refused.
+    pub fn exhausted_alert(&self, at: &BudgetExhausted, now: tollgate_engine::UnixMs) {
+        {
+            let mut told = lock(&self.shared.exhausted);
+            let key = (at.level, Arc::clone(&at.name));
+            if told.get(&key) == Some(&at.resets_at) {
+                return;
+            }
+            told.insert(key, at.resets_at);
+        }
+        let resets_at = at.resets_at.map(format_rfc3339_s);
+        let line = serde_json::json!({
+            "id": self.alert_id(now),
+            "kind": "budget_exhausted",
+            "at": format_rfc3339_s(now),
+            "level": at.level.as_str(),
+            "name": &*at.name,
+            "period": at.period.as_str(),
+            "limit_nanos": at.limit.0,
+            "remaining_nanos": at.remaining.0,
+            "requested_nanos": at.requested.0,
+            "resets_at": resets_at,
+            "message": match &resets_at {
+                Some(when) => format!(
+                    "{} `{}` has reached its {} limit: calls are refused until {when}",
+                    at.level.as_str(), at.name, at.period.as_str()
+                ),
+                None => format!(
+                    "{} `{}` has reached its limit: calls are refused",
+                    at.level.as_str(), at.name
+                ),
+            },
+        });
+        self.shared.metrics.add(Counter::ExhaustedAlerts, 1);
         self.append_alert(&line);
     }
 

@@ -613,8 +613,12 @@ impl Call<'_> {
             .admit(&allocation.name, tight != Tight::Refuse, attempt)
             .await;
         self.count_wait(&admitted);
-        let (reservation, _waited) =
-            admitted.map_err(|refusal| not_admitted(allocation, refusal))?;
+        let (reservation, _waited) = admitted.map_err(|refusal| {
+            if let NotAdmitted::Spent(at) = &refusal {
+                self.gateway.emitter.exhausted_alert(at, now_ms());
+            }
+            not_admitted(allocation, refusal)
+        })?;
         let short = reservation
             .bounded_at()
             .filter(|held| *held < bound.cost_max && self.api != Api::Embeddings);
