@@ -1561,6 +1561,57 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
     }
 
     #[test]
+    fn webhooks_forecasts_and_failing_open_are_checked_with_the_field_named() {
+        let with = |section: &str| {
+            Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
+        };
+        let config = with(
+            "[forecast]\ninterval_ms = 500\n\n[[webhook]]\nname = \"finops\"\nurl = \"https://h.example/t\"\nsecret_env = \"S\"\n\n[[webhook]]\nname = \"chat\"\nurl = \"http://h.example/s\"\nformat = \"slack\"\ntimeout_ms = 900\n",
+        )
+        .unwrap();
+        assert_eq!(config.forecast_interval, Duration::from_millis(500));
+        assert_eq!(config.webhooks.len(), 2);
+        assert_eq!(
+            (config.webhooks[0].format, config.webhooks[0].timeout),
+            (WebhookFormat::Json, limits::WEBHOOK_TIMEOUT)
+        );
+        assert_eq!(
+            (config.webhooks[1].format, config.webhooks[1].timeout),
+            (WebhookFormat::Slack, Duration::from_millis(900))
+        );
+        let hook = |body: &str| format!("[[webhook]]\nname = \"h\"\n{body}\n");
+        for (section, field) in [
+            (
+                "[forecast]\ninterval_ms = 10\n".to_owned(),
+                "forecast.interval_ms",
+            ),
+            (hook("url = \"ftp://h.example/\""), "webhook[0].url"),
+            (hook("url = \"not a url at all\""), "webhook[0].url"),
+            (hook("url = \"http:///nohost\""), "webhook[0].url"),
+            (
+                hook("url = \"http://h/\"\ntimeout_ms = 0"),
+                "webhook[0].timeout_ms",
+            ),
+            (hook("url = \"http://h/\"\nformat = \"xml\""), "format"),
+            (
+                format!(
+                    "{}{}",
+                    hook("url = \"http://h/\""),
+                    hook("url = \"http://g/\"")
+                ),
+                "webhook[1].name",
+            ),
+            (
+                "[kafka]\nbrokers = \"b:1\"\n\n[leases]\nfail_open = \"lots\"\n".to_owned(),
+                "fail_open",
+            ),
+        ] {
+            let message = with(&section).unwrap_err().to_string();
+            assert!(message.contains(field), "{section}: {message}");
+        }
+    }
+
+    #[test]
     fn kafka_reconciliation_is_on_by_default_and_replica_names_are_checked() {
         let with = |section: &str| {
             Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))

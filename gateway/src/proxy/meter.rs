@@ -335,17 +335,15 @@ fn count_in_metrics(
 /// Charges the call's tokens to the key's and the team's tokens-per-minute limits, and to this
 /// replica's slices of them where replicas share them.
 fn charge_tokens(gateway: &Gateway, key: &VirtualKey, usage: &TokenUsage) {
-    let now_us = gateway.monotonic_us();
-    let now = now_ms().0;
-    let total_tokens = usage.input.0.saturating_add(usage.output.0);
     let key_rates = gateway.key_rates(key);
     let team_rates = gateway.team_rates(&key.allocation.project.team.name);
+    let total_tokens = usage.input.0.saturating_add(usage.output.0);
     for rates in [key_rates.as_deref(), team_rates].into_iter().flatten() {
         if let Some(tokens) = &rates.tokens {
-            tokens.charge(now_us, total_tokens);
+            tokens.charge(gateway.monotonic_us(), total_tokens);
         }
         if let Some(shared) = &rates.shared_tokens {
-            shared.slice.charge(now, total_tokens);
+            shared.slice.charge(now_ms().0, total_tokens);
         }
     }
 }

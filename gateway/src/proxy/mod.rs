@@ -496,9 +496,12 @@ impl Call<'_> {
     async fn rate_limit(&self, key: &VirtualKey) -> Result<(), Failure> {
         let gateway = self.gateway;
         let key_rates = gateway.key_rates(key);
-        self.rate_limit_here(key_rates.as_deref(), key)?;
         let team_rates = gateway.team_rates(&key.allocation.project.team.name);
+        if key_rates.is_none() && team_rates.is_none() {
+            return Ok(());
+        }
         let scopes = [("key", key_rates.as_deref()), ("team", team_rates)];
+        self.rate_limit_here(scopes)?;
         for (scope, rates) in scopes {
             if let Some(shared) = rates.and_then(|r| r.shared_tokens.as_ref()) {
                 self.within_slice(shared, |s, now| s.check(now))
@@ -553,20 +556,19 @@ impl Call<'_> {
         }
     }
 
-    fn rate_limit_here(&self, key_rates: Option<&Rates>, key: &VirtualKey) -> Result<(), Failure> {
-        let gateway = self.gateway;
-        let now_us = gateway.monotonic_us();
+    /// This replica's own limits (without `[leases]`) of the key and the team, `scopes`.
+    fn rate_limit_here(&self, scopes: [(&'static str, Option<&Rates>); 2]) -> Result<(), Failure> {
+        let now_us = self.gateway.monotonic_us();
         let limited =
             |scope, what, wait: tollgate_engine::RetryAfter| limited(scope, what, wait.seconds());
-        let team_rates = gateway.team_rates(&key.allocation.project.team.name);
-        for (scope, rates) in [("key", key_rates), ("team", team_rates)] {
+        for (scope, rates) in scopes {
             if let Some(tokens) = rates.and_then(|r| r.tokens.as_ref()) {
                 tokens
                     .check(now_us)
                     .map_err(|w| limited(scope, "tokens", w))?;
             }
         }
-        for (scope, rates) in [("key", key_rates), ("team", team_rates)] {
+        for (scope, rates) in scopes {
             if let Some(requests) = rates.and_then(|r| r.requests.as_ref()) {
                 requests
                     .take(now_us, 1)
