@@ -107,11 +107,20 @@ fn any_replica_serves_any_key_and_refuses_a_key_revoked_anywhere() {
             "budget": {"limit": "1.00", "period": "month"}})),
     );
     assert_eq!(answer.status, 201, "{}", answer.text());
-    let answer = replicas[0].admin(
-        "PUT",
-        "/admin/v1/budgets/allocation/made-on-b",
-        Some(json!({"limit": "2.50"})),
-    );
+    // A sets the limit once the allocation has reached it (it travels the topic like a key):
+    // until then A answers 404, as it should for an allocation it does not know.
+    let deadline = Instant::now() + PROPAGATION_MAX;
+    let answer = loop {
+        let answer = replicas[0].admin(
+            "PUT",
+            "/admin/v1/budgets/allocation/made-on-b",
+            Some(json!({"limit": "2.50"})),
+        );
+        if answer.status != 404 || Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(answer.status, 200, "{}", answer.text());
     let limit = answer.json()["limit"].clone();
     assert!(limit.is_string(), "{limit}");
