@@ -81,6 +81,12 @@ pub enum Status {
     ModelNotPriced,
     /// Refused: a requests- or tokens-per-minute limit (429).
     RateLimited,
+    /// Refused: the runaway-loop detector took the call for part of a loop (429, or 403
+    /// while blocked).
+    LoopDetected,
+    /// Refused: the key's, agent's or allocation's spend in the last minute reached its
+    /// ceiling (429, or 403 while blocked).
+    SpendVelocityExceeded,
     /// Refused: the request was malformed (400, 413, 404).
     BadRequest,
     /// The upstream answered with an error.

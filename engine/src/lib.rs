@@ -16,6 +16,7 @@ pub mod error;
 pub mod estimate;
 pub mod event;
 pub mod forecast;
+pub mod guard;
 mod hold;
 pub mod identity;
 pub mod ids;

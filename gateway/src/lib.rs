@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod expected;
+pub mod guards;
 pub mod http;
 pub mod json_scan;
 pub mod limits;

@@ -282,3 +282,11 @@ pub const LEASE_CATCH_UP_MAX: Duration = Duration::from_secs(30);
 
 /// A lease serves at least this many of the largest hold asked from it before it asks again.
 pub const LEASE_ASKS_AHEAD: u64 = 4;
+
+/// The most last messages `[guards.loop] messages` may fingerprint a call by (and the ring the
+/// fingerprint walk keeps): enough to span a tool call, its result and the answer around them.
+pub const GUARD_MESSAGES_MAX: usize = 8;
+
+/// A guard tells an alert for the same key, agent or allocation at most this often while it
+/// keeps tripping (a block is told once, when it is placed).
+pub const GUARD_ALERT_INTERVAL_MS: i64 = 60_000;

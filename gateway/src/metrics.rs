@@ -11,7 +11,7 @@ use tollgate_engine::{Status, TokenUsage};
 
 use crate::http::route::Api;
 
-const STATUSES: [Status; 11] = [
+const STATUSES: [Status; 13] = [
     Status::Ok,
     Status::BudgetExceeded,
     Status::InvalidApiKey,
@@ -23,6 +23,8 @@ const STATUSES: [Status; 11] = [
     Status::UpstreamTimeout,
     Status::ClientClosed,
     Status::InternalError,
+    Status::LoopDetected,
+    Status::SpendVelocityExceeded,
 ];
 
 fn status_index(status: Status) -> usize {
@@ -38,6 +40,8 @@ fn status_index(status: Status) -> usize {
         Status::UpstreamTimeout => 8,
         Status::ClientClosed => 9,
         Status::InternalError => 10,
+        Status::LoopDetected => 11,
+        Status::SpendVelocityExceeded => 12,
     }
 }
 
@@ -54,6 +58,8 @@ fn status_label(status: Status) -> &'static str {
         Status::UpstreamTimeout => "upstream_timeout",
         Status::ClientClosed => "client_closed",
         Status::InternalError => "internal_error",
+        Status::LoopDetected => "loop_detected",
+        Status::SpendVelocityExceeded => "spend_velocity_exceeded",
     }
 }
 
@@ -88,6 +94,10 @@ pub enum Counter {
     ForecastAlerts,
     /// Budget levels told exhausted: a call refused with 402 there (once per level and period).
     ExhaustedAlerts,
+    /// Alerts the guards raised: a loop, a spend velocity past its ceiling.
+    GuardAlerts,
+    /// Calls a guard refused (throttled or blocked).
+    GuardRefused,
     /// Alerts a webhook answered 2xx to.
     WebhookDelivered,
     /// Webhook deliveries that failed (refused, timed out, unreachable) and are sent again.
@@ -168,7 +178,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 43] = [
+const COUNTERS: [(Counter, &str, &str); 45] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -203,6 +213,16 @@ const COUNTERS: [(Counter, &str, &str); 43] = [
         Counter::ExhaustedAlerts,
         "tollgate_budget_exhausted_alerts_total",
         "Budget levels told exhausted: a call refused with 402 there, once per level and period.",
+    ),
+    (
+        Counter::GuardAlerts,
+        "tollgate_guard_alerts_total",
+        "Alerts the guards raised: a runaway loop, a spend velocity past its ceiling.",
+    ),
+    (
+        Counter::GuardRefused,
+        "tollgate_guard_refused_total",
+        "Calls a guard refused: throttled (429) or blocked until an operator clears it (403).",
     ),
     (
         Counter::WebhookDelivered,

@@ -28,6 +28,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, RateConfig, allow_list};
 use crate::events::emit::Emitter;
 use crate::expected::Expected;
+use crate::guards::Guards;
 use crate::limits::UNAUTHENTICATED_REPORT_INTERVAL_MS;
 use crate::metrics::Metrics;
 use crate::operator::Sampled;
@@ -139,6 +140,8 @@ pub struct Gateway {
     /// Calls refused without a valid key: counted in metrics, and told the operator in at most
     /// one line a second.
     pub unauthenticated: Sampled,
+    /// `[guards]`: loop windows, spend windows and the blocks in force.
+    pub guards: Guards,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Arc<Rates>>,
     epoch: Instant,
@@ -211,6 +214,7 @@ impl Gateway {
             waiting: Waiting::new(config.admission),
             expected: Expected::new(&config.admission),
             unauthenticated: Sampled::every(UNAUTHENTICATED_REPORT_INTERVAL_MS),
+            guards: Guards::new(&config.guards),
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),
@@ -254,6 +258,7 @@ impl Gateway {
     /// limiter would only take room.
     pub fn forget_key(&self, id: KeyId) {
         self.key_rates.remove(&id);
+        self.guards.forget_key(id);
     }
 
     /// Keys whose requests- or tokens-per-minute limiters are kept.

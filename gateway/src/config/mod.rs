@@ -11,6 +11,7 @@
 //! `providers::config` (re-exported here), and this module only places their errors in the file.
 //! `tollgate sink`'s own file is [`SinkConfig`].
 
+mod guards;
 mod native;
 mod routing;
 mod sink;
@@ -28,6 +29,7 @@ use tollgate_engine::money::deserialize_amount;
 use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
+pub use self::guards::{GuardsConfig, LoopConfig, Scope, VelocityConfig};
 pub use self::native::DefaultProviders;
 pub use self::routing::{Candidate, DowngradeConfig, GroupConfig, RoutingConfig};
 pub use self::sink::SinkConfig;
@@ -75,6 +77,8 @@ pub struct Config {
     pub forecast_interval: Duration,
     /// The `[[webhook]]` tables in file order, names unique: where alerts are delivered.
     pub webhooks: Vec<WebhookConfig>,
+    /// `[guards]`: the runaway-loop detector and the spend-velocity ceilings.
+    pub guards: GuardsConfig,
     /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
@@ -289,6 +293,8 @@ struct RawConfig {
     #[serde(default)]
     webhook: Vec<Spanned<RawWebhook>>,
     #[serde(default)]
+    guards: guards::RawGuards,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -342,6 +348,7 @@ impl RawConfig {
             return Err(source.error("forecast.interval_ms", 0..0, "must be at least 100"));
         }
         let webhooks = webhooks(self.webhook, source)?;
+        let guards = self.guards.validate(source)?;
         Ok(Config {
             origin: source.origin.to_owned(),
             rate_card: resolve(base, self.rate_card.get_ref()),
@@ -359,6 +366,7 @@ impl RawConfig {
             ledger,
             forecast_interval,
             webhooks,
+            guards,
             admission,
             providers,
             aliases,

@@ -68,6 +68,8 @@ async fn serve(
         (&Method::PUT, ["budgets", level, name]) => {
             set_limit(control, level, name, &body, now).await
         }
+        (&Method::GET, ["guards"]) => Ok((StatusCode::OK, guards(control))),
+        (&Method::POST, ["guards", "clear"]) => clear_guard(control, &body, now),
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(control))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(control, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(control))),
@@ -86,6 +88,80 @@ async fn serve(
             path: path.chars().take(256).collect(),
         }),
     }
+}
+
+/// The guards' blocks in force: `{"blocks": [{guard, scope, name, at, reason}]}`.
+fn guards(control: &Control) -> Value {
+    let blocks: Vec<Value> = control
+        .gateway
+        .guards
+        .blocks()
+        .iter()
+        .map(|b| {
+            json!({
+                "guard": b.guard.as_str(),
+                "scope": b.scope.as_str(),
+                "name": &*b.name,
+                "at": format_rfc3339_s(b.at),
+                "reason": b.reason,
+            })
+        })
+        .collect();
+    json!({ "blocks": blocks })
+}
+
+/// `POST /admin/v1/guards/clear {"scope", "name"}`: lifts a guard's block, audited.
+fn clear_guard(
+    control: &Control,
+    body: &Bytes,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Clear {
+        scope: String,
+        name: String,
+    }
+    let clear: Clear = serde_json::from_slice(body)
+        .map_err(|e| Failure::BadRequest(format!("guards/clear body: {e}")))?;
+    let scope = crate::config::Scope::parse(&clear.scope).ok_or_else(|| {
+        Failure::BadRequest(format!(
+            "scope must be key, agent or allocation, not `{}`",
+            clear.scope.chars().take(40).collect::<String>()
+        ))
+    })?;
+    let block = control
+        .gateway
+        .guards
+        .clear(scope, &clear.name)
+        .ok_or_else(|| {
+            Failure::AdminNotFound(format!(
+                "no block on {} `{}`",
+                scope.as_str(),
+                clear.name.chars().take(200).collect::<String>()
+            ))
+        })?;
+    let audit = json!({
+        "at": format_rfc3339_s(now),
+        "action": "clear_guard",
+        "guard": block.guard.as_str(),
+        "scope": scope.as_str(),
+        "name": &*block.name,
+    });
+    control
+        .journal
+        .audit(&audit)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    Ok((
+        StatusCode::OK,
+        json!({
+            "cleared": true,
+            "guard": block.guard.as_str(),
+            "scope": scope.as_str(),
+            "name": &*block.name,
+            "blocked_since": format_rfc3339_s(block.at),
+        }),
+    ))
 }
 
 /// Makes `record` durable before its change is acknowledged: on the control topic when

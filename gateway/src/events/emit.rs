@@ -426,6 +426,15 @@ impl Emitter {
         self.append_alert(&line);
     }
 
+    /// Records an alert a guard raised (`line` has its kind and facts), with a new id.
+    pub fn raise(&self, mut line: serde_json::Value, now: tollgate_engine::UnixMs) {
+        if let Some(fields) = line.as_object_mut() {
+            fields.insert("id".into(), serde_json::Value::from(self.alert_id(now)));
+        }
+        self.shared.metrics.add(Counter::GuardAlerts, 1);
+        self.append_alert(&line);
+    }
+
     /// A new alert's id: its instant, this life's seed and its number, unique across lives
     /// and replicas (what a webhook's receiver drops duplicates by).
     fn alert_id(&self, at: tollgate_engine::UnixMs) -> String {

@@ -68,6 +68,28 @@ pub enum Failure {
         /// Seconds until a request would be admitted.
         retry_after_s: u64,
     },
+    /// A guard refused the call: a loop, or a spend velocity past its ceiling; for a while
+    /// (`retry_after_s`) or, blocked, until an operator clears it.
+    #[error(
+        "{}",
+        match retry_after_s {
+            Some(s) => format!("{} for {scope} `{name}`; retry after {s} s", guard.as_str()),
+            None => format!(
+                "{} for {scope} `{name}`: blocked until an operator clears it",
+                guard.as_str()
+            ),
+        }
+    )]
+    Guarded {
+        /// The loop detector or a velocity ceiling.
+        guard: tollgate_engine::guard::Guard,
+        /// `key`, `agent` or `allocation`.
+        scope: &'static str,
+        /// Its key id, agent name or allocation name.
+        name: Arc<str>,
+        /// Seconds until a call would be let through; `None` while blocked.
+        retry_after_s: Option<u64>,
+    },
     /// A budget level has no room.
     #[error("{0}")]
     BudgetExceeded(Box<BudgetExhausted>, BudgetScope),
@@ -235,6 +257,28 @@ impl Failure {
                 "rate_limit_error",
                 Status::RateLimited,
             ),
+            Failure::Guarded {
+                guard,
+                retry_after_s,
+                ..
+            } => {
+                use tollgate_engine::guard::Guard as G;
+                let (openai_type, event_status) = match guard {
+                    G::LoopDetected => ("loop_detected", Status::LoopDetected),
+                    G::SpendVelocityExceeded => {
+                        ("spend_velocity_exceeded", Status::SpendVelocityExceeded)
+                    }
+                };
+                match retry_after_s {
+                    Some(_) => class(
+                        S::TOO_MANY_REQUESTS,
+                        openai_type,
+                        "rate_limit_error",
+                        event_status,
+                    ),
+                    None => class(S::FORBIDDEN, openai_type, "permission_error", event_status),
+                }
+            }
             Failure::BudgetExceeded(..) => class(
                 S::PAYMENT_REQUIRED,
                 "budget_exceeded",
@@ -352,6 +396,7 @@ impl Failure {
         match self {
             Failure::RateLimited { retry_after_s, .. }
             | Failure::BudgetBusy(_, _, retry_after_s) => Some(*retry_after_s),
+            Failure::Guarded { retry_after_s, .. } => *retry_after_s,
             Failure::Overloaded(_) => Some(1),
             _ => None,
         }

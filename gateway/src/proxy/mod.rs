@@ -349,6 +349,7 @@ impl Call<'_> {
             } = usable;
             let upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
             if !limited {
+                self.guard(&key, &model, &body)?;
                 self.rate_limit(&key).await?;
                 limited = true;
             }
@@ -489,6 +490,30 @@ impl Call<'_> {
             }
         }
         Err(refused.unwrap_or_else(|| Failure::Internal("a plan without candidates".into())))
+    }
+
+    /// The spend guardrails (`[guards]`): a blocked key, agent or allocation, a loop, a spend
+    /// velocity past its ceiling. Before the rate limits, so a refused loop takes no request.
+    fn guard(&self, key: &VirtualKey, model: &ModelRef, body: &Bytes) -> Result<(), Failure> {
+        let guards = &self.gateway.guards;
+        if guards.is_off() {
+            return Ok(());
+        }
+        let print = guards
+            .watches_loops()
+            .then(|| guards.print(model.as_str(), body))
+            .flatten();
+        guards
+            .admit(key, print, self.now, &self.gateway.emitter)
+            .map_err(|tripped| {
+                self.gateway.metrics.add(Counter::GuardRefused, 1);
+                Failure::Guarded {
+                    guard: tripped.guard,
+                    scope: tripped.scope.as_str(),
+                    name: tripped.name,
+                    retry_after_s: tripped.retry_after_s,
+                }
+            })
     }
 
     /// Requests are taken now; tokens were charged by earlier calls. This replica's own limits

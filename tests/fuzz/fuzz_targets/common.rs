@@ -13,6 +13,28 @@ pub fn providers() -> &'static [Provider] {
     &PROVIDERS
 }
 
+/// Guards watching for loops, fingerprinting calls by their last four messages.
+#[allow(dead_code, reason = "used by some of the targets that include this module")]
+pub fn guards() -> &'static tollgate_gateway::guards::Guards {
+    use tollgate_engine::guard::{Action, LoopRule};
+    use tollgate_gateway::config::{GuardsConfig, LoopConfig};
+    static GUARDS: LazyLock<tollgate_gateway::guards::Guards> = LazyLock::new(|| {
+        tollgate_gateway::guards::Guards::new(&GuardsConfig {
+            loops: Some(LoopConfig {
+                rule: LoopRule {
+                    repeats: 3,
+                    window_ms: 1_000,
+                    growing_calls: 3,
+                },
+                messages: 4,
+                action: Action::Throttle,
+            }),
+            velocity: Vec::new(),
+        })
+    });
+    &GUARDS
+}
+
 /// Every kind, with the credentials each reads (fixed fake values), made from a config file as
 /// the gateway makes them.
 fn make() -> Vec<Provider> {

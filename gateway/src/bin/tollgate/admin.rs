@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::args::{AdminArgs, AllocationsCommand, BudgetsCommand, KeysCommand};
+use crate::args::{AdminArgs, AllocationsCommand, BudgetsCommand, GuardsCommand, KeysCommand};
 use crate::client;
 use crate::print::{self, field};
 
@@ -88,6 +88,36 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             let path = format!("/admin/v1/keys/{id}/rotate");
             let answer = call(&admin, Method::POST, &path, None)?;
             print_key(&admin, &answer)
+        }
+    }
+}
+
+/// `tollgate guards list|clear`.
+pub fn guards(command: GuardsCommand) -> anyhow::Result<()> {
+    match command {
+        GuardsCommand::List { admin } => {
+            let answer = call(&admin, Method::GET, "/admin/v1/guards", None)?;
+            print_list(
+                &admin,
+                &answer,
+                "blocks",
+                &["scope", "name", "guard", "at", "reason"],
+            )
+        }
+        GuardsCommand::Clear { scope, name, admin } => {
+            let body = json!({ "scope": scope, "name": name });
+            let answer = call(&admin, Method::POST, "/admin/v1/guards/clear", Some(body))?;
+            if admin.json {
+                return print::json(&answer);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "cleared the {} block on {} {}",
+                field(&answer, "guard"),
+                field(&answer, "scope"),
+                field(&answer, "name")
+            )?;
+            Ok(())
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum Command {
     /// Budget limits (admin API).
     #[command(subcommand)]
     Budgets(BudgetsCommand),
+    /// Blocks the spend guards placed, and clearing them (admin API).
+    #[command(subcommand)]
+    Guards(GuardsCommand),
     /// Live spend per allocation, project and team (admin API).
     Spend {
         #[command(flatten)]
@@ -241,6 +244,24 @@ pub enum BudgetsCommand {
         /// A decimal amount (`250.00`), or `none`.
         #[arg(long)]
         limit: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GuardsCommand {
+    /// List the blocks in force: what a loop or a spend velocity past its ceiling stopped.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift a block: the key, agent or allocation may call again.
+    Clear {
+        /// `key`, `agent` or `allocation`.
+        scope: String,
+        /// The key's id (`key_...`), the agent's name or the allocation's name.
+        name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },

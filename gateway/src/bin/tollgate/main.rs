@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(ListCommand::List { admin }) => admin::models(&admin),
         Command::Allocations(command) => admin::allocations(command),
         Command::Budgets(command) => admin::budgets(command),
+        Command::Guards(command) => admin::guards(command),
         Command::Spend { admin } => admin::spend(&admin),
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card::check(&file, at.as_deref())
