@@ -54,6 +54,66 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
+/// The spend guards' part of a call: the loop detector's fingerprint of an agent's body (the
+/// scan it adds beside the one every call makes), its window judged and recorded, and a
+/// velocity ceiling's minute judged and charged.
+fn guards(c: &mut Criterion) {
+    use tollgate_engine::Nanos;
+    use tollgate_engine::guard::{Action, CallPrint, LoopRule, LoopWindow, SpendWindow};
+    use tollgate_gateway::config::{GuardsConfig, LoopConfig};
+    let rule = LoopRule {
+        repeats: 5,
+        window_ms: 60_000,
+        growing_calls: 8,
+    };
+    let guards = tollgate_gateway::guards::Guards::new(&GuardsConfig {
+        loops: Some(LoopConfig {
+            rule,
+            messages: 2,
+            action: Action::Throttle,
+        }),
+        velocity: Vec::new(),
+    });
+    let mut group = c.benchmark_group("guards");
+    for size in [4_000, 400_000] {
+        let body = agent_body(size);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(format!("fingerprint {} KB", size / 1000), |b| {
+            b.iter(|| {
+                guards
+                    .print("anthropic/claude-sonnet-4-5", black_box(&body))
+                    .unwrap()
+            })
+        });
+    }
+    group.throughput(Throughput::Elements(1));
+    let mut window = LoopWindow::new();
+    let mut now_ms = 0i64;
+    group.bench_function("loop_window_judge_and_record", |b| {
+        b.iter(|| {
+            now_ms += 1;
+            let call = CallPrint {
+                fingerprint: black_box(now_ms as u64 % 7),
+                answer: Some(now_ms as u64),
+                context_bytes: 4_000,
+            };
+            let verdict = window.judge(&rule, call, now_ms);
+            window.record(&rule, call, now_ms);
+            black_box(verdict)
+        })
+    });
+    let mut spend = SpendWindow::new();
+    group.bench_function("velocity_judge_and_charge", |b| {
+        b.iter(|| {
+            now_ms += 7;
+            let verdict = spend.judge(Nanos(u64::MAX), now_ms).is_ok();
+            spend.add(now_ms, Nanos(6_300));
+            black_box(verdict)
+        })
+    });
+    group.finish();
+}
+
 fn stream(c: &mut Criterion) {
     let chunk = Bytes::from_static(
         b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
@@ -206,5 +266,13 @@ candidates = [{ model = "four/m", weight = 3 }, { model = "one/m", weight = 1 }]
     });
 }
 
-criterion_group!(benches, scan, stream, stream_reader, admission, routing);
+criterion_group!(
+    benches,
+    scan,
+    guards,
+    stream,
+    stream_reader,
+    admission,
+    routing
+);
 criterion_main!(benches);

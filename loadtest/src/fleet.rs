@@ -270,6 +270,9 @@ struct TaskState {
     rng: Rng,
     steps_left: u32,
     context_tokens: u32,
+    /// The agent's seed, and the tasks it began: each task's work is its own text.
+    seed: u64,
+    tasks: u64,
 }
 
 impl TaskState {
@@ -278,6 +281,8 @@ impl TaskState {
             rng: Rng::new(seed),
             steps_left: 0,
             context_tokens: 0,
+            seed,
+            tasks: 0,
         }
     }
 
@@ -287,6 +292,7 @@ impl TaskState {
         if self.steps_left == 0 {
             self.steps_left = self.rng.between(task.steps_min, task.steps_max);
             self.context_tokens = task.context_tokens_start;
+            self.tasks += 1;
         } else {
             self.context_tokens = self
                 .context_tokens
@@ -311,6 +317,9 @@ impl TaskState {
         Step {
             call,
             stream,
+            // Two agents (or two tasks of one) never work on the same text, as in life: what
+            // tells a loop from work is that the work moves on.
+            task: self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.tasks,
             context_tokens: self.context_tokens,
             error,
             reset,
@@ -327,6 +336,8 @@ impl TaskState {
 struct Step {
     call: usize,
     stream: bool,
+    /// Which task of which agent the step is of: the first bytes of its context.
+    task: u64,
     context_tokens: u32,
     error: bool,
     reset: bool,
@@ -777,6 +788,12 @@ fn request_body(call: &Call, step: Step, target: &Target, scenario: &Scenario) -
     // The mock counts a token per four bytes of text.
     let bytes = (step.context_tokens as usize * 4).min(text().len());
     let context = text().get(..bytes).unwrap_or_default();
+    // The task's id in place of the text's first 17 bytes: the same size, so the same tokens.
+    let tag = format!("{:016x} ", step.task);
+    let context = match context.get(tag.len()..) {
+        Some(rest) => format!("{tag}{rest}"),
+        None => context.to_owned(),
+    };
     let mut mock = serde_json::Map::new();
     let shape = scenario.mock;
     if shape.first_byte_ms > 0 {

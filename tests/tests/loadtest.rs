@@ -272,3 +272,45 @@ fn the_mock_provider_takes_its_behaviour_from_the_command_line() {
         .unwrap();
     assert!(!refused.status.success());
 }
+
+/// The spend guards watching the `agent-fleet` scenario (agents re-sending growing contexts,
+/// retrying failed steps, running out of budget) with the defaults and the strictest action:
+/// not one call is taken for a loop, and the books still balance.
+#[test]
+fn the_agent_fleet_trips_no_loop_guard() {
+    let guards = "[guards.loop]\naction = \"block\"\n";
+    let stack = Stack::start_with(
+        "fleet-guards",
+        &format!("{ORG}{FLEET_ORG}"),
+        "",
+        guards,
+        &[],
+    );
+    let out = stack.path().join("fleet-report");
+    let run = harness(
+        &stack,
+        &out,
+        &[
+            "--scenario",
+            "agent-fleet",
+            "--seconds",
+            "15",
+            "--agents",
+            "300",
+            "--require-balanced",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report = report(&out);
+    let answered = report["books"]["answered"].as_u64().unwrap();
+    assert!(answered > 300, "{}", report["books"]);
+    assert_eq!(stack.metric("tollgate_guard_refused_total"), 0);
+    assert_eq!(stack.metric("tollgate_guard_alerts_total"), 0);
+    let blocks = stack.admin("GET", "/admin/v1/guards", None).json();
+    assert_eq!(blocks["blocks"], Value::Array(Vec::new()), "{blocks}");
+}

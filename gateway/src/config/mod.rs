@@ -1303,6 +1303,7 @@ fn budget(raw: &Spanned<RawBudget>, field: &str, source: &Source<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_engine::guard::Action;
 
     const GOOD: &str = r#"
 rate_card = "rates.toml"
@@ -1612,6 +1613,82 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             (
                 "[kafka]\nbrokers = \"b:1\"\n\n[leases]\nfail_open = \"lots\"\n".to_owned(),
                 "fail_open",
+            ),
+        ] {
+            let message = with(&section).unwrap_err().to_string();
+            assert!(message.contains(field), "{section}: {message}");
+        }
+    }
+
+    #[test]
+    fn guards_take_their_defaults_and_bad_values_are_named() {
+        let with = |section: &str| {
+            Config::from_toml(&format!("{GOOD}\n{section}"), "t.toml", Path::new("."))
+        };
+        assert_eq!(with("").unwrap().guards, GuardsConfig::default());
+        let config = with(
+            "[guards.loop]\n\n[[guards.velocity]]\nscope = \"agent\"\nper_minute = \"0.25\"\n\n[[guards.velocity]]\nscope = \"agent\"\nname = \"coder\"\nper_minute = \"1\"\naction = \"block\"\n",
+        )
+        .unwrap();
+        let loops = config.guards.loops.unwrap();
+        assert_eq!(
+            (
+                loops.rule.repeats,
+                loops.rule.window_ms,
+                loops.rule.growing_calls
+            ),
+            (5, 60_000, 8)
+        );
+        assert_eq!((loops.messages, loops.action), (2, Action::Throttle));
+        let velocity = &config.guards.velocity;
+        assert_eq!(velocity.len(), 2);
+        assert_eq!(
+            (velocity[0].scope, &velocity[0].name, velocity[0].per_minute),
+            (Scope::Agent, &None, Nanos(250_000_000))
+        );
+        assert_eq!(
+            (velocity[1].name.as_deref(), velocity[1].action),
+            (Some("coder"), Action::Block)
+        );
+        let ceiling = |body: &str| format!("[[guards.velocity]]\n{body}\n");
+        for (section, field) in [
+            (
+                "[guards.loop]\nrepeats = 1\n".to_owned(),
+                "guards.loop.repeats",
+            ),
+            (
+                "[guards.loop]\nrepeats = 33\n".to_owned(),
+                "guards.loop.repeats",
+            ),
+            (
+                "[guards.loop]\nwindow_ms = 0\n".to_owned(),
+                "guards.loop.window_ms",
+            ),
+            (
+                "[guards.loop]\ngrowing_calls = 1\n".to_owned(),
+                "guards.loop.growing_calls",
+            ),
+            (
+                "[guards.loop]\nmessages = 9\n".to_owned(),
+                "guards.loop.messages",
+            ),
+            ("[guards.loop]\naction = \"kill\"\n".to_owned(), "action"),
+            (ceiling("scope = \"team\"\nper_minute = \"1\""), "scope"),
+            (
+                ceiling("scope = \"key\"\nper_minute = \"0\""),
+                "guards.velocity[0].per_minute",
+            ),
+            (
+                ceiling("scope = \"key\"\nper_minute = \"-1\""),
+                "per_minute",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    ceiling("scope = \"key\"\nper_minute = \"1\""),
+                    ceiling("scope = \"key\"\nper_minute = \"2\"")
+                ),
+                "guards.velocity[1]",
             ),
         ] {
             let message = with(&section).unwrap_err().to_string();
