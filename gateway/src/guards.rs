@@ -255,17 +255,7 @@ impl Guards {
         if let (Some(loops), Some(print)) = (&self.loops, print) {
             self.judge_loop(key, loops, print, now, emitter)?;
         }
-        for scope in Scope::ALL {
-            let ceilings = &self.ceilings[index(scope)];
-            if ceilings.is_empty() {
-                continue;
-            }
-            let Some(name) = name_in(key, scope) else {
-                continue;
-            };
-            let Some((ceiling, action)) = ceilings.of(&name) else {
-                continue;
-            };
+        for (scope, name, ceiling, action) in self.ceilings_of(key) {
             let watched = self.spend_of(scope, &name);
             let mut watched = lock(&watched);
             let Err(speeding) = watched.window.judge(ceiling, now.0) else {
@@ -399,6 +389,23 @@ impl Guards {
         Ok(())
     }
 
+    /// The ceilings `key`'s calls are under: its own, its agent's, its allocation's, each with
+    /// the name it goes by there.
+    fn ceilings_of<'g>(
+        &'g self,
+        key: &'g VirtualKey,
+    ) -> impl Iterator<Item = (Scope, Arc<str>, Nanos, Action)> + 'g {
+        Scope::ALL.into_iter().filter_map(move |scope| {
+            let ceilings = &self.ceilings[index(scope)];
+            if ceilings.is_empty() {
+                return None;
+            }
+            let name = name_in(key, scope)?;
+            let (ceiling, action) = ceilings.of(&name)?;
+            Some((scope, name, ceiling, action))
+        })
+    }
+
     fn spend_of(&self, scope: Scope, name: &Arc<str>) -> Shared<SpendWindow> {
         self.spend[index(scope)]
             .entry(Arc::clone(name))
@@ -412,17 +419,8 @@ impl Guards {
         if cost == Nanos(0) {
             return;
         }
-        for scope in Scope::ALL {
-            let ceilings = &self.ceilings[index(scope)];
-            if ceilings.is_empty() {
-                continue;
-            }
-            let Some(name) = name_in(key, scope) else {
-                continue;
-            };
-            if ceilings.of(&name).is_some() {
-                lock(&self.spend_of(scope, &name)).window.add(now.0, cost);
-            }
+        for (scope, name, _, _) in self.ceilings_of(key) {
+            lock(&self.spend_of(scope, &name)).window.add(now.0, cost);
         }
     }
 
