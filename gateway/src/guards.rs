@@ -414,11 +414,13 @@ impl Guards {
     }
 
     /// Charges a settled call's `cost` to the spend windows of `key`, its agent and its
-    /// allocation that have a ceiling.
-    pub fn charge(&self, key: &VirtualKey, now: UnixMs, cost: Nanos) {
-        if cost == Nanos(0) {
+    /// allocation that have a ceiling, at the time it settles (the clock is read only when
+    /// there is a ceiling to charge).
+    pub fn charge(&self, key: &VirtualKey, cost: Nanos) {
+        if cost == Nanos(0) || self.ceilings.iter().all(Ceilings::is_empty) {
             return;
         }
+        let now = crate::clock::now_ms();
         for (scope, name, _, _) in self.ceilings_of(key) {
             lock(&self.spend_of(scope, &name)).window.add(now.0, cost);
         }

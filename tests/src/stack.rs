@@ -622,6 +622,16 @@ model = "openai/gpt-4o-mini"
         command
     }
 
+    /// Runs `tollgate ARGS` against this stack's admin API, with its admin token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(tollgate_bin().unwrap())
+            .args(args)
+            .env("TOLLGATE_URL", format!("http://{}", self.address()))
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    }
+
     /// Sets a variable in the gateway's environment from its next start on.
     pub fn set_env(&mut self, name: &str, value: &str) {
         self.env.retain(|(k, _)| k != name);

@@ -1,20 +1,12 @@
 //! The `tollgate` CLI against a running gateway's admin API: keys, allocations, budgets,
 //! spend; changes survive a restart; soft-limit warnings and team limits take effect.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use tollgate_tests::http::post_json;
 use tollgate_tests::stack::{ADMIN_TOKEN, ORG, Stack, read_lines};
-use tollgate_tests::tollgate_bin;
 
 fn cli(stack: &Stack, args: &[&str]) -> String {
-    let out = Command::new(tollgate_bin().unwrap())
-        .args(args)
-        .env("TOLLGATE_URL", format!("http://{}", stack.address()))
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let out = stack.cli(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

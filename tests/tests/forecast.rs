@@ -3,14 +3,12 @@
 //! forecast shows in the admin API, `/metrics` and `tollgate spend`; an allocation with a limit
 //! and no spend gets no date and no alert.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_engine::time::parse_rfc3339;
 use tollgate_tests::http::{post_json, request};
-use tollgate_tests::stack::{ADMIN_TOKEN, ORG, Stack, read_lines};
-use tollgate_tests::tollgate_bin;
+use tollgate_tests::stack::{ORG, Stack, read_lines};
 
 /// Samples every 200 ms: an alert needs 16 samples that spent, so about 3.2 s of spend.
 const FORECAST: &str = "[forecast]\ninterval_ms = 200\n";
@@ -71,12 +69,7 @@ fn an_allocation_on_pace_to_run_out_early_is_told_once_and_shown_everywhere() {
         ) && !metrics.contains("name=\"idle\""),
         "{metrics}"
     );
-    let spend = Command::new(tollgate_bin().unwrap())
-        .arg("spend")
-        .env("TOLLGATE_URL", format!("http://{}", stack.address()))
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let spend = stack.cli(&["spend"]);
     let spend = String::from_utf8_lossy(&spend.stdout).into_owned();
     assert!(spend.contains("runs_out"), "{spend}");
     // The row's last column is the date (a later sample than the admin read's, so it may

@@ -3,15 +3,13 @@
 //! or throttled with `Retry-After`), and a spend-velocity ceiling holds under 64 concurrent
 //! clients to within what the calls in flight held.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_tests::http::post_json;
-use tollgate_tests::stack::{ADMIN_TOKEN, ORG, Stack, read_lines};
-use tollgate_tests::tollgate_bin;
+use tollgate_tests::stack::{ORG, Stack, read_lines};
 
 /// A coding agent's call: the task, then the tool call and result of its latest step.
 fn step(task: &str, tool_result: &str) -> Value {
@@ -23,12 +21,7 @@ fn step(task: &str, tool_result: &str) -> Value {
 }
 
 fn cli(stack: &Stack, args: &[&str]) -> (bool, String) {
-    let out = Command::new(tollgate_bin().unwrap())
-        .args(args)
-        .env("TOLLGATE_URL", format!("http://{}", stack.address()))
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
+    let out = stack.cli(args);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)

@@ -131,9 +131,7 @@ impl Ticket {
             gateway.emitter.alert(crossed, at);
         }
         charge_tokens(&gateway, &key, &usage);
-        gateway
-            .guards
-            .charge(&key, crate::clock::now_ms(), cost.billed);
+        gateway.guards.charge(&key, cost.billed);
         // The deployment's call ends here, however the answer ended, its tokens charged to
         // its quota.
         if let Some(serving) = serving {
