@@ -951,6 +951,25 @@ impl KeyStore {
         all
     }
 
+    /// The usable keys that stop working after `now` and at or before `before`, in id order:
+    /// those a notice that they are about to expire is due for.
+    #[must_use]
+    pub fn expiring(&self, now: UnixMs, before: UnixMs) -> Vec<Arc<VirtualKey>> {
+        let mut due: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.load()
+                    .values()
+                    .filter(|k| k.expires_at().is_some_and(|at| at > now && at <= before))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        due.sort_by_key(|k| k.id());
+        due
+    }
+
     /// Number of keys, revoked included.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -1072,6 +1091,33 @@ mod tests {
             KeyRejection::Revoked
         );
         assert!(store.revoke(KeyId(1)).is_err());
+    }
+
+    #[test]
+    fn keys_expiring_within_a_window_are_found_and_no_others() {
+        let (_dir, alloc, store) = fixture();
+        let make = |at: Option<i64>, seed: u8| {
+            store
+                .create(&alloc, spec(at.map(UnixMs)), &[seed; 20])
+                .unwrap()
+                .0
+        };
+        let soon = make(Some(1_500), 1);
+        let edge = make(Some(2_000), 2);
+        let _later = make(Some(2_001), 3);
+        let _gone = make(Some(1_000), 4);
+        let _never = make(None, 5);
+        let revoked = make(Some(1_200), 6);
+        store.revoke(revoked.id()).unwrap();
+        let mut want = vec![soon.id(), edge.id()];
+        want.sort();
+        let found: Vec<KeyId> = store
+            .expiring(UnixMs(1_000), UnixMs(2_000))
+            .iter()
+            .map(|k| k.id())
+            .collect();
+        assert_eq!(found, want);
+        assert!(store.expiring(UnixMs(2_000), UnixMs(2_000)).is_empty());
     }
 
     #[test]

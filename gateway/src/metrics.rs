@@ -94,6 +94,8 @@ pub enum Counter {
     ForecastAlerts,
     /// Budget levels told exhausted: a call refused with 402 there (once per level and period).
     ExhaustedAlerts,
+    /// Keys told about to expire (once per key and expiry instant in a process life).
+    KeyExpiryAlerts,
     /// Alerts the guards raised: a loop, a spend velocity past its ceiling.
     GuardAlerts,
     /// Calls a guard refused (throttled or blocked).
@@ -178,7 +180,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 45] = [
+const COUNTERS: [(Counter, &str, &str); 46] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -213,6 +215,11 @@ const COUNTERS: [(Counter, &str, &str); 45] = [
         Counter::ExhaustedAlerts,
         "tollgate_budget_exhausted_alerts_total",
         "Budget levels told exhausted: a call refused with 402 there, once per level and period.",
+    ),
+    (
+        Counter::KeyExpiryAlerts,
+        "tollgate_key_expiry_alerts_total",
+        "Keys told about to expire, within forecast.key_expiry_warning_ms of their expiry.",
     ),
     (
         Counter::GuardAlerts,

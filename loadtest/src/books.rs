@@ -78,13 +78,39 @@ pub async fn prepare(
         .collect();
     let counts = apportion(u64::from(agents), &weights);
     let mut fleet = Vec::new();
+    let mut loopers = 0u32;
     for (index, (name, &count)) in allocations.iter().zip(&counts).enumerate() {
-        let keys = create_keys(admin, scenario, name, count).await?;
         let allocation = u16::try_from(index)
             .map_err(|_| BooksError::Answer("more than 65535 allocations".into()))?;
-        for agent in 0..count {
+        // The fleet's first agents are its looping ones, each on a key of its own.
+        let looping_here = u64::from(scenario.fleet.looping_agents - loopers).min(count);
+        for _ in 0..looping_here {
+            let key = create_key(
+                admin,
+                name,
+                &format!("{name}-looper{loopers}"),
+                &format!("{}-looper{loopers}", scenario.name),
+            )
+            .await?;
+            fleet.push(Agent {
+                allocation,
+                key,
+                looping: true,
+            });
+            loopers += 1;
+        }
+        let working = count - looping_here;
+        if working == 0 {
+            continue;
+        }
+        let keys = create_keys(admin, scenario, name, working).await?;
+        for agent in 0..working {
             let key = keys[usize::try_from(agent).unwrap_or(0) % keys.len()].clone();
-            fleet.push(Agent { allocation, key });
+            fleet.push(Agent {
+                allocation,
+                key,
+                looping: false,
+            });
         }
     }
     Ok(Setup {
@@ -170,21 +196,28 @@ async fn create_keys(
         .clamp(1, KEYS_PER_ALLOCATION_MAX);
     let mut keys = Vec::new();
     for user in 0..keys_wanted {
-        let created = admin
-            .post(
-                "keys",
-                Some(&json!({
-                    "allocation": name, "user": format!("{name}-user{user}"),
-                    "agent": scenario.name,
-                })),
-            )
-            .await?;
-        let key = created["key"]
-            .as_str()
-            .ok_or_else(|| BooksError::Answer(format!("keys: no secret in {created}")))?;
-        keys.push(std::sync::Arc::<str>::from(key));
+        keys.push(create_key(admin, name, &format!("{name}-user{user}"), &scenario.name).await?);
     }
     Ok(keys)
+}
+
+/// A key of allocation `name` for `user` and `agent`; its secret.
+async fn create_key(
+    admin: &Admin,
+    name: &str,
+    user: &str,
+    agent: &str,
+) -> Result<std::sync::Arc<str>, BooksError> {
+    let created = admin
+        .post(
+            "keys",
+            Some(&json!({ "allocation": name, "user": user, "agent": agent })),
+        )
+        .await?;
+    let key = created["key"]
+        .as_str()
+        .ok_or_else(|| BooksError::Answer(format!("keys: no secret in {created}")))?;
+    Ok(std::sync::Arc::from(key))
 }
 
 /// Splits `total` over `weights` in proportion, by largest remainder (sums exactly to
@@ -515,6 +548,8 @@ mod tests {
     fn attempt(allocation: u16, id: Option<&str>, status: u16, cost: Option<u128>) -> Attempt {
         Attempt {
             allocation,
+            agent: 0,
+            guarded: false,
             request_id: id.map(Box::from),
             status,
             broken: false,

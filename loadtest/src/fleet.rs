@@ -49,6 +49,8 @@ pub struct Agent {
     pub allocation: u16,
     /// The key (a tollgate virtual key, or anything for a provider called direct).
     pub key: Arc<str>,
+    /// A runaway agent: it sends its first call again and again, word for word.
+    pub looping: bool,
 }
 
 /// What the harness prices with: the gateway's published prices and each allocation's
@@ -119,6 +121,10 @@ pub struct Usage {
 pub struct Attempt {
     /// Allocation index.
     pub allocation: u16,
+    /// Agent index, into [`Plan::agents`].
+    pub agent: u32,
+    /// A spend guard refused it (the error names a `guard`).
+    pub guarded: bool,
     /// The gateway's `x-request-id`.
     pub request_id: Option<Box<str>>,
     /// HTTP status; 0 when no answer came.
@@ -273,21 +279,43 @@ struct TaskState {
     /// The agent's seed, and the tasks it began: each task's work is its own text.
     seed: u64,
     tasks: u64,
+    /// A looping agent's one call, once drawn: it sends nothing else.
+    looping: Option<Option<Step>>,
 }
 
 impl TaskState {
-    fn new(seed: u64) -> TaskState {
+    fn new(seed: u64, looping: bool) -> TaskState {
         TaskState {
             rng: Rng::new(seed),
             steps_left: 0,
             context_tokens: 0,
             seed,
             tasks: 0,
+            looping: looping.then_some(None),
         }
     }
 
-    /// The next call of this agent's current task (starting a new task when one ended).
+    /// The next call of this agent: of its current task (starting a new task when one ended),
+    /// or a looping agent's first call again.
     fn next(&mut self, scenario: &Scenario) -> Step {
+        match self.looping {
+            None => self.draw(scenario),
+            Some(Some(step)) => step,
+            Some(None) => {
+                // Its luck with the provider is fixed too: the loop is the agent's, not a
+                // retry of a failure.
+                let step = Step {
+                    error: false,
+                    reset: false,
+                    ..self.draw(scenario)
+                };
+                self.looping = Some(Some(step));
+                step
+            }
+        }
+    }
+
+    fn draw(&mut self, scenario: &Scenario) -> Step {
         let task = &scenario.task;
         if self.steps_left == 0 {
             self.steps_left = self.rng.between(task.steps_min, task.steps_max);
@@ -394,7 +422,10 @@ async fn closed(shared: &Arc<Shared>) {
         agents.push(tokio::spawn(async move {
             let scenario = Arc::clone(&shared.plan.scenario);
             let agent = shared.plan.agents[index].clone();
-            let mut state = TaskState::new(scenario.seed ^ (index as u64).wrapping_mul(0x9E37));
+            let mut state = TaskState::new(
+                scenario.seed ^ (index as u64).wrapping_mul(0x9E37),
+                agent.looping,
+            );
             // Agents start spread over the first think interval, as a fleet does.
             let think = Duration::from_millis(u64::from(scenario.fleet.think_ms));
             if !think.is_zero() {
@@ -404,7 +435,11 @@ async fn closed(shared: &Arc<Shared>) {
             while Instant::now() < shared.end {
                 let step = state.next(&scenario);
                 let due = Instant::now();
-                if call(&shared, &agent, step, due).await == CallEnd::BudgetExceeded {
+                let at = Caller {
+                    agent: &agent,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                };
+                if call(&shared, at, step, due).await == CallEnd::BudgetExceeded {
                     state.abandon();
                     let pause = u64::from(scenario.fleet.budget_pause_ms);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -426,6 +461,7 @@ async fn open(shared: &Arc<Shared>, rate_per_s: u32, in_flight_max: u32) {
             .map(|i| {
                 Mutex::new(TaskState::new(
                     scenario.seed ^ (i as u64).wrapping_mul(0x9E37),
+                    shared.plan.agents[i].looping,
                 ))
             })
             .collect(),
@@ -458,7 +494,11 @@ async fn open(shared: &Arc<Shared>, rate_per_s: u32, in_flight_max: u32) {
         let states = Arc::clone(&states);
         tokio::spawn(async move {
             let agent = shared.plan.agents[agent_index].clone();
-            if call(&shared, &agent, step, due).await == CallEnd::BudgetExceeded {
+            let at = Caller {
+                agent: &agent,
+                index: u32::try_from(agent_index).unwrap_or(u32::MAX),
+            };
+            if call(&shared, at, step, due).await == CallEnd::BudgetExceeded {
                 states[agent_index]
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -471,8 +511,15 @@ async fn open(shared: &Arc<Shared>, rate_per_s: u32, in_flight_max: u32) {
     let _ = permits.acquire_many(in_flight_max).await;
 }
 
+/// Who makes a call: the agent and its index in the plan.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    agent: &'a Agent,
+    index: u32,
+}
+
 /// One call with its retries.
-async fn call(shared: &Shared, agent: &Agent, step: Step, due: Instant) -> CallEnd {
+async fn call(shared: &Shared, caller: Caller<'_>, step: Step, due: Instant) -> CallEnd {
     let scenario = &shared.plan.scenario;
     let shape = &scenario.calls[step.call];
     let mut body = request_body(shape, step, &shared.plan.target, scenario);
@@ -489,7 +536,7 @@ async fn call(shared: &Shared, agent: &Agent, step: Step, due: Instant) -> CallE
             };
             body = request_body(shape, retry, &shared.plan.target, scenario);
         }
-        let outcome = send(shared, agent, shape, step.stream, body.clone()).await;
+        let outcome = send(shared, caller, shape, step.stream, body.clone()).await;
         let latency = sent_at.elapsed();
         let retryable = matches!(outcome.attempt.status, 0 | 429 | 500 | 502 | 503 | 504)
             || outcome.attempt.broken;
@@ -522,9 +569,18 @@ struct Outcome {
 
 /// Sends one attempt of `call` for `agent` and waits for its whole answer (at most
 /// [`ATTEMPT_TIMEOUT`]), then prices it from the usage it reports.
-async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: Bytes) -> Outcome {
+async fn send(
+    shared: &Shared,
+    caller: Caller<'_>,
+    call: &Call,
+    stream: bool,
+    body: Bytes,
+) -> Outcome {
+    let agent = caller.agent;
     let mut attempt = Attempt {
         allocation: agent.allocation,
+        agent: caller.index,
+        guarded: false,
         request_id: None,
         status: 0,
         broken: false,
@@ -568,9 +624,12 @@ async fn send(shared: &Shared, agent: &Agent, call: &Call, stream: bool, body: B
                 attempt.cost_nanos = prices.cost_nanos(&call.model, usage, agent.allocation);
             }
         }
-        Some(_) => {
+        Some(answer) => {
             // A refusal or a provider error costs nothing.
             attempt.cost_nanos = Some(0);
+            attempt.guarded = matches!(attempt.status, 403 | 429)
+                && serde_json::from_slice::<Value>(&answer)
+                    .is_ok_and(|v| v["error"]["guard"].is_string());
         }
     }
     Outcome {
@@ -973,7 +1032,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_toke
     #[test]
     fn tasks_grow_their_context_and_start_over() {
         let scenario = crate::scenario::load("agent-fleet").unwrap();
-        let mut state = TaskState::new(3);
+        let mut state = TaskState::new(3, false);
         let mut previous = 0;
         let mut restarts = 0;
         for _ in 0..200 {
@@ -987,5 +1046,33 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_toke
             previous = step.context_tokens;
         }
         assert!(restarts > 10 && restarts < 100, "{restarts}");
+    }
+
+    #[test]
+    fn a_looping_agent_sends_its_first_call_word_for_word_for_ever() {
+        let scenario = crate::scenario::load("agent-fleet").unwrap();
+        let target = Target {
+            name: "gateway",
+            base_url: "http://127.0.0.1:1/v1".into(),
+            provider_prefixed: true,
+        };
+        let mut looping = TaskState::new(3, true);
+        let first = looping.next(&scenario);
+        assert!(!first.error && !first.reset);
+        let body = request_body(&scenario.calls[first.call], first, &target, &scenario);
+        for _ in 0..50 {
+            let again = looping.next(&scenario);
+            let shape = &scenario.calls[again.call];
+            assert_eq!(request_body(shape, again, &target, &scenario), body);
+        }
+        // A working agent with the same seed moves on.
+        let mut working = TaskState::new(3, false);
+        let bodies: std::collections::HashSet<Bytes> = (0..50)
+            .map(|_| {
+                let step = working.next(&scenario);
+                request_body(&scenario.calls[step.call], step, &target, &scenario)
+            })
+            .collect();
+        assert_eq!(bodies.len(), 50);
     }
 }

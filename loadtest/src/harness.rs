@@ -15,7 +15,7 @@ use http::Uri;
 use crate::books::{self, BooksError, Setup};
 use crate::fleet::{self, Attempt, Plan, Target};
 use crate::http::Admin;
-use crate::report::{Added, Figures, Report};
+use crate::report::{Added, Figures, GuardFigures, Report};
 use crate::scenario::{Load, Overhead, Scenario};
 
 /// What to run and where.
@@ -92,6 +92,7 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
         runs: Vec::new(),
         added: None,
         books: None,
+        guards: None,
     };
     let runs = Runs {
         scenario: &scenario,
@@ -110,6 +111,10 @@ pub async fn run(options: Options) -> Result<Report, HarnessError> {
                 .await
         }
     };
+    let guards = GuardFigures::of(&attempts, &setup.agents);
+    if guards.looping_agents > 0 || guards.refused_looping + guards.refused_others > 0 {
+        report.guards = Some(guards);
+    }
     if let Some(dir) = &options.parquet_dir {
         report.books =
             Some(books::check(&admin, &setup.allocations, &attempts, dir, options.settle).await?);
@@ -128,6 +133,7 @@ fn overridden(options: &Options) -> Scenario {
     }
     if let Some(agents) = options.agents {
         scenario.fleet.agents = agents;
+        scenario.fleet.looping_agents = scenario.fleet.looping_agents.min(agents);
     }
     scenario
 }

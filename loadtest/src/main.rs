@@ -44,8 +44,8 @@ enum Command {
         #[command(flatten)]
         behaviour: Behaviour,
     },
-    /// Run a scenario (bundled: smoke, agent-fleet, overhead; or a TOML file) against a
-    /// gateway, check the books and write report.json, report.md and latency.svg.
+    /// Run a scenario (bundled: smoke, agent-fleet, overhead, streams, runaway; or a TOML file)
+    /// against a gateway, check the books and write report.json, report.md and latency.svg.
     Run {
         /// Bundled scenario name or scenario file.
         #[arg(long)]

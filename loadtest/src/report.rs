@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::books::Books;
-use crate::fleet::{Record, status_name};
+use crate::fleet::{Agent, Attempt, Record, status_name};
 
 /// Latency quantiles in milliseconds (microsecond resolution).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -141,6 +141,72 @@ pub struct Added {
     pub p99_ms: f64,
 }
 
+/// What the gateway's spend guards did to the fleet: whether the looping agents were caught,
+/// how soon, and whether anyone else was refused.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuardFigures {
+    /// Agents that looped.
+    pub looping_agents: u32,
+    /// Looping agents a guard refused at least once.
+    pub caught: u32,
+    /// Per looping agent, the attempt (1-based, retries counted) a guard first refused;
+    /// `None` for one never caught.
+    pub caught_at_attempt: Vec<Option<u32>>,
+    /// Attempts of looping agents a guard refused.
+    pub refused_looping: u64,
+    /// Attempts of looping agents answered 2xx.
+    pub ok_looping: u64,
+    /// Attempts of every other agent a guard refused: false positives, zero when all is well.
+    pub refused_others: u64,
+    /// Attempts of every other agent answered 2xx.
+    pub ok_others: u64,
+}
+
+impl GuardFigures {
+    /// From the gateway run's attempts (each naming its agent) and the plan's agents.
+    #[must_use]
+    pub fn of(attempts: &[Attempt], agents: &[Agent]) -> GuardFigures {
+        let looping = |index: u32| {
+            agents
+                .get(usize::try_from(index).unwrap_or(usize::MAX))
+                .is_some_and(|a| a.looping)
+        };
+        let loopers: Vec<u32> = (0..u32::try_from(agents.len()).unwrap_or(u32::MAX))
+            .filter(|&i| looping(i))
+            .collect();
+        let mut figures = GuardFigures {
+            looping_agents: u32::try_from(loopers.len()).unwrap_or(u32::MAX),
+            caught_at_attempt: vec![None; loopers.len()],
+            ..GuardFigures::default()
+        };
+        let mut made: BTreeMap<u32, u32> = BTreeMap::new();
+        for attempt in attempts {
+            let ok = (200..300).contains(&attempt.status) && !attempt.broken;
+            if !looping(attempt.agent) {
+                figures.refused_others += u64::from(attempt.guarded);
+                figures.ok_others += u64::from(ok);
+                continue;
+            }
+            figures.refused_looping += u64::from(attempt.guarded);
+            figures.ok_looping += u64::from(ok);
+            let count = made.entry(attempt.agent).or_insert(0);
+            *count += 1;
+            if let Some(slot) = loopers
+                .iter()
+                .position(|&l| l == attempt.agent)
+                .and_then(|p| figures.caught_at_attempt.get_mut(p))
+                && attempt.guarded
+                && slot.is_none()
+            {
+                *slot = Some(*count);
+            }
+        }
+        figures.caught =
+            u32::try_from(figures.caught_at_attempt.iter().flatten().count()).unwrap_or(u32::MAX);
+        figures
+    }
+}
+
 /// A whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -158,6 +224,8 @@ pub struct Report {
     pub added: Option<Added>,
     /// The books, when the gateway's files were checked.
     pub books: Option<Books>,
+    /// What the spend guards did, for a fleet with looping agents or any call a guard refused.
+    pub guards: Option<GuardFigures>,
 }
 
 impl Report {
@@ -188,6 +256,9 @@ impl Report {
                 "\nThe gateway added {:.3} ms at the median and {:.3} ms at p99 over the provider called direct.",
                 added.p50_ms, added.p99_ms
             );
+        }
+        if let Some(guards) = &self.guards {
+            guards_section(guards, &mut out);
         }
         match &self.books {
             Some(books) => books_section(books, &mut out),
@@ -285,6 +356,36 @@ impl Report {
 }
 
 /// The books: the three views of the run's spend, the refusals, and whether they balance.
+fn guards_section(guards: &GuardFigures, out: &mut String) {
+    let _ = writeln!(out, "\n## Spend guards\n");
+    let at: Vec<String> = guards
+        .caught_at_attempt
+        .iter()
+        .map(|a| a.map_or_else(|| "never".to_owned(), |n| format!("attempt {n}")))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- looping agents: {}, caught: {} (first refused at: {})",
+        guards.looping_agents,
+        guards.caught,
+        if at.is_empty() {
+            "-".to_owned()
+        } else {
+            at.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- their attempts: {} refused by a guard, {} answered 2xx",
+        guards.refused_looping, guards.ok_looping
+    );
+    let _ = writeln!(
+        out,
+        "- every other agent: {} refused by a guard, {} answered 2xx",
+        guards.refused_others, guards.ok_others
+    );
+}
+
 fn books_section(books: &Books, out: &mut String) {
     let _ = writeln!(out, "\n## Books\n");
     let _ = writeln!(
@@ -445,4 +546,54 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn attempt(agent: u32, status: u16, guarded: bool) -> Attempt {
+        Attempt {
+            allocation: 0,
+            agent,
+            guarded,
+            request_id: None,
+            status,
+            broken: false,
+            usage: None,
+            cost_nanos: None,
+        }
+    }
+
+    #[test]
+    fn guard_figures_tell_the_loopers_from_the_rest() {
+        let agent = |looping| Agent {
+            allocation: 0,
+            key: Arc::from("k"),
+            looping,
+        };
+        let agents = [agent(true), agent(false), agent(true)];
+        let attempts = [
+            attempt(0, 200, false),
+            attempt(1, 200, false),
+            attempt(0, 200, false),
+            attempt(0, 429, true),
+            attempt(1, 429, false),
+            attempt(0, 429, true),
+            attempt(2, 200, false),
+        ];
+        let figures = GuardFigures::of(&attempts, &agents);
+        assert_eq!(figures.looping_agents, 2);
+        assert_eq!(figures.caught, 1);
+        assert_eq!(figures.caught_at_attempt, vec![Some(3), None]);
+        assert_eq!((figures.refused_looping, figures.ok_looping), (2, 3));
+        assert_eq!((figures.refused_others, figures.ok_others), (0, 1));
+        let mut out = String::new();
+        guards_section(&figures, &mut out);
+        assert!(
+            out.contains("caught: 1 (first refused at: attempt 3, never)"),
+            "{out}"
+        );
+    }
 }

@@ -5,8 +5,8 @@
 //! re-sends a growing context), retries, the mock provider's behaviour, and the load model:
 //! closed (every agent loops as fast as answers come) or open (calls arrive at a constant rate
 //! whatever the answers do, timed from when they were due, so a stalled gateway shows up as
-//! latency rather than as a politely slower generator). Three scenarios are bundled; [`load`]
-//! takes a bundled name or a file.
+//! latency rather than as a politely slower generator). Five scenarios are bundled (see
+//! [`BUNDLED`]); [`load`] takes a bundled name or a file.
 
 use std::collections::HashSet;
 use std::io::Read as _;
@@ -22,11 +22,12 @@ pub const AGENTS_MAX: u32 = 20_000;
 pub const CONTEXT_TOKENS_MAX: u32 = 100_000;
 
 /// The scenarios shipped with the harness, by name.
-pub const BUNDLED: [(&str, &str); 4] = [
+pub const BUNDLED: [(&str, &str); 5] = [
     ("smoke", include_str!("../scenarios/smoke.toml")),
     ("agent-fleet", include_str!("../scenarios/agent-fleet.toml")),
     ("overhead", include_str!("../scenarios/overhead.toml")),
     ("streams", include_str!("../scenarios/streams.toml")),
+    ("runaway", include_str!("../scenarios/runaway.toml")),
 ];
 
 /// A whole scenario.
@@ -101,6 +102,12 @@ pub struct Fleet {
     /// Allocations the run creates (their names get the run's tag) and their share of agents.
     #[serde(rename = "allocation")]
     pub allocations: Vec<AllocationShape>,
+    /// Agents that have gone into a runaway loop: each sends its first call again and again,
+    /// word for word, on a key of its own (the first agents of the first allocation with
+    /// agents, so the rest of that allocation shows whether a guard's action stays on the
+    /// looping key). At most `agents`.
+    #[serde(default)]
+    pub looping_agents: u32,
 }
 
 fn budget_pause_ms() -> u32 {
@@ -312,7 +319,8 @@ pub enum ScenarioError {
     },
 }
 
-/// Loads a bundled scenario by name (`smoke`, `agent-fleet`, `overhead`, `streams`) or a file.
+/// Loads a bundled scenario by name (`smoke`, `agent-fleet`, `overhead`, `streams`, `runaway`)
+/// or a file.
 pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
     if let Some((name, text)) = BUNDLED.iter().find(|(n, _)| *n == name_or_path) {
         return parse(text, name);
@@ -419,6 +427,9 @@ fn check_fleet(fleet: &Fleet) -> Result<(), Problem> {
         if let Some(limit) = &allocation.limit {
             parse_nanos(limit).map_err(|m| ("fleet.allocation.limit", m))?;
         }
+    }
+    if fleet.looping_agents > fleet.agents {
+        return Err(("fleet.looping_agents", "at most fleet.agents".into()));
     }
     if fleet.allocations.iter().all(|a| a.agents_weight == 0) {
         return Err((

@@ -99,3 +99,56 @@ fn an_allocation_on_pace_to_run_out_early_is_told_once_and_shown_everywhere() {
     );
     assert!(alert["days_early"].as_i64().unwrap() >= 0, "{alert}");
 }
+
+#[test]
+fn a_key_about_to_expire_is_told_once_and_others_are_not() {
+    let warning = format!("{FORECAST}key_expiry_warning_ms = 86400000\n");
+    let mut stack = Stack::start_with("key-expiry", &org(), "", &warning, &[]);
+    let (soon, soon_id) = stack.create_key("idle", json!({"expires_in": "2h"}));
+    let _later = stack.create_key("idle", json!({"expires_in": "3d"}));
+    let _never = stack.create_key("idle", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.metric("tollgate_key_expiry_alerts_total") == 0 {
+        assert!(Instant::now() < deadline, "no key expiry alert");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Five more samples: none tells the key again.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(stack.metric("tollgate_key_expiry_alerts_total"), 1);
+    stack.stop();
+
+    let alerts = read_lines(&stack.path().join("events/alerts.jsonl"));
+    let told: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "key_expiring")
+        .collect();
+    assert_eq!(told.len(), 1, "{alerts:#?}");
+    let alert = told[0];
+    assert_eq!(alert["key_id"], json!(soon_id), "{alert}");
+    assert_eq!(
+        (&alert["allocation"], &alert["user"]),
+        (&json!("idle"), &json!("ada@acme.example"))
+    );
+    let prefix = alert["key_prefix"].as_str().unwrap();
+    assert!(
+        soon.starts_with(prefix) && prefix.len() < soon.len(),
+        "{alert}"
+    );
+    assert!(
+        !alert.to_string().contains(&soon[prefix.len()..]),
+        "{alert}"
+    );
+    let expires = parse_rfc3339(alert["expires_at"].as_str().unwrap()).unwrap();
+    let at = parse_rfc3339(alert["at"].as_str().unwrap()).unwrap();
+    assert!(
+        (7_100_000..=7_200_000).contains(&(expires.0 - at.0)),
+        "{alert}"
+    );
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "key `{prefix}` of user `ada@acme.example` (allocation `idle`) expires at "
+        )) && message.ends_with(", in 2 hours: rotate it"),
+        "{message}"
+    );
+}

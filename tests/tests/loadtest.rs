@@ -24,6 +24,32 @@ fn report(out: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// Runs `scenario` for `seconds` with `agents` against `stack`, books required to balance;
+/// its report.
+fn balanced_run(stack: &Stack, scenario: &str, seconds: &str, agents: &str) -> Value {
+    let out = stack.path().join(format!("{scenario}-report"));
+    let run = harness(
+        stack,
+        &out,
+        &[
+            "--scenario",
+            scenario,
+            "--seconds",
+            seconds,
+            "--agents",
+            agents,
+            "--require-balanced",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    report(&out)
+}
+
 #[test]
 fn the_smoke_scenario_balances_its_books() {
     let stack = fleet_stack("smoke");
@@ -286,31 +312,71 @@ fn the_agent_fleet_trips_no_loop_guard() {
         guards,
         &[],
     );
-    let out = stack.path().join("fleet-report");
-    let run = harness(
-        &stack,
-        &out,
-        &[
-            "--scenario",
-            "agent-fleet",
-            "--seconds",
-            "15",
-            "--agents",
-            "300",
-            "--require-balanced",
-        ],
-    );
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report = report(&out);
+    let report = balanced_run(&stack, "agent-fleet", "15", "300");
     let answered = report["books"]["answered"].as_u64().unwrap();
     assert!(answered > 300, "{}", report["books"]);
     assert_eq!(stack.metric("tollgate_guard_refused_total"), 0);
     assert_eq!(stack.metric("tollgate_guard_alerts_total"), 0);
     let blocks = stack.admin("GET", "/admin/v1/guards", None).json();
     assert_eq!(blocks["blocks"], Value::Array(Vec::new()), "{blocks}");
+}
+
+/// The `runaway` scenario: a working fleet beside two agents looping on one call, each on a
+/// key of its own in an allocation it shares with working agents. The loop guard, on with its
+/// defaults (five repeats in a minute, throttle), refuses each looper's fifth call and every
+/// one after, tells each once, and refuses no one else; the books still balance.
+#[test]
+fn the_loop_guard_catches_the_runaway_agents_and_no_one_else() {
+    let stack = Stack::start_with(
+        "fleet-runaway",
+        &format!("{ORG}{FLEET_ORG}"),
+        "",
+        "[guards.loop]\n",
+        &[],
+    );
+    let report = balanced_run(&stack, "runaway", "12", "60");
+    let guards = &report["guards"];
+    assert_eq!(guards["looping_agents"], 2, "{guards}");
+    assert_eq!(guards["caught"], 2, "{guards}");
+    assert_eq!(
+        guards["caught_at_attempt"],
+        serde_json::json!([5, 5]),
+        "{guards}"
+    );
+    // Four answers each before the guard, none after: a throttled loop stays throttled
+    // while its repeats are in the minute's window.
+    assert_eq!(guards["ok_looping"], 8, "{guards}");
+    assert!(guards["refused_looping"].as_u64().unwrap() >= 2, "{guards}");
+    assert_eq!(guards["refused_others"], 0, "{guards}");
+    assert!(guards["ok_others"].as_u64().unwrap() > 100, "{guards}");
+    assert_eq!(
+        stack.metric("tollgate_guard_refused_total"),
+        guards["refused_looping"].as_u64().unwrap()
+    );
+
+    // One alert per looping key, naming it, and none for anyone else.
+    let keys = stack.admin("GET", "/admin/v1/keys", None).json();
+    let mut loopers: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["user"].as_str().unwrap().contains("-looper"))
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    loopers.sort_unstable();
+    let alerts = stack::read_lines(&stack.path().join("events/alerts.jsonl"));
+    let mut told: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "loop_detected")
+        .map(|a| {
+            assert_eq!(
+                (&a["scope"], &a["action"]),
+                (&"key".into(), &"throttle".into()),
+                "{a}"
+            );
+            a["name"].as_str().unwrap()
+        })
+        .collect();
+    told.sort_unstable();
+    assert_eq!(told, loopers, "{alerts:#?}");
 }

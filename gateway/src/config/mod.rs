@@ -75,6 +75,9 @@ pub struct Config {
     /// `[forecast]`: how often every limited budget's spend is sampled for its burn-rate
     /// forecast (`interval_ms`).
     pub forecast_interval: Duration,
+    /// `forecast.key_expiry_warning_ms`: how long before a key expires an alert says so,
+    /// sampled as often as the forecasts (zero: never).
+    pub key_expiry_warning: Duration,
     /// The `[[webhook]]` tables in file order, names unique: where alerts are delivered.
     pub webhooks: Vec<WebhookConfig>,
     /// `[guards]`: the runaway-loop detector and the spend-velocity ceilings.
@@ -365,6 +368,10 @@ impl RawConfig {
             leases,
             ledger,
             forecast_interval,
+            key_expiry_warning: ms(
+                self.forecast.key_expiry_warning_ms,
+                limits::KEY_EXPIRY_WARNING,
+            ),
             webhooks,
             guards,
             admission,
@@ -944,6 +951,7 @@ fn webhooks(raw: Vec<Spanned<RawWebhook>>, source: &Source<'_>) -> Result<Vec<We
 #[serde(deny_unknown_fields)]
 struct RawForecast {
     interval_ms: Option<u64>,
+    key_expiry_warning_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1579,6 +1587,9 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         )
         .unwrap();
         assert_eq!(config.forecast_interval, Duration::from_millis(500));
+        assert_eq!(config.key_expiry_warning, limits::KEY_EXPIRY_WARNING);
+        let warned = with("[forecast]\nkey_expiry_warning_ms = 3600000\n").unwrap();
+        assert_eq!(warned.key_expiry_warning, Duration::from_secs(3_600));
         assert_eq!(config.webhooks.len(), 2);
         assert_eq!(
             (config.webhooks[0].format, config.webhooks[0].timeout),

@@ -3,7 +3,7 @@
 //! forecasts for the admin API, `/metrics` and `tollgate spend`, and writes an alert to
 //! `alerts.jsonl` when a level is on pace to run out before its period ends ("on pace to run
 //! out on 2026-12-11, 19 days early"), once per period and again when the date moves much
-//! earlier.
+//! earlier. The same loop tells keys about to expire ([`super::expiry`]).
 //!
 //! **Invariant:** nothing here touches the request path; the forecasts are swapped in whole
 //! once per sample, so a reader sees one sample's view.
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tollgate_engine::forecast::{Burn, Forecast};
 use tollgate_engine::{Level, UnixMs};
 
+use super::expiry;
 use crate::clock::now_ms;
 use crate::state::Gateway;
 
@@ -74,14 +75,18 @@ pub struct ForecastTask {
 }
 
 impl ForecastTask {
-    /// Samples every limited level of `gateway`'s directory every `interval` into `forecasts`.
+    /// Samples every limited level of `gateway`'s directory every `interval` into `forecasts`,
+    /// and looks for keys about to expire as often.
     #[must_use]
     pub fn start(gateway: Arc<Gateway>, forecasts: Arc<Forecasts>, interval: Duration) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut burns: HashMap<LevelName, Burn> = HashMap::new();
+            let mut told = expiry::Told::default();
             while !*stopped.borrow() {
-                sample(&gateway, &forecasts, &mut burns, now_ms());
+                let now = now_ms();
+                sample(&gateway, &forecasts, &mut burns, now);
+                expiry::sample(&gateway, &mut told, now);
                 tokio::select! {
                     _ = stopped.changed() => {}
                     () = tokio::time::sleep(interval) => {}

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod bodies;
 pub mod coordinate;
+pub mod expiry;
 pub mod forecast;
 pub mod journal;
 pub mod leases;

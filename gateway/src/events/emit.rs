@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use tollgate_engine::forecast::Forecast;
 use tollgate_engine::time::MS_PER_DAY;
-use tollgate_engine::{BudgetExhausted, BudgetSnapshot, Level, SoftLimitCrossed, UsageEvent};
+use tollgate_engine::{
+    BudgetExhausted, BudgetSnapshot, Level, SoftLimitCrossed, UsageEvent, VirtualKey,
+};
 use tollgate_sink::columnar::ParquetSink;
 use tollgate_sink::log::{Log, LogReader, Recovery};
 
@@ -423,6 +425,43 @@ impl Emitter {
             },
         });
         self.shared.metrics.add(Counter::ExhaustedAlerts, 1);
+        self.append_alert(&line);
+    }
+
+    /// Records that `key` stops working at `expires_at`, soon: its owner should rotate it.
+    /// The alert names the key by its id and display prefix, never by its secret.
+    pub fn key_expiry_alert(
+        &self,
+        key: &VirtualKey,
+        expires_at: tollgate_engine::UnixMs,
+        now: tollgate_engine::UnixMs,
+    ) {
+        let when = format_rfc3339_s(expires_at);
+        // Rounded up: a key with 1 h 59 min left is told "in 2 hours".
+        let ms_left = u64::try_from(expires_at.0 - now.0).unwrap_or(0);
+        let hours_left = ms_left.div_ceil(3_600_000);
+        let left = match hours_left {
+            0 | 1 => "within the hour".to_owned(),
+            2..48 => format!("in {hours_left} hours"),
+            _ => format!("in {} days", hours_left / 24),
+        };
+        let line = serde_json::json!({
+            "id": self.alert_id(now),
+            "kind": "key_expiring",
+            "at": format_rfc3339_s(now),
+            "key_id": key.id().to_string(),
+            "key_prefix": key.display_prefix(),
+            "user": &*key.user,
+            "agent": key.agent.as_deref(),
+            "allocation": &*key.allocation.name,
+            "team": &*key.allocation.team().name,
+            "expires_at": when,
+            "message": format!(
+                "key `{}` of user `{}` (allocation `{}`) expires at {when}, {left}: rotate it",
+                key.display_prefix(), key.user, key.allocation.name
+            ),
+        });
+        self.shared.metrics.add(Counter::KeyExpiryAlerts, 1);
         self.append_alert(&line);
     }
 

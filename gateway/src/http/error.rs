@@ -443,6 +443,18 @@ impl Failure {
                 }),
             );
         }
+        if let (
+            Failure::Guarded {
+                guard, scope, name, ..
+            },
+            Some(fields),
+        ) = (self, inner.as_object_mut())
+        {
+            // The guard is named in both envelopes: Anthropic's error types cannot say it.
+            fields.insert("guard".into(), json!(guard.as_str()));
+            fields.insert("scope".into(), json!(scope));
+            fields.insert("name".into(), json!(&**name));
+        }
         let envelope = match protocol {
             Protocol::OpenAi => json!({ "error": inner }),
             Protocol::Anthropic => json!({ "type": "error", "error": inner }),
@@ -539,5 +551,45 @@ mod tests {
             let body: Value = serde_json::from_slice(&failure.body(Protocol::OpenAi)).unwrap();
             assert_eq!(body["error"]["type"], kind);
         }
+    }
+
+    #[test]
+    fn a_guard_is_named_in_both_envelopes() {
+        use tollgate_engine::guard::Guard;
+        let throttled = Failure::Guarded {
+            guard: Guard::LoopDetected,
+            scope: "agent",
+            name: "coder-7".into(),
+            retry_after_s: Some(30),
+        };
+        assert_eq!(throttled.class().status.as_u16(), 429);
+        assert_eq!(throttled.retry_after_s(), Some(30));
+        let openai: Value = serde_json::from_slice(&throttled.body(Protocol::OpenAi)).unwrap();
+        let anthropic: Value =
+            serde_json::from_slice(&throttled.body(Protocol::Anthropic)).unwrap();
+        assert_eq!(openai["error"]["type"], "loop_detected");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        for inner in [&openai["error"], &anthropic["error"]] {
+            assert_eq!(
+                (&inner["guard"], &inner["scope"], &inner["name"]),
+                (&json!("loop_detected"), &json!("agent"), &json!("coder-7")),
+                "{inner}"
+            );
+        }
+        let blocked = Failure::Guarded {
+            guard: Guard::SpendVelocityExceeded,
+            scope: "allocation",
+            name: "ci".into(),
+            retry_after_s: None,
+        };
+        assert_eq!(blocked.class().status.as_u16(), 403);
+        let body: Value = serde_json::from_slice(&blocked.body(Protocol::Anthropic)).unwrap();
+        assert_eq!(
+            (&body["error"]["type"], &body["error"]["guard"]),
+            (
+                &json!("permission_error"),
+                &json!("spend_velocity_exceeded")
+            )
+        );
     }
 }

@@ -70,7 +70,7 @@ impl Background for ShipTask {
 
 impl Background for ForecastTask {
     fn name(&self) -> &'static str {
-        "burn-rate forecasts"
+        "burn-rate forecasts and key expiry"
     }
 
     fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
