@@ -77,11 +77,28 @@ fn guards(c: &mut Criterion) {
     let mut group = c.benchmark_group("guards");
     for size in [4_000, 400_000] {
         let body = agent_body(size);
+        // The request path's one scan of the body finds the conversation; the fingerprint
+        // walks only it.
+        let scanned = tollgate_gateway::json_scan::scan(&body, ["messages"]).unwrap();
+        let context = scanned.members[0].clone().unwrap().value;
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(format!("fingerprint {} KB", size / 1000), |b| {
             b.iter(|| {
                 guards
-                    .print("anthropic/claude-sonnet-4-5", black_box(&body))
+                    .print(
+                        "anthropic/claude-sonnet-4-5",
+                        black_box(&body),
+                        context.clone(),
+                    )
+                    .unwrap()
+            })
+        });
+        // What the prompt begins with, for its events: 4 KiB hashed whatever the body's size.
+        let prefixes = tollgate_gateway::prefix::Prefixes::with_key((1, 2));
+        group.bench_function(format!("prompt_prefix {} KB", size / 1000), |b| {
+            b.iter(|| {
+                prefixes
+                    .of(black_box(&body), None, Some(context.clone()))
                     .unwrap()
             })
         });

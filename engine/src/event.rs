@@ -177,6 +177,11 @@ pub struct UsageEvent {
     /// before it read as `None`.
     #[serde(default)]
     pub instance_type: Option<Arc<str>>,
+    /// What a model call's prompt begins with ([`crate::PromptPrefix`]); `None` for a prompt
+    /// shorter than [`crate::PROMPT_PREFIX_BYTES`], a refusal, or a resource record. Added
+    /// within version 1: events written before it read as `None`.
+    #[serde(default)]
+    pub prompt_prefix: Option<crate::PromptPrefix>,
     /// Cost at list price, before markup or discount.
     pub list_cost_nanos: Nanos,
     /// Cost charged to budgets, after markup or discount.
@@ -259,6 +264,7 @@ impl UsageEvent {
             cluster: s("hpc1"),
             partition: s("a100"),
             instance_type: s("gpu-a100-8x"),
+            prompt_prefix: Some(crate::PromptPrefix(0x5eed_0000_c0ff_ee00)),
             list_cost_nanos: Nanos(24_450_000),
             cost_nanos: Nanos(26_895_000),
             currency: Arc::from("USD"),
@@ -363,6 +369,7 @@ impl UsageEvent {
             cluster: None,
             partition: None,
             instance_type: None,
+            prompt_prefix: None,
             list_cost_nanos: Nanos::ZERO,
             cost_nanos: Nanos::ZERO,
             currency,
@@ -407,15 +414,13 @@ mod tests {
             serde_json::from_slice(&UsageEvent::sample().to_json()).unwrap();
         value["added_in_a_minor_version"] = serde_json::json!(true);
         assert!(UsageEvent::from_json(value.to_string().as_bytes()).is_ok());
-        // Written before `instance_type` existed: read as none.
+        assert_eq!(value["prompt_prefix"], "5eed0000c0ffee00");
+        // Written before `instance_type` and `prompt_prefix` existed: read as none.
         let mut older = value.clone();
         older.as_object_mut().unwrap().remove("instance_type");
-        assert_eq!(
-            UsageEvent::from_json(older.to_string().as_bytes())
-                .unwrap()
-                .instance_type,
-            None
-        );
+        older.as_object_mut().unwrap().remove("prompt_prefix");
+        let older = UsageEvent::from_json(older.to_string().as_bytes()).unwrap();
+        assert_eq!((older.instance_type, older.prompt_prefix), (None, None));
         value["v"] = serde_json::json!(2);
         assert_eq!(
             UsageEvent::from_json(value.to_string().as_bytes()),

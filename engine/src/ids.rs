@@ -135,9 +135,69 @@ impl<'de> Deserialize<'de> for KeyId {
     }
 }
 
+/// What a call's prompt begins with, as a keyed 64-bit hash of its first
+/// [`PROMPT_PREFIX_BYTES`] bytes (system prompt, then the conversation), shown as 16 hex
+/// digits. Calls that share it could have had those bytes billed at a provider's cached
+/// price; it reveals nothing of the text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PromptPrefix(pub u64);
+
+/// How much of a prompt [`PromptPrefix`] covers: 4 KiB, about 1,024 tokens, the least a
+/// provider caches. A shorter prompt has none.
+pub const PROMPT_PREFIX_BYTES: usize = 4_096;
+
+impl PromptPrefix {
+    /// Parses 16 hex digits.
+    pub fn parse(text: &str) -> Result<PromptPrefix> {
+        Some(text)
+            .filter(|hex| hex.len() == 16)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .map(PromptPrefix)
+            .ok_or_else(|| Error::Unknown {
+                kind: "prompt prefix",
+                name: text.chars().take(40).collect(),
+            })
+    }
+}
+
+impl fmt::Display for PromptPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for PromptPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for PromptPrefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PromptPrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        PromptPrefix::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_prefixes_read_back_as_written_and_refuse_anything_else() {
+        let prefix = PromptPrefix(0x00ab_cdef_0123_4567);
+        assert_eq!(prefix.to_string(), "00abcdef01234567");
+        assert_eq!(PromptPrefix::parse(&prefix.to_string()).unwrap(), prefix);
+        for bad in ["", "abc", "00abcdef0123456g", "00abcdef012345678"] {
+            assert!(PromptPrefix::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn model_refs_parse_strictly() {

@@ -45,7 +45,7 @@ pub use identity::{
     Allocation, AllocationSpec, AllowList, Directory, KeyHash, KeyLimits, KeySecret, KeySpec,
     KeyStore, Scopes, VirtualKey,
 };
-pub use ids::{KeyId, ModelRef};
+pub use ids::{KeyId, ModelRef, PROMPT_PREFIX_BYTES, PromptPrefix};
 pub use learned::OutputSketch;
 pub use money::{Adjustment, Micros, Nanos, PricePerMTok, PricePerUnit};
 pub use ratecard::{Cost, ModelPrice, RateCard, RateVersion, ResourcePrice, ResourceUnit, Site};

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _, RandomState};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -196,11 +197,10 @@ impl Guards {
     /// a hash of the latest assistant message among the last few, and the context's size.
     /// `None` for a body with none of those (an embedding's input is not a conversation).
     #[must_use]
-    pub fn print(&self, model: &str, body: &[u8]) -> Option<CallPrint> {
+    pub fn print(&self, model: &str, body: &[u8], context: Range<usize>) -> Option<CallPrint> {
         let messages = self.loops?.messages;
         let json = std::str::from_utf8(body).ok()?;
-        let scanned = json_scan::scan_text(json, ["messages", "input", "prompt"]).ok()?;
-        let context = scanned.members.into_iter().flatten().next()?.value;
+        json.get(context.clone())?;
         let mut fingerprint = self.hasher.build_hasher();
         fingerprint.write(model.as_bytes());
         fingerprint.write_u8(0xff);
@@ -237,6 +237,15 @@ impl Guards {
             answer,
             context_bytes: u64::try_from(context.len()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// [`Guards::print`] of `body` with its conversation found by a scan of its own: for
+    /// callers without the request path's (tests, benches, fuzzing).
+    #[must_use]
+    pub fn print_body(&self, model: &str, body: &[u8]) -> Option<CallPrint> {
+        let scanned = json_scan::scan(body, ["messages", "input", "prompt"]).ok()?;
+        let context = scanned.members.into_iter().flatten().next()?.value;
+        self.print(model, body, context)
     }
 
     /// Judges a call of `key` (known by `print`, when loops are watched) at `now`: refused if
@@ -516,7 +525,7 @@ mod tests {
     #[test]
     fn a_call_is_known_by_its_model_and_last_messages_and_the_answer_it_carries_back() {
         let guards = guards(2);
-        let print = |body: &[u8]| guards.print("openai/gpt-4o", body).unwrap();
+        let print = |body: &[u8]| guards.print_body("openai/gpt-4o", body).unwrap();
         let a = print(&chat(&[
             ("user", "fix it"),
             ("assistant", "ls"),
@@ -549,7 +558,7 @@ mod tests {
         assert_ne!(a.fingerprint, d.fingerprint);
         assert_ne!(a.answer, d.answer);
         let body = chat(&[("user", "fix it"), ("assistant", "ls"), ("tool", "a.rs")]);
-        let other = guards.print("openai/gpt-4o-mini", &body).unwrap();
+        let other = guards.print_body("openai/gpt-4o-mini", &body).unwrap();
         assert_ne!(a.fingerprint, other.fingerprint);
         // A first message has no answer to carry back.
         assert_eq!(print(&chat(&[("user", "hello")])).answer, None);
@@ -561,7 +570,7 @@ mod tests {
         let three = guards(3);
         let x = chat(&[("user", "a"), ("assistant", "b"), ("tool", "same")]);
         let y = chat(&[("user", "z"), ("assistant", "q"), ("tool", "same")]);
-        let print = |g: &Guards, body: &[u8]| g.print("m/m", body).unwrap().fingerprint;
+        let print = |g: &Guards, body: &[u8]| g.print_body("m/m", body).unwrap().fingerprint;
         assert_eq!(print(&one, &x), print(&one, &y));
         assert_ne!(print(&three, &x), print(&three, &y));
         // A string prompt is known by all of it.
@@ -581,10 +590,13 @@ mod tests {
             b"\xff\xfe",
             b"{\"messages\": [1,",
         ] {
-            assert_eq!(one.print("m/m", body), None, "{body:?}");
+            assert_eq!(one.print_body("m/m", body), None, "{body:?}");
         }
         // Without `[guards.loop]`, calls are not fingerprinted at all.
-        assert_eq!(Guards::new(&GuardsConfig::default()).print("m/m", &x), None);
+        assert_eq!(
+            Guards::new(&GuardsConfig::default()).print_body("m/m", &x),
+            None
+        );
         assert!(Guards::new(&GuardsConfig::default()).is_off());
     }
 }

@@ -20,6 +20,7 @@ pub mod json_scan;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
+pub mod prefix;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

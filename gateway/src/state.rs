@@ -32,6 +32,7 @@ use crate::guards::Guards;
 use crate::limits::UNAUTHENTICATED_REPORT_INTERVAL_MS;
 use crate::metrics::Metrics;
 use crate::operator::Sampled;
+use crate::prefix::Prefixes;
 use crate::providers::Provider;
 use crate::routing::Router;
 
@@ -142,6 +143,8 @@ pub struct Gateway {
     pub unauthenticated: Sampled,
     /// `[guards]`: loop windows, spend windows and the blocks in force.
     pub guards: Guards,
+    /// The installation's key for the prompt prefixes events carry.
+    pub prefixes: Prefixes,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Arc<Rates>>,
     epoch: Instant,
@@ -165,6 +168,9 @@ pub enum SetupError {
     /// A provider's adapter could not be made (its base URL or credential).
     #[error(transparent)]
     Upstream(#[from] crate::providers::client::SetupError),
+    /// The key of prompt prefixes in the state folder could not be read or made.
+    #[error("the prompt-prefix key in the state folder: {0}")]
+    PrefixKey(std::io::Error),
 }
 
 impl Gateway {
@@ -180,6 +186,10 @@ impl Gateway {
     ) -> Result<Gateway, SetupError> {
         let card = RateCard::load(&config.rate_card)?;
         let directory = directory_of(&config)?;
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random)
+            .map_err(|e| SetupError::PrefixKey(std::io::Error::other(e.to_string())))?;
+        let prefixes = Prefixes::open(&config.state_dir, random).map_err(SetupError::PrefixKey)?;
         let mut providers = HashMap::new();
         for provider in &config.providers {
             let made = Provider::new(provider.clone(), config.routing.breaker, env)?;
@@ -215,6 +225,7 @@ impl Gateway {
             expected: Expected::new(&config.admission),
             unauthenticated: Sampled::every(UNAUTHENTICATED_REPORT_INTERVAL_MS),
             guards: Guards::new(&config.guards),
+            prefixes,
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),

@@ -178,6 +178,9 @@ fn column(name: &str, ty: ColumnType, events: &[UsageEvent]) -> Result<ArrayRef,
         ("cluster", _) => text(events, |e| str_of(&e.cluster)),
         ("partition", _) => text(events, |e| str_of(&e.partition)),
         ("instance_type", _) => text(events, |e| str_of(&e.instance_type)),
+        ("prompt_prefix", _) => text(events, |e| {
+            e.prompt_prefix.map(|p| Cow::Owned(p.to_string()))
+        }),
         ("list_cost", ColumnType::Decimal { scale }) => {
             decimal(events, scale, |e| Some(e.list_cost_nanos.0))?
         }

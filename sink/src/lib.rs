@@ -7,6 +7,7 @@
 //! export ([`focus`]).
 #![warn(missing_docs)]
 
+pub mod advice;
 pub mod columnar;
 pub mod consume;
 pub mod control;

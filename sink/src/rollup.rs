@@ -165,7 +165,11 @@ fn parquet_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ColumnarError
     Ok(())
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ColumnarError> {
+/// Column `name` of `batch` as `T`, or an error naming it.
+pub(crate) fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a T, ColumnarError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())

@@ -121,6 +121,7 @@ pub const COLUMNS: &[Column] = &[
     // Added within version 1, so last: files written before it lack the column, and readers
     // that mix old and new files unify by name (DuckDB's `union_by_name`).
     col("instance_type", "instance_type", Text, true),
+    col("prompt_prefix", "prompt_prefix", Text, true),
 ];
 
 /// Decimal precision of money and quantity columns: 38 digits, the most a 128-bit decimal holds.
@@ -189,6 +190,7 @@ mod tests {
             cluster: None,
             partition: None,
             instance_type: None,
+            prompt_prefix: None,
             rate_card_version: None,
             ttft_ms: None,
             latency_ms: None,

@@ -19,6 +19,16 @@ fn harness(stack: &Stack, out: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Fails with the harness's output unless it succeeded.
+fn assert_ran(run: &Output) {
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 fn report(out: &Path) -> Value {
     let text = read_text(&out.join("report.json"));
     serde_json::from_str(&text).unwrap()
@@ -41,12 +51,7 @@ fn balanced_run(stack: &Stack, scenario: &str, seconds: &str, agents: &str) -> V
             "--require-balanced",
         ],
     );
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ran(&run);
     report(&out)
 }
 
@@ -141,12 +146,7 @@ reset_percent = 10
             "--require-balanced",
         ],
     );
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ran(&run);
     let report = report(&out);
     let figures = &report["runs"][0];
     // 300 calls due at 100/s: with one in ten failing and one in ten breaking, both happen
@@ -186,12 +186,7 @@ fn the_overhead_scenario_measures_direct_proxy_and_gateway() {
             "--require-balanced",
         ],
     );
-    assert!(
-        run.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ran(&run);
     let report = report(&out);
     let runs = report["runs"].as_array().unwrap();
     let seen: Vec<(String, u64)> = runs

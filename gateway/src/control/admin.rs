@@ -592,7 +592,10 @@ fn models(control: &Control, now: UnixMs) -> Value {
                 "model": p.model.as_str(),
                 "served": control.gateway.providers.contains_key(p.model.provider()),
                 "input_per_mtok": tollgate_engine::Nanos(p.input_per_mtok.0).to_string(),
+                "cached_input_per_mtok": tollgate_engine::Nanos(p.cached_input_per_mtok.0).to_string(),
+                "cache_write_per_mtok": tollgate_engine::Nanos(p.cache_write_per_mtok.0).to_string(),
                 "output_per_mtok": tollgate_engine::Nanos(p.output_per_mtok.0).to_string(),
+                "reasoning_per_mtok": tollgate_engine::Nanos(p.reasoning_per_mtok.0).to_string(),
                 "max_output_tokens": p.max_output_tokens,
             })
         })

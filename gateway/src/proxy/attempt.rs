@@ -103,6 +103,7 @@ pub(super) async fn forward(
         candidate,
         scanned,
         downgraded_from,
+        prompt_prefix,
     } = admitted;
     let mut ticket = Ticket {
         gateway: Arc::clone(&gateway),
@@ -119,6 +120,7 @@ pub(super) async fn forward(
         arrived,
         sent: Instant::now(),
         request_body,
+        prompt_prefix,
         http_status: 0,
         permit,
         cost_to: None,
@@ -359,7 +361,7 @@ impl Route {
         gateway: &Gateway,
         ticket: &mut Ticket,
         verdict: &Verdict,
-        scanned: &Scanned<7>,
+        scanned: &Scanned<11>,
         index: usize,
     ) -> Next {
         if u32::from(ticket.attempt) >= self.policy.attempts_max {
@@ -422,7 +424,7 @@ impl Route {
         &mut self,
         gateway: &Gateway,
         ticket: &mut Ticket,
-        scanned: &Scanned<7>,
+        scanned: &Scanned<11>,
         http_status: u16,
     ) -> bool {
         let from = self.candidate;
@@ -436,7 +438,7 @@ impl Route {
 
     /// Moves the call to the plan's next candidate it can take, when no deployment of this one
     /// can take it (nothing was sent); false when none can.
-    fn fall_back(&mut self, gateway: &Gateway, ticket: &mut Ticket, scanned: &Scanned<7>) -> bool {
+    fn fall_back(&mut self, gateway: &Gateway, ticket: &mut Ticket, scanned: &Scanned<11>) -> bool {
         match self.find(gateway, ticket, scanned, |_| true) {
             Some(to) => {
                 self.switch(ticket, to);
@@ -453,7 +455,7 @@ impl Route {
         &self,
         gateway: &Gateway,
         ticket: &mut Ticket,
-        scanned: &Scanned<7>,
+        scanned: &Scanned<11>,
         eligible: impl Fn(usize) -> bool,
     ) -> Option<Switch> {
         let api = ticket.api;

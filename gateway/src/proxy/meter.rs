@@ -24,8 +24,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tollgate_engine::tokens::{Exactness, count_tokens};
 use tollgate_engine::{
-    Charged, Cost, EventKind, ModelRef, Nanos, Next, RateCard, Reservation, Status, StreamBudget,
-    TokenUsage, Tokens, UnixMs, UsageEvent, UsageSource, VirtualKey,
+    Charged, Cost, EventKind, ModelRef, Nanos, Next, PromptPrefix, RateCard, Reservation, Status,
+    StreamBudget, TokenUsage, Tokens, UnixMs, UsageEvent, UsageSource, VirtualKey,
 };
 
 use crate::clock::now_ms;
@@ -69,6 +69,8 @@ pub struct Ticket {
     pub sent: Instant,
     /// The client's body, for counting the prompt if the provider reports no usage.
     pub request_body: Bytes,
+    /// What the prompt begins with, recorded on every event of the call.
+    pub prompt_prefix: Option<PromptPrefix>,
     /// The status the upstream answered with (0 until it answers), passed to the client.
     pub http_status: u16,
     /// The in-flight slot, given back when the ticket is finished.
@@ -109,6 +111,7 @@ impl Ticket {
             arrived,
             sent,
             request_body: _,
+            prompt_prefix,
             http_status,
             permit,
             cost_to,
@@ -161,6 +164,7 @@ impl Ticket {
             latency_ms: Some(u32::try_from(arrived.elapsed().as_millis()).unwrap_or(u32::MAX)),
             status,
             http_status: Some(http_status),
+            prompt_prefix,
             ..UsageEvent::new(
                 gateway.event_id(now),
                 EventKind::Tokens,
@@ -188,6 +192,7 @@ impl Ticket {
             latency_ms: Some(u32::try_from(self.sent.elapsed().as_millis()).unwrap_or(u32::MAX)),
             status,
             http_status: Some(http_status),
+            prompt_prefix: self.prompt_prefix,
             ..UsageEvent::new(
                 self.gateway.event_id(now),
                 EventKind::Tokens,

@@ -31,8 +31,9 @@ use tokio::sync::oneshot;
 use tollgate_engine::estimate::{Estimate, RequestShape, estimate, output_tokens_within};
 use tollgate_engine::lease::{LeaseCell, RateSlice, Short};
 use tollgate_engine::{
-    Ask, BudgetSnapshot, KeyRejection, Level, ModelPrice, ModelRef, RateCard, RateVersion, Refused,
-    Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey, reserve_within,
+    Ask, BudgetSnapshot, KeyRejection, Level, ModelPrice, ModelRef, PromptPrefix, RateCard,
+    RateVersion, Refused, Reservation, Status, StreamBudget, Tight, UnixMs, VirtualKey,
+    reserve_within,
 };
 
 use self::meter::{Measured, Metered, Metering, Ticket, refusal_event};
@@ -197,13 +198,17 @@ struct Admitted {
     plan: Plan,
     candidate: usize,
     /// Where the members of the body are, to prepare it for another candidate.
-    scanned: Scanned<7>,
+    scanned: Scanned<11>,
     /// The model or group the client named, when a downgrade serves it with another.
     downgraded_from: Option<Arc<str>>,
+    /// What the prompt begins with, for its usage events.
+    prompt_prefix: Option<PromptPrefix>,
 }
 
-/// Members of a request body the gateway reads.
-pub const WANTED: [&str; 7] = [
+/// Members of a request body the gateway reads: found in one pass over the body, their
+/// values' spans kept (the prompt's, for the loop guard and the prompt prefix, are never
+/// read as text).
+pub const WANTED: [&str; 11] = [
     "model",
     "stream",
     "stream_options",
@@ -211,6 +216,10 @@ pub const WANTED: [&str; 7] = [
     "max_completion_tokens",
     "max_output_tokens",
     "n",
+    "system",
+    "messages",
+    "input",
+    "prompt",
 ];
 
 /// The members of [`WANTED`], by name.
@@ -222,10 +231,14 @@ struct Members<'s> {
     max_completion_tokens: Option<&'s Member>,
     max_output_tokens: Option<&'s Member>,
     n: Option<&'s Member>,
+    /// Anthropic's system prompt.
+    system: Option<&'s Member>,
+    /// The conversation or prompt: the first of `messages`, `input` and `prompt`.
+    context: Option<&'s Member>,
 }
 
 impl<'s> Members<'s> {
-    fn of(scanned: &'s Scanned<7>) -> Result<Members<'s>, Failure> {
+    fn of(scanned: &'s Scanned<11>) -> Result<Members<'s>, Failure> {
         let [
             model,
             stream,
@@ -234,6 +247,10 @@ impl<'s> Members<'s> {
             max_completion_tokens,
             max_output_tokens,
             n,
+            system,
+            messages,
+            input,
+            prompt,
         ] = &scanned.members;
         let model = model
             .as_ref()
@@ -246,6 +263,8 @@ impl<'s> Members<'s> {
             max_completion_tokens: max_completion_tokens.as_ref(),
             max_output_tokens: max_output_tokens.as_ref(),
             n: n.as_ref(),
+            system: system.as_ref(),
+            context: messages.as_ref().or(input.as_ref()).or(prompt.as_ref()),
         })
     }
 }
@@ -326,6 +345,12 @@ impl Call<'_> {
         let members = Members::of(&scanned)?;
         let (asked, mut plan) = self.plan(&body, members.model)?;
         let gateway = self.gateway;
+        let context = members.context.map(|m| m.value.clone());
+        let prompt_prefix = gateway.prefixes.of(
+            &body,
+            members.system.map(|m| m.value.clone()),
+            context.clone(),
+        );
         let router = &gateway.router;
         // Past a level's downgrade threshold, calls go to its cheaper group.
         let mut downgraded_from: Option<Arc<str>> = None;
@@ -349,7 +374,7 @@ impl Call<'_> {
             } = usable;
             let upstream = prepare(self.api, &body, &scanned, &members, &model, price, serve)?;
             if !limited {
-                self.guard(&key, &model, &body)?;
+                self.guard(&key, &model, &body, context.clone())?;
                 self.rate_limit(&key).await?;
                 limited = true;
             }
@@ -416,6 +441,7 @@ impl Call<'_> {
             candidate,
             scanned,
             downgraded_from,
+            prompt_prefix,
         })
     }
 
@@ -494,14 +520,20 @@ impl Call<'_> {
 
     /// The spend guardrails (`[guards]`): a blocked key, agent or allocation, a loop, a spend
     /// velocity past its ceiling. Before the rate limits, so a refused loop takes no request.
-    fn guard(&self, key: &VirtualKey, model: &ModelRef, body: &Bytes) -> Result<(), Failure> {
+    fn guard(
+        &self,
+        key: &VirtualKey,
+        model: &ModelRef,
+        body: &Bytes,
+        context: Option<Range<usize>>,
+    ) -> Result<(), Failure> {
         let guards = &self.gateway.guards;
         if guards.is_off() {
             return Ok(());
         }
         let print = guards
             .watches_loops()
-            .then(|| guards.print(model.as_str(), body))
+            .then(|| guards.print(model.as_str(), body, context?))
             .flatten();
         guards
             .admit(key, print, self.now, &self.gateway.emitter)
@@ -722,7 +754,7 @@ impl Call<'_> {
 fn prepare(
     api: Api,
     body: &Bytes,
-    scanned: &Scanned<7>,
+    scanned: &Scanned<11>,
     members: &Members<'_>,
     model: &ModelRef,
     price: &ModelPrice,
@@ -846,7 +878,7 @@ fn priced<'p>(
 /// The edits that cap a call's completion tokens at `cap` per choice: every cap the client set
 /// is lowered to it, or the route's own cap is added when the client set none.
 fn cap_edits(
-    scanned: &Scanned<7>,
+    scanned: &Scanned<11>,
     members: &Members<'_>,
     api: Api,
     cap: u64,
@@ -878,7 +910,7 @@ fn cap_edits(
 /// when `ask_usage`, `stream_options` set to ask for the usage chunk.
 fn native_body(
     body: &Bytes,
-    scanned: &Scanned<7>,
+    scanned: &Scanned<11>,
     members: &Members<'_>,
     model: &ModelRef,
     ask_usage: bool,

@@ -1,6 +1,6 @@
 //! A client's request body, as the gateway reads it: the top-level scan every call goes
 //! through, the walk over its strings that counts a prompt, then every provider's translation
-//! of an OpenAI chat request, and the loop guard's fingerprint of the call. None may panic; a translation either fails with its reason or
+//! of an OpenAI chat request, the loop guard's fingerprint of the call and its prompt prefix. None may panic; a translation either fails with its reason or
 //! writes a JSON object.
 #![no_main]
 
@@ -11,11 +11,20 @@ use tollgate_gateway::providers::Serve;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tollgate_gateway::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
+    let scanned = tollgate_gateway::json_scan::scan(data, tollgate_gateway::proxy::WANTED);
     // The prompt's text, read by walking the body when a provider reports no usage.
     let _ = tollgate_gateway::providers::text::prompt_text(data);
-    // What the loop detector knows the call by: its last messages and the answer it carries.
-    let _ = common::guards().print("openai/gpt-4o", data);
+    if let Ok(scanned) = scanned {
+        // What the loop detector knows the call by (its last messages and the answer it
+        // carries), and what the prompt begins with, from the spans the scan found.
+        let span = |i: usize| scanned.members[i].as_ref().map(|m| m.value.clone());
+        let context = span(8).or_else(|| span(9)).or_else(|| span(10));
+        if let Some(context) = context.clone() {
+            let _ = common::guards().print("openai/gpt-4o", data, context);
+        }
+        let prefixes = tollgate_gateway::prefix::Prefixes::with_key((1, 2));
+        let _ = prefixes.of(data, span(7), context);
+    }
     for provider in common::providers() {
         let Ok(Serve::Translated(translate)) = provider.serves(Api::ChatCompletions) else {
             continue;

@@ -98,6 +98,33 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Savings advice from the Parquet files: short answers from a dear model, prompt
+    /// prefixes re-sent uncached, spend on failed and retried calls, loops caught and missed,
+    /// each with the amount it could have saved.
+    Advise {
+        /// The data folder (`[parquet] dir`).
+        #[arg(long)]
+        data: PathBuf,
+        /// The rate card the calls were priced with (its versions price each call as it was,
+        /// and the cheaper models it offers).
+        #[arg(long)]
+        rate_card: PathBuf,
+        /// team, project, allocation or agent.
+        #[arg(long, default_value = "team")]
+        by: String,
+        /// Start of the window, RFC 3339, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window, RFC 3339, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// The longest answer, in completion tokens, a cheaper model is suggested for.
+        #[arg(long, default_value_t = 256)]
+        short_answer_tokens: u64,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -15,6 +15,7 @@ use clap::Parser;
 use crate::args::{Command, EventsCommand, ListCommand, RateCardCommand};
 
 mod admin;
+mod advise;
 mod args;
 mod client;
 #[cfg(feature = "demo")]
@@ -98,5 +99,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &format,
             output.as_deref(),
         ),
+        Command::Advise {
+            data,
+            rate_card,
+            by,
+            from,
+            to,
+            short_answer_tokens,
+            format,
+        } => advise::run(&advise::AdviseArgs {
+            data: &data,
+            rate_card: &rate_card,
+            by: &by,
+            from: from.as_deref(),
+            to: to.as_deref(),
+            short_answer_tokens,
+            format: &format,
+        }),
     }
 }

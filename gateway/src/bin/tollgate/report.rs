@@ -139,7 +139,7 @@ fn dimension(by: &str) -> anyhow::Result<Dimension> {
 }
 
 /// `--from` and `--to` as instants, an error naming the flag.
-fn window(
+pub fn window(
     from: Option<&str>,
     to: Option<&str>,
 ) -> anyhow::Result<(Option<UnixMs>, Option<UnixMs>)> {
