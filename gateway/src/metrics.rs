@@ -104,6 +104,10 @@ pub enum Counter {
     WebhookDelivered,
     /// Webhook deliveries that failed (refused, timed out, unreachable) and are sent again.
     WebhookFailed,
+    /// Alerts the brokers acknowledged on the alerts topic.
+    AlertsPublished,
+    /// Alerts the brokers did not acknowledge in time (each is sent again).
+    AlertsPublishFailed,
     /// Calls whose usage could not be known (billed at their bound, flagged).
     UsageUnknown,
     /// Calls whose usage was counted by tollgate because the provider gave none.
@@ -180,7 +184,7 @@ pub enum Counter {
     Downgraded,
 }
 
-const COUNTERS: [(Counter, &str, &str); 46] = [
+const COUNTERS: [(Counter, &str, &str); 48] = [
     (
         Counter::SpendNanos,
         "tollgate_spend_nanos_total",
@@ -240,6 +244,16 @@ const COUNTERS: [(Counter, &str, &str); 46] = [
         Counter::WebhookFailed,
         "tollgate_webhook_failed_total",
         "Webhook deliveries that failed and are sent again after a backoff.",
+    ),
+    (
+        Counter::AlertsPublished,
+        "tollgate_alerts_published_total",
+        "Alerts the brokers acknowledged on the Kafka alerts topic.",
+    ),
+    (
+        Counter::AlertsPublishFailed,
+        "tollgate_alerts_publish_failed_total",
+        "Alerts the brokers did not acknowledge in time; each is sent again after a backoff.",
     ),
     (
         Counter::UsageUnknown,

@@ -94,7 +94,7 @@ impl Shipper {
         })
     }
 
-    fn producer(config: &KafkaConfig) -> Result<FutureProducer, ShipError> {
+    pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, ShipError> {
         let timeout_ms = config.delivery_timeout.as_millis().to_string();
         ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
@@ -253,5 +253,72 @@ impl Shipper {
         self.producer
             .flush(timeout)
             .map_err(|e| ShipError::Kafka(e.to_string()))
+    }
+}
+
+/// Publishes alerts, one record each, to the alerts topic: keyed by the alert's id (what a
+/// consumer drops a redelivery by), from the replica named in [`ORIGIN_HEADER`].
+pub struct AlertPublisher {
+    producer: FutureProducer,
+    config: KafkaConfig,
+    topic: String,
+    /// The topic is known to exist (made, one partition so alerts keep their order, at the
+    /// first publish that reached the brokers).
+    ensured: bool,
+}
+
+impl std::fmt::Debug for AlertPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AlertPublisher {
+    /// A publisher to `topic` on `config`'s brokers, with its producer settings.
+    pub fn new(config: &KafkaConfig, topic: &str) -> Result<AlertPublisher, ShipError> {
+        Ok(AlertPublisher {
+            producer: Shipper::producer(config)?,
+            config: config.clone(),
+            topic: topic.to_owned(),
+            ensured: false,
+        })
+    }
+
+    /// Sends `alert` under `id` and waits for the broker's acknowledgement (at most the
+    /// delivery timeout). After a failure the producer is made anew, as the shipper's is.
+    pub async fn publish(&mut self, id: &str, alert: &[u8]) -> Result<(), ShipError> {
+        if !self.ensured {
+            crate::topic::ensure(&self.config.brokers, &self.topic, 1, &[])
+                .await
+                .map_err(|e| ShipError::Kafka(format!("making topic {}: {e}", self.topic)))?;
+            self.ensured = true;
+        }
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ORIGIN_HEADER,
+            value: Some(self.config.origin.as_str()),
+        });
+        let record = FutureRecord::to(&self.topic)
+            .key(id.as_bytes())
+            .payload(alert)
+            .headers(headers);
+        let outcome = match self.producer.send_result(record) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_delivered)) => Ok(()),
+                Ok(Err((e, _message))) => Err(e.to_string()),
+                Err(_canceled) => Err("the producer went away before reporting".to_owned()),
+            },
+            Err((e, _record)) => Err(e.to_string()),
+        };
+        outcome.map_err(|e| {
+            if let Ok(fresh) = Shipper::producer(&self.config) {
+                let old = std::mem::replace(&mut self.producer, fresh);
+                let _ = std::thread::Builder::new()
+                    .name("tollgate-kafka-drop".into())
+                    .spawn(move || drop(old));
+            }
+            ShipError::Kafka(format!("alert {id} to {}: {e}", self.topic))
+        })
     }
 }

@@ -154,3 +154,88 @@ fn the_gateway_ships_every_event_through_a_broker_outage() {
     .report();
     assert_eq!(shipped, logged, "every logged event is on the topic");
 }
+
+/// Every alert is also a record on the alerts topic, keyed by its id, from the replica that
+/// wrote it: here a key about to expire, told while the broker is away and published once it
+/// is back, and a limit reached.
+#[test]
+fn alerts_are_records_on_the_alerts_topic_through_a_broker_outage() {
+    use rdkafka::message::Headers as _;
+    use serde_json::json;
+    use tollgate_tests::http::post_json;
+    use tollgate_tests::stack::{ORG, Stack, read_lines};
+
+    let Some(mut kafka) = Kafka::start() else {
+        return;
+    };
+    let section = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 2000\nreplica = \"alerts-1\"\ncontrol = false\n\n[forecast]\ninterval_ms = 200\n",
+        kafka.bootstrap
+    );
+    let org = format!(
+        "{ORG}\n[[allocation]]\nname = \"tiny\"\nproject = \"chatbot\"\nbudget = {{ limit = \"0.000001\", period = \"month\" }}\n"
+    );
+    let mut stack = Stack::start_with("kafka-alerts", &org, "", &section, &[]);
+    kafka.kill();
+    let _expiring = stack.create_key("open", json!({"expires_in": "2h"}));
+    let (tiny, _) = stack.create_key("tiny", json!({}));
+    let body = json!({"model": "openai/gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        post_json(stack.address(), "/v1/chat/completions", &tiny, &body).status,
+        402
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack.metric("tollgate_alerts_publish_failed_total") == 0 {
+        assert!(Instant::now() < deadline, "no publish was tried");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kafka.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.metric("tollgate_alerts_published_total") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the alerts never reached the topic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stack.stop();
+    let written: BTreeSet<String> = read_lines(&stack.path().join("events/alerts.jsonl"))
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(written.len() >= 2, "{written:?}");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", format!("alerts-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["tollgate.alerts"]).unwrap();
+    let mut published = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while published.len() < written.len() && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let alert: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        let id = alert["id"].as_str().unwrap().to_owned();
+        assert_eq!(message.key(), Some(id.as_bytes()), "keyed by its id");
+        let origin = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "tollgate-origin"))
+            .and_then(|h| h.value)
+            .unwrap();
+        assert_eq!(origin, b"alerts-1");
+        kinds.insert(alert["kind"].as_str().unwrap().to_owned());
+        published.insert(id);
+    }
+    assert_eq!(published, written, "every alert written is on the topic");
+    assert!(
+        kinds.contains("key_expiring") && kinds.contains("budget_exhausted"),
+        "{kinds:?}"
+    );
+}

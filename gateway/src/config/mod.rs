@@ -65,6 +65,10 @@ pub struct Config {
     /// The control topic every replica shares admin changes through (`kafka.control_topic`;
     /// `None` without `[kafka]`, when changes stay in the local journal).
     pub control: Option<tollgate_sink::control::ControlConfig>,
+    /// The topic every alert is also published to, on `[kafka]`'s brokers
+    /// (`kafka.alerts_topic`, default `tollgate.alerts`; `None` without `[kafka]` or with
+    /// `kafka.alerts = false`).
+    pub alerts_topic: Option<String>,
     /// `[leases]`: replicas share budgets by leases a coordinator grants (`None`: off, each
     /// replica admits against its own table and reconciliation bounds the overshoot).
     pub leases: Option<LeasesConfig>,
@@ -333,6 +337,7 @@ impl RawConfig {
         let allocations = allocations(self.allocation, &projects, &groups, source)?;
         let reconcile_interval = self.kafka.as_ref().and_then(RawKafka::reconcile_interval);
         let control = self.kafka.as_ref().and_then(RawKafka::control);
+        let alerts_topic = self.kafka.as_ref().and_then(RawKafka::alerts_topic);
         let leases = self
             .leases
             .map(|l| l.validate(self.kafka.as_ref(), source))
@@ -365,6 +370,7 @@ impl RawConfig {
             kafka,
             reconcile_interval,
             control,
+            alerts_topic,
             leases,
             ledger,
             forecast_interval,
@@ -729,6 +735,14 @@ struct RawKafka {
     control: bool,
     #[serde(default = "default_control_topic")]
     control_topic: String,
+    #[serde(default = "default_true")]
+    alerts: bool,
+    #[serde(default = "default_alerts_topic")]
+    alerts_topic: String,
+}
+
+fn default_alerts_topic() -> String {
+    "tollgate.alerts".to_owned()
 }
 
 fn default_topic() -> String {
@@ -744,6 +758,11 @@ impl RawKafka {
     fn reconcile_interval(&self) -> Option<Duration> {
         self.reconcile
             .then(|| ms(self.reconcile_interval_ms, limits::RECONCILE_INTERVAL))
+    }
+
+    /// The topic every alert is also published to; `None` when `alerts = false`.
+    fn alerts_topic(&self) -> Option<String> {
+        self.alerts.then(|| self.alerts_topic.clone())
     }
 
     /// Where admin changes are shared: the same brokers and delivery timeout as the usage
@@ -1725,6 +1744,18 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
         assert!(off.control.is_none());
         assert_eq!(off.reconcile_interval, None);
         assert_eq!(with("").unwrap().reconcile_interval, None);
+        // Alerts go to their topic with [kafka], unless turned off.
+        let on = with("[kafka]\nbrokers = \"b:1\"\n").unwrap();
+        assert_eq!(on.alerts_topic.as_deref(), Some("tollgate.alerts"));
+        let named = with("[kafka]\nbrokers = \"b:1\"\nalerts_topic = \"a\"\n").unwrap();
+        assert_eq!(named.alerts_topic.as_deref(), Some("a"));
+        assert_eq!(
+            with("[kafka]\nbrokers = \"b:1\"\nalerts = false\n")
+                .unwrap()
+                .alerts_topic,
+            None
+        );
+        assert_eq!(with("").unwrap().alerts_topic, None);
         let message = with("[kafka]\nbrokers = \"b:1\"\nreplica = \"a b\"\n")
             .unwrap_err()
             .to_string();

@@ -1,5 +1,9 @@
 //! Alert delivery: every alert written to `alerts.jsonl` (a soft limit crossed, a burn-rate
-//! forecast) goes to each configured `[[webhook]]`, in the order written, at least once.
+//! forecast, a guard tripped, a key about to expire) goes to each configured `[[webhook]]`,
+//! and with `[kafka]` to the alerts topic, in the order written, at least once.
+//!
+//! On the topic an alert is one record, its line as written, keyed by its id, published once
+//! the brokers acknowledge it (`state/webhooks/kafka-alerts.cursor` moves only then).
 //!
 //! The alerts file is the outbox: each webhook keeps a cursor, the byte offset of the first
 //! alert it has not delivered, in `state/webhooks/<name>.cursor` (written whole and renamed
@@ -50,36 +54,67 @@ pub struct WebhookTask {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// One webhook's delivery state.
+/// One outlet's delivery state: where it sends, and how far it has come.
 struct Hook {
+    /// The webhook's name, or `kafka-alerts`: in reports and the cursor's file name.
+    name: String,
+    cursor_path: PathBuf,
+    /// The byte offset in the alerts file of the first alert not yet delivered.
+    offset: u64,
+    target: Target,
+}
+
+/// Where an outlet sends.
+enum Target {
+    /// Boxed: one of a few per process, and twice the size of the other.
+    Http(Box<HttpTarget>),
+    Kafka(tollgate_sink::kafka::AlertPublisher),
+}
+
+/// A `[[webhook]]`.
+struct HttpTarget {
     config: WebhookConfig,
     /// Its HMAC key, read from `secret_env` at start.
     secret: Option<Vec<u8>>,
     uri: Uri,
-    cursor_path: PathBuf,
-    /// The byte offset in the alerts file of the first alert not yet delivered.
-    offset: u64,
     client: Client<Https, SliceBody>,
 }
 
 impl WebhookTask {
-    /// Starts a delivery for every `[[webhook]]` of `gateway`'s config (`None` when there is
-    /// none), each from its cursor; `env` reads the secrets.
+    /// Starts a delivery for every `[[webhook]]` of `gateway`'s config and, with `[kafka]`,
+    /// one to the alerts topic as `replica` (`None` when there is neither), each from its
+    /// cursor; `env` reads the secrets.
     pub fn start(
         gateway: &Arc<Gateway>,
         env: &impl Fn(&str) -> Option<String>,
+        replica: &str,
     ) -> io::Result<Option<WebhookTask>> {
         let config = &gateway.config;
-        if config.webhooks.is_empty() {
+        let kafka = config.kafka.as_ref().zip(config.alerts_topic.as_deref());
+        if config.webhooks.is_empty() && kafka.is_none() {
             return Ok(None);
         }
         let alerts = config.events.dir.join(ALERTS_FILE);
         let cursors = config.state_dir.join("webhooks");
         std::fs::create_dir_all(&cursors)?;
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut hooks = Vec::new();
         for webhook in &config.webhooks {
-            let hook = Hook::new(webhook.clone(), &cursors, env)?;
+            hooks.push(Hook::webhook(webhook.clone(), &cursors, env)?);
+        }
+        if let Some((kafka, topic)) = kafka {
+            let mut kafka = kafka.clone();
+            replica.clone_into(&mut kafka.origin);
+            let publisher = tollgate_sink::kafka::AlertPublisher::new(&kafka, topic)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            hooks.push(Hook::at_cursor(
+                "kafka-alerts".into(),
+                &cursors,
+                Target::Kafka(publisher),
+            )?);
+        }
+        let mut tasks = Vec::new();
+        for hook in hooks {
             let (alerts, metrics, stopped) = (
                 alerts.clone(),
                 Arc::clone(&gateway.metrics),
@@ -100,7 +135,30 @@ impl WebhookTask {
 }
 
 impl Hook {
-    fn new(
+    /// `target` named `name`, from its cursor in `cursors` (the file's start without one).
+    fn at_cursor(name: String, cursors: &Path, target: Target) -> io::Result<Hook> {
+        let cursor_path = cursors.join(format!("{name}.cursor"));
+        let offset = match File::open(&cursor_path) {
+            Ok(file) => {
+                // A cursor is a number: 20 digits at most.
+                let mut text = String::new();
+                file.take(32).read_to_string(&mut text)?;
+                text.trim().parse().map_err(|e| {
+                    io::Error::other(format!("{}: not a cursor: {e}", cursor_path.display()))
+                })?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Hook {
+            name,
+            cursor_path,
+            offset,
+            target,
+        })
+    }
+
+    fn webhook(
         config: WebhookConfig,
         cursors: &Path,
         env: &impl Fn(&str) -> Option<String>,
@@ -123,19 +181,6 @@ impl Hook {
             .url
             .parse()
             .map_err(|e| io::Error::other(format!("webhook `{}`: url: {e}", config.name)))?;
-        let cursor_path = cursors.join(format!("{}.cursor", config.name));
-        let offset = match File::open(&cursor_path) {
-            Ok(file) => {
-                // A cursor is a number: 20 digits at most.
-                let mut text = String::new();
-                file.take(32).read_to_string(&mut text)?;
-                text.trim().parse().map_err(|e| {
-                    io::Error::other(format!("{}: not a cursor: {e}", cursor_path.display()))
-                })?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.timeout));
         http.enforce_http(false);
@@ -145,14 +190,37 @@ impl Hook {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(Hook {
+        let name = config.name.clone();
+        let target = Target::Http(Box::new(HttpTarget {
             config,
             secret,
             uri,
-            cursor_path,
-            offset,
             client,
-        })
+        }));
+        Hook::at_cursor(name, cursors, target)
+    }
+
+    /// One delivery of `alert` (a line of the file): whether it was taken.
+    async fn send(&mut self, alert: &[u8]) -> Result<(), String> {
+        let parsed: Value = serde_json::from_slice(alert).map_err(|e| format!("not JSON: {e}"))?;
+        let id = parsed["id"]
+            .as_str()
+            .map_or_else(|| format!("alert-at-{}", self.offset), str::to_owned);
+        match &mut self.target {
+            Target::Http(http) => http.send(alert, &parsed, &id).await,
+            Target::Kafka(publisher) => publisher
+                .publish(&id, alert)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The counters of its deliveries: taken, and failed.
+    fn counters(&self) -> (Counter, Counter) {
+        match self.target {
+            Target::Http(_) => (Counter::WebhookDelivered, Counter::WebhookFailed),
+            Target::Kafka(_) => (Counter::AlertsPublished, Counter::AlertsPublishFailed),
+        }
     }
 
     /// Moves the cursor past `bytes` more of the file, durably: written whole to a temporary
@@ -164,16 +232,14 @@ impl Hook {
         File::open(&temporary)?.sync_all()?;
         std::fs::rename(&temporary, &self.cursor_path)
     }
+}
 
-    /// One delivery of `alert` (a line of the file): whether the receiver answered 2xx.
-    async fn send(&self, alert: &[u8]) -> Result<(), String> {
-        let parsed: Value = serde_json::from_slice(alert).map_err(|e| format!("not JSON: {e}"))?;
-        let id = parsed["id"]
-            .as_str()
-            .map_or_else(|| format!("alert-at-{}", self.offset), str::to_owned);
+impl HttpTarget {
+    /// One `POST` of `alert` (`parsed`, with id `id`): whether the receiver answered 2xx.
+    async fn send(&self, alert: &[u8], parsed: &Value, id: &str) -> Result<(), String> {
         let body = match self.config.format {
             WebhookFormat::Json => Bytes::copy_from_slice(alert),
-            WebhookFormat::Slack => Bytes::from(json!({ "text": message(&parsed) }).to_string()),
+            WebhookFormat::Slack => Bytes::from(json!({ "text": message(parsed) }).to_string()),
         };
         let mut request = Request::builder()
             .method(Method::POST)
@@ -184,7 +250,7 @@ impl Hook {
                 header::USER_AGENT,
                 concat!("tollgate/", env!("CARGO_PKG_VERSION")),
             )
-            .header("idempotency-key", &id);
+            .header("idempotency-key", id);
         if let Some(secret) = &self.secret {
             let timestamp = now_ms().0.div_euclid(1_000);
             request = request.header(
@@ -269,17 +335,17 @@ async fn deliver_all(
                 // A line torn by a kill -9 mid-write: nothing to deliver, and never a reason
                 // to stop delivering the rest.
                 report(&format!(
-                    "webhook `{}`: skipping a line of {ALERTS_FILE} at byte {} that is not an alert",
-                    hook.config.name, hook.offset
+                    "alerts to `{}`: skipping a line of {ALERTS_FILE} at byte {} that is not an alert",
+                    hook.name, hook.offset
                 ));
                 advance_or_report(&mut hook, line.len() as u64 + 1);
                 continue;
             }
             Ok(Some(line)) => match hook.send(&line).await {
                 Ok(()) => {
-                    metrics.add(Counter::WebhookDelivered, 1);
+                    metrics.add(hook.counters().0, 1);
                     if failing {
-                        report(&format!("webhook `{}`: delivering again", hook.config.name));
+                        report(&format!("alerts to `{}`: delivering again", hook.name));
                     }
                     failing = false;
                     backoff = WEBHOOK_BACKOFF_MIN;
@@ -287,11 +353,11 @@ async fn deliver_all(
                     continue;
                 }
                 Err(e) => {
-                    metrics.add(Counter::WebhookFailed, 1);
+                    metrics.add(hook.counters().1, 1);
                     if !failing {
                         report(&format!(
-                            "webhook `{}`: {e}; the alert is sent again, backing off up to {:?}",
-                            hook.config.name, WEBHOOK_BACKOFF_MAX
+                            "alerts to `{}`: {e}; the alert is sent again, backing off up to {:?}",
+                            hook.name, WEBHOOK_BACKOFF_MAX
                         ));
                     }
                     failing = true;
@@ -304,8 +370,8 @@ async fn deliver_all(
             Err(e) if e.kind() == io::ErrorKind::NotFound => WEBHOOK_POLL,
             Err(e) => {
                 report(&format!(
-                    "webhook `{}`: reading {ALERTS_FILE}: {e}",
-                    hook.config.name
+                    "alerts to `{}`: reading {ALERTS_FILE}: {e}",
+                    hook.name
                 ));
                 WEBHOOK_BACKOFF_MAX
             }
@@ -321,8 +387,8 @@ fn advance_or_report(hook: &mut Hook, bytes: u64) {
     if let Err(e) = hook.advance(bytes) {
         // The next start sends it again (same idempotency key): at least once holds.
         report(&format!(
-            "webhook `{}`: writing its cursor: {e}",
-            hook.config.name
+            "alerts to `{}`: writing its cursor: {e}",
+            hook.name
         ));
     }
 }

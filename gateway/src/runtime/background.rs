@@ -83,7 +83,7 @@ impl Background for ForecastTask {
 
 impl Background for WebhookTask {
     fn name(&self) -> &'static str {
-        "webhook deliveries"
+        "alert deliveries"
     }
 
     /// Owes nothing: an alert being sent is sent again at the next start.

@@ -185,7 +185,7 @@ pub async fn start(
     );
 
     // Stop order: what feeds the log first, then the log's last sync, then what reads it.
-    let delivering = WebhookTask::start(&gateway, &env).map_err(StartError::Webhooks)?;
+    let delivering = WebhookTask::start(&gateway, &env, &replica).map_err(StartError::Webhooks)?;
     let mut tasks: Vec<Box<dyn Background>> = vec![Box::new(sweeper), Box::new(forecasting)];
     if let Some(delivering) = delivering {
         tasks.push(Box::new(delivering));
