@@ -13,7 +13,9 @@
 //! plus what calls admitted under it were still holding: a call is refused once the last
 //! minute's spend has reached the ceiling.
 //!
-//! Blocks live in this process: a restart, or another replica, does not know them.
+//! A block placed here is handed to the control plane ([`Guards::placed`]), which journals it
+//! and, with a control topic, shares it: a restart and every replica keep it until an
+//! operator clears it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _, RandomState};
@@ -30,7 +32,7 @@ use tollgate_engine::{KeyId, Nanos, UnixMs, VirtualKey};
 use crate::config::{GuardsConfig, LoopConfig, Scope};
 use crate::events::emit::Emitter;
 use crate::json_scan;
-use crate::limits::{GUARD_ALERT_INTERVAL_MS, GUARD_MESSAGES_MAX};
+use crate::limits::{GUARD_ALERT_INTERVAL_MS, GUARD_BLOCKS_QUEUED_MAX, GUARD_MESSAGES_MAX};
 
 /// A guard refused a call: what tripped, where, and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +117,10 @@ pub struct Guards {
     blocks: Mutex<Vec<Block>>,
     /// `blocks.len()`, read without the lock on every call.
     blocked: AtomicUsize,
+    /// Blocks placed on the request path, for the control plane to journal and share
+    /// ([`Guards::placed`]); bounded, never waited on.
+    placed: tokio::sync::mpsc::Sender<Block>,
+    placed_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Block>>>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -167,6 +173,7 @@ impl Guards {
                 None => of.others = Some(ceiling),
             }
         }
+        let (placed, placed_rx) = tokio::sync::mpsc::channel(GUARD_BLOCKS_QUEUED_MAX);
         Guards {
             loops: config.loops,
             hasher: RandomState::new(),
@@ -175,7 +182,21 @@ impl Guards {
             spend: Default::default(),
             blocks: Mutex::new(Vec::new()),
             blocked: AtomicUsize::new(0),
+            placed,
+            placed_rx: Mutex::new(Some(placed_rx)),
         }
+    }
+
+    /// The blocks the request path places from now on, for the control plane to make durable
+    /// and share: `None` once taken (one taker per process).
+    pub fn placed(&self) -> Option<tokio::sync::mpsc::Receiver<Block>> {
+        lock(&self.placed_rx).take()
+    }
+
+    /// Puts back a block journaled or shared before (at replay, from the control topic):
+    /// nothing if `scope` `name` is blocked already. Whether it was placed.
+    pub fn restore(&self, block: Block) -> bool {
+        self.place(block)
     }
 
     /// Whether no guard is configured and nothing is blocked.
@@ -363,6 +384,20 @@ impl Guards {
                 });
                 if placed {
                     emitter.raise(alert_line(&tripped, action, &reason, now), now);
+                    let block = Block {
+                        guard: tripped.guard,
+                        scope: tripped.scope,
+                        name: Arc::clone(&tripped.name),
+                        at: now,
+                        reason: reason.clone(),
+                    };
+                    if self.placed.try_send(block).is_err() {
+                        crate::operator::report(&format!(
+                            "guards: the block on {} `{}` holds here but is not journaled: {GUARD_BLOCKS_QUEUED_MAX} blocks wait already",
+                            tripped.scope.as_str(),
+                            tripped.name
+                        ));
+                    }
                 }
                 Err(tripped)
             }

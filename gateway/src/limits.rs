@@ -250,6 +250,10 @@ pub const LEASE_TICK: Duration = Duration::from_millis(20);
 /// (`forecast.interval_ms`): the forecast rests on the last few dozen samples.
 pub const FORECAST_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Blocks placed and not yet journaled at most (a queue to the control plane; blocks are rare,
+/// so one full means the journal is stuck, and the block holds in memory all the same).
+pub const GUARD_BLOCKS_QUEUED_MAX: usize = 1_024;
+
 /// How long before a key stops working its owner's team is told (`forecast.key_expiry_warning_ms`;
 /// a week leaves a working week to rotate it).
 pub const KEY_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3_600);

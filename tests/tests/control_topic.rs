@@ -311,3 +311,46 @@ fn with_the_brokers_away_admin_changes_are_refused_and_calls_go_on() {
     stack.restart();
     assert_eq!(chat(&stack, &serving), 401, "revoked for good");
 }
+
+/// A spend guard's block placed on one replica holds on every replica, and an operator's
+/// clear on another lifts it everywhere: blocks travel on the control topic like keys.
+#[test]
+fn a_guard_block_placed_on_one_replica_holds_on_all_until_cleared_on_any() {
+    let Some(kafka) = Kafka::start() else {
+        return;
+    };
+    let section = format!(
+        "[kafka]\nbrokers = \"{}\"\ndelivery_timeout_ms = 10000\n\n[guards.loop]\nrepeats = 3\naction = \"block\"\n",
+        kafka.bootstrap
+    );
+    let replicas: Vec<Stack> = ["blocks-a", "blocks-b"]
+        .iter()
+        .map(|name| Stack::start_with(name, ORG, "", &section, &[]))
+        .collect();
+    let (looper, looper_id) = replicas[0].create_key("open", json!({}));
+    let (worker, _) = replicas[0].create_key("open", json!({}));
+    let made = Instant::now();
+    until_status(&replicas[1], &worker, 200, made);
+    // The same call three times on A: the third is the loop, and A blocks the key.
+    let statuses: Vec<u16> = (0..3).map(|_| chat(&replicas[0], &looper)).collect();
+    assert_eq!(statuses, [200, 200, 403]);
+    let blocked = Instant::now();
+    let took = until_status(&replicas[1], &looper, 403, blocked);
+    println!("a block reached the other replica in {took:?}");
+    assert_eq!(chat(&replicas[1], &worker), 200, "only the looping key");
+    let listed = replicas[1].admin("GET", "/admin/v1/guards", None).json();
+    assert_eq!(listed["blocks"][0]["name"], json!(looper_id), "{listed}");
+
+    // Cleared on B: A serves the key again.
+    let cleared = replicas[1].admin(
+        "POST",
+        "/admin/v1/guards/clear",
+        Some(json!({"scope": "key", "name": looper_id})),
+    );
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    until_status(&replicas[0], &looper, 200, Instant::now());
+    assert_eq!(
+        replicas[0].admin("GET", "/admin/v1/guards", None).json()["blocks"],
+        json!([])
+    );
+}

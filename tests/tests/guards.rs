@@ -80,6 +80,32 @@ fn a_looping_agent_is_blocked_alone_until_an_operator_clears_it() {
         ok && list.contains(&looper_id) && list.contains("loop_detected"),
         "{list}"
     );
+
+    // The block is journaled off the request path, then survives a kill -9: the looping key
+    // is still refused after the restart, and the rest of the fleet is not.
+    let audit_path = stack.path().join("state/audit.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !read_lines(&audit_path)
+        .iter()
+        .any(|a| a["action"] == "guard_block")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block was never journaled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    stack.kill_and_restart();
+    let address = stack.address();
+    let call = |key: &str, body: &Value| post_json(address, "/v1/chat/completions", key, body);
+    let still = call(&looper, &step("after the restart", "fresh"));
+    assert_eq!(still.status, 403, "{}", still.text());
+    let answer = call(&worker, &step("write docs", "page 9 done"));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        stack.admin("GET", "/admin/v1/guards", None).json()["blocks"][0]["name"],
+        json!(looper_id)
+    );
     // Clearing what is not blocked says so; clearing the block lets the agent call again.
     let (ok, text) = cli(&stack, &["guards", "clear", "agent", "worker"]);
     assert!(!ok && text.contains("no block"), "{text}");
@@ -91,7 +117,20 @@ fn a_looping_agent_is_blocked_alone_until_an_operator_clears_it() {
         stack.admin("GET", "/admin/v1/guards", None).json()["blocks"],
         json!([])
     );
-    assert!(stack.metric("tollgate_guard_refused_total") >= 2);
+    assert!(stack.metric("tollgate_guard_refused_total") >= 1);
+    // The clear is journaled too: a restart does not put the block back.
+    stack.restart();
+    assert_eq!(
+        stack.admin("GET", "/admin/v1/guards", None).json()["blocks"],
+        json!([])
+    );
+    let answer = post_json(
+        stack.address(),
+        "/v1/chat/completions",
+        &looper,
+        &step("after the clear", "fresh"),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
 
     stack.stop();
     let alerts = read_lines(&stack.path().join("events/alerts.jsonl"));
@@ -116,7 +155,7 @@ fn a_looping_agent_is_blocked_alone_until_an_operator_clears_it() {
         .iter()
         .filter(|e| e["status"] == "loop_detected")
         .collect();
-    assert_eq!(refused.len(), 2, "{events:#?}");
+    assert_eq!(refused.len(), 3, "{events:#?}");
     assert!(refused.iter().all(|e| e["cost_nanos"] == 0));
 }
 

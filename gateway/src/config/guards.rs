@@ -15,7 +15,7 @@
 //! action = "block"
 //! ```
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_engine::Nanos;
 use tollgate_engine::guard::{Action, LOOP_WINDOW_CALLS, LoopRule};
 use tollgate_engine::money::deserialize_amount;
@@ -45,7 +45,7 @@ pub struct LoopConfig {
 }
 
 /// What a velocity ceiling is over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// One virtual key (named by its id).

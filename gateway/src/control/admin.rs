@@ -69,7 +69,7 @@ async fn serve(
             set_limit(control, level, name, &body, now).await
         }
         (&Method::GET, ["guards"]) => Ok((StatusCode::OK, guards(control))),
-        (&Method::POST, ["guards", "clear"]) => clear_guard(control, &body, now),
+        (&Method::POST, ["guards", "clear"]) => clear_guard(control, &body, now).await,
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(control))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(control, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(control))),
@@ -111,7 +111,7 @@ fn guards(control: &Control) -> Value {
 }
 
 /// `POST /admin/v1/guards/clear {"scope", "name"}`: lifts a guard's block, audited.
-fn clear_guard(
+async fn clear_guard(
     control: &Control,
     body: &Bytes,
     now: UnixMs,
@@ -133,7 +133,9 @@ fn clear_guard(
     let block = control
         .gateway
         .guards
-        .clear(scope, &clear.name)
+        .blocks()
+        .into_iter()
+        .find(|b| b.scope == scope && *b.name == *clear.name)
         .ok_or_else(|| {
             Failure::AdminNotFound(format!(
                 "no block on {} `{}`",
@@ -148,10 +150,16 @@ fn clear_guard(
         "scope": scope.as_str(),
         "name": &*block.name,
     });
-    control
-        .journal
-        .audit(&audit)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    // Durable (and shared) before it takes effect, as every admin change is.
+    let record = Record::GuardClear {
+        scope,
+        name: clear.name.clone(),
+        at_ms: now.0,
+    };
+    persist(control, &record, &audit)
+        .await
+        .map_err(Failure::Internal)?;
+    control.gateway.guards.clear(scope, &clear.name);
     Ok((
         StatusCode::OK,
         json!({
@@ -166,7 +174,11 @@ fn clear_guard(
 
 /// Makes `record` durable before its change is acknowledged: on the control topic when
 /// replicas share one, else in the journal; `audit` goes to the local audit log either way.
-async fn persist(control: &Control, record: &Record, audit: &Value) -> Result<(), String> {
+pub(super) async fn persist(
+    control: &Control,
+    record: &Record,
+    audit: &Value,
+) -> Result<(), String> {
     match &control.replication {
         Some(replication) => {
             let change = Change::Directory {

@@ -1,7 +1,7 @@
 //! What the admin API changes, kept across restarts: an append-only journal and an audit log.
 //!
 //! `journal.jsonl` holds one record per change: a key created (with its scopes) or revoked, an allocation
-//! created, a budget limit set. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
+//! created, a budget limit set, a spend guard's block placed or cleared. At start the gateway replays it, in order, on top of the config. Each record is written and synced before the admin API
 //! answers, so an acknowledged key survives a crash. Only key hashes are stored, never a key.
 //! `audit.jsonl` records who did what and when, for every admin action.
 //!
@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tollgate_engine::guard::Guard;
+
+use crate::config::Scope;
+use crate::guards::{Block, Guards};
 use tollgate_engine::{
     Allocation, AllocationSpec, AllowList, BudgetSpec, Directory, KeyHash, KeyId, KeyLimits,
     KeySpec, KeyStore, Level, Nanos, Scopes, Tight, UnixMs, VirtualKey,
@@ -103,6 +107,68 @@ pub enum Record {
         /// The new limit; `None` counts without limiting.
         limit: Option<Nanos>,
     },
+    /// A spend guard blocked a key, agent or allocation until an operator clears it.
+    GuardBlock {
+        /// The guard that placed it.
+        guard: Guard,
+        /// `key`, `agent` or `allocation`.
+        scope: Scope,
+        /// Its key id, agent name or allocation name.
+        name: String,
+        /// When it was placed, in Unix milliseconds.
+        at_ms: i64,
+        /// What tripped, in words (never prompt text).
+        reason: String,
+    },
+    /// An operator cleared a block.
+    GuardClear {
+        /// `key`, `agent` or `allocation`.
+        scope: Scope,
+        /// Its key id, agent name or allocation name.
+        name: String,
+        /// When it was cleared, in Unix milliseconds.
+        at_ms: i64,
+    },
+}
+
+impl Record {
+    /// The record of `block`.
+    #[must_use]
+    pub fn block(block: &Block) -> Record {
+        Record::GuardBlock {
+            guard: block.guard,
+            scope: block.scope,
+            name: block.name.to_string(),
+            at_ms: block.at.0,
+            reason: block.reason.clone(),
+        }
+    }
+}
+
+/// Applies a guard record to `guards` (at replay, and from the control topic): a block put
+/// back unless one is there, a clear taken. Other records are not the guards'.
+pub fn apply_guard(record: &Record, guards: &Guards) {
+    match record {
+        Record::GuardBlock {
+            guard,
+            scope,
+            name,
+            at_ms,
+            reason,
+        } => {
+            guards.restore(Block {
+                guard: *guard,
+                scope: *scope,
+                name: Arc::from(name.as_str()),
+                at: UnixMs(*at_ms),
+                reason: reason.clone(),
+            });
+        }
+        Record::GuardClear { scope, name, .. } => {
+            guards.clear(*scope, name);
+        }
+        _ => {}
+    }
 }
 
 fn is_clamp(tight: &Tight) -> bool {
@@ -154,17 +220,19 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 }
 
 impl Journal {
-    /// Opens (creating) the journal in `dir` and replays it into `keys`. Returns the journal
+    /// Opens (creating) the journal in `dir` and replays it into `directory`, `keys` and
+    /// `guards` (the blocks in force). Returns the journal
     /// and the number of keys restored.
     pub fn open(
         dir: &Path,
         directory: &Directory,
         keys: &KeyStore,
+        guards: &Guards,
     ) -> Result<(Journal, usize), StateError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let journal_path = dir.join(JOURNAL_FILE);
         let audit_path = dir.join(AUDIT_FILE);
-        let restored = replay(&journal_path, directory, keys)?;
+        let restored = replay(&journal_path, directory, keys, guards)?;
         let open = |path: &Path| {
             OpenOptions::new()
                 .create(true)
@@ -245,7 +313,12 @@ pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
     }
 }
 
-fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, StateError> {
+fn replay(
+    path: &Path,
+    directory: &Directory,
+    keys: &KeyStore,
+    guards: &Guards,
+) -> Result<usize, StateError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -287,6 +360,8 @@ fn replay(path: &Path, directory: &Directory, keys: &KeyStore) -> Result<usize, 
             Record::CreateAllocation { .. } | Record::SetLimit { .. } => {
                 apply(&record, directory).map_err(|e| corrupt(number, e.to_string()))?;
             }
+            // Blocks and clears apply in order: the last word on each scope and name holds.
+            Record::GuardBlock { .. } | Record::GuardClear { .. } => apply_guard(&record, guards),
         }
     }
     let mut restored = Vec::with_capacity(creates.len());
@@ -388,7 +463,10 @@ pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engi
             };
             cell.set_limit(*limit);
         }
-        Record::Create { .. } | Record::Revoke { .. } => {}
+        Record::Create { .. }
+        | Record::Revoke { .. }
+        | Record::GuardBlock { .. }
+        | Record::GuardClear { .. } => {}
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! reaches back into it.
 
 pub mod admin;
+pub mod blocks;
 pub mod bodies;
 pub mod coordinate;
 pub mod expiry;

@@ -65,6 +65,10 @@ impl Change {
             Change::Directory {
                 record: Record::SetLimit { level, name, .. },
             } => format!("limit/{}/{name}", level.as_str()),
+            Change::Directory {
+                record:
+                    Record::GuardBlock { scope, name, .. } | Record::GuardClear { scope, name, .. },
+            } => format!("guard/{}/{name}", scope.as_str()),
             Change::RateCard { .. } => "rate_card".to_owned(),
         }
     }
@@ -182,6 +186,10 @@ pub fn apply(gateway: &Gateway, change: &Change, now: UnixMs) -> Result<(), Refu
             }
             Record::SetLimit { .. } => {
                 journal::apply(record, &gateway.directory).map_err(|e| refused(e.to_string()))
+            }
+            Record::GuardBlock { .. } | Record::GuardClear { .. } => {
+                journal::apply_guard(record, &gateway.guards);
+                Ok(())
             }
         },
         Change::RateCard { toml } => {

@@ -13,6 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::control::blocks::BlocksTask;
 use crate::control::coordinate::CoordinatorTask;
 use crate::control::forecast::ForecastTask;
 use crate::control::leases::LeaseTask;
@@ -63,6 +64,20 @@ impl Background for ShipTask {
     fn stop(self: Box<Self>, deadline: Duration) -> Stopping {
         Box::pin(async move {
             ShipTask::finish(*self, deadline).await;
+            Ok(())
+        })
+    }
+}
+
+impl Background for BlocksTask {
+    fn name(&self) -> &'static str {
+        "guard blocks"
+    }
+
+    /// Owes the blocks queued: each is written once more before the end.
+    fn stop(self: Box<Self>, _deadline: Duration) -> Stopping {
+        Box::pin(async move {
+            BlocksTask::stop(*self).await;
             Ok(())
         })
     }

@@ -23,6 +23,7 @@ use tollgate_engine::ledger::RecordIndex;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::control::Control;
+use crate::control::blocks::BlocksTask;
 use crate::control::coordinate::CoordinatorTask;
 use crate::control::forecast::{ForecastTask, Forecasts};
 use crate::control::journal::{Journal, StateError};
@@ -159,8 +160,12 @@ pub async fn start(
     .map_err(events_error)?;
     let admin = AdminToken::new(env(&config.admin.token_env));
     let gateway = Gateway::new(config, &env, emitter, metrics)?;
-    let (journal, _restored) =
-        Journal::open(&gateway.config.state_dir, &gateway.directory, &gateway.keys)?;
+    let (journal, _restored) = Journal::open(
+        &gateway.config.state_dir,
+        &gateway.directory,
+        &gateway.keys,
+        &gateway.guards,
+    )?;
     let index = restore_spend(&gateway, options)?;
     let ledger = Arc::new(Ledger::new(gateway.config.ledger.clone(), index));
     let gateway = Arc::new(gateway);
@@ -214,10 +219,13 @@ pub async fn start(
         admin,
         forecasts,
     };
-    Ok(Running {
-        control: Arc::new(control),
-        tasks,
-    })
+    let control = Arc::new(control);
+    // Stopped first: the blocks it owes are written while the journal and the brokers are
+    // still there.
+    if let Some(blocks) = BlocksTask::start(Arc::clone(&control)) {
+        tasks.insert(0, Box::new(blocks));
+    }
+    Ok(Running { control, tasks })
 }
 
 /// With a control topic: makes it if missing, reads it to its end into `gateway` (refusing
