@@ -94,6 +94,9 @@ type Shared<W> = Arc<Mutex<Watched<W>>>;
 #[derive(Default)]
 struct Ceilings {
     named: HashMap<String, (Nanos, Action)>,
+    /// The key scope's named ceilings by key id, so a call finds its key's without making
+    /// the id's text.
+    keys: HashMap<KeyId, (Nanos, Action)>,
     others: Option<(Nanos, Action)>,
 }
 
@@ -102,8 +105,29 @@ impl Ceilings {
         self.named.get(name).copied().or(self.others)
     }
 
+    fn of_key(&self, id: KeyId) -> Option<(Nanos, Action)> {
+        self.keys.get(&id).copied().or(self.others)
+    }
+
     fn is_empty(&self) -> bool {
-        self.named.is_empty() && self.others.is_none()
+        self.named.is_empty() && self.keys.is_empty() && self.others.is_none()
+    }
+}
+
+/// What a spend window is of: a key by its id, an agent or an allocation by its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Subject {
+    Key(KeyId),
+    Named(Arc<str>),
+}
+
+impl Subject {
+    /// The name it goes by in alerts and refusals (a key's id made into text only here).
+    fn name(&self) -> Arc<str> {
+        match self {
+            Subject::Key(id) => Arc::from(id.to_string()),
+            Subject::Named(name) => Arc::clone(name),
+        }
     }
 }
 
@@ -113,7 +137,7 @@ pub struct Guards {
     hasher: RandomState,
     ceilings: [Ceilings; 3],
     windows: DashMap<KeyId, Shared<LoopWindow>>,
-    spend: [DashMap<Arc<str>, Shared<SpendWindow>>; 3],
+    spend: [DashMap<Subject, Shared<SpendWindow>>; 3],
     blocks: Mutex<Vec<Block>>,
     /// `blocks.len()`, read without the lock on every call.
     blocked: AtomicUsize,
@@ -167,9 +191,14 @@ impl Guards {
             let of = &mut ceilings[index(velocity.scope)];
             let ceiling = (velocity.per_minute, velocity.action);
             match &velocity.name {
-                Some(name) => {
-                    of.named.insert(name.clone(), ceiling);
-                }
+                Some(name) => match (velocity.scope, KeyId::parse(name)) {
+                    (Scope::Key, Ok(id)) => {
+                        of.keys.insert(id, ceiling);
+                    }
+                    _ => {
+                        of.named.insert(name.clone(), ceiling);
+                    }
+                },
                 None => of.others = Some(ceiling),
             }
         }
@@ -285,8 +314,8 @@ impl Guards {
         if let (Some(loops), Some(print)) = (&self.loops, print) {
             self.judge_loop(key, loops, print, now, emitter)?;
         }
-        for (scope, name, ceiling, action) in self.ceilings_of(key) {
-            let watched = self.spend_of(scope, &name);
+        for (scope, subject, ceiling, action) in self.ceilings_of(key) {
+            let watched = self.spend_of(scope, &subject);
             let mut watched = lock(&watched);
             let Err(speeding) = watched.window.judge(ceiling, now.0) else {
                 continue;
@@ -298,7 +327,7 @@ impl Guards {
             let tripped = Tripped {
                 guard: Guard::SpendVelocityExceeded,
                 scope,
-                name,
+                name: subject.name(),
                 retry_after_s: Some(seconds(speeding.retry_after_ms)),
             };
             let alert = watched.alert_due(now.0);
@@ -438,21 +467,30 @@ impl Guards {
     fn ceilings_of<'g>(
         &'g self,
         key: &'g VirtualKey,
-    ) -> impl Iterator<Item = (Scope, Arc<str>, Nanos, Action)> + 'g {
+    ) -> impl Iterator<Item = (Scope, Subject, Nanos, Action)> + 'g {
         Scope::ALL.into_iter().filter_map(move |scope| {
             let ceilings = &self.ceilings[index(scope)];
             if ceilings.is_empty() {
                 return None;
             }
-            let name = name_in(key, scope)?;
-            let (ceiling, action) = ceilings.of(&name)?;
-            Some((scope, name, ceiling, action))
+            let (subject, (ceiling, action)) = match scope {
+                Scope::Key => (Subject::Key(key.id()), ceilings.of_key(key.id())?),
+                Scope::Agent => {
+                    let agent = key.agent.as_ref()?;
+                    (Subject::Named(Arc::clone(agent)), ceilings.of(agent)?)
+                }
+                Scope::Allocation => {
+                    let name = &key.allocation.name;
+                    (Subject::Named(Arc::clone(name)), ceilings.of(name)?)
+                }
+            };
+            Some((scope, subject, ceiling, action))
         })
     }
 
-    fn spend_of(&self, scope: Scope, name: &Arc<str>) -> Shared<SpendWindow> {
+    fn spend_of(&self, scope: Scope, subject: &Subject) -> Shared<SpendWindow> {
         self.spend[index(scope)]
-            .entry(Arc::clone(name))
+            .entry(subject.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Watched::new(SpendWindow::new()))))
             .clone()
     }
@@ -465,8 +503,10 @@ impl Guards {
             return;
         }
         let now = crate::clock::now_ms();
-        for (scope, name, _, _) in self.ceilings_of(key) {
-            lock(&self.spend_of(scope, &name)).window.add(now.0, cost);
+        for (scope, subject, _, _) in self.ceilings_of(key) {
+            lock(&self.spend_of(scope, &subject))
+                .window
+                .add(now.0, cost);
         }
     }
 
@@ -493,7 +533,11 @@ impl Guards {
                 }
             }
             _ => {
-                self.spend[index(scope)].remove(name);
+                let subject = match (scope, KeyId::parse(name)) {
+                    (Scope::Key, Ok(id)) => Subject::Key(id),
+                    _ => Subject::Named(Arc::from(name)),
+                };
+                self.spend[index(scope)].remove(&subject);
             }
         }
         Some(block)
@@ -633,5 +677,71 @@ mod tests {
             None
         );
         assert!(Guards::new(&GuardsConfig::default()).is_off());
+    }
+
+    #[test]
+    fn a_ceiling_named_for_one_key_holds_it_alone_and_names_it() {
+        use tollgate_engine::identity::test_directory;
+        use tollgate_engine::{
+            AllowList, BudgetSpec, KeyLimits, KeySpec, KeyStore, Period, Scopes,
+        };
+        let (_directory, allocation) = test_directory(
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+            BudgetSpec::unlimited(Period::Month),
+        )
+        .unwrap();
+        let store = KeyStore::new();
+        let spec = || KeySpec {
+            user: "ada".into(),
+            agent: None,
+            expires_at: None,
+            models: AllowList::Any,
+            limits: KeyLimits::default(),
+            scopes: Scopes::NONE,
+            created_at: UnixMs(0),
+            revoked: false,
+            tight: None,
+        };
+        let (watched, _) = store.create(&allocation, spec(), &[1; 20]).unwrap();
+        let (free, _) = store.create(&allocation, spec(), &[2; 20]).unwrap();
+        let guards = Guards::new(&GuardsConfig {
+            loops: None,
+            velocity: vec![crate::config::VelocityConfig {
+                scope: Scope::Key,
+                name: Some(watched.id().to_string()),
+                per_minute: Nanos(1_000),
+                action: Action::Throttle,
+            }],
+        });
+        let dir = std::env::temp_dir().join(format!("tollgate-guards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let events = crate::config::EventsConfig {
+            dir: dir.clone(),
+            queued_max: 4,
+            sync_interval: std::time::Duration::from_millis(10),
+            checkpoint_interval: std::time::Duration::from_secs(60),
+            segment_bytes_max: 1 << 20,
+            log_bytes_max: 1 << 30,
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (emitter, writer, _) = Emitter::start(&events, None, metrics).unwrap();
+        let now = crate::clock::now_ms();
+        for key in [&watched, &free] {
+            assert!(guards.admit(key, None, now, &emitter).is_ok());
+            guards.charge(key, Nanos(1_000));
+        }
+        let tripped = guards.admit(&watched, None, now, &emitter).unwrap_err();
+        assert_eq!(
+            (tripped.guard, tripped.scope, &*tripped.name),
+            (
+                Guard::SpendVelocityExceeded,
+                Scope::Key,
+                watched.id().to_string().as_str()
+            )
+        );
+        assert!(guards.admit(&free, None, now, &emitter).is_ok());
+        writer.stop().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -190,6 +190,14 @@ impl RawGuards {
                 let field = format!("guards.velocity[{i}].per_minute");
                 return Err(source.error(&field, span, "must be more than 0"));
             }
+            if raw.scope == Scope::Key
+                && let Some(name) = &raw.name
+                && tollgate_engine::KeyId::parse(name).is_err()
+            {
+                let field = format!("guards.velocity[{i}].name");
+                let reason = "a key is named by its id: `key_` and 16 hex digits";
+                return Err(source.error(&field, span, reason));
+            }
             if velocity
                 .iter()
                 .any(|v| v.scope == raw.scope && v.name == raw.name)

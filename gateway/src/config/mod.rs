@@ -1709,6 +1709,10 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
                 "guards.velocity[0].per_minute",
             ),
             (
+                ceiling("scope = \"key\"\nname = \"ada\"\nper_minute = \"1\""),
+                "guards.velocity[0].name",
+            ),
+            (
                 ceiling("scope = \"key\"\nper_minute = \"-1\""),
                 "per_minute",
             ),
