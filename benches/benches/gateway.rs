@@ -54,9 +54,10 @@ fn scan(c: &mut Criterion) {
     group.finish();
 }
 
-/// The spend guards' part of a call: the loop detector's fingerprint of an agent's body (the
-/// scan it adds beside the one every call makes), its window judged and recorded, and a
-/// velocity ceiling's minute judged and charged.
+/// The spend guards' part of a call: the loop detector's fingerprint of an agent's body (a
+/// walk of the conversation the call's one scan found), the prompt prefix every event
+/// carries, a loop window judged and recorded, and a velocity ceiling's minute judged and
+/// charged.
 fn guards(c: &mut Criterion) {
     use tollgate_engine::Nanos;
     use tollgate_engine::guard::{Action, CallPrint, LoopRule, LoopWindow, SpendWindow};
