@@ -103,6 +103,15 @@ pub enum Error {
     /// A newly generated key's hash collides with a stored one; generate another secret.
     #[error("key id collision; generate a new secret")]
     KeyCollision,
+    /// An operator's role and team do not go together: a team-admin names its team, and
+    /// only a team-admin does.
+    #[error("role `{role}` {reason}")]
+    OperatorTeam {
+        /// The role asked for.
+        role: &'static str,
+        /// What is wrong (`needs a team`, `takes no team`).
+        reason: &'static str,
+    },
     /// Too little randomness was supplied for a key secret.
     #[error("a key secret needs {needed} random bytes, got {got}")]
     NotEnoughEntropy {

@@ -26,6 +26,7 @@ mod lease_cell;
 pub mod ledger;
 pub mod limits;
 pub mod money;
+pub mod operator;
 mod rate_slice;
 pub mod ratecard;
 pub mod ratelimit;

@@ -145,6 +145,9 @@ pub struct Gateway {
     pub guards: Guards,
     /// The installation's key for the prompt prefixes events carry.
     pub prefixes: Prefixes,
+    /// The admin API's operators and their roles: control-plane credentials, kept on this
+    /// handle because the control topic's follower applies every admin change to it.
+    pub operators: tollgate_engine::operator::OperatorStore,
     key_rates: DashMap<KeyId, Arc<Rates>>,
     team_rates: HashMap<Arc<str>, Arc<Rates>>,
     epoch: Instant,
@@ -226,6 +229,7 @@ impl Gateway {
             unauthenticated: Sampled::every(UNAUTHENTICATED_REPORT_INTERVAL_MS),
             guards: Guards::new(&config.guards),
             prefixes,
+            operators: tollgate_engine::operator::OperatorStore::default(),
             key_rates: DashMap::new(),
             team_rates,
             epoch: Instant::now(),

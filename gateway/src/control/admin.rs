@@ -17,6 +17,7 @@ use tollgate_engine::{KeyId, KeySpec, Level, UnixMs, VirtualKey};
 
 use crate::clock::now_ms;
 use crate::control::Control;
+use crate::control::access;
 use crate::control::bodies::{AllocationRequest, KeyRequest, allocation_request, limit_request};
 use crate::control::journal::{Record, create_record};
 use crate::control::replicate::Change;
@@ -47,9 +48,7 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !control.admin.matches(token.trim()) {
-        return Err(Failure::AdminUnauthorized);
-    }
+    let caller = access::caller(control, token.trim())?;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path
@@ -58,7 +57,13 @@ async fn serve(
         .filter(|s| !s.is_empty())
         .collect();
     let body = read(control, request).await?;
+    access::authorize(control, &caller, &method, &segments, &body)?;
     match (&method, segments.as_slice()) {
+        (&Method::GET, ["operators"]) => Ok((StatusCode::OK, access::list(control))),
+        (&Method::POST, ["operators"]) => access::create(control, &caller, &body, now).await,
+        (&Method::POST, ["operators", id, "revoke"]) => {
+            access::revoke(control, &caller, id, now).await
+        }
         (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(control))),
         (&Method::POST, ["keys"]) => create_key(control, &body, now, None).await,
         (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, id, now).await,
@@ -156,7 +161,8 @@ async fn clear_guard(
         name: clear.name.clone(),
         at_ms: now.0,
     };
-    persist(control, &record, &audit)
+    control
+        .persist(&record, &audit)
         .await
         .map_err(Failure::Internal)?;
     control.gateway.guards.clear(scope, &clear.name);
@@ -170,29 +176,6 @@ async fn clear_guard(
             "blocked_since": format_rfc3339_s(block.at),
         }),
     ))
-}
-
-/// Makes `record` durable before its change is acknowledged: on the control topic when
-/// replicas share one, else in the journal; `audit` goes to the local audit log either way.
-pub(super) async fn persist(
-    control: &Control,
-    record: &Record,
-    audit: &Value,
-) -> Result<(), String> {
-    match &control.replication {
-        Some(replication) => {
-            let change = Change::Directory {
-                record: record.clone(),
-            };
-            replication
-                .publish(&change)
-                .await
-                .map_err(|e| e.to_string())?;
-            control.journal.audit(audit)
-        }
-        None => control.journal.append(record, audit),
-    }
-    .map_err(|e| e.to_string())
 }
 
 async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Failure> {
@@ -276,7 +259,7 @@ async fn insert_key(
         "allocation": &*allocation.name,
         "user": &*key.user,
     });
-    if let Err(e) = persist(control, &record, &audit).await {
+    if let Err(e) = control.persist(&record, &audit).await {
         // Not durable, so not created: take it back out of service.
         let _ = control.gateway.keys.revoke(key.id());
         return Err(Failure::Internal(e));
@@ -313,7 +296,8 @@ async fn create_allocation(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
         "allocation": name, "project": project,
     });
-    persist(control, &record, &audit)
+    control
+        .persist(&record, &audit)
         .await
         .map_err(Failure::Internal)?;
     let allocation = control
@@ -355,7 +339,8 @@ async fn set_limit(
         "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string()),
     });
-    persist(control, &record, &audit)
+    control
+        .persist(&record, &audit)
         .await
         .map_err(Failure::Internal)?;
     Ok((
@@ -389,7 +374,7 @@ async fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Resu
         .revoke(id)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     control.gateway.forget_key(id);
-    persist(control, &record, &audit).await.map_err(|e| {
+    control.persist(&record, &audit).await.map_err(|e| {
         Failure::Internal(format!(
             "key `{id}` is refused on this replica, but its revocation was not recorded ({e}): \
              revoke it again"

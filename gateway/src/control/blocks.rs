@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tollgate_engine::time::format_rfc3339_s;
 
 use super::Control;
-use super::admin::persist;
 use super::journal::Record;
 use crate::guards::Block;
 use crate::operator::report;
@@ -81,7 +80,7 @@ async fn write(control: &Control, block: &Block) -> bool {
         "name": &*block.name,
         "reason": &block.reason,
     });
-    match persist(control, &Record::block(block), &audit).await {
+    match control.persist(&Record::block(block), &audit).await {
         Ok(()) => true,
         Err(e) => {
             report(&format!(

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tollgate_engine::guard::Guard;
+use tollgate_engine::operator::{OperatorId, OperatorStore, Role};
 
 use crate::config::Scope;
 use crate::guards::{Block, Guards};
@@ -119,6 +120,29 @@ pub enum Record {
         at_ms: i64,
         /// What tripped, in words (never prompt text).
         reason: String,
+    },
+    /// An operator of the admin API was made (its secret's hash, never the secret).
+    CreateOperator {
+        /// Its public id (derived from the hash).
+        id: OperatorId,
+        /// SHA-256 of its secret, hex.
+        hash: String,
+        /// Who it is.
+        name: String,
+        /// What it may do.
+        role: Role,
+        /// The team of a team-admin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        team: Option<String>,
+        /// When it was made, in Unix milliseconds.
+        created_at_ms: i64,
+    },
+    /// An operator was revoked.
+    RevokeOperator {
+        /// Its public id.
+        id: OperatorId,
+        /// When, in Unix milliseconds.
+        at_ms: i64,
     },
     /// An operator cleared a block.
     GuardClear {
@@ -228,11 +252,12 @@ impl Journal {
         directory: &Directory,
         keys: &KeyStore,
         guards: &Guards,
+        operators: &OperatorStore,
     ) -> Result<(Journal, usize), StateError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let journal_path = dir.join(JOURNAL_FILE);
         let audit_path = dir.join(AUDIT_FILE);
-        let restored = replay(&journal_path, directory, keys, guards)?;
+        let restored = replay(&journal_path, directory, keys, guards, operators)?;
         let open = |path: &Path| {
             OpenOptions::new()
                 .create(true)
@@ -290,6 +315,40 @@ impl Journal {
     }
 }
 
+/// Puts an operator record back (at replay, and from the control topic); other records are
+/// not the operators'.
+pub fn apply_operator(record: &Record, operators: &OperatorStore) -> Result<(), String> {
+    match record {
+        Record::CreateOperator {
+            id: _,
+            hash,
+            name,
+            role,
+            team,
+            created_at_ms,
+        } => {
+            let hash = KeyHash::from_hex(hash).ok_or_else(|| "bad operator hash".to_owned())?;
+            let spec = tollgate_engine::operator::OperatorSpec {
+                name: name.clone(),
+                role: *role,
+                team: team.clone(),
+                created_at: UnixMs(*created_at_ms),
+            };
+            operators
+                .restore(hash, spec, false)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Record::RevokeOperator { id, .. } => {
+            // One never seen (compacted away, or revoked before it reached here) is nothing
+            // to do.
+            let _ = operators.revoke(*id);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The record that creates `key`.
 #[must_use]
 pub fn create_record(key: &VirtualKey, spec: &KeySpec) -> Record {
@@ -318,6 +377,7 @@ fn replay(
     directory: &Directory,
     keys: &KeyStore,
     guards: &Guards,
+    operators: &OperatorStore,
 ) -> Result<usize, StateError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -362,6 +422,9 @@ fn replay(
             }
             // Blocks and clears apply in order: the last word on each scope and name holds.
             Record::GuardBlock { .. } | Record::GuardClear { .. } => apply_guard(&record, guards),
+            Record::CreateOperator { .. } | Record::RevokeOperator { .. } => {
+                apply_operator(&record, operators).map_err(|e| corrupt(number, e))?;
+            }
         }
     }
     let mut restored = Vec::with_capacity(creates.len());
@@ -466,7 +529,9 @@ pub fn apply(record: &Record, directory: &Directory) -> Result<(), tollgate_engi
         Record::Create { .. }
         | Record::Revoke { .. }
         | Record::GuardBlock { .. }
-        | Record::GuardClear { .. } => {}
+        | Record::GuardClear { .. }
+        | Record::CreateOperator { .. }
+        | Record::RevokeOperator { .. } => {}
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! [`Control`] holds the request path's handle beside its own state; the request path never
 //! reaches back into it.
 
+pub mod access;
 pub mod admin;
 pub mod blocks;
 pub mod bodies;
@@ -45,4 +46,30 @@ pub struct Control {
     pub admin: AdminToken,
     /// Every limited budget level's burn-rate forecast.
     pub forecasts: Arc<forecast::Forecasts>,
+}
+
+impl Control {
+    /// Makes `record` durable before its change is acknowledged: on the control topic when
+    /// replicas share one, else in the journal; `audit` goes to the local audit log either
+    /// way.
+    pub async fn persist(
+        &self,
+        record: &journal::Record,
+        audit: &serde_json::Value,
+    ) -> Result<(), String> {
+        match &self.replication {
+            Some(replication) => {
+                let change = replicate::Change::Directory {
+                    record: record.clone(),
+                };
+                replication
+                    .publish(&change)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.journal.audit(audit)
+            }
+            None => self.journal.append(record, audit),
+        }
+        .map_err(|e| e.to_string())
+    }
 }

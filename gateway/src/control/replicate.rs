@@ -69,6 +69,9 @@ impl Change {
                 record:
                     Record::GuardBlock { scope, name, .. } | Record::GuardClear { scope, name, .. },
             } => format!("guard/{}/{name}", scope.as_str()),
+            Change::Directory {
+                record: Record::CreateOperator { id, .. } | Record::RevokeOperator { id, .. },
+            } => format!("operator/{id}"),
             Change::RateCard { .. } => "rate_card".to_owned(),
         }
     }
@@ -190,6 +193,9 @@ pub fn apply(gateway: &Gateway, change: &Change, now: UnixMs) -> Result<(), Refu
             Record::GuardBlock { .. } | Record::GuardClear { .. } => {
                 journal::apply_guard(record, &gateway.guards);
                 Ok(())
+            }
+            Record::CreateOperator { .. } | Record::RevokeOperator { .. } => {
+                journal::apply_operator(record, &gateway.operators).map_err(refused)
             }
         },
         Change::RateCard { toml } => {

@@ -162,6 +162,14 @@ pub enum Failure {
     /// The admin token is missing or wrong.
     #[error("admin token missing or wrong")]
     AdminUnauthorized,
+    /// The operator's role does not allow the request.
+    #[error("role `{role}` may not do this: it needs {needs}")]
+    AdminForbidden {
+        /// The caller's role.
+        role: &'static str,
+        /// What the request needs, in words.
+        needs: String,
+    },
     /// An admin or usage request names something that does not exist.
     #[error("{0}")]
     AdminNotFound(String),
@@ -349,6 +357,12 @@ impl Failure {
                 S::UNAUTHORIZED,
                 "invalid_admin_token",
                 "authentication_error",
+                Status::InvalidApiKey,
+            ),
+            Failure::AdminForbidden { .. } => class(
+                S::FORBIDDEN,
+                "permission_denied",
+                "permission_error",
                 Status::InvalidApiKey,
             ),
             Failure::AdminNotFound(_) => class(

@@ -165,6 +165,7 @@ pub async fn start(
         &gateway.directory,
         &gateway.keys,
         &gateway.guards,
+        &gateway.operators,
     )?;
     let index = restore_spend(&gateway, options)?;
     let ledger = Arc::new(Ledger::new(gateway.config.ledger.clone(), index));

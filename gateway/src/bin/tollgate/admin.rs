@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::args::{AdminArgs, AllocationsCommand, BudgetsCommand, GuardsCommand, KeysCommand};
+use crate::args::{
+    AdminArgs, AllocationsCommand, BudgetsCommand, GuardsCommand, KeysCommand, OperatorsCommand,
+};
 use crate::client;
 use crate::print::{self, field};
 
@@ -22,7 +24,7 @@ pub fn call(
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let token = std::env::var("TOLLGATE_ADMIN_TOKEN")
-        .context("set TOLLGATE_ADMIN_TOKEN to the gateway's admin token")?;
+        .context("set TOLLGATE_ADMIN_TOKEN to the gateway's admin token or an operator's secret")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -116,6 +118,52 @@ pub fn guards(command: GuardsCommand) -> anyhow::Result<()> {
                 field(&answer, "guard"),
                 field(&answer, "scope"),
                 field(&answer, "name")
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// `tollgate operators create|list|revoke`.
+pub fn operators(command: OperatorsCommand) -> anyhow::Result<()> {
+    let columns = ["id", "name", "role", "team", "created_at", "revoked"];
+    match command {
+        OperatorsCommand::Create {
+            name,
+            role,
+            team,
+            admin,
+        } => {
+            let body = json!({ "name": name, "role": role, "team": team });
+            let answer = call(&admin, Method::POST, "/admin/v1/operators", Some(body))?;
+            if admin.json {
+                return print::json(&answer);
+            }
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "id     {}", field(&answer, "id"))?;
+            writeln!(out, "role   {}", field(&answer, "role"))?;
+            writeln!(out, "secret {}", field(&answer, "secret"))?;
+            writeln!(
+                out,
+                "(the secret is shown once; it is this operator's bearer token)"
+            )?;
+            Ok(())
+        }
+        OperatorsCommand::List { admin } => {
+            let answer = call(&admin, Method::GET, "/admin/v1/operators", None)?;
+            print_list(&admin, &answer, "operators", &columns)
+        }
+        OperatorsCommand::Revoke { id, admin } => {
+            let path = format!("/admin/v1/operators/{id}/revoke");
+            let answer = call(&admin, Method::POST, &path, None)?;
+            if admin.json {
+                return print::json(&answer);
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "revoked {} ({})",
+                field(&answer, "id"),
+                field(&answer, "role")
             )?;
             Ok(())
         }

@@ -59,6 +59,9 @@ pub enum Command {
     /// Blocks the spend guards placed, and clearing them (admin API).
     #[command(subcommand)]
     Guards(GuardsCommand),
+    /// Operators of the admin API and their roles: viewer, team-admin, admin (admin API).
+    #[command(subcommand)]
+    Operators(OperatorsCommand),
     /// Live spend per allocation, project and team (admin API).
     Spend {
         #[command(flatten)]
@@ -289,6 +292,38 @@ pub enum GuardsCommand {
         scope: String,
         /// The key's id (`key_...`), the agent's name or the allocation's name.
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorsCommand {
+    /// Make an operator; its secret is shown once (it is used as the admin API's bearer
+    /// token).
+    Create {
+        /// Who it is, as the audit log names it.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), team-admin (also manages one team's keys and allocations) or
+        /// admin (everything).
+        #[arg(long)]
+        role: String,
+        /// The team of a team-admin.
+        #[arg(long)]
+        team: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the operators.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an operator: its secret is refused from now on.
+    Revoke {
+        /// Its id (`op_...`).
+        id: String,
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -77,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allocations(command) => admin::allocations(command),
         Command::Budgets(command) => admin::budgets(command),
         Command::Guards(command) => admin::guards(command),
+        Command::Operators(command) => admin::operators(command),
         Command::Spend { admin } => admin::spend(&admin),
         Command::RateCard(RateCardCommand::Check { file, at }) => {
             rate_card::check(&file, at.as_deref())
