@@ -537,6 +537,10 @@ mod tests {
             "stream_percent",
         );
         check(&base.replace("limit = \"", "limit = \"-"), "limit");
+        check(
+            &base.replace("agents = 16", "agents = 16\nlooping_agents = 17"),
+            "fleet.looping_agents",
+        );
         assert!(
             load("/nonexistent/scenario.toml")
                 .unwrap_err()

@@ -52,6 +52,18 @@ fn each_role_does_what_it_may_and_is_refused_the_rest() {
     let (research, research_id) = operator(&stack, "ada", "team-admin", Some("research"));
     let (support, _) = operator(&stack, "bob", "team-admin", Some("support"));
     let key = |allocation: &str| json!({"allocation": allocation, "user": "u"});
+    // A bad request makes no operator, and says why.
+    for (body, status) in [
+        (json!({"name": "x", "role": "root"}), 400),
+        (json!({"name": "x", "role": "team-admin"}), 400),
+        (
+            json!({"name": "x", "role": "team-admin", "team": "nobody"}),
+            404,
+        ),
+    ] {
+        let answer = stack.admin("POST", "/admin/v1/operators", Some(body.clone()));
+        assert_eq!(answer.status, status, "{body}: {}", answer.text());
+    }
 
     // A viewer reads and changes nothing.
     for path in [

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tollgate_engine::operator::{Need, Operator, OperatorId, OperatorSpec, Role};
+use tollgate_engine::operator::{Need, Operator, OperatorId, Role};
 use tollgate_engine::time::format_rfc3339_s;
 use tollgate_engine::{KeyId, UnixMs};
 
 use super::Control;
+use super::bodies::operator_request;
 use super::journal::Record;
 use crate::http::error::Failure;
 
@@ -143,32 +144,15 @@ pub async fn create(
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Create {
-        name: String,
-        role: String,
-        team: Option<String>,
-    }
-    let create: Create = serde_json::from_slice(body)
-        .map_err(|e| Failure::BadRequest(format!("operators body: {e}")))?;
-    let role = Role::parse(&create.role).map_err(|e| Failure::BadRequest(e.to_string()))?;
-    if create.name.is_empty() || create.name.len() > 128 {
-        return Err(Failure::BadRequest("`name`: 1 to 128 characters".into()));
-    }
-    if let Some(team) = &create.team {
+    let spec = operator_request(body, now)?;
+    let role = spec.role;
+    if let Some(team) = &spec.team {
         control
             .gateway
             .directory
             .team(team)
             .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     }
-    let spec = OperatorSpec {
-        name: create.name,
-        role,
-        team: create.team,
-        created_at: now,
-    };
     let random = control.gateway.random::<32>();
     let (operator, secret) = control
         .gateway

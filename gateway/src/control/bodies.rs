@@ -3,6 +3,7 @@
 //! 400 naming its field. Pure, so they are fuzzed.
 
 use serde::Deserialize;
+use tollgate_engine::operator::{OperatorSpec, Role};
 use tollgate_engine::{BudgetSpec, KeyLimits, KeySpec, Nanos, Period, Tight, UnixMs};
 
 use crate::config::allow_list;
@@ -201,6 +202,35 @@ pub fn limit_request(body: &[u8]) -> Result<Option<Nanos>, Failure> {
     }
 }
 
+/// Parses `POST /admin/v1/operators`'s `{"name", "role", "team"?}`: a name of 1 to 128
+/// characters, a role, and a team exactly when the role is `team-admin`.
+pub fn operator_request(body: &[u8], now: UnixMs) -> Result<OperatorSpec, Failure> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Create {
+        name: String,
+        role: String,
+        team: Option<String>,
+    }
+    let create: Create = serde_json::from_slice(body)
+        .map_err(|e| Failure::BadRequest(format!("operators body: {e}")))?;
+    let role = Role::parse(&create.role).map_err(|e| Failure::BadRequest(e.to_string()))?;
+    if create.name.is_empty() || create.name.chars().count() > 128 {
+        return Err(Failure::BadRequest("`name`: 1 to 128 characters".into()));
+    }
+    if (role == Role::TeamAdmin) != create.team.is_some() {
+        return Err(Failure::BadRequest(
+            "`team`: a team-admin names its team, and only a team-admin does".into(),
+        ));
+    }
+    Ok(OperatorSpec {
+        name: create.name,
+        role,
+        team: create.team,
+        created_at: now,
+    })
+}
+
 /// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
@@ -259,5 +289,44 @@ mod tests {
             Some(Some(Nanos(1_500_000_000)))
         );
         assert!(limit_request(br#"{"limit":"1.5","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn operator_requests_take_a_role_and_its_team_and_refuse_the_rest_by_name() {
+        let now = UnixMs(5);
+        let parse = |body: &str| operator_request(body.as_bytes(), now);
+        let ok = parse(r#"{"name":"ada","role":"team-admin","team":"research"}"#).unwrap();
+        assert_eq!(
+            (ok.role, ok.team.as_deref()),
+            (Role::TeamAdmin, Some("research"))
+        );
+        assert_eq!(
+            parse(r#"{"name":"f","role":"viewer"}"#).unwrap().created_at,
+            now
+        );
+        for (body, said) in [
+            (r#"{"name":"ada","role":"root"}"#.to_owned(), "role"),
+            (r#"{"name":"ada","role":"team-admin"}"#.to_owned(), "`team`"),
+            (
+                r#"{"name":"ada","role":"viewer","team":"x"}"#.to_owned(),
+                "`team`",
+            ),
+            (r#"{"name":"","role":"viewer"}"#.to_owned(), "`name`"),
+            (
+                format!(r#"{{"name":"{}","role":"admin"}}"#, "a".repeat(129)),
+                "`name`",
+            ),
+            (
+                r#"{"name":"ada","role":"admin","secret":"x"}"#.to_owned(),
+                "unknown field",
+            ),
+            ("{\"name\": ".to_owned(), "operators body"),
+            ("\u{ff}".to_owned(), "operators body"),
+        ] {
+            let refused = operator_request(body.as_bytes(), now)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains(said), "{body}: {refused}");
+        }
     }
 }

@@ -1,11 +1,13 @@
-//! The control plane's request bodies, any bytes at all: the admin API's key, allocation and
-//! budget requests, and the ledger's usage batch and authorize request. None may panic; each
+//! The control plane's request bodies, any bytes at all: the admin API's key, allocation,
+//! budget and operator requests, and the ledger's usage batch and authorize request. None may panic; each
 //! is parsed or refused with a message, and a batch's refusal names a record inside it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_engine::UnixMs;
-use tollgate_gateway::control::bodies::{KeyRequest, allocation_request, limit_request};
+use tollgate_gateway::control::bodies::{
+    KeyRequest, allocation_request, limit_request, operator_request,
+};
 use tollgate_gateway::http::error::Failure;
 use tollgate_gateway::usage::bodies::{AuthorizeRequest, BatchRequest};
 
@@ -16,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     told(KeyRequest::parse(data, now).err());
     told(allocation_request(data).err());
     told(limit_request(data).err());
+    told(operator_request(data, now).err());
     told(AuthorizeRequest::parse(data).err());
     match BatchRequest::parse(data, RECORDS_MAX) {
         Ok(batch) => assert!(batch.records.len() <= RECORDS_MAX),
