@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod events;
 pub mod expected;

@@ -298,3 +298,19 @@ pub const GUARD_MESSAGES_MAX: usize = 8;
 /// A guard tells an alert for the same key, agent or allocation at most this often while it
 /// keeps tripping (a block is told once, when it is placed).
 pub const GUARD_ALERT_INTERVAL_MS: i64 = 60_000;
+
+/// Default length of a console sign-in (`console.session_ttl_ms`): a working day.
+pub const CONSOLE_SESSION_TTL: Duration = Duration::from_secs(8 * 3_600);
+
+/// Shortest `console.session_ttl_ms` allowed.
+pub const CONSOLE_SESSION_TTL_MIN: Duration = Duration::from_secs(60);
+
+/// Longest `console.session_ttl_ms` allowed: a week.
+pub const CONSOLE_SESSION_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3_600);
+
+/// Console sessions one replica keeps at once; a sign-in past it ends the oldest (each is a
+/// few hundred bytes, so this bounds the table at a few megabytes).
+pub const CONSOLE_SESSIONS_MAX: usize = 10_000;
+
+/// Events the console's live tail returns at most in one answer.
+pub const CONSOLE_TAIL_EVENTS_MAX: usize = 200;

@@ -47,6 +47,8 @@ pub enum Dimension {
     Cluster,
     /// Partition of resource usage.
     Partition,
+    /// The agent a key's caller named (`x-tollgate-agent`); none when it named none.
+    Agent,
 }
 
 impl Dimension {
@@ -65,6 +67,7 @@ impl Dimension {
             Dimension::Unit => "unit",
             Dimension::Cluster => "cluster",
             Dimension::Partition => "partition",
+            Dimension::Agent => "agent",
         }
     }
 
@@ -84,6 +87,7 @@ impl Dimension {
             "unit" => Dimension::Unit,
             "cluster" => Dimension::Cluster,
             "partition" => Dimension::Partition,
+            "agent" => Dimension::Agent,
             _ => return None,
         })
     }
@@ -272,6 +276,104 @@ pub fn report(
     Ok(groups.into_values().collect())
 }
 
+/// Which events a [`series`] covers: those whose `column` is `value` (an allocation's, say).
+#[derive(Clone, Copy, Debug)]
+pub struct Only<'a> {
+    /// The dimension filtered on.
+    pub by: Dimension,
+    /// The value it must have.
+    pub value: &'a str,
+}
+
+/// Billed cost over time: per group, the cost of each `step_ms` bucket from `from`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    /// The first bucket's start (ms since the Unix epoch).
+    pub from_ms: i64,
+    /// Each bucket's length (ms).
+    pub step_ms: i64,
+    /// The number of buckets.
+    pub buckets: usize,
+    /// Per group (in key order; `None`: events without one), its cost in each bucket, in
+    /// nano-units.
+    pub groups: Vec<(Option<String>, Vec<i128>)>,
+    /// The currency of every amount.
+    pub currency: Option<String>,
+}
+
+/// Most buckets a [`series`] makes: a year of hours is 8,760, so this is more than a chart
+/// needs and a bound on what one request can make the reader hold.
+pub const SERIES_BUCKETS_MAX: usize = 10_000;
+
+/// The billed cost of the events under `data_dir/usage` with `from <= ts < to` (and `only`,
+/// when given), grouped by `by`, in buckets of `step_ms`. Every event of the window is in
+/// exactly one bucket, so the buckets of all groups sum to [`report`]'s total for the same
+/// window and filter, to the unit.
+pub fn series(
+    data_dir: &Path,
+    from: UnixMs,
+    to: UnixMs,
+    step_ms: i64,
+    by: Dimension,
+    only: Option<Only<'_>>,
+) -> Result<Series, ColumnarError> {
+    if step_ms <= 0 || to.0 <= from.0 {
+        return Err(ColumnarError::Encode(format!(
+            "a series needs a step above 0 and a window that ends after it begins \
+             (step {step_ms} ms, {} to {})",
+            from.0, to.0
+        )));
+    }
+    let span = i128::from(to.0) - i128::from(from.0);
+    let step = i128::from(step_ms);
+    let buckets = usize::try_from((span + step - 1) / step).unwrap_or(usize::MAX);
+    if buckets > SERIES_BUCKETS_MAX {
+        return Err(ColumnarError::Encode(format!(
+            "a series of {buckets} buckets: at most {SERIES_BUCKETS_MAX}; take a longer step"
+        )));
+    }
+    let filter = only.map(|o| o.by.column());
+    let wanted: Vec<&str> = ["ts", by.column(), "cost", "currency"]
+        .into_iter()
+        .chain(filter)
+        .collect();
+    let mut currency: Option<String> = None;
+    let mut groups: BTreeMap<Option<String>, Vec<i128>> = BTreeMap::new();
+    for_each_batch(data_dir, &wanted, |batch, _written| {
+        let ts: &TimestampMillisecondArray = column(&batch, "ts")?;
+        let key: &StringArray = column(&batch, by.column())?;
+        let cost: &Decimal128Array = column(&batch, "cost")?;
+        let currencies: &StringArray = column(&batch, "currency")?;
+        let filtered: Option<&StringArray> = filter.map(|f| column(&batch, f)).transpose()?;
+        for i in 0..batch.num_rows() {
+            let t = ts.value(i);
+            if t < from.0 || t >= to.0 {
+                continue;
+            }
+            if let (Some(column), Some(only)) = (filtered, only)
+                && (column.is_null(i) || column.value(i) != only.value)
+            {
+                continue;
+            }
+            one_currency(&mut currency, currencies.value(i))?;
+            let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
+            let cells = groups.entry(k).or_insert_with(|| vec![0; buckets]);
+            let bucket = usize::try_from((t - from.0) / step_ms).unwrap_or(0);
+            if let Some(cell) = cells.get_mut(bucket) {
+                *cell += cost.value(i);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Series {
+        from_ms: from.0,
+        step_ms,
+        buckets,
+        groups: groups.into_iter().collect(),
+        currency,
+    })
+}
+
 /// Amounts of two currencies never add up: a report has one, the first it meets (`first`);
 /// an event in another is refused.
 fn one_currency(first: &mut Option<String>, currency: &str) -> Result<(), ColumnarError> {
@@ -425,12 +527,65 @@ pub fn write_parquet(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::columnar::write_file;
     use tollgate_engine::{Nanos, UsageEvent};
 
     /// `events` written with `metadata` in place of a usage file's own.
     fn write_stating(path: &Path, events: &[UsageEvent], metadata: &[(&str, &str)]) {
         let batch = crate::columnar::encode(events).unwrap();
         crate::columnar::write_batch(path, &batch, metadata).unwrap();
+    }
+
+    #[test]
+    fn a_series_puts_each_event_in_one_bucket_and_sums_to_the_report() {
+        let root = std::env::temp_dir().join(format!("tollgate-series-{}", std::process::id()));
+        let hour = 3_600_000;
+        let start = 1_764_000_000_000 - 1_764_000_000_000 % hour;
+        let event = |minute: i64, model: &str, allocation: &str, cost: u64| {
+            let mut e = UsageEvent::sample();
+            e.ts_ms = UnixMs(start + minute * 60_000);
+            e.model = Some(model.into());
+            e.allocation = Some(allocation.into());
+            e.cost_nanos = Nanos(cost);
+            e
+        };
+        let events = [
+            event(0, "a", "x", 1),
+            event(59, "a", "x", 2),
+            event(60, "b", "x", 4),
+            event(61, "a", "y", 8),
+            event(179, "a", "x", 16),
+            // Outside the window: before it, and at its end.
+            event(-1, "a", "x", 32),
+            event(180, "a", "x", 64),
+        ];
+        write_file(&root.join("usage/hour.parquet"), &events).unwrap();
+        let (from, to) = (UnixMs(start), UnixMs(start + 3 * hour));
+        let only = Only {
+            by: Dimension::Allocation,
+            value: "x",
+        };
+        let got = series(&root, from, to, hour, Dimension::Model, Some(only)).unwrap();
+        assert_eq!(got.buckets, 3);
+        assert_eq!(
+            got.groups,
+            vec![
+                (Some("a".to_owned()), vec![3, 0, 16]),
+                (Some("b".to_owned()), vec![0, 4, 0]),
+            ]
+        );
+        let all = series(&root, from, to, hour, Dimension::Allocation, None).unwrap();
+        let bucketed: i128 = all.groups.iter().flat_map(|(_, cells)| cells).sum();
+        let reported: i128 = report(&root, Some(from), Some(to), Dimension::Allocation)
+            .unwrap()
+            .iter()
+            .map(|r| r.cost_nanos)
+            .sum();
+        assert_eq!((bucketed, reported), (31, 31));
+        assert!(series(&root, to, from, hour, Dimension::Model, None).is_err());
+        assert!(series(&root, from, to, 0, Dimension::Model, None).is_err());
+        assert!(series(&root, from, UnixMs(i64::MAX), 1, Dimension::Model, None).is_err());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -10,13 +10,15 @@ import { fileURLToPath } from "node:url";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const ADMIN_TOKEN = "ts-admin-token-0123456789";
 
-function binary(variable) {
+/** The path in `variable`, which must name a built binary. */
+export function binary(variable) {
   const path = process.env[variable];
   if (!path || !existsSync(path)) throw new Error(`${variable} must name a built binary (tests/run-all sets it)`);
   return path;
 }
 
-function start(command, args, env) {
+/** Starts `command` and resolves once it prints the address it listens on. */
+export function start(command, args, env) {
   const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "inherit"] });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${command} did not start`)), 60_000);
@@ -31,6 +33,19 @@ function start(command, args, env) {
     });
     child.on("exit", (code) => reject(new Error(`${command} exited with ${code}`)));
   });
+}
+
+/** Calls the admin API of the gateway at `url` with `token`; a failure throws. */
+export function adminClient(url, token) {
+  return async (method, path, body) => {
+    const answer = await fetch(url + path, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (!answer.ok) throw new Error(`${method} ${path}: ${answer.status} ${await answer.text()}`);
+    return answer.json();
+  };
 }
 
 export async function startStack() {
@@ -85,15 +100,7 @@ budget = { limit = "0.04", period = "total" }
     TOLLGATE_ADMIN_TOKEN: ADMIN_TOKEN,
   });
   const url = `http://${gateway.address}`;
-  const admin = async (method, path, body) => {
-    const answer = await fetch(url + path, {
-      method,
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (!answer.ok) throw new Error(`${method} ${path}: ${answer.status} ${await answer.text()}`);
-    return answer.json();
-  };
+  const admin = adminClient(url, ADMIN_TOKEN);
   return {
     url,
     admin,

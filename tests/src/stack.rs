@@ -151,6 +151,22 @@ cost_center = "cc-2"
 models = ["openai/*"]
 "#;
 
+/// A second team beside [`ORG`]'s `research`: `support`, its project `helpdesk` and its
+/// allocation `tickets` (for what one team may do to another's).
+pub const SUPPORT_ORG: &str = "
+[[team]]
+name = \"support\"
+org = \"acme\"
+
+[[project]]
+name = \"helpdesk\"
+team = \"support\"
+
+[[allocation]]
+name = \"tickets\"
+project = \"helpdesk\"
+";
+
 /// The teams and projects the bundled load scenarios put their allocations under (as `tollgate
 /// demo` configures them); add to [`ORG`], whose team `research` it uses.
 pub const FLEET_ORG: &str = r#"
@@ -688,6 +704,20 @@ model = "openai/gpt-4o-mini"
             &[("authorization", &auth)],
             body.as_bytes(),
         )
+    }
+
+    /// Creates an operator with `role` (and `team`, a team-admin's); returns (secret, id).
+    pub fn create_operator(&self, name: &str, role: &str, team: Option<&str>) -> (String, String) {
+        let made = self.admin(
+            "POST",
+            "/admin/v1/operators",
+            Some(json!({"name": name, "role": role, "team": team})),
+        );
+        assert_eq!(made.status, 201, "{}", made.text());
+        let made = made.json();
+        let secret = made["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("tgo_"), "{made}");
+        (secret, made["id"].as_str().unwrap().to_owned())
     }
 
     /// Creates a key on `allocation` with extra fields; returns (secret, id).

@@ -4,21 +4,7 @@
 
 use serde_json::{Value, json};
 use tollgate_tests::http::{Answer, request};
-use tollgate_tests::stack::{ORG, Stack};
-
-const SUPPORT: &str = "
-[[team]]
-name = \"support\"
-org = \"acme\"
-
-[[project]]
-name = \"helpdesk\"
-team = \"support\"
-
-[[allocation]]
-name = \"tickets\"
-project = \"helpdesk\"
-";
+use tollgate_tests::stack::{ORG, SUPPORT_ORG, Stack};
 
 fn call(stack: &Stack, token: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
     let auth = format!("Bearer {token}");
@@ -32,25 +18,12 @@ fn call(stack: &Stack, token: &str, method: &str, path: &str, body: Option<Value
     )
 }
 
-fn operator(stack: &Stack, name: &str, role: &str, team: Option<&str>) -> (String, String) {
-    let made = stack.admin(
-        "POST",
-        "/admin/v1/operators",
-        Some(json!({"name": name, "role": role, "team": team})),
-    );
-    assert_eq!(made.status, 201, "{}", made.text());
-    let made = made.json();
-    let secret = made["secret"].as_str().unwrap().to_owned();
-    assert!(secret.starts_with("tgo_"), "{made}");
-    (secret, made["id"].as_str().unwrap().to_owned())
-}
-
 #[test]
 fn each_role_does_what_it_may_and_is_refused_the_rest() {
-    let mut stack = Stack::start("roles", &format!("{ORG}{SUPPORT}"), "");
-    let (viewer, _) = operator(&stack, "finance", "viewer", None);
-    let (research, research_id) = operator(&stack, "ada", "team-admin", Some("research"));
-    let (support, _) = operator(&stack, "bob", "team-admin", Some("support"));
+    let mut stack = Stack::start("roles", &format!("{ORG}{SUPPORT_ORG}"), "");
+    let (viewer, _) = stack.create_operator("finance", "viewer", None);
+    let (research, research_id) = stack.create_operator("ada", "team-admin", Some("research"));
+    let (support, _) = stack.create_operator("bob", "team-admin", Some("support"));
     let key = |allocation: &str| json!({"allocation": allocation, "user": "u"});
     // A bad request makes no operator, and says why.
     for (body, status) in [

@@ -11,6 +11,7 @@
 //! `providers::config` (re-exported here), and this module only places their errors in the file.
 //! `tollgate sink`'s own file is [`SinkConfig`].
 
+mod console;
 mod guards;
 mod native;
 mod routing;
@@ -29,6 +30,7 @@ use tollgate_engine::money::deserialize_amount;
 use tollgate_engine::{BudgetSpec, Error, ModelRef, Nanos, Period, Tight};
 use toml::Spanned;
 
+pub use self::console::{ConsoleConfig, SecureCookie};
 pub use self::guards::{GuardsConfig, LoopConfig, Scope, VelocityConfig};
 pub use self::native::DefaultProviders;
 pub use self::routing::{Candidate, DowngradeConfig, GroupConfig, RoutingConfig};
@@ -86,6 +88,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[guards]`: the runaway-loop detector and the spend-velocity ceilings.
     pub guards: GuardsConfig,
+    /// `[console]`: the web console (`None`: off, `/console` is not served).
+    pub console: Option<ConsoleConfig>,
     /// The `[[provider]]` tables in file order, names unique.
     pub providers: Vec<ProviderConfig>,
     /// Fixed model aliases (`[[alias]]`): the name a client may send, and the model it means.
@@ -302,6 +306,8 @@ struct RawConfig {
     #[serde(default)]
     guards: guards::RawGuards,
     #[serde(default)]
+    console: console::RawConsole,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     alias: Vec<Spanned<RawAlias>>,
@@ -357,6 +363,10 @@ impl RawConfig {
         }
         let webhooks = webhooks(self.webhook, source)?;
         let guards = self.guards.validate(source)?;
+        let parquet = self.parquet.resolve(base);
+        let console =
+            self.console
+                .validate(source, base, parquet.as_ref().map(|p| p.dir.as_path()))?;
         Ok(Config {
             origin: source.origin.to_owned(),
             rate_card: resolve(base, self.rate_card.get_ref()),
@@ -366,7 +376,7 @@ impl RawConfig {
             },
             state_dir: resolve(base, &self.state.dir),
             events: self.events.resolve(base),
-            parquet: self.parquet.resolve(base),
+            parquet,
             kafka,
             reconcile_interval,
             control,
@@ -380,6 +390,7 @@ impl RawConfig {
             ),
             webhooks,
             guards,
+            console,
             admission,
             providers,
             aliases,
@@ -1798,6 +1809,46 @@ budget = { limit = 100, period = "day", soft_limit_percent = 90 }
             "tollgate.toml",
             Path::new("."),
         )
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_reads_the_parquet_folder_unless_told_otherwise() {
+        assert_eq!(with_table("").unwrap().console, None);
+        let on = with_table("[console]\nenabled = true\n").unwrap();
+        let console = on.console.unwrap();
+        assert_eq!(console.data_dir, on.parquet.unwrap().dir);
+        assert_eq!(console.session_ttl, limits::CONSOLE_SESSION_TTL);
+        assert_eq!(console.secure_cookie, SecureCookie::Auto);
+        let named = with_table(
+            "[console]\nenabled = true\ndata_dir = \"/srv/usage\"\nsecure_cookie = \"always\"\n",
+        )
+        .unwrap()
+        .console
+        .unwrap();
+        assert_eq!(named.data_dir, PathBuf::from("/srv/usage"));
+        assert_eq!(named.secure_cookie, SecureCookie::Always);
+        for (table, field) in [
+            (
+                "[console]\nenabled = true\nsession_ttl_ms = 1000\n",
+                "console.session_ttl_ms",
+            ),
+            (
+                "[console]\nenabled = true\nsession_ttl_ms = 999999999999\n",
+                "console.session_ttl_ms",
+            ),
+            (
+                "[console]\nenabled = true\nsecure_cookie = \"sometimes\"\n",
+                "secure_cookie",
+            ),
+            ("[console]\nenabled = true\nport = 1\n", "port"),
+            (
+                "[parquet]\nenabled = false\n[console]\nenabled = true\n",
+                "console.data_dir",
+            ),
+        ] {
+            let error = refusal_of(table);
+            assert!(error.contains(field), "{table}: {error}");
+        }
     }
 
     fn error_of(edit: (&str, &str)) -> String {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 use tollgate_engine::operator::{Need, Operator, OperatorId, Role};
 use tollgate_engine::time::format_rfc3339_s;
@@ -18,6 +18,7 @@ use tollgate_engine::{KeyId, UnixMs};
 use super::Control;
 use super::bodies::operator_request;
 use super::journal::Record;
+use super::session::{self, Session};
 use crate::http::error::Failure;
 
 /// Who is calling.
@@ -54,6 +55,83 @@ impl Caller {
             Caller::Operator(operator) => operator.role.as_str(),
         }
     }
+}
+
+/// The caller of an admin request: by its `Authorization: Bearer` credential, else (with the
+/// console on) by its session cookie. A session's request is refused when it came from
+/// another site (`Sec-Fetch-Site`, `Origin`), and a change (any method but GET and HEAD) when
+/// it lacks the session's CSRF token.
+pub fn caller_of(
+    control: &Control,
+    headers: &HeaderMap,
+    method: &Method,
+    now: UnixMs,
+) -> Result<Caller, Failure> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        return caller(control, token.trim());
+    }
+    let (session, _) = session_of(control, headers, now)?;
+    same_origin(headers)?;
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        let presented = headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Failure::SessionRefused(
+                "a change without the session's CSRF token",
+            ))?;
+        if !session.csrf_matches(presented) {
+            return Err(Failure::SessionRefused("a CSRF token not this session's"));
+        }
+    }
+    session.signed.caller().ok_or(Failure::AdminUnauthorized)
+}
+
+/// The live session the request's cookie names, and the cookie's value; 401 without one.
+pub fn session_of<'h>(
+    control: &Control,
+    headers: &'h HeaderMap,
+    now: UnixMs,
+) -> Result<(Session, &'h str), Failure> {
+    let sessions = control
+        .sessions
+        .as_ref()
+        .ok_or(Failure::AdminUnauthorized)?;
+    let id = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|text| session::cookie(text, session::COOKIE))
+        .ok_or(Failure::AdminUnauthorized)?;
+    let session = sessions.get(id, now).ok_or(Failure::AdminUnauthorized)?;
+    Ok((session, id))
+}
+
+/// Refuses a request a browser says came from another site, or whose `Origin` is not the host
+/// it was sent to. Browsers send `Sec-Fetch-Site` on every request and `Origin` on every
+/// change; a client that sends neither is no browser, and a cookie is no use to a page then.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Failure> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(Failure::SessionRefused("a request from another site"));
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = text(header::HOST).unwrap_or_default();
+        let origin_host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .unwrap_or_default();
+        if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+            return Err(Failure::SessionRefused("a request from another origin"));
+        }
+    }
+    Ok(())
 }
 
 /// The caller `token` names, or 401.

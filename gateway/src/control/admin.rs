@@ -21,9 +21,10 @@ use crate::control::access;
 use crate::control::bodies::{AllocationRequest, KeyRequest, allocation_request, limit_request};
 use crate::control::journal::{Record, create_record};
 use crate::control::replicate::Change;
+use crate::control::spend::{self, Export};
 use crate::http::body::{self, BodyLimits};
 use crate::http::error::{Failure, Protocol};
-use crate::http::response::{ResponseBody, error_response, json};
+use crate::http::response::{ResponseBody, channel, error_response, json};
 use crate::limits::ADMIN_BODY_BYTES_MAX;
 use tollgate_engine::time::format_rfc3339_s;
 
@@ -31,8 +32,8 @@ use tollgate_engine::time::format_rfc3339_s;
 pub async fn handle(control: &Control, request: Request<Incoming>) -> Response<ResponseBody> {
     let now = now_ms();
     let request_id = control.gateway.request_id(now);
-    match serve(control, request, now).await {
-        Ok((status, body)) => json(status, &request_id, &body),
+    match serve(control, request, now, &request_id).await {
+        Ok(response) => response,
         Err(failure) => error_response(Protocol::OpenAi, &request_id, &failure),
     }
 }
@@ -41,14 +42,9 @@ async fn serve(
     control: &Control,
     request: Request<Incoming>,
     now: UnixMs,
-) -> Result<(StatusCode, Value), Failure> {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let caller = access::caller(control, token.trim())?;
+    request_id: &str,
+) -> Result<Response<ResponseBody>, Failure> {
+    let caller = access::caller_of(control, request.headers(), request.method(), now)?;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path
@@ -56,29 +52,113 @@ async fn serve(
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    let query = request.uri().query().unwrap_or_default().to_owned();
     let body = read(control, request).await?;
     access::authorize(control, &caller, &method, &segments, &body)?;
-    match (&method, segments.as_slice()) {
+    if let (&Method::GET, ["exports", name]) = (&method, segments.as_slice()) {
+        return download(control, name, &query, request_id);
+    }
+    let asked = Asked {
+        method: &method,
+        segments: &segments,
+        path: &path,
+        query: &query,
+        body: &body,
+    };
+    let (status, value) = answer(control, &caller, &asked, now).await?;
+    Ok(json(status, request_id, &value))
+}
+
+/// A download of an export: streamed as it is made, offered as a file.
+fn download(
+    control: &Control,
+    name: &str,
+    query: &str,
+    request_id: &str,
+) -> Result<Response<ResponseBody>, Failure> {
+    let export = Export::parse(name).ok_or_else(|| {
+        Failure::AdminNotFound(format!(
+            "no export `{}`: chargeback.csv, focus.csv or focus.parquet",
+            name.chars().take(40).collect::<String>()
+        ))
+    })?;
+    let (sender, body) = channel();
+    spend::export(&control.gateway, export, query, sender)?;
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(export.content_type()),
+    );
+    if let Ok(disposition) =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"{}\"", export.file_name()))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    if let Ok(id) = header::HeaderValue::from_str(request_id) {
+        headers.insert(crate::http::response::REQUEST_ID, id);
+    }
+    Ok(response)
+}
+
+/// An admin request taken apart: its method, its path below `/admin/v1` in segments, the
+/// whole path, its query string and its body.
+struct Asked<'a> {
+    method: &'a Method,
+    segments: &'a [&'a str],
+    path: &'a str,
+    query: &'a str,
+    body: &'a Bytes,
+}
+
+/// The JSON answer to an authorized admin request.
+async fn answer(
+    control: &Control,
+    caller: &access::Caller,
+    asked: &Asked<'_>,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
+    let Asked {
+        method,
+        segments,
+        path,
+        query,
+        body,
+    } = *asked;
+    let actor = caller.actor();
+    match (method, segments) {
+        (&Method::GET, ["report"]) => Ok((
+            StatusCode::OK,
+            spend::report(&control.gateway, query).await?,
+        )),
+        (&Method::GET, ["series"]) => Ok((
+            StatusCode::OK,
+            spend::series(&control.gateway, query).await?,
+        )),
+        (&Method::GET, ["events", "recent"]) => Ok((
+            StatusCode::OK,
+            spend::recent(&control.gateway, query).await?,
+        )),
         (&Method::GET, ["operators"]) => Ok((StatusCode::OK, access::list(control))),
-        (&Method::POST, ["operators"]) => access::create(control, &caller, &body, now).await,
+        (&Method::POST, ["operators"]) => access::create(control, caller, body, now).await,
         (&Method::POST, ["operators", id, "revoke"]) => {
-            access::revoke(control, &caller, id, now).await
+            access::revoke(control, caller, id, now).await
         }
         (&Method::GET, ["keys"]) => Ok((StatusCode::OK, list_keys(control))),
-        (&Method::POST, ["keys"]) => create_key(control, &body, now, None).await,
-        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, id, now).await,
-        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(control, id, now).await,
+        (&Method::POST, ["keys"]) => create_key(control, &actor, body, now, None).await,
+        (&Method::POST, ["keys", id, "revoke"]) => revoke_key(control, &actor, id, now).await,
+        (&Method::POST, ["keys", id, "rotate"]) => rotate_key(control, &actor, id, now).await,
         (&Method::GET, ["allocations"]) => Ok((StatusCode::OK, allocations(control, now))),
-        (&Method::POST, ["allocations"]) => create_allocation(control, &body, now).await,
+        (&Method::POST, ["allocations"]) => create_allocation(control, &actor, body, now).await,
         (&Method::PUT, ["budgets", level, name]) => {
-            set_limit(control, level, name, &body, now).await
+            set_limit(control, &actor, level, name, body, now).await
         }
         (&Method::GET, ["guards"]) => Ok((StatusCode::OK, guards(control))),
-        (&Method::POST, ["guards", "clear"]) => clear_guard(control, &body, now).await,
+        (&Method::POST, ["guards", "clear"]) => clear_guard(control, &actor, body, now).await,
         (&Method::GET, ["providers"]) => Ok((StatusCode::OK, providers(control))),
         (&Method::GET, ["models"]) => Ok((StatusCode::OK, models(control, now))),
         (&Method::GET, ["rate-card"]) => Ok((StatusCode::OK, rate_card(control))),
-        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(control, now).await,
+        (&Method::POST, ["rate-card", "reload"]) => reload_rate_card(control, &actor, now).await,
         (&Method::POST, ["events", "flush"]) => {
             if control.gateway.emitter.flush().await {
                 Ok((StatusCode::OK, json!({ "flushed": true })))
@@ -118,6 +198,7 @@ fn guards(control: &Control) -> Value {
 /// `POST /admin/v1/guards/clear {"scope", "name"}`: lifts a guard's block, audited.
 async fn clear_guard(
     control: &Control,
+    actor: &str,
     body: &Bytes,
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
@@ -150,6 +231,7 @@ async fn clear_guard(
         })?;
     let audit = json!({
         "at": format_rfc3339_s(now),
+        "actor": actor,
         "action": "clear_guard",
         "guard": block.guard.as_str(),
         "scope": scope.as_str(),
@@ -189,6 +271,7 @@ async fn read(control: &Control, request: Request<Incoming>) -> Result<Bytes, Fa
 
 async fn create_key(
     control: &Control,
+    actor: &str,
     body: &[u8],
     now: UnixMs,
     replaces: Option<&VirtualKey>,
@@ -212,18 +295,19 @@ async fn create_key(
                 .directory
                 .allocation(&request.allocation)
                 .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
-            return insert_key(control, &allocation, request.spec, now, None).await;
+            return insert_key(control, actor, &allocation, request.spec, now, None).await;
         }
     };
     let allocation = replaces.map(|k| Arc::clone(&k.allocation));
     match allocation {
-        Some(allocation) => insert_key(control, &allocation, spec, now, replaces).await,
+        Some(allocation) => insert_key(control, actor, &allocation, spec, now, replaces).await,
         None => Err(Failure::Internal("rotation without a key".into())),
     }
 }
 
 async fn insert_key(
     control: &Control,
+    actor: &str,
     allocation: &Arc<tollgate_engine::Allocation>,
     spec: KeySpec,
     now: UnixMs,
@@ -252,7 +336,7 @@ async fn insert_key(
     let record = create_record(&key, &spec);
     let audit = json!({
         "at": format_rfc3339_s(now),
-        "actor": "admin",
+        "actor": actor,
         "action": if replaces.is_some() { "key.rotate" } else { "key.create" },
         "key_id": key.id().to_string(),
         "replaces": replaces.map(|k| k.id().to_string()),
@@ -265,7 +349,7 @@ async fn insert_key(
         return Err(Failure::Internal(e));
     }
     if let Some(old) = replaces {
-        revoke(control, old.id(), now, "key.revoke").await?;
+        revoke(control, actor, old.id(), now, "key.revoke").await?;
     }
     let mut answer = describe(&key);
     if let Some(fields) = answer.as_object_mut() {
@@ -279,6 +363,7 @@ async fn insert_key(
 
 async fn create_allocation(
     control: &Control,
+    actor: &str,
     body: &[u8],
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
@@ -293,7 +378,7 @@ async fn create_allocation(
         _ => Failure::BadRequest(e.to_string()),
     })?;
     let audit = json!({
-        "at": format_rfc3339_s(now), "actor": "admin", "action": "allocation.create",
+        "at": format_rfc3339_s(now), "actor": actor, "action": "allocation.create",
         "allocation": name, "project": project,
     });
     control
@@ -312,6 +397,7 @@ async fn create_allocation(
 /// `{"limit": null}`.
 async fn set_limit(
     control: &Control,
+    actor: &str,
     level: &str,
     name: &str,
     body: &[u8],
@@ -336,7 +422,7 @@ async fn set_limit(
     crate::control::journal::apply(&record, &control.gateway.directory)
         .map_err(|e| Failure::AdminNotFound(e.to_string()))?;
     let audit = json!({
-        "at": format_rfc3339_s(now), "actor": "admin", "action": "budget.set",
+        "at": format_rfc3339_s(now), "actor": actor, "action": "budget.set",
         "level": level.as_str(), "name": name, "limit": limit.map(|l| l.to_string()),
     });
     control
@@ -358,11 +444,17 @@ fn find_key(control: &Control, id: &str) -> Result<Arc<VirtualKey>, Failure> {
         .ok_or_else(|| Failure::AdminNotFound(format!("unknown key `{id}`")))
 }
 
-async fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Result<(), Failure> {
+async fn revoke(
+    control: &Control,
+    actor: &str,
+    id: KeyId,
+    now: UnixMs,
+    action: &str,
+) -> Result<(), Failure> {
     let record = Record::Revoke { id, at_ms: now.0 };
     let audit = json!({
         "at": format_rfc3339_s(now),
-        "actor": "admin",
+        "actor": actor,
         "action": action,
         "key_id": id.to_string(),
     });
@@ -384,16 +476,18 @@ async fn revoke(control: &Control, id: KeyId, now: UnixMs, action: &str) -> Resu
 
 async fn revoke_key(
     control: &Control,
+    actor: &str,
     id: &str,
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
     let key = find_key(control, id)?;
-    revoke(control, key.id(), now, "key.revoke").await?;
+    revoke(control, actor, key.id(), now, "key.revoke").await?;
     Ok((StatusCode::OK, describe(&key)))
 }
 
 async fn rotate_key(
     control: &Control,
+    actor: &str,
     id: &str,
     now: UnixMs,
 ) -> Result<(StatusCode, Value), Failure> {
@@ -404,7 +498,7 @@ async fn rotate_key(
             key.id()
         )));
     }
-    create_key(control, &[], now, Some(&key)).await
+    create_key(control, actor, &[], now, Some(&key)).await
 }
 
 fn describe(key: &VirtualKey) -> Value {
@@ -628,7 +722,11 @@ fn rate_card(control: &Control) -> Value {
 /// control topic, publishes it for the others. Versions already in force must be unchanged (a
 /// price change is a new version, never a rewrite of history); new versions, future ones above
 /// all, are added.
-async fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode, Value), Failure> {
+async fn reload_rate_card(
+    control: &Control,
+    actor: &str,
+    now: UnixMs,
+) -> Result<(StatusCode, Value), Failure> {
     let path = &control.gateway.config.rate_card;
     let toml = tollgate_engine::config::read_config_file(path)
         .map_err(|e| Failure::BadRequest(e.to_string()))?;
@@ -642,7 +740,7 @@ async fn reload_rate_card(control: &Control, now: UnixMs) -> Result<(StatusCode,
             .await
             .map_err(|e| Failure::Internal(e.to_string()))?;
     }
-    let audit = json!({"at": format_rfc3339_s(now), "actor": "admin", "action": "rate_card.reload", "added": added});
+    let audit = json!({"at": format_rfc3339_s(now), "actor": actor, "action": "rate_card.reload", "added": added});
     control
         .journal
         .audit(&audit)

@@ -16,7 +16,9 @@ pub mod journal;
 pub mod leases;
 pub mod reconcile;
 pub mod replicate;
+pub mod session;
 pub mod ship;
+pub mod spend;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct Control {
     pub admin: AdminToken,
     /// Every limited budget level's burn-rate forecast.
     pub forecasts: Arc<forecast::Forecasts>,
+    /// The console's sign-ins (`None`: `[console]` is off, and no cookie is honoured).
+    pub sessions: Option<session::Sessions>,
 }
 
 impl Control {

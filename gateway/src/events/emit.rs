@@ -517,6 +517,13 @@ impl Emitter {
             .unwrap_or(false)
     }
 
+    /// The offsets of the log's oldest record kept and of the next to be appended.
+    #[must_use]
+    pub fn log_span(&self) -> (u64, u64) {
+        let log = lock(&self.shared.log);
+        (log.first_offset(), log.next_offset())
+    }
+
     /// Reads the log from `offset` (restore at start; the records as appended).
     pub fn read_from(&self, offset: u64) -> LogReader {
         lock(&self.shared.log).read_from(offset)

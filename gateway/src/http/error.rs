@@ -170,6 +170,10 @@ pub enum Failure {
         /// What the request needs, in words.
         needs: String,
     },
+    /// A console session's request that could have been forged: its CSRF token is missing
+    /// or not the session's, or it came from another site.
+    #[error("{0}: sign in again from the console itself")]
+    SessionRefused(&'static str),
     /// An admin or usage request names something that does not exist.
     #[error("{0}")]
     AdminNotFound(String),
@@ -362,6 +366,12 @@ impl Failure {
             Failure::AdminForbidden { .. } => class(
                 S::FORBIDDEN,
                 "permission_denied",
+                "permission_error",
+                Status::InvalidApiKey,
+            ),
+            Failure::SessionRefused(_) => class(
+                S::FORBIDDEN,
+                "csrf_failed",
                 "permission_error",
                 Status::InvalidApiKey,
             ),

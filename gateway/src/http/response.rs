@@ -20,6 +20,13 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A streamed body: an upstream answer on its way through the meter.
 pub type Streamed = Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>;
 
+/// The sending end of a [`ResponseBody::Channel`]: chunks as they are made, and an error to
+/// cut the body short.
+pub type ChannelSender = tokio::sync::mpsc::Sender<Result<Bytes, BodyError>>;
+
+/// Chunks a channel body holds before its maker waits for the client.
+const CHANNEL_CHUNKS_MAX: usize = 4;
+
 /// A response body: whole, or streamed.
 pub enum ResponseBody {
     /// A body held whole (an error, a non-streamed admin answer), sent in one frame; `None`
@@ -27,6 +34,16 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// A body sent as it arrives.
     Streamed(Streamed),
+    /// A body made on another thread (an export), sent as each chunk is ready; bounded, so a
+    /// slow client slows its maker.
+    Channel(tokio::sync::mpsc::Receiver<Result<Bytes, BodyError>>),
+}
+
+/// A channel body and its sender.
+#[must_use]
+pub fn channel() -> (ChannelSender, ResponseBody) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS_MAX);
+    (sender, ResponseBody::Channel(receiver))
 }
 
 impl ResponseBody {
@@ -48,6 +65,9 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Streamed(body) => body.as_mut().poll_frame(cx),
+            ResponseBody::Channel(receiver) => receiver
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| c.map(Frame::data))),
         }
     }
 
@@ -55,6 +75,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Streamed(body) => body.is_end_stream(),
+            ResponseBody::Channel(receiver) => receiver.is_closed() && receiver.is_empty(),
         }
     }
 
@@ -63,6 +84,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
             ResponseBody::Streamed(body) => body.size_hint(),
+            ResponseBody::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum Route {
     Metrics,
     /// `/admin/...`.
     Admin,
+    /// `/console` and below: the web console (404 unless `[console]` is on).
+    Console,
     /// `/v1/usage...`: the resource ledger.
     Usage(UsageRoute),
     /// A known path with another method.
@@ -102,6 +104,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         (Some(api), &Method::POST) => Route::Model(api),
         (Some(_), _) => Route::WrongMethod,
         (None, _) if path.starts_with("/admin/") => Route::Admin,
+        (None, _) if path == "/console" || path.starts_with("/console/") => Route::Console,
         (None, &Method::GET) => match path {
             "/v1/models" | "/models" => Route::Models,
             "/healthz" => Route::Health,
@@ -138,6 +141,9 @@ mod tests {
         assert_eq!(route(&Method::DELETE, "/metrics"), Route::WrongMethod);
         assert_eq!(route(&Method::GET, "/admin/v1/keys"), Route::Admin);
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/console"), Route::Console);
+        assert_eq!(route(&Method::POST, "/console/session"), Route::Console);
+        assert_eq!(route(&Method::GET, "/consoles"), Route::NotFound);
         assert_eq!(
             route(&Method::POST, "/v1/usage"),
             Route::Usage(UsageRoute::Record)

@@ -30,6 +30,7 @@ use crate::control::journal::{Journal, StateError};
 use crate::control::leases::{LeaseStartError, LeaseTask};
 use crate::control::reconcile::{ReconcileTask, replica_id};
 use crate::control::replicate::{self, CatchUpError, FollowTask, Replication};
+use crate::control::session::Sessions;
 use crate::control::ship::ShipTask;
 use crate::control::webhooks::WebhookTask;
 use crate::events::emit::{Emitter, Maintenance};
@@ -212,6 +213,11 @@ pub async fn start(
     if let Some(shipping) = shipping {
         tasks.push(Box::new(shipping));
     }
+    let sessions = gateway
+        .config
+        .console
+        .as_ref()
+        .map(|console| Sessions::new(console.session_ttl));
     let control = Control {
         gateway,
         journal,
@@ -219,6 +225,7 @@ pub async fn start(
         ledger,
         admin,
         forecasts,
+        sessions,
     };
     let control = Arc::new(control);
     // Stopped first: the blocks it owes are written while the journal and the brokers are

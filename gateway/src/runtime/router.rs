@@ -49,6 +49,7 @@ pub async fn handle(control: Arc<Control>, request: Request<Incoming>) -> Respon
     match route(request.method(), request.uri().path()) {
         Route::Model(api) => proxy::model_call(Arc::clone(gateway), api, request).await,
         Route::Admin => admin::handle(&control, request).await,
+        Route::Console => crate::console::handle(&control, request).await,
         Route::Usage(route) => {
             usage::handle(gateway, &control.ledger, &control.admin, route, request).await
         }

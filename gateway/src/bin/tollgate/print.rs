@@ -61,35 +61,4 @@ pub fn table(columns: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An exact decimal of nano-units, with at least two places and no trailing zeros past them:
-/// `12.50`, `0.000000001`, `-3.25`.
-pub fn decimal(nanos: i128) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let magnitude = nanos.unsigned_abs();
-    let whole = magnitude / 1_000_000_000;
-    let frac = format!("{:09}", magnitude % 1_000_000_000);
-    let frac = frac.trim_end_matches('0');
-    let frac = if frac.len() < 2 {
-        &format!("{frac:0<2}")
-    } else {
-        frac
-    };
-    format!("{sign}{whole}.{frac}")
-}
-
-/// An exact decimal of micro-units, with no trailing zeros (and no point for a whole number):
-/// `16.5`, `0.000278`, `0`.
-pub fn quantity(micros: i128) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let magnitude = micros.unsigned_abs();
-    let frac = magnitude % 1_000_000;
-    if frac == 0 {
-        return format!("{sign}{}", magnitude / 1_000_000);
-    }
-    let digits = format!("{frac:06}");
-    format!(
-        "{sign}{}.{}",
-        magnitude / 1_000_000,
-        digits.trim_end_matches('0')
-    )
-}
+pub use tollgate_gateway::control::spend::decimal;

@@ -8,29 +8,13 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
 use tollgate_engine::UnixMs;
 use tollgate_engine::time::parse_rfc3339;
 use tollgate_sink::rollup::{self, Dimension, Row};
 
-use crate::print::{self, decimal, quantity};
+use tollgate_gateway::control::spend::{self, COLUMNS, cells, key};
 
-/// The columns after the group's own: tokens, compute and storage side by side, each with its
-/// cost, after the events and the billed and list costs.
-const COLUMNS: [&str; 12] = [
-    "events",
-    "cost",
-    "list_cost",
-    "tokens_in",
-    "tokens_out",
-    "token_cost",
-    "gpu_hours",
-    "core_hours",
-    "node_hours",
-    "compute_cost",
-    "gb_months",
-    "storage_cost",
-];
+use crate::print;
 
 /// Makes the report in `format`: `parquet` and `focus-parquet` write the file `output`, every
 /// other format prints to stdout and refuses an `output`.
@@ -79,12 +63,12 @@ pub fn print(
     });
     let currency = total.currency.clone().unwrap_or_default();
     match format {
-        "json" => print::json(&json!({
-            "by": by, "from": from, "to": to, "currency": currency,
-            "rows": rows.iter().map(|r| json_row(by, r, json!(r.key))).collect::<Vec<_>>(),
-            "total": json_row(by, &total, Value::Null),
-        })),
-        "csv" => print_csv(by, &rows),
+        "json" => print::json(&spend::report_json(by, from, to, &rows)),
+        "csv" => {
+            let mut out = std::io::stdout().lock();
+            spend::write_csv(by, &rows, &mut out)?;
+            Ok(out.flush()?)
+        }
         "table" => print_table(by, &currency, &rows, &total),
         other => anyhow::bail!("--format {other}: choose table, csv, json or focus"),
     }
@@ -134,7 +118,7 @@ fn focus_parquet(
 /// `--by` as a dimension, or the list of those there are.
 fn dimension(by: &str) -> anyhow::Result<Dimension> {
     Dimension::parse(by).with_context(|| {
-        format!("--by {by}: choose team, project, allocation, user, model, provider, cost_center, kind, unit, cluster or partition")
+        format!("--by {by}: choose team, project, allocation, user, agent, model, provider, cost_center, kind, unit, cluster or partition")
     })
 }
 
@@ -152,62 +136,6 @@ pub fn window(
         .transpose()
     };
     Ok((instant(from, "--from")?, instant(to, "--to")?))
-}
-
-/// A row's group, `(none)` for events without one.
-fn key(r: &Row) -> String {
-    r.key.clone().unwrap_or_else(|| "(none)".to_owned())
-}
-
-/// A row's cells in [`COLUMNS`] order.
-fn cells(r: &Row) -> Vec<String> {
-    vec![
-        r.events.to_string(),
-        decimal(r.cost_nanos),
-        decimal(r.list_cost_nanos),
-        r.tokens_in.to_string(),
-        r.tokens_out.to_string(),
-        decimal(r.token_cost_nanos),
-        quantity(r.gpu_hour_micros),
-        quantity(r.core_hour_micros),
-        quantity(r.node_hour_micros),
-        decimal(r.compute_cost_nanos),
-        quantity(r.gb_month_micros),
-        decimal(r.storage_cost_nanos),
-    ]
-}
-
-/// A row as JSON: its group under the dimension's name, and the cost also as exact nano-units.
-fn json_row(by: &str, r: &Row, key: Value) -> Value {
-    json!({
-        by: key, "events": r.events,
-        "cost": decimal(r.cost_nanos), "cost_nanos": r.cost_nanos.to_string(),
-        "list_cost": decimal(r.list_cost_nanos),
-        "tokens_in": r.tokens_in, "tokens_out": r.tokens_out,
-        "token_cost": decimal(r.token_cost_nanos),
-        "gpu_hours": quantity(r.gpu_hour_micros),
-        "core_hours": quantity(r.core_hour_micros),
-        "node_hours": quantity(r.node_hour_micros),
-        "compute_cost": decimal(r.compute_cost_nanos),
-        "gb_months": quantity(r.gb_month_micros),
-        "storage_cost": decimal(r.storage_cost_nanos),
-    })
-}
-
-/// The rows as CSV without a total, a group with a comma or quote quoted as RFC 4180 does.
-fn print_csv(by: &str, rows: &[Row]) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{by},{}", COLUMNS.join(","))?;
-    for r in rows {
-        let k = key(r);
-        let k = if k.contains([',', '"']) {
-            format!("\"{}\"", k.replace('"', "\"\""))
-        } else {
-            k
-        };
-        writeln!(out, "{k},{}", cells(r).join(","))?;
-    }
-    Ok(())
 }
 
 /// The currency, then the rows and a TOTAL row as an aligned table.
