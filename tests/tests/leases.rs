@@ -376,8 +376,12 @@ const FAIL_OPEN_NANOS: u64 = 2_000_000;
 /// may each take one before the next look sees the ask unanswered.
 const FAIL_OPEN_WAIT_MAX: Duration = Duration::from_secs(90);
 
-/// Calls on `replica` with the brokers away, eight clients, until it has failed open and then
-/// refused again, or [`FAIL_OPEN_WAIT_MAX`] passes; whether it failed open.
+/// Calls on `replica` with the brokers away, eight clients, until it has failed open and a
+/// call begun after that was refused (what it credited itself spent), or
+/// [`FAIL_OPEN_WAIT_MAX`] passes; whether it failed open.
+///
+/// A call refused just as the replica fails open says nothing (it may have waited for a lease
+/// since before), so only a call begun once the credit is there ends the calls.
 fn fail_open_calls(replica: &Stack, key: &str) -> bool {
     let opened = AtomicBool::new(false);
     let done = AtomicBool::new(false);
@@ -388,12 +392,11 @@ fn fail_open_calls(replica: &Stack, key: &str) -> bool {
             scope.spawn(move || {
                 let deadline = Instant::now() + FAIL_OPEN_WAIT_MAX;
                 while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let begun_open = opened.load(Ordering::Relaxed);
                     let answer = post_json(replica.address(), "/v1/chat/completions", key, body);
                     match answer.status {
                         200 => {}
-                        429 | 402 if opened.load(Ordering::Relaxed) => {
-                            done.store(true, Ordering::Relaxed);
-                        }
+                        429 | 402 if begun_open => done.store(true, Ordering::Relaxed),
                         429 | 402 => std::thread::sleep(Duration::from_millis(20)),
                         other => panic!("unexpected {other}: {}", answer.text()),
                     }
@@ -434,10 +437,48 @@ fn allocation_of(replica: &Stack, allocation: &str) -> Value {
         .clone()
 }
 
-/// The nanos of `replica`'s lease on `allocation` not held by a call.
-fn lease_available(replica: &Stack, allocation: &str) -> u64 {
-    let available = allocation_of(replica, allocation)["lease"]["available"].clone();
-    available.as_str().map(nanos).unwrap()
+/// A replica's lease on an allocation, as its admin API tells it.
+#[derive(Clone, Copy, Default)]
+struct LeaseSeen {
+    /// Nanos of the lease not held by a call (below zero after calls cost past their holds).
+    available: i128,
+    /// Nanos coordinators have granted the replica, ever.
+    granted: i128,
+}
+
+impl std::ops::Add for LeaseSeen {
+    type Output = LeaseSeen;
+    fn add(self, other: LeaseSeen) -> LeaseSeen {
+        LeaseSeen {
+            available: self.available + other.available,
+            granted: self.granted + other.granted,
+        }
+    }
+}
+
+fn lease_seen(replica: &Stack, allocation: &str) -> LeaseSeen {
+    let lease = allocation_of(replica, allocation)["lease"].clone();
+    let signed = |field: &str| {
+        let text = lease[field].as_str().unwrap();
+        match text.strip_prefix('-') {
+            Some(magnitude) => -i128::from(nanos(magnitude)),
+            None => i128::from(nanos(text)),
+        }
+    };
+    LeaseSeen {
+        available: signed("available"),
+        granted: signed("granted"),
+    }
+}
+
+/// The most `replicas` can spend on `allocation` from what their leases held at `before`:
+/// that, and whatever was granted since (a grant asked for before may land after a look).
+fn spendable(before: LeaseSeen, replicas: &[&Stack], allocation: &str) -> i128 {
+    let after = replicas
+        .iter()
+        .map(|r| lease_seen(r, allocation))
+        .fold(LeaseSeen::default(), |sum, seen| sum + seen);
+    before.available + (after.granted - before.granted)
 }
 
 /// Calls on every replica with the brokers away, eight clients each, until each replica has
@@ -607,15 +648,6 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
     let failing_open = Stack::start_with("lease-d", &org, "", &open_section, &[]);
     let (open_key, _) = serving[0].create_key("fail-open", json!({}));
     until_served(&failing_open, &open_key);
-    for _ in 0..10 {
-        let answer = post_json(
-            failing_open.address(),
-            "/v1/chat/completions",
-            &open_key,
-            &body(),
-        );
-        assert_eq!(answer.status, 200, "{}", answer.text());
-    }
     let (outage_key, _) = serving[0].create_key("outage", json!({}));
     for replica in &serving {
         until_served(replica, &outage_key);
@@ -630,32 +662,56 @@ fn replicas_on_leases_spend_a_shared_budget_to_its_limit_and_survive_their_coord
             assert_eq!(answer.status, 200, "{}", answer.text());
         }
     }
+    // Last, so its lease was in use a moment ago: no idle lease goes back between the look at
+    // it and the calls that spend it.
+    for _ in 0..10 {
+        let answer = post_json(
+            failing_open.address(),
+            "/v1/chat/completions",
+            &open_key,
+            &body(),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
     let everyone: Vec<&Stack> = serving.iter().chain([&coordinators[other]]).collect();
-    let held: u64 = serving.iter().map(|r| lease_available(r, "outage")).sum();
+    let held = serving
+        .iter()
+        .map(|r| lease_seen(r, "outage"))
+        .fold(LeaseSeen::default(), |sum, seen| sum + seen);
     let before = spent_in_events(&everyone, "outage");
-    let open_held = lease_available(&failing_open, "fail-open");
+    let open_held = lease_seen(&failing_open, "fail-open");
     let open_before = spent_in_events(&[&failing_open], "fail-open");
     kafka.kill_all();
-    let refused = outage_calls(&serving, &outage_key);
+    // Both at once, from the moment the brokers are gone: no lease sits idle meanwhile.
+    let (refused, opened) = std::thread::scope(|scope| {
+        let outage = scope.spawn(|| outage_calls(&serving, &outage_key));
+        let opened = fail_open_calls(&failing_open, &open_key);
+        (outage.join().unwrap(), opened)
+    });
     let during = spent_in_events(&everyone, "outage") - before;
+    let serving_refs: Vec<&Stack> = serving.iter().collect();
+    let leased = spendable(held, &serving_refs, "outage");
     eprintln!(
-        "leases: brokers killed: the replicas held {held} nanos of lease and spent {during} \
-         before refusing ({refused} refusals)"
+        "leases: brokers killed: the replicas held {} nanos of lease ({leased} with what was \
+         granted since) and spent {during} before refusing ({refused} refusals)",
+        held.available
     );
-    assert!(during <= held, "spent {during} with {held} leased");
-    assert!(refused > 0, "calls were refused once the leases ran out");
     assert!(
-        fail_open_calls(&failing_open, &open_key),
-        "the replica set to fail open did"
+        i128::from(during) <= leased,
+        "spent {during} with {leased} leased"
     );
+    assert!(refused > 0, "calls were refused once the leases ran out");
+    assert!(opened, "the replica set to fail open did");
     let open_during = spent_in_events(&[&failing_open], "fail-open") - open_before;
+    let open_leased = spendable(open_held, &[&failing_open], "fail-open");
     eprintln!(
         "leases: brokers killed: the replica failing open by {FAIL_OPEN_NANOS} held \
-         {open_held} nanos of lease and spent {open_during}"
+         {open_leased} nanos of lease and spent {open_during}"
     );
     assert!(
-        open_during > open_held && open_during <= open_held + FAIL_OPEN_NANOS,
-        "spent {open_during} with {open_held} leased and {FAIL_OPEN_NANOS} to fail open by"
+        i128::from(open_during) > open_leased
+            && i128::from(open_during) <= open_leased + i128::from(FAIL_OPEN_NANOS),
+        "spent {open_during} with {open_leased} leased and {FAIL_OPEN_NANOS} to fail open by"
     );
     kafka.restart_all();
     for replica in &serving {
