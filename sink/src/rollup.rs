@@ -7,7 +7,7 @@
 //!
 //! **Invariant:** the report's grand total equals the sum of the events it covers, to the unit.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -188,10 +188,55 @@ pub(crate) fn column<'a, T: 'static>(
 pub(crate) fn for_each_batch(
     data_dir: &Path,
     columns: &[&str],
+    visit: impl FnMut(RecordBatch, Option<UnixMs>) -> Result<(), ColumnarError>,
+) -> Result<(), ColumnarError> {
+    for_each_batch_within(data_dir, columns, (None, None), visit)
+}
+
+/// The hour a usage file's partition (`date=YYYY-MM-DD/hour=HH` in its path) covers, as its
+/// first instant; `None` for a path outside the layout.
+fn partition_hour(path: &Path) -> Option<UnixMs> {
+    let mut date = None;
+    let mut hour = None;
+    for part in path.iter().filter_map(|p| p.to_str()) {
+        if let Some(d) = part.strip_prefix("date=") {
+            date = Some(d);
+        } else if let Some(h) = part.strip_prefix("hour=") {
+            hour = h.parse::<u8>().ok();
+        }
+    }
+    let (date, hour) = (date?, hour?);
+    let mut fields = date.splitn(3, '-');
+    let year = fields.next()?.parse().ok()?;
+    let month = fields.next()?.parse().ok()?;
+    let day = fields.next()?.parse().ok()?;
+    UnixMs::from_civil(tollgate_engine::time::CivilTime {
+        year,
+        month,
+        day,
+        hour,
+        minute: 0,
+        second: 0,
+        millisecond: 0,
+    })
+}
+
+/// [`for_each_batch`] of the files whose hour partition meets `[from, to)` (and of every file
+/// outside the layout): the writers put each event in the partition of its `ts` hour, so a
+/// file of an hour wholly outside the window holds none of its events and is not opened.
+pub(crate) fn for_each_batch_within(
+    data_dir: &Path,
+    columns: &[&str],
+    (from, to): (Option<UnixMs>, Option<UnixMs>),
     mut visit: impl FnMut(RecordBatch, Option<UnixMs>) -> Result<(), ColumnarError>,
 ) -> Result<(), ColumnarError> {
     let mut files = Vec::new();
     parquet_files(&data_dir.join("usage"), &mut files)?;
+    files.retain(|path| {
+        partition_hour(path).is_none_or(|start| {
+            from.is_none_or(|f| start.plus_ms(3_600_000) > f) && to.is_none_or(|t| start < t)
+        })
+    });
     files.sort();
     let encode = |e: parquet::errors::ParquetError| ColumnarError::Encode(e.to_string());
     for path in files {
@@ -254,26 +299,75 @@ pub fn report(
         "currency",
     ];
     let mut currency: Option<String> = None;
-    let mut groups: BTreeMap<Option<String>, Row> = BTreeMap::new();
-    for_each_batch(data_dir, &wanted, |batch, _written| {
+    let mut groups: Groups<Row> = Groups::default();
+    for_each_batch_within(data_dir, &wanted, (from, to), |batch, _written| {
         let columns = ReportColumns::of(&batch, by)?;
         for i in 0..batch.num_rows() {
             let t = UnixMs(columns.ts.value(i));
             if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
                 continue;
             }
-            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i).to_owned());
-            let row = groups.entry(k.clone()).or_insert_with(|| Row {
-                key: k,
-                ..Row::default()
-            });
+            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
             one_currency(&mut currency, columns.currency.value(i))?;
-            row.currency.clone_from(&currency);
-            row.add_event(&columns, i);
+            groups.get_or_insert(k, Row::default).add_event(&columns, i);
         }
         Ok(())
     })?;
-    Ok(groups.into_values().collect())
+    Ok(groups
+        .into_sorted()
+        .into_iter()
+        .map(|(key, row)| Row {
+            key,
+            currency: currency.clone(),
+            ..row
+        })
+        .collect())
+}
+
+/// Rows by a column's value, found without a copy of the value once the group exists (a
+/// report reads millions of rows into a few hundred groups).
+struct Groups<T> {
+    named: HashMap<Box<str>, T>,
+    none: Option<T>,
+}
+
+impl<T> Default for Groups<T> {
+    fn default() -> Self {
+        Groups {
+            named: HashMap::new(),
+            none: None,
+        }
+    }
+}
+
+impl<T> Groups<T> {
+    fn get_or_insert(&mut self, key: Option<&str>, make: impl FnOnce() -> T) -> &mut T {
+        match key {
+            None => self.none.get_or_insert_with(make),
+            Some(key) => {
+                if !self.named.contains_key(key) {
+                    self.named.insert(Box::from(key), make());
+                }
+                // Inserted just above when missing.
+                self.named.get_mut(key).unwrap_or_else(|| unreachable!())
+            }
+        }
+    }
+
+    /// The groups in key order, the one without a value first.
+    fn into_sorted(self) -> Vec<(Option<String>, T)> {
+        let mut named: Vec<(Box<str>, T)> = self.named.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        self.none
+            .map(|row| (None, row))
+            .into_iter()
+            .chain(
+                named
+                    .into_iter()
+                    .map(|(k, row)| (Some(k.into_string()), row)),
+            )
+            .collect()
+    }
 }
 
 /// Which events a [`series`] covers: those whose `column` is `value` (an allocation's, say).
@@ -338,38 +432,43 @@ pub fn series(
         .chain(filter)
         .collect();
     let mut currency: Option<String> = None;
-    let mut groups: BTreeMap<Option<String>, Vec<i128>> = BTreeMap::new();
-    for_each_batch(data_dir, &wanted, |batch, _written| {
-        let ts: &TimestampMillisecondArray = column(&batch, "ts")?;
-        let key: &StringArray = column(&batch, by.column())?;
-        let cost: &Decimal128Array = column(&batch, "cost")?;
-        let currencies: &StringArray = column(&batch, "currency")?;
-        let filtered: Option<&StringArray> = filter.map(|f| column(&batch, f)).transpose()?;
-        for i in 0..batch.num_rows() {
-            let t = ts.value(i);
-            if t < from.0 || t >= to.0 {
-                continue;
+    let mut groups: Groups<Vec<i128>> = Groups::default();
+    for_each_batch_within(
+        data_dir,
+        &wanted,
+        (Some(from), Some(to)),
+        |batch, _written| {
+            let ts: &TimestampMillisecondArray = column(&batch, "ts")?;
+            let key: &StringArray = column(&batch, by.column())?;
+            let cost: &Decimal128Array = column(&batch, "cost")?;
+            let currencies: &StringArray = column(&batch, "currency")?;
+            let filtered: Option<&StringArray> = filter.map(|f| column(&batch, f)).transpose()?;
+            for i in 0..batch.num_rows() {
+                let t = ts.value(i);
+                if t < from.0 || t >= to.0 {
+                    continue;
+                }
+                if let (Some(column), Some(only)) = (filtered, only)
+                    && (column.is_null(i) || column.value(i) != only.value)
+                {
+                    continue;
+                }
+                one_currency(&mut currency, currencies.value(i))?;
+                let k = (!key.is_null(i)).then(|| key.value(i));
+                let cells = groups.get_or_insert(k, || vec![0; buckets]);
+                let bucket = usize::try_from((t - from.0) / step_ms).unwrap_or(0);
+                if let Some(cell) = cells.get_mut(bucket) {
+                    *cell += cost.value(i);
+                }
             }
-            if let (Some(column), Some(only)) = (filtered, only)
-                && (column.is_null(i) || column.value(i) != only.value)
-            {
-                continue;
-            }
-            one_currency(&mut currency, currencies.value(i))?;
-            let k = (!key.is_null(i)).then(|| key.value(i).to_owned());
-            let cells = groups.entry(k).or_insert_with(|| vec![0; buckets]);
-            let bucket = usize::try_from((t - from.0) / step_ms).unwrap_or(0);
-            if let Some(cell) = cells.get_mut(bucket) {
-                *cell += cost.value(i);
-            }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     Ok(Series {
         from_ms: from.0,
         step_ms,
         buckets,
-        groups: groups.into_iter().collect(),
+        groups: groups.into_sorted(),
         currency,
     })
 }
@@ -534,6 +633,53 @@ mod tests {
     fn write_stating(path: &Path, events: &[UsageEvent], metadata: &[(&str, &str)]) {
         let batch = crate::columnar::encode(events).unwrap();
         crate::columnar::write_batch(path, &batch, metadata).unwrap();
+    }
+
+    #[test]
+    fn a_window_opens_only_the_hour_partitions_it_meets() {
+        let root = std::env::temp_dir().join(format!("tollgate-prune-{}", std::process::id()));
+        let hour = 3_600_000;
+        let start = 1_764_000_000_000 - 1_764_000_000_000 % hour;
+        let mut e = UsageEvent::sample();
+        e.ts_ms = UnixMs(start + 5);
+        e.cost_nanos = Nanos(7);
+        let partition = crate::columnar::partition(UnixMs(start));
+        write_file(&root.join("usage").join(&partition).join("a.parquet"), &[e]).unwrap();
+        // The next hour's file is damaged: a window that meets that hour fails on it, one
+        // that does not never opens it.
+        let next = crate::columnar::partition(UnixMs(start + hour));
+        let damaged = root.join("usage").join(&next).join("b.parquet");
+        std::fs::create_dir_all(damaged.parent().unwrap()).unwrap();
+        std::fs::write(&damaged, b"not parquet").unwrap();
+        let total = |from: i64, to: i64| {
+            report(&root, Some(UnixMs(from)), Some(UnixMs(to)), Dimension::Team)
+                .map(|rows| rows.iter().map(|r| r.cost_nanos).sum::<i128>())
+        };
+        assert_eq!(total(start, start + hour).unwrap(), 7);
+        assert_eq!(total(start - hour, start + 6).unwrap(), 7);
+        assert_eq!(total(start - hour, start).unwrap(), 0);
+        assert!(total(start, start + hour + 1).is_err());
+        assert!(report(&root, None, None, Dimension::Team).is_err());
+        assert_eq!(
+            partition_hour(Path::new("usage/date=2026-12-03/hour=17/x.parquet")),
+            UnixMs::from_civil(tollgate_engine::time::CivilTime {
+                year: 2026,
+                month: 12,
+                day: 3,
+                hour: 17,
+                minute: 0,
+                second: 0,
+                millisecond: 0
+            })
+        );
+        for outside in [
+            "usage/x.parquet",
+            "usage/date=2026-13-01/hour=01/x.parquet",
+            "usage/date=2026-12-03/hour=24/x.parquet",
+        ] {
+            assert_eq!(partition_hour(Path::new(outside)), None, "{outside}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
