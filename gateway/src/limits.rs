@@ -314,3 +314,8 @@ pub const CONSOLE_SESSIONS_MAX: usize = 10_000;
 
 /// Events the console's live tail returns at most in one answer.
 pub const CONSOLE_TAIL_EVENTS_MAX: usize = 200;
+
+/// Groups the console's rollups keep of whole usage files (each file's totals by a dimension,
+/// a few hundred bytes a group: about 50 MB at the bound), so a dashboard's window is read
+/// once; at the bound they are dropped and read again.
+pub const ROLLUP_SUMMARY_GROUPS_MAX: usize = 200_000;

@@ -23,7 +23,7 @@ use crate::columnar::{ColumnarError, FileTotals, Stated, tally_read};
 /// What a report groups by: one usage column ([`Dimension::column`]). Events with no value
 /// in it (identity of a refused unknown key, provider and model of resource usage) are a
 /// group of their own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dimension {
     /// The team of the key's or record's allocation.
     Team,
@@ -227,55 +227,76 @@ fn partition_hour(path: &Path) -> Option<UnixMs> {
 pub(crate) fn for_each_batch_within(
     data_dir: &Path,
     columns: &[&str],
-    (from, to): (Option<UnixMs>, Option<UnixMs>),
+    window: (Option<UnixMs>, Option<UnixMs>),
     mut visit: impl FnMut(RecordBatch, Option<UnixMs>) -> Result<(), ColumnarError>,
 ) -> Result<(), ColumnarError> {
+    for path in usage_files(data_dir, window)? {
+        read_file(&path, columns, &mut visit)?;
+    }
+    Ok(())
+}
+
+/// The usage files under `data_dir/usage` whose hour partition meets `[from, to)` (every
+/// file outside the layout too), in path order.
+fn usage_files(
+    data_dir: &Path,
+    (from, to): (Option<UnixMs>, Option<UnixMs>),
+) -> Result<Vec<PathBuf>, ColumnarError> {
     let mut files = Vec::new();
     parquet_files(&data_dir.join("usage"), &mut files)?;
     files.retain(|path| {
         partition_hour(path).is_none_or(|start| {
-            from.is_none_or(|f| start.plus_ms(3_600_000) > f) && to.is_none_or(|t| start < t)
+            from.is_none_or(|f| start.plus_ms(HOUR_MS) > f) && to.is_none_or(|t| start < t)
         })
     });
     files.sort();
+    Ok(files)
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Calls `visit` with every batch of one usage file (only `columns`, and `cost` when the file
+/// states a cost total), then checks what was read against what the file states.
+fn read_file(
+    path: &Path,
+    columns: &[&str],
+    visit: &mut impl FnMut(RecordBatch, Option<UnixMs>) -> Result<(), ColumnarError>,
+) -> Result<(), ColumnarError> {
     let encode = |e: parquet::errors::ParquetError| ColumnarError::Encode(e.to_string());
-    for path in files {
-        let file = File::open(&path).map_err(|source| ColumnarError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
-        let stated = Stated::of(builder.metadata(), &path)?;
-        let written = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|pairs| {
-                pairs
-                    .iter()
-                    .find(|kv| kv.key == crate::columnar::WRITTEN_KEY)
-                    .and_then(|kv| kv.value.as_deref()?.parse().ok())
-            })
-            .map(UnixMs);
-        let schema = builder.parquet_schema();
-        let cost = stated.has_cost_total().then_some("cost");
-        let indices: Vec<usize> = columns
-            .iter()
-            .copied()
-            .chain(cost)
-            .filter_map(|name| schema.columns().iter().position(|c| c.name() == name))
-            .collect();
-        let mask = ProjectionMask::leaves(schema, indices);
-        let mut read = FileTotals::default();
-        let mut cost_read = true;
-        for batch in builder.with_projection(mask).build().map_err(encode)? {
-            let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
-            cost_read &= tally_read(&mut read, &batch);
-            visit(batch, written)?;
-        }
-        stated.check(read, cost_read, &path)?;
+    let file = File::open(path).map_err(|source| ColumnarError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(encode)?;
+    let stated = Stated::of(builder.metadata(), path)?;
+    let written = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|pairs| {
+            pairs
+                .iter()
+                .find(|kv| kv.key == crate::columnar::WRITTEN_KEY)
+                .and_then(|kv| kv.value.as_deref()?.parse().ok())
+        })
+        .map(UnixMs);
+    let schema = builder.parquet_schema();
+    let cost = stated.has_cost_total().then_some("cost");
+    let indices: Vec<usize> = columns
+        .iter()
+        .copied()
+        .chain(cost)
+        .filter_map(|name| schema.columns().iter().position(|c| c.name() == name))
+        .collect();
+    let mask = ProjectionMask::leaves(schema, indices);
+    let mut read = FileTotals::default();
+    let mut cost_read = true;
+    for batch in builder.with_projection(mask).build().map_err(encode)? {
+        let batch = batch.map_err(|e| ColumnarError::Encode(e.to_string()))?;
+        cost_read &= tally_read(&mut read, &batch);
+        visit(batch, written)?;
     }
-    Ok(())
+    stated.check(read, cost_read, path)
 }
 
 /// Totals of the events under `data_dir/usage` with `from <= ts < to`, grouped by `by`, in key
@@ -286,7 +307,24 @@ pub fn report(
     to: Option<UnixMs>,
     by: Dimension,
 ) -> Result<Vec<Row>, ColumnarError> {
-    let wanted = [
+    report_with(data_dir, (from, to), by, None)
+}
+
+/// [`report`], taking the totals of each file the window holds whole from `summaries` (read
+/// once, then kept): the same rows, to the unit, without reading those files again.
+pub fn report_summarized(
+    data_dir: &Path,
+    from: Option<UnixMs>,
+    to: Option<UnixMs>,
+    by: Dimension,
+    summaries: &Summaries,
+) -> Result<Vec<Row>, ColumnarError> {
+    report_with(data_dir, (from, to), by, Some(summaries))
+}
+
+/// The columns a report reads.
+fn report_columns(by: Dimension) -> [&'static str; 10] {
+    [
         "ts",
         by.column(),
         "kind",
@@ -297,22 +335,46 @@ pub fn report(
         "tokens_in",
         "tokens_out",
         "currency",
-    ];
+    ]
+}
+
+fn report_with(
+    data_dir: &Path,
+    (from, to): (Option<UnixMs>, Option<UnixMs>),
+    by: Dimension,
+    summaries: Option<&Summaries>,
+) -> Result<Vec<Row>, ColumnarError> {
+    let wanted = report_columns(by);
     let mut currency: Option<String> = None;
     let mut groups: Groups<Row> = Groups::default();
-    for_each_batch_within(data_dir, &wanted, (from, to), |batch, _written| {
-        let columns = ReportColumns::of(&batch, by)?;
-        for i in 0..batch.num_rows() {
-            let t = UnixMs(columns.ts.value(i));
-            if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
-                continue;
+    for path in usage_files(data_dir, (from, to))? {
+        let whole = partition_hour(&path).is_some_and(|start| {
+            from.is_none_or(|f| start >= f) && to.is_none_or(|t| start.plus_ms(HOUR_MS) <= t)
+        });
+        if let (Some(summaries), true) = (summaries, whole) {
+            let summary = summaries.of(&path, by, None)?;
+            if let Some(c) = &summary.currency {
+                one_currency(&mut currency, c)?;
             }
-            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
-            one_currency(&mut currency, columns.currency.value(i))?;
-            groups.get_or_insert(k, Row::default).add_event(&columns, i);
+            for (key, row) in &summary.groups {
+                groups.get_or_insert(key.as_deref(), Row::default).add(row);
+            }
+            continue;
         }
-        Ok(())
-    })?;
+        read_file(&path, &wanted, &mut |batch, _written| {
+            let columns = ReportColumns::of(&batch, by)?;
+            for i in 0..batch.num_rows() {
+                let t = UnixMs(columns.ts.value(i));
+                if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
+                    continue;
+                }
+                let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
+                one_currency(&mut currency, columns.currency.value(i))?;
+                groups.get_or_insert(k, Row::default).add_event(&columns, i);
+            }
+            Ok(())
+        })?;
+    }
     Ok(groups
         .into_sorted()
         .into_iter()
@@ -322,6 +384,131 @@ pub fn report(
             ..row
         })
         .collect())
+}
+
+/// Most groups one file's summary may have to be kept by [`Summaries`].
+pub const SUMMARY_GROUPS_PER_FILE_MAX: usize = 256;
+
+/// One usage file's totals by a dimension (and a filter): what [`Summaries`] keeps.
+#[derive(Debug)]
+struct Summary {
+    groups: Vec<(Option<String>, Row)>,
+    currency: Option<String>,
+}
+
+/// What a summary is of: a file as it is on disk (its length and modification time: usage
+/// files are written once under a temporary name and renamed, so a changed file is another
+/// one), by a dimension, filtered or not.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SummaryKey {
+    path: PathBuf,
+    bytes: u64,
+    modified: Option<std::time::SystemTime>,
+    by: Dimension,
+    only: Option<(Dimension, String)>,
+}
+
+/// The totals of whole usage files by a dimension, kept across reports so a window's files
+/// are read once: a dashboard asking for this month's totals every few seconds reads only
+/// the hours it has not read before (and the partial ones at the window's ends). Bounded by
+/// the groups held (`groups_max`); at the bound it is emptied and fills again. A file with
+/// more than [`SUMMARY_GROUPS_PER_FILE_MAX`] groups by a dimension (every allocation, say) is
+/// not kept: reading it again costs no more than its totals would hold, and keeping it would
+/// push out the small summaries a dashboard reads.
+#[derive(Debug)]
+pub struct Summaries {
+    groups_max: usize,
+    held: std::sync::Mutex<(HashMap<SummaryKey, std::sync::Arc<Summary>>, usize)>,
+}
+
+impl Summaries {
+    /// An empty cache holding at most `groups_max` groups over all its files.
+    #[must_use]
+    pub fn new(groups_max: usize) -> Summaries {
+        Summaries {
+            groups_max,
+            held: std::sync::Mutex::new((HashMap::new(), 0)),
+        }
+    }
+
+    /// The groups held now (over every file).
+    #[must_use]
+    pub fn groups(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+    }
+
+    /// `path`'s totals by `by` (of its events `only` keeps), read now if not held. The file is
+    /// read without the lock held; two readers of one new file both read it.
+    fn of(
+        &self,
+        path: &Path,
+        by: Dimension,
+        only: Option<Only<'_>>,
+    ) -> Result<std::sync::Arc<Summary>, ColumnarError> {
+        let meta = fs::metadata(path).map_err(|source| ColumnarError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let key = SummaryKey {
+            path: path.to_owned(),
+            bytes: meta.len(),
+            modified: meta.modified().ok(),
+            by,
+            only: only.map(|o| (o.by, o.value.to_owned())),
+        };
+        let lock = || {
+            self.held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(found) = lock().0.get(&key) {
+            return Ok(std::sync::Arc::clone(found));
+        }
+        let summary = std::sync::Arc::new(summarize(path, by, only)?);
+        if summary.groups.len() > SUMMARY_GROUPS_PER_FILE_MAX {
+            return Ok(summary);
+        }
+        let mut held = lock();
+        if held.1 + summary.groups.len() > self.groups_max {
+            held.0.clear();
+            held.1 = 0;
+        }
+        if summary.groups.len() <= SUMMARY_GROUPS_PER_FILE_MAX.min(self.groups_max) {
+            held.1 += summary.groups.len();
+            held.0.insert(key, std::sync::Arc::clone(&summary));
+        }
+        Ok(summary)
+    }
+}
+
+/// One whole file's totals by `by`, of the events `only` keeps.
+fn summarize(path: &Path, by: Dimension, only: Option<Only<'_>>) -> Result<Summary, ColumnarError> {
+    let filter = only.map(|o| o.by.column());
+    let wanted: Vec<&str> = report_columns(by).into_iter().chain(filter).collect();
+    let mut currency: Option<String> = None;
+    let mut groups: Groups<Row> = Groups::default();
+    read_file(path, &wanted, &mut |batch, _written| {
+        let columns = ReportColumns::of(&batch, by)?;
+        let filtered: Option<&StringArray> = filter.map(|f| column(&batch, f)).transpose()?;
+        for i in 0..batch.num_rows() {
+            if let (Some(column), Some(only)) = (filtered, only)
+                && (column.is_null(i) || column.value(i) != only.value)
+            {
+                continue;
+            }
+            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
+            one_currency(&mut currency, columns.currency.value(i))?;
+            groups.get_or_insert(k, Row::default).add_event(&columns, i);
+        }
+        Ok(())
+    })?;
+    Ok(Summary {
+        groups: groups.into_sorted(),
+        currency,
+    })
 }
 
 /// Rows by a column's value, found without a copy of the value once the group exists (a
@@ -411,6 +598,29 @@ pub fn series(
     by: Dimension,
     only: Option<Only<'_>>,
 ) -> Result<Series, ColumnarError> {
+    series_with(data_dir, (from, to), step_ms, by, only, None)
+}
+
+/// [`series`], taking the totals of each file that falls whole in one bucket from `summaries`.
+pub fn series_summarized(
+    data_dir: &Path,
+    (from, to): (UnixMs, UnixMs),
+    step_ms: i64,
+    by: Dimension,
+    only: Option<Only<'_>>,
+    summaries: &Summaries,
+) -> Result<Series, ColumnarError> {
+    series_with(data_dir, (from, to), step_ms, by, only, Some(summaries))
+}
+
+fn series_with(
+    data_dir: &Path,
+    (from, to): (UnixMs, UnixMs),
+    step_ms: i64,
+    by: Dimension,
+    only: Option<Only<'_>>,
+    summaries: Option<&Summaries>,
+) -> Result<Series, ColumnarError> {
     if step_ms <= 0 || to.0 <= from.0 {
         return Err(ColumnarError::Encode(format!(
             "a series needs a step above 0 and a window that ends after it begins \
@@ -426,6 +636,7 @@ pub fn series(
             "a series of {buckets} buckets: at most {SERIES_BUCKETS_MAX}; take a longer step"
         )));
     }
+    let bucket_of = |t: i64| usize::try_from((t - from.0) / step_ms).unwrap_or(0);
     let filter = only.map(|o| o.by.column());
     let wanted: Vec<&str> = ["ts", by.column(), "cost", "currency"]
         .into_iter()
@@ -433,11 +644,27 @@ pub fn series(
         .collect();
     let mut currency: Option<String> = None;
     let mut groups: Groups<Vec<i128>> = Groups::default();
-    for_each_batch_within(
-        data_dir,
-        &wanted,
-        (Some(from), Some(to)),
-        |batch, _written| {
+    for path in usage_files(data_dir, (Some(from), Some(to)))? {
+        // A file whose hour lies in the window and in one bucket adds its totals there.
+        let bucket = partition_hour(&path).and_then(|start| {
+            let last = start.0 + HOUR_MS - 1;
+            (start >= from && last < to.0 && bucket_of(start.0) == bucket_of(last))
+                .then(|| bucket_of(start.0))
+        });
+        if let (Some(summaries), Some(bucket)) = (summaries, bucket) {
+            let summary = summaries.of(&path, by, only)?;
+            if let Some(c) = &summary.currency {
+                one_currency(&mut currency, c)?;
+            }
+            for (key, row) in &summary.groups {
+                let cells = groups.get_or_insert(key.as_deref(), || vec![0; buckets]);
+                if let Some(cell) = cells.get_mut(bucket) {
+                    *cell += row.cost_nanos;
+                }
+            }
+            continue;
+        }
+        read_file(&path, &wanted, &mut |batch, _written| {
             let ts: &TimestampMillisecondArray = column(&batch, "ts")?;
             let key: &StringArray = column(&batch, by.column())?;
             let cost: &Decimal128Array = column(&batch, "cost")?;
@@ -456,14 +683,13 @@ pub fn series(
                 one_currency(&mut currency, currencies.value(i))?;
                 let k = (!key.is_null(i)).then(|| key.value(i));
                 let cells = groups.get_or_insert(k, || vec![0; buckets]);
-                let bucket = usize::try_from((t - from.0) / step_ms).unwrap_or(0);
-                if let Some(cell) = cells.get_mut(bucket) {
+                if let Some(cell) = cells.get_mut(bucket_of(t)) {
                     *cell += cost.value(i);
                 }
             }
             Ok(())
-        },
-    )?;
+        })?;
+    }
     Ok(Series {
         from_ms: from.0,
         step_ms,
@@ -633,6 +859,87 @@ mod tests {
     fn write_stating(path: &Path, events: &[UsageEvent], metadata: &[(&str, &str)]) {
         let batch = crate::columnar::encode(events).unwrap();
         crate::columnar::write_batch(path, &batch, metadata).unwrap();
+    }
+
+    #[test]
+    fn summarized_reports_and_series_equal_the_ones_read_whole() {
+        let root = std::env::temp_dir().join(format!("tollgate-summaries-{}", std::process::id()));
+        let hour = 3_600_000;
+        let start = 1_764_000_000_000 - 1_764_000_000_000 % (24 * hour);
+        // Fifty hours of events, a few an hour, over three allocations and two models.
+        for h in 0..50 {
+            let events: Vec<UsageEvent> = (0..4i64)
+                .map(|i| {
+                    let mut e = UsageEvent::sample();
+                    e.ts_ms = UnixMs(start + h * hour + i * 900_000 + 7);
+                    e.allocation = Some(["a", "b", "c"][((h + i) % 3) as usize].into());
+                    e.model = Some(["m1", "m2"][(i % 2) as usize].into());
+                    e.cost_nanos = Nanos(u64::try_from(1 + h * 10 + i).unwrap());
+                    e
+                })
+                .collect();
+            let path = root
+                .join("usage")
+                .join(crate::columnar::partition(UnixMs(start + h * hour)))
+                .join("part.parquet");
+            write_file(&path, &events).unwrap();
+        }
+        let summaries = Summaries::new(1_000);
+        for (from, to) in [
+            (start, start + 50 * hour),
+            (start + 3 * hour, start + 27 * hour),
+            (start + 3 * hour + 1, start + 27 * hour - 1),
+            (start - hour, start + 2 * hour + 900_000),
+        ] {
+            let (from, to) = (UnixMs(from), UnixMs(to));
+            for by in [Dimension::Allocation, Dimension::Model] {
+                let whole = report(&root, Some(from), Some(to), by).unwrap();
+                for _ in 0..2 {
+                    let summed =
+                        report_summarized(&root, Some(from), Some(to), by, &summaries).unwrap();
+                    assert_eq!(summed, whole, "{by:?} {from:?}..{to:?}");
+                }
+                let only = Only {
+                    by: Dimension::Allocation,
+                    value: "b",
+                };
+                for step in [hour, 24 * hour, 5 * hour] {
+                    let plain = series(&root, from, to, step, by, Some(only)).unwrap();
+                    let summed =
+                        series_summarized(&root, (from, to), step, by, Some(only), &summaries)
+                            .unwrap();
+                    assert_eq!(summed, plain, "{by:?} step {step}");
+                }
+            }
+        }
+        assert!(summaries.groups() > 0);
+        // At its bound the cache empties and fills again; the answers stay the same.
+        let tight = Summaries::new(3);
+        let (from, to) = (UnixMs(start), UnixMs(start + 50 * hour));
+        let whole = report(&root, Some(from), Some(to), Dimension::Model).unwrap();
+        let summed = report_summarized(&root, Some(from), Some(to), Dimension::Model, &tight);
+        assert_eq!(summed.unwrap(), whole);
+        assert!(tight.groups() <= 3);
+        // A file with more groups than a summary keeps is read each time, and pushes nothing out.
+        let wide: Vec<UsageEvent> = (0..=SUMMARY_GROUPS_PER_FILE_MAX)
+            .map(|i| {
+                let mut e = UsageEvent::sample();
+                e.ts_ms = UnixMs(start + 50 * hour + 1);
+                e.allocation = Some(format!("wide-{i}").into());
+                e
+            })
+            .collect();
+        let path = root
+            .join("usage")
+            .join(crate::columnar::partition(UnixMs(start + 50 * hour)))
+            .join("part.parquet");
+        write_file(&path, &wide).unwrap();
+        let fresh = Summaries::new(1_000_000);
+        let (from, to) = (UnixMs(start + 50 * hour), UnixMs(start + 51 * hour));
+        let rows = report_summarized(&root, Some(from), Some(to), Dimension::Allocation, &fresh);
+        assert_eq!(rows.unwrap().len(), wide.len());
+        assert_eq!(fresh.groups(), 0, "not kept");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -127,14 +127,8 @@ async fn answer(
     } = *asked;
     let actor = caller.actor();
     match (method, segments) {
-        (&Method::GET, ["report"]) => Ok((
-            StatusCode::OK,
-            spend::report(&control.gateway, query).await?,
-        )),
-        (&Method::GET, ["series"]) => Ok((
-            StatusCode::OK,
-            spend::series(&control.gateway, query).await?,
-        )),
+        (&Method::GET, ["report"]) => Ok((StatusCode::OK, spend::report(control, query).await?)),
+        (&Method::GET, ["series"]) => Ok((StatusCode::OK, spend::series(control, query).await?)),
         (&Method::GET, ["events", "recent"]) => Ok((
             StatusCode::OK,
             spend::recent(&control.gateway, query).await?,

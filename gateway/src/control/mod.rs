@@ -50,6 +50,8 @@ pub struct Control {
     pub forecasts: Arc<forecast::Forecasts>,
     /// The console's sign-ins (`None`: `[console]` is off, and no cookie is honoured).
     pub sessions: Option<session::Sessions>,
+    /// The totals of whole usage files the admin API's rollups have read, kept.
+    pub summaries: Arc<tollgate_sink::rollup::Summaries>,
 }
 
 impl Control {

@@ -8,6 +8,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -16,6 +17,7 @@ use tollgate_engine::time::{format_rfc3339_s, parse_rfc3339};
 use tollgate_sink::columnar::ColumnarError;
 use tollgate_sink::rollup::{self, Dimension, Only, Row};
 
+use crate::control::Control;
 use crate::http::error::Failure;
 use crate::http::response::ChannelSender;
 use crate::limits::CONSOLE_TAIL_EVENTS_MAX;
@@ -289,13 +291,16 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `GET /admin/v1/report?by=&from=&to=`: chargeback totals, as `tollgate report --format json`.
-pub async fn report(gateway: &Gateway, query: &str) -> Result<Value, Failure> {
+pub async fn report(control: &Control, query: &str) -> Result<Value, Failure> {
     let query = Query::parse(query)?;
-    let dir = data_dir(gateway)?;
+    let dir = data_dir(&control.gateway)?;
     let by = query.by.unwrap_or(Dimension::Team);
     let (from, to) = query.window();
-    let rows =
-        blocking(move || rollup::report(&dir, from, to, by).map_err(|e| read_failed(&e))).await?;
+    let summaries = Arc::clone(&control.summaries);
+    let rows = blocking(move || {
+        rollup::report_summarized(&dir, from, to, by, &summaries).map_err(|e| read_failed(&e))
+    })
+    .await?;
     Ok(report_json(
         by.column(),
         query.from.as_ref().map(|(text, _)| text.as_str()),
@@ -306,9 +311,10 @@ pub async fn report(gateway: &Gateway, query: &str) -> Result<Value, Failure> {
 
 /// `GET /admin/v1/series?by=&allocation=&from=&to=&step=`: billed cost per group in each
 /// hour or day of the window (`from` and `to` required), each bucket an exact decimal.
-pub async fn series(gateway: &Gateway, query: &str) -> Result<Value, Failure> {
+pub async fn series(control: &Control, query: &str) -> Result<Value, Failure> {
     let query = Query::parse(query)?;
-    let dir = data_dir(gateway)?;
+    let dir = data_dir(&control.gateway)?;
+    let summaries = Arc::clone(&control.summaries);
     let (Some((_, from)), Some((_, to))) = (query.from.clone(), query.to.clone()) else {
         return Err(Failure::BadRequest(
             "a series needs `from` and `to`".to_owned(),
@@ -322,11 +328,13 @@ pub async fn series(gateway: &Gateway, query: &str) -> Result<Value, Failure> {
             by: Dimension::Allocation,
             value,
         });
-        rollup::series(&dir, from, to, step_ms, by, only).map_err(|e| match e {
-            ColumnarError::Encode(reason) if reason.starts_with("a series") => {
-                Failure::BadRequest(reason)
+        rollup::series_summarized(&dir, (from, to), step_ms, by, only, &summaries).map_err(|e| {
+            match e {
+                ColumnarError::Encode(reason) if reason.starts_with("a series") => {
+                    Failure::BadRequest(reason)
+                }
+                other => read_failed(&other),
             }
-            other => read_failed(&other),
         })
     })
     .await?;

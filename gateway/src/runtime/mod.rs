@@ -226,6 +226,9 @@ pub async fn start(
         admin,
         forecasts,
         sessions,
+        summaries: Arc::new(tollgate_sink::rollup::Summaries::new(
+            crate::limits::ROLLUP_SUMMARY_GROUPS_MAX,
+        )),
     };
     let control = Arc::new(control);
     // Stopped first: the blocks it owes are written while the journal and the brokers are
