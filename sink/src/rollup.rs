@@ -362,17 +362,7 @@ fn report_with(
             continue;
         }
         read_file(&path, &wanted, &mut |batch, _written| {
-            let columns = ReportColumns::of(&batch, by)?;
-            for i in 0..batch.num_rows() {
-                let t = UnixMs(columns.ts.value(i));
-                if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
-                    continue;
-                }
-                let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
-                one_currency(&mut currency, columns.currency.value(i))?;
-                groups.get_or_insert(k, Row::default).add_event(&columns, i);
-            }
-            Ok(())
+            group_rows(&batch, by, (from, to), None, &mut groups, &mut currency)
         })?;
     }
     Ok(groups
@@ -384,6 +374,35 @@ fn report_with(
             ..row
         })
         .collect())
+}
+
+/// Adds the rows of `batch` with `from <= ts < to` (and those `only` keeps) to `groups`, by
+/// `by`; every row's currency must be the first one met.
+fn group_rows(
+    batch: &RecordBatch,
+    by: Dimension,
+    (from, to): (Option<UnixMs>, Option<UnixMs>),
+    only: Option<Only<'_>>,
+    groups: &mut Groups<Row>,
+    currency: &mut Option<String>,
+) -> Result<(), ColumnarError> {
+    let columns = ReportColumns::of(batch, by)?;
+    let filtered: Option<&StringArray> = only.map(|o| column(batch, o.by.column())).transpose()?;
+    for i in 0..batch.num_rows() {
+        let t = UnixMs(columns.ts.value(i));
+        if from.is_some_and(|f| t < f) || to.is_some_and(|e| t >= e) {
+            continue;
+        }
+        if let (Some(column), Some(only)) = (filtered, only)
+            && (column.is_null(i) || column.value(i) != only.value)
+        {
+            continue;
+        }
+        let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
+        one_currency(currency, columns.currency.value(i))?;
+        groups.get_or_insert(k, Row::default).add_event(&columns, i);
+    }
+    Ok(())
 }
 
 /// Most groups one file's summary may have to be kept by [`Summaries`].
@@ -491,19 +510,7 @@ fn summarize(path: &Path, by: Dimension, only: Option<Only<'_>>) -> Result<Summa
     let mut currency: Option<String> = None;
     let mut groups: Groups<Row> = Groups::default();
     read_file(path, &wanted, &mut |batch, _written| {
-        let columns = ReportColumns::of(&batch, by)?;
-        let filtered: Option<&StringArray> = filter.map(|f| column(&batch, f)).transpose()?;
-        for i in 0..batch.num_rows() {
-            if let (Some(column), Some(only)) = (filtered, only)
-                && (column.is_null(i) || column.value(i) != only.value)
-            {
-                continue;
-            }
-            let k = (!columns.key.is_null(i)).then(|| columns.key.value(i));
-            one_currency(&mut currency, columns.currency.value(i))?;
-            groups.get_or_insert(k, Row::default).add_event(&columns, i);
-        }
-        Ok(())
+        group_rows(&batch, by, (None, None), only, &mut groups, &mut currency)
     })?;
     Ok(Summary {
         groups: groups.into_sorted(),
