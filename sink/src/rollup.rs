@@ -202,23 +202,10 @@ fn partition_hour(path: &Path) -> Option<UnixMs> {
         if let Some(d) = part.strip_prefix("date=") {
             date = Some(d);
         } else if let Some(h) = part.strip_prefix("hour=") {
-            hour = h.parse::<u8>().ok();
+            hour = Some(h);
         }
     }
-    let (date, hour) = (date?, hour?);
-    let mut fields = date.splitn(3, '-');
-    let year = fields.next()?.parse().ok()?;
-    let month = fields.next()?.parse().ok()?;
-    let day = fields.next()?.parse().ok()?;
-    UnixMs::from_civil(tollgate_engine::time::CivilTime {
-        year,
-        month,
-        day,
-        hour,
-        minute: 0,
-        second: 0,
-        millisecond: 0,
-    })
+    tollgate_engine::time::parse_rfc3339(&format!("{}T{}:00:00Z", date?, hour?)).ok()
 }
 
 /// [`for_each_batch`] of the files whose hour partition meets `[from, to)` (and of every file

@@ -31,8 +31,7 @@ impl Asset {
     pub fn etag(&self) -> &str {
         self.etag.get_or_init(|| {
             let digest = Sha256::digest(self.bytes);
-            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-            format!("\"{hex}\"")
+            format!("\"{}\"", crate::control::session::hex(&digest[..16]))
         })
     }
 }
