@@ -138,10 +138,18 @@ test("an admin sees the report's totals, makes a key, sees its secret once and r
   await page.getByRole("heading", { name: "Keys", level: 1 }).waitFor();
   assert.equal(await page.locator("#secret-value").count(), 0, "the secret is shown once");
   assert.ok(!(await page.content()).includes(secret), "and never again");
-  const row = page.getByRole("row", { name: /made-in-browser/ });
-  await row.getByRole("button", { name: /^Revoke key/ }).click();
-  await row.getByText("revoked").waitFor();
-  assert.equal(await stack.call(secret), 401, "the revoked key is refused");
+  // Rotating: a new secret shown once, the old key refused, the new one working.
+  const row = page.getByRole("row", { name: /made-in-browser/ }).filter({ hasText: "active" });
+  await row.getByRole("button", { name: /^Rotate key/ }).click();
+  await page.getByText(/Copy its secret now/).waitFor();
+  const rotated = await page.locator("#secret-value").textContent();
+  assert.notEqual(rotated, secret);
+  assert.equal(await stack.call(secret), 401, "the rotated-out key is refused");
+  assert.equal(await stack.call(rotated), 200, "its replacement works");
+  const current = page.getByRole("row", { name: /made-in-browser/ }).filter({ hasText: "active" });
+  await current.getByRole("button", { name: /^Revoke key/ }).click();
+  await page.getByRole("row", { name: /made-in-browser/ }).filter({ hasText: "active" }).waitFor({ state: "detached" });
+  assert.equal(await stack.call(rotated), 401, "the revoked key is refused");
   assert.deepEqual(page.problems, []);
   await context.close();
 });
@@ -170,6 +178,13 @@ test("every page reads at 1280 and 390 pixels, with a label on every control", {
         .filter((el) => !(el.labels?.length || el.getAttribute("aria-label") || el.textContent.trim()))
         .map((el) => el.outerHTML));
       assert.deepEqual(unlabelled, [], `${name}: every control has a name`);
+      if (name === "Rate card") {
+        // The prices in force, as the admin API states them.
+        const models = await stack.admin("GET", "/admin/v1/models");
+        const priced = models.models.find((m) => m.model === "openai/gpt-4o-mini");
+        const cells = page.getByRole("region", { name: "Prices in force" }).getByRole("row", { name: /^openai\/gpt-4o-mini / });
+        assert.match(await cells.textContent(), new RegExp(priced.input_per_mtok.replace(".", "\\.")));
+      }
       await shot(page, `${name.toLowerCase().replace(/ /g, "-")}-${width}`);
     }
     await page.getByRole("navigation", { name: "Console pages" }).getByRole("link", { name: "Allocations" }).click();

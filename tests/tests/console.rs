@@ -214,6 +214,39 @@ fn a_sign_in_is_a_cookie_that_a_page_of_another_site_cannot_use() {
         &[("content-type", "application/x-www-form-urlencoded")],
     );
     assert_eq!(form.status, 400, "a form post signs no one in");
+    // A body that is not a sign-in is refused with a reason, and signs no one in.
+    let origin = format!("http://{}", stack.address());
+    let raw = |body: &[u8]| {
+        request(
+            stack.address(),
+            "POST",
+            "/console/session",
+            &[
+                ("content-type", "application/json"),
+                ("origin", origin.as_str()),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            body,
+        )
+    };
+    let oversized = format!("{{\"secret\": \"{}\"}}", "x".repeat(4_096));
+    for (body, status) in [
+        (&b"{\"secret\": "[..], 400),
+        (&b"{\"secret\": \"   \"}"[..], 400),
+        (&b"{\"secret\": \"x\", \"remember\": true}"[..], 400),
+        (&b"[1, 2]"[..], 400),
+        (oversized.as_bytes(), 413),
+    ] {
+        let answer = raw(body);
+        assert_eq!(answer.status, status, "{}", answer.text());
+        assert!(
+            !answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .is_empty()
+        );
+        assert!(answer.header("set-cookie").is_none());
+    }
     for (name, value) in [
         ("sec-fetch-site", "cross-site"),
         ("sec-fetch-site", "same-site"),
